@@ -1,0 +1,1 @@
+"""The cloud coordinator: rounds, clients, model registry, persistence, REST and gRPC."""

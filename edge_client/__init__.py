@@ -1,0 +1,1 @@
+"""The edge client: TFLite-only runtime, on-device training, local data, the daemon."""

@@ -1,0 +1,88 @@
+"""The errors fedge raises, as one tree rooted at :class:`FedgeError`.
+
+::
+
+    FedgeError
+    ├── ConfigError              an argument or configuration value is invalid
+    ├── WeightsError             a set of weights is unusable
+    │   ├── WeightsFormatError       bytes that are not a valid weights file (truncated, corrupt)
+    │   ├── UnknownTensorError       a tensor the reference does not have
+    │   ├── MissingTensorError       a tensor the reference has is absent
+    │   ├── ShapeMismatchError       a tensor whose shape differs from the reference
+    │   ├── DtypeMismatchError       a tensor whose dtype differs from the reference
+    │   └── NonFiniteError           a tensor holding NaN or +-Inf
+    ├── AggregationError         an aggregator cannot produce a result (no updates, bad weight)
+    ├── DataError                a data set cannot be read or partitioned as asked
+    └── FeatureError             statistics or a feature spec do not fit the data given
+
+Transports map these to status codes in one place; library code never calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AggregationError",
+    "ConfigError",
+    "DataError",
+    "DtypeMismatchError",
+    "FeatureError",
+    "FedgeError",
+    "MissingTensorError",
+    "NonFiniteError",
+    "ShapeMismatchError",
+    "UnknownTensorError",
+    "WeightsError",
+    "WeightsFormatError",
+]
+
+
+class FedgeError(Exception):
+    """Root of every error fedge raises on purpose."""
+
+
+class ConfigError(FedgeError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class WeightsError(FedgeError, ValueError):
+    """A set of weights is unusable. ``tensor`` names the offending tensor when there is one."""
+
+    def __init__(self, message: str, *, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor
+
+
+class WeightsFormatError(WeightsError):
+    """Bytes that do not decode to a weights file (truncated, corrupt, wrong format)."""
+
+
+class UnknownTensorError(WeightsError):
+    """A tensor name the reference weights do not have."""
+
+
+class MissingTensorError(WeightsError):
+    """A tensor the reference weights have is absent."""
+
+
+class ShapeMismatchError(WeightsError):
+    """A tensor whose shape differs from the reference."""
+
+
+class DtypeMismatchError(WeightsError):
+    """A tensor whose dtype differs from the reference."""
+
+
+class NonFiniteError(WeightsError):
+    """A tensor holding NaN or infinite values."""
+
+
+class AggregationError(FedgeError, ValueError):
+    """An aggregator cannot produce a result (no updates, invalid weight, bad options)."""
+
+
+class DataError(FedgeError, ValueError):
+    """A data set cannot be read or partitioned as asked."""
+
+
+class FeatureError(FedgeError, ValueError):
+    """Statistics or a feature spec do not fit the data they are applied to."""

@@ -1,0 +1,1 @@
+"""Keras/SavedModel to TFLite conversion, on-device-trainable models, edge bundles."""

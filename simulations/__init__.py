@@ -1,0 +1,1 @@
+"""Federated round simulation over the real coordinator service and edge client."""
