@@ -77,15 +77,23 @@ class Schema:
     def from_dict(cls, data: Mapping[str, object]) -> Schema:
         try:
             shapes = data.get("shapes") or {}
-            assert isinstance(shapes, Mapping)
+            numeric, categorical = data["numeric"], data["categorical"]
+            num_classes = data["num_classes"]
+            if not (
+                isinstance(shapes, Mapping)
+                and isinstance(numeric, list | tuple)
+                and isinstance(categorical, list | tuple)
+                and isinstance(num_classes, int | str)
+            ):
+                raise TypeError("numeric/categorical must be lists, shapes a mapping")
             return cls(
-                numeric=tuple(data["numeric"]),  # type: ignore[call-overload]
-                categorical=tuple(data["categorical"]),  # type: ignore[call-overload]
+                numeric=tuple(str(n) for n in numeric),
+                categorical=tuple(str(n) for n in categorical),
                 label=str(data["label"]),
-                num_classes=int(data["num_classes"]),  # type: ignore[call-overload]
-                shapes={str(k): tuple(v) for k, v in shapes.items()},
+                num_classes=int(num_classes),
+                shapes={str(k): tuple(int(d) for d in v) for k, v in shapes.items()},
                 region=None if data.get("region") is None else str(data["region"]),
                 timestamp=None if data.get("timestamp") is None else str(data["timestamp"]),
             )
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a valid schema document: {exc}") from exc

@@ -1,0 +1,53 @@
+"""Raw data for fedge tasks: the Dataset type, CSV reading, bundled tasks, partitioners."""
+
+from __future__ import annotations
+
+from fedge.data.clients import PARTITION_FORMAT, ClientSplit, IndexArray, Partition
+from fedge.data.dataset import Dataset
+from fedge.data.digits import DIGITS_SCHEMA, load_digits
+from fedge.data.partition import (
+    PartitionScheme,
+    by_key,
+    dirichlet,
+    iid,
+    parse_partition,
+    train_test_split,
+)
+from fedge.data.tables import (
+    ColumnKind,
+    CsvSource,
+    LabelPolicy,
+    canonical_category,
+    flat_field_names,
+    read_csv_columns,
+)
+from fedge.data.tasks import TASK_NAMES, load_task
+from fedge.data.taxi import BIG_TIP_FRACTION, TAXI_SCHEMA, big_tipper, load_taxi
+
+__all__ = [
+    "BIG_TIP_FRACTION",
+    "DIGITS_SCHEMA",
+    "PARTITION_FORMAT",
+    "TASK_NAMES",
+    "TAXI_SCHEMA",
+    "ClientSplit",
+    "ColumnKind",
+    "CsvSource",
+    "Dataset",
+    "IndexArray",
+    "LabelPolicy",
+    "Partition",
+    "PartitionScheme",
+    "big_tipper",
+    "by_key",
+    "canonical_category",
+    "dirichlet",
+    "flat_field_names",
+    "iid",
+    "load_digits",
+    "load_task",
+    "load_taxi",
+    "parse_partition",
+    "read_csv_columns",
+    "train_test_split",
+]

@@ -1,0 +1,60 @@
+"""The core and the edge client run in a process where TensorFlow cannot be imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _Block(importlib.abc.MetaPathFinder):
+        BLOCKED = ("tensorflow", "tensorflow_federated", "keras", "flask", "sklearn")
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.BLOCKED:
+                raise ImportError(f"{name} is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_blocker_makes_tensorflow_import_fail() -> None:
+    result = _run_blocked(
+        """
+        try:
+            import tensorflow
+        except ImportError as exc:
+            print("blocked:", exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "blocked: tensorflow is blocked" in result.stdout
+
+
+def test_core_modules_import_without_frameworks() -> None:
+    result = _run_blocked(
+        """
+        import pkgutil, importlib, fedge
+        names = [m.name for m in pkgutil.walk_packages(fedge.__path__, "fedge.")]
+        for name in names:
+            importlib.import_module(name)
+        print(len(names), "modules")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[0]) >= 5
