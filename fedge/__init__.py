@@ -1,3 +1,64 @@
-"""fedge core: pure numpy. Weights, aggregation, statistics, features, data, errors."""
+"""fedge core: pure numpy. Weights, aggregation, statistics, features, data, errors.
+
+The public API is listed in ``__all__``; everything else is internal.
+"""
+
+from fedge.aggregation import (
+    AggregateResult,
+    Aggregator,
+    Strategy,
+    build_aggregator,
+    build_strategy,
+)
+from fedge.errors import (
+    AggregationError,
+    ConfigError,
+    DataError,
+    DtypeMismatchError,
+    FeatureError,
+    FedgeError,
+    MissingTensorError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnknownTensorError,
+    WeightsError,
+    WeightsFormatError,
+)
+from fedge.features import FeatureSpec
+from fedge.schema import Schema
+from fedge.server_optimizers import ServerOptimizer, ServerState, build_server_optimizer
+from fedge.stats import DatasetStats, StatsConfig, compute_stats, merge_stats
+from fedge.weights import Weights
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AggregateResult",
+    "AggregationError",
+    "Aggregator",
+    "ConfigError",
+    "DataError",
+    "DatasetStats",
+    "DtypeMismatchError",
+    "FeatureError",
+    "FeatureSpec",
+    "FedgeError",
+    "MissingTensorError",
+    "NonFiniteError",
+    "Schema",
+    "ServerOptimizer",
+    "ServerState",
+    "ShapeMismatchError",
+    "StatsConfig",
+    "Strategy",
+    "UnknownTensorError",
+    "Weights",
+    "WeightsError",
+    "WeightsFormatError",
+    "__version__",
+    "build_aggregator",
+    "build_server_optimizer",
+    "build_strategy",
+    "compute_stats",
+    "merge_stats",
+]

@@ -1,0 +1,332 @@
+"""Aggregators: fold one round's client updates (deltas plus example counts) into one delta.
+
+Build a new aggregator each round from a reference (template) :class:`~fedge.weights.Weights`;
+``add`` validates every update against it, ``result`` may be called any number of times.
+:class:`FedAvg` streams in O(model) memory; the robust aggregators (:class:`Median`,
+:class:`TrimmedMean`, :class:`MultiKrum`) need every update at once and hold the round's
+updates in memory (O(clients x model)). :func:`build_strategy` pairs an aggregator with a
+server optimizer from :mod:`fedge.server_optimizers`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+
+from fedge.errors import AggregationError, ConfigError, WeightsError
+from fedge.server_optimizers import (
+    ServerOptimizer,
+    build_server_optimizer,
+    server_optimizer_options,
+)
+from fedge.weights import Weights
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "AggregateResult",
+    "Aggregator",
+    "FedAvg",
+    "Median",
+    "MultiKrum",
+    "Strategy",
+    "TrimmedMean",
+    "build_aggregator",
+    "build_strategy",
+]
+
+Float64Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """One round's aggregated delta with what went into it.
+
+    ``measurements`` holds ``count``, ``total_weight``, ``mean_update_norm``,
+    ``max_update_norm``, ``aggregate_norm`` and any aggregator-specific numbers.
+    """
+
+    delta: Weights
+    count: int
+    total_weight: float
+    measurements: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
+
+
+class Aggregator(ABC):
+    """Takes weighted deltas one at a time (``add``) and combines them (``result``)."""
+
+    def __init__(self, reference: Weights) -> None:
+        if not isinstance(reference, Weights):
+            raise ConfigError(f"reference must be Weights, got {type(reference).__name__}")
+        self._reference = reference
+        self._count = 0
+        self._total_weight = 0.0
+        self._norm_sum = 0.0
+        self._norm_max = 0.0
+
+    @property
+    def reference(self) -> Weights:
+        return self._reference
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        return self._total_weight
+
+    def add(self, delta: Weights, weight: float) -> None:
+        """Add one client's delta; ``weight`` is its example count (finite, > 0)."""
+        if isinstance(weight, bool) or not isinstance(weight, int | float | np.number):
+            raise AggregationError(f"update {self._count}: weight must be a number, got {weight!r}")
+        value = float(weight)
+        if not math.isfinite(value) or value <= 0.0:
+            raise AggregationError(
+                f"update {self._count}: weight must be finite and > 0, got {value}"
+            )
+        if not isinstance(delta, Weights):
+            raise AggregationError(
+                f"update {self._count}: delta must be Weights, got {type(delta).__name__}"
+            )
+        try:
+            delta.validate_against(self._reference)
+        except WeightsError as exc:
+            raise AggregationError(f"update {self._count} rejected: {exc}") from exc
+        self._accumulate(delta, value)
+        norm = delta.l2_norm()
+        self._count += 1
+        self._total_weight += value
+        self._norm_sum += norm
+        self._norm_max = max(self._norm_max, norm)
+
+    def result(self) -> AggregateResult:
+        """The aggregated delta; raises :class:`AggregationError` when nothing was added."""
+        if self._count == 0:
+            raise AggregationError(f"{type(self).__name__}: no updates to aggregate")
+        delta, extra = self._combine()
+        measurements = {
+            "count": float(self._count),
+            "total_weight": self._total_weight,
+            "mean_update_norm": self._norm_sum / self._count,
+            "max_update_norm": self._norm_max,
+            "aggregate_norm": delta.l2_norm(),
+            **extra,
+        }
+        return AggregateResult(delta, self._count, self._total_weight, measurements)
+
+    @abstractmethod
+    def _accumulate(self, delta: Weights, weight: float) -> None:
+        """Fold in one validated update."""
+
+    @abstractmethod
+    def _combine(self) -> tuple[Weights, dict[str, float]]:
+        """The aggregate of at least one update, and extra measurements."""
+
+
+class FedAvg(Aggregator):
+    """Example-weighted mean of deltas (McMahan et al. 2017, "Communication-Efficient
+    Learning of Deep Networks from Decentralized Data", AISTATS).
+
+    Streaming: keeps a float64 running weighted sum (O(model) memory), divides at the end.
+    """
+
+    def __init__(self, reference: Weights) -> None:
+        super().__init__(reference)
+        self._sums = {n: np.zeros(a.shape, np.float64) for n, a in reference.items()}
+
+    def _accumulate(self, delta: Weights, weight: float) -> None:
+        for name, total in self._sums.items():
+            total += delta[name].astype(np.float64) * weight
+
+    def _combine(self) -> tuple[Weights, dict[str, float]]:
+        return Weights({n: s / self._total_weight for n, s in self._sums.items()}), {}
+
+
+class _HoldingAggregator(Aggregator):
+    """Base of the robust aggregators: keeps every update as a flat float32 vector."""
+
+    def __init__(self, reference: Weights) -> None:
+        super().__init__(reference)
+        self._vectors: list[npt.NDArray[np.float32]] = []
+
+    def _accumulate(self, delta: Weights, weight: float) -> None:
+        # Flatten in the reference's order: a delta may list its tensors in another order.
+        self._vectors.append(
+            np.concatenate([delta[n].ravel() for n in self._reference.names])
+            if len(self._reference)
+            else np.zeros(0, np.float32)
+        )
+
+    def _stacked(self) -> Float64Array:
+        return np.stack(self._vectors).astype(np.float64)
+
+
+class Median(_HoldingAggregator):
+    """Coordinate-wise median, unweighted (Yin et al. 2018, "Byzantine-Robust Distributed
+    Learning: Towards Optimal Statistical Rates", ICML).
+
+    Holds the round's updates in memory. Example counts are not used: a client could lie.
+    """
+
+    def _combine(self) -> tuple[Weights, dict[str, float]]:
+        return self._reference.unflatten(np.median(self._stacked(), axis=0)), {}
+
+
+class TrimmedMean(_HoldingAggregator):
+    """Coordinate-wise trimmed mean, unweighted (Yin et al. 2018, ICML).
+
+    Per coordinate, drops the ``floor(trim_fraction * n)`` largest and smallest values and
+    averages the rest. Holds the round's updates in memory; example counts are not used.
+    """
+
+    def __init__(self, reference: Weights, *, trim_fraction: float = 0.1) -> None:
+        super().__init__(reference)
+        beta = float(trim_fraction)
+        if not 0.0 <= beta < 0.5:
+            raise AggregationError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+        self.trim_fraction = beta
+
+    def _combine(self) -> tuple[Weights, dict[str, float]]:
+        n = self._count
+        k = math.floor(self.trim_fraction * n)
+        kept = np.sort(self._stacked(), axis=0)[k : n - k]
+        return self._reference.unflatten(kept.mean(axis=0)), {"trimmed_per_side": float(k)}
+
+
+class MultiKrum(_HoldingAggregator):
+    """Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine
+    Tolerant Gradient Descent", NeurIPS); ``num_selected=1`` is Krum.
+
+    Each update's score is the sum of squared L2 distances to its ``n - f - 2`` nearest
+    other updates; the ``num_selected`` lowest-scored updates are averaged UNWEIGHTED (a
+    Byzantine client could inflate its example count). Needs ``n > 2f + 2`` updates and
+    ``num_selected <= n - f``. Holds the round's updates in memory; O(n^2 x model) time.
+    """
+
+    def __init__(self, reference: Weights, *, num_byzantine: int, num_selected: int = 1) -> None:
+        super().__init__(reference)
+        for what, value, low in (
+            ("num_byzantine", num_byzantine, 0),
+            ("num_selected", num_selected, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise AggregationError(f"{what} must be an integer >= {low}, got {value!r}")
+        self.num_byzantine = num_byzantine
+        self.num_selected = num_selected
+
+    def scores(self) -> Float64Array:
+        """Krum score of every update added so far, in the order added."""
+        n, f = self._count, self.num_byzantine
+        if n <= 2 * f + 2:
+            raise AggregationError(
+                f"Krum with num_byzantine={f} needs more than {2 * f + 2} updates, got {n}"
+            )
+        stacked = self._stacked()
+        distances = np.stack([((stacked - row) ** 2).sum(axis=1) for row in stacked])
+        np.fill_diagonal(distances, np.inf)
+        nearest: Float64Array = np.sort(distances, axis=1)[:, : n - f - 2]
+        scores: Float64Array = nearest.sum(axis=1)
+        return scores
+
+    def _combine(self) -> tuple[Weights, dict[str, float]]:
+        n, f, m = self._count, self.num_byzantine, self.num_selected
+        scores = self.scores()
+        if m > n - f:
+            raise AggregationError(
+                f"num_selected={m} exceeds n - num_byzantine = {n - f} with {n} updates"
+            )
+        selected = np.argsort(scores, kind="stable")[:m]
+        mean = self._stacked()[selected].mean(axis=0)
+        return self._reference.unflatten(mean), {
+            "num_selected": float(m),
+            "max_selected_score": float(scores[selected].max()),
+        }
+
+
+# Aggregator name -> (class, required options, optional options). The FedAvg family only
+# differs on the server side.
+_AGGREGATORS: dict[str, tuple[type[Aggregator], tuple[str, ...], tuple[str, ...]]] = {
+    "fedavg": (FedAvg, (), ()),
+    "fedavgm": (FedAvg, (), ()),
+    "fedadam": (FedAvg, (), ()),
+    "fedyogi": (FedAvg, (), ()),
+    "median": (Median, (), ()),
+    "trimmed_mean": (TrimmedMean, (), ("trim_fraction",)),
+    "krum": (MultiKrum, ("num_byzantine",), ("num_selected",)),
+}
+STRATEGY_NAMES: tuple[str, ...] = tuple(_AGGREGATORS)
+
+
+def _check_name(name: str) -> None:
+    if name not in _AGGREGATORS:
+        raise ConfigError(f"unknown strategy {name!r}; valid names: {list(STRATEGY_NAMES)}")
+
+
+def build_aggregator(name: str, reference: Weights, **options: float) -> Aggregator:
+    """A fresh aggregator for strategy ``name`` (``fedadam`` and kin aggregate with FedAvg)."""
+    _check_name(name)
+    cls, required, optional = _AGGREGATORS[name]
+    unknown = sorted(set(options) - set(required) - set(optional))
+    if unknown:
+        raise ConfigError(
+            f"{name!r} takes aggregator options {sorted(required + optional)}, got {unknown}"
+        )
+    absent = [key for key in required if key not in options]
+    if absent:
+        raise ConfigError(f"{name!r} needs the options {absent}")
+    return cls(reference, **options)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named pairing of an aggregator (built fresh each round) and a server optimizer."""
+
+    name: str
+    reference: Weights
+    server_optimizer: ServerOptimizer
+    aggregator_options: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "aggregator_options", MappingProxyType(dict(self.aggregator_options))
+        )
+
+    def new_aggregator(self) -> Aggregator:
+        """An empty aggregator for one round."""
+        return build_aggregator(self.name, self.reference, **self.aggregator_options)
+
+
+def build_strategy(name: str, reference: Weights, **options: float) -> Strategy:
+    """Strategy ``name``; ``options`` go to the aggregator or the server optimizer by name.
+
+    E.g. ``build_strategy("fedadam", ref, lr=0.01)`` or
+    ``build_strategy("krum", ref, num_byzantine=2, num_selected=5)``.
+    """
+    _check_name(name)
+    _, required, optional = _AGGREGATORS[name]
+    aggregator_keys = set(required) | set(optional)
+    server_keys = set(server_optimizer_options(name))
+    unknown = sorted(set(options) - aggregator_keys - server_keys)
+    if unknown:
+        raise ConfigError(
+            f"{name!r} takes the options {sorted(aggregator_keys | server_keys)}, got {unknown}"
+        )
+    aggregator_options = {k: v for k, v in options.items() if k in aggregator_keys}
+    server_options = {k: v for k, v in options.items() if k not in aggregator_keys}
+    strategy = Strategy(
+        name=name,
+        reference=reference,
+        server_optimizer=build_server_optimizer(name, **server_options),
+        aggregator_options=aggregator_options,
+    )
+    strategy.new_aggregator()  # validates the aggregator options now, not at the first round
+    return strategy
