@@ -1,1 +1,41 @@
 """The cloud coordinator: rounds, clients, model registry, persistence, REST and gRPC."""
+
+from coordinator.artifacts import ArtifactStore
+from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
+from coordinator.errors import (
+    AuthenticationError,
+    ConflictError,
+    CoordinatorError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnsupportedMediaTypeError,
+    UpdateRejectedError,
+)
+from coordinator.intake import UpdateReceipt, UpdateSubmission
+from coordinator.service import CoordinatorService, Registration
+from coordinator.sqlite_store import SQLiteStore
+from coordinator.store import MemoryStore, Store, open_store
+
+__all__ = [
+    "AlertConfig",
+    "ArtifactStore",
+    "AuthenticationError",
+    "ConflictError",
+    "CoordinatorError",
+    "CoordinatorService",
+    "MemoryStore",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Registration",
+    "RoundConfig",
+    "SQLiteStore",
+    "ServiceConfig",
+    "Store",
+    "UnsupportedMediaTypeError",
+    "UpdateReceipt",
+    "UpdateRejectedError",
+    "UpdateSubmission",
+    "open_store",
+]

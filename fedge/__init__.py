@@ -12,6 +12,7 @@ from fedge.aggregation import (
 )
 from fedge.errors import (
     AggregationError,
+    BundleError,
     ConfigError,
     DataError,
     DtypeMismatchError,
@@ -19,6 +20,7 @@ from fedge.errors import (
     FedgeError,
     MissingTensorError,
     NonFiniteError,
+    ProtocolError,
     ShapeMismatchError,
     UnknownTensorError,
     WeightsError,
@@ -36,6 +38,7 @@ __all__ = [
     "AggregateResult",
     "AggregationError",
     "Aggregator",
+    "BundleError",
     "ConfigError",
     "DataError",
     "DatasetStats",
@@ -45,6 +48,7 @@ __all__ = [
     "FedgeError",
     "MissingTensorError",
     "NonFiniteError",
+    "ProtocolError",
     "Schema",
     "ServerOptimizer",
     "ServerState",

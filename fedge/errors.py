@@ -13,7 +13,10 @@
     │   └── NonFiniteError           a tensor holding NaN or +-Inf
     ├── AggregationError         an aggregator cannot produce a result (no updates, bad weight)
     ├── DataError                a data set cannot be read or partitioned as asked
-    └── FeatureError             statistics or a feature spec do not fit the data given
+    ├── FeatureError             statistics or a feature spec do not fit the data given
+    ├── ProtocolError            a message (task or reply) is malformed or out of bounds
+    └── BundleError              an edge bundle is unusable (bad manifest, file missing,
+                                 size or sha256 mismatch, unsafe file name)
 
 Transports map these to status codes in one place; library code never calls ``sys.exit``.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "AggregationError",
+    "BundleError",
     "ConfigError",
     "DataError",
     "DtypeMismatchError",
@@ -29,6 +33,7 @@ __all__ = [
     "FedgeError",
     "MissingTensorError",
     "NonFiniteError",
+    "ProtocolError",
     "ShapeMismatchError",
     "UnknownTensorError",
     "WeightsError",
@@ -86,3 +91,22 @@ class DataError(FedgeError, ValueError):
 
 class FeatureError(FedgeError, ValueError):
     """Statistics or a feature spec do not fit the data they are applied to."""
+
+
+class ProtocolError(FedgeError, ValueError):
+    """A message is malformed or out of bounds. ``field`` names the offending field if known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BundleError(FedgeError, ValueError):
+    """An edge bundle is unusable: bad manifest, missing file, size or digest mismatch.
+
+    ``file`` names the offending file when there is one.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file

@@ -1,0 +1,203 @@
+"""Alert rules: failed rounds, rejection bursts, per-region accuracy drops, data drift.
+
+- ``round_failed``: a round closed without enough updates (or could not aggregate).
+- ``rejection_burst``: at least ``rejection_burst_threshold`` rejected updates within
+  ``rejection_burst_window_seconds`` (raised at most once per window).
+- ``accuracy_drop``: an EvalReport whose accuracy for a region (a slice, or the client's
+  registered region for its global metrics) is below the registry's reference for that
+  model by more than ``accuracy_drop_threshold`` (absolute). The reference is the
+  version's per-slice metric (slice ``north`` or ``area=north``), else its overall
+  metric; ``accuracy`` also matches the trainer's ``test_accuracy``.
+- ``data_drift``: a StatsReport whose numeric or categorical distribution departs from the
+  training statistics: population stability index (PSI, Siddiqi 2006, "Credit Risk
+  Scorecards") over the shared histogram bins above ``drift_psi_threshold``, or a mean
+  shift above ``drift_mean_shift_threshold`` training standard deviations. Training
+  statistics come from the bundle manifest's ``metadata["training_stats"]``; without
+  them the mean and scale of z-scored features in the feature spec are the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from coordinator.config import AlertConfig
+from coordinator.records import AlertRecord, ClientRecord, ModelRecord, RoundRecord
+from coordinator.store import Store
+from fedge.bundle import BundleManifest
+from fedge.errors import FeatureError
+from fedge.messages import EvalReport
+from fedge.stats import CategoricalStats, DatasetStats, NumericStats
+
+__all__ = ["AlertMonitor", "population_stability_index"]
+
+logger = logging.getLogger(__name__)
+_EPSILON = 1e-4
+
+
+def population_stability_index(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """PSI = sum((a - e) * ln(a / e)) over bins of two count vectors, each normalised to
+    proportions and floored at 1e-4 so empty bins stay finite."""
+    total_e, total_a = sum(expected), sum(actual)
+    if total_e <= 0 or total_a <= 0:
+        return 0.0
+    psi = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        p, q = max(e / total_e, _EPSILON), max(a / total_a, _EPSILON)
+        psi += (q - p) * math.log(q / p)
+    return psi
+
+
+class AlertMonitor:
+    """Evaluates the rules and stores alerts."""
+
+    def __init__(self, store: Store, config: AlertConfig, now: Callable[[], float]) -> None:
+        self._store = store
+        self._config = config
+        self._now = now
+
+    def _raise(self, kind: str, message: str, **fields: Any) -> AlertRecord:
+        alert = self._store.add_alert(
+            AlertRecord(0, kind, fields.pop("severity", "warning"), message, self._now(), **fields)
+        )
+        logger.warning("alert %s: %s", kind, message)
+        return alert
+
+    def round_failed(self, round_: RoundRecord) -> AlertRecord:
+        return self._raise(
+            "round_failed",
+            f"round {round_.round_id} failed: {round_.failure_reason}",
+            round_id=round_.round_id,
+            model_version=round_.base_version,
+        )
+
+    def rejection(self) -> AlertRecord | None:
+        window = self._config.rejection_burst_window_seconds
+        since = self._now() - window
+        count = sum(self._store.rejection_counts(since=since).values())
+        if count < self._config.rejection_burst_threshold:
+            return None
+        if self._store.list_alerts(kind="rejection_burst", since=since):
+            return None
+        return self._raise(
+            "rejection_burst",
+            f"{count} updates rejected in the last {window:g} s",
+            details={"count": count, "by_reason": self._store.rejection_counts(since=since)},
+        )
+
+    def evaluation(
+        self, report: EvalReport, client: ClientRecord, model: ModelRecord
+    ) -> list[AlertRecord]:
+        metric = self._config.accuracy_metric
+        observed = {name: values[metric] for name, values in report.slice_metrics.items()
+                    if metric in values}  # fmt: skip
+        if client.region and metric in report.metrics:
+            observed.setdefault(client.region, report.metrics[metric])
+        alerts = []
+        for region, value in sorted(observed.items()):
+            reference = _reference(model, region, metric)
+            if reference is None:
+                continue
+            drop = reference - value
+            if drop > self._config.accuracy_drop_threshold:
+                alerts.append(
+                    self._raise(
+                        "accuracy_drop",
+                        f"{metric} of {model.version} in region {region!r} is {value:.3f}, "
+                        f"{drop:.3f} below the reference {reference:.3f}",
+                        model_version=model.version,
+                        details={
+                            "region": region,
+                            "metric": metric,
+                            "value": value,
+                            "reference": reference,
+                            "client_id": client.client_id,
+                        },
+                    )
+                )
+        return alerts
+
+    def statistics(
+        self, stats: DatasetStats, manifest: BundleManifest, *, client_id: str
+    ) -> AlertRecord | None:
+        if stats.num_rows < self._config.drift_min_rows:
+            return None
+        drifted = _drift(stats, manifest, self._config)
+        if not drifted:
+            return None
+        names = ", ".join(sorted(drifted))
+        return self._raise(
+            "data_drift",
+            f"data drift on {names} in a report from client {client_id}",
+            model_version=manifest.model_version,
+            details={"client_id": client_id, "columns": drifted},
+        )
+
+
+def _reference(model: ModelRecord, region: str, metric: str) -> float | None:
+    """The registry's value of ``metric`` for ``region``, else overall. Slice keys may be
+    the region (round versions) or ``"<column>=<region>"`` (the cloud trainer's records);
+    the metric may be stored under ``test_<metric>`` (the trainer's held-out metrics)."""
+    names = (metric, f"test_{metric}")
+    for key, values in model.slice_metrics.items():
+        if key == region or key.partition("=")[2] == region:
+            found = next((values[n] for n in names if n in values), None)
+            if found is not None:
+                return found
+    return next((model.metrics[n] for n in names if n in model.metrics), None)
+
+
+def _training_stats(manifest: BundleManifest) -> DatasetStats | None:
+    document = manifest.metadata.get("training_stats")
+    if not isinstance(document, Mapping):
+        return None
+    try:
+        return DatasetStats.from_dict(document)
+    except FeatureError as exc:
+        logger.warning("ignoring the bundle's training_stats: %s", exc)
+        return None
+
+
+def _spec_reference(manifest: BundleManifest) -> dict[str, tuple[float, float]]:
+    """(mean, std) of z-scored numeric features from the feature spec document."""
+    out = {}
+    for feature in manifest.feature_spec.get("numeric", []):
+        if isinstance(feature, Mapping) and feature.get("normalization") == "zscore":
+            out[str(feature["name"])] = (float(feature["offset"]), float(feature["scale"]))
+    return out
+
+
+def _drift(
+    stats: DatasetStats, manifest: BundleManifest, config: AlertConfig
+) -> dict[str, dict[str, float]]:
+    training = _training_stats(manifest)
+    spec = _spec_reference(manifest)
+    drifted: dict[str, dict[str, float]] = {}
+    for name, column in stats.columns.items():
+        reference = training.columns.get(name) if training else None
+        found: dict[str, float] = {}
+        if isinstance(column, NumericStats) and column.count:
+            if isinstance(reference, NumericStats) and reference.edges == column.edges:
+                psi = population_stability_index(reference.counts, column.counts)
+                if psi > config.drift_psi_threshold:
+                    found["psi"] = psi
+                mean, std = reference.mean, reference.std
+            else:
+                mean, std = spec.get(name, (math.nan, math.nan))
+            if math.isfinite(mean) and std > 0:
+                shift = abs(column.mean - mean) / std
+                if shift > config.drift_mean_shift_threshold:
+                    found["mean_shift"] = shift
+        elif isinstance(column, CategoricalStats) and isinstance(reference, CategoricalStats):
+            keys = sorted(set(reference.value_counts) | set(column.value_counts))
+            psi = population_stability_index(
+                [reference.value_counts.get(k, 0) for k in keys],
+                [column.value_counts.get(k, 0) for k in keys],
+            )
+            if psi > config.drift_psi_threshold:
+                found["psi"] = psi
+        if found:
+            drifted[name] = found
+    return drifted

@@ -1,0 +1,108 @@
+"""A content-addressed artifact directory: bytes are stored under their sha256.
+
+Layout: ``ROOT/sha256/ab/abcdef...`` (two-level fan-out). A write goes to a temporary file
+in ``ROOT/tmp``, is fsynced, renamed into place and the directory fsynced, so a returned
+digest names bytes that are on disk. Writing the same bytes twice is a no-op, which makes
+every writer idempotent and crash recovery a replay. Object storage (an fsspec URL) is the
+scale-out path behind the same four methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+from coordinator.errors import NotFoundError
+
+__all__ = ["ArtifactStore"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ArtifactStore:
+    """Immutable blobs by sha256 under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        """Where ``digest``'s bytes live (whether or not they exist)."""
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise NotFoundError(f"not a sha256 digest: {digest!r}", code="artifact_not_found")
+        return self.root / "sha256" / digest[:2] / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` durably; returns its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return digest
+        tmp = self._tmp()
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._commit(tmp, digest)
+        return digest
+
+    def put_file(self, source: str | Path) -> str:
+        """Copy a file in durably, hashing as it streams; returns its sha256."""
+        digest = hashlib.sha256()
+        tmp = self._tmp()
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        hexdigest = digest.hexdigest()
+        if self.exists(hexdigest):
+            tmp.unlink()
+        else:
+            self._commit(tmp, hexdigest)
+        return hexdigest
+
+    def get_bytes(self, digest: str) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"no artifact {digest}", code="artifact_not_found") from None
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"no artifact {digest}", code="artifact_not_found") from None
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"no artifact {digest}", code="artifact_not_found") from None
+
+    def _tmp(self) -> Path:
+        return self.root / "tmp" / f"{secrets.token_hex(8)}.part"
+
+    def _commit(self, tmp: Path, digest: str) -> None:
+        target = self.path(digest)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        _fsync_dir(self.root / "sha256")

@@ -1,0 +1,111 @@
+"""Tokens and their hygiene: random, stored only as sha256, compared in constant time,
+never logged.
+
+Client tokens are ``fedge_`` + 32 random bytes (urlsafe base64); the prefix lets the log
+filter (and secret scanners) recognise one anywhere. The admin token comes from a file or
+the ``FEDGE_ADMIN_TOKEN`` environment variable, never from a command-line value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+
+from coordinator.errors import AuthenticationError
+from fedge.errors import ConfigError
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "TOKEN_PREFIX",
+    "RedactingFilter",
+    "bearer_token",
+    "hash_token",
+    "load_secret",
+    "new_token",
+    "redact",
+    "token_matches",
+]
+
+TOKEN_PREFIX = "fedge_"  # noqa: S105 (a prefix, not a secret)
+ADMIN_TOKEN_ENV = "FEDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
+ENROLLMENT_TOKEN_ENV = "FEDGE_ENROLLMENT_TOKEN"  # noqa: S105 (a variable name)
+_MAX_TOKEN = 512
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+_ASSIGNMENT = re.compile(r"(?i)((?:token|authorization|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
+_PREFIXED = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}")
+REDACTED = "[REDACTED]"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(token: str, expected_hash: str) -> bool:
+    """Constant-time comparison of ``token``'s hash with ``expected_hash``."""
+    return hmac.compare_digest(hash_token(token), expected_hash)
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or AuthenticationError."""
+    if not header:
+        raise AuthenticationError(
+            "missing Authorization header: send 'Authorization: Bearer <token>'",
+            code="missing_token",
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > _MAX_TOKEN:
+        raise AuthenticationError(
+            "malformed Authorization header: expected 'Bearer <token>'", code="invalid_token"
+        )
+    return token
+
+
+def load_secret(path: str | Path | None, env_var: str) -> str | None:
+    """A secret from a file (first line) or, without a file, the environment; else None."""
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
+        if len(text) < 16:
+            raise ConfigError(f"the token in {path} is shorter than 16 characters")
+        return text
+    value = os.environ.get(env_var, "").strip()
+    if value and len(value) < 16:
+        raise ConfigError(f"{env_var} is shorter than 16 characters")
+    return value or None
+
+
+def redact(text: str) -> str:
+    """``text`` with bearer tokens, ``token=...`` values and fedge tokens masked."""
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+    return _PREFIXED.sub(REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks anything that looks like a token in every record a handler emits.
+
+    Attach it to handlers (not loggers) so records from every library pass through it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

@@ -1,0 +1,330 @@
+"""``fedge-coordinator``: serve, and administer models and rounds.
+
+::
+
+    fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
+        [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options]
+    fedge-coordinator models list|show V|promote V|rollback  TARGET
+    fedge-coordinator rounds list|show N                     TARGET
+
+TARGET is ``--server URL`` (a running coordinator, with the admin token) or
+``--db DB --artifacts DIR`` (the database directly).
+
+Exit codes: 0 success; 1 the operation failed (the server refused it, a conflict, a
+missing model, an unreachable server); 2 a usage or input error (bad flags, an invalid
+configuration, an unreadable token file or bundle). Errors are one line on stderr.
+The admin token is read from ``--admin-token-file`` or ``FEDGE_ADMIN_TOKEN``, never
+from a command-line value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from coordinator.admin import AdminBackend, DirectAdmin, HttpAdmin
+from coordinator.auth import (
+    ADMIN_TOKEN_ENV,
+    ENROLLMENT_TOKEN_ENV,
+    RedactingFilter,
+    hash_token,
+    load_secret,
+)
+from coordinator.config import RoundConfig, ServiceConfig
+from fedge.aggregation import STRATEGY_NAMES
+from fedge.errors import BundleError, ConfigError, FedgeError
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("coordinator.cli")
+PROG = "fedge-coordinator"
+_ROUND_FLAGS = {
+    "clients_per_round": int, "min_clients": int, "min_available_clients": int,
+    "deadline_seconds": float, "epochs": int, "batch_size": int, "learning_rate": float,
+    "norm_bound": float, "max_examples": int,
+}  # fmt: skip
+
+
+class UsageError(FedgeError):
+    """A command line that cannot work (exit code 2)."""
+
+
+def _option(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key:
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER, got {text!r}") from None
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return common
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", parents=[_common()], help="run the coordinator (waitress, REST API)"
+    )
+    serve.add_argument("--task", required=True, help="task name; must match the bundle's")
+    serve.add_argument("--bundle", required=True, type=Path, help="edge bundle directory")
+    serve.add_argument("--db", required=True, help="state database: PATH, sqlite:///PATH")
+    serve.add_argument("--artifacts", required=True, type=Path, help="artifact directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    serve.add_argument("--port-file", type=Path, help="write the bound port here")
+    serve.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    serve.add_argument(
+        "--enrollment-token-file", type=Path, help=f"else ${ENROLLMENT_TOKEN_ENV}; unset: open"
+    )
+    rounds = serve.add_argument_group("round options (override --round-config)")
+    rounds.add_argument("--round-config", type=Path, help="JSON file of round options")
+    for name, kind in _ROUND_FLAGS.items():
+        rounds.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    rounds.add_argument("--aggregator", choices=STRATEGY_NAMES, default=None)
+    rounds.add_argument("--aggregator-option", type=_option, action="append", default=[],
+                        metavar="KEY=VALUE", help="e.g. num_byzantine=1, lr=0.01")  # fmt: skip
+    mode = rounds.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--continuous",
+        dest="continuous",
+        action="store_true",
+        default=None,
+        help="open the next round when one closes (the default)",
+    )
+    mode.add_argument(
+        "--on-demand",
+        dest="continuous",
+        action="store_false",
+        help="open rounds only on POST /v1/rounds",
+    )
+    promote = rounds.add_mutually_exclusive_group()
+    promote.add_argument(
+        "--auto-promote",
+        dest="auto_promote",
+        action="store_true",
+        default=None,
+        help="a committed round's version becomes production at once "
+        "(default: on for continuous rounds, off for on-demand ones)",
+    )
+    promote.add_argument(
+        "--no-auto-promote",
+        dest="auto_promote",
+        action="store_false",
+        help="committed versions stay candidates until `models promote`",
+    )
+    serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
+    serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
+    serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--tick-seconds", type=float, default=1.0, help="deadline timer period")
+    serve.set_defaults(handler=serve_cli)
+
+
+def _add_admin(sub: Any) -> None:
+    target = argparse.ArgumentParser(add_help=False, parents=[_common()])
+    where = target.add_argument_group("target (one of)")
+    where.add_argument("--server", help="URL of a running coordinator")
+    where.add_argument("--db", help="state database (direct mode, with --artifacts)")
+    where.add_argument("--artifacts", type=Path, help="artifact directory (direct mode)")
+    target.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    target.add_argument("--json", action="store_true", help="machine-readable output")
+    models = sub.add_parser("models", help="list, show, promote, roll back model versions")
+    verbs = models.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", parents=[target], help="all versions")
+    verbs.add_parser("show", parents=[target], help="one version").add_argument("version")
+    verbs.add_parser("promote", parents=[target], help="make production").add_argument("version")
+    verbs.add_parser("rollback", parents=[target], help="restore the previous production")
+    models.set_defaults(handler=models_cli)
+    rounds = sub.add_parser("rounds", help="list and show rounds")
+    verbs = rounds.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", parents=[target], help="all rounds")
+    show = verbs.add_parser("show", parents=[target], help="one round with its updates")
+    show.add_argument("round_id", type=int)
+    rounds.set_defaults(handler=rounds_cli)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The fedge cloud coordinator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_admin(sub)
+    return parser
+
+
+def _round_config(args: argparse.Namespace) -> RoundConfig:
+    options: dict[str, Any] = {}
+    if args.round_config is not None:
+        try:
+            options = json.loads(args.round_config.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read --round-config {args.round_config}: {exc}") from exc
+        if not isinstance(options, dict):
+            raise UsageError("--round-config must hold a JSON object")
+    for name in (*_ROUND_FLAGS, "aggregator", "continuous", "auto_promote"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.aggregator_option:
+        options["aggregator_options"] = dict(args.aggregator_option)
+    return RoundConfig.from_dict(options)
+
+
+def serve_cli(args: argparse.Namespace) -> int:
+    from coordinator.artifacts import ArtifactStore
+    from coordinator.rest import ApiConfig, create_app
+    from coordinator.server import run_server
+    from coordinator.service import CoordinatorService
+    from coordinator.store import open_store
+
+    config = ServiceConfig(
+        task=args.task,
+        rounds=_round_config(args),
+        retry_after_seconds=args.retry_after,
+        max_update_bytes=args.max_upload_bytes,
+        seed=args.seed,
+    )
+    admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
+    enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
+    if admin is None:
+        logger.warning("no admin token configured: admin endpoints are disabled")
+    service = CoordinatorService(
+        store=open_store(args.db), artifacts=ArtifactStore(args.artifacts), config=config
+    )
+    model = service.import_bundle(args.bundle)
+    logger.info("serving task %s; production model %s", args.task, model.version)
+    app = create_app(
+        service,
+        ApiConfig(
+            admin_token_hash=hash_token(admin) if admin else None,
+            enrollment_token_hash=hash_token(enrollment) if enrollment else None,
+        ),
+    )
+    return run_server(
+        app,
+        service,
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        threads=args.threads,
+        tick_seconds=args.tick_seconds,
+    )
+
+
+def _backend(args: argparse.Namespace) -> AdminBackend:
+    if args.server and (args.db or args.artifacts):
+        raise UsageError("give either --server or --db/--artifacts, not both")
+    if args.server:
+        token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
+        if token is None:
+            raise UsageError(f"--server needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
+        return HttpAdmin(args.server, token)
+    if args.db and args.artifacts:
+        return DirectAdmin(args.db, args.artifacts)
+    raise UsageError("give --server URL, or --db and --artifacts")
+
+
+_MODEL_COLUMNS = ("version", "stage", "parent", "round_id", "participants", "created_at")
+_ROUND_COLUMNS = ("round_id", "state", "base_version", "result_version", "num_updates", "deadline")
+
+
+def _print(document: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
+    if as_json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+    elif isinstance(document, list):
+        rows = [[str(item.get(c, "")) for c in columns] for item in document]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+        for row in [list(columns), *rows]:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    else:
+        for key, value in document.items():
+            text = value if isinstance(value, str | int | float | None) else json.dumps(value)
+            print(f"{key}: {text}")
+
+
+def models_cli(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        if args.verb == "list":
+            _print(backend.list_models(), as_json=args.json, columns=_MODEL_COLUMNS)
+        elif args.verb == "show":
+            _print(backend.show_model(args.version), as_json=args.json)
+        elif args.verb == "promote":
+            _print(backend.promote(args.version), as_json=args.json)
+        else:
+            _print(backend.rollback(), as_json=args.json)
+    finally:
+        backend.close()
+    return 0
+
+
+def rounds_cli(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        if args.verb == "list":
+            _print(backend.list_rounds(), as_json=args.json, columns=_ROUND_COLUMNS)
+        else:
+            _print(backend.show_round(args.round_id), as_json=args.json)
+    finally:
+        backend.close()
+    return 0
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. in tests)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _configure_logging(level: str) -> None:
+    """One stderr handler on the root logger (added once), and token redaction on every
+    root handler, so no library's log record can print a token."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        stderr = _StderrHandler()
+        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stderr)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    _configure_logging(args.log_level)
+    try:
+        code: int = args.handler(args)
+        return code
+    except (UsageError, ConfigError, BundleError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except FedgeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Configuration of rounds and of the service: frozen, validated when built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from fedge.aggregation import STRATEGY_NAMES
+from fedge.errors import ConfigError
+
+__all__ = ["AlertConfig", "RoundConfig", "ServiceConfig"]
+
+
+def _int(value: object, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _positive(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{what} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How one round runs.
+
+    - The round waits (state open) until ``min_available_clients`` clients are registered
+      (``None``: ``clients_per_round``), then selects up to ``clients_per_round`` of them
+      with the seeded generator; it collects until every selected client reported or
+      ``deadline_seconds`` passed, and fails with fewer than ``min_clients`` updates.
+    - ``epochs``/``batch_size``/``learning_rate`` go to the clients in the task
+      (``batch_size`` ``None``: the bundle's static ``train_batch_size``).
+    - ``aggregator`` is a :mod:`fedge.aggregation` strategy name with ``aggregator_options``.
+    - Intake refuses a delta whose L2 norm exceeds ``norm_bound`` and example counts outside
+      ``1..max_examples``.
+    - ``continuous``: the next round opens when one closes (committed or failed); otherwise
+      rounds open on demand.
+    - ``auto_promote``: a committed round's version becomes production at once; ``None``
+      means "when continuous" (a continuous deployment keeps serving its newest model, an
+      on-demand one leaves promotion to an operator).
+    """
+
+    clients_per_round: int = 10
+    min_clients: int = 2
+    min_available_clients: int | None = None
+    deadline_seconds: float = 600.0
+    epochs: int = 1
+    batch_size: int | None = None
+    learning_rate: float = 0.01
+    aggregator: str = "fedavg"
+    aggregator_options: Mapping[str, float] = field(default_factory=dict)
+    norm_bound: float = 100.0
+    max_examples: int = 1_000_000
+    continuous: bool = True
+    auto_promote: bool | None = None
+
+    def __post_init__(self) -> None:
+        _int(self.min_clients, "min_clients", 1)
+        _int(self.clients_per_round, "clients_per_round", 1)
+        if self.clients_per_round < self.min_clients:
+            raise ConfigError(
+                f"clients_per_round ({self.clients_per_round}) must be >= "
+                f"min_clients ({self.min_clients})"
+            )
+        if self.min_available_clients is not None:
+            _int(self.min_available_clients, "min_available_clients", self.min_clients)
+        object.__setattr__(
+            self, "deadline_seconds", _positive(self.deadline_seconds, "deadline_seconds")
+        )
+        _int(self.epochs, "epochs", 1)
+        if self.batch_size is not None:
+            _int(self.batch_size, "batch_size", 1)
+        object.__setattr__(self, "learning_rate", _positive(self.learning_rate, "learning_rate"))
+        if self.aggregator not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"unknown aggregator {self.aggregator!r}; valid: {list(STRATEGY_NAMES)}"
+            )
+        options = {}
+        for key, value in dict(self.aggregator_options).items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"aggregator option {key!r} must be a number, got {value!r}")
+            options[str(key)] = value
+        object.__setattr__(self, "aggregator_options", MappingProxyType(options))
+        object.__setattr__(self, "norm_bound", _positive(self.norm_bound, "norm_bound"))
+        _int(self.max_examples, "max_examples", 1)
+        for name in ("continuous",):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false")
+        if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
+            raise ConfigError("auto_promote must be true, false or null")
+
+    @property
+    def clients_to_start(self) -> int:
+        """Registered clients needed before a round selects and starts collecting."""
+        if self.min_available_clients is None:
+            return self.clients_per_round
+        return self.min_available_clients
+
+    @property
+    def promotes_on_commit(self) -> bool:
+        return self.continuous if self.auto_promote is None else self.auto_promote
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["aggregator_options"] = dict(self.aggregator_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a round config must be an object, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown round config keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"invalid round config: {exc}") from exc
+
+    def merged(self, overrides: Mapping[str, Any]) -> RoundConfig:
+        """A copy with ``overrides`` applied (validated like :meth:`from_dict`)."""
+        return RoundConfig.from_dict({**self.to_dict(), **dict(overrides)})
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Thresholds of the alert rules (see :mod:`coordinator.alerts`)."""
+
+    rejection_burst_threshold: int = 20
+    rejection_burst_window_seconds: float = 60.0
+    accuracy_drop_threshold: float = 0.1
+    accuracy_metric: str = "accuracy"
+    drift_psi_threshold: float = 0.25
+    drift_mean_shift_threshold: float = 1.0
+    drift_min_rows: int = 30
+
+    def __post_init__(self) -> None:
+        _int(self.rejection_burst_threshold, "rejection_burst_threshold", 1)
+        _positive(self.rejection_burst_window_seconds, "rejection_burst_window_seconds")
+        _positive(self.accuracy_drop_threshold, "accuracy_drop_threshold")
+        _positive(self.drift_psi_threshold, "drift_psi_threshold")
+        _positive(self.drift_mean_shift_threshold, "drift_mean_shift_threshold")
+        _int(self.drift_min_rows, "drift_min_rows", 1)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The service's settings: the task it serves, round defaults, limits, alert rules.
+
+    ``retry_after_seconds`` is what a client polling for work is told to wait;
+    ``max_update_bytes`` bounds an update body; ``seed`` seeds client selection.
+    """
+
+    task: str
+    rounds: RoundConfig = field(default_factory=RoundConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    retry_after_seconds: float = 10.0
+    max_update_bytes: int = 64 << 20
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise ConfigError(f"task must be a non-empty name, got {self.task!r}")
+        _positive(self.retry_after_seconds, "retry_after_seconds")
+        _int(self.max_update_bytes, "max_update_bytes", 1)

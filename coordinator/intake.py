@@ -1,0 +1,112 @@
+"""Update intake checks that need no state: the body, the tensors, the norm, the counts.
+
+The stateful checks (round open, client assigned, task, duplicates, idempotency) live in
+:class:`~coordinator.service.CoordinatorService`, which calls :func:`validate_update` and
+records every failure with its code. Each check raises an error whose ``code`` names it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from coordinator.config import RoundConfig
+from coordinator.errors import CoordinatorError, PayloadTooLargeError, UpdateRejectedError
+from fedge.errors import WeightsFormatError
+from fedge.messages import ModelUpdate
+from fedge.weights import Weights
+
+__all__ = ["UpdateReceipt", "UpdateSubmission", "check_idempotency_key", "validate_update"]
+
+_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+@dataclass(frozen=True)
+class UpdateSubmission:
+    """What a client sends with an update, transport-independent. ``body`` is safetensors."""
+
+    round_id: int
+    task_id: str
+    num_examples: int
+    idempotency_key: str
+    body: bytes
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+
+@dataclass(frozen=True)
+class UpdateReceipt:
+    """The acknowledgement of an accepted (or, ``duplicate``, already accepted) update."""
+
+    round_id: int
+    client_id: str
+    task_id: str
+    sha256: str
+    num_examples: int
+    received_at: float
+    duplicate: bool = False
+
+
+def check_idempotency_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise CoordinatorError(
+            "missing Idempotency-Key: every upload needs a client-chosen key so that a retry "
+            "is counted once",
+            code="missing_idempotency_key",
+        )
+    if not _KEY.fullmatch(key):
+        raise CoordinatorError(
+            "Idempotency-Key must be 8-128 characters of letters, digits and '._:-'",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def validate_update(
+    submission: UpdateSubmission,
+    *,
+    reference: Weights,
+    config: RoundConfig,
+    max_bytes: int,
+) -> ModelUpdate:
+    """The typed update if every stateless check passes; raises the first failure.
+
+    Order: example count, body size, safetensors decoding (incl. float32 only), tensor
+    names/dtypes/shapes against ``reference``, finiteness, then the L2 norm bound.
+    """
+    count = submission.num_examples
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int)
+        or not 1 <= count <= config.max_examples
+    ):
+        raise UpdateRejectedError(
+            f"num_examples must be an integer in 1..{config.max_examples}, got {count!r}",
+            code="invalid_num_examples",
+        )
+    size = len(submission.body)
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"the update body is {size} bytes, over the {max_bytes}-byte limit"
+        )
+    if size == 0:
+        raise WeightsFormatError("the update body is empty; send the safetensors delta")
+    delta = Weights.from_bytes(submission.body, max_bytes=max_bytes)
+    delta.validate_against(reference)
+    norm = delta.l2_norm()
+    if norm > config.norm_bound:
+        raise UpdateRejectedError(
+            f"the update's L2 norm {norm:.6g} exceeds the bound {config.norm_bound:g}",
+            code="norm_exceeded",
+        )
+    return ModelUpdate(
+        task_id=submission.task_id,
+        round_id=submission.round_id,
+        num_examples=count,
+        metrics=submission.metrics,
+        delta=delta,
+    )

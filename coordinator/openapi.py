@@ -1,0 +1,363 @@
+"""The OpenAPI 3.0 document of the REST API, built in code and served at
+``/v1/openapi.json``. A test checks it structurally and against the app's routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.openapi_schemas import build_schemas, ref
+
+__all__ = ["build_openapi"]
+
+JSON = "application/json"
+_ERRORS = {
+    "400": ("BadRequest", "Malformed request: bad JSON, header, message or weights bytes."),
+    "401": ("Unauthorized", "Missing, malformed or unknown token."),
+    "403": ("Forbidden", "Authenticated but not allowed (admin only, not assigned)."),
+    "404": ("NotFound", "No such round, model, task or file."),
+    "409": ("Conflict", "The state forbids it: round closed, duplicate, key reused."),
+    "413": ("PayloadTooLarge", "The body is over the configured limit."),
+    "415": ("UnsupportedMediaType", "The body has the wrong Content-Type."),
+    "422": ("Unprocessable", "Well-formed but refused: tensors, NaN/Inf, norm, counts."),
+}
+
+
+def _json(schema: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": ref(schema)}}}
+
+
+def _op(
+    summary: str,
+    op_id: str,
+    responses: dict[str, Any],
+    *,
+    auth: str | None,
+    errors: str = "",
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "operationId": op_id}
+    if auth:
+        # "scheme|" makes authentication optional (an empty requirement object).
+        operation["security"] = [{scheme: []} if scheme else {} for scheme in auth.split("|")]
+    if params:
+        operation["parameters"] = params
+    if body:
+        operation["requestBody"] = body
+    responses = dict(responses)
+    for status in errors.split():
+        responses[status] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
+    operation["responses"] = responses
+    return operation
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _header(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+VERSION = _path_param("version", {"type": "string"}, "vN, or `current` for production")
+ROUND = _path_param("round_id", {"type": "integer", "minimum": 1}, "Round id")
+FILE = _path_param("name", {"type": "string"}, "A plain bundle file name")
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_DOWNLOAD: dict[str, Any] = {
+    "200": {
+        "description": "The file; ETag is its quoted sha256 (If-None-Match gives 304).",
+        "headers": {"ETag": {"schema": {"type": "string"}}},
+        "content": _BINARY,
+    },
+    "304": {"description": "Not modified (If-None-Match matched the sha256 ETag)."},
+}
+_JSON_BODY = {"required": True, "content": {JSON: {"schema": {"type": "object"}}}}
+
+
+def _paths() -> dict[str, Any]:
+    upload_headers = [
+        _header("X-Fedge-Task-Id", "The train task being answered"),
+        _header("X-Fedge-Num-Examples", "Local examples trained on (1..max_examples)"),
+        _header(
+            "Idempotency-Key",
+            "Client-chosen, 8-128 of [A-Za-z0-9._:-]; a retry with "
+            "the same key and body is acknowledged again and counted once",
+        ),
+        _header("X-Fedge-Metrics", "JSON object of metric name to number", required=False),
+        _header("X-Fedge-Delta-Sha256", "sha256 of the body, checked", required=False),
+    ]
+    return {
+        "/healthz": {"get": _op("Liveness", "health", {"200": _json("Health")}, auth=None)},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (text format 0.0.4)",
+                "metrics",
+                {
+                    "200": {
+                        "description": "Metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                auth=None,
+            )
+        },
+        "/v1/openapi.json": {
+            "get": _op(
+                "This document",
+                "openapi",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.0 document",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    }
+                },
+                auth=None,
+            )
+        },
+        "/v1/clients": {
+            "post": _op(
+                "Register a client; the token is shown once",
+                "registerClient",
+                {"201": _json("Registration", "Registered")},
+                auth="enrollmentToken|",
+                errors="400 401 415",
+                body={"required": False, "content": {JSON: {"schema": ref("RegisterRequest")}}},
+            ),
+            "get": _op(
+                "List clients",
+                "listClients",
+                {"200": _json("ClientList")},
+                auth="adminToken",
+                errors="401 403",
+            ),
+        },
+        "/v1/tasks/next": {
+            "get": _op(
+                "Poll for work: 200 with a task, or 204 with Retry-After",
+                "nextTask",
+                {
+                    "200": _json("Task"),
+                    "204": {
+                        "description": "No task now",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
+                },
+                auth="clientToken",
+                errors="401 403",
+            )
+        },
+        "/v1/tasks": {
+            "post": _op(
+                "Ask clients for an evaluation, statistics or embeddings",
+                "createTasks",
+                {"201": _json("TaskList", "Created")},
+                auth="adminToken",
+                errors="400 401 403 404 415",
+                body={"required": True, "content": {JSON: {"schema": ref("TaskRequest")}}},
+            )
+        },
+        "/v1/rounds": {
+            "post": _op(
+                "Open a round now (on-demand mode)",
+                "openRound",
+                {"201": _json("Round", "Opened")},
+                auth="adminToken",
+                errors="400 401 403 409 415",
+                body={"required": False, "content": {JSON: {"schema": ref("RoundConfig")}}},
+            ),
+            "get": _op(
+                "List rounds",
+                "listRounds",
+                {"200": _json("RoundList")},
+                auth="adminToken",
+                errors="401 403",
+            ),
+        },
+        "/v1/rounds/{round_id}": {
+            "get": _op(
+                "A round with its accepted updates",
+                "getRound",
+                {"200": _json("Round")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[ROUND],
+            )
+        },
+        "/v1/rounds/{round_id}/updates": {
+            "post": _op(
+                "Upload a model update: the body is the safetensors weight delta",
+                "uploadUpdate",
+                {
+                    "201": _json("UpdateReceipt", "Accepted (durable)"),
+                    "200": _json("UpdateReceipt", "Already accepted (a retry)"),
+                },
+                auth="clientToken",
+                errors="400 401 403 404 409 413 415 422",
+                params=[ROUND, *upload_headers],
+                body={"required": True, "content": _BINARY},
+            )
+        },
+        "/v1/stats": {
+            "post": _op(
+                "Upload mergeable data statistics",
+                "uploadStats",
+                {"201": _json("ReportReceipt", "Stored")},
+                auth="clientToken",
+                errors="400 401 403 404 409 415 422",
+                body={"required": True, "content": {JSON: {"schema": ref("StatsReport")}}},
+            )
+        },
+        "/v1/evaluations": {
+            "post": _op(
+                "Upload an evaluation report",
+                "uploadEvaluation",
+                {"201": _json("ReportReceipt", "Stored")},
+                auth="clientToken",
+                errors="400 401 403 404 409 415 422",
+                body={"required": True, "content": {JSON: {"schema": ref("EvalReport")}}},
+            )
+        },
+        "/v1/features": {
+            "post": _op(
+                "Upload backbone embeddings and labels",
+                "uploadFeatures",
+                {"201": _json("ReportReceipt", "Stored")},
+                auth="clientToken",
+                errors="400 401 403 404 409 413 415",
+                body={"required": True, "content": {JSON: {"schema": ref("FeatureBatch")}}},
+            )
+        },
+        "/v1/models": {
+            "get": _op(
+                "List model versions",
+                "listModels",
+                {"200": _json("ModelList")},
+                auth="adminToken",
+                errors="401 403",
+            )
+        },
+        "/v1/models/rollback": {
+            "post": _op(
+                "Make the previous production version production again",
+                "rollbackModel",
+                {"200": _json("Model")},
+                auth="adminToken",
+                errors="401 403 404 409",
+            )
+        },
+        "/v1/models/{version}": {
+            "get": _op(
+                "A version with lineage, metrics, artifacts and events",
+                "getModel",
+                {"200": _json("Model")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[VERSION],
+            )
+        },
+        "/v1/models/{version}/promote": {
+            "post": _op(
+                "Make a version production",
+                "promoteModel",
+                {"200": _json("Model")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[VERSION],
+            )
+        },
+        "/v1/models/{version}/manifest": {
+            "get": _op(
+                "The version's bundle manifest (sha256 ETag)",
+                "getManifest",
+                {
+                    **_DOWNLOAD,
+                    "200": {**_DOWNLOAD["200"], "content": {JSON: {"schema": {"type": "object"}}}},
+                },
+                auth="clientToken|adminToken",
+                errors="401 403 404",
+                params=[VERSION],
+            )
+        },
+        "/v1/models/{version}/weights": {
+            "get": _op(
+                "The version's weights.safetensors (sha256 ETag)",
+                "getWeights",
+                _DOWNLOAD,
+                auth="clientToken|adminToken",
+                errors="401 403 404",
+                params=[VERSION],
+            )
+        },
+        "/v1/models/{version}/files/{name}": {
+            "get": _op(
+                "A bundle file of the version (sha256 ETag)",
+                "getBundleFile",
+                _DOWNLOAD,
+                auth="clientToken|adminToken",
+                errors="400 401 403 404",
+                params=[VERSION, FILE],
+            )
+        },
+        "/v1/alerts": {
+            "get": _op(
+                "Alerts, optionally by kind and since a time",
+                "listAlerts",
+                {"200": _json("AlertList")},
+                auth="adminToken",
+                errors="400 401 403",
+                params=[
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number"},
+                    },
+                ],
+            )
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.0.3 document of the coordinator's REST API."""
+    bearer = {"type": "http", "scheme": "bearer"}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "fedge coordinator",
+            "version": "1",
+            "description": "Federated rounds, model registry and monitoring. Errors are "
+            "JSON {error, detail}; `error` names the check that failed.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": build_schemas(),
+            "responses": {
+                name: {"description": text, "content": {JSON: {"schema": ref("Error")}}}
+                for name, text in _ERRORS.values()
+            },
+            "securitySchemes": {
+                "clientToken": {**bearer, "description": "Token from POST /v1/clients"},
+                "adminToken": {**bearer, "description": "The operator's admin token"},
+                "enrollmentToken": {**bearer, "description": "Only when configured"},
+            },
+        },
+    }

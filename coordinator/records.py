@@ -1,0 +1,254 @@
+"""What the coordinator stores: frozen records with one JSON codec each store uses.
+
+Records are immutable; a state change is a new record saved over the old one. ``to_dict``
+gives plain JSON values and ``from_dict`` rebuilds the record exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, Self, TypeAlias
+
+from coordinator.config import RoundConfig
+from fedge.messages import TaskConfig
+
+__all__ = [
+    "ACTIVE_ROUND_STATES",
+    "ROUND_STATES",
+    "STAGES",
+    "AlertRecord",
+    "ClientRecord",
+    "ModelEvent",
+    "ModelRecord",
+    "RejectionRecord",
+    "ReportRecord",
+    "RoundRecord",
+    "RoundState",
+    "Stage",
+    "TaskRecord",
+    "UpdateRecord",
+]
+
+RoundState: TypeAlias = Literal["open", "collecting", "aggregating", "committed", "failed"]
+ROUND_STATES: tuple[RoundState, ...] = ("open", "collecting", "aggregating", "committed", "failed")
+ACTIVE_ROUND_STATES: tuple[RoundState, ...] = ("open", "collecting", "aggregating")
+Stage: TypeAlias = Literal["candidate", "production", "archived"]
+STAGES: tuple[Stage, ...] = ("candidate", "production", "archived")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class _Record:
+    """JSON codec shared by the records: mappings are frozen, sequences become tuples."""
+
+    _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+
+    def _freeze(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping | list | tuple) and f.name not in self._decoders:
+                object.__setattr__(self, f.name, _frozen(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {
+            k: cls._decoders[k](v) if k in cls._decoders and v is not None else v
+            for k, v in data.items()
+            if k in names
+        }
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ClientRecord(_Record):
+    client_id: str
+    token_hash: str
+    registered_at: float
+    region: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class RoundRecord(_Record):
+    """One round. ``base_version`` is fixed when collecting starts; ``deadline`` too."""
+
+    _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "config": RoundConfig.from_dict,
+        "selected": tuple,
+    }
+
+    round_id: int
+    state: RoundState
+    config: RoundConfig
+    opened_at: float
+    base_version: str | None = None
+    collecting_at: float | None = None
+    deadline: float | None = None
+    closed_at: float | None = None
+    selected: tuple[str, ...] = ()
+    result_version: str | None = None
+    failure_reason: str | None = None
+    measurements: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selected", tuple(self.selected))
+        self._freeze()
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_ROUND_STATES
+
+
+@dataclass(frozen=True)
+class TaskRecord(_Record):
+    """A task handed (or to hand) to one client; ``status`` pending/completed/expired."""
+
+    _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"config": TaskConfig.from_dict}
+
+    task_id: str
+    kind: str
+    client_id: str
+    model_version: str
+    config: TaskConfig
+    created_at: float
+    deadline: float
+    round_id: int | None = None
+    status: str = "pending"
+    completed_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class UpdateRecord(_Record):
+    """An accepted update: its delta is the artifact ``sha256`` (fsynced before this row)."""
+
+    round_id: int
+    client_id: str
+    task_id: str
+    idempotency_key: str
+    sha256: str
+    size: int
+    num_examples: int
+    l2_norm: float
+    received_at: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class RejectionRecord(_Record):
+    at: float
+    reason: str
+    detail: str
+    client_id: str | None = None
+    round_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class ModelRecord(_Record):
+    """A registry entry: lineage, metrics, stage, times and artifacts (name -> sha256).
+
+    ``artifacts`` holds the bundle files, ``manifest.json`` (the served manifest) and
+    ``server_state`` (the server optimizer state after this version).
+    """
+
+    version: str
+    seq: int
+    stage: Stage
+    created_at: float
+    parent: str | None = None
+    round_id: int | None = None
+    training_job: str | None = None
+    participants: int | None = None
+    data_fingerprint: str | None = None
+    stats_id: int | None = None
+    trainer_host: str | None = None
+    trainer_user: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    slice_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    promoted_at: float | None = None
+    deployed_at: float | None = None
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class ModelEvent(_Record):
+    """A registry event: registered, promoted, rolled_back, archived."""
+
+    seq: int
+    version: str
+    kind: str
+    at: float
+    previous: str | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class ReportRecord(_Record):
+    """A client report: ``kind`` stats / evaluation / features, ``document`` its content
+    (the statistics or evaluation document; for features the artifact and its shape)."""
+
+    report_id: int
+    kind: str
+    client_id: str
+    task_id: str
+    received_at: float
+    model_version: str | None = None
+    document: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class AlertRecord(_Record):
+    alert_id: int
+    kind: str
+    severity: str
+    message: str
+    created_at: float
+    round_id: int | None = None
+    model_version: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()

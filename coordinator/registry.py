@@ -1,0 +1,267 @@
+"""The model registry: versions, lineage, stages, and the artifacts of each version.
+
+Version ids are ``v1``, ``v2``... in registration order. Exactly one version is in stage
+``production`` once the first is registered: it is the base of the next round and what
+``/v1/models/current`` serves. :meth:`ModelRegistry.promote` and
+:meth:`ModelRegistry.rollback` are one call each, atomic, and recorded as events.
+Every version's served ``manifest.json`` is derived from the imported bundle's: same
+schema, feature spec and .tflite files (same sha256), its own weights and version id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coordinator.artifacts import ArtifactStore
+from coordinator.errors import ConflictError, NotFoundError
+from coordinator.records import ModelEvent, ModelRecord
+from coordinator.store import Store
+from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, BundleManifest, FileEntry, verify_bundle
+from fedge.errors import ConfigError
+from fedge.weights import Weights
+
+__all__ = ["SERVER_STATE", "SOURCE_MANIFEST", "ModelRegistry", "iso_time"]
+
+logger = logging.getLogger(__name__)
+SERVER_STATE = "server_state"
+SOURCE_MANIFEST = "source_manifest"
+_CACHE_SIZE = 8
+
+
+def iso_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _float_map(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
+
+
+class ModelRegistry:
+    """Registry operations over a Store and an ArtifactStore."""
+
+    def __init__(self, store: Store, artifacts: ArtifactStore, now: Callable[[], float]) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._now = now
+        self._cache: OrderedDict[str, Weights] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # Reading ------------------------------------------------------------------------------
+
+    def get(self, version: str) -> ModelRecord:
+        model = self._store.get_model(version)
+        if model is None:
+            raise NotFoundError(f"no model version {version!r}", code="model_not_found")
+        return model
+
+    def production(self) -> ModelRecord:
+        models = self._store.list_models(stage="production")
+        if not models:
+            raise NotFoundError("no production model: import a bundle first", code="no_model")
+        return models[-1]
+
+    def resolve(self, version: str) -> ModelRecord:
+        """``current`` (or ``production``) names the production version."""
+        return self.production() if version in ("current", "production") else self.get(version)
+
+    def manifest(self, model: ModelRecord) -> BundleManifest:
+        return BundleManifest.from_json(self._artifacts.get_bytes(model.artifacts[MANIFEST_NAME]))
+
+    def file(self, model: ModelRecord, name: str) -> tuple[str, Path]:
+        """The sha256 and path of bundle file ``name`` of ``model`` (manifest included)."""
+        if name not in model.artifacts or name in (SERVER_STATE, SOURCE_MANIFEST):
+            raise NotFoundError(
+                f"model {model.version} has no file {name!r}; files: {self.file_names(model)}",
+                code="file_not_found",
+            )
+        digest = model.artifacts[name]
+        return digest, self._artifacts.path(digest)
+
+    def file_names(self, model: ModelRecord) -> list[str]:
+        return sorted(n for n in model.artifacts if n not in (SERVER_STATE, SOURCE_MANIFEST))
+
+    def weights(self, model: ModelRecord) -> Weights:
+        digest = model.artifacts[WEIGHTS_FILE]
+        with self._cache_lock:
+            if digest in self._cache:
+                self._cache.move_to_end(digest)
+                return self._cache[digest]
+        weights = Weights.from_bytes(self._artifacts.get_bytes(digest))
+        with self._cache_lock:
+            self._cache[digest] = weights
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return weights
+
+    def events(self, version: str | None = None) -> list[ModelEvent]:
+        return self._store.list_model_events(version)
+
+    # Writing ------------------------------------------------------------------------------
+
+    def import_bundle(self, directory: str | Path, *, task: str) -> ModelRecord:
+        """Verify a bundle, store its files, register it (idempotent for the same bundle).
+
+        The first version becomes production; a later import is a candidate whose parent
+        is the production version. Lineage comes from ``metadata["training_record"]``.
+        """
+        manifest = verify_bundle(directory)
+        if manifest.task != task:
+            raise ConfigError(f"the bundle is for task {manifest.task!r}, not {task!r}")
+        root = Path(directory)
+        source = self._artifacts.put_file(root / MANIFEST_NAME)
+        for model in self._store.list_models():
+            if model.artifacts.get(SOURCE_MANIFEST) == source:
+                logger.info("bundle %s is already registered as %s", root, model.version)
+                return model
+        files = {name: self._artifacts.put_file(root / name) for name in manifest.files}
+        record = manifest.metadata.get("training_record", {})
+        record = record if isinstance(record, Mapping) else {}
+        metadata = {**manifest.metadata, "source_model_version": manifest.model_version}
+        with self._store.transaction():
+            models = self._store.list_models()
+            parent = self.production() if models else None
+            model = self._register(
+                manifest,
+                files={n: FileEntry(d, manifest.files[n].size) for n, d in files.items()},
+                metadata=metadata,
+                extra_artifacts={SOURCE_MANIFEST: source},
+                parent=parent.version if parent else None,
+                training_job=_text(record.get("training_job")),
+                data_fingerprint=_text(record.get("data_fingerprint")),
+                trainer_host=_text(record.get("host")),
+                trainer_user=_text(record.get("user")),
+                metrics=_float_map(record.get("metrics")),
+                slice_metrics=_slice_map(record.get("slice_metrics")),
+            )
+            if parent is None:
+                model = self.promote(model.version, detail="first version")
+        logger.info("registered bundle %s as %s (%s)", root, model.version, model.stage)
+        return model
+
+    def register_round_version(
+        self,
+        parent: ModelRecord,
+        weights: Weights,
+        server_state: bytes,
+        **lineage: Any,
+    ) -> ModelRecord:
+        """A new candidate version: ``weights`` on top of ``parent``'s bundle files."""
+        body = weights.to_bytes()
+        digest = self._artifacts.put_bytes(body)
+        state = self._artifacts.put_bytes(server_state)
+        base = self.manifest(parent)
+        metadata = {**base.metadata, "parent_version": parent.version}
+        if lineage.get("round_id") is not None:
+            metadata["round_id"] = lineage["round_id"]
+        return self._register(
+            base,
+            files={WEIGHTS_FILE: FileEntry(digest, len(body))},
+            metadata=metadata,
+            extra_artifacts={SERVER_STATE: state},
+            parent=parent.version,
+            **lineage,
+        )
+
+    def _register(
+        self,
+        manifest: BundleManifest,
+        *,
+        files: Mapping[str, FileEntry],
+        metadata: Mapping[str, Any],
+        extra_artifacts: Mapping[str, str],
+        **fields: Any,
+    ) -> ModelRecord:
+        with self._store.transaction():
+            seq = len(self._store.list_models()) + 1
+            version, now = f"v{seq}", self._now()
+            derived = manifest.derive(
+                model_version=version, files=files, created_at=iso_time(now), metadata=metadata
+            )
+            manifest_sha = self._artifacts.put_bytes(derived.to_json().encode("utf-8"))
+            artifacts = {n: e.sha256 for n, e in derived.files.items()}
+            artifacts.update({MANIFEST_NAME: manifest_sha, **extra_artifacts})
+            model = ModelRecord(
+                version=version,
+                seq=seq,
+                stage="candidate",
+                created_at=now,
+                artifacts=artifacts,
+                **fields,
+            )
+            self._store.add_model(model)
+            self._store.add_model_event(ModelEvent(0, version, "registered", now))
+            return model
+
+    def promote(self, version: str, *, detail: str = "") -> ModelRecord:
+        """Make ``version`` production (the old production is archived). Idempotent."""
+        with self._store.transaction():
+            target = self.get(version)
+            if target.stage == "production":
+                return target
+            current = self._store.list_models(stage="production")
+            now = self._now()
+            for old in current:
+                self._store.save_model(dataclasses.replace(old, stage="archived"))
+            promoted = dataclasses.replace(target, stage="production", promoted_at=now)
+            self._store.save_model(promoted)
+            previous = current[-1].version if current else None
+            self._store.add_model_event(
+                ModelEvent(0, version, "promoted", now, previous=previous, detail=detail)
+            )
+            logger.info("promoted %s (previous production: %s)", version, previous)
+            return promoted
+
+    def rollback(self) -> ModelRecord:
+        """Make the version that was production before the current one production again."""
+        with self._store.transaction():
+            current = self.production()
+            promotions = [e for e in self.events(current.version) if e.kind == "promoted"]
+            previous = promotions[-1].previous if promotions else None
+            if previous is None:
+                raise ConflictError(
+                    f"{current.version} has no previous production version to roll back to",
+                    code="no_previous_version",
+                )
+            target = self.get(previous)
+            now = self._now()
+            self._store.save_model(dataclasses.replace(current, stage="archived"))
+            restored = dataclasses.replace(target, stage="production", promoted_at=now)
+            self._store.save_model(restored)
+            self._store.add_model_event(
+                ModelEvent(
+                    0,
+                    previous,
+                    "rolled_back",
+                    now,
+                    previous=current.version,
+                    detail=f"rolled back from {current.version}",
+                )
+            )
+            logger.warning("rolled back from %s to %s", current.version, previous)
+            return restored
+
+    def mark_deployed(self, version: str) -> None:
+        """Record the first time a version was handed to clients (its first round)."""
+        with self._store.transaction():
+            model = self.get(version)
+            if model.deployed_at is None:
+                self._store.save_model(dataclasses.replace(model, deployed_at=self._now()))
+
+
+def _slice_map(value: object) -> dict[str, dict[str, float]]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): _float_map(v) for k, v in value.items()}
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)

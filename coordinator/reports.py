@@ -1,0 +1,104 @@
+"""Report intake: statistics, evaluations and embeddings that clients send for a task.
+
+A report must answer a pending task of the same kind assigned to the sending client; it
+is stored (embeddings as an artifact), the task completes, and the alert rules run
+(drift for statistics, per-region accuracy for evaluations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coordinator.alerts import AlertMonitor
+from coordinator.artifacts import ArtifactStore
+from coordinator.errors import ConflictError, CoordinatorError, NotFoundError, PermissionDeniedError
+from coordinator.records import ClientRecord, ReportRecord, TaskRecord
+from coordinator.registry import ModelRegistry
+from coordinator.store import Store
+from fedge.messages import EvalReport, FeatureBatch, StatsReport
+
+__all__ = ["ReportIntake", "complete_task"]
+
+
+def complete_task(store: Store, task_id: str, now: float) -> None:
+    """Mark a pending task completed (a no-op for any other state)."""
+    task = store.get_task(task_id)
+    if task is not None and task.status == "pending":
+        store.save_task(dataclasses.replace(task, status="completed", completed_at=now))
+
+
+class ReportIntake:
+    """Validates, stores and monitors client reports."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        artifacts: ArtifactStore,
+        registry: ModelRegistry,
+        alerts: AlertMonitor,
+        now: Callable[[], float],
+        lock: threading.RLock,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._registry = registry
+        self._alerts = alerts
+        self._now = now
+        self._lock = lock
+
+    def _task(self, client: ClientRecord, task_id: str, kind: str) -> TaskRecord:
+        task = self._store.get_task(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}", code="task_not_found")
+        if task.client_id != client.client_id:
+            raise PermissionDeniedError(
+                f"task {task_id!r} is assigned to another client", code="task_not_assigned"
+            )
+        if task.kind != kind:
+            raise CoordinatorError(
+                f"task {task_id!r} is a {task.kind} task, not {kind}", code="task_kind_mismatch"
+            )
+        if task.status != "pending":
+            raise ConflictError(f"task {task_id!r} is {task.status}", code="task_closed")
+        return task
+
+    def _save(
+        self,
+        client: ClientRecord,
+        task: TaskRecord,
+        kind: str,
+        document: Mapping[str, Any],
+        version: str | None,
+    ) -> ReportRecord:
+        with self._lock, self._store.transaction():
+            now = self._now()
+            report = self._store.add_report(
+                ReportRecord(0, kind, client.client_id, task.task_id, now, version, document)
+            )
+            complete_task(self._store, task.task_id, now)
+        return report
+
+    def submit_stats(self, client: ClientRecord, report: StatsReport) -> ReportRecord:
+        task = self._task(client, report.task_id, "stats")
+        stored = self._save(client, task, "stats", report.stats.to_dict(), task.model_version)
+        manifest = self._registry.manifest(self._registry.get(task.model_version))
+        self._alerts.statistics(report.stats, manifest, client_id=client.client_id)
+        return stored
+
+    def submit_evaluation(self, client: ClientRecord, report: EvalReport) -> ReportRecord:
+        task = self._task(client, report.task_id, "evaluate")
+        model = self._registry.get(report.model_version)
+        stored = self._save(client, task, "evaluation", report.to_dict(), model.version)
+        self._alerts.evaluation(report, client, model)
+        return stored
+
+    def submit_features(self, client: ClientRecord, batch: FeatureBatch) -> ReportRecord:
+        task = self._task(client, batch.task_id, "features")
+        digest = self._artifacts.put_bytes(batch.embeddings.tobytes() + batch.labels.tobytes())
+        rows, width = batch.embeddings.shape
+        document = {"sha256": digest, "rows": rows, "width": width, "dtype": "float32+int64"}
+        return self._save(client, task, "features", document, task.model_version)

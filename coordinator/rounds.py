@@ -1,0 +1,294 @@
+"""The round lifecycle: open -> collecting -> aggregating -> committed | failed.
+
+- open: waiting for ``min_available_clients`` registered clients; then up to
+  ``clients_per_round`` are selected with the seeded generator, each gets a train task,
+  and the deadline starts.
+- collecting: accepted updates are on disk and in the store (see the service's intake).
+  The round closes when every selected client reported, or at the deadline.
+- aggregating: the stored updates are streamed through a fresh aggregator (FedAvg family:
+  O(model) memory; median, trimmed mean and Krum hold the round's updates, O(clients x
+  model)), the server optimizer steps from the base version's persisted state, and the new
+  weights, state and derived manifest are written before the version is registered.
+- committed: a new registry version (promoted when ``promotes_on_commit``).
+- failed: fewer than ``min_clients`` updates by the deadline, or aggregation failed; the
+  global model is unchanged and the reason recorded.
+
+Every transition is saved before the next step, so after a crash :meth:`tick` resumes a
+round where it stopped: an aggregating round is aggregated again from its stored updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import hashlib
+import logging
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from coordinator.alerts import AlertMonitor
+from coordinator.artifacts import ArtifactStore
+from coordinator.config import RoundConfig
+from coordinator.errors import ConflictError
+from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
+from coordinator.registry import SERVER_STATE, ModelRegistry
+from coordinator.store import Store
+from fedge.aggregation import build_strategy
+from fedge.errors import AggregationError, FedgeError
+from fedge.messages import TaskConfig
+from fedge.server_optimizers import ServerState
+from fedge.weights import Weights
+
+__all__ = ["RoundEngine", "train_task_id"]
+
+logger = logging.getLogger(__name__)
+
+
+def train_task_id(round_id: int, client_id: str) -> str:
+    return f"r{round_id}-{client_id}"
+
+
+class RoundEngine:
+    """Drives rounds through their states; every public method is called under the
+    service's lock."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        artifacts: ArtifactStore,
+        registry: ModelRegistry,
+        alerts: AlertMonitor,
+        defaults: RoundConfig,
+        now: Callable[[], float],
+        rng: np.random.Generator,
+    ) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self._registry = registry
+        self._alerts = alerts
+        self._defaults = defaults
+        self._now = now
+        self._rng = rng
+
+    def open(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
+        active = self._store.list_rounds(ACTIVE_ROUND_STATES)
+        if active:
+            raise ConflictError(
+                f"round {active[0].round_id} is still {active[0].state}; one round at a time",
+                code="round_active",
+            )
+        config = self._defaults.merged(overrides or {})
+        round_ = self._store.add_round(
+            RoundRecord(round_id=0, state="open", config=config, opened_at=self._now())
+        )
+        logger.info("opened round %d", round_.round_id)
+        return self._advance(round_)
+
+    def tick(self) -> None:
+        """Advance every active round as far as the clock and the updates allow; in
+        continuous mode open the next round when none is active."""
+        active = self._store.list_rounds(ACTIVE_ROUND_STATES)
+        for round_ in active:
+            self._advance(round_)
+        if self._defaults.continuous and not self._store.list_rounds(ACTIVE_ROUND_STATES):
+            self.open()
+
+    def fail_superseded(self, production: str) -> None:
+        """Fail active rounds built on a version that is no longer production."""
+        for round_ in self._store.list_rounds(("collecting", "aggregating")):
+            if round_.base_version != production:
+                self._fail(round_, f"base version {round_.base_version} is no longer production")
+
+    # Transitions --------------------------------------------------------------------------
+
+    def _advance(self, round_: RoundRecord) -> RoundRecord:
+        if round_.state == "open":
+            round_ = self._start(round_)
+        if round_.state == "collecting":
+            round_ = self._maybe_close(round_)
+        if round_.state == "aggregating":
+            round_ = self._aggregate(round_)
+        return round_
+
+    def _start(self, round_: RoundRecord) -> RoundRecord:
+        config = round_.config
+        clients = [c.client_id for c in self._store.list_clients()]
+        if len(clients) < config.clients_to_start:
+            return round_
+        base = self._registry.production()
+        count = min(config.clients_per_round, len(clients))
+        selected = tuple(str(c) for c in self._rng.choice(clients, size=count, replace=False))
+        now = self._now()
+        deadline = now + config.deadline_seconds
+        batch = config.batch_size or self._registry.manifest(base).train_batch_size
+        task_config = TaskConfig(
+            epochs=config.epochs,
+            batch_size=batch,
+            learning_rate=config.learning_rate,
+            max_examples=config.max_examples,
+        )
+        with self._store.transaction():
+            for client_id in selected:
+                self._store.add_task(
+                    TaskRecord(
+                        task_id=train_task_id(round_.round_id, client_id),
+                        kind="train",
+                        client_id=client_id,
+                        model_version=base.version,
+                        config=task_config,
+                        created_at=now,
+                        deadline=deadline,
+                        round_id=round_.round_id,
+                    )
+                )
+            started = dataclasses.replace(
+                round_,
+                state="collecting",
+                base_version=base.version,
+                collecting_at=now,
+                deadline=deadline,
+                selected=selected,
+            )
+            self._store.save_round(started)
+            self._registry.mark_deployed(base.version)
+        logger.info(
+            "round %d collecting from %d clients on %s until %.0f",
+            round_.round_id,
+            count,
+            base.version,
+            deadline,
+        )
+        return started
+
+    def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
+        received = len(self._store.list_updates(round_.round_id))
+        everyone = received >= len(round_.selected)
+        expired = round_.deadline is not None and self._now() >= round_.deadline
+        if not (everyone or expired):
+            return round_
+        if received < round_.config.min_clients:
+            return self._fail(
+                round_,
+                f"only {received} of the {round_.config.min_clients} required updates "
+                "arrived by the deadline",
+            )
+        aggregating = dataclasses.replace(round_, state="aggregating")
+        self._store.save_round(aggregating)
+        return aggregating
+
+    def _fail(self, round_: RoundRecord, reason: str) -> RoundRecord:
+        failed = dataclasses.replace(
+            round_, state="failed", closed_at=self._now(), failure_reason=reason
+        )
+        with self._store.transaction():
+            self._store.save_round(failed)
+            self._expire_tasks(round_.round_id)
+        logger.warning("round %d failed: %s", round_.round_id, reason)
+        self._alerts.round_failed(failed)
+        return failed
+
+    def _expire_tasks(self, round_id: int) -> None:
+        for task in self._store.list_tasks(round_id=round_id, status="pending"):
+            self._store.save_task(dataclasses.replace(task, status="expired"))
+
+    def _aggregate(self, round_: RoundRecord) -> RoundRecord:
+        updates = self._store.list_updates(round_.round_id)
+        base = self._registry.get(str(round_.base_version))
+        config = round_.config
+        try:
+            weights = self._registry.weights(base)
+            strategy = build_strategy(config.aggregator, weights, **config.aggregator_options)
+            aggregator = strategy.new_aggregator()
+            for update in updates:
+                delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
+                aggregator.add(delta, update.num_examples)
+            result = aggregator.result()
+            state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.name)
+            if state is None:
+                state = strategy.server_optimizer.init(weights)
+            new_weights, new_state = strategy.server_optimizer.step(state, weights, result.delta)
+            new_weights.check_finite()
+        except (AggregationError, FedgeError) as exc:
+            return self._fail(round_, f"aggregation failed: {exc}")
+        metrics, slices = self._client_metrics(updates)
+        with self._store.transaction():
+            model = self._registry.register_round_version(
+                base,
+                new_weights,
+                new_state.to_bytes(),
+                round_id=round_.round_id,
+                participants=len(updates),
+                data_fingerprint=_fingerprint(updates),
+                stats_id=self._latest_stats_id(),
+                trainer_host=socket.gethostname(),
+                trainer_user=_user(),
+                metrics=metrics,
+                slice_metrics=slices,
+            )
+            if config.promotes_on_commit:
+                model = self._registry.promote(
+                    model.version, detail=f"auto-promoted by round {round_.round_id}"
+                )
+            committed = dataclasses.replace(
+                round_,
+                state="committed",
+                closed_at=self._now(),
+                result_version=model.version,
+                measurements=dict(result.measurements),
+            )
+            self._store.save_round(committed)
+            self._expire_tasks(round_.round_id)
+        logger.info(
+            "round %d committed %s from %d updates", round_.round_id, model.version, len(updates)
+        )
+        return committed
+
+    def _server_state(self, digest: str | None, optimizer: str) -> ServerState | None:
+        if digest is None:
+            return None
+        state = ServerState.from_bytes(self._artifacts.get_bytes(digest))
+        if state.optimizer != optimizer:
+            logger.warning(
+                "server state is for %s, not %s: starting afresh", state.optimizer, optimizer
+            )
+            return None
+        return state
+
+    def _client_metrics(
+        self, updates: list[UpdateRecord]
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Example-weighted means of the clients' metrics, overall and per client region."""
+        sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        weights: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for update in updates:
+            client = self._store.get_client(update.client_id)
+            groups = ["*"] + ([client.region] if client and client.region else [])
+            for group in groups:
+                for name, value in update.metrics.items():
+                    sums[group][name] += value * update.num_examples
+                    weights[group][name] += update.num_examples
+        means = {g: {n: sums[g][n] / weights[g][n] for n in sums[g]} for g in sums}
+        overall = means.pop("*", {})
+        return overall, means
+
+    def _latest_stats_id(self) -> int | None:
+        reports = self._store.list_reports(kind="stats")
+        return reports[-1].report_id if reports else None
+
+
+def _fingerprint(updates: list[UpdateRecord]) -> str:
+    """A content address of what went into the round: each client's update and count."""
+    lines = sorted(f"{u.client_id}:{u.sha256}:{u.num_examples}" for u in updates)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,411 @@
+"""The coordinator service, transport-agnostic: clients, tasks, update intake, reports,
+rounds, the registry, alerts. REST (and gRPC) adapters only decode, call and encode.
+
+Time and randomness are injected (``now``, ``rng``) so tests drive rounds with a fake
+clock. Deadlines are checked on every call (:meth:`tick`); a server process also ticks
+from a timer thread. One re-entrant lock serialises state transitions; the expensive part
+of an upload (decoding and checking the tensors, writing the artifact) runs outside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.alerts import AlertMonitor
+from coordinator.artifacts import ArtifactStore
+from coordinator.auth import hash_token, new_token, token_matches
+from coordinator.config import ServiceConfig
+from coordinator.errors import (
+    AuthenticationError,
+    ConflictError,
+    CoordinatorError,
+    NotFoundError,
+    PermissionDeniedError,
+    describe,
+)
+from coordinator.intake import (
+    UpdateReceipt,
+    UpdateSubmission,
+    check_idempotency_key,
+    validate_update,
+)
+from coordinator.records import (
+    ClientRecord,
+    ModelEvent,
+    ModelRecord,
+    RejectionRecord,
+    ReportRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
+from coordinator.registry import ModelRegistry
+from coordinator.reports import ReportIntake, complete_task
+from coordinator.rounds import RoundEngine
+from coordinator.store import Store
+from fedge.errors import FedgeError
+from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
+
+__all__ = ["CoordinatorService", "Registration"]
+
+logger = logging.getLogger(__name__)
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A new client's id and its token; the token is shown once and stored only hashed."""
+
+    client_id: str
+    token: str = dataclasses.field(repr=False)
+
+
+class CoordinatorService:
+    """Everything the coordinator does, callable in-process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        artifacts: ArtifactStore,
+        config: ServiceConfig,
+        now: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.config = config
+        self.now = now
+        self._lock = threading.RLock()
+        self.registry = ModelRegistry(store, artifacts, now)
+        self.alerts = AlertMonitor(store, config.alerts, now)
+        self.reports = ReportIntake(
+            store=store, artifacts=artifacts, registry=self.registry, alerts=self.alerts,
+            now=now, lock=self._lock,
+        )  # fmt: skip
+        self.rounds = RoundEngine(
+            store=store,
+            artifacts=artifacts,
+            registry=self.registry,
+            alerts=self.alerts,
+            defaults=config.rounds,
+            now=now,
+            rng=rng if rng is not None else np.random.default_rng(config.seed),
+        )
+
+    def import_bundle(self, directory: str | Path) -> ModelRecord:
+        """Verify and register a bundle (the first becomes version v1, production)."""
+        with self._lock:
+            return self.registry.import_bundle(directory, task=self.config.task)
+
+    def tick(self) -> None:
+        """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`)."""
+        with self._lock:
+            if self.store.list_models(stage="production"):
+                self.rounds.tick()
+
+    # Clients ------------------------------------------------------------------------------
+
+    def register_client(
+        self, *, region: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> Registration:
+        if region is not None and (not isinstance(region, str) or not _LABEL.fullmatch(region)):
+            raise CoordinatorError(
+                f"region must be 1-64 characters of letters, digits and ' ._:/-', got {region!r}",
+                code="invalid_region",
+            )
+        labels = dict(metadata or {})
+        if len(labels) > 32 or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+            for k, v in labels.items()
+        ):
+            raise CoordinatorError(
+                "metadata must map at most 32 names (<= 64 chars) to strings (<= 256 chars)",
+                code="invalid_metadata",
+            )
+        token = new_token()
+        client = ClientRecord(
+            client_id=f"c-{secrets.token_hex(6)}",
+            token_hash=hash_token(token),
+            registered_at=self.now(),
+            region=region,
+            metadata=labels,
+        )
+        self.store.add_client(client)
+        logger.info("registered client %s (region %s)", client.client_id, region)
+        self.tick()
+        return Registration(client.client_id, token)
+
+    def authenticate(self, token: str) -> ClientRecord:
+        client = self.store.find_client(hash_token(token))
+        if client is None or not token_matches(token, client.token_hash):
+            raise AuthenticationError("unknown client token", code="invalid_token")
+        return client
+
+    def next_task(self, client: ClientRecord) -> Task | None:
+        """The client's oldest pending, unexpired task, or None (poll again later)."""
+        self.tick()
+        now = self.now()
+        for record in self.store.list_tasks(client_id=client.client_id, status="pending"):
+            if record.deadline > now:
+                return Task(
+                    task_id=record.task_id,
+                    kind=record.kind,  # type: ignore[arg-type]
+                    round_id=record.round_id,
+                    model_version=record.model_version,
+                    config=record.config,
+                    deadline=record.deadline,
+                )
+        return None
+
+    def create_tasks(
+        self,
+        kind: str,
+        *,
+        client_ids: Sequence[str] | None = None,
+        deadline_seconds: float = 3600.0,
+        config: TaskConfig | None = None,
+    ) -> list[TaskRecord]:
+        """Ask clients (all by default) for an evaluation, statistics or embeddings."""
+        if kind not in ("evaluate", "stats", "features"):
+            raise CoordinatorError(
+                f"kind must be evaluate, stats or features (train tasks come from rounds), "
+                f"got {kind!r}",
+                code="invalid_task_kind",
+            )
+        if not 0 < deadline_seconds <= 30 * 86400:
+            raise CoordinatorError(
+                "deadline_seconds must be in (0, 30 days]", code="invalid_deadline"
+            )
+        ids = (
+            list(client_ids)
+            if client_ids is not None
+            else [c.client_id for c in self.store.list_clients()]
+        )
+        unknown = [c for c in ids if self.store.get_client(c) is None]
+        if unknown:
+            raise NotFoundError(f"unknown clients {unknown}", code="client_not_found")
+        version = self.registry.production().version
+        now = self.now()
+        tasks = [
+            TaskRecord(
+                task_id=f"{kind}-{secrets.token_hex(6)}",
+                kind=kind,
+                client_id=client_id,
+                model_version=version,
+                config=config or TaskConfig(),
+                created_at=now,
+                deadline=now + deadline_seconds,
+            )
+            for client_id in ids
+        ]
+        with self.store.transaction():
+            for task in tasks:
+                self.store.add_task(task)
+        return tasks
+
+    # Update intake ------------------------------------------------------------------------
+
+    def submit_update(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt:
+        """Validate and durably record one update; every rejection is recorded by code."""
+        try:
+            return self._submit(client, submission)
+        except FedgeError as exc:
+            self.reject_update(client, submission.round_id, exc)
+            raise
+
+    def reject_update(self, client: ClientRecord, round_id: int | None, error: FedgeError) -> None:
+        """Record a refused upload under its code (transports call it for decoding errors)."""
+        _, code = describe(error)
+        self.store.add_rejection(
+            RejectionRecord(
+                at=self.now(),
+                reason=code,
+                detail=str(error),
+                client_id=client.client_id,
+                round_id=round_id,
+            )
+        )
+        logger.info("rejected update from %s: %s (%s)", client.client_id, code, error)
+        self.alerts.rejection()
+
+    def _submit(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt:
+        self.tick()
+        key = check_idempotency_key(submission.idempotency_key)
+        round_ = self._round(submission.round_id)
+        replay = self._replay(client, submission)
+        if replay is not None:
+            return replay
+        self._check_assignment(client, round_, submission.task_id)
+        update = validate_update(
+            submission,
+            reference=self.registry.weights(self.registry.get(str(round_.base_version))),
+            config=round_.config,
+            max_bytes=self.config.max_update_bytes,
+        )
+        digest = self.artifacts.put_bytes(submission.body)
+        with self._lock:
+            replay = self._replay(client, submission)
+            if replay is not None:
+                return replay
+            round_ = self._check_assignment(client, self._round(round_.round_id), update.task_id)
+            record = UpdateRecord(
+                round_id=round_.round_id,
+                client_id=client.client_id,
+                task_id=update.task_id,
+                idempotency_key=key,
+                sha256=digest,
+                size=len(submission.body),
+                num_examples=update.num_examples,
+                l2_norm=update.delta.l2_norm(),
+                received_at=self.now(),
+                metrics=update.metrics,
+            )
+            with self.store.transaction():
+                self.store.add_update(record)
+                complete_task(self.store, update.task_id, self.now())
+            logger.info(
+                "accepted update from %s for round %d (%d examples)",
+                client.client_id,
+                round_.round_id,
+                update.num_examples,
+            )
+            try:
+                self.tick()  # the last expected update closes the round now
+            except Exception:
+                # The update is durable and acknowledged whatever happens here; the timer
+                # (or the next call) retries the transition.
+                logger.exception("advancing round %d after an update failed", round_.round_id)
+        return UpdateReceipt(
+            round_.round_id, client.client_id, update.task_id, digest, update.num_examples,
+            record.received_at,
+        )  # fmt: skip
+
+    def _replay(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt | None:
+        """The original receipt when this exact upload was accepted before (a retry)."""
+        previous = self.store.find_update(client.client_id, submission.idempotency_key)
+        if previous is None:
+            return None
+        same = (
+            previous.round_id == submission.round_id
+            and previous.task_id == submission.task_id
+            and previous.num_examples == submission.num_examples
+            and previous.sha256 == hashlib.sha256(submission.body).hexdigest()
+        )
+        if not same:
+            raise ConflictError(
+                "Idempotency-Key was already used for a different update "
+                f"(round {previous.round_id}); use a new key for a new update",
+                code="idempotency_conflict",
+            )
+        return UpdateReceipt(
+            previous.round_id, client.client_id, previous.task_id, previous.sha256,
+            previous.num_examples, previous.received_at, duplicate=True,
+        )  # fmt: skip
+
+    def _round(self, round_id: int) -> RoundRecord:
+        round_ = self.store.get_round(round_id)
+        if round_ is None:
+            raise NotFoundError(f"no round {round_id}", code="round_not_found")
+        return round_
+
+    def _check_assignment(
+        self, client: ClientRecord, round_: RoundRecord, task_id: str
+    ) -> RoundRecord:
+        if round_.state != "collecting":
+            detail = {
+                "open": "has not started collecting",
+                "aggregating": "is closed and aggregating",
+                "committed": f"is closed (committed as {round_.result_version})",
+                "failed": f"is closed (failed: {round_.failure_reason})",
+            }[round_.state]
+            raise ConflictError(
+                f"round {round_.round_id} {detail}; it accepts no updates", code="round_closed"
+            )
+        if client.client_id not in round_.selected:
+            raise PermissionDeniedError(
+                f"client {client.client_id} was not selected for round {round_.round_id}",
+                code="not_assigned",
+            )
+        task = self.store.get_task(task_id) if isinstance(task_id, str) else None
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}", code="task_not_found")
+        if task.client_id != client.client_id:
+            raise PermissionDeniedError(
+                f"task {task_id!r} is assigned to another client", code="task_not_assigned"
+            )
+        if task.round_id != round_.round_id:
+            raise CoordinatorError(
+                f"task {task_id!r} belongs to round {task.round_id}, not {round_.round_id}",
+                code="task_round_mismatch",
+            )
+        if self.store.get_update(round_.round_id, client.client_id) is not None:
+            raise ConflictError(
+                f"client {client.client_id} already submitted an update for round "
+                f"{round_.round_id}",
+                code="duplicate_update",
+            )
+        return round_
+
+    # Reports ------------------------------------------------------------------------------
+
+    def submit_stats(self, client: ClientRecord, report: StatsReport) -> ReportRecord:
+        return self.reports.submit_stats(client, report)
+
+    def submit_evaluation(self, client: ClientRecord, report: EvalReport) -> ReportRecord:
+        return self.reports.submit_evaluation(client, report)
+
+    def submit_features(self, client: ClientRecord, batch: FeatureBatch) -> ReportRecord:
+        return self.reports.submit_features(client, batch)
+
+    # Rounds and models (admin) ------------------------------------------------------------
+
+    def open_round(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
+        """Open a round now (continuous mode opens them itself: this then conflicts)."""
+        with self._lock:
+            self.tick()
+            return self.rounds.open(overrides)
+
+    def get_round(self, round_id: int) -> RoundRecord:
+        self.tick()
+        return self._round(round_id)
+
+    def list_rounds(self) -> list[RoundRecord]:
+        self.tick()
+        return self.store.list_rounds()
+
+    def round_updates(self, round_id: int) -> list[UpdateRecord]:
+        return self.store.list_updates(self._round(round_id).round_id)
+
+    def list_models(self) -> list[ModelRecord]:
+        return self.store.list_models()
+
+    def get_model(self, version: str) -> ModelRecord:
+        return self.registry.resolve(version)
+
+    def model_events(self, version: str | None = None) -> list[ModelEvent]:
+        return self.registry.events(version)
+
+    def promote(self, version: str) -> ModelRecord:
+        with self._lock:
+            model = self.registry.promote(version, detail="promoted by an operator")
+            self.rounds.fail_superseded(model.version)
+            return model
+
+    def rollback(self) -> ModelRecord:
+        with self._lock:
+            model = self.registry.rollback()
+            self.rounds.fail_superseded(model.version)
+            return model

@@ -1,0 +1,395 @@
+"""The embedded default store: SQLite in WAL mode with ``synchronous=FULL``.
+
+Each record is a JSON document beside the columns the queries need. One connection,
+guarded by a re-entrant lock, serves every thread of the process; other processes (the
+``fedge-coordinator models`` CLI in ``--db`` mode) open their own and wait up to
+``busy_timeout`` for the write lock. ``synchronous=FULL`` makes every commit durable
+before it returns: an acknowledged update survives ``kill -9`` and power loss.
+Schema changes are numbered migrations recorded in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coordinator.errors import ConflictError, NotFoundError
+from coordinator.records import (
+    AlertRecord,
+    ClientRecord,
+    ModelEvent,
+    ModelRecord,
+    RejectionRecord,
+    ReportRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
+
+__all__ = ["MIGRATIONS", "SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R", bound=Any)
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE clients (client_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
+                              doc TEXT NOT NULL);
+        CREATE TABLE rounds (round_id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL,
+                             doc TEXT NOT NULL);
+        CREATE TABLE tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE,
+                            client_id TEXT NOT NULL, round_id INTEGER, status TEXT NOT NULL,
+                            doc TEXT NOT NULL);
+        CREATE INDEX tasks_by_client ON tasks (client_id, status);
+        CREATE TABLE updates (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                              round_id INTEGER NOT NULL, client_id TEXT NOT NULL,
+                              idempotency_key TEXT NOT NULL, doc TEXT NOT NULL,
+                              UNIQUE (round_id, client_id), UNIQUE (client_id, idempotency_key));
+        CREATE TABLE rejections (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+                                 reason TEXT NOT NULL, doc TEXT NOT NULL);
+        CREATE INDEX rejections_by_time ON rejections (at);
+        CREATE TABLE models (version TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+                             stage TEXT NOT NULL, doc TEXT NOT NULL);
+        CREATE TABLE model_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                   version TEXT NOT NULL, doc TEXT NOT NULL);
+        CREATE TABLE reports (report_id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+                              model_version TEXT, doc TEXT NOT NULL);
+        CREATE TABLE alerts (alert_id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+                             created_at REAL NOT NULL, doc TEXT NOT NULL);
+        """,
+    ),
+)
+
+
+def _dump(record: Any) -> str:
+    return json.dumps(record.to_dict(), sort_keys=True, allow_nan=False)
+
+
+class SQLiteStore:
+    """The Store Protocol over one SQLite file (created, and migrated, on open)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1e3
+        )
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot enable WAL on {self.path}: got {mode}")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._tx():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            row = self._conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            current = row[0] or 0
+            for version, script in MIGRATIONS:
+                if version > current:
+                    for statement in filter(str.strip, script.split(";")):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?)",
+                        (version, datetime.now(UTC).isoformat()),
+                    )
+                    logger.info("applied store migration %d to %s", version, self.path)
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            return int(row[0] or 0)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._conn.execute("COMMIT")
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._tx()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # helpers
+    def _insert(self, sql: str, params: tuple[Any, ...], conflict: ConflictError) -> int:
+        with self._tx():
+            try:
+                cursor = self._conn.execute(sql, params)
+            except sqlite3.IntegrityError as exc:
+                raise conflict from exc
+            return int(cursor.lastrowid or 0)
+
+    def _one(self, cls: type[R], sql: str, params: tuple[Any, ...]) -> R | None:
+        with self._lock:
+            row = self._conn.execute(sql, params).fetchone()
+        return None if row is None else cls.from_dict(json.loads(row[0]))
+
+    def _all(self, cls: type[R], sql: str, params: tuple[Any, ...] = ()) -> list[R]:
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [cls.from_dict(json.loads(row[0])) for row in rows]
+
+    def _update(self, sql: str, params: tuple[Any, ...], missing: NotFoundError) -> None:
+        with self._tx():
+            if self._conn.execute(sql, params).rowcount != 1:
+                raise missing
+
+    @staticmethod
+    def _where(filters: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        used = {k: v for k, v in filters.items() if v is not None}
+        if not used:
+            return "", ()
+        return " WHERE " + " AND ".join(f"{k} = ?" for k in used), tuple(used.values())
+
+    # clients
+    def add_client(self, client: ClientRecord) -> None:
+        self._insert(
+            "INSERT INTO clients VALUES (?, ?, ?)",
+            (client.client_id, client.token_hash, _dump(client)),
+            ConflictError(f"client {client.client_id!r} exists", code="duplicate"),
+        )
+
+    def get_client(self, client_id: str) -> ClientRecord | None:
+        return self._one(ClientRecord, "SELECT doc FROM clients WHERE client_id = ?", (client_id,))
+
+    def find_client(self, token_hash: str) -> ClientRecord | None:
+        return self._one(
+            ClientRecord, "SELECT doc FROM clients WHERE token_hash = ?", (token_hash,)
+        )
+
+    def list_clients(self) -> list[ClientRecord]:
+        return self._all(ClientRecord, "SELECT doc FROM clients ORDER BY rowid")
+
+    def count_clients(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM clients").fetchone()[0])
+
+    # rounds
+    def add_round(self, round_: RoundRecord) -> RoundRecord:
+        with self._tx():
+            round_id = self._insert(
+                "INSERT INTO rounds (state, doc) VALUES (?, '{}')",
+                (round_.state,),
+                ConflictError("round exists", code="duplicate"),
+            )
+            stored = RoundRecord.from_dict({**round_.to_dict(), "round_id": round_id})
+            self._conn.execute(
+                "UPDATE rounds SET doc = ? WHERE round_id = ?", (_dump(stored), round_id)
+            )
+            return stored
+
+    def get_round(self, round_id: int) -> RoundRecord | None:
+        return self._one(RoundRecord, "SELECT doc FROM rounds WHERE round_id = ?", (round_id,))
+
+    def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]:
+        rounds = self._all(RoundRecord, "SELECT doc FROM rounds ORDER BY round_id")
+        return [r for r in rounds if states is None or r.state in states]
+
+    def save_round(self, round_: RoundRecord) -> None:
+        self._update(
+            "UPDATE rounds SET state = ?, doc = ? WHERE round_id = ?",
+            (round_.state, _dump(round_), round_.round_id),
+            NotFoundError(f"no round {round_.round_id}", code="round_not_found"),
+        )
+
+    # tasks
+    def add_task(self, task: TaskRecord) -> None:
+        self._insert(
+            "INSERT INTO tasks (task_id, client_id, round_id, status, doc) VALUES (?, ?, ?, ?, ?)",
+            (task.task_id, task.client_id, task.round_id, task.status, _dump(task)),
+            ConflictError(f"task {task.task_id!r} exists", code="duplicate"),
+        )
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        return self._one(TaskRecord, "SELECT doc FROM tasks WHERE task_id = ?", (task_id,))
+
+    def list_tasks(
+        self,
+        *,
+        client_id: str | None = None,
+        round_id: int | None = None,
+        status: str | None = None,
+    ) -> list[TaskRecord]:
+        where, params = self._where(
+            {"client_id": client_id, "round_id": round_id, "status": status}
+        )
+        return self._all(TaskRecord, f"SELECT doc FROM tasks{where} ORDER BY seq", params)  # noqa: S608
+
+    def save_task(self, task: TaskRecord) -> None:
+        self._update(
+            "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
+            (task.status, _dump(task), task.task_id),
+            NotFoundError(f"no task {task.task_id!r}", code="task_not_found"),
+        )
+
+    # updates
+    def add_update(self, update: UpdateRecord) -> None:
+        with self._tx():
+            if self.get_update(update.round_id, update.client_id) is not None:
+                raise ConflictError(
+                    f"client {update.client_id!r} already has an update in round {update.round_id}",
+                    code="duplicate_update",
+                )
+            self._insert(
+                "INSERT INTO updates (round_id, client_id, idempotency_key, doc) "
+                "VALUES (?, ?, ?, ?)",
+                (update.round_id, update.client_id, update.idempotency_key, _dump(update)),
+                ConflictError("idempotency key already used", code="idempotency_conflict"),
+            )
+
+    def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
+        return self._one(
+            UpdateRecord,
+            "SELECT doc FROM updates WHERE round_id = ? AND client_id = ?",
+            (round_id, client_id),
+        )
+
+    def find_update(self, client_id: str, idempotency_key: str) -> UpdateRecord | None:
+        return self._one(
+            UpdateRecord,
+            "SELECT doc FROM updates WHERE client_id = ? AND idempotency_key = ?",
+            (client_id, idempotency_key),
+        )
+
+    def list_updates(self, round_id: int) -> list[UpdateRecord]:
+        return self._all(
+            UpdateRecord, "SELECT doc FROM updates WHERE round_id = ? ORDER BY seq", (round_id,)
+        )
+
+    def count_updates(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM updates").fetchone()[0])
+
+    # rejections
+    def add_rejection(self, rejection: RejectionRecord) -> None:
+        self._insert(
+            "INSERT INTO rejections (at, reason, doc) VALUES (?, ?, ?)",
+            (rejection.at, rejection.reason, _dump(rejection)),
+            ConflictError("rejection exists", code="duplicate"),
+        )
+
+    def rejection_counts(self, *, since: float | None = None) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT reason, COUNT(*) FROM rejections WHERE at >= ? GROUP BY reason "
+                "ORDER BY reason",
+                (float("-inf") if since is None else since,),
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in rows}
+
+    # models
+    def add_model(self, model: ModelRecord) -> None:
+        self._insert(
+            "INSERT INTO models VALUES (?, ?, ?, ?)",
+            (model.version, model.seq, model.stage, _dump(model)),
+            ConflictError(f"model {model.version!r} exists", code="duplicate"),
+        )
+
+    def get_model(self, version: str) -> ModelRecord | None:
+        return self._one(ModelRecord, "SELECT doc FROM models WHERE version = ?", (version,))
+
+    def list_models(self, *, stage: str | None = None) -> list[ModelRecord]:
+        where, params = self._where({"stage": stage})
+        return self._all(ModelRecord, f"SELECT doc FROM models{where} ORDER BY seq", params)  # noqa: S608
+
+    def save_model(self, model: ModelRecord) -> None:
+        self._update(
+            "UPDATE models SET stage = ?, doc = ? WHERE version = ?",
+            (model.stage, _dump(model), model.version),
+            NotFoundError(f"no model {model.version!r}", code="model_not_found"),
+        )
+
+    def add_model_event(self, event: ModelEvent) -> ModelEvent:
+        with self._tx():
+            seq = self._insert(
+                "INSERT INTO model_events (version, doc) VALUES (?, '{}')",
+                (event.version,),
+                ConflictError("event exists", code="duplicate"),
+            )
+            stored = ModelEvent.from_dict({**event.to_dict(), "seq": seq})
+            self._conn.execute(
+                "UPDATE model_events SET doc = ? WHERE seq = ?", (_dump(stored), seq)
+            )
+            return stored
+
+    def list_model_events(self, version: str | None = None) -> list[ModelEvent]:
+        where, params = self._where({"version": version})
+        return self._all(ModelEvent, f"SELECT doc FROM model_events{where} ORDER BY seq", params)  # noqa: S608
+
+    # reports
+    def add_report(self, report: ReportRecord) -> ReportRecord:
+        with self._tx():
+            report_id = self._insert(
+                "INSERT INTO reports (kind, model_version, doc) VALUES (?, ?, '{}')",
+                (report.kind, report.model_version),
+                ConflictError("report exists", code="duplicate"),
+            )
+            stored = ReportRecord.from_dict({**report.to_dict(), "report_id": report_id})
+            self._conn.execute(
+                "UPDATE reports SET doc = ? WHERE report_id = ?", (_dump(stored), report_id)
+            )
+            return stored
+
+    def get_report(self, report_id: int) -> ReportRecord | None:
+        return self._one(ReportRecord, "SELECT doc FROM reports WHERE report_id = ?", (report_id,))
+
+    def list_reports(
+        self, *, kind: str | None = None, model_version: str | None = None
+    ) -> list[ReportRecord]:
+        where, params = self._where({"kind": kind, "model_version": model_version})
+        return self._all(ReportRecord, f"SELECT doc FROM reports{where} ORDER BY report_id", params)  # noqa: S608
+
+    # alerts
+    def add_alert(self, alert: AlertRecord) -> AlertRecord:
+        with self._tx():
+            alert_id = self._insert(
+                "INSERT INTO alerts (kind, created_at, doc) VALUES (?, ?, '{}')",
+                (alert.kind, alert.created_at),
+                ConflictError("alert exists", code="duplicate"),
+            )
+            stored = AlertRecord.from_dict({**alert.to_dict(), "alert_id": alert_id})
+            self._conn.execute(
+                "UPDATE alerts SET doc = ? WHERE alert_id = ?", (_dump(stored), alert_id)
+            )
+            return stored
+
+    def list_alerts(
+        self, *, kind: str | None = None, since: float | None = None
+    ) -> list[AlertRecord]:
+        alerts = self._all(
+            AlertRecord,
+            "SELECT doc FROM alerts" + self._where({"kind": kind})[0] + " ORDER BY alert_id",  # noqa: S608
+            self._where({"kind": kind})[1],
+        )
+        return [a for a in alerts if since is None or a.created_at >= since]

@@ -1,0 +1,378 @@
+"""The state store: a small Protocol, an in-memory implementation, and :func:`open_store`.
+
+Every implementation passes the one contract suite (``tests/test_coordinator_store.py``).
+Each method is atomic; ``with store.transaction():`` makes a group of calls atomic (and
+serialises them against other threads). Lists come back in insertion order.
+Implementations: :class:`MemoryStore` (tests, demos) and
+:class:`~coordinator.sqlite_store.SQLiteStore` (the embedded default). PostgreSQL is the
+documented scale-out path: the same Protocol over a server database, behind ``--db
+postgresql://...``; it is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from coordinator.errors import ConflictError, NotFoundError
+from coordinator.records import (
+    AlertRecord,
+    ClientRecord,
+    ModelEvent,
+    ModelRecord,
+    RejectionRecord,
+    ReportRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
+from fedge.errors import ConfigError
+
+__all__ = ["MemoryStore", "Store", "open_store"]
+
+
+class Store(Protocol):
+    """Persistent coordinator state. Methods raise ConflictError on a duplicate key and
+    NotFoundError when saving over a record that does not exist."""
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def close(self) -> None: ...
+
+    def add_client(self, client: ClientRecord) -> None: ...
+    def get_client(self, client_id: str) -> ClientRecord | None: ...
+    def find_client(self, token_hash: str) -> ClientRecord | None: ...
+    def list_clients(self) -> list[ClientRecord]: ...
+    def count_clients(self) -> int: ...
+
+    def add_round(self, round_: RoundRecord) -> RoundRecord:
+        """Store a new round; its ``round_id`` is assigned here (1, 2, ...)."""
+        ...
+
+    def get_round(self, round_id: int) -> RoundRecord | None: ...
+    def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]: ...
+    def save_round(self, round_: RoundRecord) -> None: ...
+
+    def add_task(self, task: TaskRecord) -> None: ...
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+    def list_tasks(
+        self,
+        *,
+        client_id: str | None = None,
+        round_id: int | None = None,
+        status: str | None = None,
+    ) -> list[TaskRecord]: ...
+    def save_task(self, task: TaskRecord) -> None: ...
+
+    def add_update(self, update: UpdateRecord) -> None:
+        """Store an accepted update; ConflictError when the client already has one in the
+        round or already used the idempotency key."""
+        ...
+
+    def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None: ...
+    def find_update(self, client_id: str, idempotency_key: str) -> UpdateRecord | None: ...
+    def list_updates(self, round_id: int) -> list[UpdateRecord]: ...
+    def count_updates(self) -> int: ...
+
+    def add_rejection(self, rejection: RejectionRecord) -> None: ...
+    def rejection_counts(self, *, since: float | None = None) -> dict[str, int]: ...
+
+    def add_model(self, model: ModelRecord) -> None: ...
+    def get_model(self, version: str) -> ModelRecord | None: ...
+    def list_models(self, *, stage: str | None = None) -> list[ModelRecord]: ...
+    def save_model(self, model: ModelRecord) -> None: ...
+    def add_model_event(self, event: ModelEvent) -> ModelEvent:
+        """Append an event; its ``seq`` is assigned here."""
+        ...
+
+    def list_model_events(self, version: str | None = None) -> list[ModelEvent]: ...
+
+    def add_report(self, report: ReportRecord) -> ReportRecord:
+        """Append a report; its ``report_id`` is assigned here."""
+        ...
+
+    def get_report(self, report_id: int) -> ReportRecord | None: ...
+    def list_reports(
+        self, *, kind: str | None = None, model_version: str | None = None
+    ) -> list[ReportRecord]: ...
+
+    def add_alert(self, alert: AlertRecord) -> AlertRecord:
+        """Append an alert; its ``alert_id`` is assigned here."""
+        ...
+
+    def list_alerts(
+        self, *, kind: str | None = None, since: float | None = None
+    ) -> list[AlertRecord]: ...
+
+
+class MemoryStore:
+    """The Store Protocol in dictionaries, guarded by one re-entrant lock.
+
+    A transaction snapshots the (shallow, immutable-record) state and restores it when the
+    block raises, so it has the same all-or-nothing behaviour as the SQL store.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._data: dict[str, Any] = {
+            "clients": {},
+            "rounds": {},
+            "tasks": {},
+            "updates": {},
+            "rejections": [],
+            "models": {},
+            "events": [],
+            "reports": {},
+            "alerts": [],
+        }
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            snapshot = {
+                k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self._data.items()
+            }
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if self._depth == 1:
+                    self._data = snapshot
+                raise
+            finally:
+                self._depth -= 1
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._tx()
+
+    def close(self) -> None:
+        pass
+
+    # clients
+    def add_client(self, client: ClientRecord) -> None:
+        with self._tx():
+            clients = self._data["clients"]
+            if client.client_id in clients or self.find_client(client.token_hash):
+                raise ConflictError(f"client {client.client_id!r} exists", code="duplicate")
+            clients[client.client_id] = client
+
+    def get_client(self, client_id: str) -> ClientRecord | None:
+        with self._lock:
+            client: ClientRecord | None = self._data["clients"].get(client_id)
+            return client
+
+    def find_client(self, token_hash: str) -> ClientRecord | None:
+        with self._lock:
+            return next(
+                (c for c in self._data["clients"].values() if c.token_hash == token_hash), None
+            )
+
+    def list_clients(self) -> list[ClientRecord]:
+        with self._lock:
+            return list(self._data["clients"].values())
+
+    def count_clients(self) -> int:
+        with self._lock:
+            return len(self._data["clients"])
+
+    # rounds
+    def add_round(self, round_: RoundRecord) -> RoundRecord:
+        with self._tx():
+            rounds = self._data["rounds"]
+            stored = dataclasses.replace(round_, round_id=max(rounds, default=0) + 1)
+            rounds[stored.round_id] = stored
+            return stored
+
+    def get_round(self, round_id: int) -> RoundRecord | None:
+        with self._lock:
+            found: RoundRecord | None = self._data["rounds"].get(round_id)
+            return found
+
+    def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]:
+        with self._lock:
+            rounds = sorted(self._data["rounds"].values(), key=lambda r: r.round_id)
+            return [r for r in rounds if states is None or r.state in states]
+
+    def save_round(self, round_: RoundRecord) -> None:
+        self._save("rounds", round_.round_id, round_, "round")
+
+    def _save(self, table: str, key: Any, record: Any, what: str) -> None:
+        with self._tx():
+            if key not in self._data[table]:
+                raise NotFoundError(f"no {what} {key!r}", code=f"{what}_not_found")
+            self._data[table][key] = record
+
+    # tasks
+    def add_task(self, task: TaskRecord) -> None:
+        with self._tx():
+            if task.task_id in self._data["tasks"]:
+                raise ConflictError(f"task {task.task_id!r} exists", code="duplicate")
+            self._data["tasks"][task.task_id] = task
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            task: TaskRecord | None = self._data["tasks"].get(task_id)
+            return task
+
+    def list_tasks(
+        self,
+        *,
+        client_id: str | None = None,
+        round_id: int | None = None,
+        status: str | None = None,
+    ) -> list[TaskRecord]:
+        with self._lock:
+            return [
+                t
+                for t in self._data["tasks"].values()
+                if (client_id is None or t.client_id == client_id)
+                and (round_id is None or t.round_id == round_id)
+                and (status is None or t.status == status)
+            ]
+
+    def save_task(self, task: TaskRecord) -> None:
+        self._save("tasks", task.task_id, task, "task")
+
+    # updates
+    def add_update(self, update: UpdateRecord) -> None:
+        with self._tx():
+            key = (update.round_id, update.client_id)
+            if key in self._data["updates"]:
+                raise ConflictError(
+                    f"client {update.client_id!r} already has an update in round {update.round_id}",
+                    code="duplicate_update",
+                )
+            if self.find_update(update.client_id, update.idempotency_key):
+                raise ConflictError("idempotency key already used", code="idempotency_conflict")
+            self._data["updates"][key] = update
+
+    def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
+        with self._lock:
+            found: UpdateRecord | None = self._data["updates"].get((round_id, client_id))
+            return found
+
+    def find_update(self, client_id: str, idempotency_key: str) -> UpdateRecord | None:
+        with self._lock:
+            return next(
+                (
+                    u
+                    for u in self._data["updates"].values()
+                    if u.client_id == client_id and u.idempotency_key == idempotency_key
+                ),
+                None,
+            )
+
+    def list_updates(self, round_id: int) -> list[UpdateRecord]:
+        with self._lock:
+            return [u for u in self._data["updates"].values() if u.round_id == round_id]
+
+    def count_updates(self) -> int:
+        with self._lock:
+            return len(self._data["updates"])
+
+    # rejections
+    def add_rejection(self, rejection: RejectionRecord) -> None:
+        with self._tx():
+            self._data["rejections"].append(rejection)
+
+    def rejection_counts(self, *, since: float | None = None) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for r in self._data["rejections"]:
+                if since is None or r.at >= since:
+                    counts[r.reason] = counts.get(r.reason, 0) + 1
+            return counts
+
+    # models
+    def add_model(self, model: ModelRecord) -> None:
+        with self._tx():
+            models = self._data["models"]
+            if model.version in models or any(m.seq == model.seq for m in models.values()):
+                raise ConflictError(f"model {model.version!r} exists", code="duplicate")
+            models[model.version] = model
+
+    def get_model(self, version: str) -> ModelRecord | None:
+        with self._lock:
+            model: ModelRecord | None = self._data["models"].get(version)
+            return model
+
+    def list_models(self, *, stage: str | None = None) -> list[ModelRecord]:
+        with self._lock:
+            models = sorted(self._data["models"].values(), key=lambda m: m.seq)
+            return [m for m in models if stage is None or m.stage == stage]
+
+    def save_model(self, model: ModelRecord) -> None:
+        self._save("models", model.version, model, "model")
+
+    def add_model_event(self, event: ModelEvent) -> ModelEvent:
+        with self._tx():
+            stored = dataclasses.replace(event, seq=len(self._data["events"]) + 1)
+            self._data["events"].append(stored)
+            return stored
+
+    def list_model_events(self, version: str | None = None) -> list[ModelEvent]:
+        with self._lock:
+            return [e for e in self._data["events"] if version is None or e.version == version]
+
+    # reports
+    def add_report(self, report: ReportRecord) -> ReportRecord:
+        with self._tx():
+            reports = self._data["reports"]
+            stored = dataclasses.replace(report, report_id=len(reports) + 1)
+            reports[stored.report_id] = stored
+            return stored
+
+    def get_report(self, report_id: int) -> ReportRecord | None:
+        with self._lock:
+            found: ReportRecord | None = self._data["reports"].get(report_id)
+            return found
+
+    def list_reports(
+        self, *, kind: str | None = None, model_version: str | None = None
+    ) -> list[ReportRecord]:
+        with self._lock:
+            return [
+                r
+                for r in self._data["reports"].values()
+                if (kind is None or r.kind == kind)
+                and (model_version is None or r.model_version == model_version)
+            ]
+
+    # alerts
+    def add_alert(self, alert: AlertRecord) -> AlertRecord:
+        with self._tx():
+            stored = dataclasses.replace(alert, alert_id=len(self._data["alerts"]) + 1)
+            self._data["alerts"].append(stored)
+            return stored
+
+    def list_alerts(
+        self, *, kind: str | None = None, since: float | None = None
+    ) -> list[AlertRecord]:
+        with self._lock:
+            return [
+                a
+                for a in self._data["alerts"]
+                if (kind is None or a.kind == kind) and (since is None or a.created_at >= since)
+            ]
+
+
+def open_store(url: str) -> Store:
+    """A store from a URL: ``memory:``, ``sqlite:///path``, or a plain file path (SQLite)."""
+    from coordinator.sqlite_store import SQLiteStore
+
+    if url in ("memory:", ":memory:"):
+        return MemoryStore()
+    if url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError(
+            "PostgreSQL is the documented scale-out path for the coordinator store and is not "
+            "implemented yet; use a SQLite path"
+        )
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url[len("sqlite:///") :]))
+    if "://" in url:
+        raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH or a path")
+    return SQLiteStore(Path(url))

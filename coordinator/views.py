@@ -1,0 +1,124 @@
+"""JSON documents of the coordinator's records, shared by the REST API and the CLI.
+
+One function per resource, so ``fedge-coordinator models show`` prints exactly what
+``GET /v1/models/{version}`` returns, whichever backend the CLI talks to. Secrets (token
+hashes) never appear in a document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.intake import UpdateReceipt
+from coordinator.records import (
+    AlertRecord,
+    ClientRecord,
+    ModelEvent,
+    ModelRecord,
+    ReportRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
+from coordinator.registry import iso_time
+
+__all__ = [
+    "alert_document",
+    "client_document",
+    "model_document",
+    "receipt_document",
+    "report_document",
+    "round_document",
+    "task_record_document",
+]
+
+
+def _time(value: float | None) -> str | None:
+    return None if value is None else iso_time(value)
+
+
+def client_document(client: ClientRecord) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "region": client.region,
+        "metadata": dict(client.metadata),
+        "registered_at": _time(client.registered_at),
+    }
+
+
+def model_document(model: ModelRecord, events: Sequence[ModelEvent] = ()) -> dict[str, Any]:
+    doc = model.to_dict()
+    for key in ("created_at", "promoted_at", "deployed_at"):
+        doc[key] = _time(getattr(model, key))
+    doc["events"] = [
+        {
+            "kind": e.kind,
+            "at": _time(e.at),
+            "previous": e.previous,
+            "detail": e.detail,
+        }
+        for e in events
+    ]
+    return doc
+
+
+def round_document(
+    round_: RoundRecord, updates: Sequence[UpdateRecord] = (), *, detail: bool = True
+) -> dict[str, Any]:
+    """A round; ``detail`` adds its accepted updates (``num_updates`` is always there)."""
+    doc = round_.to_dict()
+    for key in ("opened_at", "collecting_at", "deadline", "closed_at"):
+        doc[key] = _time(getattr(round_, key))
+    doc["num_updates"] = len(updates)
+    doc["updates"] = [
+        {
+            "client_id": u.client_id,
+            "task_id": u.task_id,
+            "num_examples": u.num_examples,
+            "l2_norm": u.l2_norm,
+            "sha256": u.sha256,
+            "received_at": _time(u.received_at),
+            "metrics": dict(u.metrics),
+        }
+        for u in updates
+    ]
+    if not detail:
+        del doc["updates"]
+    return doc
+
+
+def receipt_document(receipt: UpdateReceipt) -> dict[str, Any]:
+    return {
+        "round_id": receipt.round_id,
+        "client_id": receipt.client_id,
+        "task_id": receipt.task_id,
+        "sha256": receipt.sha256,
+        "num_examples": receipt.num_examples,
+        "received_at": _time(receipt.received_at),
+        "duplicate": receipt.duplicate,
+    }
+
+
+def report_document(report: ReportRecord) -> dict[str, Any]:
+    return {
+        "report_id": report.report_id,
+        "kind": report.kind,
+        "client_id": report.client_id,
+        "task_id": report.task_id,
+        "model_version": report.model_version,
+        "received_at": _time(report.received_at),
+    }
+
+
+def task_record_document(task: TaskRecord) -> dict[str, Any]:
+    doc = task.to_dict()
+    for key in ("created_at", "deadline", "completed_at"):
+        doc[key] = _time(getattr(task, key))
+    return doc
+
+
+def alert_document(alert: AlertRecord) -> dict[str, Any]:
+    doc = alert.to_dict()
+    doc["created_at"] = _time(alert.created_at)
+    return doc

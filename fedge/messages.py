@@ -1,0 +1,536 @@
+"""Typed messages between the coordinator and edge clients, and their one JSON codec.
+
+The cloud sends a :class:`Task`; a client answers with one reply:
+
+- :class:`ModelUpdate`: a weight delta, the example count and training metrics. The delta
+  is a :class:`~fedge.weights.Weights` in Python; on the wire it travels as a separate
+  safetensors body next to the JSON metadata (:func:`encode_message` returns both parts).
+- :class:`EvalReport`: global, personalized and per-slice metrics of a model version.
+- :class:`StatsReport`: mergeable :class:`~fedge.stats.DatasetStats` of the local data.
+- :class:`FeatureBatch`: backbone *embeddings* (float32 activations of the frozen backbone)
+  and their labels, for training a head in the cloud.
+
+By design no message type can carry raw examples: there is no field for input columns,
+images or text, only deltas, aggregates, statistics and embeddings. Keep it that way: a
+new field that could hold raw data needs a privacy review, and ``test_messages`` fails.
+
+Every message validates when it is built and raises :class:`~fedge.errors.ProtocolError`
+(weights problems keep their :class:`~fedge.errors.WeightsError` subclass) saying what was
+expected and what arrived. ``to_dict``/``from_dict`` are exact inverses; unknown keys are
+refused so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias, cast, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from fedge.errors import FeatureError, ProtocolError
+from fedge.stats import DatasetStats
+from fedge.weights import Weights
+
+__all__ = [
+    "MAX_FEATURE_VALUES",
+    "MAX_METRICS",
+    "MESSAGE_TYPES",
+    "MESSAGE_VERSION",
+    "EvalReport",
+    "FeatureBatch",
+    "Message",
+    "ModelUpdate",
+    "Reply",
+    "StatsReport",
+    "Task",
+    "TaskConfig",
+    "TaskKind",
+    "decode_message",
+    "encode_message",
+]
+
+MESSAGE_VERSION = 1
+MAX_METRICS = 256
+"""Most entries one metrics mapping (or one slice) may hold."""
+MAX_SLICES = 1024
+MAX_FEATURE_VALUES = 1 << 24
+"""Most float32 values one :class:`FeatureBatch` may hold (64 MiB)."""
+
+TaskKind: TypeAlias = Literal["train", "evaluate", "stats", "features"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_Scalar: TypeAlias = str | int | float | bool
+
+
+# Field checks ------------------------------------------------------------------------------
+
+
+def _identifier(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ProtocolError(
+            f"{what} must be 1-128 characters of letters, digits and '._:-' "
+            f"starting with a letter or digit, got {value!r}",
+            field=what,
+        )
+    return value
+
+
+def _integer(value: object, what: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ProtocolError(f"{what} must be an integer, got {value!r}", field=what)
+    if value < low:
+        raise ProtocolError(f"{what} must be >= {low}, got {value}", field=what)
+    return int(value)
+
+
+def _real(value: object, what: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ProtocolError(f"{what} must be a number, got {value!r}", field=what)
+    result = float(value)
+    if not math.isfinite(result):
+        raise ProtocolError(f"{what} must be finite, got {result}", field=what)
+    if positive and result <= 0:
+        raise ProtocolError(f"{what} must be > 0, got {result}", field=what)
+    return result
+
+
+def _metrics(value: object, what: str) -> Mapping[str, float]:
+    if not isinstance(value, Mapping):
+        raise ProtocolError(
+            f"{what} must be an object of name to number, got {value!r}", field=what
+        )
+    if len(value) > MAX_METRICS:
+        raise ProtocolError(
+            f"{what} holds {len(value)} entries, more than {MAX_METRICS}", field=what
+        )
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise ProtocolError(f"{what}: names must be 1-128 characters, got {key!r}", field=what)
+        out[key] = _real(number, f"{what}[{key!r}]")
+    return MappingProxyType(out)
+
+
+def _check_keys(data: Mapping[str, Any], kind: str, required: set[str], optional: set[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"a {kind} message must be a JSON object, got {type(data).__name__}")
+    if data.get("type") != kind:
+        raise ProtocolError(f"expected a message of type {kind!r}, got {data.get('type')!r}")
+    if data.get("version") != MESSAGE_VERSION:
+        raise ProtocolError(
+            f"unsupported {kind} message version {data.get('version')!r}; "
+            f"this reader knows {MESSAGE_VERSION}"
+        )
+    keys = set(data) - {"type", "version"}
+    missing = sorted(required - keys)
+    if missing:
+        raise ProtocolError(f"{kind} message lacks {missing}", field=missing[0])
+    unknown = sorted(keys - required - optional)
+    if unknown:
+        raise ProtocolError(f"{kind} message has unknown keys {unknown}", field=unknown[0])
+
+
+def _header(kind: str) -> dict[str, Any]:
+    return {"type": kind, "version": MESSAGE_VERSION}
+
+
+# Task ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Local training settings a task carries to the client.
+
+    ``batch_size`` must be the bundle's static ``train_batch_size`` for on-device training;
+    ``max_examples`` caps the examples a client uses (``None``: all); ``options`` holds extra
+    scalar settings (e.g. a proximal term) that the client may ignore when unknown.
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    max_examples: int | None = None
+    options: Mapping[str, _Scalar] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "epochs", _integer(self.epochs, "epochs", low=1))
+        set_(self, "batch_size", _integer(self.batch_size, "batch_size", low=1))
+        set_(self, "learning_rate", _real(self.learning_rate, "learning_rate", positive=True))
+        if self.max_examples is not None:
+            set_(self, "max_examples", _integer(self.max_examples, "max_examples", low=1))
+        if not isinstance(self.options, Mapping) or len(self.options) > MAX_METRICS:
+            raise ProtocolError(f"options must be an object of scalars, got {self.options!r}")
+        options: dict[str, _Scalar] = {}
+        for key, value in self.options.items():
+            _identifier(key, "an option name")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ProtocolError(f"option {key!r} must be finite, got {value}", field=key)
+            if not isinstance(value, str | int | float | bool):
+                raise ProtocolError(f"option {key!r} must be a scalar, got {value!r}", field=key)
+            options[key] = value
+        set_(self, "options", MappingProxyType(options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "max_examples": self.max_examples,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskConfig:
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"config must be an object, got {data!r}", field="config")
+        names = {"epochs", "batch_size", "learning_rate", "max_examples", "options"}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ProtocolError(f"task config has unknown keys {unknown}", field=unknown[0])
+        return cls(**{key: data[key] for key in names if key in data})
+
+
+@dataclass(frozen=True)
+class Task:
+    """Work for one client: train (in a round), evaluate, compute stats or embed features.
+
+    ``deadline`` is in seconds since the epoch; a ``train`` task always names its round.
+    """
+
+    task_id: str
+    kind: TaskKind
+    round_id: int | None
+    model_version: str
+    config: TaskConfig
+    deadline: float
+
+    def __post_init__(self) -> None:
+        _identifier(self.task_id, "task_id")
+        if self.kind not in TASK_KINDS:
+            raise ProtocolError(f"kind must be one of {list(TASK_KINDS)}, got {self.kind!r}")
+        if self.round_id is not None:
+            object.__setattr__(self, "round_id", _integer(self.round_id, "round_id", low=1))
+        elif self.kind == "train":
+            raise ProtocolError("a train task must name its round_id", field="round_id")
+        _identifier(self.model_version, "model_version")
+        if not isinstance(self.config, TaskConfig):
+            raise ProtocolError(f"config must be a TaskConfig, got {self.config!r}")
+        object.__setattr__(self, "deadline", _real(self.deadline, "deadline", positive=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **_header("task"),
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "round_id": self.round_id,
+            "model_version": self.model_version,
+            "config": self.config.to_dict(),
+            "deadline": self.deadline,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Task:
+        required = {"task_id", "kind", "round_id", "model_version", "config", "deadline"}
+        _check_keys(data, "task", required, set())
+        return cls(
+            task_id=data["task_id"],
+            kind=data["kind"],
+            round_id=data["round_id"],
+            model_version=data["model_version"],
+            config=TaskConfig.from_dict(data["config"]),
+            deadline=data["deadline"],
+        )
+
+
+# Replies -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """A client's training result for one round: ``delta`` = local weights - global weights.
+
+    :meth:`to_dict` holds the metadata only, with the delta's sha256 and size so the receiver
+    can check the body; :meth:`delta_bytes` is the safetensors body.
+    """
+
+    task_id: str
+    round_id: int
+    num_examples: int
+    metrics: Mapping[str, float]
+    delta: Weights
+
+    def __post_init__(self) -> None:
+        _identifier(self.task_id, "task_id")
+        object.__setattr__(self, "round_id", _integer(self.round_id, "round_id", low=1))
+        object.__setattr__(self, "num_examples", _integer(self.num_examples, "num_examples", low=1))
+        object.__setattr__(self, "metrics", _metrics(self.metrics, "metrics"))
+        if not isinstance(self.delta, Weights):
+            raise ProtocolError(f"delta must be Weights, got {type(self.delta).__name__}")
+
+    def delta_bytes(self) -> bytes:
+        return self.delta.to_bytes()
+
+    def to_dict(self) -> dict[str, Any]:
+        body = self.delta_bytes()
+        return {
+            **_header("model_update"),
+            "task_id": self.task_id,
+            "round_id": self.round_id,
+            "num_examples": self.num_examples,
+            "metrics": dict(self.metrics),
+            "delta_sha256": hashlib.sha256(body).hexdigest(),
+            "delta_size": len(body),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], body: bytes, *, max_bytes: int | None = None
+    ) -> ModelUpdate:
+        """Rebuild from metadata and the safetensors body (``delta_sha256/size`` optional)."""
+        required = {"task_id", "round_id", "num_examples", "metrics"}
+        _check_keys(data, "model_update", required, {"delta_sha256", "delta_size"})
+        size, digest = data.get("delta_size"), data.get("delta_sha256")
+        if size is not None and size != len(body):
+            raise ProtocolError(f"delta_size says {size} bytes, the body has {len(body)}")
+        if digest is not None and digest != hashlib.sha256(body).hexdigest():
+            raise ProtocolError("the body does not match delta_sha256", field="delta_sha256")
+        return cls(
+            task_id=data["task_id"],
+            round_id=data["round_id"],
+            num_examples=data["num_examples"],
+            metrics=data["metrics"],
+            delta=Weights.from_bytes(body, max_bytes=max_bytes),
+        )
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Metrics of ``model_version`` on a client's data: global model, personalized model,
+    and per slice (e.g. per region: ``{"north": {"accuracy": 0.9}}``)."""
+
+    task_id: str
+    model_version: str
+    num_examples: int
+    metrics: Mapping[str, float]
+    personalized_metrics: Mapping[str, float] = field(default_factory=dict)
+    slice_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _identifier(self.task_id, "task_id")
+        _identifier(self.model_version, "model_version")
+        object.__setattr__(self, "num_examples", _integer(self.num_examples, "num_examples", low=0))
+        object.__setattr__(self, "metrics", _metrics(self.metrics, "metrics"))
+        object.__setattr__(
+            self,
+            "personalized_metrics",
+            _metrics(self.personalized_metrics, "personalized_metrics"),
+        )
+        if not isinstance(self.slice_metrics, Mapping) or len(self.slice_metrics) > MAX_SLICES:
+            raise ProtocolError(
+                f"slice_metrics must be an object of at most {MAX_SLICES} slices",
+                field="slice_metrics",
+            )
+        slices = {}
+        for name, values in self.slice_metrics.items():
+            if not isinstance(name, str) or not 0 < len(name) <= 128:
+                raise ProtocolError(f"slice names must be 1-128 characters, got {name!r}")
+            slices[name] = _metrics(values, f"slice_metrics[{name!r}]")
+        object.__setattr__(self, "slice_metrics", MappingProxyType(slices))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **_header("eval_report"),
+            "task_id": self.task_id,
+            "model_version": self.model_version,
+            "num_examples": self.num_examples,
+            "metrics": dict(self.metrics),
+            "personalized_metrics": dict(self.personalized_metrics),
+            "slice_metrics": {k: dict(v) for k, v in self.slice_metrics.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
+        required = {"task_id", "model_version", "num_examples", "metrics"}
+        _check_keys(data, "eval_report", required, {"personalized_metrics", "slice_metrics"})
+        return cls(
+            task_id=data["task_id"],
+            model_version=data["model_version"],
+            num_examples=data["num_examples"],
+            metrics=data["metrics"],
+            personalized_metrics=data.get("personalized_metrics", {}),
+            slice_metrics=data.get("slice_metrics", {}),
+        )
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    """Mergeable statistics of a client's local raw columns (never the columns)."""
+
+    task_id: str
+    stats: DatasetStats
+
+    def __post_init__(self) -> None:
+        _identifier(self.task_id, "task_id")
+        if not isinstance(self.stats, DatasetStats):
+            raise ProtocolError(f"stats must be DatasetStats, got {type(self.stats).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_header("stats_report"), "task_id": self.task_id, "stats": self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StatsReport:
+        _check_keys(data, "stats_report", {"task_id", "stats"}, set())
+        if not isinstance(data["stats"], Mapping):
+            raise ProtocolError("stats must be a statistics document (an object)", field="stats")
+        try:
+            stats = DatasetStats.from_dict(data["stats"])
+        except FeatureError as exc:
+            raise ProtocolError(f"stats: {exc}", field="stats") from exc
+        return cls(task_id=data["task_id"], stats=stats)
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Backbone embeddings ``(n, d)`` float32 with int class ``labels`` ``(n,)``.
+
+    Embeddings are activations of the frozen backbone, not inputs. On the wire they are
+    base64 of little-endian float32, row-major, with their shape.
+    """
+
+    task_id: str
+    embeddings: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        _identifier(self.task_id, "task_id")
+        emb = np.asarray(self.embeddings)
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
+            raise ProtocolError(
+                "embeddings must be a non-empty 2-D float32 array (n, d), "
+                f"got dtype {emb.dtype} shape {emb.shape}",
+                field="embeddings",
+            )
+        if emb.size > MAX_FEATURE_VALUES:
+            raise ProtocolError(
+                f"embeddings hold {emb.size} values, more than {MAX_FEATURE_VALUES}",
+                field="embeddings",
+            )
+        if not np.isfinite(emb).all():
+            raise ProtocolError("embeddings hold NaN or Inf values", field="embeddings")
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "iu" or labels.shape != (emb.shape[0],):
+            raise ProtocolError(
+                f"labels must be {emb.shape[0]} integer class ids (one per row), "
+                f"got dtype {labels.dtype} shape {labels.shape}",
+                field="labels",
+            )
+        if labels.size and labels.min() < 0:
+            raise ProtocolError("labels must be >= 0", field="labels")
+        frozen_emb = np.array(emb, dtype=np.float32, order="C", copy=True)
+        frozen_labels = labels.astype(np.int64, copy=True)
+        frozen_emb.flags.writeable = False
+        frozen_labels.flags.writeable = False
+        object.__setattr__(self, "embeddings", frozen_emb)
+        object.__setattr__(self, "labels", frozen_labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.embeddings.astype("<f4").tobytes()
+        return {
+            **_header("feature_batch"),
+            "task_id": self.task_id,
+            "embeddings": {
+                "dtype": "float32",
+                "shape": list(self.embeddings.shape),
+                "data": base64.b64encode(data).decode("ascii"),
+            },
+            "labels": [int(v) for v in self.labels],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureBatch:
+        _check_keys(data, "feature_batch", {"task_id", "embeddings", "labels"}, set())
+        doc = data["embeddings"]
+        if not isinstance(doc, Mapping) or set(doc) != {"dtype", "shape", "data"}:
+            raise ProtocolError("embeddings must be {dtype, shape, data}", field="embeddings")
+        if doc["dtype"] != "float32":
+            raise ProtocolError(f"embeddings dtype must be float32, got {doc['dtype']!r}")
+        shape = doc["shape"]
+        if not (isinstance(shape, list) and len(shape) == 2):
+            raise ProtocolError(f"embeddings shape must be [n, d], got {shape!r}")
+        rows, width = (_integer(v, "an embeddings dimension", low=1) for v in shape)
+        if rows * width > MAX_FEATURE_VALUES:
+            raise ProtocolError(f"embeddings of shape {shape} exceed {MAX_FEATURE_VALUES} values")
+        if not isinstance(doc["data"], str):
+            raise ProtocolError("embeddings data must be a base64 string", field="embeddings")
+        try:
+            raw = base64.b64decode(doc["data"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"embeddings data is not base64: {exc}") from exc
+        if len(raw) != rows * width * 4:
+            raise ProtocolError(
+                f"embeddings data has {len(raw)} bytes, shape {shape} needs {rows * width * 4}"
+            )
+        labels = data["labels"]
+        if not isinstance(labels, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in labels
+        ):
+            raise ProtocolError("labels must be a list of integers", field="labels")
+        return cls(
+            task_id=data["task_id"],
+            embeddings=np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(rows, width),
+            labels=np.array(labels, dtype=np.int64),
+        )
+
+
+# The one codec -------------------------------------------------------------------------------
+
+Reply: TypeAlias = ModelUpdate | EvalReport | StatsReport | FeatureBatch
+Message: TypeAlias = Task | Reply
+
+MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
+    {
+        "task": Task,
+        "model_update": ModelUpdate,
+        "eval_report": EvalReport,
+        "stats_report": StatsReport,
+        "feature_batch": FeatureBatch,
+    }
+)
+"""Wire ``type`` tag -> message class. Nothing here can carry raw examples."""
+
+
+def encode_message(message: Message) -> tuple[dict[str, Any], bytes | None]:
+    """The JSON-able document of ``message`` and its binary body (a ModelUpdate's delta)."""
+    if isinstance(message, ModelUpdate):
+        return message.to_dict(), message.delta_bytes()
+    if isinstance(message, Task | EvalReport | StatsReport | FeatureBatch):
+        return message.to_dict(), None
+    raise ProtocolError(f"not a fedge message: {type(message).__name__}")
+
+
+def decode_message(
+    data: Mapping[str, Any], body: bytes | None = None, *, max_body_bytes: int | None = None
+) -> Message:
+    """The message a document (and, for a ModelUpdate, its body) describes."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {kind!r}; known: {sorted(MESSAGE_TYPES)}")
+    if kind == "model_update":
+        if body is None:
+            raise ProtocolError("a model_update needs its safetensors body")
+        return ModelUpdate.from_dict(data, body, max_bytes=max_body_bytes)
+    if body is not None:
+        raise ProtocolError(f"a {kind} message has no binary body")
+    cls = cast(type[Task | EvalReport | StatsReport | FeatureBatch], MESSAGE_TYPES[kind])
+    return cls.from_dict(data)

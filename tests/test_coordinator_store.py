@@ -1,0 +1,310 @@
+"""The Store contract: ONE suite, run against every implementation (memory and SQLite)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.artifacts import ArtifactStore
+from coordinator.config import RoundConfig
+from coordinator.errors import ConflictError, NotFoundError
+from coordinator.records import (
+    AlertRecord,
+    ClientRecord,
+    ModelEvent,
+    ModelRecord,
+    RejectionRecord,
+    ReportRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
+from coordinator.sqlite_store import SQLiteStore
+from coordinator.store import MemoryStore, Store, open_store
+from fedge.errors import ConfigError
+from fedge.messages import TaskConfig
+
+STORES: dict[str, Callable[[Path], Store]] = {
+    "memory": lambda _: MemoryStore(),
+    "sqlite": lambda directory: SQLiteStore(directory / "s.db"),
+}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = STORES[request.param](tmp_path)
+    yield made
+    made.close()
+
+
+def _client(n: int) -> ClientRecord:
+    return ClientRecord(f"c{n}", f"hash{n}", 100.0 + n, region="north", metadata={"os": "x"})
+
+
+def _round(state: str = "open") -> RoundRecord:
+    return RoundRecord(
+        round_id=0,
+        state=state,  # type: ignore[arg-type]
+        config=RoundConfig(clients_per_round=3, min_clients=2, aggregator="median"),
+        opened_at=10.0,
+    )
+
+
+def _task(task_id: str, client: str = "c1", round_id: int | None = 1) -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id,
+        kind="train",
+        client_id=client,
+        model_version="v1",
+        config=TaskConfig(epochs=2, batch_size=8),
+        created_at=1.0,
+        deadline=99.0,
+        round_id=round_id,
+    )
+
+
+def _update(round_id: int, client: str, key: str) -> UpdateRecord:
+    return UpdateRecord(
+        round_id=round_id,
+        client_id=client,
+        task_id=f"r{round_id}-{client}",
+        idempotency_key=key,
+        sha256="ab" * 32,
+        size=100,
+        num_examples=7,
+        l2_norm=0.5,
+        received_at=5.0,
+        metrics={"loss": 0.25},
+    )
+
+
+def _model(version: str, seq: int, stage: str = "candidate") -> ModelRecord:
+    return ModelRecord(
+        version=version,
+        seq=seq,
+        stage=stage,  # type: ignore[arg-type]
+        created_at=float(seq),
+        parent=None if seq == 1 else f"v{seq - 1}",
+        slice_metrics={"north": {"accuracy": 0.5}},
+        artifacts={"weights.safetensors": "cd" * 32},
+    )
+
+
+def test_clients_roundtrip_and_lookup_by_token_hash(store: Store) -> None:
+    store.add_client(_client(1))
+    store.add_client(_client(2))
+    assert store.get_client("c1") == _client(1)
+    assert store.find_client("hash2") == _client(2)
+    assert store.find_client("nope") is None
+    assert [c.client_id for c in store.list_clients()] == ["c1", "c2"]
+    assert store.count_clients() == 2
+    assert store.get_client("c1").metadata["os"] == "x"  # type: ignore[union-attr]
+
+
+def test_duplicate_client_id_or_token_conflicts(store: Store) -> None:
+    store.add_client(_client(1))
+    with pytest.raises(ConflictError):
+        store.add_client(_client(1))
+    with pytest.raises(ConflictError):
+        store.add_client(dataclasses.replace(_client(9), token_hash="hash1"))
+    assert store.count_clients() == 1
+
+
+def test_rounds_get_sequential_ids_and_roundtrip(store: Store) -> None:
+    first = store.add_round(_round())
+    second = store.add_round(_round())
+    assert (first.round_id, second.round_id) == (1, 2)
+    again = store.get_round(1)
+    assert again == first
+    assert again is not None
+    assert again.config.aggregator == "median"
+
+
+def test_save_round_replaces_and_list_filters_by_state(store: Store) -> None:
+    stored = store.add_round(_round())
+    store.add_round(_round())
+    changed = dataclasses.replace(
+        stored, state="collecting", selected=("c1", "c2"), deadline=50.0, measurements={"n": 2.0}
+    )
+    store.save_round(changed)
+    assert store.get_round(1) == changed
+    assert [r.round_id for r in store.list_rounds(["collecting"])] == [1]
+    assert [r.round_id for r in store.list_rounds()] == [1, 2]
+    with pytest.raises(NotFoundError):
+        store.save_round(dataclasses.replace(stored, round_id=99))
+
+
+def test_tasks_filter_and_save(store: Store) -> None:
+    store.add_task(_task("t1", "c1", 1))
+    store.add_task(_task("t2", "c2", 1))
+    store.add_task(_task("t3", "c1", None))
+    assert [t.task_id for t in store.list_tasks(client_id="c1")] == ["t1", "t3"]
+    assert [t.task_id for t in store.list_tasks(round_id=1)] == ["t1", "t2"]
+    done = dataclasses.replace(_task("t1", "c1", 1), status="completed", completed_at=3.0)
+    store.save_task(done)
+    assert store.get_task("t1") == done
+    assert [t.task_id for t in store.list_tasks(client_id="c1", status="pending")] == ["t3"]
+    with pytest.raises(ConflictError):
+        store.add_task(_task("t2"))
+    with pytest.raises(NotFoundError):
+        store.save_task(_task("zz"))
+
+
+def test_updates_are_unique_per_round_client_and_key(store: Store) -> None:
+    store.add_update(_update(1, "c1", "k1"))
+    store.add_update(_update(1, "c2", "k2"))
+    store.add_update(_update(2, "c1", "k3"))
+    with pytest.raises(ConflictError) as dup:
+        store.add_update(_update(1, "c1", "k9"))
+    assert dup.value.code == "duplicate_update"
+    with pytest.raises(ConflictError) as key:
+        store.add_update(_update(3, "c1", "k1"))
+    assert key.value.code == "idempotency_conflict"
+    assert [u.client_id for u in store.list_updates(1)] == ["c1", "c2"]
+    assert store.count_updates() == 3
+    assert store.get_update(2, "c1") == _update(2, "c1", "k3")
+    assert store.find_update("c1", "k1") == _update(1, "c1", "k1")
+    assert store.find_update("c2", "k1") is None
+
+
+def test_rejection_counts_by_reason_and_time(store: Store) -> None:
+    for at, reason in [(1.0, "non_finite"), (2.0, "norm_exceeded"), (3.0, "non_finite")]:
+        store.add_rejection(RejectionRecord(at=at, reason=reason, detail="d", client_id="c1"))
+    assert store.rejection_counts() == {"non_finite": 2, "norm_exceeded": 1}
+    assert store.rejection_counts(since=2.5) == {"non_finite": 1}
+
+
+def test_models_order_stage_filter_and_save(store: Store) -> None:
+    store.add_model(_model("v1", 1, "production"))
+    store.add_model(_model("v2", 2))
+    assert [m.version for m in store.list_models()] == ["v1", "v2"]
+    assert [m.version for m in store.list_models(stage="production")] == ["v1"]
+    promoted = dataclasses.replace(_model("v2", 2), stage="production", promoted_at=9.0)
+    store.save_model(promoted)
+    assert store.get_model("v2") == promoted
+    assert store.get_model("v2").slice_metrics["north"]["accuracy"] == 0.5  # type: ignore[union-attr]
+    with pytest.raises(ConflictError):
+        store.add_model(_model("v1", 3))
+    with pytest.raises(NotFoundError):
+        store.save_model(_model("v9", 9))
+
+
+def test_model_events_get_sequence_numbers(store: Store) -> None:
+    first = store.add_model_event(ModelEvent(0, "v1", "registered", 1.0))
+    second = store.add_model_event(ModelEvent(0, "v2", "promoted", 2.0, previous="v1"))
+    assert (first.seq, second.seq) == (1, 2)
+    assert store.list_model_events("v2") == [second]
+    assert store.list_model_events() == [first, second]
+
+
+def test_reports_get_ids_and_filter(store: Store) -> None:
+    stats = store.add_report(ReportRecord(0, "stats", "c1", "t1", 1.0, document={"num_rows": 3}))
+    evaluation = store.add_report(
+        ReportRecord(0, "evaluation", "c1", "t2", 2.0, "v1", {"metrics": {"accuracy": 0.5}})
+    )
+    assert (stats.report_id, evaluation.report_id) == (1, 2)
+    assert store.get_report(1) == stats
+    assert store.list_reports(kind="evaluation", model_version="v1") == [evaluation]
+    assert store.list_reports(model_version="v2") == []
+
+
+def test_alerts_get_ids_and_filter(store: Store) -> None:
+    a = store.add_alert(AlertRecord(0, "round_failed", "warning", "m", 1.0, round_id=1))
+    b = store.add_alert(AlertRecord(0, "data_drift", "warning", "m", 5.0, details={"psi": 0.4}))
+    assert (a.alert_id, b.alert_id) == (1, 2)
+    assert store.list_alerts(kind="data_drift") == [b]
+    assert store.list_alerts(since=2.0) == [b]
+    assert store.list_alerts()[1].details["psi"] == 0.4
+
+
+def test_transaction_is_all_or_nothing(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    def failing_transaction() -> None:
+        with store.transaction():
+            store.add_client(_client(1))
+            store.add_round(_round())
+            raise Boom
+
+    with pytest.raises(Boom):
+        failing_transaction()
+    assert store.count_clients() == 0
+    assert store.list_rounds() == []
+    with store.transaction():
+        store.add_client(_client(1))
+        with store.transaction():
+            store.add_round(_round())
+    assert store.count_clients() == 1
+    assert len(store.list_rounds()) == 1
+
+
+def test_concurrent_writers_lose_nothing(store: Store) -> None:
+    def write(worker: int) -> None:
+        for i in range(20):
+            store.add_update(_update(1, f"c{worker}-{i}", f"k{worker}-{i}"))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(store.list_updates(1)) == 80
+
+
+# Implementation-specific guarantees --------------------------------------------------------
+
+
+def test_sqlite_store_is_durable_across_reopen(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "s.db")
+    first.add_client(_client(1))
+    first.add_round(_round())
+    first.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    assert again.get_client("c1") == _client(1)
+    assert again.add_round(_round()).round_id == 2
+    assert again.schema_version == 1
+    again.close()
+
+
+def test_sqlite_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
+    conn.close()
+    assert versions == [(1,)]
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    assert isinstance(open_store("memory:"), MemoryStore)
+    sqlite_store = open_store(f"sqlite:///{tmp_path}/a.db")
+    assert isinstance(sqlite_store, SQLiteStore)
+    assert sqlite_store.path == tmp_path / "a.db"
+    sqlite_store.close()
+    with pytest.raises(ConfigError, match="PostgreSQL is the documented scale-out path"):
+        open_store("postgresql://db/fedge")
+    with pytest.raises(ConfigError, match="unsupported database URL"):
+        open_store("mysql://db")
+
+
+def test_artifact_store_is_content_addressed(tmp_path: Path) -> None:
+    artifacts = ArtifactStore(tmp_path / "a")
+    digest = artifacts.put_bytes(b"hello")
+    assert digest == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert artifacts.put_bytes(b"hello") == digest
+    assert artifacts.get_bytes(digest) == b"hello"
+    (tmp_path / "f").write_bytes(b"hello")
+    assert artifacts.put_file(tmp_path / "f") == digest
+    assert artifacts.size(digest) == 5
+    assert list((tmp_path / "a" / "tmp").iterdir()) == []
+    with pytest.raises(NotFoundError):
+        artifacts.get_bytes("00" * 32)
+    with pytest.raises(NotFoundError, match="not a sha256"):
+        artifacts.path("../../etc/passwd")
