@@ -1,1 +1,99 @@
-"""The edge client: TFLite-only runtime, on-device training, local data, the daemon."""
+"""The edge client: TFLite-only runtime, on-device training, local data, the daemon.
+
+The public API is what ``__all__`` lists. The client's work is one callable,
+:func:`handle` ``(task, context) -> reply``; a :class:`ModelCache` loads each bundle's
+interpreters once and is shared by any number of :class:`ClientContext` s::
+
+    from edge_client import ClientContext, MemoryData, ModelCache, handle
+
+    models = ModelCache({"v1": "bundles/v1"})
+    context = ClientContext(data=MemoryData(train, holdout), models=models)
+    reply = handle(task, context)
+
+Nothing here imports TensorFlow: a TFLite runtime (tflite-runtime or ai-edge-litert) and
+numpy are all the device needs.
+"""
+
+from edge_client.backoff import Backoff, BackoffPolicy
+from edge_client.bundles import BundleStore
+from edge_client.daemon import Daemon, DaemonConfig
+from edge_client.errors import EdgeError, RequestRejected, TransportError
+from edge_client.handler import (
+    ClientConfig,
+    ClientContext,
+    batch_rng,
+    client_key,
+    handle,
+    personal_head,
+)
+from edge_client.local_data import DirectoryData, LocalData, MemoryData, Span
+from edge_client.model import BundleRuntime, EdgeModel, ModelCache, ModelProvider
+from edge_client.outbox import DeliveryReport, Outbox, OutboxEntry
+from edge_client.personalize import (
+    FileHeadStore,
+    HeadStore,
+    MemoryHeadStore,
+    PersonalHead,
+    PersonalizationConfig,
+    fine_tune,
+)
+from edge_client.privacy import private_stats, slice_groups
+from edge_client.runtime import InferenceModel, TrainableModel, TrainResult, load_interpreter
+from edge_client.state import ClientState
+from edge_client.transport import (
+    CoordinatorClient,
+    FunctionTransport,
+    HttpResponse,
+    HttpTransport,
+    OutgoingRequest,
+    Transport,
+    reply_request,
+)
+
+__all__ = [
+    "Backoff",
+    "BackoffPolicy",
+    "BundleRuntime",
+    "BundleStore",
+    "ClientConfig",
+    "ClientContext",
+    "ClientState",
+    "CoordinatorClient",
+    "Daemon",
+    "DaemonConfig",
+    "DeliveryReport",
+    "DirectoryData",
+    "EdgeError",
+    "EdgeModel",
+    "FileHeadStore",
+    "FunctionTransport",
+    "HeadStore",
+    "HttpResponse",
+    "HttpTransport",
+    "InferenceModel",
+    "LocalData",
+    "MemoryData",
+    "MemoryHeadStore",
+    "ModelCache",
+    "ModelProvider",
+    "Outbox",
+    "OutboxEntry",
+    "OutgoingRequest",
+    "PersonalHead",
+    "PersonalizationConfig",
+    "RequestRejected",
+    "Span",
+    "TrainResult",
+    "TrainableModel",
+    "Transport",
+    "TransportError",
+    "batch_rng",
+    "client_key",
+    "fine_tune",
+    "handle",
+    "load_interpreter",
+    "personal_head",
+    "private_stats",
+    "reply_request",
+    "slice_groups",
+]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +112,6 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-@pytest.fixture
-def no_leftover_children() -> Iterator[None]:
-    yield
-    left = psutil.Process().children(recursive=True)
-    for process in left:
-        process.kill()
-    assert left == [], f"processes left behind: {left}"
 
 
 # --- model zoo -------------------------------------------------------------------------

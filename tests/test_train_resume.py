@@ -13,7 +13,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import psutil
 import pytest
 
 from cloud_trainer.train import backup_epoch
@@ -47,7 +46,9 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_the_epoch_after_its_last_backup(tmp_path: Path) -> None:
+def test_killed_run_resumes_from_the_epoch_after_its_last_backup(
+    tmp_path: Path, no_leftover_children: None
+) -> None:
     out = tmp_path / "run"
     first = subprocess.Popen(
         _command(out),
@@ -89,4 +90,3 @@ def test_killed_run_resumes_from_the_epoch_after_its_last_backup(tmp_path: Path)
     assert record["epochs"] == EPOCHS
     assert not (out / "backup").exists()  # deleted once the run finished
     assert (out / "checkpoints" / f"epoch-{EPOCHS:03d}.index").is_file()
-    assert not psutil.Process().children(recursive=True)

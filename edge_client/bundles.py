@@ -1,0 +1,124 @@
+"""Downloading model versions: every byte checked against the manifest before it is used.
+
+:meth:`BundleStore.fetch` reads a version's ``manifest.json`` (its own sha256 checked
+against the server's ``X-Fedge-Sha256`` header), then each file it lists, refusing any
+whose size or sha256 differs from the manifest's entry; files this device already holds
+with the right sha256 (round versions change only the weights) are copied locally instead
+of downloaded. The version is assembled in a hidden directory, checked once more with
+:func:`fedge.bundle.verify_bundle`, and renamed into place; a rejected download leaves
+nothing behind, so the model in use keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from edge_client.transport import CoordinatorClient
+from fedge.bundle import MANIFEST_NAME, BundleManifest, sha256_file, verify_bundle
+from fedge.errors import BundleError
+
+__all__ = ["BundleStore"]
+
+logger = logging.getLogger(__name__)
+
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}")
+
+
+def _check_version(version: str) -> str:
+    if not _VERSION.fullmatch(version):
+        raise BundleError(f"unsafe model version name {version!r}")
+    return version
+
+
+class BundleStore:
+    """Verified bundles under ``root/<version>/``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, version: str) -> Path:
+        return self.root / _check_version(version)
+
+    def has(self, version: str) -> bool:
+        return (self.path(version) / MANIFEST_NAME).is_file()
+
+    def versions(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST_NAME).is_file())
+
+    def fetch(self, client: CoordinatorClient, version: str) -> Path:
+        """Download and verify ``version`` unless present; returns its directory."""
+        final = self.path(version)
+        if self.has(version):
+            return final
+        staging = self.root / f".{version}.{uuid.uuid4().hex[:8]}.partial"
+        staging.mkdir()
+        try:
+            manifest = self._download(client, version, staging)
+            verify_bundle(staging)
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("model %s downloaded and verified (%d files)", version, len(manifest.files))
+        return final
+
+    def _download(self, client: CoordinatorClient, version: str, staging: Path) -> BundleManifest:
+        response = client.download(version, MANIFEST_NAME)
+        claimed = response.headers.get("x-fedge-sha256")
+        digest = hashlib.sha256(response.body).hexdigest()
+        if claimed is not None and claimed != digest:
+            raise BundleError(
+                f"model {version}: {MANIFEST_NAME} has sha256 {digest}, the server says {claimed}",
+                file=MANIFEST_NAME,
+            )
+        manifest = BundleManifest.from_json(response.body)
+        if manifest.model_version != version:
+            raise BundleError(
+                f"asked for model {version}, the manifest is for {manifest.model_version}"
+            )
+        for name, entry in sorted(manifest.files.items()):
+            target = staging / name
+            local = self._local_copy(entry.sha256, name)
+            if local is not None:
+                shutil.copyfile(local, target)
+                continue
+            body = client.download(version, name).body
+            if len(body) != entry.size:
+                raise BundleError(
+                    f"model {version}: {name} arrived with {len(body)} bytes, the manifest "
+                    f"says {entry.size}; rejected",
+                    file=name,
+                )
+            got = hashlib.sha256(body).hexdigest()
+            if got != entry.sha256:
+                raise BundleError(
+                    f"model {version}: {name} has sha256 {got}, the manifest says "
+                    f"{entry.sha256}; rejected",
+                    file=name,
+                )
+            target.write_bytes(body)
+        (staging / MANIFEST_NAME).write_bytes(response.body)
+        return manifest
+
+    def _local_copy(self, sha256: str, name: str) -> Path | None:
+        for version in self.versions():
+            candidate = self.root / version / name
+            if candidate.is_file() and sha256_file(candidate) == sha256:
+                return candidate
+        return None
+
+    def prune(self, keep: set[str]) -> None:
+        """Remove every stored version not in ``keep`` (and leftover partial downloads)."""
+        for path in self.root.iterdir():
+            if path.name in keep or not path.is_dir():
+                continue
+            if path.name.startswith(".") or (path / MANIFEST_NAME).is_file():
+                shutil.rmtree(path, ignore_errors=True)
+                logger.debug("pruned %s", path.name)

@@ -1,0 +1,319 @@
+"""``fedge-edge``: the device's command line.
+
+::
+
+    fedge-edge register --coordinator URL --token-file F [--state DIR] [--region R]
+    fedge-edge run      --coordinator URL --token-file F --data DIR --state DIR [options]
+    fedge-edge predict  (--bundle DIR | --state DIR) --input FILE [--global] [--json]
+    fedge-edge status   --state DIR [--json]
+
+``register`` enrolls the device and writes its token to F (mode 0600). ``run`` is the
+daemon: it polls the coordinator for train/evaluate/stats/features tasks and answers them
+from the data files in DIR until SIGTERM. ``predict`` scores a CSV or .npz file with a
+verified bundle (the personal head when ``--state`` holds one for that version, unless
+``--global``). ``status`` shows what the daemon last did.
+
+Exit codes: 0 success; 1 the operation failed (the coordinator refused or could not be
+reached, a bundle failed verification); 2 a usage or input error (bad flags, a missing
+token file, an unreadable input file). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client.backoff import BackoffPolicy
+from edge_client.daemon import Daemon, DaemonConfig
+from edge_client.errors import EdgeError
+from edge_client.handler import ClientConfig
+from edge_client.local_data import read_columns
+from edge_client.model import EdgeModel
+from edge_client.personalize import PersonalizationConfig
+from edge_client.state import ClientState, read_token, write_token
+from edge_client.transport import CoordinatorClient, HttpTransport, Transport
+from fedge.errors import BundleError, ConfigError, DataError, FeatureError, FedgeError
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+logger = logging.getLogger("edge_client.cli")
+
+PROG = "fedge-edge"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_EPILOG = """\
+exit codes:
+  0  success
+  1  the operation failed: the coordinator refused or could not be reached, or a bundle
+     failed verification
+  2  usage or input error: bad flags, missing token file, unreadable input"""
+
+
+class UsageError(FedgeError):
+    """A command line that cannot work (exit code 2)."""
+
+
+def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The fedge edge client: register, run the daemon, predict, status.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    register = _parser(sub, "register", "register this device with a coordinator")
+    register.add_argument("--coordinator", required=True, metavar="URL")
+    register.add_argument("--token-file", required=True, type=Path, metavar="F")
+    register.add_argument("--state", type=Path, metavar="DIR", help="records the client id")
+    register.add_argument("--region", help="this device's region (for per-slice metrics)")
+    register.add_argument("--enrollment-token-file", type=Path, metavar="F")
+    register.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
+    register.add_argument("--json", action="store_true", help="machine-readable output")
+    register.set_defaults(handler=register_cli)
+
+    run = _parser(sub, "run", "run the daemon until SIGTERM")
+    run.add_argument("--coordinator", required=True, metavar="URL")
+    run.add_argument("--token-file", required=True, type=Path, metavar="F")
+    run.add_argument("--data", required=True, type=Path, metavar="DIR", help="local data files")
+    run.add_argument("--state", required=True, type=Path, metavar="DIR")
+    run.add_argument("--max-tasks", type=int, metavar="N", help="stop after N tasks")
+    run.add_argument("--holdout-fraction", type=float, default=0.2, metavar="F")
+    run.add_argument("--seed", type=int, default=0, help="holdout split and personalization")
+    run.add_argument("--settle-seconds", type=float, default=1.0, metavar="S",
+                     help="read a data file once it is this old")  # fmt: skip
+    run.add_argument("--min-count", type=int, default=5, metavar="K",
+                     help="privacy: values behind fewer rows are never reported")  # fmt: skip
+    run.add_argument("--backoff-base", type=float, default=1.0, metavar="S")
+    run.add_argument("--backoff-cap", type=float, default=60.0, metavar="S")
+    run.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per request")
+    run.add_argument("--threads", type=int, metavar="N", help="TFLite interpreter threads")
+    run.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
+    personal = run.add_argument_group("personalization")
+    personal.add_argument("--no-personalize", action="store_true", help="no personal head")
+    personal.add_argument("--personal-epochs", type=int, default=5, metavar="N")
+    personal.add_argument("--personal-learning-rate", type=float, default=0.05, metavar="R")
+    run.set_defaults(handler=run_cli)
+
+    predict = _parser(sub, "predict", "score a CSV or .npz file with a bundle")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, metavar="DIR", help="a bundle directory")
+    source.add_argument("--state", type=Path, metavar="DIR", help="the daemon's model in use")
+    predict.add_argument("--input", required=True, type=Path, metavar="FILE")
+    predict.add_argument("--personal-state", type=Path, metavar="DIR",
+                         help="with --bundle: take the personal head from this state")  # fmt: skip
+    predict.add_argument("--global", dest="use_global", action="store_true",
+                         help="ignore any personal head")  # fmt: skip
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(handler=predict_cli)
+
+    status = _parser(sub, "status", "show what the daemon last did")
+    status.add_argument("--state", required=True, type=Path, metavar="DIR")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=status_cli)
+    return parser
+
+
+# Commands ---------------------------------------------------------------------------------
+
+
+def register_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    enrollment = None
+    if args.enrollment_token_file is not None:
+        enrollment = read_token(args.enrollment_token_file)
+    client = CoordinatorClient(args.coordinator, transport or _http(args.ca_file))
+    try:
+        registration = client.register(region=args.region, enrollment_token=enrollment)
+    finally:
+        client.close()
+    write_token(args.token_file, registration.token)
+    if args.state is not None:
+        ClientState(args.state).save_client(
+            client_id=registration.client_id,
+            coordinator=args.coordinator,
+            registered_at=time.time(),
+        )
+    document = {"client_id": registration.client_id, "token_file": str(args.token_file)}
+    _print(document, as_json=args.json)
+    return EXIT_OK
+
+
+def run_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise UsageError("--max-tasks must be >= 1")
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data} is not a directory")
+    config = DaemonConfig(
+        coordinator=args.coordinator,
+        token_file=args.token_file,
+        data_dir=args.data,
+        state_dir=args.state,
+        backoff=BackoffPolicy(base=args.backoff_base, cap=args.backoff_cap),
+        client=ClientConfig(
+            min_count=args.min_count,
+            personalization=PersonalizationConfig(
+                enabled=not args.no_personalize,
+                epochs=args.personal_epochs,
+                learning_rate=args.personal_learning_rate,
+            ),
+        ),
+        holdout_fraction=args.holdout_fraction,
+        seed=args.seed,
+        settle_seconds=args.settle_seconds,
+        max_tasks=args.max_tasks,
+        request_timeout=args.timeout,
+        num_threads=args.threads,
+    )
+    return Daemon(config, transport=transport or _http(args.ca_file)).run()
+
+
+def _http(ca_file: Path | None) -> HttpTransport:
+    if ca_file is not None and not ca_file.is_file():
+        raise UsageError(f"--ca-file {ca_file} is not a file")
+    return HttpTransport(verify=str(ca_file) if ca_file is not None else True)
+
+
+def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    state_dir = args.state or args.personal_state
+    if args.bundle is not None:
+        if not (args.bundle / "manifest.json").is_file():
+            raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
+        bundle = args.bundle
+    else:
+        found = ClientState(args.state).current_bundle()
+        if found is None:
+            raise UsageError(f"{args.state} holds no model yet: run the daemon first")
+        bundle = found
+    if not args.input.is_file():
+        raise UsageError(f"--input {args.input} is not a file")
+    model = EdgeModel.load(bundle)
+    try:
+        columns = read_columns(args.input, model.schema, label="optional")
+        x = model.transform(columns)
+    except (DataError, FeatureError) as exc:
+        raise UsageError(f"{args.input}: {exc}") from exc
+    head = None
+    if state_dir is not None and not args.use_global:
+        stored = ClientState(state_dir).heads.get()
+        if stored is not None and stored.base_version == model.version:
+            head = stored
+    scores = model.predict_scores(x, head=None if head is None else head.weights)
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    classes = probabilities.argmax(axis=1)
+    used = "personal" if head is not None else ("int8" if model.int8_current else "global")
+    rows = [
+        {"class": int(c), "probability": round(float(p[c]), 6)}
+        for c, p in zip(classes, probabilities, strict=True)
+    ]
+    if args.json:
+        document = {"model_version": model.version, "head": used, "count": len(rows),
+                    "predictions": rows}  # fmt: skip
+        print(json.dumps(document))
+    else:
+        print(f"# model {model.version}, {used} head, {len(rows)} rows: row class probability")
+        for i, row in enumerate(rows):
+            print(f"{i}\t{row['class']}\t{row['probability']:.4f}")
+    return EXIT_OK
+
+
+def status_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    if not args.state.is_dir():
+        raise UsageError(f"--state {args.state} is not a directory")
+    state = ClientState(args.state)
+    document: dict[str, Any] = {
+        "client_id": state.client().get("client_id"),
+        "coordinator": state.client().get("coordinator"),
+        **state.status(),
+        "model_version": state.current_version,
+        "previous_version": state.previous_version,
+        "outbox_pending": len(state.outbox),
+    }
+    document.pop("answered_tasks", None)
+    if document.get("state") == "running" and not _alive(document.get("pid")):
+        document["state"] = "dead"
+    _print(document, as_json=args.json)
+    return EXIT_OK
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _print(document: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(document, sort_keys=True))
+        return
+    for key, value in document.items():
+        text = value if isinstance(value, str | int | float | None) else json.dumps(value)
+        print(f"{key}: {text}")
+
+
+# Entry point -------------------------------------------------------------------------------
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_fedge_edge", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._fedge_edge = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None, *, transport: Transport | None = None) -> int:
+    """Run ``fedge-edge``; ``transport`` replaces HTTP (tests capture the bytes sent)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _configure_logging(args.log_level)
+    try:
+        code: int = args.handler(args, transport=transport)
+        return code
+    except (UsageError, ConfigError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BundleError, EdgeError, FedgeError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

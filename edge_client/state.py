@@ -1,0 +1,135 @@
+"""The daemon's state directory: everything a device keeps across restarts.
+
+::
+
+    STATE/
+      client.json           client id, coordinator URL, registration time
+      model.json            the model version in use and the one before it
+      status.json           what the daemon did last (``fedge-edge status`` reads it)
+      bundles/<version>/    verified bundles (the one in use and the previous one)
+      personal/             the personal head (safetensors)
+      outbox/               replies not yet acknowledged (and failed/ ones)
+
+The client token lives in its own file (``--token-file``, mode 0600), never here in
+plain text with the rest. Every JSON file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from edge_client.bundles import BundleStore
+from edge_client.outbox import Outbox, atomic_write
+from edge_client.personalize import FileHeadStore
+from fedge.errors import ConfigError
+
+__all__ = ["ClientState", "read_token", "write_token"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_token(path: str | Path) -> str:
+    """The client token stored in ``path``; ConfigError when missing or empty."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no token file at {path}: register first (fedge-edge register)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
+
+
+def write_token(path: str | Path, token: str) -> None:
+    """Store ``token`` readable by its owner only."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
+class ClientState:
+    """Typed access to a state directory (created on first use)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the state directory {directory}: {exc}") from exc
+        self.bundles = BundleStore(self.directory / "bundles")
+        self.outbox = Outbox(self.directory / "outbox")
+        self.heads = FileHeadStore(self.directory / "personal")
+
+    def _read(self, name: str) -> dict[str, Any]:
+        path = self.directory / name
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s: %s", path, exc)
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def _write(self, name: str, document: dict[str, Any]) -> None:
+        data = json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        atomic_write(self.directory / name, data.encode("utf-8"))
+
+    # Identity -----------------------------------------------------------------------------
+
+    def client(self) -> dict[str, Any]:
+        return self._read("client.json")
+
+    def save_client(self, *, client_id: str, coordinator: str, registered_at: float) -> None:
+        self._write(
+            "client.json",
+            {"client_id": client_id, "coordinator": coordinator, "registered_at": registered_at},
+        )
+
+    # Model in use -------------------------------------------------------------------------
+
+    @property
+    def current_version(self) -> str | None:
+        value = self._read("model.json").get("current")
+        return value if isinstance(value, str) else None
+
+    @property
+    def previous_version(self) -> str | None:
+        value = self._read("model.json").get("previous")
+        return value if isinstance(value, str) else None
+
+    def use_version(self, version: str) -> None:
+        """Make ``version`` (already verified) the model in use; keep one previous."""
+        current = self.current_version
+        if version == current:
+            return
+        self._write("model.json", {"current": version, "previous": current})
+        self.bundles.prune({v for v in (version, current) if v is not None})
+        logger.info("model in use: %s (previous: %s)", version, current)
+
+    def current_bundle(self) -> Path | None:
+        version = self.current_version
+        if version is None or not self.bundles.has(version):
+            return None
+        return self.bundles.path(version)
+
+    # Status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self._read("status.json")
+
+    def save_status(self, document: dict[str, Any]) -> None:
+        self._write("status.json", document)
