@@ -23,7 +23,13 @@ import shutil
 import tensorflow as tf
 
 from cloud_trainer.cluster import ClusterRole, remove_worker_temp, write_filepath
-from cloud_trainer.record import RECORD_FILE, TrainingRecord, write_json_atomic
+from cloud_trainer.record import (
+    FEATURE_SPEC_FILE,
+    RECORD_FILE,
+    SAVED_MODEL_DIR,
+    TrainingRecord,
+    write_json_atomic,
+)
 from fedge.errors import DataError
 from fedge.features import FeatureSpec
 
@@ -40,8 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAVED_MODEL_DIR = "saved_model"
-FEATURE_SPEC_FILE = "feature_spec.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 BACKUP_DIR = "backup"

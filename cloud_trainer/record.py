@@ -17,9 +17,11 @@ from typing import Any
 from fedge.errors import ConfigError, DataError
 
 __all__ = [
+    "FEATURE_SPEC_FILE",
     "RECORD_FILE",
     "RECORD_FORMAT",
     "RECORD_VERSION",
+    "SAVED_MODEL_DIR",
     "TrainingRecord",
     "load_training_record",
     "prepare_out_dir",
@@ -27,6 +29,9 @@ __all__ = [
 ]
 
 RECORD_FILE = "training_record.json"
+# The other names of an export directory, here because this module imports no TensorFlow.
+SAVED_MODEL_DIR = "saved_model"
+FEATURE_SPEC_FILE = "feature_spec.json"
 RECORD_FORMAT = "fedge.training_record"
 RECORD_VERSION = 1
 

@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 
 from cloud_trainer.config import DEFAULT_TEST_FRACTION
 from cloud_trainer.data import build_feature_spec, split_task
-from cloud_trainer.record import RECORD_FILE, TrainingRecord, load_training_record
+from cloud_trainer.record import (
+    FEATURE_SPEC_FILE,
+    RECORD_FILE,
+    SAVED_MODEL_DIR,
+    TrainingRecord,
+    load_training_record,
+)
 from fedge.data import load_task
 from fedge.errors import ConfigError, DataError, FeatureError
 from fedge.features import FeatureSpec
@@ -45,9 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPRESENTATIVE = 200
-# cloud_trainer.export's names; that module imports TensorFlow, which these checks must not.
-SAVED_MODEL_DIR = "saved_model"
-FEATURE_SPEC_FILE = "feature_spec.json"
 _SAVED_MODEL_PB = "saved_model.pb"
 
 

@@ -366,14 +366,11 @@ def test_help_documents_commands_and_exit_codes() -> None:
 # Units -----------------------------------------------------------------------------------
 
 
-def test_modes_and_export_names_match_their_sources() -> None:
-    import cloud_trainer.export
-    from quantize import inputs, jobs
+def test_cli_modes_match_the_converter_modes() -> None:
+    from quantize import jobs
     from quantize.convert import Mode
 
     assert get_args(Mode) == jobs.MODES
-    assert inputs.SAVED_MODEL_DIR == cloud_trainer.export.SAVED_MODEL_DIR
-    assert inputs.FEATURE_SPEC_FILE == cloud_trainer.export.FEATURE_SPEC_FILE
 
 
 def test_compare_logits_counts_agreement_accuracy_and_auc_by_hand() -> None:
