@@ -1,25 +1,209 @@
-"""The core demo learns: federated rounds lift test accuracy well above chance."""
+"""The end-to-end demo (``make demo``): a CI-sized run of the real job, and its parts.
+
+The slow test runs ``python -m simulations.demo`` in this process (so the
+``no_leftover_children`` fixture sees every process it starts) with two daemons, two
+rounds and a short pretraining; the fast tests cover the data split, the output folder
+and the process supervisor on their own.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
-from simulations.demo import main, run_demo
+import numpy as np
+import psutil
+import pytest
+
+from cloud_trainer.data import split_task
+from fedge.data import load_task
+from simulations.demo import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from simulations.e2e import OUTPUT_MARKER, prepare_output
+from simulations.e2e_data import DATA_FILE, split_demo_data, write_device_files
+from simulations.e2e_processes import DemoError, ProcessSupervisor
+
+SMALL_RUN = ["--devices", "2", "--rounds", "2", "--pretrain-epochs", "3", "--seed", "1"]
 
 
-def test_demo_federated_rounds_learn_above_chance() -> None:
-    summary = run_demo(rounds=3, num_clients=5, alpha=0.5, seed=1)
-    history = summary["accuracy"]
-    assert isinstance(history, dict)
-    assert set(history) == {"fedavg", "fedadam", "median"}
-    assert history["fedavg"][-1] > 0.6  # ten classes: chance is 0.1
-    assert history["fedavg"][-1] >= history["fedavg"][0]
+@pytest.mark.slow
+def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftover_children: None
+) -> None:
+    out = tmp_path / "demo-output"
+    (out / "logs").mkdir(parents=True)
+    (out / "summary.json").write_text("{}")  # an earlier run's output is replaced
+
+    code = main(["--out", str(out), *SMALL_RUN])
+    printed = capsys.readouterr()
+
+    assert code == EXIT_OK, printed.err
+    for step in range(1, 7):
+        assert f"[{step}/6] " in printed.out
+    assert "fedge demo OK" in printed.out
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    rounds = summary["rounds"]
+    assert [(r["round"], r["version"], r["parent"]) for r in rounds] == [
+        (0, "v1", None),
+        (1, "v2", "v1"),
+        (2, "v3", "v2"),
+    ]
+    assert [r["participants"] for r in rounds[1:]] == [2, 2]
+    device_rows = summary["data"]["device_rows"]
+    assert sum(device_rows.values()) == summary["data"]["pool_examples"]
+    for r in rounds[1:]:
+        # each device trains on its rows minus its own 20% holdout
+        assert 0 < r["examples"] < summary["data"]["pool_examples"]
+    for r in rounds:
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    assert summary["pretrained"]["int8_accuracy"] is not None
+    assert summary["final"]["version"] == "v3"
+
+    devices = summary["devices"]
+    assert [d["device"] for d in devices] == ["edge-1", "edge-2"]
+    for device in devices:
+        evaluation = device["evaluation"]
+        assert evaluation["model_version"] == "v3"
+        assert evaluation["holdout_examples"] > 0
+        assert 0.0 <= evaluation["global_accuracy"] <= 1.0
+        assert 0.0 <= evaluation["personalized_accuracy"] <= 1.0
+        assert device["status"]["state"] == "stopped"
+        assert device["status"]["tasks"] == {"train": 2, "evaluate": 1}
+
+    stopped = {p["name"]: p for p in summary["processes"]}
+    for name in ("coordinator", "edge-1", "edge-2"):
+        assert stopped[name]["outcome"] == "terminated"
+        assert stopped[name]["exit_code"] == 0
+    assert summary["leftover_processes"] == []
+
+    with open(out / "rounds.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["version"] for row in table] == ["v1", "v2", "v3"]
+    assert all(0.0 <= float(row["test_accuracy"]) <= 1.0 for row in table)
+    lineage = (out / "lineage.txt").read_text()
+    assert "fedge-coordinator models list" in lineage
+    for line in ("v2       archived    v1", "v3       production  v2"):
+        assert line in lineage
+    assert "v3       production  v2" in printed.out
+    assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+    logs = {p.name for p in (out / "logs").iterdir()}
+    processes = ("fedge-train", "fedge-quantize", "coordinator", "edge-1", "edge-2")
+    assert {f"{name}.log" for name in processes} <= logs
+    assert "received SIGTERM" in (out / "logs" / "edge-1.log").read_text()
+    admin_token = (out / "work" / "coordinator" / "admin-token").read_text().strip()
+    assert admin_token not in printed.out + printed.err + lineage
 
 
-def test_demo_main_writes_summary(tmp_path: Path) -> None:
-    assert main(["--out", str(tmp_path), "--rounds", "2", "--clients", "4"]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["rounds"] == 2
-    assert len(summary["client_sizes"]) == 4
-    assert summary["bytes_up"] > 0
+def _row_counts(pixels: np.ndarray, labels: np.ndarray) -> Counter[bytes]:
+    flat = np.asarray(pixels, dtype=np.float64).reshape(len(pixels), -1)
+    return Counter(row.tobytes() + bytes([int(y)]) for row, y in zip(flat, labels, strict=True))
+
+
+def test_demo_split_gives_devices_exactly_the_rows_the_cloud_never_sees(tmp_path: Path) -> None:
+    digits = load_task("digits")
+    data = split_demo_data(
+        "digits", seed=0, test_fraction=0.2, proxy_fraction=0.1, devices=5, alpha=0.5
+    )
+    proxy, test = split_task(digits, test_fraction=0.2, seed=0, data_fraction=0.1)
+    assert data.proxy.fingerprint() == proxy.fingerprint()  # what fedge-train trains on
+    assert data.test.fingerprint() == test.fingerprint()
+
+    directories = [tmp_path / f"edge-{i}" for i in range(5)]
+    sizes = write_device_files(data, directories)
+
+    on_devices: Counter[bytes] = Counter()
+    for directory, size in zip(directories, sizes, strict=True):
+        with np.load(directory / DATA_FILE) as archive:
+            assert len(archive["digit"]) == size
+            on_devices += _row_counts(archive["pixels"], archive["digit"])
+    everything = _row_counts(digits.columns["pixels"], digits.labels)
+    cloud = _row_counts(proxy.columns["pixels"], proxy.labels) + _row_counts(
+        test.columns["pixels"], test.labels
+    )
+    assert on_devices == everything - cloud
+
+
+def test_prepare_output_empties_a_previous_demo_output(tmp_path: Path) -> None:
+    out = tmp_path / "demo-output"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "old.log").write_text("old")
+    (out / "rounds.csv").write_text("old")
+
+    assert prepare_output(out) == out.resolve()
+
+    assert [p.name for p in out.iterdir()] == [OUTPUT_MARKER]
+
+
+def test_prepare_output_refuses_a_folder_that_is_not_a_demo_output(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("precious")
+
+    with pytest.raises(DemoError, match="refusing to clean it"):
+        prepare_output(tmp_path)
+
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_demo_exits_1_with_one_line_reason_for_an_unusable_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+
+    assert main(["--out", str(tmp_path)]) == EXIT_FAILED
+
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert error[0].startswith("fedge demo FAILED: ")
+    assert str(tmp_path / "logs") in error[0]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--devices", "0"], ["--clients-per-round", "6"], ["--proxy-fraction", "1.5"], ["--bogus"]],
+)
+def test_demo_refuses_bad_flags_with_exit_2(flags: list[str], tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path / "out"), *flags]) == EXIT_USAGE
+    assert not (tmp_path / "out").exists()
+
+
+_IGNORE_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+)
+_FORGETS_A_CHILD = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+)
+
+
+def test_supervisor_kills_a_child_that_ignores_sigterm(
+    tmp_path: Path, no_leftover_children: None
+) -> None:
+    supervisor = ProcessSupervisor(tmp_path / "logs", cwd=tmp_path)
+    stubborn = supervisor.start("stubborn", [sys.executable, "-c", _IGNORE_SIGTERM])
+    time.sleep(0.5)  # let it install its handler
+
+    supervisor.stop([stubborn], timeout=0.5)
+
+    assert stubborn.outcome == "killed"
+    assert supervisor.close() == []
+
+
+def test_supervisor_close_stops_a_grandchild_its_parent_forgot(
+    tmp_path: Path, no_leftover_children: None
+) -> None:
+    supervisor = ProcessSupervisor(tmp_path / "logs", cwd=tmp_path)
+    parent = supervisor.start("parent", [sys.executable, "-c", _FORGETS_A_CHILD])
+    deadline = time.monotonic() + 20
+    while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = psutil.Process(parent.pid).children()[0]
+
+    leftovers = supervisor.close()
+
+    assert [entry.split()[0] for entry in leftovers] == [str(grandchild.pid)]
+    assert not grandchild.is_running()
+    assert supervisor.remaining() == []

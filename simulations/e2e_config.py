@@ -1,0 +1,81 @@
+"""The demo job's settings: one frozen, validated :class:`DemoConfig`.
+
+The defaults are what ``make demo`` runs (digits, five devices, ten rounds of FedAvg with
+every device); :mod:`simulations.demo` maps each field to a flag.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fedge.data import TASK_NAMES
+from fedge.errors import ConfigError
+
+__all__ = ["PRETRAIN_EPOCHS", "DemoConfig"]
+
+PRETRAIN_EPOCHS = {"digits": 20, "taxi": 5}
+"""The cloud's epochs on the proxy share per task: a useful backbone (digits ~0.88 test
+accuracy from 144 examples) without training it further than a small share deserves."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything the job does differently with flags; the defaults are the demo's.
+
+    ``clients_per_round`` ``None`` means every device in every round; ``pretrain_epochs``
+    ``None`` means :data:`PRETRAIN_EPOCHS` of the task. ``pretrain_*`` are the cloud's
+    (Adam); ``local_epochs`` and ``learning_rate`` the devices' (plain SGD on the head with
+    the backbone frozen), chosen for digits: 0.883 -> 0.930 test accuracy in ten rounds.
+    """
+
+    task: str = "digits"
+    devices: int = 5
+    rounds: int = 10
+    clients_per_round: int | None = None
+    local_epochs: int = 2
+    learning_rate: float = 0.03
+    alpha: float = 0.5
+    proxy_fraction: float = 0.1
+    test_fraction: float = 0.2
+    pretrain_epochs: int | None = None
+    pretrain_learning_rate: float = 3e-3
+    device_batch_size: int = 32
+    seed: int = 0
+    evaluate: bool = True
+    round_timeout: float = 120.0
+    tool_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_NAMES:
+            raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASK_NAMES)}")
+        if self.pretrain_epochs is None:
+            object.__setattr__(self, "pretrain_epochs", PRETRAIN_EPOCHS.get(self.task, 10))
+        for name in ("devices", "rounds", "local_epochs", "pretrain_epochs", "device_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.clients_per_round is None:
+            object.__setattr__(self, "clients_per_round", self.devices)
+        elif not 1 <= self.clients_per_round <= self.devices:
+            raise ConfigError(
+                f"clients_per_round must lie in 1..{self.devices} (the devices), "
+                f"got {self.clients_per_round}"
+            )
+        for name in ("proxy_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)!r}")
+        for name in (
+            "learning_rate",
+            "pretrain_learning_rate",
+            "alpha",
+            "round_timeout",
+            "tool_timeout",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

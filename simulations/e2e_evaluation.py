@@ -1,0 +1,143 @@
+"""Measuring the demo's models: every version on the held-out test set, and the devices'
+own evaluation of the final one.
+
+:class:`VersionScorer` downloads a version from the coordinator the way a device does
+(:class:`edge_client.BundleStore`: the manifest, then every file checked against its
+sha256; round versions differ only in ``weights.safetensors``, so the ``.tflite`` files
+are copied locally) and scores its global head with the TFLite runtime
+(:class:`edge_client.EdgeModel`, the float trainable model with that version's weights;
+the int8 inference model too while it matches the version). No TensorFlow is involved.
+
+:func:`wait_for_evaluations` waits for the devices' answers to an ``evaluate`` task round;
+the reports are read from the coordinator's database, as ``fedge-coordinator ... --db``
+does, since the REST API has no endpoint that lists them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.records import ReportRecord
+from coordinator.sqlite_store import SQLiteStore
+from edge_client import BundleStore, CoordinatorClient, EdgeModel, HttpTransport, ModelCache
+from edge_client.model import accuracy, cross_entropy
+from fedge.data import Dataset
+from simulations.e2e_processes import DemoError
+
+__all__ = [
+    "DeviceEvaluation",
+    "TestScore",
+    "VersionScorer",
+    "device_evaluation",
+    "wait_for_evaluations",
+]
+
+_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class TestScore:
+    """A version's global head on the held-out test set."""
+
+    version: str
+    accuracy: float
+    loss: float
+    int8_accuracy: float | None = None
+    """The int8 inference model, where it still matches the version (the pretrained one)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VersionScorer:
+    """Downloads and verifies versions into ``mirror`` and scores them on ``test``."""
+
+    def __init__(self, url: str, token: str, mirror: Path, test: Dataset) -> None:
+        self._client = CoordinatorClient(url, HttpTransport(), token=token)
+        self._bundles = BundleStore(mirror)
+        self._models = ModelCache(self._fetch, max_versions=2, num_threads=1)
+        self._test = test
+
+    def _fetch(self, version: str) -> Path:
+        return self._bundles.fetch(self._client, version)
+
+    def model(self, version: str) -> EdgeModel:
+        return self._models.model(version)
+
+    def score(self, version: str) -> TestScore:
+        model = self.model(version)
+        x, y = model.transform(self._test.columns), self._test.labels
+        logits = model.logits(x)
+        int8 = accuracy(model.int8_logits(x), y) if model.int8_current else None
+        return TestScore(version, accuracy(logits, y), cross_entropy(logits, y), int8)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass(frozen=True)
+class DeviceEvaluation:
+    """One device's evaluation of a version on its own local holdout."""
+
+    device: str
+    client_id: str
+    model_version: str
+    holdout_examples: int
+    global_accuracy: float
+    personalized_accuracy: float | None
+
+    @property
+    def gain(self) -> float | None:
+        if self.personalized_accuracy is None:
+            return None
+        return self.personalized_accuracy - self.global_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gain": self.gain}
+
+
+def wait_for_evaluations(
+    db: Path,
+    task_ids: Collection[str],
+    *,
+    timeout: float,
+    check: Callable[[], None],
+) -> list[ReportRecord]:
+    """The evaluation reports answering ``task_ids``, once all have arrived (bounded;
+    ``check`` runs on every poll and raises when a device died)."""
+    store = SQLiteStore(db)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            reports = [r for r in store.list_reports(kind="evaluation") if r.task_id in task_ids]
+            if len(reports) >= len(task_ids):
+                return reports
+            if time.monotonic() >= deadline:
+                raise DemoError(
+                    f"only {len(reports)} of {len(task_ids)} devices answered the evaluate "
+                    f"task within {timeout:.0f} s"
+                )
+            check()
+            time.sleep(_POLL)
+    finally:
+        store.close()
+
+
+def device_evaluation(report: ReportRecord, device: str) -> DeviceEvaluation:
+    """The figures of one stored evaluation report."""
+    document = report.document
+    personalized = document.get("personalized_metrics") or {}
+    return DeviceEvaluation(
+        device=device,
+        client_id=report.client_id,
+        model_version=str(document.get("model_version", report.model_version)),
+        holdout_examples=int(document.get("num_examples", 0)),
+        global_accuracy=float(document.get("metrics", {}).get("accuracy", float("nan"))),
+        personalized_accuracy=(
+            float(personalized["accuracy"]) if "accuracy" in personalized else None
+        ),
+    )
