@@ -1,0 +1,491 @@
+"""Bring your own: the user's data, initial weights, partition and schedule files.
+
+Every loader here reads and checks one file without TensorFlow and fails with a
+:class:`~fedge.errors.ConfigError` whose one-line message names the option, the file and
+what is wrong, so ``fedge-simulate`` refuses bad input before any training:
+
+- ``--data FILE``: a ``.npz`` with arrays ``x`` (model-ready float inputs, ``[n, ...]``)
+  and ``y`` (integer class ids), or a CSV with a header, the ``--label-column`` and only
+  numeric feature columns (z-scored with statistics of the clients' rows);
+- ``--init FILE``: safetensors weights of the trainable part (names as the model's
+  trainable variables, e.g. ``dense_1/kernel``);
+- ``--partition-file FILE``: JSON ``{client_id: [row indices]}`` (non-empty, in range,
+  disjoint), or a ``Partition.to_dict`` document;
+- ``--schedule-file FILE``: JSON ``{"rounds": [[client ids], ...]}``.
+
+:func:`build_scenario` assembles a scenario from them and the user's Keras model
+(:mod:`simulations.user_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fedge.bundle import WEIGHTS_FILE, read_manifest, write_manifest
+from fedge.data import Dataset, Partition, read_csv_columns, train_test_split
+from fedge.errors import ConfigError, FedgeError
+from fedge.features import FeatureSpec, NumericFeature
+from fedge.schema import Schema
+from fedge.weights import Weights
+from simulations.workload import Schedule, load_schedule
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from simulations.runner import CheckedInputs, Settings
+    from simulations.scenario import Scenario
+
+__all__ = [
+    "CUSTOM_TASK",
+    "UserData",
+    "build_scenario",
+    "bundle_with_head",
+    "check_init",
+    "keras_model_factory",
+    "load_data",
+    "load_init",
+    "load_partition",
+    "load_schedule_file",
+]
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_TASK = "custom"
+"""The task name of a run on the user's own data."""
+_FEATURES = "x"
+_LABEL = "y"
+_MAX_CLASSES = 1 << 20
+
+
+# Data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class UserData:
+    """The rows of ``--data``: raw feature columns (float64) and int64 labels."""
+
+    path: Path
+    kind: Literal["npz", "csv"]
+    columns: dict[str, npt.NDArray[np.float64]]
+    labels: npt.NDArray[np.int64]
+    label: str
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def min_classes(self) -> int:
+        return max(2, int(self.labels.max()) + 1)
+
+    def schema(self, num_classes: int) -> Schema:
+        shapes = {name: tuple(c.shape[1:]) for name, c in self.columns.items() if c.ndim > 1}
+        return Schema(
+            numeric=tuple(self.columns),
+            categorical=(),
+            label=self.label,
+            num_classes=num_classes,
+            shapes=shapes,
+        )
+
+    def dataset(self, num_classes: int) -> Dataset:
+        return Dataset(
+            name=CUSTOM_TASK,
+            schema=self.schema(num_classes),
+            columns=self.columns,
+            labels=self.labels,
+        )
+
+    def feature_spec(self, rows: Dataset) -> FeatureSpec:
+        """``.npz`` inputs are model-ready (identity); CSV columns are z-scored with the
+        statistics of ``rows`` (the clients' rows, as their merged statistics would give)."""
+        if self.kind == "npz":
+            column = self.columns[_FEATURES]
+            return FeatureSpec(
+                numeric=(
+                    NumericFeature(
+                        name=_FEATURES,
+                        normalization="zscore",
+                        offset=0.0,
+                        scale=1.0,
+                        fill=0.0,
+                        shape=tuple(int(d) for d in column.shape[1:]),
+                    ),
+                )
+            )
+        from cloud_trainer.data import build_feature_spec
+
+        return build_feature_spec(rows)
+
+
+def load_data(path: str | os.PathLike[str], *, label_column: str = "label") -> UserData:
+    """Read and check ``--data`` (see the module docstring)."""
+    source = Path(path)
+    what = f"--data {os.fspath(path)}"
+    if not source.is_file():
+        raise ConfigError(f"{what}: no such file")
+    name = source.name.lower()
+    if name.endswith(".npz"):
+        data = _load_npz(source, what)
+    elif name.endswith((".csv", ".csv.gz")):
+        data = _load_csv(source, what, label_column)
+    else:
+        raise ConfigError(f"{what}: expected a .npz (arrays x and y) or a .csv file")
+    if len(data) < 2:
+        raise ConfigError(f"{what}: needs at least 2 rows, found {len(data)}")
+    if int(data.labels.max()) >= _MAX_CLASSES:
+        raise ConfigError(f"{what}: class ids must be below {_MAX_CLASSES}")
+    return data
+
+
+def _load_npz(source: Path, what: str) -> UserData:
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            arrays = {key: np.asarray(archive[key]) for key in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"{what}: not a readable .npz archive: {exc}") from exc
+    missing = [k for k in (_FEATURES, _LABEL) if k not in arrays]
+    if missing:
+        raise ConfigError(
+            f"{what}: needs arrays 'x' and 'y', missing {missing}; it has {sorted(arrays)}"
+        )
+    x, y = arrays[_FEATURES], arrays[_LABEL]
+    if x.dtype.kind not in "fiu" or x.ndim < 2:
+        raise ConfigError(
+            f"{what}: x must be numbers shaped [examples, features...], got {x.dtype} {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ConfigError(f"{what}: x holds NaN or infinite values")
+    labels = _labels(y, len(x), what)
+    return UserData(source, "npz", {_FEATURES: x.astype(np.float64)}, labels, _LABEL)
+
+
+def _labels(y: npt.NDArray[Any], rows: int, what: str) -> npt.NDArray[np.int64]:
+    if y.ndim != 1 or y.size != rows:
+        raise ConfigError(
+            f"{what}: y must be {rows} labels (one per row of x), got shape {y.shape}"
+        )
+    if y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y)):
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "iu":
+        raise ConfigError(f"{what}: y must hold integer class ids, got {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ConfigError(f"{what}: class ids must be >= 0, found {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _load_csv(source: Path, what: str, label: str) -> UserData:
+    import csv
+    import gzip
+
+    try:
+        if source.name.lower().endswith(".gz"):
+            with gzip.open(source, "rt", encoding="utf-8", newline="") as stream:
+                header = next(csv.reader(stream), [])
+        else:
+            with open(source, encoding="utf-8", newline="") as stream:
+                header = next(csv.reader(stream), [])
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
+        raise ConfigError(f"{what}: cannot read the CSV header: {exc}") from exc
+    header = [h.strip() for h in header]
+    if not header:
+        raise ConfigError(f"{what}: the file is empty (no header row)")
+    if label not in header:
+        raise ConfigError(
+            f"{what}: no label column {label!r} (set --label-column); the header has {header[:20]}"
+        )
+    features = tuple(h for h in header if h != label)
+    if not features:
+        raise ConfigError(f"{what}: no feature columns besides the label {label!r}")
+    schema = Schema(numeric=features, categorical=(), label=label, num_classes=_MAX_CLASSES)
+    try:
+        columns = read_csv_columns(source, schema=schema, label="required")
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: {exc} (feature columns must be numeric)") from exc
+    labels = columns.pop(label)
+    return UserData(source, "csv", columns, labels, label)
+
+
+# Weights, partition, schedule ---------------------------------------------------------------
+
+
+def load_init(path: str | os.PathLike[str]) -> Weights:
+    """``--init``: safetensors weights (finite float32) of the model's trainable part."""
+    what = f"--init {os.fspath(path)}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from exc
+    try:
+        weights = Weights.from_bytes(data)
+        weights.check_finite()
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: not usable safetensors weights: {exc}") from exc
+    if not len(weights):
+        raise ConfigError(f"{what}: holds no tensors")
+    return weights
+
+
+def load_partition(
+    path: str | os.PathLike[str], *, rows: int, holdout_fraction: float, seed: int
+) -> Partition:
+    """``--partition-file``: which rows (of ``--data``, or of a built-in task's client pool)
+    each client holds; every index checked against ``rows``."""
+    what = f"--partition-file {os.fspath(path)}"
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{what}: not valid JSON: {exc}") from exc
+    if not isinstance(document, Mapping) or not document:
+        raise ConfigError(f"{what}: expected a non-empty object {{client_id: [row indices]}}")
+    if "format" in document:
+        try:
+            partition = Partition.from_dict(document)
+        except FedgeError as exc:
+            raise ConfigError(f"{what}: {exc}") from exc
+        top = int(partition.assigned().max(initial=-1))
+        if top >= rows:
+            raise ConfigError(f"{what}: index {top} is out of range: the data has {rows} rows")
+        return partition
+    owner: dict[int, str] = {}
+    for client_id, indices in document.items():
+        if not client_id or len(client_id) > 128:
+            raise ConfigError(f"{what}: client ids must be 1-128 characters, got {client_id!r}")
+        if not isinstance(indices, list) or not indices:
+            raise ConfigError(f"{what}: client {client_id!r} needs a non-empty list of row indices")
+        for index in indices:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise ConfigError(f"{what}: client {client_id!r} has a non-integer index {index!r}")
+            if not 0 <= index < rows:
+                raise ConfigError(
+                    f"{what}: client {client_id!r} index {index} is out of range: "
+                    f"the data has {rows} rows (0..{rows - 1})"
+                )
+            if index in owner:
+                other = owner[index]
+                who = "twice" if other == client_id else f"by {other!r} and {client_id!r}"
+                raise ConfigError(f"{what}: row {index} is held {who}; clients must be disjoint")
+            owner[index] = client_id
+    try:
+        return Partition.from_dict(document, holdout_fraction=holdout_fraction, seed=seed)
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
+    """``--schedule-file``: ``{"rounds": [[client ids], ...]}`` (ids checked later against
+    the partition)."""
+    try:
+        return load_schedule(path)
+    except ConfigError as exc:
+        raise ConfigError(f"--schedule-file: {exc}") from exc
+
+
+# Bundles and models -------------------------------------------------------------------------
+
+
+def check_init(init: Weights, reference: Weights) -> None:
+    """ConfigError unless ``init`` has exactly ``reference``'s tensor names and shapes."""
+    try:
+        init.validate_against(reference)
+    except FedgeError as exc:
+        raise ConfigError(
+            f"--init does not fit the model's trainable part {dict(reference.shapes)}: {exc}"
+        ) from exc
+
+
+def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:
+    """A copy of ``bundle`` that starts from ``head`` (``--init`` on the built-in model):
+    same ``.tflite`` files, the new ``weights.safetensors``, a derived version."""
+    manifest = read_manifest(bundle)
+    current = Weights.from_bytes((bundle / WEIGHTS_FILE).read_bytes())
+    check_init(head, Weights.from_pairs((name, current[name]) for name in manifest.head))
+    ordered = Weights.from_pairs((name, head[name]) for name in manifest.head)
+    digest = hashlib.sha256(ordered.to_bytes()).hexdigest()[:12]
+    version = f"{manifest.model_version}-init-{digest}"
+    target = cache_dir / version
+    if (target / "manifest.json").is_file():
+        return target
+    staging = cache_dir / f".{version}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir(parents=True)
+    try:
+        for name in manifest.files:
+            if name != WEIGHTS_FILE:
+                shutil.copyfile(bundle / name, staging / name)
+        (staging / WEIGHTS_FILE).write_bytes(ordered.to_bytes())
+        write_manifest(
+            staging,
+            model_version=version,
+            task=manifest.task,
+            schema=manifest.schema,
+            feature_spec=dict(manifest.feature_spec),
+            train_batch_size=manifest.train_batch_size,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            head=manifest.head,
+            metadata={
+                **manifest.metadata,
+                "initial_weights": "--init",
+                "parent": manifest.model_version,
+            },
+            extra_files=[n for n in manifest.files if n not in (WEIGHTS_FILE,)],
+        )
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def keras_model_factory(path: Path) -> Callable[[], tf.keras.Model]:
+    """A ``model_fn`` for the TFF engine: the Keras model at ``path`` (an export directory or
+    a SavedModel), loaded afresh on each call."""
+    import tensorflow as tf
+
+    saved = path / "saved_model" if (path / "saved_model").is_dir() else path
+
+    def model_fn() -> tf.keras.Model:
+        return tf.keras.models.load_model(saved)
+
+    return model_fn
+
+
+def build_scenario(
+    settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
+) -> Scenario:
+    """The scenario of a run with the user's model (and possibly the user's data)."""
+    from simulations.scenario import (
+        Scenario,
+        build_task_partition,
+        plan_schedule,
+        split_task_rows,
+    )
+    from simulations.user_model import bundle_user_model, load_user_model
+    from simulations.workload import Hyperparams
+
+    assert settings.model_file is not None
+    step(f"loading your model {settings.model_file}")
+    model = load_user_model(settings.model_file, init=inputs.init)
+    details: dict[str, Any] = {"model": str(settings.model_file)}
+    if inputs.data is not None:
+        data = inputs.data
+        if model.num_classes < data.min_classes:
+            raise ConfigError(
+                f"--data {data.path} has class ids up to {data.min_classes - 1}, your model "
+                f"outputs {model.num_classes} classes"
+            )
+        dataset = data.dataset(model.num_classes)
+        task = CUSTOM_TASK
+        if inputs.partition is not None:
+            pool, partition = dataset, inputs.partition
+            free = np.setdiff1d(np.arange(len(dataset)), partition.assigned())
+            if free.size:
+                test = dataset.take(free)
+                details["test"] = "rows no client holds"
+            else:
+                holdouts = np.sort(np.concatenate([s.holdout for s in partition.values()]))
+                if holdouts.size == 0:
+                    raise ConfigError(
+                        "--partition-file gives every row to a client and --holdout-fraction "
+                        "is 0: leave some rows unassigned to test on"
+                    )
+                test = dataset.take(holdouts)
+                details["test"] = "the clients' holdout rows (every row is assigned)"
+        else:
+            train_idx, test_idx = train_test_split(
+                dataset, test_fraction=settings.test_fraction, seed=settings.seed
+            )
+            pool, test = dataset.take(train_idx), dataset.take(test_idx)
+            partition = build_task_partition(
+                pool,
+                settings.partition,
+                clients=settings.clients,
+                seed=settings.seed,
+                holdout_fraction=settings.holdout_fraction,
+            )
+        spec = data.feature_spec(pool)
+        details.update({"data": str(data.path), "rows": len(dataset)})
+    else:
+        from cloud_trainer.data import build_feature_spec
+
+        assert settings.task is not None
+        task = settings.task
+        rows = split_task_rows(
+            task,
+            seed=settings.seed,
+            test_fraction=settings.test_fraction,
+            proxy_fraction=settings.proxy_fraction,
+        )
+        pool, test = rows.pool, rows.test
+        if model.num_classes != pool.schema.num_classes:
+            raise ConfigError(
+                f"your model outputs {model.num_classes} classes, task {task} has "
+                f"{pool.schema.num_classes}"
+            )
+        partition = inputs.partition or build_task_partition(
+            pool,
+            settings.partition,
+            clients=settings.clients,
+            seed=settings.seed,
+            holdout_fraction=settings.holdout_fraction,
+        )
+        spec = build_feature_spec(rows.proxy)
+        details["data"] = f"built-in task {task} (feature spec from the proxy share)"
+    ids = list(partition)
+    schedule = plan_schedule(
+        ids,
+        rounds=settings.rounds or 1,
+        per_round=settings.per_round or len(ids),
+        seed=settings.seed,
+        fixed=inputs.schedule,
+    )
+    if tuple(model.input_shape) != spec.output_shape:
+        raise ConfigError(
+            f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
+            f"{spec.output_shape}"
+        )
+    bundle, saved_model = bundle_user_model(
+        model,
+        task=task,
+        spec=spec,
+        schema=pool.schema,
+        test=test,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        cache_dir=Path(settings.cache_dir),
+        step=step,
+    )
+    details.update({"task": task, "source": "your model", "bundle": str(bundle)})
+    details.update({"pool_examples": len(pool), "test_examples": len(test)})
+    return Scenario(
+        task=task,
+        bundle_dir=bundle,
+        keras_model=saved_model,
+        pool=pool,
+        partition=partition,
+        test=test,
+        schedule=schedule,
+        hyperparams=Hyperparams(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+        ),
+        seed=settings.seed,
+        details=details,
+    )

@@ -1,0 +1,315 @@
+"""``--model FILE``: the user's Keras model, checked, prepared and bundled for the devices.
+
+The layers the user left trainable are the part devices train; everything below them is
+the frozen backbone. A model is refused, with the layer named, when:
+
+- it has no trainable layer, or no frozen layer below the trainable part;
+- a trainable layer is not ``Dense`` (only Dense gradients are TFLite builtins);
+- a frozen layer with weights sits above a trainable one (the trainable part must be the
+  top of the model), or the trainable part does not start from the last frozen layer;
+- it has several inputs or outputs, nested models, or does not output ``[batch, classes]``.
+
+The accepted model is cloned with fedge's layer names (``backbone_*``, the last frozen layer
+``backbone_embedding``, ``head_*``), a softmax output turned into logits, and ``--init``
+applied to its trainable variables (named as in the user's model: ``dense_1/kernel``).
+``relu`` in the trainable part is rewritten for the device by :mod:`quantize.trainable`.
+:func:`bundle_user_model` then builds the edge bundle with :mod:`quantize` and saves the
+prepared model for the TFF engine, cached by a digest of everything that went in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from fedge.bundle import MANIFEST_NAME
+from fedge.data import Dataset
+from fedge.errors import ConfigError, FedgeError
+from fedge.features import FeatureSpec
+from fedge.schema import Schema
+from fedge.weights import Weights
+from quantize.trainable import trainable_weight_names, trainable_weights
+
+__all__ = ["UserModel", "bundle_user_model", "load_user_model"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_FORMAT = 1
+_REPRESENTATIVE = 200
+SAVED_MODEL = "saved_model"
+BUNDLE = "bundle"
+
+
+@dataclass(frozen=True, eq=False)
+class UserModel:
+    """The prepared model (fedge layer names, logits, ``--init`` applied) and its origin."""
+
+    model: tf.keras.Model
+    source: Path
+    digest: str
+    """sha256 over the model file(s) and the initial weights."""
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def head(self) -> Weights:
+        return Weights(trainable_weights(self.model))
+
+
+def _digest(path: Path, init: Weights | None) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        digest.update(file.read_bytes())
+    if init is not None:
+        digest.update(init.to_bytes())
+    return digest.hexdigest()
+
+
+def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None) -> UserModel:
+    """Load ``--model`` (.keras, .h5 or a SavedModel directory), check it and prepare it."""
+    source = Path(path)
+    what = f"--model {os.fspath(path)}"
+    if not source.exists():
+        raise ConfigError(f"{what}: no such file or directory")
+    try:
+        model = tf.keras.models.load_model(source, compile=False)
+    except Exception as exc:  # anything from OSError to a protobuf DecodeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what}: cannot load a Keras model: {first}") from exc
+    if not isinstance(model, tf.keras.Model):
+        raise ConfigError(f"{what}: holds a {type(model).__name__}, not a Keras model")
+    input_shape, num_classes = _check_io(model, what)
+    split = _check_layers(model, what)
+    if init is not None:
+        _apply_init(model, init, what)
+    prepared = _prepare(model, split, what)
+    return UserModel(
+        model=prepared,
+        source=source,
+        digest=_digest(source, init),
+        input_shape=input_shape,
+        num_classes=num_classes,
+    )
+
+
+def _check_io(model: tf.keras.Model, what: str) -> tuple[tuple[int, ...], int]:
+    inputs = getattr(model, "inputs", None) or []
+    outputs = getattr(model, "outputs", None) or []
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ConfigError(
+            f"{what}: needs one input and one output, has {len(inputs)} and {len(outputs)} "
+            "(build it with tf.keras.Input)"
+        )
+    shape = tuple(inputs[0].shape[1:])
+    if not shape or any(d is None for d in shape):
+        raise ConfigError(f"{what}: the input shape {shape} must be fully known")
+    out = tuple(outputs[0].shape[1:])
+    if len(out) != 1 or out[0] is None or out[0] < 2:
+        raise ConfigError(f"{what}: must output [batch, classes] with >= 2 classes, got {out}")
+    return tuple(int(d) for d in shape), int(out[0])
+
+
+def _layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    return [la for la in model.layers if not isinstance(la, tf.keras.layers.InputLayer)]
+
+
+def _check_layers(model: tf.keras.Model, what: str) -> int:
+    """Index (in :func:`_layers`) of the first trainable layer, after every check."""
+    layers = _layers(model)
+    nested = [la.name for la in layers if isinstance(la, tf.keras.Model)]
+    if nested:
+        raise ConfigError(f"{what}: nested models are not supported ({nested}); flatten the model")
+    trainable = [i for i, la in enumerate(layers) if la.trainable_weights]
+    if not trainable:
+        raise ConfigError(
+            f"{what}: no layer is trainable: leave trainable the layers the devices should "
+            "train (e.g. the last Dense layers) and freeze the rest"
+        )
+    start = trainable[0]
+    if start == 0:
+        raise ConfigError(
+            f"{what}: layer {layers[0].name!r} is trainable, so nothing is left for the frozen "
+            "backbone: freeze (layer.trainable = False) the layers below the part devices train"
+        )
+    for layer in layers[start:]:
+        if layer.trainable_weights and not isinstance(layer, tf.keras.layers.Dense):
+            raise ConfigError(
+                f"{what}: layer {layer.name!r} ({type(layer).__name__}) is trainable, but only "
+                "Dense layers can train on the device (their gradients are TFLite builtins); "
+                "freeze it so it becomes part of the backbone"
+            )
+        if layer.non_trainable_weights:
+            raise ConfigError(
+                f"{what}: layer {layer.name!r} is frozen but sits above the trainable layer "
+                f"{layers[start].name!r}: the part devices train must be the top of the model"
+            )
+    try:
+        connected = layers[start].input is layers[start - 1].output
+    except AttributeError:
+        connected = False
+    if not connected:
+        raise ConfigError(
+            f"{what}: the trainable part must start from the last frozen layer "
+            f"({layers[start - 1].name!r}), but {layers[start].name!r} takes another input"
+        )
+    return start
+
+
+def _apply_init(model: tf.keras.Model, init: Weights, what: str) -> None:
+    names = trainable_weight_names(model)
+    reference = Weights(trainable_weights(model))
+    try:
+        init.validate_against(reference)
+    except FedgeError as exc:
+        raise ConfigError(
+            f"--init does not fit the trainable part of {what.split(' ', 1)[1]} "
+            f"({dict(reference.shapes)}): {exc}"
+        ) from exc
+    for name, variable in zip(names, model.trainable_variables, strict=True):
+        variable.assign(init[name])
+
+
+def _is_softmax(layer: tf.keras.layers.Layer) -> bool:
+    activation = getattr(layer, "activation", None)
+    return isinstance(layer, tf.keras.layers.Dense | tf.keras.layers.Activation) and (
+        getattr(activation, "__name__", None) == "softmax"
+    )
+
+
+def _prepare(model: tf.keras.Model, start: int, what: str) -> tf.keras.Model:
+    layers = _layers(model)
+    names: dict[str, str] = {}
+    for i, layer in enumerate(layers):
+        if i == start - 1:
+            names[layer.name] = "backbone_embedding"
+        elif i < start:
+            names[layer.name] = f"backbone_{layer.name}"
+        else:
+            names[layer.name] = f"head_{layer.name}"
+    taken = [n for n in names.values()]
+    for old, new in list(names.items()):
+        if taken.count(new) > 1 and new != "backbone_embedding":
+            names[old] = f"{new}_{uuid.uuid4().hex[:4]}"
+    output = layers[-1]
+
+    def clone_layer(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
+        config = layer.get_config()
+        config["name"] = names.get(layer.name, layer.name)
+        if layer is output and _is_softmax(layer):
+            config["activation"] = "linear"  # devices and TFF train on logits
+        return type(layer).from_config(config)
+
+    try:
+        clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
+        for layer in layers:
+            copy = clone.get_layer(names[layer.name])
+            copy.set_weights(layer.get_weights())
+            copy.trainable = layer.trainable
+    except Exception as exc:
+        raise ConfigError(f"{what}: cannot copy the model to prepare it: {exc}") from exc
+    return clone
+
+
+def bundle_user_model(
+    user: UserModel,
+    *,
+    task: str,
+    spec: FeatureSpec,
+    schema: Schema,
+    test: Dataset,
+    batch_size: int,
+    seed: int,
+    cache_dir: Path,
+    step: Callable[[str], None],
+) -> tuple[Path, Path]:
+    """The edge bundle of ``user``'s model and its saved Keras copy: (bundle, SavedModel).
+
+    The int8 models are calibrated on test rows (cloud-side data; no client row leaves
+    its client). Cached under ``cache_dir/<task>-model-<key>``.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "format": _CACHE_FORMAT,
+                "model": user.digest,
+                "spec": spec.to_dict(),
+                "schema": schema.to_dict(),
+                "batch_size": batch_size,
+                "seed": seed,
+                "test": test.fingerprint(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    entry = cache_dir / f"{task}-model-{key[:16]}"
+    if (entry / BUNDLE / MANIFEST_NAME).is_file() and (entry / SAVED_MODEL).is_dir():
+        logger.info("reusing the bundle of your model in %s", entry)
+        return entry / BUNDLE, entry / SAVED_MODEL
+    step("building the edge bundle of your model")
+    from quantize.bundle import write_bundle
+    from quantize.inputs import HeldOut, TaskArrays
+
+    x_test = spec.transform(test.columns)
+    y_test = np.asarray(test.labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(len(x_test))[:_REPRESENTATIVE])
+    sample = x_test[chosen]
+    arrays = TaskArrays(
+        held_out=HeldOut(
+            task=task,
+            seed=seed,
+            test_fraction=0.0,
+            data_fraction=1.0,
+            num_train_examples=len(sample),
+            num_test_examples=len(test),
+            data_fingerprint=test.fingerprint(),
+            fingerprint_matches_record=None,
+        ),
+        spec=spec,
+        schema=schema,
+        num_classes=schema.num_classes,
+        x_train=sample,
+        y_train=y_test[chosen],
+        x_test=x_test,
+        y_test=y_test,
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.partial"
+    (staging / BUNDLE).mkdir(parents=True)
+    try:
+        user.model.save(staging / SAVED_MODEL)
+        try:
+            write_bundle(
+                user.model,
+                arrays,
+                staging / BUNDLE,
+                representative=sample,
+                batch_size=batch_size,
+                version=f"{task}-model-{key[:12]}",
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                training_record=None,
+                extra_metadata={"source_model": str(user.source.resolve())},
+            )
+        except FedgeError as exc:
+            raise ConfigError(f"--model {user.source}: {exc}") from exc
+        try:
+            staging.rename(entry)
+        except OSError:
+            if not (entry / BUNDLE / MANIFEST_NAME).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry / BUNDLE, entry / SAVED_MODEL

@@ -1,0 +1,268 @@
+"""The native engine: the real service drives real edge clients in worker processes.
+
+Selection follows the schedule, traffic is counted as devices would download and upload,
+the service's own rejections fail a round, personalization is measured per client, jobs
+stream through a bounded window, the workers are gone afterwards, and a warm cache runs
+without TensorFlow. Everything runs on the session's pretrained digits bundle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import psutil
+import pytest
+
+from fedge.messages import Task, TaskConfig
+from fedge.weights import Weights
+from simulations.fleet import FleetData, Job, ProcessFleet
+from simulations.native_engine import NativeOptions, PlannedSelection, SimulationError, run_native
+from simulations.pretrain import Pretrained
+from simulations.report import CSV_COLUMNS, RoundStats
+from simulations.runner import check_settings, prepare_scenario
+from simulations.scenario import Scenario
+
+if TYPE_CHECKING:
+    from tests.simulation_fixtures import CliRunner, SettingsFactory
+
+pytest_plugins = ["tests.simulation_fixtures"]
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:non-integer arguments to randrange:DeprecationWarning"
+)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scenario(sim_settings: SettingsFactory, **changes: object) -> Scenario:
+    settings = sim_settings(**changes)
+    return prepare_scenario(settings, check_settings(settings))
+
+
+def _fleet_workers() -> list[psutil.Process]:
+    """Simulation worker processes among this process's descendants."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("simulations.fleet" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+class _Watch:
+    """A progress sink that notes the worker processes alive while rounds run."""
+
+    def __init__(self) -> None:
+        self.workers: set[int] = set()
+        self.finished: list[RoundStats] = []
+        self.clients_done = 0
+
+    def round_started(self, round_number: int, rounds: int, clients: int) -> None:
+        self.workers.update(p.pid for p in _fleet_workers())
+
+    def client_done(self) -> None:
+        self.clients_done += 1
+
+    def round_finished(self, stats: RoundStats) -> None:
+        self.finished.append(stats)
+
+
+def test_rounds_follow_the_schedule_and_count_device_traffic(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    schedule = {
+        "rounds": [["client_000", "client_001", "client_002"], ["client_003", "client_004"]]
+    }
+    schedule["rounds"].append(schedule["rounds"][0])
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(schedule))
+    scenario = _scenario(
+        sim_settings, clients=6, rounds=None, schedule_file=path, partition="iid", epochs=1
+    )
+    watch = _Watch()
+    result = run_native(scenario, NativeOptions(workers=2, personalization=False), progress=watch)
+
+    rounds = result.rounds
+    assert [sorted(r.clients) for r in rounds] == [sorted(r) for r in schedule["rounds"]]
+    assert all(r.committed for r in rounds)
+    assert [r.version for r in rounds] == ["v2", "v3", "v4"]
+    assert watch.finished == list(rounds)
+    assert watch.clients_done == 8
+    # Round 3's clients hold round 1's .tflite files: they fetch task, manifest and weights.
+    first, third = rounds[0].bytes_down, rounds[2].bytes_down
+    assert first is not None
+    assert third is not None
+    assert third < first / 5
+    weights = (digits_pretrained.bundle_dir / "weights.safetensors").stat().st_size
+    assert third > 3 * weights
+    ups = [r.bytes_up for r in rounds]
+    assert all(u is not None and u > weights for u in ups)  # one delta (+ metadata) each
+    # Two worker processes ran the clients, and they are gone now.
+    assert len(watch.workers) == 2
+    assert not _fleet_workers()
+    assert not any(_alive(pid) for pid in watch.workers)
+
+
+def test_rejected_updates_fail_the_round_and_keep_the_model(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory
+) -> None:
+    scenario = _scenario(sim_settings, clients=3, rounds=2, partition="iid")
+    options = NativeOptions(workers=1, norm_bound=1e-9, personalization=False)
+    result = run_native(scenario, options)
+    assert [r.committed for r in result.rounds] == [False, False]
+    assert [r.version for r in result.rounds] == ["v1", "v1"]
+    assert result.details["rejected_updates"] == 6
+    assert result.rounds[0].accuracy == result.rounds[1].accuracy
+    start = Weights.from_bytes((digits_pretrained.bundle_dir / "weights.safetensors").read_bytes())
+    assert result.final_head.equal(start)
+
+
+def test_personalization_reports_each_client_with_a_holdout(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory
+) -> None:
+    scenario = _scenario(sim_settings, clients=4, rounds=1, partition="dirichlet:0.5")
+    result = run_native(scenario, NativeOptions(workers=1))
+    gains = result.personalization
+    assert [g.client_id for g in gains] == list(scenario.client_ids)
+    for gain in gains:
+        assert gain.examples == scenario.partition[gain.client_id].holdout.size
+        assert 0.0 <= gain.global_accuracy <= 1.0
+        assert 0.0 <= gain.personalized_accuracy <= 1.0
+        assert gain.gain == pytest.approx(gain.personalized_accuracy - gain.global_accuracy)
+
+
+def test_fleet_streams_outcomes_with_a_bounded_window(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    scenario = _scenario(sim_settings, clients=8, rounds=1, partition="iid")
+    version = digits_pretrained.manifest.model_version
+    shutil.copytree(digits_pretrained.bundle_dir, tmp_path / version)
+    data = FleetData.build(scenario.pool, scenario.partition, tmp_path, seed=0)
+    config = TaskConfig(epochs=1, batch_size=32, learning_rate=0.02)
+    jobs = [
+        Job(c, Task(f"r1-{c}", "train", 1, version, config, 2e9).to_dict())
+        for c in scenario.client_ids
+    ]
+    seen = []
+    with ProcessFleet(data, workers=2, window=1) as fleet:
+        pids = fleet.pids
+        for outcome in fleet.run(jobs):
+            assert fleet.in_flight <= 2  # never more than workers x window outstanding
+            seen.append(outcome)
+    assert sorted(o.client_id for o in seen) == sorted(scenario.client_ids)
+    assert all(o.error is None and o.body for o in seen)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_planned_selection_returns_the_plan_or_refuses() -> None:
+    selection = PlannedSelection(0)
+    registered = np.array(["a", "b", "c", "d"], dtype=object)
+    selection.plan(["c", "a"])
+    assert list(selection.choice(registered, size=2, replace=False)) == ["c", "a"]
+    assert len(set(selection.choice(registered, size=3, replace=False))) == 3  # plan used up
+    selection.plan(["a", "b"])
+    with pytest.raises(SimulationError, match="unexpected way"):
+        selection.choice(registered, size=3, replace=False)
+    selection.plan(["z"])
+    with pytest.raises(SimulationError, match="unknown"):
+        selection.choice(registered, size=1, replace=False)
+
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "tensorflow_federated", "keras"):
+                raise ImportError(f"{name} is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def test_a_warm_cache_runs_the_native_engine_without_tensorflow(
+    digits_pretrained: Pretrained, sim_cache: Path, tmp_path: Path
+) -> None:
+    code = BLOCKER + textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from simulations.runner import Settings, simulate
+        report = simulate(Settings(task="digits", clients=3, rounds=2, workers=2,
+                                   cache_dir=Path({str(sim_cache)!r})))
+        print("rounds", len(report.result.rounds), "accuracy", report.final.accuracy)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("rounds 2 accuracy")
+
+
+def test_cli_writes_metrics_plots_and_summary(
+    digits_pretrained: Pretrained, sim_cache: Path, fedge_simulate: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["--task", "digits", "--clients", "4", "--rounds", "2", "--partition", "dirichlet:1"]
+    result = fedge_simulate([*args, "--cache-dir", str(sim_cache), "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "accuracy.png",
+        "personalization.png",
+        "summary.txt",
+        "final_head.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+    with open(out / "metrics.csv", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [row[0] for row in rows[1:]] == ["1", "2"]
+    assert all(int(row[3]) == 4 and int(row[4]) > 0 and int(row[5]) > 0 for row in rows[1:])
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["engine"] == "native"
+    assert len(document["personalization"]["clients"]) == 4
+    assert document["centralized"]["accuracy"] > 0
+    # The table: each figure beside its baselines, on stdout; a bar per round on stderr.
+    assert "pretrained (proxy share)" in result.stdout
+    assert "centralized" in result.stdout
+    assert result.stdout.strip() == (out / "summary.txt").read_text().strip()
+    assert "round 1/2" in result.stderr
+    assert "round 2/2" in result.stderr
+
+
+def test_worker_processes_compute_what_one_process_does(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory
+) -> None:
+    scenario = _scenario(sim_settings, clients=5, rounds=2, partition="dirichlet:0.5")
+    alone = run_native(scenario, NativeOptions(workers=1, personalization=False))
+    fleet = run_native(scenario, NativeOptions(workers=2, personalization=False))
+    # Same updates; only the order they reach the aggregator (float sums) may differ.
+    assert fleet.final_head.allclose(alone.final_head, rtol=0, atol=1e-6)
+    assert [r.bytes_up for r in fleet.rounds] == [r.bytes_up for r in alone.rounds]
+    assert [r.bytes_down for r in fleet.rounds] == [r.bytes_down for r in alone.rounds]
