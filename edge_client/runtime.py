@@ -25,6 +25,7 @@ from fedge.errors import (
     ShapeMismatchError,
     UnknownTensorError,
 )
+from fedge.quantization import dequantize_output, quantize_input
 
 __all__ = ["InferenceModel", "TrainResult", "TrainableModel", "load_interpreter"]
 
@@ -278,9 +279,9 @@ class InferenceModel:
             self._interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
             self._interpreter.allocate_tensors()
             self._batch = n
-        self._interpreter.set_tensor(self._input["index"], _quantize(features, self._input))
+        self._interpreter.set_tensor(self._input["index"], quantize_input(features, self._input))
         self._interpreter.invoke()
-        return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        return dequantize_output(self._interpreter.get_tensor(self._output["index"]), self._output)
 
     def probabilities(self, x: NDArray[Any]) -> NDArray[np.float32]:
         """Softmax of :meth:`logits` (for models that output logits)."""
@@ -288,26 +289,3 @@ class InferenceModel:
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probabilities: NDArray[np.float32] = shifted / shifted.sum(axis=-1, keepdims=True)
         return probabilities
-
-
-def _quantize(x: NDArray[np.float32], detail: dict[str, Any]) -> NDArray[Any]:
-    dtype = np.dtype(detail["dtype"])
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    if scale == 0:
-        raise ConfigError(f"input tensor {detail['name']!r} is {dtype} but has no scale")
-    info = np.iinfo(dtype)
-    quantized: NDArray[Any] = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
-    return quantized.astype(dtype)
-
-
-def _dequantize(q: NDArray[Any], detail: dict[str, Any]) -> NDArray[np.float32]:
-    if not np.issubdtype(q.dtype, np.integer):
-        return q.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    if scale == 0:
-        raise ConfigError(f"output tensor {detail['name']!r} is {q.dtype} but has no scale")
-    offset = q.astype(np.float32) - np.float32(zero_point)
-    dequantized: NDArray[np.float32] = offset * np.float32(scale)
-    return dequantized

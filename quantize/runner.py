@@ -3,8 +3,8 @@
 The interpreter comes from ``tflite_runtime`` (then ``ai_edge_litert``, then ``tf.lite``), the
 runtime devices use, so accuracy and latency are those of the edge kernels and not of
 TensorFlow. int8 inputs are quantized with the input tensor's scale and zero point and int8
-outputs dequantized, as ``edge_client.runtime.InferenceModel`` does on the device (the
-quantizer may not import the edge client, so the two lines of arithmetic live in both).
+outputs dequantized with :mod:`fedge.quantization`, the arithmetic
+``edge_client.runtime.InferenceModel`` uses on the device.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedge.errors import ConfigError
+from fedge.quantization import dequantize_output, quantize_input
 
 __all__ = ["Latency", "TFLiteRunner", "load_interpreter", "measure_latency", "runtime_name"]
 
@@ -105,9 +106,9 @@ class TFLiteRunner:
     def run_batch(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Outputs of one call on ``x`` (``[n, *input_shape]``, float32), dequantized."""
         self._resize(x.shape[0])
-        self._interpreter.set_tensor(self._input["index"], _quantize(x, self._input))
+        self._interpreter.set_tensor(self._input["index"], quantize_input(x, self._input))
         self._interpreter.invoke()
-        return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        return dequantize_output(self._interpreter.get_tensor(self._output["index"]), self._output)
 
     def logits(self, x: NDArray[Any], *, batch: int = _BATCH) -> NDArray[np.float32]:
         """Outputs for every row of ``x``, computed in batches of ``batch``."""
@@ -164,24 +165,3 @@ def measure_latency(
         timed_examples=len(timed),
         num_threads=num_threads,
     )
-
-
-def _quantize(x: NDArray[np.float32], detail: dict[str, Any]) -> NDArray[Any]:
-    dtype = np.dtype(detail["dtype"])
-    if not np.issubdtype(dtype, np.integer):
-        return np.ascontiguousarray(x, dtype=dtype)
-    scale, zero_point = detail["quantization"]
-    if scale == 0:
-        raise ConfigError(f"input tensor {detail['name']!r} is {dtype} but has no scale")
-    info = np.iinfo(dtype)
-    quantized: NDArray[Any] = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
-    return quantized.astype(dtype)
-
-
-def _dequantize(q: NDArray[Any], detail: dict[str, Any]) -> NDArray[np.float32]:
-    if not np.issubdtype(q.dtype, np.integer):
-        return np.array(q, dtype=np.float32)
-    scale, zero_point = detail["quantization"]
-    if scale == 0:
-        raise ConfigError(f"output tensor {detail['name']!r} is {q.dtype} but has no scale")
-    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
