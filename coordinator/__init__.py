@@ -13,6 +13,7 @@ from coordinator.errors import (
     UpdateRejectedError,
 )
 from coordinator.intake import UpdateReceipt, UpdateSubmission
+from coordinator.selection import ClientSelector, RandomSelector
 from coordinator.service import CoordinatorService, Registration
 from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import MemoryStore, Store, open_store
@@ -21,6 +22,7 @@ __all__ = [
     "AlertConfig",
     "ArtifactStore",
     "AuthenticationError",
+    "ClientSelector",
     "ConflictError",
     "CoordinatorError",
     "CoordinatorService",
@@ -28,6 +30,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RandomSelector",
     "Registration",
     "RoundConfig",
     "SQLiteStore",

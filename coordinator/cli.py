@@ -64,6 +64,21 @@ def _option(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KEY=NUMBER, got {text!r}") from None
 
 
+def _task_option(text: str) -> tuple[str, int | float | str | bool]:
+    """``KEY=VALUE``: VALUE is true/false, an integer, a number, else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if value in ("true", "false"):
+        return key, value == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -94,6 +109,16 @@ def _add_serve(sub: Any) -> None:
     rounds.add_argument("--aggregator", choices=STRATEGY_NAMES, default=None)
     rounds.add_argument("--aggregator-option", type=_option, action="append", default=[],
                         metavar="KEY=VALUE", help="e.g. num_byzantine=1, lr=0.01")  # fmt: skip
+    rounds.add_argument(
+        "--task-option",
+        type=_task_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option every train task carries, e.g. shuffle_seed=7 (devices reshuffle "
+        "their rows each epoch); VALUE is true/false, a number or a string; repeatable, "
+        "each overrides that key of the --round-config task_options",
+    )
     mode = rounds.add_mutually_exclusive_group()
     mode.add_argument(
         "--continuous",
@@ -176,6 +201,11 @@ def _round_config(args: argparse.Namespace) -> RoundConfig:
             options[name] = getattr(args, name)
     if args.aggregator_option:
         options["aggregator_options"] = dict(args.aggregator_option)
+    if args.task_option:
+        base = options.get("task_options", {})
+        if not isinstance(base, dict):
+            raise UsageError(f"task_options in --round-config must be an object, got {base!r}")
+        options["task_options"] = {**base, **dict(args.task_option)}
     return RoundConfig.from_dict(options)
 
 

@@ -9,7 +9,8 @@ from types import MappingProxyType
 from typing import Any
 
 from fedge.aggregation import STRATEGY_NAMES
-from fedge.errors import ConfigError
+from fedge.errors import ConfigError, ProtocolError
+from fedge.messages import TaskConfig
 
 __all__ = ["AlertConfig", "RoundConfig", "ServiceConfig"]
 
@@ -34,10 +35,13 @@ class RoundConfig:
 
     - The round waits (state open) until ``min_available_clients`` clients are registered
       (``None``: ``clients_per_round``), then selects up to ``clients_per_round`` of them
-      with the seeded generator; it collects until every selected client reported or
+      with the service's client selector (by default at random from the seeded
+      generator); it collects until every selected client reported or
       ``deadline_seconds`` passed, and fails with fewer than ``min_clients`` updates.
     - ``epochs``/``batch_size``/``learning_rate`` go to the clients in the task
-      (``batch_size`` ``None``: the bundle's static ``train_batch_size``).
+      (``batch_size`` ``None``: the bundle's static ``train_batch_size``), and so do the
+      ``task_options`` (``TaskConfig.options``: scalars under identifier names, e.g.
+      ``shuffle_seed``, which asks the edge client to reshuffle its rows every epoch).
     - ``aggregator`` is a :mod:`fedge.aggregation` strategy name with ``aggregator_options``.
     - Intake refuses a delta whose L2 norm exceeds ``norm_bound`` and example counts outside
       ``1..max_examples``.
@@ -57,6 +61,7 @@ class RoundConfig:
     learning_rate: float = 0.01
     aggregator: str = "fedavg"
     aggregator_options: Mapping[str, float] = field(default_factory=dict)
+    task_options: Mapping[str, int | float | str | bool] = field(default_factory=dict)
     norm_bound: float = 100.0
     max_examples: int = 1_000_000
     continuous: bool = True
@@ -89,6 +94,13 @@ class RoundConfig:
                 raise ConfigError(f"aggregator option {key!r} must be a number, got {value!r}")
             options[str(key)] = value
         object.__setattr__(self, "aggregator_options", MappingProxyType(options))
+        if not isinstance(self.task_options, Mapping):
+            raise ConfigError(f"task_options must be an object, got {self.task_options!r}")
+        try:  # the rules of the task document that carries them
+            task_options = TaskConfig(options=self.task_options).options
+        except ProtocolError as exc:
+            raise ConfigError(f"invalid task_options: {exc}") from exc
+        object.__setattr__(self, "task_options", task_options)
         object.__setattr__(self, "norm_bound", _positive(self.norm_bound, "norm_bound"))
         _int(self.max_examples, "max_examples", 1)
         for name in ("continuous",):
@@ -111,6 +123,7 @@ class RoundConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["aggregator_options"] = dict(self.aggregator_options)
+        out["task_options"] = dict(self.task_options)
         return out
 
     @classmethod

@@ -1,8 +1,9 @@
 """The round lifecycle: open -> collecting -> aggregating -> committed | failed.
 
-- open: waiting for ``min_available_clients`` registered clients; then up to
-  ``clients_per_round`` are selected with the seeded generator, each gets a train task,
-  and the deadline starts.
+- open: waiting for ``min_available_clients`` registered clients; then the
+  :class:`~coordinator.selection.ClientSelector` picks up to ``clients_per_round`` of them
+  (by default at random from the seeded generator), each gets a train task carrying the
+  round's ``task_options``, and the deadline starts.
 - collecting: accepted updates are on disk and in the store (see the service's intake).
   The round closes when every selected client reported, or at the deadline.
 - aggregating: the stored updates are streamed through a fresh aggregator (FedAvg family:
@@ -36,6 +37,7 @@ from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError
 from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
 from coordinator.registry import SERVER_STATE, ModelRegistry
+from coordinator.selection import ClientSelector, check_selection
 from coordinator.store import Store
 from fedge.aggregation import build_strategy
 from fedge.errors import AggregationError, FedgeError
@@ -66,6 +68,7 @@ class RoundEngine:
         defaults: RoundConfig,
         now: Callable[[], float],
         rng: np.random.Generator,
+        selector: ClientSelector,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -74,6 +77,8 @@ class RoundEngine:
         self._defaults = defaults
         self._now = now
         self._rng = rng
+        self._selector = selector
+        self._fresh_states: set[tuple[str, str]] = set()
 
     def open(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
         active = self._store.list_rounds(ACTIVE_ROUND_STATES)
@@ -122,7 +127,13 @@ class RoundEngine:
             return round_
         base = self._registry.production()
         count = min(config.clients_per_round, len(clients))
-        selected = tuple(str(c) for c in self._rng.choice(clients, size=count, replace=False))
+        selected = check_selection(
+            self._selector.select(round_.round_id, tuple(clients), count, self._rng),
+            clients,
+            round_id=round_.round_id,
+            count=count,
+            min_count=config.min_clients,
+        )
         now = self._now()
         deadline = now + config.deadline_seconds
         batch = config.batch_size or self._registry.manifest(base).train_batch_size
@@ -131,6 +142,7 @@ class RoundEngine:
             batch_size=batch,
             learning_rate=config.learning_rate,
             max_examples=config.max_examples,
+            options=config.task_options,
         )
         with self._store.transaction():
             for client_id in selected:
@@ -159,14 +171,14 @@ class RoundEngine:
         logger.info(
             "round %d collecting from %d clients on %s until %.0f",
             round_.round_id,
-            count,
+            len(selected),
             base.version,
             deadline,
         )
         return started
 
     def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
-        received = len(self._store.list_updates(round_.round_id))
+        received = self._store.count_updates(round_.round_id)
         everyone = received >= len(round_.selected)
         expired = round_.deadline is not None and self._now() >= round_.deadline
         if not (everyone or expired):
@@ -208,10 +220,11 @@ class RoundEngine:
                 delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
                 aggregator.add(delta, update.num_examples)
             result = aggregator.result()
-            state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.name)
+            optimizer = strategy.server_optimizer
+            state = self._server_state(base.artifacts.get(SERVER_STATE), optimizer.name)
             if state is None:
-                state = strategy.server_optimizer.init(weights)
-            new_weights, new_state = strategy.server_optimizer.step(state, weights, result.delta)
+                state = optimizer.init(weights)
+            new_weights, new_state = optimizer.step(state, weights, result.delta)
             new_weights.check_finite()
         except (AggregationError, FedgeError) as exc:
             return self._fail(round_, f"aggregation failed: {exc}")
@@ -249,15 +262,25 @@ class RoundEngine:
         return committed
 
     def _server_state(self, digest: str | None, optimizer: str) -> ServerState | None:
+        """The base version's server state, or None when there is none or it belongs to
+        another server optimizer (the round config changed it: e.g. fedadam -> fedavg).
+
+        ``optimizer`` is the server optimizer's name, not the strategy's: the robust
+        strategies step with plain FedAvg, so their states carry ``fedavg``.
+        """
         if digest is None:
             return None
         state = ServerState.from_bytes(self._artifacts.get_bytes(digest))
-        if state.optimizer != optimizer:
-            logger.warning(
-                "server state is for %s, not %s: starting afresh", state.optimizer, optimizer
+        if state.optimizer == optimizer:
+            return state
+        if (digest, optimizer) not in self._fresh_states:  # once: rounds may share a base
+            self._fresh_states.add((digest, optimizer))
+            logger.info(
+                "the server optimizer changed from %s to %s: its state starts afresh",
+                state.optimizer,
+                optimizer,
             )
-            return None
-        return state
+        return None
 
     def _client_metrics(
         self, updates: list[UpdateRecord]

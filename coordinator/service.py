@@ -2,9 +2,10 @@
 rounds, the registry, alerts. REST (and gRPC) adapters only decode, call and encode.
 
 Time and randomness are injected (``now``, ``rng``) so tests drive rounds with a fake
-clock. Deadlines are checked on every call (:meth:`tick`); a server process also ticks
-from a timer thread. One re-entrant lock serialises state transitions; the expensive part
-of an upload (decoding and checking the tensors, writing the artifact) runs outside it.
+clock; a ``selector`` (:class:`~coordinator.selection.ClientSelector`) decides who trains
+in each round. Deadlines are checked on every call (:meth:`tick`); a server process also
+ticks from a timer thread. One re-entrant lock serialises state transitions; the expensive
+part of an upload (decoding and checking the tensors, writing the artifact) runs outside it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from coordinator.records import (
 from coordinator.registry import ModelRegistry
 from coordinator.reports import ReportIntake, complete_task
 from coordinator.rounds import RoundEngine
+from coordinator.selection import ClientSelector, RandomSelector
 from coordinator.store import Store
 from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
@@ -73,7 +75,11 @@ class Registration:
 
 
 class CoordinatorService:
-    """Everything the coordinator does, callable in-process."""
+    """Everything the coordinator does, callable in-process.
+
+    ``rng`` defaults to a generator seeded with ``config.seed``; ``selector`` picks each
+    round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``).
+    """
 
     def __init__(
         self,
@@ -83,6 +89,7 @@ class CoordinatorService:
         config: ServiceConfig,
         now: Callable[[], float] = time.time,
         rng: np.random.Generator | None = None,
+        selector: ClientSelector | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -103,6 +110,7 @@ class CoordinatorService:
             defaults=config.rounds,
             now=now,
             rng=rng if rng is not None else np.random.default_rng(config.seed),
+            selector=selector if selector is not None else RandomSelector(),
         )
 
     def import_bundle(self, directory: str | Path) -> ModelRecord:

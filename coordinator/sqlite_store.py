@@ -67,6 +67,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
                              created_at REAL NOT NULL, doc TEXT NOT NULL);
         """,
     ),
+    (
+        2,
+        """
+        CREATE INDEX tasks_by_round ON tasks (round_id, status);
+        """,
+    ),
 )
 
 
@@ -213,8 +219,15 @@ class SQLiteStore:
         return self._one(RoundRecord, "SELECT doc FROM rounds WHERE round_id = ?", (round_id,))
 
     def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]:
-        rounds = self._all(RoundRecord, "SELECT doc FROM rounds ORDER BY round_id")
-        return [r for r in rounds if states is None or r.state in states]
+        if states is None:
+            return self._all(RoundRecord, "SELECT doc FROM rounds ORDER BY round_id")
+        wanted = tuple(states)
+        marks = ", ".join("?" * len(wanted))
+        return self._all(
+            RoundRecord,
+            f"SELECT doc FROM rounds WHERE state IN ({marks}) ORDER BY round_id",  # noqa: S608
+            wanted,
+        )
 
     def save_round(self, round_: RoundRecord) -> None:
         self._update(
@@ -248,8 +261,8 @@ class SQLiteStore:
 
     def save_task(self, task: TaskRecord) -> None:
         self._update(
-            "UPDATE tasks SET status = ?, doc = ? WHERE task_id = ?",
-            (task.status, _dump(task), task.task_id),
+            "UPDATE tasks SET client_id = ?, round_id = ?, status = ?, doc = ? WHERE task_id = ?",
+            (task.client_id, task.round_id, task.status, _dump(task), task.task_id),
             NotFoundError(f"no task {task.task_id!r}", code="task_not_found"),
         )
 
@@ -287,9 +300,11 @@ class SQLiteStore:
             UpdateRecord, "SELECT doc FROM updates WHERE round_id = ? ORDER BY seq", (round_id,)
         )
 
-    def count_updates(self) -> int:
+    def count_updates(self, round_id: int | None = None) -> int:
+        where, params = self._where({"round_id": round_id})
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM updates").fetchone()[0])
+            row = self._conn.execute(f"SELECT COUNT(*) FROM updates{where}", params).fetchone()  # noqa: S608
+        return int(row[0])
 
     # rejections
     def add_rejection(self, rejection: RejectionRecord) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,7 +75,9 @@ class Store(Protocol):
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None: ...
     def find_update(self, client_id: str, idempotency_key: str) -> UpdateRecord | None: ...
     def list_updates(self, round_id: int) -> list[UpdateRecord]: ...
-    def count_updates(self) -> int: ...
+    def count_updates(self, round_id: int | None = None) -> int:
+        """Updates in ``round_id`` (every round's when None), without reading them."""
+        ...
 
     def add_rejection(self, rejection: RejectionRecord) -> None: ...
     def rejection_counts(self, *, since: float | None = None) -> dict[str, int]: ...
@@ -108,43 +110,56 @@ class Store(Protocol):
     ) -> list[AlertRecord]: ...
 
 
+_MISSING: Any = object()
+
+# Secondary indexes of the memory store: table -> index name -> the record's indexed value.
+_INDEXES: dict[str, dict[str, Callable[[Any], Hashable]]] = {
+    "clients": {"token_hash": lambda c: c.token_hash},
+    "tasks": {"client_id": lambda t: t.client_id, "round_id": lambda t: t.round_id},
+    "updates": {
+        "round_id": lambda u: u.round_id,
+        "idempotency_key": lambda u: (u.client_id, u.idempotency_key),
+    },
+}
+
+
 class MemoryStore:
     """The Store Protocol in dictionaries, guarded by one re-entrant lock.
 
-    A transaction snapshots the (shallow, immutable-record) state and restores it when the
-    block raises, so it has the same all-or-nothing behaviour as the SQL store.
+    Inside a transaction every write logs how to undo itself; when the outermost block
+    raises, the log is replayed backwards, so a transaction is all-or-nothing like the SQL
+    store's at the cost of its own writes, not of the whole state. Secondary indexes (token
+    hash; tasks by client and round; updates by round and idempotency key) keep the lookups
+    made for every request independent of how many records there are.
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._depth = 0
-        self._data: dict[str, Any] = {
-            "clients": {},
-            "rounds": {},
-            "tasks": {},
-            "updates": {},
-            "rejections": [],
-            "models": {},
-            "events": [],
-            "reports": {},
-            "alerts": [],
+        self._undo: list[Callable[[], None]] | None = None
+        self._tables: dict[str, dict[Any, Any]] = {
+            name: {} for name in ("clients", "rounds", "tasks", "updates", "models", "reports")
+        }
+        self._logs: dict[str, list[Any]] = {"rejections": [], "events": [], "alerts": []}
+        self._index: dict[str, dict[str, dict[Hashable, dict[Any, None]]]] = {
+            table: {name: {} for name in indexes} for table, indexes in _INDEXES.items()
         }
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
         with self._lock:
-            snapshot = {
-                k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self._data.items()
-            }
-            self._depth += 1
+            if self._undo is not None:  # nested: the outermost block commits or rolls back
+                yield
+                return
+            self._undo = []
             try:
                 yield
             except BaseException:
-                if self._depth == 1:
-                    self._data = snapshot
+                undo, self._undo = self._undo, None
+                for step in reversed(undo):
+                    step()
                 raise
             finally:
-                self._depth -= 1
+                self._undo = None
 
     def transaction(self) -> AbstractContextManager[None]:
         return self._tx()
@@ -152,70 +167,108 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
+    # writes (call them inside _tx) and index lookups
+    def _put(self, table: str, key: Any, record: Any) -> None:
+        old = self._tables[table].get(key, _MISSING)
+        self._write(table, key, old, record)
+        if self._undo is not None:
+            self._undo.append(lambda: self._write(table, key, record, old))
+
+    def _write(self, table: str, key: Any, old: Any, new: Any) -> None:
+        rows = self._tables[table]
+        if new is _MISSING:
+            del rows[key]
+        else:
+            rows[key] = new
+        for name, value_of in _INDEXES.get(table, {}).items():
+            index = self._index[table][name]
+            before = _MISSING if old is _MISSING else value_of(old)
+            after = _MISSING if new is _MISSING else value_of(new)
+            if before is not _MISSING and after is not _MISSING and before == after:
+                continue
+            if before is not _MISSING:
+                del index[before][key]
+                if not index[before]:
+                    del index[before]
+            if after is _MISSING:
+                continue
+            if old is _MISSING:  # a new record: the last of its bucket, as of the table
+                index.setdefault(after, {})[key] = None
+            else:  # moved to another bucket (rare): rebuilt in insertion order
+                index[after] = {k: None for k, r in rows.items() if value_of(r) == after}
+
+    def _append(self, log: str, record: Any) -> None:
+        records = self._logs[log]
+        records.append(record)
+        if self._undo is not None:
+            self._undo.append(records.pop)
+
+    def _lookup(self, table: str, index: str, value: Hashable) -> list[Any]:
+        rows = self._tables[table]
+        return [rows[key] for key in self._index[table][index].get(value, ())]
+
+    def _save(self, table: str, key: Any, record: Any, what: str) -> None:
+        with self._tx():
+            if key not in self._tables[table]:
+                raise NotFoundError(f"no {what} {key!r}", code=f"{what}_not_found")
+            self._put(table, key, record)
+
     # clients
     def add_client(self, client: ClientRecord) -> None:
         with self._tx():
-            clients = self._data["clients"]
-            if client.client_id in clients or self.find_client(client.token_hash):
+            if client.client_id in self._tables["clients"] or self.find_client(client.token_hash):
                 raise ConflictError(f"client {client.client_id!r} exists", code="duplicate")
-            clients[client.client_id] = client
+            self._put("clients", client.client_id, client)
 
     def get_client(self, client_id: str) -> ClientRecord | None:
         with self._lock:
-            client: ClientRecord | None = self._data["clients"].get(client_id)
+            client: ClientRecord | None = self._tables["clients"].get(client_id)
             return client
 
     def find_client(self, token_hash: str) -> ClientRecord | None:
         with self._lock:
-            return next(
-                (c for c in self._data["clients"].values() if c.token_hash == token_hash), None
-            )
+            found: list[ClientRecord] = self._lookup("clients", "token_hash", token_hash)
+            return found[0] if found else None
 
     def list_clients(self) -> list[ClientRecord]:
         with self._lock:
-            return list(self._data["clients"].values())
+            return list(self._tables["clients"].values())
 
     def count_clients(self) -> int:
         with self._lock:
-            return len(self._data["clients"])
+            return len(self._tables["clients"])
 
     # rounds
     def add_round(self, round_: RoundRecord) -> RoundRecord:
         with self._tx():
-            rounds = self._data["rounds"]
+            rounds = self._tables["rounds"]
             stored = dataclasses.replace(round_, round_id=max(rounds, default=0) + 1)
-            rounds[stored.round_id] = stored
+            self._put("rounds", stored.round_id, stored)
             return stored
 
     def get_round(self, round_id: int) -> RoundRecord | None:
         with self._lock:
-            found: RoundRecord | None = self._data["rounds"].get(round_id)
+            found: RoundRecord | None = self._tables["rounds"].get(round_id)
             return found
 
     def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]:
         with self._lock:
-            rounds = sorted(self._data["rounds"].values(), key=lambda r: r.round_id)
+            rounds = sorted(self._tables["rounds"].values(), key=lambda r: r.round_id)
             return [r for r in rounds if states is None or r.state in states]
 
     def save_round(self, round_: RoundRecord) -> None:
         self._save("rounds", round_.round_id, round_, "round")
 
-    def _save(self, table: str, key: Any, record: Any, what: str) -> None:
-        with self._tx():
-            if key not in self._data[table]:
-                raise NotFoundError(f"no {what} {key!r}", code=f"{what}_not_found")
-            self._data[table][key] = record
-
     # tasks
     def add_task(self, task: TaskRecord) -> None:
         with self._tx():
-            if task.task_id in self._data["tasks"]:
+            if task.task_id in self._tables["tasks"]:
                 raise ConflictError(f"task {task.task_id!r} exists", code="duplicate")
-            self._data["tasks"][task.task_id] = task
+            self._put("tasks", task.task_id, task)
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         with self._lock:
-            task: TaskRecord | None = self._data["tasks"].get(task_id)
+            task: TaskRecord | None = self._tables["tasks"].get(task_id)
             return task
 
     def list_tasks(
@@ -226,9 +279,16 @@ class MemoryStore:
         status: str | None = None,
     ) -> list[TaskRecord]:
         with self._lock:
+            tasks: list[TaskRecord]
+            if client_id is not None:
+                tasks = self._lookup("tasks", "client_id", client_id)
+            elif round_id is not None:
+                tasks = self._lookup("tasks", "round_id", round_id)
+            else:
+                tasks = list(self._tables["tasks"].values())
             return [
                 t
-                for t in self._data["tasks"].values()
+                for t in tasks
                 if (client_id is None or t.client_id == client_id)
                 and (round_id is None or t.round_id == round_id)
                 and (status is None or t.status == status)
@@ -241,48 +301,46 @@ class MemoryStore:
     def add_update(self, update: UpdateRecord) -> None:
         with self._tx():
             key = (update.round_id, update.client_id)
-            if key in self._data["updates"]:
+            if key in self._tables["updates"]:
                 raise ConflictError(
                     f"client {update.client_id!r} already has an update in round {update.round_id}",
                     code="duplicate_update",
                 )
             if self.find_update(update.client_id, update.idempotency_key):
                 raise ConflictError("idempotency key already used", code="idempotency_conflict")
-            self._data["updates"][key] = update
+            self._put("updates", key, update)
 
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
         with self._lock:
-            found: UpdateRecord | None = self._data["updates"].get((round_id, client_id))
+            found: UpdateRecord | None = self._tables["updates"].get((round_id, client_id))
             return found
 
     def find_update(self, client_id: str, idempotency_key: str) -> UpdateRecord | None:
         with self._lock:
-            return next(
-                (
-                    u
-                    for u in self._data["updates"].values()
-                    if u.client_id == client_id and u.idempotency_key == idempotency_key
-                ),
-                None,
+            found: list[UpdateRecord] = self._lookup(
+                "updates", "idempotency_key", (client_id, idempotency_key)
             )
+            return found[0] if found else None
 
     def list_updates(self, round_id: int) -> list[UpdateRecord]:
         with self._lock:
-            return [u for u in self._data["updates"].values() if u.round_id == round_id]
+            return self._lookup("updates", "round_id", round_id)
 
-    def count_updates(self) -> int:
+    def count_updates(self, round_id: int | None = None) -> int:
         with self._lock:
-            return len(self._data["updates"])
+            if round_id is None:
+                return len(self._tables["updates"])
+            return len(self._index["updates"]["round_id"].get(round_id, ()))
 
     # rejections
     def add_rejection(self, rejection: RejectionRecord) -> None:
         with self._tx():
-            self._data["rejections"].append(rejection)
+            self._append("rejections", rejection)
 
     def rejection_counts(self, *, since: float | None = None) -> dict[str, int]:
         with self._lock:
             counts: dict[str, int] = {}
-            for r in self._data["rejections"]:
+            for r in self._logs["rejections"]:
                 if since is None or r.at >= since:
                     counts[r.reason] = counts.get(r.reason, 0) + 1
             return counts
@@ -290,19 +348,19 @@ class MemoryStore:
     # models
     def add_model(self, model: ModelRecord) -> None:
         with self._tx():
-            models = self._data["models"]
+            models = self._tables["models"]
             if model.version in models or any(m.seq == model.seq for m in models.values()):
                 raise ConflictError(f"model {model.version!r} exists", code="duplicate")
-            models[model.version] = model
+            self._put("models", model.version, model)
 
     def get_model(self, version: str) -> ModelRecord | None:
         with self._lock:
-            model: ModelRecord | None = self._data["models"].get(version)
+            model: ModelRecord | None = self._tables["models"].get(version)
             return model
 
     def list_models(self, *, stage: str | None = None) -> list[ModelRecord]:
         with self._lock:
-            models = sorted(self._data["models"].values(), key=lambda m: m.seq)
+            models = sorted(self._tables["models"].values(), key=lambda m: m.seq)
             return [m for m in models if stage is None or m.stage == stage]
 
     def save_model(self, model: ModelRecord) -> None:
@@ -310,25 +368,24 @@ class MemoryStore:
 
     def add_model_event(self, event: ModelEvent) -> ModelEvent:
         with self._tx():
-            stored = dataclasses.replace(event, seq=len(self._data["events"]) + 1)
-            self._data["events"].append(stored)
+            stored = dataclasses.replace(event, seq=len(self._logs["events"]) + 1)
+            self._append("events", stored)
             return stored
 
     def list_model_events(self, version: str | None = None) -> list[ModelEvent]:
         with self._lock:
-            return [e for e in self._data["events"] if version is None or e.version == version]
+            return [e for e in self._logs["events"] if version is None or e.version == version]
 
     # reports
     def add_report(self, report: ReportRecord) -> ReportRecord:
         with self._tx():
-            reports = self._data["reports"]
-            stored = dataclasses.replace(report, report_id=len(reports) + 1)
-            reports[stored.report_id] = stored
+            stored = dataclasses.replace(report, report_id=len(self._tables["reports"]) + 1)
+            self._put("reports", stored.report_id, stored)
             return stored
 
     def get_report(self, report_id: int) -> ReportRecord | None:
         with self._lock:
-            found: ReportRecord | None = self._data["reports"].get(report_id)
+            found: ReportRecord | None = self._tables["reports"].get(report_id)
             return found
 
     def list_reports(
@@ -337,7 +394,7 @@ class MemoryStore:
         with self._lock:
             return [
                 r
-                for r in self._data["reports"].values()
+                for r in self._tables["reports"].values()
                 if (kind is None or r.kind == kind)
                 and (model_version is None or r.model_version == model_version)
             ]
@@ -345,8 +402,8 @@ class MemoryStore:
     # alerts
     def add_alert(self, alert: AlertRecord) -> AlertRecord:
         with self._tx():
-            stored = dataclasses.replace(alert, alert_id=len(self._data["alerts"]) + 1)
-            self._data["alerts"].append(stored)
+            stored = dataclasses.replace(alert, alert_id=len(self._logs["alerts"]) + 1)
+            self._append("alerts", stored)
             return stored
 
     def list_alerts(
@@ -355,7 +412,7 @@ class MemoryStore:
         with self._lock:
             return [
                 a
-                for a in self._data["alerts"]
+                for a in self._logs["alerts"]
                 if (kind is None or a.kind == kind) and (since is None or a.created_at >= since)
             ]
 

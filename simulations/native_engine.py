@@ -3,14 +3,14 @@
 One :class:`~coordinator.CoordinatorService` runs in this process over a temporary store
 and artifact directory, with a simulated clock that only moves between rounds, so no
 deadline fires while clients work. The store is a :class:`~coordinator.MemoryStore` by
-default (it passes the same contract suite as SQLite; a simulation needs no durability, and
-the service's per-update round check reads every update of the round, which SQLite pays for
-in JSON decoding: ~20 s per round of 1,000 clients) or :class:`~coordinator.SQLiteStore`.
+default (it passes the same contract suite as SQLite, and a simulation needs no durability)
+or :class:`~coordinator.SQLiteStore`.
 It imports the scenario's bundle as ``v1``; every simulated client registers and
 authenticates with its own token. Each round:
 
-1. the service opens the round and selects its clients (following the scenario's schedule:
-   see :class:`PlannedSelection`) and creates their train tasks;
+1. the service opens the round and selects its clients (the scenario's schedule, through
+   the service's selection hook: see :class:`PlannedSelector`) and creates their train
+   tasks;
 2. each selected client asks the service for its next task, which goes, as the task
    document a transport would carry, to the worker that owns the client
    (:mod:`simulations.fleet`); the worker runs the real :func:`edge_client.handle` with a shared
@@ -25,8 +25,12 @@ After the last round the service creates ``evaluate`` tasks for every client; th
 reports give each client's personalized and global holdout accuracy.
 
 Rounds are opened on demand and their versions promoted on commit. Clients visit their rows
-in stored order every epoch: the service's train tasks carry no shuffling option yet, and
-this engine hands the tasks over exactly as the service made them.
+in stored order every epoch unless the hyperparameters shuffle: then every round's train
+tasks carry the task options ``shuffle_seed`` (the scenario's ``Hyperparams.seed``) and
+``shuffle_round`` (the 0-based schedule index), with which the edge client reshuffles each
+epoch exactly as :func:`simulations.workload.batch_order` does (see
+:func:`edge_client.batch_rng`). This engine hands the tasks over exactly as the service
+made them.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +73,7 @@ from simulations.scenario import Scenario
 __all__ = [
     "STORES",
     "NativeOptions",
-    "PlannedSelection",
+    "PlannedSelector",
     "SimulatedClock",
     "SimulationError",
     "run_native",
@@ -123,36 +126,27 @@ class SimulatedClock:
         self.time += seconds
 
 
-class PlannedSelection(np.random.Generator):
-    """The service's generator, made to pick the clients the schedule names.
+class PlannedSelector:
+    """The service's :class:`~coordinator.ClientSelector`: the clients the schedule names.
 
-    ``RoundEngine`` selects with ``rng.choice(registered, size=count, replace=False)``;
-    after :meth:`plan`, the next such call returns the planned clients instead. It is a
-    stopgap until the service takes a selection hook: any other call pattern raises, so a
-    change in the service cannot make the simulation silently ignore its schedule.
+    :meth:`plan` sets the participants of the next round to start; the service takes them
+    (and checks them against the registered clients) when it opens that round. A round that
+    starts without a plan is an error, never a silent random draw.
     """
 
-    def __init__(self, seed: int) -> None:
-        super().__init__(np.random.PCG64(seed))
+    def __init__(self) -> None:
         self._plan: tuple[str, ...] | None = None
 
     def plan(self, client_ids: Sequence[str]) -> None:
         self._plan = tuple(client_ids)
 
-    def choice(  # type: ignore[override]
-        self, a: Any, size: Any = None, replace: bool = True, **kwargs: Any
-    ) -> Any:
+    def select(
+        self, round_id: int, candidates: Sequence[str], count: int, rng: np.random.Generator
+    ) -> Sequence[str]:
         plan, self._plan = self._plan, None
         if plan is None:
-            return super().choice(a, size=size, replace=replace, **kwargs)
-        candidates = {str(c) for c in np.asarray(a).ravel()}
-        missing = [c for c in plan if c not in candidates]
-        if size != len(plan) or replace or missing:
-            raise SimulationError(
-                f"the service selected clients in an unexpected way (size {size}, "
-                f"replace {replace}, unknown {missing[:3]}); the schedule cannot be applied"
-            )
-        return np.array(plan, dtype=object)
+            raise SimulationError(f"round {round_id} started without planned participants")
+        return plan
 
 
 class BundleMirror:
@@ -285,7 +279,7 @@ class _NativeRun:
         self.progress = progress
         self.rejected = 0
         self.clock = SimulatedClock()
-        self.selection = PlannedSelection(scenario.seed)
+        self.selector = PlannedSelector()
         manifest = scenario.manifest()
         store: Store = MemoryStore()
         if options.store == "sqlite":
@@ -317,7 +311,7 @@ class _NativeRun:
                 seed=scenario.seed,
             ),
             now=self.clock,
-            rng=self.selection,
+            selector=self.selector,
         )
         self.service.import_bundle(scenario.bundle_dir)
         self.mirror = BundleMirror(self.service, state / "bundles")
@@ -368,8 +362,10 @@ class _NativeRun:
         started = time.perf_counter()
         if self.progress is not None:
             self.progress.round_started(number, total, len(participants))
-        self.selection.plan([self.clients[c].coordinator_id for c in participants])
-        round_ = self.service.open_round({"clients_per_round": len(participants)})
+        self.selector.plan([self.clients[c].coordinator_id for c in participants])
+        round_ = self.service.open_round(
+            {"clients_per_round": len(participants), "task_options": self._task_options(number)}
+        )
         if round_.state != "collecting":
             raise SimulationError(f"round {round_.round_id} did not start: {round_.state}")
         base = str(round_.base_version)
@@ -421,6 +417,13 @@ class _NativeRun:
         if self.progress is not None:
             self.progress.round_finished(stats)
         return stats
+
+    def _task_options(self, number: int) -> dict[str, int]:
+        """The train tasks' options of round ``number`` (1-based): the shuffling rule."""
+        hp = self.scenario.hyperparams
+        if not hp.shuffle:
+            return {}
+        return {"shuffle_seed": hp.seed, "shuffle_round": number - 1}
 
     def _jobs(self, clients: Sequence[_Client], kind: str) -> tuple[list[Job], int]:
         jobs, size = [], 0

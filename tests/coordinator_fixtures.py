@@ -19,6 +19,7 @@ import numpy as np
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
 from coordinator.intake import UpdateSubmission
+from coordinator.selection import ClientSelector
 from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import Store
@@ -127,6 +128,7 @@ def build_service(
     seed: int = 0,
     alerts: AlertConfig | None = None,
     retry_after_seconds: float = 10.0,
+    selector: ClientSelector | None = None,
     **round_options: Any,
 ) -> CoordinatorService:
     """A service over ``workdir`` (SQLite unless ``store`` is given) with a fake bundle
@@ -145,6 +147,7 @@ def build_service(
             seed=seed,
         ),
         now=clock or FakeClock(),
+        selector=selector,
     )
     service.import_bundle(bundle)
     return service

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main
+from coordinator.cli import _round_config, build_parser, main
 from tests.coordinator_fixtures import REPO_ROOT, build_service, make_bundle, submission
 
 
@@ -158,3 +158,37 @@ def test_round_config_file_with_unknown_keys_is_a_usage_error(
             str(tmp_path / "rounds.json")]  # fmt: skip
     assert main(argv) == 2
     assert "unknown round config keys ['epochz']" in capsys.readouterr().err
+
+
+def test_task_options_merge_the_round_config_file_and_parse_their_values(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rounds.json").write_text('{"task_options": {"shuffle_seed": 1, "mu": 0.5}}')
+    argv = ["serve", "--task", "taxi", "--bundle", "b", "--db", "d", "--artifacts", "a",
+            "--round-config", str(tmp_path / "rounds.json"), "--task-option", "shuffle_seed=7",
+            "--task-option", "proximal=true", "--task-option", "mode=fast",
+            "--task-option", "lr_scale=1e-2"]  # fmt: skip
+    config = _round_config(build_parser().parse_args(argv))
+    assert dict(config.task_options) == {
+        "shuffle_seed": 7, "mu": 0.5, "proximal": True, "mode": "fast", "lr_scale": 0.01,
+    }  # fmt: skip
+    assert isinstance(config.task_options["shuffle_seed"], int)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("shuffle_seed", "expected KEY=VALUE"),
+        ("bad key=1", "invalid task_options"),
+        ("drift=nan", "invalid task_options"),
+    ],
+)
+def test_invalid_task_options_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    make_bundle(tmp_path / "bundle")
+    argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"), "--db",
+            str(tmp_path / "db"), "--artifacts", str(tmp_path / "a"),
+            "--task-option", option]  # fmt: skip
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError
 from coordinator.records import ClientRecord
 from coordinator.registry import SERVER_STATE
+from coordinator.selection import RandomSelector
 from coordinator.service import CoordinatorService
 from fedge.bundle import BundleManifest
+from fedge.errors import ConfigError
 from fedge.server_optimizers import ServerState
 from fedge.weights import Weights
 from tests.coordinator_fixtures import FakeClock, build_service, delta, submission
@@ -242,3 +248,132 @@ def test_server_optimizer_state_is_persisted_per_version(tmp_path: Path) -> None
         state = ServerState.from_bytes(service.artifacts.get_bytes(digest))
         steps.append((state.optimizer, state.step))
     assert steps == [("fedadam", 1), ("fedadam", 2)]
+
+
+class _Chooser:
+    """A selector that answers with a fixed choice and records what it was asked."""
+
+    def __init__(self, choice: Callable[[Sequence[str]], Sequence[str]]) -> None:
+        self.choice = choice
+        self.asked: list[tuple[int, tuple[str, ...], int]] = []
+
+    def select(
+        self, round_id: int, candidates: Sequence[str], count: int, rng: np.random.Generator
+    ) -> Sequence[str]:
+        self.asked.append((round_id, tuple(candidates), count))
+        return self.choice(candidates)
+
+
+def test_the_selector_chooses_the_round_participants(tmp_path: Path) -> None:
+    chooser = _Chooser(lambda candidates: [candidates[3], candidates[0]])
+    service = build_service(
+        tmp_path, selector=chooser, continuous=False, clients_per_round=3, min_clients=2
+    )
+    clients = _clients(service, 5)
+    round_ = service.open_round()
+    assert round_.selected == (clients[3].client_id, clients[0].client_id)
+    assert chooser.asked == [(1, tuple(c.client_id for c in clients), 3)]
+    assert [t.client_id for t in service.store.list_tasks(round_id=1)] == list(round_.selected)
+    for i, client in enumerate([clients[3], clients[0]]):
+        service.submit_update(client, submission(1, client.client_id, seed=i))
+    assert service.get_round(1).state == "committed"  # everyone selected reported
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        (lambda c: [c[0], "c-stranger"], "not registered candidates"),
+        (lambda c: [c[0], c[0]], "more than once"),
+        (lambda c: list(c[:4]), "between 2 and 3 clients, got 4"),
+        (lambda c: list(c[:1]), "between 2 and 3 clients, got 1"),
+        (lambda c: c[0], "must be a sequence of client ids"),
+        (lambda c: [1, 2], "client id strings"),
+    ],
+)
+def test_an_invalid_selection_starts_no_round(
+    tmp_path: Path, choice: Callable[[Sequence[str]], Sequence[str]], message: str
+) -> None:
+    service = build_service(
+        tmp_path, selector=_Chooser(choice), continuous=False, clients_per_round=3, min_clients=2
+    )
+    _clients(service, 4)
+    with pytest.raises(ConfigError, match=f"client selector's choice for round 1 .*{message}"):
+        service.open_round()
+    assert service.store.list_tasks() == []
+    assert [r.state for r in service.store.list_rounds()] == ["open"]
+
+
+def test_random_selection_is_seeded_and_draws_distinct_candidates() -> None:
+    candidates = [f"c{i}" for i in range(20)]
+    picks = [RandomSelector().select(1, candidates, 5, np.random.default_rng(s)) for s in (3, 3, 4)]
+    assert picks[0] == picks[1] != picks[2]
+    assert all(len(set(p)) == 5 and set(p) <= set(candidates) for p in picks)
+
+
+def test_task_options_reach_every_train_task_and_persist_with_the_round(tmp_path: Path) -> None:
+    service = build_service(
+        tmp_path, continuous=False, clients_per_round=2, min_clients=2,
+        task_options={"shuffle_seed": 7, "mode": "fast"},
+    )  # fmt: skip
+    clients = _clients(service, 2)
+    round_ = service.open_round({"task_options": {"shuffle_seed": 9, "proximal": True}})
+    expected = {"shuffle_seed": 9, "proximal": True}
+    for client in clients:
+        task = service.next_task(client)
+        assert task is not None
+        assert dict(task.config.options) == expected
+    service.store.close()
+    reopened = build_service(tmp_path, continuous=False, clients_per_round=2, min_clients=2)
+    assert dict(reopened.get_round(round_.round_id).config.task_options) == expected
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"seed": [1]}, {"bad key": 1}, {"drift": float("nan")}, {"seed": None}, ["seed"]],
+)
+def test_invalid_task_options_are_refused(options: Any) -> None:
+    with pytest.raises(ConfigError, match="task_options"):
+        RoundConfig(task_options=options)
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean"])
+def test_robust_rounds_keep_their_fedavg_server_state_silently(
+    tmp_path: Path, aggregator: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = build_service(tmp_path, clients_per_round=3, min_clients=3, aggregator=aggregator)
+    clients = _clients(service, 3)
+    with caplog.at_level(logging.DEBUG, logger="coordinator"):
+        for round_id in (1, 2):
+            for i, client in enumerate(clients):
+                service.submit_update(client, submission(round_id, client.client_id, seed=i))
+    assert service.get_round(2).state == "committed"
+    assert [r.getMessage() for r in caplog.records if "server" in r.getMessage()] == []
+
+
+def test_a_changed_server_optimizer_restarts_its_state_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = build_service(
+        tmp_path, continuous=False, auto_promote=True, clients_per_round=2, min_clients=2,
+        aggregator="fedadam", aggregator_options={"lr": 0.05},
+    )  # fmt: skip
+    clients = _clients(service, 2)
+    plain = {"aggregator": "fedavg", "aggregator_options": {}, "auto_promote": False}
+    with caplog.at_level(logging.INFO, logger="coordinator"):
+        for overrides in ({}, plain, plain):  # the last two both build on fedadam's v2
+            round_ = service.open_round(overrides)
+            for i, client in enumerate(clients):
+                service.submit_update(client, submission(round_.round_id, client.client_id, seed=i))
+    assert [service.get_round(r).state for r in (1, 2, 3)] == ["committed"] * 3
+    assert service.get_round(3).base_version == "v2"
+    said = [r for r in caplog.records if "server optimizer changed" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.INFO,
+            "the server optimizer changed from fedadam to fedavg: its state starts afresh",
+        )
+    ]
+    state = ServerState.from_bytes(
+        service.artifacts.get_bytes(service.get_model("v4").artifacts[SERVER_STATE])
+    )
+    assert (state.optimizer, state.step) == ("fedavg", 1)

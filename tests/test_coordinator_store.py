@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator import sqlite_store
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError, NotFoundError
@@ -155,6 +156,19 @@ def test_tasks_filter_and_save(store: Store) -> None:
         store.save_task(_task("zz"))
 
 
+def test_tasks_keep_insertion_order_when_saved_under_another_client_or_round(
+    store: Store,
+) -> None:
+    for task_id, client, round_id in [("t1", "c1", 1), ("t2", "c2", 2), ("t3", "c1", 1)]:
+        store.add_task(_task(task_id, client, round_id))
+    store.save_task(_task("t3", "c2", 2))
+    store.save_task(_task("t1", "c2", 2))
+    assert [t.task_id for t in store.list_tasks(client_id="c2")] == ["t1", "t2", "t3"]
+    assert [t.task_id for t in store.list_tasks(round_id=2)] == ["t1", "t2", "t3"]
+    assert store.list_tasks(client_id="c1") == []
+    assert store.list_tasks(round_id=1) == []
+
+
 def test_updates_are_unique_per_round_client_and_key(store: Store) -> None:
     store.add_update(_update(1, "c1", "k1"))
     store.add_update(_update(1, "c2", "k2"))
@@ -167,6 +181,7 @@ def test_updates_are_unique_per_round_client_and_key(store: Store) -> None:
     assert key.value.code == "idempotency_conflict"
     assert [u.client_id for u in store.list_updates(1)] == ["c1", "c2"]
     assert store.count_updates() == 3
+    assert [store.count_updates(r) for r in (1, 2, 3)] == [2, 1, 0]
     assert store.get_update(2, "c1") == _update(2, "c1", "k3")
     assert store.find_update("c1", "k1") == _update(1, "c1", "k1")
     assert store.find_update("c2", "k1") is None
@@ -244,6 +259,42 @@ def test_transaction_is_all_or_nothing(store: Store) -> None:
     assert len(store.list_rounds()) == 1
 
 
+def test_a_rolled_back_transaction_leaves_nothing_to_find(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    store.add_client(_client(1))
+    store.add_task(_task("t1", "c1", 1))
+    store.add_update(_update(1, "c1", "k1"))
+
+    def failing_transaction() -> None:
+        with store.transaction():
+            store.add_client(_client(2))
+            store.save_task(dataclasses.replace(_task("t1", "c2", 2), status="completed"))
+            store.add_task(_task("t2", "c2", 1))
+            store.add_update(_update(1, "c2", "k2"))
+            store.add_rejection(RejectionRecord(at=1.0, reason="non_finite", detail="d"))
+            store.add_alert(AlertRecord(0, "round_failed", "warning", "m", 1.0, round_id=1))
+            raise Boom
+
+    with pytest.raises(Boom):
+        failing_transaction()
+    assert store.find_client("hash2") is None
+    assert [c.client_id for c in store.list_clients()] == ["c1"]
+    assert store.get_task("t1") == _task("t1", "c1", 1)
+    assert [t.task_id for t in store.list_tasks(client_id="c1", status="pending")] == ["t1"]
+    assert [t.task_id for t in store.list_tasks(round_id=1)] == ["t1"]
+    assert store.list_tasks(client_id="c2") == []
+    assert store.list_tasks(round_id=2) == []
+    assert store.find_update("c2", "k2") is None
+    assert store.count_updates(1) == 1
+    assert [u.client_id for u in store.list_updates(1)] == ["c1"]
+    assert store.rejection_counts() == {}
+    assert store.list_alerts() == []
+    store.add_update(_update(1, "c2", "k2"))  # the key is free again
+    assert store.count_updates(1) == 2
+
+
 def test_concurrent_writers_lose_nothing(store: Store) -> None:
     def write(worker: int) -> None:
         for i in range(20):
@@ -268,7 +319,7 @@ def test_sqlite_store_is_durable_across_reopen(tmp_path: Path) -> None:
     again = SQLiteStore(tmp_path / "s.db")
     assert again.get_client("c1") == _client(1)
     assert again.add_round(_round()).round_id == 2
-    assert again.schema_version == 1
+    assert again.schema_version == 2
     again.close()
 
 
@@ -279,7 +330,24 @@ def test_sqlite_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
     conn.close()
-    assert versions == [(1,)]
+    assert versions == [(1,), (2,)]
+
+
+def test_sqlite_store_migrates_an_older_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:1])
+        old = SQLiteStore(tmp_path / "s.db")
+        old.add_task(_task("t1", "c1", 1))
+        assert old.schema_version == 1
+        old.close()
+    store = SQLiteStore(tmp_path / "s.db")
+    assert store.schema_version == 2
+    assert [t.task_id for t in store.list_tasks(round_id=1, status="pending")] == ["t1"]
+    indexes = store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert "tasks_by_round" in {row[0] for row in indexes}
+    store.close()
 
 
 def test_open_store_urls(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from fedge.messages import Task, TaskConfig
 from fedge.weights import Weights
 from simulations.fleet import FleetData, Job, ProcessFleet
-from simulations.native_engine import NativeOptions, PlannedSelection, SimulationError, run_native
+from simulations.native_engine import NativeOptions, PlannedSelector, SimulationError, run_native
 from simulations.pretrain import Pretrained
 from simulations.report import CSV_COLUMNS, RoundStats
 from simulations.runner import check_settings, prepare_scenario
@@ -169,18 +169,14 @@ def test_fleet_streams_outcomes_with_a_bounded_window(
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_planned_selection_returns_the_plan_or_refuses() -> None:
-    selection = PlannedSelection(0)
-    registered = np.array(["a", "b", "c", "d"], dtype=object)
-    selection.plan(["c", "a"])
-    assert list(selection.choice(registered, size=2, replace=False)) == ["c", "a"]
-    assert len(set(selection.choice(registered, size=3, replace=False))) == 3  # plan used up
-    selection.plan(["a", "b"])
-    with pytest.raises(SimulationError, match="unexpected way"):
-        selection.choice(registered, size=3, replace=False)
-    selection.plan(["z"])
-    with pytest.raises(SimulationError, match="unknown"):
-        selection.choice(registered, size=1, replace=False)
+def test_planned_selector_returns_the_plan_once_and_never_draws() -> None:
+    selector = PlannedSelector()
+    registered = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(0)
+    selector.plan(["c", "a"])
+    assert list(selector.select(1, registered, 2, rng)) == ["c", "a"]
+    with pytest.raises(SimulationError, match="round 2 started without planned participants"):
+        selector.select(2, registered, 2, rng)  # the plan was used up
 
 
 BLOCKER = textwrap.dedent(
