@@ -14,19 +14,21 @@ so the caller can submit one update before the next is even computed.
 
 Workers are fresh interpreters started with :mod:`subprocess` (like multiprocessing's
 *spawn*, but without its resource-tracker helper process, so after :meth:`ProcessFleet.close`
-this process has no children left). They speak pickle frames over their stdin/stdout; a
-worker's own stray output goes to stderr. :class:`LocalFleet` runs the same runner in this
-process (``--workers 1``).
+this process has no children left). They talk over their stdin/stdout in explicit frames
+(a JSON header, then raw bytes: numeric arrays as their bytes, an update as its body; see
+:func:`_write_frame`), never as serialized Python objects; a worker's own stray output goes
+to stderr. :class:`LocalFleet` runs the same runner in this process (``--workers 1``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import os
-import pickle
 import queue
 import subprocess
 import sys
@@ -97,8 +99,8 @@ class Outcome:
 @dataclass(frozen=True, eq=False)
 class FleetData:
     """What a worker loads once: the raw columns of its clients' rows, who owns which, where
-    the bundles are. Plain arrays and dicts, so it pickles (Dataset and Partition hold
-    read-only mapping proxies, which do not)."""
+    the bundles are. Plain arrays and JSON-able dicts, so it travels to a worker as one frame:
+    JSON for the dicts and str/None columns, raw bytes for the numeric arrays."""
 
     name: str
     schema: dict[str, Any]
@@ -253,9 +255,238 @@ class LocalFleet:
 # Worker processes ----------------------------------------------------------------------------
 
 
-def _write(stream: IO[bytes], message: tuple[Any, ...]) -> None:
-    pickle.dump(message, stream, protocol=pickle.HIGHEST_PROTOCOL)
+_MAX_HEADER = 1 << 31
+"""A frame's JSON header is at most this long (it carries a pool's str/None columns)."""
+_MAX_PAYLOAD = 1 << 40
+_CHUNK = 1 << 24
+"""Bytes read at a time, so a bogus length fails at the stream's end, not in an allocation."""
+_ALIGN = 16
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed in a frame")
+
+
+def _write_frame(
+    stream: IO[bytes],
+    kind: str,
+    header: Mapping[str, Any],
+    payload: bytes | bytearray | memoryview | Sequence[bytes] = b"",
+) -> None:
+    """One frame: 4-byte big-endian header length, the UTF-8 JSON header ``{"kind": kind,
+    **header}``, 8-byte big-endian payload length, the payload (bytes or a list of chunks)."""
+    if "kind" in header:
+        raise FleetError("a frame header must not set 'kind' itself")
+    try:
+        text = json.dumps(
+            {"kind": kind, **header},
+            allow_nan=False,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            default=_json_default,
+        ).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise FleetError(f"cannot encode a {kind!r} frame: {exc}") from exc
+    chunks = [payload] if isinstance(payload, bytes | bytearray | memoryview) else list(payload)
+    size = sum(memoryview(chunk).nbytes for chunk in chunks)
+    if len(text) > _MAX_HEADER or size > _MAX_PAYLOAD:
+        raise FleetError(f"a {kind!r} frame is too large ({len(text)} + {size} bytes)")
+    stream.write(len(text).to_bytes(4, "big"))
+    stream.write(text)
+    stream.write(size.to_bytes(8, "big"))
+    for chunk in chunks:
+        stream.write(chunk)
     stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int, what: str, start: bytes = b"") -> bytearray:
+    buffer = bytearray(start)
+    while len(buffer) < size:
+        chunk = stream.read(min(size - len(buffer), _CHUNK))
+        if not chunk:
+            raise FleetError(f"truncated frame: {what} ends after {len(buffer)} of {size} bytes")
+        buffer += chunk
+    return buffer
+
+
+def _read_frame(stream: IO[bytes]) -> tuple[str, dict[str, Any], bytearray]:
+    """The next frame's kind, header (without ``kind``) and payload (a writable buffer).
+
+    Raises EOFError where the stream ends cleanly before a frame, FleetError on a
+    malformed one."""
+    first = stream.read(4)
+    if not first:
+        raise EOFError("the frame stream ended")
+    length = int.from_bytes(_read_exact(stream, 4, "the header length", first), "big")
+    if not 0 < length <= _MAX_HEADER:
+        raise FleetError(f"malformed frame: bad header length {length}")
+    text = _read_exact(stream, length, "the header")
+    try:
+        header = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise FleetError(f"malformed frame: the header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+        raise FleetError("malformed frame: the header is not an object with a string 'kind'")
+    size = int.from_bytes(_read_exact(stream, 8, "the payload length"), "big")
+    if size > _MAX_PAYLOAD:
+        raise FleetError(f"malformed frame: bad payload length {size}")
+    payload = _read_exact(stream, size, "the payload")
+    kind = header.pop("kind")
+    return kind, header, payload
+
+
+def _encode_array(
+    array: npt.NDArray[Any], chunks: list[bytes], offset: int
+) -> tuple[dict[str, Any], int]:
+    """The header entry of ``array``; its raw bytes (if numeric) go to ``chunks``."""
+    array = np.asarray(array)
+    shape = list(array.shape)
+    if array.dtype == object:
+        values = array.ravel().tolist()
+        bad = next((v for v in values if v is not None and not isinstance(v, str)), None)
+        if bad is not None:
+            raise FleetError(
+                f"an object column holds {type(bad).__name__} {bad!r}; expected str or None"
+            )
+        return {"dtype": "object", "shape": shape, "values": values}, offset
+    if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind == "V":
+        raise FleetError(f"cannot send an array of dtype {array.dtype}")
+    pad = -offset % _ALIGN
+    if pad:
+        chunks.append(bytes(pad))
+        offset += pad
+    data = np.ascontiguousarray(array).tobytes()
+    chunks.append(data)
+    entry = {"dtype": array.dtype.str, "shape": shape, "offset": offset, "nbytes": len(data)}
+    return entry, offset + len(data)
+
+
+def _decode_array(entry: Mapping[str, Any], payload: bytearray) -> npt.NDArray[Any]:
+    shape = tuple(int(n) for n in entry["shape"])
+    if entry["dtype"] == "object":
+        values = entry["values"]
+        if not isinstance(values, list) or any(
+            v is not None and not isinstance(v, str) for v in values
+        ):
+            raise ValueError("an object column must be a list of str/None")
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    dtype = np.dtype(entry["dtype"])
+    if dtype.hasobject:
+        raise ValueError(f"dtype {dtype} cannot travel as raw bytes")
+    offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+    count = int(np.prod(shape, dtype=np.int64))
+    if offset < 0 or nbytes != count * dtype.itemsize or offset + nbytes > len(payload):
+        raise ValueError(f"array bytes {offset}+{nbytes} do not fit shape {shape} and the payload")
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    # The payload is a bytearray of this frame alone, so the array is writable, no copy.
+    return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _encode_message(kind: str, value: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """A message's frame header and payload chunks."""
+    if kind == "init":
+        data: FleetData = value
+        chunks: list[bytes] = []
+        offset = 0
+        columns = []
+        for name, column in data.columns.items():
+            entry, offset = _encode_array(column, chunks, offset)
+            columns.append({"name": name, **entry})
+        labels, offset = _encode_array(data.labels, chunks, offset)
+        header = {
+            "name": data.name,
+            "schema": data.schema,
+            "partition": data.partition,
+            "bundles_root": data.bundles_root,
+            "seed": data.seed,
+            "personalization": dataclasses.asdict(data.personalization),
+            "columns": columns,
+            "labels": labels,
+        }
+        return header, chunks
+    if kind == "job":
+        job: Job = value
+        return {"client_id": job.client_id, "task": job.task}, []
+    if kind == "done":
+        outcome: Outcome = value
+        header = {
+            "client_id": outcome.client_id,
+            "task_id": outcome.task_id,
+            "document": outcome.document,
+            "error": outcome.error,
+            "seconds": outcome.seconds,
+            "body": outcome.body is not None,
+        }
+        return header, [outcome.body] if outcome.body is not None else []
+    if kind == "ready":
+        return {"pid": int(value)}, []
+    if kind == "failed":
+        return {"traceback": str(value)}, []
+    if kind == "stop":
+        return {}, []
+    raise FleetError(f"unknown message kind {kind!r}")
+
+
+def _decode_message(kind: str, header: dict[str, Any], payload: bytearray) -> Any:
+    """The value a frame carries (the inverse of :func:`_encode_message`)."""
+    try:
+        if kind == "init":
+            return FleetData(
+                name=str(header["name"]),
+                schema=dict(header["schema"]),
+                columns={
+                    str(entry["name"]): _decode_array(entry, payload) for entry in header["columns"]
+                },
+                labels=_decode_array(header["labels"], payload),
+                partition=dict(header["partition"]),
+                bundles_root=str(header["bundles_root"]),
+                seed=int(header["seed"]),
+                personalization=PersonalizationConfig(**header["personalization"]),
+            )
+        if kind == "job":
+            return Job(client_id=str(header["client_id"]), task=dict(header["task"]))
+        if kind == "done":
+            document = header["document"]
+            error = header["error"]
+            return Outcome(
+                client_id=str(header["client_id"]),
+                task_id=str(header["task_id"]),
+                document=None if document is None else dict(document),
+                body=bytes(payload) if header["body"] else None,
+                error=None if error is None else str(error),
+                seconds=float(header["seconds"]),
+            )
+        if kind == "ready":
+            return int(header["pid"])
+        if kind == "failed":
+            return str(header["traceback"])
+        if kind == "stop":
+            return None
+    except (KeyError, TypeError, ValueError, FedgeError) as exc:
+        raise FleetError(f"malformed {kind!r} frame: {type(exc).__name__}: {exc}") from None
+    raise FleetError(f"malformed frame: unknown kind {kind!r}")
+
+
+def _write(stream: IO[bytes], kind: str, value: Any = None) -> None:
+    header, chunks = _encode_message(kind, value)
+    _write_frame(stream, kind, header, chunks)
+
+
+def _read(stream: IO[bytes]) -> tuple[str, Any]:
+    """The next message's kind and value; EOFError at a clean end, FleetError if malformed."""
+    kind, header, payload = _read_frame(stream)
+    return kind, _decode_message(kind, header, payload)
 
 
 def serve() -> None:
@@ -269,27 +500,33 @@ def serve() -> None:
     inbox = sys.stdin.buffer
     logging.basicConfig(level=logging.WARNING, format="fedge-sim worker: %(message)s")
     try:
-        kind, data = pickle.load(inbox)  # noqa: S301 - frames from our own parent process
+        kind, data = _read(inbox)
         if kind != "init":
             raise FleetError(f"expected init, got {kind!r}")
         runner = ClientRunner(data, num_threads=1)
     except Exception:
-        _write(channel, ("failed", traceback.format_exc()))
+        _write(channel, "failed", traceback.format_exc())
         return
-    _write(channel, ("ready", os.getpid()))
+    _write(channel, "ready", os.getpid())
     while True:
         try:
-            message = pickle.load(inbox)  # noqa: S301 - frames from our own parent process
+            kind, job = _read(inbox)
         except EOFError:
             return  # the parent went away
-        if message[0] == "stop":
+        except Exception:
+            _write(channel, "failed", traceback.format_exc())
+            return
+        if kind == "stop":
             return
         try:
-            outcome = runner.run(message[1])
+            if kind != "job":
+                raise FleetError(f"expected job or stop, got {kind!r}")
+            # Encoded before anything is written, so a failure cannot leave half a frame.
+            header, chunks = _encode_message("done", runner.run(job))
         except Exception:
-            _write(channel, ("failed", traceback.format_exc()))
+            _write(channel, "failed", traceback.format_exc())
             return
-        _write(channel, ("done", outcome))
+        _write_frame(channel, "done", header, chunks)
 
 
 class _Worker:
@@ -320,15 +557,19 @@ class _Worker:
     def _read(self, stream: IO[bytes], events: queue.Queue[tuple[Any, ...]]) -> None:
         while True:
             try:
-                message = pickle.load(stream)  # noqa: S301 - frames from our own child process
-            except (EOFError, OSError, pickle.UnpicklingError):
+                kind, value = _read(stream)
+            except FleetError as exc:
+                logger.warning("worker %d broke the protocol: %s", self.index, exc)
                 events.put(("exit", self.index, None))
                 return
-            events.put((message[0], self.index, message[1]))
+            except (EOFError, OSError):
+                events.put(("exit", self.index, None))
+                return
+            events.put((kind, self.index, value))
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, kind: str, value: Any = None) -> None:
         try:
-            _write(self._stdin, message)
+            _write(self._stdin, kind, value)
         except (BrokenPipeError, OSError) as exc:
             raise FleetError(
                 f"worker {self.index} is gone (exit code {self.process.poll()})"
@@ -336,7 +577,7 @@ class _Worker:
 
     def stop(self, timeout: float) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
-            _write(self._stdin, ("stop",))
+            _write(self._stdin, "stop")
         with contextlib.suppress(OSError):
             self._stdin.close()
         try:
@@ -368,7 +609,7 @@ class ProcessFleet:
             self._workers = [_Worker(index, self._events) for index in range(workers)]
             for worker in self._workers:
                 owned = [c for c in ids if self._owner[c] == worker.index]
-                worker.send(("init", data.only(owned)))
+                worker.send("init", data.only(owned))
             self._await_ready()
         except BaseException:
             self.close()
@@ -418,7 +659,7 @@ class ProcessFleet:
 
         def refill(index: int) -> None:
             while in_flight[index] < self._window and pending[index]:
-                self._workers[index].send(("job", pending[index].popleft()))
+                self._workers[index].send("job", pending[index].popleft())
                 in_flight[index] += 1
 
         for index in range(len(self._workers)):

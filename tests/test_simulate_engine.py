@@ -9,6 +9,7 @@ without TensorFlow. Everything runs on the session's pretrained digits bundle.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -21,9 +22,20 @@ import numpy as np
 import psutil
 import pytest
 
+from edge_client.personalize import PersonalizationConfig
 from fedge.messages import Task, TaskConfig
 from fedge.weights import Weights
-from simulations.fleet import FleetData, Job, ProcessFleet
+from simulations.fleet import (
+    FleetData,
+    FleetError,
+    Job,
+    Outcome,
+    ProcessFleet,
+    _read,
+    _read_frame,
+    _write,
+    _write_frame,
+)
 from simulations.native_engine import NativeOptions, PlannedSelector, SimulationError, run_native
 from simulations.pretrain import Pretrained
 from simulations.report import CSV_COLUMNS, RoundStats
@@ -167,6 +179,112 @@ def test_fleet_streams_outcomes_with_a_bounded_window(
     assert sorted(o.client_id for o in seen) == sorted(scenario.client_ids)
     assert all(o.error is None and o.body for o in seen)
     assert not any(_alive(pid) for pid in pids)
+
+
+def _round_trip(kind: str, value: object) -> object:
+    stream = io.BytesIO()
+    _write(stream, kind, value)
+    stream.seek(0)
+    got_kind, got = _read(stream)
+    assert got_kind == kind
+    with pytest.raises(EOFError):
+        _read(stream)  # exactly one frame, then a clean end
+    return got
+
+
+def test_worker_frames_round_trip_data_jobs_and_outcomes() -> None:
+    categories = np.empty(3, dtype=object)
+    categories[:] = ["a", None, "ünï"]
+    data = FleetData(
+        name="pool",
+        schema={"label": "y", "numeric": ["x"], "num_classes": 3},
+        columns={
+            "x": np.array([1.5, np.nan, -0.0]),
+            "image": np.arange(12, dtype=np.float64).reshape(3, 2, 2)[:, ::-1],  # not contiguous
+            "city": categories,
+        },
+        labels=np.array([0, 2, 1], dtype=np.int64),
+        partition={"clients": {"c0": {"train": [0, 1], "holdout": [2]}}, "unassigned": []},
+        bundles_root="/bundles",
+        seed=7,
+        personalization=PersonalizationConfig(enabled=False, epochs=2, learning_rate=0.1),
+    )
+    got = _round_trip("init", data)
+    assert isinstance(got, FleetData)
+    assert (got.name, got.schema, got.partition) == (data.name, data.schema, data.partition)
+    assert (got.bundles_root, got.seed) == (data.bundles_root, data.seed)
+    assert got.personalization == data.personalization
+    assert list(got.columns) == list(data.columns)
+    for name, column in data.columns.items():
+        assert got.columns[name].dtype == column.dtype
+        assert got.columns[name].shape == column.shape
+    np.testing.assert_array_equal(got.columns["x"], data.columns["x"])  # NaN included
+    assert np.signbit(got.columns["x"][2])
+    np.testing.assert_array_equal(got.columns["image"], data.columns["image"])
+    assert got.columns["city"].tolist() == ["a", None, "ünï"]
+    assert got.labels.dtype == np.int64
+    np.testing.assert_array_equal(got.labels, data.labels)
+    assert got.columns["x"].flags.writeable
+    assert got.labels.flags.writeable
+
+    task = Task("r1-c0", "train", 1, "v1", TaskConfig(epochs=1), 2e9).to_dict()
+    job = _round_trip("job", Job("c0", task))
+    assert job == Job("c0", task)
+
+    for body in (None, b"", b"\x00safetensors\xff"):
+        outcome = Outcome("c0", "r1-c0", {"type": "model_update", "n": 3}, body, None, 0.25)
+        assert _round_trip("done", outcome) == outcome
+    failed = Outcome("c0", "r1-c0", None, None, "ValueError: boom", 1.0)
+    assert _round_trip("done", failed) == failed
+    assert _round_trip("ready", 1234) == 1234
+    assert _round_trip("failed", "Traceback ...") == "Traceback ..."
+    assert _round_trip("stop", None) is None
+
+
+def _frame(header: bytes, payload: bytes = b"") -> io.BytesIO:
+    return io.BytesIO(
+        len(header).to_bytes(4, "big") + header + len(payload).to_bytes(8, "big") + payload
+    )
+
+
+def test_malformed_worker_frames_raise_fleet_errors() -> None:
+    good = io.BytesIO()
+    _write_frame(good, "ready", {"pid": 1}, b"xyz")
+    good.seek(0)
+    assert _read_frame(good) == ("ready", {"pid": 1}, bytearray(b"xyz"))
+    with pytest.raises(EOFError):
+        _read_frame(good)
+    raw = good.getvalue()
+    bad_frames = [
+        io.BytesIO(raw[:2]),  # the header length itself is cut short
+        io.BytesIO(raw[:-1]),  # the payload is cut short
+        io.BytesIO(b"\x00\x00\x00\x00" + raw[4:]),  # a zero header length
+        io.BytesIO(b"\xff\xff\xff\xff" + raw[4:]),  # a header longer than allowed
+        _frame(b"{not json"),
+        _frame(b"\xff\xfe"),  # not UTF-8
+        _frame(b'{"kind": "ready", "pid": NaN}'),
+        _frame(b'["ready"]'),  # not an object
+        _frame(b'{"pid": 1}'),  # no kind
+        io.BytesIO(raw[: len(raw) - 11] + b"\xff" * 8),  # a payload longer than allowed
+    ]
+    for stream in bad_frames:
+        with pytest.raises(FleetError):
+            _read_frame(stream)
+    with pytest.raises(FleetError):
+        _read(_frame(b'{"kind": "ready"}'))  # no pid
+    with pytest.raises(FleetError):
+        _read(_frame(b'{"kind": "pickle"}'))  # no such message
+    with pytest.raises(FleetError):
+        _read(
+            _frame(
+                b'{"kind": "init", "name": "p", "schema": {}, "partition": {}, "bundles_root": "",'
+                b' "seed": 0, "personalization": {}, "columns": [], "labels":'
+                b' {"dtype": "<i8", "shape": [4], "offset": 0, "nbytes": 32}}',
+                b"\x00" * 8,  # 4 labels need 32 bytes
+            )
+        )
+    with pytest.raises(FleetError):  # NaN never enters a header
+        _write(io.BytesIO(), "done", Outcome("c", "t", {"loss": float("nan")}, None, None, 0.0))
 
 
 def test_planned_selector_returns_the_plan_once_and_never_draws() -> None:
