@@ -25,16 +25,16 @@ import pytest
 from edge_client.personalize import PersonalizationConfig
 from fedge.messages import Task, TaskConfig
 from fedge.weights import Weights
-from simulations.fleet import (
+from simulations.fleet import ProcessFleet
+from simulations.fleet_wire import (
     FleetData,
     FleetError,
     Job,
     Outcome,
-    ProcessFleet,
-    _read,
-    _read_frame,
-    _write,
-    _write_frame,
+    read_frame,
+    receive_message,
+    send_message,
+    write_frame,
 )
 from simulations.native_engine import NativeOptions, PlannedSelector, SimulationError, run_native
 from simulations.pretrain import Pretrained
@@ -183,12 +183,12 @@ def test_fleet_streams_outcomes_with_a_bounded_window(
 
 def _round_trip(kind: str, value: object) -> object:
     stream = io.BytesIO()
-    _write(stream, kind, value)
+    send_message(stream, kind, value)
     stream.seek(0)
-    got_kind, got = _read(stream)
+    got_kind, got = receive_message(stream)
     assert got_kind == kind
     with pytest.raises(EOFError):
-        _read(stream)  # exactly one frame, then a clean end
+        receive_message(stream)  # exactly one frame, then a clean end
     return got
 
 
@@ -249,11 +249,11 @@ def _frame(header: bytes, payload: bytes = b"") -> io.BytesIO:
 
 def test_malformed_worker_frames_raise_fleet_errors() -> None:
     good = io.BytesIO()
-    _write_frame(good, "ready", {"pid": 1}, b"xyz")
+    write_frame(good, "ready", {"pid": 1}, b"xyz")
     good.seek(0)
-    assert _read_frame(good) == ("ready", {"pid": 1}, bytearray(b"xyz"))
+    assert read_frame(good) == ("ready", {"pid": 1}, bytearray(b"xyz"))
     with pytest.raises(EOFError):
-        _read_frame(good)
+        read_frame(good)
     raw = good.getvalue()
     bad_frames = [
         io.BytesIO(raw[:2]),  # the header length itself is cut short
@@ -269,13 +269,13 @@ def test_malformed_worker_frames_raise_fleet_errors() -> None:
     ]
     for stream in bad_frames:
         with pytest.raises(FleetError):
-            _read_frame(stream)
+            read_frame(stream)
     with pytest.raises(FleetError):
-        _read(_frame(b'{"kind": "ready"}'))  # no pid
+        receive_message(_frame(b'{"kind": "ready"}'))  # no pid
     with pytest.raises(FleetError):
-        _read(_frame(b'{"kind": "pickle"}'))  # no such message
+        receive_message(_frame(b'{"kind": "pickle"}'))  # no such message
     with pytest.raises(FleetError):
-        _read(
+        receive_message(
             _frame(
                 b'{"kind": "init", "name": "p", "schema": {}, "partition": {}, "bundles_root": "",'
                 b' "seed": 0, "personalization": {}, "columns": [], "labels":'
@@ -284,7 +284,9 @@ def test_malformed_worker_frames_raise_fleet_errors() -> None:
             )
         )
     with pytest.raises(FleetError):  # NaN never enters a header
-        _write(io.BytesIO(), "done", Outcome("c", "t", {"loss": float("nan")}, None, None, 0.0))
+        send_message(
+            io.BytesIO(), "done", Outcome("c", "t", {"loss": float("nan")}, None, None, 0.0)
+        )
 
 
 def test_planned_selector_returns_the_plan_once_and_never_draws() -> None:
