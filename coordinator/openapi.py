@@ -61,6 +61,10 @@ def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     }
 
 
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
 def _header(name: str, description: str, *, required: bool = True) -> dict[str, Any]:
     return {
         "name": name,
@@ -308,6 +312,20 @@ def _paths() -> dict[str, Any]:
                 auth="clientToken|adminToken",
                 errors="400 401 403 404",
                 params=[VERSION, FILE],
+            )
+        },
+        "/v1/reports": {
+            "get": _op(
+                "Client reports, optionally by kind, task and model version",
+                "listReports",
+                {"200": _json("ReportList")},
+                auth="adminToken",
+                errors="400 401 403",
+                params=[
+                    _query("kind", {"type": "string", "enum": ["evaluate", "stats", "features"]}),
+                    _query("task_id", {"type": "string"}),
+                    _query("model_version", {"type": "string"}),
+                ],
             )
         },
         "/v1/alerts": {

@@ -93,6 +93,21 @@ def build_schemas() -> dict[str, Any]:
             received_at=string,
             model_version={**string, "nullable": True},
         ),
+        "Report": _obj(
+            ["report_id", "kind", "client_id", "task_id", "received_at", "document"],
+            report_id=integer,
+            kind={"type": "string", "enum": ["evaluation", "stats", "features"]},
+            client_id=string,
+            task_id=string,
+            received_at=string,
+            model_version={**string, "nullable": True},
+            document={
+                "type": "object",
+                "description": "The report message as the codec encodes it; for "
+                "features only task_id, num_rows, dim and the sha256 of the stored batch",
+            },
+        ),
+        "ReportList": _obj(["reports"], reports={"type": "array", "items": ref("Report")}),
         "RoundConfig": {
             "type": "object",
             "description": "Overrides of the round defaults: "

@@ -20,7 +20,10 @@ from coordinator.registry import ModelRegistry
 from coordinator.store import Store
 from fedge.messages import EvalReport, FeatureBatch, StatsReport
 
-__all__ = ["ReportIntake", "complete_task"]
+__all__ = ["REPORT_KINDS", "ReportIntake", "complete_task"]
+
+REPORT_KINDS = {"evaluate": "evaluation", "stats": "stats", "features": "features"}
+"""The report kinds an admin filters by (the task kinds), to the stored record kinds."""
 
 
 def complete_task(store: Store, task_id: str, now: float) -> None:
@@ -102,3 +105,20 @@ class ReportIntake:
         rows, width = batch.embeddings.shape
         document = {"sha256": digest, "rows": rows, "width": width, "dtype": "float32+int64"}
         return self._save(client, task, "features", document, task.model_version)
+
+    def list_reports(
+        self,
+        kind: str | None = None,
+        *,
+        task_id: str | None = None,
+        model_version: str | None = None,
+    ) -> list[ReportRecord]:
+        """Stored reports, oldest first; ``kind`` is a task kind (evaluate, stats, features)."""
+        if kind is not None and kind not in REPORT_KINDS:
+            raise CoordinatorError(
+                f"unknown report kind {kind!r}; expected one of {sorted(REPORT_KINDS)}",
+                code="invalid_query",
+            )
+        stored_kind = None if kind is None else REPORT_KINDS[kind]
+        reports = self._store.list_reports(kind=stored_kind, model_version=model_version)
+        return [r for r in reports if task_id is None or r.task_id == task_id]

@@ -1,4 +1,5 @@
-"""Admin routes of the REST API: clients, tasks, rounds, models, alerts (admin token)."""
+"""Admin routes of the REST API: clients, tasks, rounds, models, reports, alerts (admin
+token)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from coordinator.views import (
     alert_document,
     client_document,
     model_document,
+    report_listing_document,
     round_document,
     task_record_document,
 )
@@ -116,3 +118,13 @@ def register_admin_routes(app: Flask, ctx: RequestContext) -> None:
         ctx.admin()
         alerts = service.store.list_alerts(kind=request.args.get("kind"), since=_float_arg("since"))
         return {"alerts": [alert_document(a) for a in alerts]}
+
+    @app.route("/v1/reports", methods=["GET"])
+    def list_reports() -> Any:
+        ctx.admin()
+        reports = service.list_reports(
+            request.args.get("kind"),
+            task_id=request.args.get("task_id"),
+            model_version=request.args.get("model_version"),
+        )
+        return {"reports": [report_listing_document(r) for r in reports]}

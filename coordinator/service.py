@@ -378,6 +378,15 @@ class CoordinatorService:
     def submit_features(self, client: ClientRecord, batch: FeatureBatch) -> ReportRecord:
         return self.reports.submit_features(client, batch)
 
+    def list_reports(
+        self,
+        kind: str | None = None,
+        *,
+        task_id: str | None = None,
+        model_version: str | None = None,
+    ) -> list[ReportRecord]:
+        return self.reports.list_reports(kind, task_id=task_id, model_version=model_version)
+
     # Rounds and models (admin) ------------------------------------------------------------
 
     def open_round(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:

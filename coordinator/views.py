@@ -22,6 +22,8 @@ from coordinator.records import (
     UpdateRecord,
 )
 from coordinator.registry import iso_time
+from fedge.messages import EvalReport, StatsReport, encode_message
+from fedge.stats import DatasetStats
 
 __all__ = [
     "alert_document",
@@ -29,6 +31,7 @@ __all__ = [
     "model_document",
     "receipt_document",
     "report_document",
+    "report_listing_document",
     "round_document",
     "task_record_document",
 ]
@@ -109,6 +112,26 @@ def report_document(report: ReportRecord) -> dict[str, Any]:
         "model_version": report.model_version,
         "received_at": _time(report.received_at),
     }
+
+
+def report_listing_document(report: ReportRecord) -> dict[str, Any]:
+    """A stored report with its content: the message document as the codec encodes it;
+    for features only the shape and artifact digest, never the embeddings."""
+    stored: dict[str, Any] = report.to_dict()["document"]
+    content: dict[str, Any]
+    if report.kind == "evaluation":
+        content = encode_message(EvalReport.from_dict(stored))[0]
+    elif report.kind == "stats":
+        stats = StatsReport(report.task_id, DatasetStats.from_dict(stored))
+        content = encode_message(stats)[0]
+    else:
+        content = {
+            "task_id": report.task_id,
+            "num_rows": stored.get("rows"),
+            "dim": stored.get("width"),
+            "sha256": stored.get("sha256"),
+        }
+    return {**report_document(report), "document": content}
 
 
 def task_record_document(task: TaskRecord) -> dict[str, Any]:

@@ -319,14 +319,14 @@ class _Job:
             )
             tasks = self.api.create_tasks("evaluate", deadline_seconds=self.config.round_timeout)
             reports = wait_for_evaluations(
-                self.paths.db,
+                self.api,
                 {t["task_id"] for t in tasks},
                 timeout=self.config.round_timeout,
                 check=self.check_alive("the devices evaluated"),
             )
             device_of = {cid: name for name, cid in self.client_ids.items()}
             evaluations = [
-                device_evaluation(r, device_of.get(r.client_id, r.client_id)) for r in reports
+                device_evaluation(r, device_of.get(r["client_id"], r["client_id"])) for r in reports
             ]
             self.result.devices = sorted(evaluations, key=lambda d: d.device)
             pair = self.result.personalization()

@@ -150,6 +150,9 @@ class AdminApi:
     def clients(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/clients")["clients"])
 
+    def reports(self, kind: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/v1/reports?kind={kind}")["reports"])
+
     def create_tasks(self, kind: str, *, deadline_seconds: float) -> list[dict[str, Any]]:
         body = {"kind": kind, "deadline_seconds": deadline_seconds}
         return list(self._call("POST", "/v1/tasks", body)["tasks"])

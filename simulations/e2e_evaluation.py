@@ -8,24 +8,22 @@ are copied locally) and scores its global head with the TFLite runtime
 (:class:`edge_client.EdgeModel`, the float trainable model with that version's weights;
 the int8 inference model too while it matches the version). No TensorFlow is involved.
 
-:func:`wait_for_evaluations` waits for the devices' answers to an ``evaluate`` task round;
-the reports are read from the coordinator's database, as ``fedge-coordinator ... --db``
-does, since the REST API has no endpoint that lists them.
+:func:`wait_for_evaluations` waits for the devices' answers to an ``evaluate`` task round,
+listing them with the admin token (``GET /v1/reports?kind=evaluate``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.records import ReportRecord
-from coordinator.sqlite_store import SQLiteStore
 from edge_client import BundleStore, CoordinatorClient, EdgeModel, HttpTransport, ModelCache
 from edge_client.model import accuracy, cross_entropy
 from fedge.data import Dataset
+from simulations.e2e_coordinator import AdminApi
 from simulations.e2e_processes import DemoError
 
 __all__ = [
@@ -101,40 +99,36 @@ class DeviceEvaluation:
 
 
 def wait_for_evaluations(
-    db: Path,
+    api: AdminApi,
     task_ids: Collection[str],
     *,
     timeout: float,
     check: Callable[[], None],
-) -> list[ReportRecord]:
-    """The evaluation reports answering ``task_ids``, once all have arrived (bounded;
-    ``check`` runs on every poll and raises when a device died)."""
-    store = SQLiteStore(db)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            reports = [r for r in store.list_reports(kind="evaluation") if r.task_id in task_ids]
-            if len(reports) >= len(task_ids):
-                return reports
-            if time.monotonic() >= deadline:
-                raise DemoError(
-                    f"only {len(reports)} of {len(task_ids)} devices answered the evaluate "
-                    f"task within {timeout:.0f} s"
-                )
-            check()
-            time.sleep(_POLL)
-    finally:
-        store.close()
+) -> list[dict[str, Any]]:
+    """The evaluation reports (``GET /v1/reports`` documents) answering ``task_ids``, once
+    all have arrived (bounded; ``check`` runs on every poll and raises when a device died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = [r for r in api.reports("evaluate") if r["task_id"] in task_ids]
+        if len(reports) >= len(task_ids):
+            return reports
+        if time.monotonic() >= deadline:
+            raise DemoError(
+                f"only {len(reports)} of {len(task_ids)} devices answered the evaluate "
+                f"task within {timeout:.0f} s"
+            )
+        check()
+        time.sleep(_POLL)
 
 
-def device_evaluation(report: ReportRecord, device: str) -> DeviceEvaluation:
-    """The figures of one stored evaluation report."""
-    document = report.document
+def device_evaluation(report: Mapping[str, Any], device: str) -> DeviceEvaluation:
+    """The figures of one listed evaluation report."""
+    document = report["document"]
     personalized = document.get("personalized_metrics") or {}
     return DeviceEvaluation(
         device=device,
-        client_id=report.client_id,
-        model_version=str(document.get("model_version", report.model_version)),
+        client_id=report["client_id"],
+        model_version=str(document.get("model_version", report["model_version"])),
         holdout_examples=int(document.get("num_examples", 0)),
         global_accuracy=float(document.get("metrics", {}).get("accuracy", float("nan"))),
         personalized_accuracy=(
