@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,14 +15,8 @@ from fedge.errors import ConfigError, FeatureError
 from fedge.features import CategoricalFeature, FeatureSpec, NumericFeature
 from fedge.schema import Schema
 from fedge.stats import StatsConfig, compute_stats, merge_stats
+from tests.taxi_columns import TAXI_SCHEMA, taxi_columns
 
-TAXI_CSV = Path(__file__).resolve().parents[1] / "fedge" / "datasets" / "taxi.csv"
-TAXI_SCHEMA = Schema(
-    numeric=("fare", "trip_miles", "trip_seconds"),
-    categorical=("payment_type", "company", "pickup_community_area"),
-    label="big_tipper",
-    num_classes=2,
-)
 SYNTH_SCHEMA = Schema(
     numeric=("x", "pixels"),
     categorical=("color",),
@@ -40,16 +32,8 @@ Array = npt.NDArray[Any]
 Columns = dict[str, Array]
 
 
-@functools.cache
 def _taxi() -> Columns:
-    with TAXI_CSV.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns: Columns = {}
-    for name in TAXI_SCHEMA.numeric:
-        columns[name] = np.array([float(r[name]) if r[name] else math.nan for r in rows])
-    for name in TAXI_SCHEMA.categorical:
-        columns[name] = np.array([r[name] or None for r in rows], dtype=object)
-    return columns
+    return taxi_columns()[0]
 
 
 def _synthetic(n: int = 300, seed: int = 3) -> Columns:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_digits
 
 from edge_client.runtime import InferenceModel, TrainableModel
 from fedge.errors import ConfigError
 from quantize.convert import convert, op_list
+from tests.digits_cnn import digits_split, trained_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"  # inside Keras' fit
@@ -26,33 +26,12 @@ layers = tf.keras.layers
 
 @pytest.fixture(scope="module")
 def digits() -> dict[str, np.ndarray]:
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int64)
-    return {"x_train": x[:1400], "y_train": y[:1400], "x_test": x[1400:], "y_test": y[1400:]}
+    return digits_split()
 
 
 @pytest.fixture(scope="module")
 def keras_model(digits: dict[str, np.ndarray]) -> tf.keras.Model:
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input((8, 8, 1)),
-            layers.Conv2D(8, 3, activation="relu", name="backbone_conv"),
-            layers.Flatten(name="backbone_flatten"),
-            layers.Dense(32, activation="relu", name="backbone_dense"),
-            layers.Dense(16, activation="relu", name="head_hidden"),
-            layers.Dense(10, name="head_out"),
-        ],
-        name="digits_cnn",
-    )
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(0.01),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(digits["x_train"], digits["y_train"], epochs=4, batch_size=32, verbose=0)
-    return model
+    return trained_digits_cnn(digits, backbone_units=32, metrics=["accuracy"])
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,14 +27,8 @@ from fedge.stats import (
     compute_stats,
     merge_stats,
 )
+from tests.taxi_columns import TAXI_SCHEMA, taxi_columns
 
-TAXI_CSV = Path(__file__).resolve().parents[1] / "fedge" / "datasets" / "taxi.csv"
-TAXI_SCHEMA = Schema(
-    numeric=("fare", "trip_miles", "trip_seconds"),
-    categorical=("payment_type", "company", "pickup_community_area"),
-    label="big_tipper",
-    num_classes=2,
-)
 SYNTH_SCHEMA = Schema(
     numeric=("x", "pixels"),
     categorical=("color",),
@@ -47,20 +39,6 @@ SYNTH_SCHEMA = Schema(
 
 Array = npt.NDArray[Any]
 Columns = dict[str, Array]
-
-
-@functools.cache
-def _taxi() -> tuple[Columns, Array]:
-    with TAXI_CSV.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns: Columns = {}
-    for name in TAXI_SCHEMA.numeric:
-        columns[name] = np.array([float(r[name]) if r[name] else math.nan for r in rows])
-    for name in TAXI_SCHEMA.categorical:
-        columns[name] = np.array([r[name] or None for r in rows], dtype=object)
-    tips = np.array([float(r["tips"] or 0) for r in rows])
-    labels = (tips > 0.2 * columns["fare"]).astype(np.int64)
-    return columns, labels
 
 
 def _synthetic(n: int = 1000, seed: int = 7) -> tuple[Columns, Array]:
@@ -176,7 +154,7 @@ def test_merge_of_seven_unequal_shards_equals_whole_synthetic() -> None:
 
 
 def test_merge_of_seven_taxi_shards_equals_whole() -> None:
-    columns, labels = _taxi()
+    columns, labels = taxi_columns()
     whole = compute_stats(columns, schema=TAXI_SCHEMA, labels=labels)
     parts = np.array_split(np.arange(len(labels)), 7)
     assert len({len(p) for p in parts}) == 2
@@ -188,7 +166,7 @@ def test_merge_of_seven_taxi_shards_equals_whole() -> None:
 
 
 def test_merge_is_independent_of_order_and_grouping() -> None:
-    columns, labels = _taxi()
+    columns, labels = taxi_columns()
     parts = np.array_split(np.arange(len(labels)), [10, 500, 501, 4000, 9000, 14000])
     shards = _shard_stats(columns, labels, parts, schema=TAXI_SCHEMA)
     left = functools.reduce(merge_stats, shards)
@@ -237,7 +215,7 @@ def test_merge_rejects_different_columns_or_labels() -> None:
 
 def test_stats_json_round_trip_is_exact() -> None:
     for columns, labels, schema in (
-        (*_taxi(), TAXI_SCHEMA),
+        (*taxi_columns(), TAXI_SCHEMA),
         (*_synthetic(), SYNTH_SCHEMA),
     ):
         stats = compute_stats(columns, schema=schema, labels=labels)
