@@ -23,6 +23,7 @@ from fedge.data import TASK_NAMES
 from fedge.errors import BundleError, ConfigError, DataError, FeatureError, FedgeError
 from quantize.quiet import capture_native_stderr
 from simulations.native_engine import STORES
+from simulations.processes import exit_after_tff
 from simulations.report import RoundStats, summary_table, write_report
 from simulations.runner import (
     DEFAULT_DEVICE_BATCH,
@@ -337,7 +338,10 @@ def simulate_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(simulate_cli())
+    code = simulate_cli()
+    if "tensorflow_federated" in sys.modules:
+        exit_after_tff(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -301,6 +301,7 @@ TFF_CHILD = textwrap.dedent(
     from cloud_trainer.models import build_model, freeze_backbone
     from fedge.weights import Weights
     from quantize.trainable import trainable_weights
+    from simulations.processes import exit_after_tff
     from simulations.tff_engine import run_tff
     from simulations.workload import ClientData, Hyperparams, Workload, build_full_schedule
 
@@ -329,6 +330,7 @@ TFF_CHILD = textwrap.dedent(
     with open(sys.argv[1], "w") as handle:
         json.dump({"workers": workers, "rounds": len(result.rounds)}, handle)
     print("done", flush=True)
+    exit_after_tff(0)  # how fedge's TFF entry points end (see its docstring)
     """
 )
 
