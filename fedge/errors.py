@@ -4,6 +4,7 @@
 
     FedgeError
     ├── ConfigError              an argument or configuration value is invalid
+    ├── UsageError               a command line that cannot work (a CLI's exit code 2)
     ├── WeightsError             a set of weights is unusable
     │   ├── WeightsFormatError       bytes that are not a valid weights file (truncated, corrupt)
     │   ├── UnknownTensorError       a tensor the reference does not have
@@ -36,6 +37,7 @@ __all__ = [
     "ProtocolError",
     "ShapeMismatchError",
     "UnknownTensorError",
+    "UsageError",
     "WeightsError",
     "WeightsFormatError",
 ]
@@ -47,6 +49,14 @@ class FedgeError(Exception):
 
 class ConfigError(FedgeError, ValueError):
     """An argument or configuration value is invalid."""
+
+
+class UsageError(FedgeError, ValueError):
+    """A command line that cannot work: a bad flag, a missing or unusable input path.
+
+    Raised by the command-line layer only (:mod:`fedge.cli`); library code raises the
+    specific error of what it checked and never names a flag.
+    """
 
 
 class WeightsError(FedgeError, ValueError):
