@@ -1,0 +1,258 @@
+"""The daemon against a real coordinator on loopback, in a process where TensorFlow cannot
+be imported, with every byte it sends captured at the transport.
+
+One module fixture runs the cycle once: register; two train rounds (a data file dropped
+into the data directory between them); then evaluate, stats and features tasks; then
+SIGTERM. The tests judge the coordinator's records, the daemon's files and the capture.
+The local CSV files carry planted canary markers (text and numbers).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_client.local_data import DirectoryData
+from fedge.bundle import read_manifest
+from fedge.data import read_csv_columns
+from fedge.features import FeatureSpec
+from tests.support.edge import (
+    DaemonProcess,
+    admin,
+    coordinator,
+    csv_lines,
+    float_encodings,
+    register,
+    start_daemon,
+    stop_daemon,
+    store_counts,
+    taxi_rows,
+    wait_committed,
+    wait_for,
+    write_csv,
+)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:non-integer arguments to randrange:DeprecationWarning"  # inside Keras' fit
+)
+
+TEXT_MARKERS = {
+    "company": "CANARY-CO-5f1e9b2d",
+    "payment_type": "CANARY-PAY-a8c3e1",
+    "pickup_community_area": "CANARY-AREA-77b1",
+}
+NUMBER_MARKERS = {"fare": 98765.4321, "trip_miles": 4321.98765, "trip_seconds": 7654321.0}
+BLOCKED = {"tensorflow", "keras", "tf_keras", "tensorflow_federated", "flask", "coordinator",
+           "cloud_trainer", "quantize", "simulations"}  # fmt: skip
+
+
+@dataclass
+class Cycle:
+    workdir: Path
+    data: Path
+    state: Path
+    bundle: Path
+    client_id: str
+    rounds: list[dict[str, Any]]
+    expected_train_rows: list[int]
+    counts: dict[str, int]
+    exit_code: int
+    daemon_log: str
+    report: dict[str, Any]
+    capture: list[dict[str, Any]]
+    status: dict[str, Any]
+
+
+def _plant_markers(rows: list[dict[str, str]]) -> None:
+    marked = rows[3]
+    marked.update(TEXT_MARKERS)
+    marked.update({name: repr(value) for name, value in NUMBER_MARKERS.items()})
+
+
+def _expected_train_rows(data: Path, bundle: Path) -> int:
+    local = DirectoryData(data, read_manifest(bundle).schema, settle_seconds=0)
+    local.refresh()
+    return len(local.train())
+
+
+@pytest.fixture(scope="module")
+def cycle(edge_taxi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Cycle:
+    workdir = tmp_path_factory.mktemp("edge-daemon")
+    data, state = workdir / "data", workdir / "state"
+    data.mkdir()
+    first = taxi_rows(0, 150)
+    _plant_markers(first)
+    write_csv(data / "a.csv", first)
+    write_csv(data / "b.csv", taxi_rows(150, 150))
+    token_file, capture, report = workdir / "token", workdir / "capture.jsonl", workdir / "report"
+    expected = [_expected_train_rows(data, edge_taxi_bundle)]
+    daemon: DaemonProcess | None = None
+    with coordinator(workdir, edge_taxi_bundle, "taxi") as server:
+        try:
+            client_id = register(server.url, token_file, state, capture=capture)
+            daemon = start_daemon(
+                server.url, token_file, data, state, capture=capture, report=report
+            )
+            admin(server.url, "POST", "/v1/rounds", {})
+            rounds = [wait_committed(server.url, 1)]
+            # Acceptance 6: a file dropped in while the daemon runs feeds the next round.
+            write_csv(data / "c.csv", taxi_rows(300, 100))
+            expected.append(_expected_train_rows(data, edge_taxi_bundle))
+            admin(server.url, "POST", "/v1/rounds", {})
+            rounds.append(wait_committed(server.url, 2))
+            for kind in ("evaluate", "stats", "features"):
+                admin(server.url, "POST", "/v1/tasks", {"kind": kind, "client_ids": [client_id]})
+            counts = wait_for(
+                lambda: (c := store_counts(workdir))["features"] and c["stats"] and c["evaluation"]
+                and c,
+                timeout=60,
+            )  # fmt: skip
+            exit_code = stop_daemon(daemon)
+        finally:
+            if daemon is not None:
+                stop_daemon(daemon)
+    return Cycle(
+        workdir=workdir,
+        data=data,
+        state=state,
+        bundle=edge_taxi_bundle,
+        client_id=client_id,
+        rounds=rounds,
+        expected_train_rows=expected,
+        counts=counts,
+        exit_code=exit_code,
+        daemon_log=daemon.log(),
+        report=json.loads(report.read_text()),
+        capture=[json.loads(line) for line in capture.read_text().splitlines()],
+        status=json.loads((state / "status.json").read_text()),
+    )
+
+
+# Acceptance 1 ---------------------------------------------------------------------------------
+
+
+def test_daemon_without_tensorflow_completes_every_task_kind(cycle: Cycle) -> None:
+    assert cycle.report["tensorflow_import_fails"] is True
+    assert BLOCKED.isdisjoint(cycle.report["modules"]), cycle.report["modules"]
+    assert {"tflite_runtime", "edge_client", "fedge"} <= set(cycle.report["modules"])
+    assert [r["num_updates"] for r in cycle.rounds] == [1, 1]
+    assert cycle.counts == {"updates": 2, "stats": 1, "evaluation": 1, "features": 1}
+    assert cycle.status["tasks"] == {"train": 2, "evaluate": 1, "stats": 1, "features": 1}
+    assert "Traceback" not in cycle.daemon_log
+
+
+def test_evaluation_reports_global_personalized_and_slices(cycle: Cycle) -> None:
+    from coordinator.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(cycle.workdir / "state.db")
+    try:
+        (evaluation,) = store.list_reports(kind="evaluation")
+        (features,) = store.list_reports(kind="features")
+    finally:
+        store.close()
+    document = evaluation.document
+    assert document["model_version"] == "v3"
+    assert 0.5 < document["metrics"]["accuracy"] <= 1.0
+    assert set(document["personalized_metrics"]) == {"accuracy", "loss"}
+    assert document["slice_metrics"], "the taxi schema has a region column"
+    assert all(v["count"] >= 5 for v in document["slice_metrics"].values())
+    assert features.document["width"] == 32  # the taxi backbone's embedding
+    assert cycle.status["personal_head"]["base_version"] == "v3"
+
+
+# Acceptance 6 ---------------------------------------------------------------------------------
+
+
+def test_file_dropped_while_running_is_used_in_the_next_train_task(cycle: Cycle) -> None:
+    examples = [r["updates"][0]["num_examples"] for r in cycle.rounds]
+    assert examples == cycle.expected_train_rows
+    assert examples[1] > examples[0]
+    assert cycle.status["data"]["spans"] == ["a.csv", "b.csv", "c.csv"]
+
+
+def test_sigterm_stops_the_daemon_cleanly_with_state_flushed(cycle: Cycle) -> None:
+    assert cycle.exit_code == 0
+    assert "fedge edge daemon stopped" in cycle.daemon_log
+    assert cycle.status["state"] == "stopped"
+    assert cycle.status["outbox_pending"] == 0
+    assert not list((cycle.state / "outbox").glob("*.reply"))
+    assert cycle.status["model_version"] == "v3"
+    assert (cycle.state / "personal" / "personal_head.safetensors").is_file()
+
+
+# Acceptance 2: the canary --------------------------------------------------------------------
+
+
+def _sent_bytes(capture: list[dict[str, Any]]) -> bytes:
+    """Everything sent (URLs, headers, bodies), plus the decoded base64 strings inside JSON
+    bodies (FeatureBatch embeddings travel as base64)."""
+    parts: list[bytes] = []
+    for record in capture:
+        body = base64.b64decode(record["body"])
+        parts += [record["method"].encode(), record["url"].encode(), body]
+        parts += [f"{k}: {v}".encode() for k, v in record["headers"].items()]
+        if record["headers"].get("Content-Type") == "application/json" and body:
+            parts += _decoded_strings(json.loads(body))
+    return b"\n".join(parts)
+
+
+def _decoded_strings(document: Any) -> list[bytes]:
+    if isinstance(document, dict):
+        return [b for value in document.values() for b in _decoded_strings(value)]
+    if isinstance(document, list):
+        return [b for value in document for b in _decoded_strings(value)]
+    if isinstance(document, str) and len(document) >= 8:
+        try:
+            return [base64.b64decode(document, validate=True)]
+        except ValueError:
+            return []
+    return []
+
+
+def test_capture_saw_every_kind_of_request(cycle: Cycle) -> None:
+    paths = {r["url"].split("/v1/", 1)[1].split("/")[0] for r in cycle.capture}
+    assert {"clients", "tasks", "models", "rounds", "stats", "evaluations", "features"} <= paths
+    assert sum(r["method"] == "POST" for r in cycle.capture) >= 6
+
+
+def test_no_marker_raw_row_or_feature_vector_leaves_the_device(cycle: Cycle) -> None:
+    sent = _sent_bytes(cycle.capture)
+    assert len(sent) > 10_000
+    for marker in TEXT_MARKERS.values():
+        assert marker.encode() not in sent, marker
+        assert marker.encode("utf-16-le") not in sent, marker
+    for name, value in NUMBER_MARKERS.items():
+        assert repr(value).encode() not in sent, name
+        assert f"{value:g}".encode() not in sent, name
+        for encoded in float_encodings(value):
+            assert encoded not in sent, (name, encoded)
+    manifest = read_manifest(cycle.bundle)
+    spec = FeatureSpec.from_dict(manifest.feature_spec)
+    for path in sorted(cycle.data.glob("*.csv")):
+        for line in csv_lines(path):
+            assert line.encode() not in sent, f"a raw row of {path.name} was sent"
+        columns = read_csv_columns(path, schema=manifest.schema, label="required")
+        vectors = spec.transform(columns)
+        for row in vectors:
+            assert row.astype("<f4").tobytes() not in sent, f"a feature vector of {path.name}"
+            assert row.astype("<f8").tobytes() not in sent
+
+
+def test_the_leak_search_finds_what_it_looks_for(cycle: Cycle) -> None:
+    manifest = read_manifest(cycle.bundle)
+    columns = read_csv_columns(cycle.data / "a.csv", schema=manifest.schema, label="required")
+    vector = FeatureSpec.from_dict(manifest.feature_spec).transform(columns)[3]
+    line = csv_lines(cycle.data / "a.csv")[3]
+    leak = {"data": base64.b64encode(vector.astype("<f4").tobytes()).decode(), "row": line}
+    body = base64.b64encode(json.dumps(leak).encode()).decode()
+    fake = [{"method": "POST", "url": "http://h/v1/x", "body": body,
+             "headers": {"Content-Type": "application/json"}}]  # fmt: skip
+    sent = _sent_bytes(fake)
+    assert vector.astype("<f4").tobytes() in sent
+    assert TEXT_MARKERS["company"].encode() in sent
+    assert float_encodings(NUMBER_MARKERS["fare"])[0] not in sent  # floats travel as text here

@@ -1,0 +1,29 @@
+"""Real edge bundles of the two reference tasks (fixtures: ``tests/edge_client/conftest.py``).
+
+``edge_digits_bundle`` and ``edge_taxi_bundle`` are small models of the two reference tasks,
+trained for 2 epochs with the cloud trainer (``tests.support.trained_models.train_export``) and
+bundled by ``fedge-quantize bundle``: int8 inference model, trainable model, int8 backbone,
+weights and manifest. Use them read-only: copy a bundle before changing it. Nothing here
+imports TensorFlow until a fixture runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["BUNDLE_EPOCHS", "build_bundle"]
+
+BUNDLE_EPOCHS = 2
+
+
+def build_bundle(task: str, workdir: Path, *, batch_size: int, version: str) -> Path:
+    """Train ``task`` briefly and bundle it; returns the bundle directory."""
+    from quantize.cli import quantize_cli
+    from tests.support.trained_models import train_export
+
+    export = train_export(task, workdir / f"{task}-export", epochs=BUNDLE_EPOCHS)
+    out = workdir / f"{task}-bundle"
+    args = ["bundle", str(export), "--out", str(out), "--quiet", "--batch-size", str(batch_size)]
+    args += ["--version", version, "--representative", "100"]
+    assert quantize_cli(args) == 0
+    return out
