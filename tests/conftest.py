@@ -1,8 +1,10 @@
-"""Shared test set-up: quiet TensorFlow, and a marker for slow end-to-end runs."""
+"""Shared test set-up: quiet TensorFlow, a guard against leftover child processes, and a
+guard that fails the run when a log handler fails to write ("--- Logging error ---")."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -10,6 +12,35 @@ import psutil
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_logging_errors: list[str] = []
+_original_handle_error = logging.Handler.handleError
+
+
+def _recording_handle_error(self: logging.Handler, record: logging.LogRecord) -> None:
+    """Remember every record a handler failed to write, then report it as logging does.
+
+    A handler bound to a stream that pytest has since closed prints "--- Logging error ---"
+    and the test still passes; recording it lets the session fail instead.
+    """
+    _logging_errors.append(f"{type(self).__name__} failed on {record.name}: {record.msg!r}")
+    _original_handle_error(self, record)
+
+
+logging.Handler.handleError = _recording_handle_error  # type: ignore[method-assign]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _logging_errors and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _logging_errors:
+        terminalreporter.section("logging errors")
+        for line in _logging_errors[:20]:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"{len(_logging_errors)} logging error(s): the run fails")
 
 
 @pytest.fixture
