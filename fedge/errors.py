@@ -16,8 +16,10 @@
     ├── DataError                a data set cannot be read or partitioned as asked
     ├── FeatureError             statistics or a feature spec do not fit the data given
     ├── ProtocolError            a message (task or reply) is malformed or out of bounds
-    └── BundleError              an edge bundle is unusable (bad manifest, file missing,
-                                 size or sha256 mismatch, unsafe file name)
+    ├── BundleError              an edge bundle is unusable (bad manifest, file missing,
+    │                            size or sha256 mismatch, unsafe file name)
+    └── ProcessError             a child process failed, exited too early or overran its
+                                 deadline (:mod:`fedge.processes`)
 
 Transports map these to status codes in one place; library code never calls ``sys.exit``.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "FedgeError",
     "MissingTensorError",
     "NonFiniteError",
+    "ProcessError",
     "ProtocolError",
     "ShapeMismatchError",
     "UnknownTensorError",
@@ -120,3 +123,16 @@ class BundleError(FedgeError, ValueError):
     def __init__(self, message: str, *, file: str | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class ProcessError(FedgeError, RuntimeError):
+    """A child process failed, exited before it was ready, or overran its deadline.
+
+    ``name`` is the child's name and ``returncode`` its exit status (``None``: still
+    running when the deadline passed; < 0: killed by that signal).
+    """
+
+    def __init__(self, message: str, *, name: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.returncode = returncode
