@@ -1,32 +1,31 @@
 """Run a multi-worker cluster as local processes on loopback (no TensorFlow in this process).
 
 Each worker gets its own ``TF_CONFIG`` (worker 0 is the chief) on a free 127.0.0.1 port.
-The launcher waits with a deadline, and kills every worker still running, by PID, as soon
-as one fails, at the deadline, or on KeyboardInterrupt: a collective op would otherwise
-leave the survivors waiting for their peer forever.
+The launcher waits with a deadline, and stops every worker still running (with
+:func:`fedge.processes.stop`) as soon as one fails, at the deadline, or on
+KeyboardInterrupt: a collective op would otherwise leave the survivors waiting for their
+peer forever.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
 from cloud_trainer.cluster import TF_CONFIG, local_tf_configs
-from fedge.errors import ConfigError, FedgeError
+from cloud_trainer.errors import ClusterError
+from fedge import processes
+from fedge.errors import ConfigError, ProcessError
 
 __all__ = [
     "LAUNCHER_PID_ENV",
-    "ClusterError",
     "WorkerOutcome",
     "free_ports",
     "launch_local_cluster",
@@ -37,13 +36,9 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER_PID_ENV = "FEDGE_TRAIN_LAUNCHER_PID"
 """Set in each worker's environment: the PID of the launcher it must not outlive."""
-_KILL_WAIT_S = 10.0
+_STOP_WAIT_S = 10.0
 EXIT_LAUNCHER_GONE = 1
 _LOG_TAIL_CHARS = 2000
-
-
-class ClusterError(FedgeError, RuntimeError):
-    """A worker of a local cluster failed, or the cluster ran past its deadline."""
 
 
 @dataclass(frozen=True)
@@ -100,52 +95,49 @@ def launch_local_cluster(
         raise ConfigError(f"timeout_s must be > 0, got {timeout_s!r}")
     base_env = dict(os.environ if env is None else env)
     configs = local_tf_configs(free_ports(num_workers))
-    logs = [os.path.join(os.fspath(log_dir), f"worker-{i}.log") for i in range(num_workers)]
-    procs: list[subprocess.Popen[bytes]] = []
-    handles: list[IO[bytes]] = []
+    workers: list[processes.Child] = []
     try:
-        with _sigint_deferred():
-            _start_all(command, configs, logs, base_env, chief_stderr, procs, handles)
-        _wait_all(procs, logs, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+        with processes.deferred_interrupts():
+            for index, config in enumerate(configs):
+                workers.append(
+                    processes.start(
+                        command,
+                        name=f"worker {index}",
+                        env={**base_env, TF_CONFIG: config, LAUNCHER_PID_ENV: str(os.getpid())},
+                        log_path=os.path.join(os.fspath(log_dir), f"worker-{index}.log"),
+                        stderr=chief_stderr if index == 0 else None,
+                    )
+                )
+                logger.info("started worker %d (pid %d)", index, workers[-1].pid)
+        _wait_all(workers, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
         return [
-            WorkerOutcome(index=i, pid=p.pid, returncode=int(p.returncode))
-            for i, p in enumerate(procs)
+            WorkerOutcome(index=i, pid=w.pid, returncode=int(w.popen.returncode))
+            for i, w in enumerate(workers)
         ]
     finally:
-        with _sigint_deferred():
-            _kill_all(procs)
-            for handle in handles:
-                handle.close()
+        processes.stop(workers, timeout=_STOP_WAIT_S)
 
 
-def _start_all(
-    command: Sequence[str],
-    configs: Sequence[str],
-    logs: Sequence[str],
-    base_env: Mapping[str, str],
-    chief_stderr: IO[str] | None,
-    procs: list[subprocess.Popen[bytes]],
-    handles: list[IO[bytes]],
+def _wait_all(
+    workers: Sequence[processes.Child], *, timeout_s: float, poll_interval_s: float
 ) -> None:
-    """Start the workers, appending each to ``procs`` as soon as it exists."""
-    for index, (config, log_path) in enumerate(zip(configs, logs, strict=True)):
-        log = open(log_path, "wb")  # noqa: SIM115 - the caller closes it
-        handles.append(log)
-        stderr: IO[str] | IO[bytes] = log
-        if index == 0 and chief_stderr is not None:
-            stderr = chief_stderr
-        procs.append(
-            subprocess.Popen(
-                list(command),
-                env={**base_env, TF_CONFIG: config, LAUNCHER_PID_ENV: str(os.getpid())},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=stderr,
-                # Own session: a Ctrl-C reaches the launcher, which then kills by PID.
-                start_new_session=True,
-            )
-        )
-        logger.info("started worker %d (pid %d)", index, procs[-1].pid)
+    """Wait for every worker; ClusterError at the first failure or at the deadline."""
+    try:
+        processes.wait_all(workers, timeout=timeout_s, poll_interval=poll_interval_s)
+    except ProcessError as exc:
+        if exc.returncode is None:
+            running = [i for i, w in enumerate(workers) if w.alive()]
+            raise ClusterError(
+                f"workers {running} still running after {timeout_s:g}s; killed"
+            ) from None
+        index = next(i for i, w in enumerate(workers) if w.name == exc.name)
+        tail = workers[index].log_tail(_LOG_TAIL_CHARS)
+        if tail:
+            logger.error("worker %d log ends:\n%s", index, tail)
+        raise ClusterError(
+            f"worker {index} (pid {workers[index].pid}) exited with code {exc.returncode}; "
+            "the other workers were killed"
+        ) from None
 
 
 def watch_launcher(environ: Mapping[str, str] | None = None, *, interval_s: float = 1.0) -> bool:
@@ -167,69 +159,3 @@ def watch_launcher(environ: Mapping[str, str] | None = None, *, interval_s: floa
 
     threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
     return True
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends: one inside ``Popen`` would orphan its child."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def _wait_all(
-    procs: Sequence[subprocess.Popen[bytes]],
-    logs: Sequence[str],
-    *,
-    timeout_s: float,
-    poll_interval_s: float,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        codes = [p.poll() for p in procs]
-        for index, code in enumerate(codes):
-            if code is not None and code != 0:
-                tail = _tail(logs[index])
-                if tail:
-                    logger.error("worker %d log ends:\n%s", index, tail)
-                raise ClusterError(
-                    f"worker {index} (pid {procs[index].pid}) exited with code {code}; "
-                    "the other workers were killed"
-                )
-        if all(code == 0 for code in codes):
-            return
-        if time.monotonic() >= deadline:
-            running = [i for i, code in enumerate(codes) if code is None]
-            raise ClusterError(f"workers {running} still running after {timeout_s:g}s; killed")
-        time.sleep(poll_interval_s)
-
-
-def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            logger.warning("killing worker pid %d", proc.pid)
-            proc.kill()
-    for proc in procs:
-        try:
-            proc.wait(timeout=_KILL_WAIT_S)
-        except subprocess.TimeoutExpired:
-            logger.error("worker pid %d did not exit %gs after SIGKILL", proc.pid, _KILL_WAIT_S)
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - _LOG_TAIL_CHARS))
-            text = stream.read().decode("utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-    return text

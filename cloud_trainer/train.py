@@ -27,6 +27,7 @@ import tensorflow as tf
 from cloud_trainer.cluster import ClusterRole, cluster_role
 from cloud_trainer.config import TrainConfig
 from cloud_trainer.data import TaskData, prepare_task_data
+from cloud_trainer.errors import TrainingError
 from cloud_trainer.evaluation import logit_metrics, slice_metrics
 from cloud_trainer.export import (
     BACKUP_DIR,
@@ -45,7 +46,6 @@ from cloud_trainer.models import (
 from cloud_trainer.pipelines import array_dataset, write_tfrecord
 from cloud_trainer.record import TrainingRecord, prepare_out_dir
 from cloud_trainer.strategies import build_strategy
-from fedge.errors import FedgeError
 from fedge.features import FeatureSpec
 
 __all__ = ["TrainResult", "TrainingError", "backup_epoch", "predict_logits", "train"]
@@ -53,10 +53,6 @@ __all__ = ["TrainResult", "TrainingError", "backup_epoch", "predict_logits", "tr
 logger = logging.getLogger(__name__)
 
 _SAVED_EPOCH_KEY = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-class TrainingError(FedgeError, RuntimeError):
-    """Training ran but failed (TensorFlow error, non-finite loss)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,9 +30,10 @@ from cloud_trainer.cluster import (
 )
 from cloud_trainer.config import TrainConfig
 from cloud_trainer.data import prepare_task_data, split_task
+from cloud_trainer.errors import ClusterError
 from cloud_trainer.evaluation import binary_auc, logit_metrics, slice_metrics
 from cloud_trainer.export import load_exported_model, load_feature_spec
-from cloud_trainer.launcher import ClusterError, launch_local_cluster
+from cloud_trainer.launcher import launch_local_cluster
 from cloud_trainer.models import (
     build_model,
     embedding_model,
