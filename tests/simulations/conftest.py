@@ -29,11 +29,6 @@ def digits_pretrained(sim_cache: Path) -> Pretrained:
 
 
 @pytest.fixture(scope="session")
-def taxi_pretrained(sim_cache: Path) -> Pretrained:
-    return pretrain(PretrainConfig(task="taxi"), sim_cache)
-
-
-@pytest.fixture(scope="session")
 def sim_settings(sim_cache: Path) -> SettingsFactory:
     """``sim_settings(**changes)``: default settings over the session cache, changed."""
 
