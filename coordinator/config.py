@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from fedge.aggregation import STRATEGY_NAMES
 from fedge.errors import ConfigError, ProtocolError
 from fedge.messages import TaskConfig
+from fedge.strategy import ComposedStrategy, build_strategy
 
 __all__ = ["AlertConfig", "RoundConfig", "ServiceConfig"]
 
@@ -29,6 +29,17 @@ def _positive(value: object, what: str) -> float:
     return float(value)
 
 
+def _number_map(value: object, what: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be an object of numbers, got {value!r}")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ConfigError(f"{what}[{key!r}] must be a number, got {number!r}")
+        out[str(key)] = number
+    return out
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """How one round runs.
@@ -42,7 +53,15 @@ class RoundConfig:
       (``batch_size`` ``None``: the bundle's static ``train_batch_size``), and so do the
       ``task_options`` (``TaskConfig.options``: scalars under identifier names, e.g.
       ``shuffle_seed``, which asks the edge client to reshuffle its rows every epoch).
-    - ``aggregator`` is a :mod:`fedge.aggregation` strategy name with ``aggregator_options``.
+    - The strategy (:mod:`fedge.strategy`) is composed of ``aggregator`` (``fedavg``,
+      ``median``, ``trimmed_mean``, ``krum``) with ``aggregator_options``,
+      ``server_optimizer`` (``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``; ``None``: the
+      aggregator's preset, plain ``fedavg`` for the four above) with
+      ``server_optimizer_options``, and ``metrics_aggregation`` (``weighted_mean``, ``mean``,
+      ``median``) of the clients' metrics. ``aggregator`` also takes the presets
+      ``fedavgm``, ``fedadam`` and ``fedyogi`` (FedAvg with that server optimizer), whose
+      server optimizer options may sit in ``aggregator_options`` as in earlier versions
+      (see :func:`fedge.strategy.build_strategy`). The combination is checked when built.
     - Intake refuses a delta whose L2 norm exceeds ``norm_bound`` and example counts outside
       ``1..max_examples``.
     - ``continuous``: the next round opens when one closes (committed or failed); otherwise
@@ -61,6 +80,9 @@ class RoundConfig:
     learning_rate: float = 0.01
     aggregator: str = "fedavg"
     aggregator_options: Mapping[str, float] = field(default_factory=dict)
+    server_optimizer: str | None = None
+    server_optimizer_options: Mapping[str, float] = field(default_factory=dict)
+    metrics_aggregation: str = "weighted_mean"
     task_options: Mapping[str, int | float | str | bool] = field(default_factory=dict)
     norm_bound: float = 100.0
     max_examples: int = 1_000_000
@@ -84,16 +106,9 @@ class RoundConfig:
         if self.batch_size is not None:
             _int(self.batch_size, "batch_size", 1)
         object.__setattr__(self, "learning_rate", _positive(self.learning_rate, "learning_rate"))
-        if self.aggregator not in STRATEGY_NAMES:
-            raise ConfigError(
-                f"unknown aggregator {self.aggregator!r}; valid: {list(STRATEGY_NAMES)}"
-            )
-        options = {}
-        for key, value in dict(self.aggregator_options).items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"aggregator option {key!r} must be a number, got {value!r}")
-            options[str(key)] = value
-        object.__setattr__(self, "aggregator_options", MappingProxyType(options))
+        for name in ("aggregator_options", "server_optimizer_options"):
+            object.__setattr__(self, name, MappingProxyType(_number_map(getattr(self, name), name)))
+        self.strategy()  # the names, their combination and the options, checked now
         if not isinstance(self.task_options, Mapping):
             raise ConfigError(f"task_options must be an object, got {self.task_options!r}")
         try:  # the rules of the task document that carries them
@@ -120,10 +135,20 @@ class RoundConfig:
     def promotes_on_commit(self) -> bool:
         return self.continuous if self.auto_promote is None else self.auto_promote
 
+    def strategy(self) -> ComposedStrategy:
+        """The round's strategy, built from the names above."""
+        return build_strategy(
+            self.aggregator,
+            aggregator_options=self.aggregator_options,
+            server_optimizer=self.server_optimizer,
+            server_optimizer_options=self.server_optimizer_options,
+            metrics_aggregation=self.metrics_aggregation,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["aggregator_options"] = dict(self.aggregator_options)
-        out["task_options"] = dict(self.task_options)
+        for name in ("aggregator_options", "server_optimizer_options", "task_options"):
+            out[name] = dict(getattr(self, name))
         return out
 
     @classmethod

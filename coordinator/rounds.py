@@ -6,10 +6,12 @@
   round's ``task_options``, and the deadline starts.
 - collecting: accepted updates are on disk and in the store (see the service's intake).
   The round closes when every selected client reported, or at the deadline.
-- aggregating: the stored updates are streamed through a fresh aggregator (FedAvg family:
-  O(model) memory; median, trimmed mean and Krum hold the round's updates, O(clients x
-  model)), the server optimizer steps from the base version's persisted state, and the new
-  weights, state and derived manifest are written before the version is registered.
+- aggregating: the round config's strategy (:mod:`fedge.strategy`) does the work: the
+  stored updates are streamed through its fresh aggregator (FedAvg: O(model) memory;
+  median, trimmed mean and Krum hold the round's updates, O(clients x model)), its server
+  optimizer steps from the base version's persisted state, and its metrics aggregation
+  summarizes the clients' metrics overall and per region; the new weights, state and
+  derived manifest are written before the version is registered.
 - committed: a new registry version (promoted when ``promotes_on_commit``).
 - failed: fewer than ``min_clients`` updates by the deadline, or aggregation failed; the
   global model is unchanged and the reason recorded.
@@ -25,7 +27,6 @@ import getpass
 import hashlib
 import logging
 import socket
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,10 +40,10 @@ from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, Up
 from coordinator.registry import SERVER_STATE, ModelRegistry
 from coordinator.selection import ClientSelector, check_selection
 from coordinator.store import Store
-from fedge.aggregation import build_strategy
 from fedge.errors import AggregationError, FedgeError
 from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
+from fedge.strategy import ClientMetrics
 from fedge.weights import Weights
 
 __all__ = ["RoundEngine", "train_task_id"]
@@ -214,21 +215,22 @@ class RoundEngine:
         config = round_.config
         try:
             weights = self._registry.weights(base)
-            strategy = build_strategy(config.aggregator, weights, **config.aggregator_options)
-            aggregator = strategy.new_aggregator()
+            strategy = config.strategy()
+            aggregator = strategy.new_aggregator(weights)
             for update in updates:
                 delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
                 aggregator.add(delta, update.num_examples)
-            result = aggregator.result()
-            optimizer = strategy.server_optimizer
-            state = self._server_state(base.artifacts.get(SERVER_STATE), optimizer.name)
+            result = strategy.aggregate(aggregator)
+            state = self._server_state(
+                base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name
+            )
             if state is None:
-                state = optimizer.init(weights)
-            new_weights, new_state = optimizer.step(state, weights, result.delta)
+                state = strategy.init_server_state(weights)
+            new_weights, new_state = strategy.server_step(state, weights, result)
             new_weights.check_finite()
+            metrics = strategy.aggregate_metrics(self._client_metrics(updates))
         except (AggregationError, FedgeError) as exc:
             return self._fail(round_, f"aggregation failed: {exc}")
-        metrics, slices = self._client_metrics(updates)
         with self._store.transaction():
             model = self._registry.register_round_version(
                 base,
@@ -240,8 +242,8 @@ class RoundEngine:
                 stats_id=self._latest_stats_id(),
                 trainer_host=socket.gethostname(),
                 trainer_user=_user(),
-                metrics=metrics,
-                slice_metrics=slices,
+                metrics=dict(metrics.overall),
+                slice_metrics={region: dict(m) for region, m in metrics.by_region.items()},
             )
             if config.promotes_on_commit:
                 model = self._registry.promote(
@@ -265,8 +267,8 @@ class RoundEngine:
         """The base version's server state, or None when there is none or it belongs to
         another server optimizer (the round config changed it: e.g. fedadam -> fedavg).
 
-        ``optimizer`` is the server optimizer's name, not the strategy's: the robust
-        strategies step with plain FedAvg, so their states carry ``fedavg``.
+        ``optimizer`` is the server optimizer's name, not the aggregator's: a median round
+        stepping with FedAdam carries ``fedadam``, one with the plain preset ``fedavg``.
         """
         if digest is None:
             return None
@@ -282,22 +284,14 @@ class RoundEngine:
             )
         return None
 
-    def _client_metrics(
-        self, updates: list[UpdateRecord]
-    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        """Example-weighted means of the clients' metrics, overall and per client region."""
-        sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        weights: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    def _client_metrics(self, updates: list[UpdateRecord]) -> list[ClientMetrics]:
+        """Each update's metrics with its example count and its client's region."""
+        out = []
         for update in updates:
             client = self._store.get_client(update.client_id)
-            groups = ["*"] + ([client.region] if client and client.region else [])
-            for group in groups:
-                for name, value in update.metrics.items():
-                    sums[group][name] += value * update.num_examples
-                    weights[group][name] += update.num_examples
-        means = {g: {n: sums[g][n] / weights[g][n] for n in sums[g]} for g in sums}
-        overall = means.pop("*", {})
-        return overall, means
+            region = client.region if client and client.region else None
+            out.append(ClientMetrics(update.num_examples, update.metrics, region))
+        return out
 
     def _latest_stats_id(self) -> int | None:
         reports = self._store.list_reports(kind="stats")

@@ -3,13 +3,7 @@
 The public API is listed in ``__all__``; everything else is internal.
 """
 
-from fedge.aggregation import (
-    AggregateResult,
-    Aggregator,
-    Strategy,
-    build_aggregator,
-    build_strategy,
-)
+from fedge.aggregation import AggregateResult, Aggregator, AggregatorSpec, build_aggregator
 from fedge.errors import (
     AggregationError,
     BundleError,
@@ -30,6 +24,14 @@ from fedge.features import FeatureSpec
 from fedge.schema import Schema
 from fedge.server_optimizers import ServerOptimizer, ServerState, build_server_optimizer
 from fedge.stats import DatasetStats, StatsConfig, compute_stats, merge_stats
+from fedge.strategy import (
+    ClientMetrics,
+    ClippedUpdates,
+    ComposedStrategy,
+    Strategy,
+    StrategyWrapper,
+    build_strategy,
+)
 from fedge.weights import Weights
 
 __version__ = "0.1.0"
@@ -38,7 +40,11 @@ __all__ = [
     "AggregateResult",
     "AggregationError",
     "Aggregator",
+    "AggregatorSpec",
     "BundleError",
+    "ClientMetrics",
+    "ClippedUpdates",
+    "ComposedStrategy",
     "ConfigError",
     "DataError",
     "DatasetStats",
@@ -55,6 +61,7 @@ __all__ = [
     "ShapeMismatchError",
     "StatsConfig",
     "Strategy",
+    "StrategyWrapper",
     "UnknownTensorError",
     "Weights",
     "WeightsError",

@@ -4,8 +4,9 @@ Build a new aggregator each round from a reference (template) :class:`~fedge.wei
 ``add`` validates every update against it, ``result`` may be called any number of times.
 :class:`FedAvg` streams in O(model) memory; the robust aggregators (:class:`Median`,
 :class:`TrimmedMean`, :class:`MultiKrum`) need every update at once and hold the round's
-updates in memory (O(clients x model)). :func:`build_strategy` pairs an aggregator with a
-server optimizer from :mod:`fedge.server_optimizers`.
+updates in memory (O(clients x model)). An :class:`AggregatorSpec` names an aggregator and its
+options, validated when built, and builds a fresh one per round; :mod:`fedge.strategy`
+composes it with a server optimizer and a metrics aggregation.
 """
 
 from __future__ import annotations
@@ -15,29 +16,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fedge.errors import AggregationError, ConfigError, WeightsError
-from fedge.server_optimizers import (
-    ServerOptimizer,
-    build_server_optimizer,
-    server_optimizer_options,
-)
 from fedge.weights import Weights
 
 __all__ = [
-    "STRATEGY_NAMES",
+    "AGGREGATOR_NAMES",
     "AggregateResult",
     "Aggregator",
+    "AggregatorSpec",
     "FedAvg",
     "Median",
     "MultiKrum",
-    "Strategy",
+    "RoundAggregator",
     "TrimmedMean",
+    "aggregator_options",
     "build_aggregator",
-    "build_strategy",
 ]
 
 Float64Array = npt.NDArray[np.float64]
@@ -58,6 +56,17 @@ class AggregateResult:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
+
+
+class RoundAggregator(Protocol):
+    """What a strategy hands the round engine for one round: every :class:`Aggregator`, or
+    a wrapper around one (see :class:`fedge.strategy.ClippedUpdates`)."""
+
+    def add(self, delta: Weights, weight: float) -> None:
+        """Add one client's delta with its example count."""
+
+    def result(self) -> AggregateResult:
+        """The round's aggregate so far."""
 
 
 class Aggregator(ABC):
@@ -192,7 +201,7 @@ class TrimmedMean(_HoldingAggregator):
         super().__init__(reference)
         beta = float(trim_fraction)
         if not 0.0 <= beta < 0.5:
-            raise AggregationError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+            raise ConfigError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
         self.trim_fraction = beta
 
     def _combine(self) -> tuple[Weights, dict[str, float]]:
@@ -219,7 +228,7 @@ class MultiKrum(_HoldingAggregator):
             ("num_selected", num_selected, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise AggregationError(f"{what} must be an integer >= {low}, got {value!r}")
+                raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
         self.num_byzantine = num_byzantine
         self.num_selected = num_selected
 
@@ -252,81 +261,61 @@ class MultiKrum(_HoldingAggregator):
         }
 
 
-# Aggregator name -> (class, required options, optional options). The FedAvg family only
-# differs on the server side.
+# Aggregator name -> (class, required options, optional options).
 _AGGREGATORS: dict[str, tuple[type[Aggregator], tuple[str, ...], tuple[str, ...]]] = {
     "fedavg": (FedAvg, (), ()),
-    "fedavgm": (FedAvg, (), ()),
-    "fedadam": (FedAvg, (), ()),
-    "fedyogi": (FedAvg, (), ()),
     "median": (Median, (), ()),
     "trimmed_mean": (TrimmedMean, (), ("trim_fraction",)),
     "krum": (MultiKrum, ("num_byzantine",), ("num_selected",)),
 }
-STRATEGY_NAMES: tuple[str, ...] = tuple(_AGGREGATORS)
+AGGREGATOR_NAMES: tuple[str, ...] = tuple(_AGGREGATORS)
 
 
-def _check_name(name: str) -> None:
+def aggregator_options(name: str) -> tuple[str, ...]:
+    """The options aggregator ``name`` takes (required first)."""
     if name not in _AGGREGATORS:
-        raise ConfigError(f"unknown strategy {name!r}; valid names: {list(STRATEGY_NAMES)}")
-
-
-def build_aggregator(name: str, reference: Weights, **options: float) -> Aggregator:
-    """A fresh aggregator for strategy ``name`` (``fedadam`` and kin aggregate with FedAvg)."""
-    _check_name(name)
-    cls, required, optional = _AGGREGATORS[name]
-    unknown = sorted(set(options) - set(required) - set(optional))
-    if unknown:
-        raise ConfigError(
-            f"{name!r} takes aggregator options {sorted(required + optional)}, got {unknown}"
-        )
-    absent = [key for key in required if key not in options]
-    if absent:
-        raise ConfigError(f"{name!r} needs the options {absent}")
-    return cls(reference, **options)
+        raise ConfigError(f"unknown aggregator {name!r}; expected one of {list(AGGREGATOR_NAMES)}")
+    _, required, optional = _AGGREGATORS[name]
+    return required + optional
 
 
 @dataclass(frozen=True)
-class Strategy:
-    """A named pairing of an aggregator (built fresh each round) and a server optimizer."""
+class AggregatorSpec:
+    """An aggregator by name with its options; :meth:`build` makes a fresh one per round.
 
-    name: str
-    reference: Weights
-    server_optimizer: ServerOptimizer
-    aggregator_options: Mapping[str, float] = field(default_factory=dict)
+    Validated when built: the name, the option names (required ones present) and values
+    (by building one aggregator over an empty model), each failure a :class:`ConfigError`.
+    """
+
+    name: str = "fedavg"
+    options: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "aggregator_options", MappingProxyType(dict(self.aggregator_options))
-        )
+        accepted = aggregator_options(self.name)
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"aggregator options must be a mapping, got {self.options!r}")
+        options = dict(self.options)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"aggregator {self.name!r} takes the options {sorted(accepted)}, got {unknown}"
+            )
+        required = _AGGREGATORS[self.name][1]
+        absent = [key for key in required if key not in options]
+        if absent:
+            raise ConfigError(f"aggregator {self.name!r} needs the options {absent}")
+        for key, value in options.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"aggregator option {key!r} must be a number, got {value!r}")
+        object.__setattr__(self, "options", MappingProxyType(options))
+        self.build(Weights({}))
 
-    def new_aggregator(self) -> Aggregator:
-        """An empty aggregator for one round."""
-        return build_aggregator(self.name, self.reference, **self.aggregator_options)
+    def build(self, reference: Weights) -> Aggregator:
+        """An empty aggregator for one round over ``reference``'s tensors."""
+        cls = _AGGREGATORS[self.name][0]
+        return cls(reference, **self.options)
 
 
-def build_strategy(name: str, reference: Weights, **options: float) -> Strategy:
-    """Strategy ``name``; ``options`` go to the aggregator or the server optimizer by name.
-
-    E.g. ``build_strategy("fedadam", ref, lr=0.01)`` or
-    ``build_strategy("krum", ref, num_byzantine=2, num_selected=5)``.
-    """
-    _check_name(name)
-    _, required, optional = _AGGREGATORS[name]
-    aggregator_keys = set(required) | set(optional)
-    server_keys = set(server_optimizer_options(name))
-    unknown = sorted(set(options) - aggregator_keys - server_keys)
-    if unknown:
-        raise ConfigError(
-            f"{name!r} takes the options {sorted(aggregator_keys | server_keys)}, got {unknown}"
-        )
-    aggregator_options = {k: v for k, v in options.items() if k in aggregator_keys}
-    server_options = {k: v for k, v in options.items() if k not in aggregator_keys}
-    strategy = Strategy(
-        name=name,
-        reference=reference,
-        server_optimizer=build_server_optimizer(name, **server_options),
-        aggregator_options=aggregator_options,
-    )
-    strategy.new_aggregator()  # validates the aggregator options now, not at the first round
-    return strategy
+def build_aggregator(name: str, reference: Weights, **options: float) -> Aggregator:
+    """A fresh aggregator ``name`` (one of :data:`AGGREGATOR_NAMES`) over ``reference``."""
+    return AggregatorSpec(name, options).build(reference)

@@ -252,9 +252,6 @@ _SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
     "fedavgm": FedAvgM,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
-    "median": FedAvgServer,
-    "trimmed_mean": FedAvgServer,
-    "krum": FedAvgServer,
 }
 SERVER_OPTIMIZER_NAMES: tuple[str, ...] = tuple(_SERVER_OPTIMIZERS)
 
@@ -262,14 +259,18 @@ SERVER_OPTIMIZER_NAMES: tuple[str, ...] = tuple(_SERVER_OPTIMIZERS)
 def server_optimizer_options(name: str) -> tuple[str, ...]:
     """The keyword options :func:`build_server_optimizer` accepts for ``name``."""
     if name not in _SERVER_OPTIMIZERS:
-        raise ConfigError(f"unknown strategy {name!r}; valid names: {list(SERVER_OPTIMIZER_NAMES)}")
+        raise ConfigError(
+            f"unknown server optimizer {name!r}; expected one of {list(SERVER_OPTIMIZER_NAMES)}"
+        )
     return tuple(f.name for f in dataclasses.fields(_SERVER_OPTIMIZERS[name]))  # type: ignore[arg-type]
 
 
 def build_server_optimizer(name: str, **options: float) -> ServerOptimizer:
-    """The server optimizer of strategy ``name`` (robust strategies use plain FedAvg)."""
+    """Server optimizer ``name`` (one of :data:`SERVER_OPTIMIZER_NAMES`) with ``options``."""
     accepted = server_optimizer_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ConfigError(f"{name!r} takes server options {list(accepted)}, got {unknown}")
+        raise ConfigError(
+            f"server optimizer {name!r} takes the options {list(accepted)}, got {unknown}"
+        )
     return _SERVER_OPTIMIZERS[name](**options)

@@ -19,7 +19,7 @@ from coordinator.selection import RandomSelector
 from coordinator.service import CoordinatorService
 from fedge.bundle import BundleManifest
 from fedge.errors import ConfigError
-from fedge.server_optimizers import ServerState
+from fedge.server_optimizers import FedAdam, ServerState
 from fedge.weights import Weights
 from tests.support.coordinator import FakeClock, build_service, delta, submission
 
@@ -86,15 +86,18 @@ def test_selected_clients_get_train_tasks_with_the_round_config(tmp_path: Path) 
 
 def test_full_round_commits_fedavg_of_the_updates(tmp_path: Path) -> None:
     service = build_service(tmp_path, clients_per_round=3, min_clients=3)
-    clients = _clients(service, 3)
+    clients = _clients(service, 2, region="north") + _clients(service, 1, region="south")
     base = _weights(service, "v1")
+    reported = [(10, 0.9, 0.1), (20, 0.6, 0.4), (30, 0.5, 1.0)]  # examples, accuracy, loss
     sent = []
-    for i, client in enumerate(clients):
+    for i, (client, (count, accuracy, loss)) in enumerate(zip(clients, reported, strict=True)):
+        metrics = {"accuracy": accuracy, "loss": loss}
         receipt = service.submit_update(
-            client, submission(1, client.client_id, seed=10 + i, num_examples=10 * (i + 1))
+            client,
+            submission(1, client.client_id, seed=10 + i, num_examples=count, metrics=metrics),
         )
         assert not receipt.duplicate
-        sent.append((delta(10 + i), 10 * (i + 1)))
+        sent.append((delta(10 + i), count))
     round_ = service.get_round(1)
     assert round_.state == "committed"
     assert round_.result_version == "v2"
@@ -106,8 +109,13 @@ def test_full_round_commits_fedavg_of_the_updates(tmp_path: Path) -> None:
     assert model.data_fingerprint is not None
     assert model.data_fingerprint.startswith("sha256:")
     assert model.trainer_host
-    assert model.metrics["accuracy"] == pytest.approx(0.75)
-    assert model.slice_metrics["north"]["loss"] == pytest.approx(0.5)
+    # Example-weighted means: accuracy (10*0.9 + 20*0.6 + 30*0.5) / 60 = 36/60 = 0.6 (the
+    # first client says 0.9, the unweighted mean is 0.667); loss (1 + 8 + 30) / 60 = 0.65.
+    assert model.metrics == pytest.approx({"accuracy": 0.6, "loss": 0.65})
+    # north: accuracy (9 + 12) / 30 = 0.7, loss (1 + 8) / 30 = 0.3; south: the one client.
+    assert sorted(model.slice_metrics) == ["north", "south"]
+    assert model.slice_metrics["north"] == pytest.approx({"accuracy": 0.7, "loss": 0.3})
+    assert model.slice_metrics["south"] == pytest.approx({"accuracy": 0.5, "loss": 1.0})
     assert service.get_model("v1").stage == "archived"
     assert service.get_round(2).state == "collecting"
     assert service.get_round(2).base_version == "v2"
@@ -377,3 +385,127 @@ def test_a_changed_server_optimizer_restarts_its_state_and_says_so_once(
         service.artifacts.get_bytes(service.get_model("v4").artifacts[SERVER_STATE])
     )
     assert (state.optimizer, state.step) == ("fedavg", 1)
+
+
+# Composed strategies -------------------------------------------------------------------------
+
+
+def test_a_composed_median_and_fedadam_round_commits_their_step(tmp_path: Path) -> None:
+    service = build_service(
+        tmp_path, clients_per_round=3, min_clients=3, aggregator="median",
+        server_optimizer="fedadam", server_optimizer_options={"lr": 0.05},
+    )  # fmt: skip
+    base = _weights(service, "v1")
+    for i, client in enumerate(_clients(service, 3)):
+        service.submit_update(
+            client, submission(1, client.client_id, seed=i, num_examples=10 ** (i + 1))
+        )
+    assert service.get_round(1).state == "committed"
+    state = ServerState.from_bytes(
+        service.artifacts.get_bytes(service.get_model("v2").artifacts[SERVER_STATE])
+    )
+    assert (state.optimizer, state.step) == ("fedadam", 1)
+    # FedAdam's first step from m0 = 0, v0 = tau^2 (lr 0.05, b1 0.9, b2 0.99, tau 1e-3) on the
+    # unweighted coordinate-wise median d:  m = 0.1 d,  v = 0.99 tau^2 + 0.01 d^2,
+    # x = x0 + lr m / (sqrt(v) + tau).
+    for name in base.names:
+        d = np.median(np.stack([delta(i)[name].astype(np.float64) for i in range(3)]), axis=0)
+        m, v = 0.1 * d, 0.99 * 1e-6 + 0.01 * d * d
+        expected = base[name] + 0.05 * m / (np.sqrt(v) + 1e-3)
+        np.testing.assert_allclose(_weights(service, "v2")[name], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(state.slots["m"][name], m, rtol=1e-5, atol=1e-9)
+
+
+def test_the_metrics_aggregation_of_the_round_config_is_used(tmp_path: Path) -> None:
+    service = build_service(
+        tmp_path, clients_per_round=2, min_clients=2, metrics_aggregation="mean"
+    )
+    for client, (count, accuracy) in zip(_clients(service, 2), [(10, 0.9), (90, 0.5)], strict=True):
+        metrics = {"accuracy": accuracy}
+        service.submit_update(
+            client, submission(1, client.client_id, num_examples=count, metrics=metrics)
+        )
+    model = service.get_model("v2")
+    assert model.metrics == pytest.approx({"accuracy": 0.7})  # (0.9 + 0.5) / 2, not 0.54
+    assert model.slice_metrics["north"] == pytest.approx({"accuracy": 0.7})
+
+
+def test_a_preset_and_its_composed_form_share_the_server_state(tmp_path: Path) -> None:
+    """The state carries the server optimizer's name: fedadam (the preset) and median +
+    fedadam continue one state; only a change of server optimizer starts afresh."""
+    service = build_service(
+        tmp_path, continuous=False, auto_promote=True, clients_per_round=2, min_clients=2,
+        aggregator="fedadam", aggregator_options={"lr": 0.05},
+    )  # fmt: skip
+    clients = _clients(service, 2)
+    composed = {
+        "aggregator": "median", "aggregator_options": {},
+        "server_optimizer": "fedadam", "server_optimizer_options": {"lr": 0.05},
+    }  # fmt: skip
+    yogi = {**composed, "server_optimizer": "fedyogi"}
+    for overrides in ({}, composed, yogi):
+        round_ = service.open_round(overrides)
+        for i, client in enumerate(clients):
+            service.submit_update(client, submission(round_.round_id, client.client_id, seed=i))
+    states = [
+        ServerState.from_bytes(
+            service.artifacts.get_bytes(service.get_model(version).artifacts[SERVER_STATE])
+        )
+        for version in ("v2", "v3", "v4")
+    ]
+    assert [(s.optimizer, s.step) for s in states] == [
+        ("fedadam", 1),
+        ("fedadam", 2),
+        ("fedyogi", 1),
+    ]
+    assert service.get_round(2).config.server_optimizer == "fedadam"
+
+
+def test_an_old_round_config_without_the_strategy_fields_still_loads() -> None:
+    stored = {
+        "clients_per_round": 3, "min_clients": 2, "min_available_clients": None,
+        "deadline_seconds": 600.0, "epochs": 1, "batch_size": None, "learning_rate": 0.01,
+        "aggregator": "fedadam", "aggregator_options": {"lr": 0.05, "tau": 0.01},
+        "task_options": {}, "norm_bound": 100.0, "max_examples": 1000000,
+        "continuous": True, "auto_promote": None,
+    }  # fmt: skip
+    config = RoundConfig.from_dict(stored)
+    assert (config.server_optimizer, config.metrics_aggregation) == (None, "weighted_mean")
+    strategy = config.strategy()
+    assert strategy.server_optimizer_name == "fedadam"
+    assert strategy.server_optimizer == FedAdam(lr=0.05, tau=0.01)
+    again = RoundConfig.from_dict(config.to_dict())
+    assert again == config
+    assert again.to_dict()["server_optimizer_options"] == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"aggregator": "fedavgx"}, "unknown aggregator 'fedavgx'; expected an aggregator"),
+        (
+            {"aggregator": "fedyogi", "server_optimizer": "fedadam"},
+            "'fedyogi' is the preset fedavg \\+ fedyogi, which contradicts server_optimizer",
+        ),
+        (
+            {
+                "aggregator": "median",
+                "server_optimizer": "fedadam",
+                "aggregator_options": {"lr": 1},
+            },
+            "server optimizer options go in server_optimizer_options",
+        ),
+        ({"server_optimizer": "sgd"}, "unknown server optimizer 'sgd'"),
+        ({"server_optimizer_options": {"lr": True}}, "server_optimizer_options\\['lr'\\] must be"),
+        ({"server_optimizer_options": [1]}, "server_optimizer_options must be an object"),
+        ({"metrics_aggregation": "max"}, "unknown metrics_aggregation 'max'"),
+        ({"aggregator": "krum"}, "'krum' needs the options \\['num_byzantine'\\]"),
+    ],
+)
+def test_round_config_refuses_a_bad_strategy_when_built(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RoundConfig(**changes)
+    with pytest.raises(ConfigError, match=message):
+        RoundConfig().merged(changes)

@@ -1,4 +1,4 @@
-"""Tests for fedge.aggregation (aggregators, strategies) and fedge.server_optimizers."""
+"""Tests for fedge.aggregation (aggregators and their specs) and fedge.server_optimizers."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedge.aggregation import (
-    STRATEGY_NAMES,
+    AGGREGATOR_NAMES,
     AggregateResult,
     Aggregator,
+    AggregatorSpec,
     FedAvg,
     Median,
     MultiKrum,
     TrimmedMean,
     build_aggregator,
-    build_strategy,
 )
 from fedge.errors import AggregationError, ConfigError, ShapeMismatchError, WeightsFormatError
 from fedge.server_optimizers import (
+    SERVER_OPTIMIZER_NAMES,
     FedAdam,
     FedAvgM,
     FedAvgServer,
@@ -183,7 +184,7 @@ def test_multi_krum_rejects_selecting_more_than_n_minus_f() -> None:
 def test_robust_aggregators_reject_bad_parameters(
     build: Callable[[], object], message: str
 ) -> None:
-    with pytest.raises(AggregationError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build()
 
 
@@ -399,54 +400,69 @@ def test_server_optimizers_reject_bad_hyperparameters(build: Callable[[], object
 
 
 @pytest.mark.parametrize(
-    ("name", "aggregator", "server"),
+    ("name", "options", "expected"),
     [
-        ("fedavg", FedAvg, FedAvgServer),
-        ("fedavgm", FedAvg, FedAvgM),
-        ("fedadam", FedAvg, FedAdam),
-        ("fedyogi", FedAvg, FedYogi),
-        ("median", Median, FedAvgServer),
-        ("trimmed_mean", TrimmedMean, FedAvgServer),
-        ("krum", MultiKrum, FedAvgServer),
+        ("fedavg", {}, FedAvg),
+        ("median", {}, Median),
+        ("trimmed_mean", {"trim_fraction": 0.2}, TrimmedMean),
+        ("krum", {"num_byzantine": 1}, MultiKrum),
     ],
 )
-def test_build_strategy_pairs_aggregator_and_server_optimizer(
-    name: str, aggregator: type[Aggregator], server: type
+def test_aggregator_spec_builds_a_fresh_aggregator_each_time(
+    name: str, options: dict[str, float], expected: type[Aggregator]
 ) -> None:
-    options = {"num_byzantine": 1} if name == "krum" else {}
-    strategy = build_strategy(name, REFERENCE, **options)
-    assert type(strategy.new_aggregator()) is aggregator
-    assert type(strategy.server_optimizer) is server
-    assert type(build_aggregator(name, REFERENCE, **options)) is aggregator
-    assert type(build_server_optimizer(name)) is server
-    assert strategy.new_aggregator() is not strategy.new_aggregator()
+    spec = AggregatorSpec(name, options)
+    first, second = spec.build(REFERENCE), spec.build(REFERENCE)
+    assert type(first) is expected
+    assert first is not second
+    first.add(Weights({"w": [1.0, 2.0, 3.0]}), 1)
+    assert (first.count, second.count) == (1, 0)
+    assert type(build_aggregator(name, REFERENCE, **options)) is expected
+    assert AGGREGATOR_NAMES == ("fedavg", "median", "trimmed_mean", "krum")
 
 
-def test_build_strategy_routes_options_by_name() -> None:
-    strategy = build_strategy("krum", REFERENCE, num_byzantine=2, num_selected=3, lr=0.5)
-    aggregator = strategy.new_aggregator()
-    assert isinstance(aggregator, MultiKrum)
-    assert (aggregator.num_byzantine, aggregator.num_selected) == (2, 3)
-    assert strategy.server_optimizer == FedAvgServer(lr=0.5)
-    assert build_strategy("fedadam", REFERENCE, lr=0.2, tau=1e-2).server_optimizer == FedAdam(
-        lr=0.2, tau=1e-2
-    )
+def test_aggregator_spec_passes_its_options_to_the_aggregator() -> None:
+    krum = AggregatorSpec("krum", {"num_byzantine": 2, "num_selected": 3}).build(REFERENCE)
+    assert isinstance(krum, MultiKrum)
+    assert (krum.num_byzantine, krum.num_selected) == (2, 3)
+    trimmed = AggregatorSpec("trimmed_mean", {"trim_fraction": 0.25}).build(REFERENCE)
+    assert isinstance(trimmed, TrimmedMean)
+    assert trimmed.trim_fraction == 0.25
 
 
-def test_build_strategy_rejects_an_unknown_name_listing_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="fedprox") as info:
-        build_strategy("fedprox", REFERENCE)
-    assert all(name in str(info.value) for name in STRATEGY_NAMES)
-    with pytest.raises(ConfigError, match="valid names"):
-        build_aggregator("fedprox", REFERENCE)
-    with pytest.raises(ConfigError, match="valid names"):
-        build_server_optimizer("fedprox")
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("fedprox", {}, r"unknown aggregator 'fedprox'; expected one of \['fedavg', 'median'"),
+        ("fedadam", {}, "unknown aggregator 'fedadam'"),
+        ("median", {"lr": 0.1}, r"'median' takes the options \[\], got \['lr'\]"),
+        ("krum", {}, r"'krum' needs the options \['num_byzantine'\]"),
+        ("krum", {"num_byzantine": 1.5}, "num_byzantine must be an integer >= 0, got 1.5"),
+        ("trimmed_mean", {"trim_fraction": 0.7}, r"trim_fraction must be in \[0, 0.5\)"),
+        ("trimmed_mean", {"trim_fraction": True}, "must be a number, got True"),
+    ],
+)
+def test_aggregator_spec_is_validated_when_built(
+    name: str, options: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AggregatorSpec(name, options)
 
 
-def test_build_strategy_rejects_unknown_missing_or_bad_options() -> None:
-    with pytest.raises(ConfigError, match="momentum"):
-        build_strategy("fedadam", REFERENCE, momentum=0.9)
-    with pytest.raises(ConfigError, match="num_byzantine"):
-        build_strategy("krum", REFERENCE)
-    with pytest.raises(AggregationError, match="trim_fraction"):
-        build_strategy("trimmed_mean", REFERENCE, trim_fraction=0.7)
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("fedavg", FedAvgServer), ("fedavgm", FedAvgM), ("fedadam", FedAdam), ("fedyogi", FedYogi)],
+)
+def test_build_server_optimizer_by_name(name: str, expected: type[ServerOptimizer]) -> None:
+    optimizer = build_server_optimizer(name, lr=0.5)
+    assert type(optimizer) is expected
+    assert optimizer.name == name
+    assert optimizer == expected(lr=0.5)
+
+
+def test_build_server_optimizer_rejects_unknown_names_and_options() -> None:
+    with pytest.raises(ConfigError, match="unknown server optimizer 'median'") as info:
+        build_server_optimizer("median")
+    assert all(name in str(info.value) for name in SERVER_OPTIMIZER_NAMES)
+    with pytest.raises(ConfigError, match=r"'fedadam' takes the options .*got \['momentum'\]"):
+        build_server_optimizer("fedadam", momentum=0.9)
