@@ -28,10 +28,10 @@ from cloud_trainer.record import (
     RECORD_FILE,
     SAVED_MODEL_DIR,
     TrainingRecord,
-    write_json_atomic,
 )
 from fedge.errors import DataError
 from fedge.features import FeatureSpec
+from fedge.fileio import atomic_write_text, publish_directory
 
 __all__ = [
     "BACKUP_DIR",
@@ -71,9 +71,9 @@ def write_export(
         remove_worker_temp(staging, role)
         return
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
-    write_json_atomic(os.path.join(out, FEATURE_SPEC_FILE), spec.to_json())
-    write_json_atomic(os.path.join(out, RECORD_FILE), record.to_json())
+    publish_directory(staging, final)
+    atomic_write_text(os.path.join(out, FEATURE_SPEC_FILE), spec.to_json() + "\n")
+    atomic_write_text(os.path.join(out, RECORD_FILE), record.to_json() + "\n")
     logger.info(
         "exported %s, %s and %s to %s", SAVED_MODEL_DIR, FEATURE_SPEC_FILE, RECORD_FILE, out
     )

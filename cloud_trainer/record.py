@@ -25,7 +25,6 @@ __all__ = [
     "TrainingRecord",
     "load_training_record",
     "prepare_out_dir",
-    "write_json_atomic",
 ]
 
 RECORD_FILE = "training_record.json"
@@ -143,16 +142,6 @@ def load_training_record(path: str | os.PathLike[str]) -> TrainingRecord:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read a training record from {target}: {exc}") from exc
     return TrainingRecord.from_dict(data)
-
-
-def write_json_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename: readers never see half."""
-    target = os.fspath(path)
-    temp = f"{target}.tmp-{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.write("\n")
-    os.replace(temp, target)
 
 
 def prepare_out_dir(path: str | os.PathLike[str]) -> str:

@@ -17,19 +17,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from coordinator.errors import NotFoundError
+from fedge.fileio import fsync_directory
 
 __all__ = ["ArtifactStore"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactStore:
@@ -104,5 +97,5 @@ class ArtifactStore:
         target = self.path(digest)
         target.parent.mkdir(exist_ok=True)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        _fsync_dir(self.root / "sha256")
+        fsync_directory(target.parent)
+        fsync_directory(self.root / "sha256")

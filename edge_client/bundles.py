@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 import uuid
@@ -22,6 +21,7 @@ from pathlib import Path
 from edge_client.transport import CoordinatorClient
 from fedge.bundle import MANIFEST_NAME, BundleManifest, sha256_file, verify_bundle
 from fedge.errors import BundleError
+from fedge.fileio import publish_directory
 
 __all__ = ["BundleStore"]
 
@@ -62,7 +62,7 @@ class BundleStore:
         try:
             manifest = self._download(client, version, staging)
             verify_bundle(staging)
-            os.replace(staging, final)
+            publish_directory(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -32,33 +32,14 @@ from pathlib import Path
 from edge_client.errors import RequestRejected
 from edge_client.transport import CoordinatorClient, OutgoingRequest, reply_request
 from fedge.errors import ProtocolError
+from fedge.fileio import atomic_write_bytes, fsync_directory
 from fedge.messages import Reply
 
-__all__ = ["DeliveryReport", "Outbox", "OutboxEntry", "atomic_write"]
+__all__ = ["DeliveryReport", "Outbox", "OutboxEntry"]
 
 logger = logging.getLogger(__name__)
 
 _SUFFIX = ".reply"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -100,7 +81,7 @@ class Outbox:
         data = json.dumps(header, sort_keys=True).encode("utf-8") + b"\n" + request.body
         name = f"{time.time_ns():020d}-{key}{_SUFFIX}"
         path = self.directory / name
-        atomic_write(path, data)
+        atomic_write_bytes(path, data)
         logger.info("queued %s reply to task %s (%s)", request.kind, request.task_id, name)
         return OutboxEntry(path, request)
 
@@ -121,7 +102,7 @@ class Outbox:
     def remove(self, entry: OutboxEntry) -> None:
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _move_aside(self, path: Path) -> None:
         self.failed_directory.mkdir(exist_ok=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from edge_client.model import EdgeModel, accuracy
 from fedge.data import Dataset
 from fedge.errors import ConfigError, FedgeError
+from fedge.fileio import atomic_write_bytes
 from fedge.weights import Weights, decode_weights, encode_weights
 
 __all__ = [
@@ -136,12 +136,7 @@ class FileHeadStore:
             },
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, data)
         self._cached = head
 
 

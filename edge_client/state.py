@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from edge_client.bundles import BundleStore
-from edge_client.outbox import Outbox, atomic_write
+from edge_client.outbox import Outbox
 from edge_client.personalize import FileHeadStore
 from fedge.errors import ConfigError
+from fedge.fileio import atomic_write_text
 
 __all__ = ["ClientState", "read_token", "write_token"]
 
@@ -51,13 +51,7 @@ def write_token(path: str | Path, token: str) -> None:
     """Store ``token`` readable by its owner only."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    atomic_write_text(target, token + "\n", mode=0o600)
 
 
 class ClientState:
@@ -86,7 +80,7 @@ class ClientState:
 
     def _write(self, name: str, document: dict[str, Any]) -> None:
         data = json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        atomic_write(self.directory / name, data.encode("utf-8"))
+        atomic_write_text(self.directory / name, data)
 
     # Identity -----------------------------------------------------------------------------
 

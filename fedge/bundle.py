@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from fedge.errors import BundleError, ConfigError, FeatureError, WeightsError
 from fedge.features import FeatureSpec
+from fedge.fileio import atomic_write_text
 from fedge.schema import Schema
 from fedge.weights import Weights
 
@@ -350,10 +351,5 @@ def write_manifest(
         created_at=created_at,
         metadata=metadata or {},
     )
-    tmp = root / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(manifest.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, root / MANIFEST_NAME)
+    atomic_write_text(root / MANIFEST_NAME, manifest.to_json())
     return manifest
