@@ -6,7 +6,7 @@ child or a deadline leaves nothing running, whoever started what.
 
 API:
 
-- :func:`start` ``(command, *, name, env, cwd, log_path, stdout_path, stderr,
+- :func:`start` ``(command, *, name, env, cwd, log_path, stdout_path, stderr, pipes,
   die_with_parent)`` -> :class:`Child`: starts a child in a session (and so a process
   group) of its own, so a Ctrl-C at the terminal reaches only the parent, which then stops
   its children in order. On Linux the child also asks the kernel for SIGTERM when its
@@ -218,14 +218,17 @@ def start(
     log_path: str | os.PathLike[str] | None = None,
     stdout_path: str | os.PathLike[str] | None = None,
     stderr: IO[str] | IO[bytes] | None = None,
+    pipes: bool = False,
     die_with_parent: bool = True,
 ) -> Child:
     """Start ``command`` in a new session; see the module docstring.
 
     Output: stdout to ``stdout_path`` when given, else to ``log_path``; stderr to
     ``stderr`` when given (a stream, e.g. the terminal for a progress bar), else to
-    ``log_path``; whatever has no destination is discarded. The log starts with the
-    command line. ``die_with_parent`` uses a ``preexec_fn``, which CPython documents as
+    ``log_path``, else where this process's stderr goes; stdout with no destination is
+    discarded. The log starts with the command line. With ``pipes`` the child's stdin
+    and stdout are pipes (``child.popen.stdin``/``stdout``: a worker that speaks a
+    protocol). ``die_with_parent`` uses a ``preexec_fn``, which CPython documents as
     unsafe when the parent runs threads that hold locks the child needs; it runs only
     ``prctl`` there.
     """
@@ -244,9 +247,9 @@ def start(
         with deferred_interrupts():
             popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_file if out_file is not None else subprocess.DEVNULL,
-                stderr=stderr if stderr is not None else (log_file or subprocess.DEVNULL),
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else (out_file or subprocess.DEVNULL),
+                stderr=stderr if stderr is not None else log_file,
                 cwd=cwd,
                 env=None if env is None else dict(env),
                 start_new_session=True,
@@ -565,7 +568,11 @@ class Supervisor:
     def close(self) -> list[str]:
         """Stop every child, then every descendant started since the supervisor was
         created that is still running (one that left its child's process group); returns a
-        description of each such leftover (empty: none)."""
+        description of each such leftover (empty: none). Signals wait until it is done."""
+        with deferred_interrupts():
+            return self._close()
+
+    def _close(self) -> list[str]:
         before = self._new_descendants()
         self.stop()
         ours = {c.pid for c in self.children}
@@ -595,5 +602,4 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with deferred_interrupts():
-            self.close()
+        self.close()

@@ -1,52 +1,62 @@
 """``fedge-simulate``: a federated run on an in-memory fleet, with its metrics and plots.
 
-Thin: it parses arguments into :class:`~simulations.runner.Settings`, checks every input
-file before any training (:func:`~simulations.runner.check_settings`), calls
-:func:`~simulations.runner.simulate`, writes the outputs (:mod:`simulations.report`) and
-prints the summary table (or, with ``--json``, the metrics document). TensorFlow's native
-chatter is held back unless ``--verbose``.
+Thin, on :mod:`fedge.cli`: it parses arguments into :class:`~simulations.settings.Settings`,
+checks the output location and every input file before any training
+(:func:`~simulations.settings.check_settings`), calls :func:`~simulations.runner.simulate`,
+writes the outputs (:mod:`simulations.report`) through a staging folder and prints the
+summary table (or, with ``--json``, the metrics document). TensorFlow's native chatter is
+held back unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import secrets
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedge.aggregation import STRATEGY_NAMES
+from fedge import processes
+from fedge.cli import (
+    EXIT_CODES_HELP,
+    ArgumentParser,
+    ExitCode,
+    add_json_flag,
+    add_verbosity_flags,
+    configure_logging,
+    print_json,
+    run_cli,
+)
 from fedge.data import TASK_NAMES
-from fedge.errors import BundleError, ConfigError, DataError, FeatureError, FedgeError
+from fedge.errors import BundleError, UsageError
+from fedge.server_optimizers import SERVER_OPTIMIZER_NAMES
+from fedge.strategy import STRATEGY_NAMES
 from quantize.quiet import capture_native_stderr
 from simulations.native_engine import STORES
-from simulations.processes import exit_after_tff
-from simulations.report import RoundStats, summary_table, write_report
-from simulations.runner import (
+from simulations.report import RoundStats, output_problem, summary_table, write_report
+from simulations.runner import simulate
+from simulations.settings import (
     DEFAULT_DEVICE_BATCH,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     ENGINES,
     Settings,
     check_settings,
-    simulate,
 )
 
 # None of the imports above loads TensorFlow; pretraining, bundling and the TFF engine do,
 # later, and read this first.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "simulate_cli"]
+__all__ = ["PROG", "build_parser", "main", "simulate_cli"]
 
 PROG = "fedge-simulate"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-_INPUT_ERRORS = (ConfigError, DataError, FeatureError, BundleError)
+# A bundle the user's model produced is the user's input to fix.
+_EXIT_TABLE = ((BundleError, ExitCode.USAGE),)
 
 _DESCRIPTION = """\
 Simulate federated training of the on-device head: N virtual clients, each holding its own
@@ -54,7 +64,8 @@ partition of the data, run the real edge client (TFLite) against the real coordi
 service, in memory. The cloud first pretrains the model on a small proxy share of the data
 (cached); the rest of the training rows exist only on the clients."""
 
-_EPILOG = """\
+_EPILOG = (
+    """\
 outputs (in --out): metrics.json, metrics.csv (round, accuracy, loss, participants,
 bytes_up, bytes_down, seconds, train_loss, auc), accuracy.png, personalization.png,
 summary.txt and final_head.safetensors; the summary table is printed to stdout.
@@ -76,11 +87,13 @@ engines:
   tff     tff.learning.algorithms.build_weighted_fed_avg on the same initial weights,
           client rows, schedule and hyperparameters: a reference (FedAvg only).
 
-exit codes:
-  0    success
-  1    the simulation failed (a worker crashed, every client of a round failed, ...)
-  2    usage or input error (bad option, unreadable or inconsistent file)
-  130  interrupted"""
+outputs appear in --out only when the run succeeds: they are written to a staging folder
+inside it and moved in at the end; an interrupted or failed run leaves no partial output
+(and removes --out if it created it).
+
+"""
+    + EXIT_CODES_HELP
+)
 
 
 def _options(text: str) -> dict[str, float]:
@@ -97,13 +110,9 @@ def _options(text: str) -> dict[str, float]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_version()
     run = parser.add_argument_group("the federation")
     run.add_argument("--task", choices=TASK_NAMES, default="digits", help="built-in task")
     run.add_argument("--clients", type=int, default=10, metavar="N", help="clients (default 10)")
@@ -117,13 +126,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="iid | dirichlet:ALPHA | by:COLUMN (by: keeps the N largest groups)",
     )
-    run.add_argument("--aggregator", choices=STRATEGY_NAMES, default="fedavg")
+    run.add_argument(
+        "--aggregator",
+        choices=STRATEGY_NAMES,
+        default="fedavg",
+        help="an aggregator (fedavg, median, trimmed_mean, krum) or a preset (fedavgm, fedadam, "
+        "fedyogi: fedavg with that server optimizer)",
+    )
     run.add_argument(
         "--aggregator-options",
         type=_options,
         default={},
         metavar="K=V,...",
-        help="e.g. lr=0.01 for fedadam, num_byzantine=1 for krum",
+        help="e.g. num_byzantine=1 for krum, trim_fraction=0.2 for trimmed_mean (and, with a "
+        "preset and no --server-optimizer, its server options: lr=0.01 for fedadam)",
+    )
+    run.add_argument(
+        "--server-optimizer",
+        choices=SERVER_OPTIMIZER_NAMES,
+        default=None,
+        help="applies the aggregate to the model (default: the aggregator's preset, fedavg)",
+    )
+    run.add_argument(
+        "--server-optimizer-options",
+        type=_options,
+        default={},
+        metavar="K=V,...",
+        help="e.g. lr=0.01 for fedadam or fedyogi, momentum=0.9 for fedavgm",
     )
     run.add_argument("--engine", choices=ENGINES, default="native")
     run.add_argument("--seed", type=int, default=0, help="seeds splits, partition and schedule")
@@ -136,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"local epochs ({DEFAULT_EPOCHS})",
     )
     train.add_argument(
-        "--lr",
+        "--learning-rate",
         type=float,
         default=DEFAULT_LEARNING_RATE,
         help=f"client SGD learning rate ({DEFAULT_LEARNING_RATE})",
@@ -156,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of each device's personal-head fine-tuning (5)",
     )
     train.add_argument(
-        "--personalize-lr", type=float, default=0.05, metavar="LR", help="its rate (0.05)"
+        "--personalize-learning-rate",
+        type=float,
+        default=0.05,
+        metavar="LR",
+        help="its rate (0.05)",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -210,9 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--no-personalization", action="store_true", help="skip the final evaluate tasks"
     )
-    out.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
-    out.add_argument("--quiet", action="store_true", help="no progress output")
-    out.add_argument("--verbose", action="store_true", help="log details and TensorFlow output")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
     return parser
 
 
@@ -228,10 +260,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         partition=args.partition,
         aggregator=args.aggregator,
         aggregator_options=args.aggregator_options,
+        server_optimizer=args.server_optimizer,
+        server_optimizer_options=args.server_optimizer_options,
         engine=args.engine,
         seed=args.seed,
         epochs=args.epochs,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         workers=args.workers,
         proxy_fraction=args.proxy_fraction,
@@ -249,7 +283,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         baseline=not args.no_baseline,
         personalization=not args.no_personalization,
         personalize_epochs=args.personalize_epochs,
-        personalize_lr=args.personalize_lr,
+        personalize_lr=args.personalize_learning_rate,
     )
 
 
@@ -286,26 +320,54 @@ class _RoundBars:
         self._bar = None
 
 
-def _configure_logging(stream: TextIO, verbose: bool) -> None:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    # Without -v, per-client chatter and TensorFlow's conversion notes stay out of the way.
+    ours = ("simulations", "edge_client", "coordinator", "fedge") if verbose else ()
+    configure_logging(verbose=verbose, quiet=quiet, loggers=ours)
     if not verbose:
-        # Per-client chatter and TensorFlow's conversion notes stay out of the way.
-        for name in ("edge_client", "coordinator"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         for name in ("tensorflow", "absl", "h5py"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def simulate_cli(argv: Sequence[str] | None = None) -> int:
+def _check_output(args: argparse.Namespace) -> None:
+    """UsageError before any work when --out or --cache-dir cannot be written."""
+    for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        problem = None if path is None else output_problem(path)
+        if problem is not None:
+            raise UsageError(f"{flag}: {problem}")
+
+
+class _Output:
+    """``--out`` as a transaction: files are written to a staging folder inside it and
+    moved in by :meth:`publish`; :meth:`discard` removes the staging folder, and ``--out``
+    itself when this run created it (with the cache it put there)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.created = not out.exists()
+        self.staging = out / f".partial-{secrets.token_hex(4)}"
+
+    def publish(self, names: Sequence[str]) -> None:
+        with processes.deferred_interrupts():  # all of the files or none of them
+            for name in names:
+                os.replace(self.staging / name, self.out / name)
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def discard(self) -> None:
+        with processes.deferred_interrupts():
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.created:
+                shutil.rmtree(self.out, ignore_errors=True)
+
+
+def _simulate(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _check_output(args)
     settings = settings_from_args(args)
+    output = _Output(args.out)
     with capture_native_stderr(enabled=not args.verbose) as captured:
         err = captured.original
-        _configure_logging(err, args.verbose)
+        _configure_logging(args.verbose, args.quiet)
 
         def say(message: str) -> None:
             if not args.quiet:
@@ -319,28 +381,30 @@ def simulate_cli(argv: Sequence[str] | None = None) -> int:
                 step=say,
                 inputs=inputs,
             )
-            paths = write_report(report, args.out)
-        except _INPUT_ERRORS as exc:
-            print(f"{PROG}: error: {exc}", file=err, flush=True)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=err, flush=True)
-            return EXIT_INTERRUPTED
-        except FedgeError as exc:
-            print(f"{PROG}: failed: {exc}", file=err, flush=True)
-            return EXIT_FAILED
+            paths = write_report(report, output.staging)
+            output.publish(sorted(paths))
+        except BaseException:
+            output.discard()
+            raise
         say(f"wrote {', '.join(sorted(paths))} to {args.out}")
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        print_json(report.to_dict())
     else:
         print(summary_table(report))
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def simulate_cli(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the simulation, write and print its results; the exit code."""
+    return run_cli(
+        lambda: _simulate(argv), prog=PROG, extra_exit_table=_EXIT_TABLE, debug_tracebacks=True
+    )
 
 
 def main() -> None:
     code = simulate_cli()
     if "tensorflow_federated" in sys.modules:
-        exit_after_tff(code)
+        processes.hard_exit(code)
     sys.exit(code)
 
 

@@ -12,12 +12,13 @@ each, so a device's state lives in one place. Jobs stream: each worker has at mo
 ``window`` jobs in flight and every outcome is handed to the caller as soon as it arrives,
 so the caller can submit one update before the next is even computed.
 
-Workers are fresh interpreters started with :mod:`subprocess` (like multiprocessing's
-*spawn*, but without its resource-tracker helper process, so after :meth:`ProcessFleet.close`
-this process has no children left). They talk over their stdin/stdout in explicit frames
-(a JSON header, then raw bytes: numeric arrays as their bytes, an update as its body; see
-:func:`write_frame`), never as serialized Python objects; a worker's own stray output goes
-to stderr. :class:`LocalFleet` runs the same runner in this process (``--workers 1``).
+Workers are fresh interpreters started with :func:`fedge.processes.start` (like
+multiprocessing's *spawn*, but without its resource-tracker helper process, so after
+:meth:`ProcessFleet.close` this process has no children left). They talk over their
+stdin/stdout in explicit frames (a JSON header, then raw bytes: numeric arrays as their
+bytes, an update as its body; see :func:`write_frame`), never as serialized Python objects;
+a worker's own stray output goes to stderr. :class:`LocalFleet` runs the same runner in this
+process (``--workers 1``).
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from edge_client import ClientConfig, ClientContext, MemoryData, ModelCache, handle
+from fedge import processes
 from fedge.data import Dataset, Partition
 from fedge.messages import Task, encode_message
 from fedge.schema import Schema
+from simulations.errors import FleetError
 from simulations.fleet_wire import (
     FleetData,
-    FleetError,
     Job,
     Outcome,
     encode_frame,
@@ -58,7 +60,6 @@ __all__ = [
     "ClientRunner",
     "Fleet",
     "FleetData",
-    "FleetError",
     "Job",
     "LocalFleet",
     "Outcome",
@@ -218,12 +219,16 @@ class _Worker:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         # -P: the working directory stays off sys.path (a stray module there cannot shadow).
-        self.process = subprocess.Popen(
+        # No parent-death signal: the worker sees its stdin end when this process dies, and a
+        # preexec hook is unsafe here (TensorFlow's threads are running).
+        self.child = processes.start(
             [sys.executable, "-P", "-c", "from simulations.fleet import serve; serve()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            name=f"simulation worker {index}",
             env=env,
+            pipes=True,
+            die_with_parent=False,
         )
+        self.process = self.child.popen
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self._stdin = self.process.stdin
@@ -261,9 +266,8 @@ class _Worker:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            logger.warning("worker %d did not stop; killing it", self.index)
-            self.process.kill()
-            self.process.wait(timeout=timeout)
+            logger.warning("worker %d did not stop; stopping it", self.index)
+        processes.stop([self.child], timeout=timeout)
         self._reader.join(timeout=timeout)
         if self.process.stdout is not None:
             with contextlib.suppress(OSError):

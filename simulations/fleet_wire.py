@@ -21,10 +21,10 @@ import numpy.typing as npt
 from edge_client.personalize import PersonalizationConfig
 from fedge.data import Dataset, Partition
 from fedge.errors import FedgeError
+from simulations.errors import FleetError
 
 __all__ = [
     "FleetData",
-    "FleetError",
     "Job",
     "Outcome",
     "decode_frame",
@@ -34,10 +34,6 @@ __all__ = [
     "send_message",
     "write_frame",
 ]
-
-
-class FleetError(FedgeError, RuntimeError):
-    """A worker process failed to start, crashed, or broke the protocol."""
 
 
 @dataclass(frozen=True)

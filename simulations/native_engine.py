@@ -66,6 +66,7 @@ from fedge.errors import ConfigError, FedgeError
 from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
+from simulations.errors import SimulationError
 from simulations.fleet import FleetData, Job, Outcome, open_fleet
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
@@ -75,7 +76,6 @@ __all__ = [
     "NativeOptions",
     "PlannedSelector",
     "SimulatedClock",
-    "SimulationError",
     "run_native",
 ]
 
@@ -86,10 +86,6 @@ _START_TIME = 1_700_000_000.0
 _ROUND_DEADLINE = 3600.0
 
 
-class SimulationError(FedgeError, RuntimeError):
-    """The simulation could not go on (e.g. every client of a round failed)."""
-
-
 @dataclass(frozen=True)
 class NativeOptions:
     """How the native engine runs (the scenario says what it runs)."""
@@ -97,6 +93,9 @@ class NativeOptions:
     workers: int = 2
     aggregator: str = "fedavg"
     aggregator_options: Mapping[str, float] = field(default_factory=dict)
+    server_optimizer: str | None = None
+    """The round config's strategy fields (see :class:`~coordinator.RoundConfig`)."""
+    server_optimizer_options: Mapping[str, float] = field(default_factory=dict)
     store: str = "memory"
     state_dir: Path | None = None
     """Keep the service's database and artifacts here (default: a temporary directory)."""
@@ -261,6 +260,8 @@ def run_native(
             "store": options.store,
             "aggregator": options.aggregator,
             "aggregator_options": dict(options.aggregator_options),
+            "server_optimizer": options.server_optimizer,
+            "server_optimizer_options": dict(options.server_optimizer_options),
             "rejected_updates": engine.rejected,
         },
     )
@@ -304,6 +305,8 @@ class _NativeRun:
                     learning_rate=hp.learning_rate,
                     aggregator=options.aggregator,
                     aggregator_options=dict(options.aggregator_options),
+                    server_optimizer=options.server_optimizer,
+                    server_optimizer_options=dict(options.server_optimizer_options),
                     norm_bound=options.norm_bound,
                     continuous=False,
                     auto_promote=True,

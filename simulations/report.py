@@ -1,8 +1,11 @@
-"""What a simulation run measured, and its outputs: JSON, CSV, PNG plots and a summary table.
+"""What a run measured, and how it is shown and written: tables, JSON, CSV and plots.
 
-An engine returns an :class:`EngineResult` (one :class:`RoundStats` per round, the final
-head, the per-client personalization figures); the runner adds the baselines (the
-pretrained head and the same head trained centrally) and :func:`write_report` writes::
+One module for both programs of :mod:`simulations`:
+
+- ``fedge-simulate``: an engine returns an :class:`EngineResult` (one :class:`RoundStats`
+  per round, the final head, the per-client :class:`ClientGain`); the runner adds the
+  baselines (:class:`Evaluation` of the pretrained head and of the same head trained
+  centrally) into a :class:`RunReport`, and :func:`write_report` writes::
 
     OUT/metrics.json        settings, every round, baselines, personalization, schedule
     OUT/metrics.csv         round, accuracy, loss, participants, bytes_up, bytes_down,
@@ -11,33 +14,59 @@ pretrained head and the same head trained centrally) and :func:`write_report` wr
     OUT/personalization.png personalized minus global accuracy on each client's holdout
     OUT/summary.txt         the table :func:`summary_table` prints
     OUT/final_head.safetensors  the final global head (``--init`` of a later run)
+
+- the demo: one :class:`RoundRow` per model version (round 0 is the pretrained ``v1``),
+  each with its :class:`TestScore`, and each device's :class:`DeviceEvaluation`;
+  :func:`round_table`, :func:`device_table` and :func:`lineage_table` are the text it
+  prints, :func:`write_rounds_csv` and :func:`plot_demo_accuracy` its files.
+
+Shared by both: number formatting, :func:`write_json` (NaN and infinities become null),
+:func:`write_text` and :func:`write_csv` (atomic, :mod:`fedge.fileio`), and the accuracy
+plot, drawn with matplotlib's object API on the Agg canvas (no display, no pyplot state).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from fedge.fileio import atomic_write_bytes, atomic_write_text
 from fedge.weights import Weights
 
 __all__ = [
     "CSV_COLUMNS",
+    "DEMO_CSV_COLUMNS",
     "ClientGain",
+    "DeviceEvaluation",
     "EngineResult",
     "Evaluation",
     "ProgressSink",
+    "RoundRow",
     "RoundStats",
     "RunReport",
+    "TestScore",
+    "device_table",
+    "lineage_table",
+    "output_problem",
+    "plot_accuracy",
+    "plot_demo_accuracy",
+    "plot_personalization",
+    "round_table",
     "summary_table",
+    "write_csv",
+    "write_json",
     "write_report",
+    "write_rounds_csv",
+    "write_text",
 ]
 
 CSV_COLUMNS = (
@@ -51,6 +80,144 @@ CSV_COLUMNS = (
     "train_loss",
     "auc",
 )
+"""The columns of a simulation's ``metrics.csv``."""
+
+DEMO_CSV_COLUMNS = (
+    "round",
+    "version",
+    "parent",
+    "participants",
+    "examples",
+    "train_loss",
+    "train_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "seconds",
+)
+"""The columns of the demo's ``rounds.csv``."""
+
+
+# Shared: formatting and writers -------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024  # type: ignore[assignment]
+    return str(value)  # pragma: no cover
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """Columns as wide as their widest cell; the ``right`` ones right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def output_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot become an output directory, or None when it can: it is not a
+    directory, a parent of it is not one, or the nearest existing one is not writable.
+    Checked before any work, so a run never fails at its very end for its output."""
+    target = Path(path).absolute()
+    for candidate in (target, *target.parents):
+        if not candidate.exists():
+            continue
+        where = "" if candidate == target else f"{target}: "
+        if not candidate.is_dir():
+            return f"{where}{candidate} exists and is not a directory"
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            return f"{where}{candidate} is not writable"
+        return None
+    return None
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``text`` (ending in a newline) as the file ``path``, atomically."""
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+
+
+def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
+    """``document`` as indented JSON, atomically; NaN and infinities become null."""
+    write_text(path, json.dumps(_finite(document), indent=2, allow_nan=False))
+
+
+def write_csv(
+    path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> None:
+    """A CSV with ``columns`` (other keys are ignored), atomically; None and non-finite
+    numbers are blank cells."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if _finite(row.get(c)) is None else row[c] for c in columns])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _figure(width: float, height: float = 4.2) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _accuracy_axes(
+    axes: Any,
+    rounds: Sequence[int],
+    accuracy: Sequence[float],
+    *,
+    label: str,
+    baseline: float,
+    baseline_label: str,
+    title: str,
+) -> None:
+    """Test accuracy per round (round 0: the starting model), the start as a dotted line."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.plot(rounds, accuracy, marker="o", markersize=3, label=label)
+    axes.axhline(baseline, color="grey", linestyle=":", label=baseline_label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("round")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> None:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# fedge-simulate -----------------------------------------------------------------------------
 
 
 class ProgressSink(Protocol):
@@ -207,13 +374,6 @@ class RunReport:
         }
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-# Writers ------------------------------------------------------------------------------------
-
-
 def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Write every output file into ``out`` (created if needed); returns name -> path."""
     root = Path(out)
@@ -223,14 +383,12 @@ def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Pa
         "metrics.csv": root / "metrics.csv",
         "summary.txt": root / "summary.txt",
         "accuracy.png": root / "accuracy.png",
+        "final_head.safetensors": root / "final_head.safetensors",
     }
-    _atomic_text(
-        paths["metrics.json"], json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
-    )
-    _write_csv(paths["metrics.csv"], report.result.rounds)
-    _atomic_text(paths["summary.txt"], summary_table(report) + "\n")
-    paths["final_head.safetensors"] = root / "final_head.safetensors"
-    paths["final_head.safetensors"].write_bytes(report.result.final_head.to_bytes())
+    write_json(paths["metrics.json"], report.to_dict())
+    write_csv(paths["metrics.csv"], CSV_COLUMNS, (r.to_dict() for r in report.result.rounds))
+    write_text(paths["summary.txt"], summary_table(report))
+    atomic_write_bytes(paths["final_head.safetensors"], report.result.final_head.to_bytes())
     plot_accuracy(report, paths["accuracy.png"])
     if report.result.personalization:
         paths["personalization.png"] = root / "personalization.png"
@@ -238,67 +396,32 @@ def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Pa
     return paths
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _cell(value: object) -> object:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return value
-
-
-def _write_csv(path: Path, rounds: Sequence[RoundStats]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(CSV_COLUMNS)
-        for r in rounds:
-            row = {**r.to_dict()}
-            writer.writerow([_cell(row[column]) for column in CSV_COLUMNS])
-    os.replace(tmp, path)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(report: RunReport, path: Path) -> None:
+def plot_accuracy(report: RunReport, path: str | os.PathLike[str]) -> None:
     """Test accuracy of the global model per round (round 0: the pretrained model)."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.2))
-    rounds = [0, *(r.round for r in report.result.rounds)]
-    accuracy = [report.pretrained.accuracy, *(r.accuracy for r in report.result.rounds)]
-    axes.plot(rounds, accuracy, marker="o", markersize=3, label=f"{report.result.engine} (global)")
-    axes.axhline(
-        report.pretrained.accuracy, color="grey", linestyle=":", label=report.initial_label
+    figure = _figure(7)
+    axes = figure.add_subplot(1, 1, 1)
+    _accuracy_axes(
+        axes,
+        [0, *(r.round for r in report.result.rounds)],
+        [report.pretrained.accuracy, *(r.accuracy for r in report.result.rounds)],
+        label=f"{report.result.engine} (global)",
+        baseline=report.pretrained.accuracy,
+        baseline_label=report.initial_label,
+        title=f"{report.settings.get('task', '')}: global model accuracy per round",
     )
     if report.centralized is not None:
         axes.axhline(
             report.centralized.accuracy, color="green", linestyle="--", label="centralized"
         )
-    axes.set_xlabel("round")
-    axes.set_ylabel("test accuracy")
-    axes.set_title(f"{report.settings.get('task', '')}: global model accuracy per round")
-    axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
-def plot_personalization(gains: Sequence[ClientGain], path: Path) -> None:
+def plot_personalization(gains: Sequence[ClientGain], path: str | os.PathLike[str]) -> None:
     """Personalized minus global holdout accuracy, one bar per client (sorted)."""
-    plt = _pyplot()
     ordered = sorted(gains, key=lambda g: g.gain)
-    figure, axes = plt.subplots(figsize=(7, 4.2))
+    figure = _figure(7)
+    axes = figure.add_subplot(1, 1, 1)
     values = [g.gain for g in ordered]
     colors = ["tab:green" if v >= 0 else "tab:red" for v in values]
     axes.bar(range(len(values)), values, color=colors, width=1.0 if len(values) > 50 else 0.8)
@@ -313,26 +436,10 @@ def plot_personalization(gains: Sequence[ClientGain], path: Path) -> None:
     axes.set_ylabel("personalized - global accuracy")
     axes.set_title("personalization gain per client (local holdout)")
     axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 # The summary table --------------------------------------------------------------------------
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024  # type: ignore[assignment]
-    return str(value)  # pragma: no cover
 
 
 def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
@@ -396,3 +503,204 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
             f"max {values[-1]:+.4f}"
         )
     return "\n".join(lines)
+
+
+# The demo -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestScore:
+    """A version's global head on the held-out test set."""
+
+    __test__ = False  # a result, not a pytest test class
+
+    version: str
+    accuracy: float
+    loss: float
+    int8_accuracy: float | None = None
+    """The int8 inference model, where it still matches the version (the pretrained one)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeviceEvaluation:
+    """One device's evaluation of a version on its own local holdout."""
+
+    device: str
+    client_id: str
+    model_version: str
+    holdout_examples: int
+    global_accuracy: float
+    personalized_accuracy: float | None
+
+    @property
+    def gain(self) -> float | None:
+        if self.personalized_accuracy is None:
+            return None
+        return self.personalized_accuracy - self.global_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gain": self.gain}
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One version: the round that made it (0: pretrained in the cloud) and its figures."""
+
+    round: int
+    version: str
+    parent: str | None
+    participants: int | None
+    examples: int | None
+    train_loss: float | None
+    train_accuracy: float | None
+    test: TestScore
+    seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "version": self.version,
+            "parent": self.parent,
+            "participants": self.participants,
+            "examples": self.examples,
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test.accuracy,
+            "test_loss": self.test.loss,
+            "seconds": self.seconds,
+        }
+
+
+def round_table(rows: Sequence[RoundRow]) -> str:
+    """Round, version, participants, examples, train loss, test accuracy, seconds."""
+    header = (
+        "round",
+        "version",
+        "parent",
+        "participants",
+        "examples",
+        "train loss",
+        "test acc",
+        "seconds",
+    )
+    cells = [
+        (
+            str(r.round),
+            r.version,
+            r.parent or "-",
+            "cloud" if r.round == 0 else _count(r.participants),
+            _count(r.examples),
+            _number(r.train_loss, 3),
+            _number(r.test.accuracy, 3),
+            _number(r.seconds, 1),
+        )
+        for r in rows
+    ]
+    return _text_table(header, cells, right={0, 3, 4, 5, 6, 7})
+
+
+def device_table(devices: Sequence[DeviceEvaluation], rows: Mapping[str, int]) -> str:
+    """Each device's evaluation: its rows, holdout, global and personalized accuracy."""
+    header = ("device", "client", "rows", "holdout", "global acc", "personalized acc", "gain")
+    cells = [
+        (
+            d.device,
+            d.client_id,
+            _count(rows.get(d.device)),
+            _count(d.holdout_examples),
+            _number(d.global_accuracy, 3),
+            _number(d.personalized_accuracy, 3),
+            "-" if d.gain is None else f"{d.gain:+.3f}",
+        )
+        for d in devices
+    ]
+    return _text_table(header, cells, right={2, 3, 4, 5, 6})
+
+
+def _trained_by(model: Mapping[str, Any]) -> str:
+    if model.get("round_id") is not None:
+        return f"round {model['round_id']} ({model.get('participants')} clients, fedavg)"
+    job = model.get("training_job") or "imported bundle"
+    fingerprint = str(model.get("data_fingerprint") or "")
+    return f"{job} (data {fingerprint[:12]})" if fingerprint else str(job)
+
+
+def lineage_table(models: Sequence[Mapping[str, Any]]) -> str:
+    """The registry as GET /v1/models returns it: version, parent, what trained it, stage,
+    when it was created."""
+    header = ("version", "parent", "trained by", "stage", "created")
+    cells = [
+        (
+            str(m["version"]),
+            str(m.get("parent") or "-"),
+            _trained_by(m),
+            str(m.get("stage")),
+            str(m.get("created_at") or "-"),
+        )
+        for m in models
+    ]
+    return _text_table(header, cells, right=set())
+
+
+def write_rounds_csv(path: str | os.PathLike[str], rows: Sequence[RoundRow]) -> None:
+    """The demo's ``rounds.csv`` (:data:`DEMO_CSV_COLUMNS`)."""
+    write_csv(path, DEMO_CSV_COLUMNS, (r.to_dict() for r in rows))
+
+
+def plot_demo_accuracy(
+    path: str | os.PathLike[str],
+    rows: Sequence[RoundRow],
+    devices: Sequence[DeviceEvaluation],
+    *,
+    title: str,
+) -> None:
+    """Test accuracy of each version per round; beside it, when the devices evaluated the
+    final version, their global and personalized holdout accuracy."""
+    panels = 2 if devices else 1
+    figure = _figure(6.5 * panels)
+    axes = figure.add_subplot(1, panels, 1)
+    _accuracy_axes(
+        axes,
+        [r.round for r in rows],
+        [r.test.accuracy for r in rows],
+        label="global model (TFLite, test set)",
+        baseline=rows[0].test.accuracy,
+        baseline_label=f"pretrained ({rows[0].version})",
+        title=title,
+    )
+    for row in rows:
+        axes.annotate(
+            row.version,
+            (row.round, row.test.accuracy),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+        )
+    axes.legend(loc="lower right")
+    if devices:
+        bars = figure.add_subplot(1, 2, 2)
+        positions = range(len(devices))
+        width = 0.38
+        bars.bar(
+            [p - width / 2 for p in positions],
+            [d.global_accuracy for d in devices],
+            width,
+            label="global",
+        )
+        bars.bar(
+            [p + width / 2 for p in positions],
+            [d.personalized_accuracy or 0.0 for d in devices],
+            width,
+            label="personalized",
+        )
+        bars.set_xticks(list(positions), [d.device for d in devices])
+        bars.set_ylim(0, 1.05)
+        bars.set_ylabel("accuracy on the device's holdout")
+        bars.set_title(f"devices evaluating {devices[0].model_version}")
+        bars.grid(alpha=0.3, axis="y")
+        bars.legend(loc="lower right")
+    _save(figure, path)

@@ -8,8 +8,8 @@ learning rate 1, so from the same initial weights and batch order they must agre
 FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from
 Decentralized Data", AISTATS 2017.
 
-Importing this module installs :func:`~simulations.processes.install_child_reaper`: TFF's
-C++ runtime runs in a ``worker_binary`` child that would otherwise outlive this process.
+Importing this module installs :func:`fedge.processes.install_child_reaper`: TFF's C++
+runtime runs in a ``worker_binary`` child that would otherwise outlive this process.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -26,12 +27,12 @@ import tensorflow_federated as tff
 
 from cloud_trainer.models import freeze_backbone
 from fedge.errors import ConfigError
+from fedge.processes import install_child_reaper
 from fedge.weights import Weights
 from quantize.trainable import trainable_weight_names, trainable_weights
-from simulations.processes import install_child_reaper
 from simulations.workload import RoundMetrics, Workload
 
-__all__ = ["TffResult", "build_client_dataset", "run_tff"]
+__all__ = ["TffResult", "build_client_dataset", "keras_model_factory", "run_tff"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,3 +204,14 @@ def _accuracy(
         logits = model(x[start : start + _EVAL_CHUNK], training=False)
         correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == y[start : start + _EVAL_CHUNK]))
     return correct / len(x)
+
+
+def keras_model_factory(path: Path) -> ModelFn:
+    """A ``model_fn``: the Keras model at ``path`` (an export directory or a SavedModel),
+    loaded afresh on each call."""
+    saved = path / "saved_model" if (path / "saved_model").is_dir() else path
+
+    def model_fn() -> tf.keras.Model:
+        return tf.keras.models.load_model(saved)
+
+    return model_fn

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from simulations.pretrain import PretrainConfig, Pretrained, pretrain
-from simulations.runner import Settings
+from simulations.settings import Settings
 from tests.support import REPO_ROOT
 from tests.support.simulation import CliRunner, SettingsFactory
 

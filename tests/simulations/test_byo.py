@@ -18,9 +18,11 @@ import pytest
 from fedge.data import load_digits
 from fedge.errors import ConfigError
 from fedge.weights import Weights
-from simulations import byo
+from simulations.inputs import files as inputs
+from simulations.preparation import prepare_scenario
 from simulations.pretrain import Pretrained
-from simulations.runner import Settings, check_settings, prepare_scenario, simulate
+from simulations.runner import simulate
+from simulations.settings import Settings, check_settings
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -130,7 +132,7 @@ def test_csv_data_are_numeric_columns_and_a_label_zscored_over_the_clients(
     labels = rng.integers(0, 3, 50)
     lines = ["a,kind,b"] + [f"{u},{k},{v}" for u, k, v in zip(a, labels, b, strict=True)]
     path.write_text("\n".join(lines) + "\n")
-    data = byo.load_data(path, label_column="kind")
+    data = inputs.load_data(path, label_column="kind")
     assert data.kind == "csv"
     assert sorted(data.columns) == ["a", "b"]
     np.testing.assert_array_equal(data.labels, labels)
@@ -257,7 +259,7 @@ BAD_MODELS: list[tuple[Callable[[Path], Path], str]] = [
 def test_models_devices_cannot_train_are_refused(
     tmp_path: Path, make: Callable[[Path], Path], message: str
 ) -> None:
-    from simulations.user_model import load_user_model
+    from simulations.inputs.model import load_user_model
 
     with pytest.raises(ConfigError, match=message) as caught:
         load_user_model(make(tmp_path))
@@ -265,7 +267,7 @@ def test_models_devices_cannot_train_are_refused(
 
 
 def test_init_and_data_must_fit_the_model(files: dict[str, Path], tmp_path: Path) -> None:
-    from simulations.user_model import load_user_model
+    from simulations.inputs.model import load_user_model
 
     wrong = Weights({"hidden/kernel": np.zeros((32, 3), np.float32)})
     with pytest.raises(ConfigError, match=r"--init does not fit the trainable part"):

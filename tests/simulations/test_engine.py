@@ -25,10 +25,10 @@ import pytest
 from edge_client.personalize import PersonalizationConfig
 from fedge.messages import Task, TaskConfig
 from fedge.weights import Weights
+from simulations.errors import FleetError, SimulationError
 from simulations.fleet import ProcessFleet
 from simulations.fleet_wire import (
     FleetData,
-    FleetError,
     Job,
     Outcome,
     read_frame,
@@ -36,11 +36,12 @@ from simulations.fleet_wire import (
     send_message,
     write_frame,
 )
-from simulations.native_engine import NativeOptions, PlannedSelector, SimulationError, run_native
+from simulations.native_engine import NativeOptions, PlannedSelector, run_native
+from simulations.preparation import prepare_scenario
 from simulations.pretrain import Pretrained
 from simulations.report import CSV_COLUMNS, RoundStats
-from simulations.runner import check_settings, prepare_scenario
 from simulations.scenario import Scenario
+from simulations.settings import check_settings
 
 if TYPE_CHECKING:
     from tests.support.simulation import CliRunner, SettingsFactory

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from fedge.weights import Weights
-from simulations.byo import keras_model_factory
 from simulations.native_engine import NativeOptions, run_native
+from simulations.preparation import prepare_scenario
 from simulations.pretrain import Pretrained
-from simulations.runner import check_settings, prepare_scenario
 from simulations.scenario import build_workload, initial_head
+from simulations.settings import check_settings
 
 if TYPE_CHECKING:
     from tests.support.simulation import CliRunner, SettingsFactory
@@ -40,7 +40,7 @@ TOLERANCE = 1e-4
 def _run(cli: CliRunner, engine: str, out: Path, cache: Path) -> tuple[Weights, dict[str, Any]]:
     args = [
         "--task", "digits", "--clients", "5", "--rounds", "3", "--partition", "iid",
-        "--epochs", "1", "--lr", "0.05", "--aggregator", "fedavg", "--seed", "0",
+        "--epochs", "1", "--learning-rate", "0.05", "--aggregator", "fedavg", "--seed", "0",
         "--engine", engine, "--workers", "1", "--cache-dir", str(cache), "--out", str(out),
         "--no-baseline", "--no-personalization", "--quiet", "--json",
     ]  # fmt: skip
@@ -80,7 +80,7 @@ def _max_diff(a: Weights, b: Weights) -> float:
 def test_native_and_tff_engines_agree_with_shuffled_batches(
     digits_pretrained: Pretrained, sim_settings: SettingsFactory
 ) -> None:
-    from simulations.tff_engine import run_tff
+    from simulations.tff_engine import keras_model_factory, run_tff
 
     settings = sim_settings(
         clients=5, rounds=2, partition="iid", epochs=2, learning_rate=0.05, seed=0

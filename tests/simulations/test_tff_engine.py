@@ -301,7 +301,7 @@ TFF_CHILD = textwrap.dedent(
     from cloud_trainer.models import build_model, freeze_backbone
     from fedge.weights import Weights
     from quantize.trainable import trainable_weights
-    from simulations.processes import exit_after_tff
+    from fedge.processes import hard_exit
     from simulations.tff_engine import run_tff
     from simulations.workload import ClientData, Hyperparams, Workload, build_full_schedule
 
@@ -330,7 +330,7 @@ TFF_CHILD = textwrap.dedent(
     with open(sys.argv[1], "w") as handle:
         json.dump({"workers": workers, "rounds": len(result.rounds)}, handle)
     print("done", flush=True)
-    exit_after_tff(0)  # how fedge's TFF entry points end (see its docstring)
+    hard_exit(0)  # how fedge's TFF entry points end (see its docstring)
     """
 )
 
@@ -388,7 +388,7 @@ def test_tff_process_exits_by_itself_and_leaves_no_worker_binary(tmp_path: Path)
 REAPER_CHILD = textwrap.dedent(
     """
     import subprocess, sys, time
-    from simulations.processes import install_child_reaper, kill_children
+    from fedge.processes import install_child_reaper, kill_descendants
 
     mode = sys.argv[1]
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
@@ -396,7 +396,7 @@ REAPER_CHILD = textwrap.dedent(
     install_child_reaper(timeout=5)  # idempotent
     print(sleeper.pid, flush=True)
     if mode == "call":
-        print(kill_children(timeout=5) == [sleeper.pid], sleeper.poll() is not None, flush=True)
+        print(kill_descendants(5) == [sleeper.pid], sleeper.poll() is not None, flush=True)
     elif mode == "wait":
         time.sleep(300)
     """
@@ -427,7 +427,7 @@ def _gone(pid: int, *, within: float = 10.0) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["call", "exit"])
-def test_kill_children_stops_descendants_when_called_and_at_exit(mode: str) -> None:
+def test_kill_descendants_stops_them_when_called_and_at_exit(mode: str) -> None:
     child = _reaper_child(mode)
     out, err = child.communicate(timeout=60)
     lines = out.split()

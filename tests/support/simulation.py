@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from simulations.runner import Settings
+from simulations.settings import Settings
 
 __all__ = ["CliRunner", "SettingsFactory"]
 

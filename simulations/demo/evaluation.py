@@ -9,46 +9,31 @@ are copied locally) and scores its global head with the TFLite runtime
 the int8 inference model too while it matches the version). No TensorFlow is involved.
 
 :func:`wait_for_evaluations` waits for the devices' answers to an ``evaluate`` task round,
-listing them with the admin token (``GET /v1/reports?kind=evaluate``).
+listing them with the admin token (``GET /v1/reports?kind=evaluate``). The figures are
+:class:`~simulations.report.TestScore` and :class:`~simulations.report.DeviceEvaluation`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_client import BundleStore, CoordinatorClient, EdgeModel, HttpTransport, ModelCache
 from edge_client.model import accuracy, cross_entropy
 from fedge.data import Dataset
-from simulations.e2e_coordinator import AdminApi
-from simulations.e2e_processes import DemoError
+from simulations.demo.coordinator import AdminApi
+from simulations.errors import DemoError
+from simulations.report import DeviceEvaluation, TestScore
 
 __all__ = [
-    "DeviceEvaluation",
-    "TestScore",
     "VersionScorer",
     "device_evaluation",
     "wait_for_evaluations",
 ]
 
 _POLL = 0.2
-
-
-@dataclass(frozen=True)
-class TestScore:
-    """A version's global head on the held-out test set."""
-
-    version: str
-    accuracy: float
-    loss: float
-    int8_accuracy: float | None = None
-    """The int8 inference model, where it still matches the version (the pretrained one)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class VersionScorer:
@@ -75,27 +60,6 @@ class VersionScorer:
 
     def close(self) -> None:
         self._client.close()
-
-
-@dataclass(frozen=True)
-class DeviceEvaluation:
-    """One device's evaluation of a version on its own local holdout."""
-
-    device: str
-    client_id: str
-    model_version: str
-    holdout_examples: int
-    global_accuracy: float
-    personalized_accuracy: float | None
-
-    @property
-    def gain(self) -> float | None:
-        if self.personalized_accuracy is None:
-            return None
-        return self.personalized_accuracy - self.global_accuracy
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gain": self.gain}
 
 
 def wait_for_evaluations(

@@ -28,39 +28,48 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.e2e_config import DemoConfig
-from simulations.e2e_coordinator import (
+from fedge import processes
+from fedge.errors import ConfigError
+from simulations.demo.config import DemoConfig
+from simulations.demo.coordinator import (
     AdminApi,
     CoordinatorPaths,
     serve_command,
     wait_until_serving,
 )
-from simulations.e2e_data import DemoData, check_trainer_split, split_demo_data, write_device_files
-from simulations.e2e_evaluation import (
+from simulations.demo.data import (
+    DemoData,
+    check_trainer_split,
+    split_demo_data,
+    write_device_files,
+)
+from simulations.demo.evaluation import (
     VersionScorer,
     device_evaluation,
     wait_for_evaluations,
 )
-from simulations.e2e_processes import DemoError, ManagedProcess, ProcessSupervisor
-from simulations.e2e_report import (
-    DemoResult,
-    RoundRow,
-    lineage_table,
-    plot_accuracy,
-    write_json,
-    write_rounds_csv,
-    write_text,
-)
-from simulations.e2e_tools import (
+from simulations.demo.result import DemoResult
+from simulations.demo.tools import (
     admin_list_command,
     bundle_command,
+    child_environment,
     daemon_command,
     register_command,
     status_command,
     train_command,
 )
+from simulations.errors import DemoError
+from simulations.report import (
+    RoundRow,
+    lineage_table,
+    output_problem,
+    plot_demo_accuracy,
+    write_json,
+    write_rounds_csv,
+    write_text,
+)
 
-__all__ = ["OUTPUT_MARKER", "DemoConfig", "DemoError", "DemoResult", "run_job"]
+__all__ = ["OUTPUT_MARKER", "prepare_output", "run_job"]
 
 Say = Callable[[str], None]
 STEPS = 6
@@ -80,16 +89,19 @@ _CLI_TIMEOUT = 60.0
 
 
 def prepare_output(out: Path) -> Path:
-    """``out`` made empty (a previous demo output is removed; anything else is refused)."""
+    """``out`` made empty (a previous demo output is removed; anything else is refused
+    with a ConfigError before anything is touched)."""
     out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise DemoError(f"--out {out} exists and is not a directory")
+    problem = output_problem(out)
+    if problem is not None:
+        raise ConfigError(f"output directory {problem}")
     if out.is_dir():
         entries = list(out.iterdir())
         ours = (out / OUTPUT_MARKER).is_file() or all(e.name in _OUTPUT_NAMES for e in entries)
         if entries and not ours:
-            raise DemoError(
-                f"--out {out} is not empty and holds no demo output: refusing to clean it"
+            raise ConfigError(
+                f"output directory {out} is not empty and holds no demo output: "
+                "refusing to clean it"
             )
         for entry in entries:
             if entry.is_dir() and not entry.is_symlink():
@@ -111,11 +123,13 @@ class _Job:
         self.work = out / "work"
         self.logs = out / "logs"
         self.work.mkdir()
-        self.supervisor = ProcessSupervisor(self.logs, cwd=self.work)
+        self.supervisor = processes.Supervisor(
+            log_dir=self.logs, cwd=self.work, env=child_environment(), stop_timeout=15.0
+        )
         self.paths = CoordinatorPaths(self.work / "coordinator")
         self.result = DemoResult(config, out)
-        self.coordinator: ManagedProcess | None = None
-        self.daemons: list[ManagedProcess] = []
+        self.coordinator: processes.Child | None = None
+        self.daemons: list[processes.Child] = []
         self.api: AdminApi | None = None
         self.scorer: VersionScorer | None = None
         self.token = ""
@@ -131,7 +145,9 @@ class _Job:
 
     def pretrain(self, data: DemoData) -> None:
         config = self.config
-        assert config.pretrain_epochs is not None  # resolved in __post_init__
+        # resolved in __post_init__
+        assert config.pretrain_epochs is not None
+        assert config.proxy_fraction is not None
         self.step(
             1,
             f"training the initial model on the proxy share ({len(data.proxy):,} examples, "
@@ -171,13 +187,15 @@ class _Job:
             what="fedge-quantize bundle",
             stdout=True,
         )
-        summary = process.stdout().strip().splitlines()
+        summary = process.read_stdout().strip().splitlines()
         self.detail(f"{summary[-1] if summary else bundle} ({time.monotonic() - began:.1f} s)")
         return bundle
 
     def start_coordinator(self, bundle: Path, data: DemoData) -> None:
         config = self.config
-        assert config.clients_per_round is not None  # resolved in __post_init__
+        # resolved in __post_init__
+        assert config.clients_per_round is not None
+        assert config.learning_rate is not None
         self.step(
             3, "starting the coordinator (fedge-coordinator serve: REST on 127.0.0.1, SQLite)"
         )
@@ -246,8 +264,8 @@ class _Job:
         ]
         for name, process in zip(names, registering, strict=True):
             what = f"{name}: fedge-edge register"
-            self.supervisor.wait(process, timeout=_START_TIMEOUT, what=what)
-            self.client_ids[name] = json.loads(process.stdout())["client_id"]
+            processes.wait(process, timeout=_START_TIMEOUT, what=what)
+            self.client_ids[name] = json.loads(process.read_stdout())["client_id"]
         for name in names:
             command = daemon_command(
                 self.api.url,
@@ -261,8 +279,8 @@ class _Job:
         self.detail(f"registered {len(names)} devices; examples per device: {rows}")
 
     def check_alive(self, doing: str) -> Callable[[], None]:
-        processes = [p for p in [self.coordinator, *self.daemons] if p is not None]
-        return lambda: self.supervisor.check_running(processes, doing=doing)
+        running = [p for p in [self.coordinator, *self.daemons] if p is not None]
+        return lambda: self.supervisor.check_running(running, doing=doing)
 
     def run_rounds(self) -> None:
         config = self.config
@@ -350,7 +368,7 @@ class _Job:
                 what=f"fedge-coordinator {what} list",
                 stdout=True,
             )
-            listed[what] = process.stdout().rstrip()
+            listed[what] = process.read_stdout().rstrip()
         self.result.models_cli, self.result.rounds_cli = listed["models"], listed["rounds"]
 
     # Shutdown -----------------------------------------------------------------------------
@@ -369,7 +387,7 @@ class _Job:
                 self._device_status()
         finally:
             self.result.leftovers = self.supervisor.close()
-            self.result.processes = [p.to_dict() for p in self.supervisor.processes]
+            self.result.processes = [p.to_dict() for p in self.supervisor.children]
 
     def _device_status(self) -> None:
         started = [
@@ -381,9 +399,9 @@ class _Job:
             for d in self.daemons
         ]
         for process in started:
-            self.supervisor.wait(process, timeout=_CLI_TIMEOUT, what="fedge-edge status")
+            processes.wait(process, timeout=_CLI_TIMEOUT, what="fedge-edge status")
             name = process.name.removesuffix("-status")
-            self.result.device_status[name] = json.loads(process.stdout())
+            self.result.device_status[name] = json.loads(process.read_stdout())
 
     # Outputs ------------------------------------------------------------------------------
 
@@ -408,14 +426,14 @@ class _Job:
         }
         result.files = {k: str(v) for k, v in files.items()}
         write_rounds_csv(files["rounds"], result.rows)
-        server = f"--server {result.url} --admin-token-file ..."
+        server = f"--coordinator {result.url} --admin-token-file ..."
         sections = [
             f"$ fedge-coordinator models list {server}\n{result.models_cli}",
             f"$ fedge-coordinator rounds list {server}\n{result.rounds_cli}",
             f"lineage (GET /v1/models)\n{lineage_table(result.models)}",
         ]
         write_text(files["lineage"], "\n\n".join(sections))
-        plot_accuracy(
+        plot_demo_accuracy(
             files["plot"],
             result.rows,
             result.devices,
@@ -427,21 +445,25 @@ class _Job:
 def run_job(config: DemoConfig, out: Path, *, say: Say) -> DemoResult:
     """Run the demo into ``out`` (emptied first); progress lines go to ``say``.
 
-    Raises :class:`DemoError` when a step fails (``out/summary.json`` then says why); every
-    process started is stopped before this returns or raises, also on KeyboardInterrupt.
+    Raises ConfigError for an unusable ``out`` (before any work), :class:`DemoError`
+    (or ProcessError) when a step fails (``out/summary.json`` then says why); every process
+    started is stopped before this returns or raises. On KeyboardInterrupt, once they are
+    stopped, ``out`` is removed: an interrupted run leaves no partial output.
     """
     began = time.monotonic()
     out = prepare_output(out)
-    data = split_demo_data(
-        config.task,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        proxy_fraction=config.proxy_fraction,
-        devices=config.devices,
-        alpha=config.alpha,
-    )
-    job = _Job(config, out, say)
+    assert config.proxy_fraction is not None  # resolved in __post_init__
+    job: _Job | None = None
     try:
+        data = split_demo_data(
+            config.task,
+            seed=config.seed,
+            test_fraction=config.test_fraction,
+            proxy_fraction=config.proxy_fraction,
+            devices=config.devices,
+            alpha=config.alpha,
+        )
+        job = _Job(config, out, say)
         finished = False
         try:
             job.pretrain(data)
@@ -456,17 +478,21 @@ def run_job(config: DemoConfig, out: Path, *, say: Say) -> DemoResult:
         say(_stop_report(job))
         job.result.elapsed = time.monotonic() - began
         job.write_outputs(data)
+    except KeyboardInterrupt:
+        with processes.deferred_interrupts():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     except BaseException as exc:
         with contextlib.suppress(OSError):
             write_json(
                 out / "summary.json",
                 {
                     "status": "failed",
-                    "error": _reason(exc),
+                    "error": str(exc) or type(exc).__name__,
                     "settings": config.to_dict(),
-                    "processes": job.result.processes,
-                    "leftover_processes": job.result.leftovers,
-                    "logs": str(job.logs),
+                    "processes": [] if job is None else job.result.processes,
+                    "leftover_processes": [] if job is None else job.result.leftovers,
+                    "logs": str(out / "logs"),
                 },
             )
         raise
@@ -474,21 +500,15 @@ def run_job(config: DemoConfig, out: Path, *, say: Say) -> DemoResult:
 
 
 def _stop_report(job: _Job) -> str:
-    processes = job.result.processes
-    stopped = [p for p in processes if p["outcome"] in ("terminated", "killed")]
-    killed = [p["name"] for p in processes if p["outcome"] == "killed"]
+    started = job.result.processes
+    stopped = [p for p in started if p["outcome"] in ("terminated", "killed")]
+    killed = [p["name"] for p in started if p["outcome"] == "killed"]
     text = (
         f"stopped {len(stopped)} running processes (the daemons, then the coordinator) of "
-        f"{len(processes)} started"
+        f"{len(started)} started"
     )
     if killed:
         text += f"; SIGKILL needed for {', '.join(killed)}"
     if job.result.leftovers:
         return text + f"; killed leftover processes {', '.join(job.result.leftovers)}"
     return text + "; psutil finds no child process left"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return f"interrupted ({exc or 'Ctrl-C'})"
-    return str(exc) or type(exc).__name__

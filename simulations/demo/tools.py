@@ -1,24 +1,47 @@
 """The command lines the demo runs: each fedge tool as a user would type it.
 
-Each function returns an argument list for :class:`~simulations.e2e_processes.
-ProcessSupervisor`; the console script comes from :func:`~simulations.e2e_processes.
-tool_command`. Secrets are never on a command line: the admin token travels in a file.
+Each function returns an argument list for :class:`fedge.processes.Supervisor`; the
+console script comes from :func:`tool_command`, and the tools run in
+:func:`child_environment`. Secrets are never on a command line: the admin token travels in
+a file.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-
-from simulations.e2e_processes import tool_command
 
 __all__ = [
     "admin_list_command",
     "bundle_command",
+    "child_environment",
     "daemon_command",
     "register_command",
     "status_command",
+    "tool_command",
     "train_command",
 ]
+
+_SECRET_VARIABLES = ("FEDGE_ADMIN_TOKEN", "FEDGE_ENROLLMENT_TOKEN")
+
+
+def tool_command(script: str, module: str) -> list[str]:
+    """The command of a fedge console script: the script beside this interpreter (how a
+    user runs it from the virtual environment), else ``python -m module``."""
+    candidate = Path(sys.executable).parent / script
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return [str(candidate)]
+    return [sys.executable, "-m", module]
+
+
+def child_environment() -> dict[str, str]:
+    """This environment for the tools, without admin or enrollment secrets (the demo passes
+    its own token in a file) and with TensorFlow's native logging quiet."""
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def train_command(
@@ -84,6 +107,6 @@ def admin_list_command(what: str, url: str, *, admin_token_file: Path) -> list[s
     """``fedge-coordinator models list`` or ``rounds list`` against the running server."""
     command = [
         *tool_command("fedge-coordinator", "coordinator.cli"), what, "list",
-        "--server", url, "--admin-token-file", str(admin_token_file), "--log-level", "WARNING",
+        "--coordinator", url, "--admin-token-file", str(admin_token_file), "--quiet",
     ]  # fmt: skip
     return command

@@ -13,8 +13,9 @@ what is wrong, so ``fedge-simulate`` refuses bad input before any training:
   disjoint), or a ``Partition.to_dict`` document;
 - ``--schedule-file FILE``: JSON ``{"rounds": [[client ids], ...]}``.
 
-:func:`build_scenario` assembles a scenario from them and the user's Keras model
-(:mod:`simulations.user_model`).
+``--init`` on a built-in model becomes a bundle of its own (:func:`bundle_with_head`);
+:mod:`simulations.preparation` assembles the scenario from these and the user's model
+(:mod:`simulations.inputs.model`).
 """
 
 from __future__ import annotations
@@ -25,36 +26,28 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fedge.bundle import WEIGHTS_FILE, read_manifest, write_manifest
-from fedge.data import Dataset, Partition, read_csv_columns, train_test_split
+from fedge.data import Dataset, Partition, read_csv_columns
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec, NumericFeature
 from fedge.schema import Schema
 from fedge.weights import Weights
 from simulations.workload import Schedule, load_schedule
 
-if TYPE_CHECKING:
-    import tensorflow as tf
-
-    from simulations.runner import CheckedInputs, Settings
-    from simulations.scenario import Scenario
-
 __all__ = [
     "CUSTOM_TASK",
     "UserData",
-    "build_scenario",
     "bundle_with_head",
     "check_init",
-    "keras_model_factory",
     "load_data",
     "load_init",
     "load_partition",
@@ -351,141 +344,3 @@ def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def keras_model_factory(path: Path) -> Callable[[], tf.keras.Model]:
-    """A ``model_fn`` for the TFF engine: the Keras model at ``path`` (an export directory or
-    a SavedModel), loaded afresh on each call."""
-    import tensorflow as tf
-
-    saved = path / "saved_model" if (path / "saved_model").is_dir() else path
-
-    def model_fn() -> tf.keras.Model:
-        return tf.keras.models.load_model(saved)
-
-    return model_fn
-
-
-def build_scenario(
-    settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
-) -> Scenario:
-    """The scenario of a run with the user's model (and possibly the user's data)."""
-    from simulations.scenario import (
-        Scenario,
-        build_task_partition,
-        plan_schedule,
-        split_task_rows,
-    )
-    from simulations.user_model import bundle_user_model, load_user_model
-    from simulations.workload import Hyperparams
-
-    assert settings.model_file is not None
-    step(f"loading your model {settings.model_file}")
-    model = load_user_model(settings.model_file, init=inputs.init)
-    details: dict[str, Any] = {"model": str(settings.model_file)}
-    if inputs.data is not None:
-        data = inputs.data
-        if model.num_classes < data.min_classes:
-            raise ConfigError(
-                f"--data {data.path} has class ids up to {data.min_classes - 1}, your model "
-                f"outputs {model.num_classes} classes"
-            )
-        dataset = data.dataset(model.num_classes)
-        task = CUSTOM_TASK
-        if inputs.partition is not None:
-            pool, partition = dataset, inputs.partition
-            free = np.setdiff1d(np.arange(len(dataset)), partition.assigned())
-            if free.size:
-                test = dataset.take(free)
-                details["test"] = "rows no client holds"
-            else:
-                holdouts = np.sort(np.concatenate([s.holdout for s in partition.values()]))
-                if holdouts.size == 0:
-                    raise ConfigError(
-                        "--partition-file gives every row to a client and --holdout-fraction "
-                        "is 0: leave some rows unassigned to test on"
-                    )
-                test = dataset.take(holdouts)
-                details["test"] = "the clients' holdout rows (every row is assigned)"
-        else:
-            train_idx, test_idx = train_test_split(
-                dataset, test_fraction=settings.test_fraction, seed=settings.seed
-            )
-            pool, test = dataset.take(train_idx), dataset.take(test_idx)
-            partition = build_task_partition(
-                pool,
-                settings.partition,
-                clients=settings.clients,
-                seed=settings.seed,
-                holdout_fraction=settings.holdout_fraction,
-            )
-        spec = data.feature_spec(pool)
-        details.update({"data": str(data.path), "rows": len(dataset)})
-    else:
-        from cloud_trainer.data import build_feature_spec
-
-        assert settings.task is not None
-        task = settings.task
-        rows = split_task_rows(
-            task,
-            seed=settings.seed,
-            test_fraction=settings.test_fraction,
-            proxy_fraction=settings.proxy_fraction,
-        )
-        pool, test = rows.pool, rows.test
-        if model.num_classes != pool.schema.num_classes:
-            raise ConfigError(
-                f"your model outputs {model.num_classes} classes, task {task} has "
-                f"{pool.schema.num_classes}"
-            )
-        partition = inputs.partition or build_task_partition(
-            pool,
-            settings.partition,
-            clients=settings.clients,
-            seed=settings.seed,
-            holdout_fraction=settings.holdout_fraction,
-        )
-        spec = build_feature_spec(rows.proxy)
-        details["data"] = f"built-in task {task} (feature spec from the proxy share)"
-    ids = list(partition)
-    schedule = plan_schedule(
-        ids,
-        rounds=settings.rounds or 1,
-        per_round=settings.per_round or len(ids),
-        seed=settings.seed,
-        fixed=inputs.schedule,
-    )
-    if tuple(model.input_shape) != spec.output_shape:
-        raise ConfigError(
-            f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
-            f"{spec.output_shape}"
-        )
-    bundle, saved_model = bundle_user_model(
-        model,
-        task=task,
-        spec=spec,
-        schema=pool.schema,
-        test=test,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        cache_dir=Path(settings.cache_dir),
-        step=step,
-    )
-    details.update({"task": task, "source": "your model", "bundle": str(bundle)})
-    details.update({"pool_examples": len(pool), "test_examples": len(test)})
-    return Scenario(
-        task=task,
-        bundle_dir=bundle,
-        keras_model=saved_model,
-        pool=pool,
-        partition=partition,
-        test=test,
-        schedule=schedule,
-        hyperparams=Hyperparams(
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-        ),
-        seed=settings.seed,
-        details=details,
-    )

@@ -4,7 +4,7 @@
 promote on commit, so the demo decides how many rounds run); :func:`wait_until_serving`
 waits, bounded, for the port file and ``/healthz``. :class:`AdminApi` is the handful of
 admin calls the demo makes with the admin token (``requests``; every failure becomes a
-one-line :class:`~simulations.e2e_processes.DemoError`).
+one-line :class:`~simulations.errors.DemoError`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from typing import Any
 
 import requests
 
-from simulations.e2e_processes import DemoError, ManagedProcess, tool_command
+from fedge import processes
+from fedge.errors import ProcessError
+from simulations.demo.tools import tool_command
+from simulations.errors import DemoError
 
 __all__ = ["AdminApi", "CoordinatorPaths", "serve_command", "wait_until_serving"]
 
@@ -85,24 +88,28 @@ def serve_command(
     ]  # fmt: skip
 
 
-def wait_until_serving(process: ManagedProcess, port_file: Path, *, timeout: float) -> str:
+def wait_until_serving(process: processes.Child, port_file: Path, *, timeout: float) -> str:
     """The coordinator's URL once its port file exists and ``/healthz`` answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise DemoError(
-                f"the coordinator {process.describe_exit()} at start (see {process.log_path})"
-            )
+    found: list[str] = []
+
+    def healthy() -> bool:
         text = port_file.read_text().strip() if port_file.is_file() else ""
-        if text.isdigit():
-            url = f"http://127.0.0.1:{int(text)}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                    return url
-        time.sleep(_POLL)
-    raise DemoError(
-        f"the coordinator did not answer within {timeout:.0f} s (see {process.log_path})"
-    )
+        if not text.isdigit():
+            return False
+        url = f"http://127.0.0.1:{int(text)}"
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                found.append(url)
+                return True
+        return False
+
+    try:
+        processes.wait_until(
+            healthy, timeout=timeout, watch=[process], interval=_POLL, what="serving"
+        )
+    except ProcessError as exc:
+        raise DemoError(f"{exc} (see {process.log_path})") from None
+    return found[-1]
 
 
 class AdminApi:

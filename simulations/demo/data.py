@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.data import Dataset, Partition, dirichlet, load_task, train_test_split
-from simulations.e2e_processes import DemoError
+from simulations.errors import DemoError
 
 __all__ = ["DemoData", "check_trainer_split", "split_demo_data", "write_device_files"]
 

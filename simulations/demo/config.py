@@ -1,7 +1,7 @@
 """The demo job's settings: one frozen, validated :class:`DemoConfig`.
 
 The defaults are what ``make demo`` runs (digits, five devices, ten rounds of FedAvg with
-every device); :mod:`simulations.demo` maps each field to a flag.
+every device); :mod:`simulations.demo.cli` maps each field to a flag.
 """
 
 from __future__ import annotations
@@ -13,21 +13,28 @@ from typing import Any
 from fedge.data import TASK_NAMES
 from fedge.errors import ConfigError
 
-__all__ = ["PRETRAIN_EPOCHS", "DemoConfig"]
+__all__ = ["LEARNING_RATES", "PRETRAIN_EPOCHS", "PROXY_FRACTIONS", "DemoConfig"]
 
 PRETRAIN_EPOCHS = {"digits": 20, "taxi": 5}
 """The cloud's epochs on the proxy share per task: a useful backbone (digits ~0.88 test
 accuracy from 144 examples) without training it further than a small share deserves."""
+
+PROXY_FRACTIONS = {"digits": 0.1, "taxi": 0.1}
+"""The cloud's share of the training split per task; the rest is the devices'."""
+
+LEARNING_RATES = {"digits": 0.03, "taxi": 0.03}
+"""The devices' SGD rate on the head per task."""
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything the job does differently with flags; the defaults are the demo's.
 
-    ``clients_per_round`` ``None`` means every device in every round; ``pretrain_epochs``
-    ``None`` means :data:`PRETRAIN_EPOCHS` of the task. ``pretrain_*`` are the cloud's
-    (Adam); ``local_epochs`` and ``learning_rate`` the devices' (plain SGD on the head with
-    the backbone frozen), chosen for digits: 0.883 -> 0.930 test accuracy in ten rounds.
+    ``clients_per_round`` ``None`` means every device in every round; ``pretrain_epochs``,
+    ``proxy_fraction`` and ``learning_rate`` ``None`` mean the task's entry in
+    :data:`PRETRAIN_EPOCHS`, :data:`PROXY_FRACTIONS` and :data:`LEARNING_RATES`.
+    ``pretrain_*`` are the cloud's (Adam); ``local_epochs`` and ``learning_rate`` the
+    devices' (plain SGD on the head with the backbone frozen).
     """
 
     task: str = "digits"
@@ -35,9 +42,9 @@ class DemoConfig:
     rounds: int = 10
     clients_per_round: int | None = None
     local_epochs: int = 2
-    learning_rate: float = 0.03
+    learning_rate: float | None = None
     alpha: float = 0.5
-    proxy_fraction: float = 0.1
+    proxy_fraction: float | None = None
     test_fraction: float = 0.2
     pretrain_epochs: int | None = None
     pretrain_learning_rate: float = 3e-3
@@ -51,7 +58,11 @@ class DemoConfig:
         if self.task not in TASK_NAMES:
             raise ConfigError(f"unknown task {self.task!r}; known: {', '.join(TASK_NAMES)}")
         if self.pretrain_epochs is None:
-            object.__setattr__(self, "pretrain_epochs", PRETRAIN_EPOCHS.get(self.task, 10))
+            object.__setattr__(self, "pretrain_epochs", PRETRAIN_EPOCHS[self.task])
+        if self.proxy_fraction is None:
+            object.__setattr__(self, "proxy_fraction", PROXY_FRACTIONS[self.task])
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", LEARNING_RATES[self.task])
         for name in ("devices", "rounds", "local_epochs", "pretrain_epochs", "device_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

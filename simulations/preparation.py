@@ -1,0 +1,258 @@
+"""The scenario of a run: the model bundled for the devices, the clients' rows, the schedule.
+
+For a built-in task the cloud pretrains the zoo model on the proxy share (cached, see
+:mod:`simulations.pretrain`), with ``--init`` applied to its head when given; with the
+user's model (:mod:`simulations.inputs.model`) the model is checked, prepared and
+bundled, over the user's data or a built-in task's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedge.data import train_test_split
+from fedge.errors import ConfigError
+from fedge.weights import Weights
+from simulations.inputs import files
+from simulations.pretrain import PretrainConfig, find_pretrained, pretrain
+from simulations.scenario import (
+    Scenario,
+    TaskRows,
+    build_task_partition,
+    initial_head,
+    plan_schedule,
+    split_task_rows,
+)
+from simulations.settings import CheckedInputs, Settings
+from simulations.workload import Hyperparams
+
+__all__ = ["Step", "prepare_scenario"]
+
+Step = Callable[[str], None]
+
+
+def prepare_scenario(
+    settings: Settings, inputs: CheckedInputs, *, step: Step | None = None
+) -> Scenario:
+    """The scenario of ``settings``: pretrained (cached) or user-supplied model, bundled;
+    the clients' rows; the schedule."""
+    say = step or (lambda _: None)
+    if inputs.data is not None or settings.model_file is not None:
+        return _user_scenario(settings, inputs, step=say)
+    return _task_scenario(settings, inputs, say)
+
+
+def _task_scenario(settings: Settings, inputs: CheckedInputs, say: Step) -> Scenario:
+    assert settings.task is not None
+    rows = split_task_rows(
+        settings.task,
+        seed=settings.seed,
+        test_fraction=settings.test_fraction,
+        proxy_fraction=settings.proxy_fraction,
+    )
+    partition = inputs.partition or build_task_partition(
+        rows.pool,
+        settings.partition,
+        clients=settings.clients,
+        seed=settings.seed,
+        holdout_fraction=settings.holdout_fraction,
+    )
+    ids = list(partition)
+    schedule = plan_schedule(
+        ids,
+        rounds=settings.rounds or 1,
+        per_round=settings.per_round or len(ids),
+        seed=settings.seed,
+        fixed=inputs.schedule,
+    )
+    config = PretrainConfig(
+        task=settings.task,
+        seed=settings.seed,
+        proxy_fraction=settings.proxy_fraction,
+        test_fraction=settings.test_fraction,
+        epochs=settings.pretrain_epochs,
+        device_batch_size=settings.batch_size,
+    )
+    if inputs.init is not None:  # checked against the model's head before any training
+        found = find_pretrained(config, settings.cache_dir)
+        reference = initial_head(found.bundle_dir) if found else _zoo_head(settings.task, rows)
+        files.check_init(inputs.init, reference)
+    pretrained = pretrain(config, settings.cache_dir, progress=say)
+    record_fingerprint = _record_fingerprint(pretrained.export_dir)
+    if record_fingerprint is not None and record_fingerprint != rows.proxy.fingerprint():
+        raise ConfigError(
+            f"the cached model in {pretrained.export_dir} was trained on other rows than this "
+            "run's proxy share; remove the cache entry"
+        )
+    bundle = pretrained.bundle_dir
+    if inputs.init is not None:
+        bundle = files.bundle_with_head(bundle, inputs.init, Path(settings.cache_dir))
+    return Scenario(
+        task=settings.task,
+        bundle_dir=bundle,
+        keras_model=pretrained.export_dir,
+        pool=rows.pool,
+        partition=partition,
+        test=rows.test,
+        schedule=schedule,
+        hyperparams=Hyperparams(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+        ),
+        seed=settings.seed,
+        details={
+            "task": settings.task,
+            "source": "built-in task, pretrained on the proxy share",
+            "partition": settings.partition if inputs.partition is None else "file",
+            "proxy_examples": len(rows.proxy),
+            "pool_examples": len(rows.pool),
+            "test_examples": len(rows.test),
+            "bundle": str(bundle),
+            "pretrained_reused": pretrained.reused,
+        },
+    )
+
+
+def _zoo_head(task: str, rows: TaskRows) -> Weights:
+    """The zoo model's trainable head (names and shapes) for ``task``, untrained."""
+    from cloud_trainer.data import build_feature_spec
+    from cloud_trainer.models import build_model, freeze_backbone
+    from quantize.trainable import trainable_weights
+
+    spec = build_feature_spec(rows.proxy)
+    model = build_model(
+        task, input_shape=spec.output_shape, num_classes=rows.proxy.schema.num_classes
+    )
+    return Weights(trainable_weights(freeze_backbone(model)))
+
+
+def _record_fingerprint(export_dir: Path) -> str | None:
+    from cloud_trainer.record import load_training_record
+
+    try:
+        return load_training_record(export_dir).data_fingerprint
+    except Exception:  # an unreadable record: the bundle check already passed
+        return None
+
+
+def _user_scenario(
+    settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
+) -> Scenario:
+    """The scenario of a run with the user's model (and possibly the user's data)."""
+    from simulations.inputs.model import bundle_user_model, load_user_model
+
+    assert settings.model_file is not None
+    step(f"loading your model {settings.model_file}")
+    model = load_user_model(settings.model_file, init=inputs.init)
+    details: dict[str, Any] = {"model": str(settings.model_file)}
+    if inputs.data is not None:
+        data = inputs.data
+        if model.num_classes < data.min_classes:
+            raise ConfigError(
+                f"--data {data.path} has class ids up to {data.min_classes - 1}, your model "
+                f"outputs {model.num_classes} classes"
+            )
+        dataset = data.dataset(model.num_classes)
+        task = files.CUSTOM_TASK
+        if inputs.partition is not None:
+            pool, partition = dataset, inputs.partition
+            free = np.setdiff1d(np.arange(len(dataset)), partition.assigned())
+            if free.size:
+                test = dataset.take(free)
+                details["test"] = "rows no client holds"
+            else:
+                holdouts = np.sort(np.concatenate([s.holdout for s in partition.values()]))
+                if holdouts.size == 0:
+                    raise ConfigError(
+                        "--partition-file gives every row to a client and --holdout-fraction "
+                        "is 0: leave some rows unassigned to test on"
+                    )
+                test = dataset.take(holdouts)
+                details["test"] = "the clients' holdout rows (every row is assigned)"
+        else:
+            train_idx, test_idx = train_test_split(
+                dataset, test_fraction=settings.test_fraction, seed=settings.seed
+            )
+            pool, test = dataset.take(train_idx), dataset.take(test_idx)
+            partition = build_task_partition(
+                pool,
+                settings.partition,
+                clients=settings.clients,
+                seed=settings.seed,
+                holdout_fraction=settings.holdout_fraction,
+            )
+        spec = data.feature_spec(pool)
+        details.update({"data": str(data.path), "rows": len(dataset)})
+    else:
+        from cloud_trainer.data import build_feature_spec
+
+        assert settings.task is not None
+        task = settings.task
+        rows = split_task_rows(
+            task,
+            seed=settings.seed,
+            test_fraction=settings.test_fraction,
+            proxy_fraction=settings.proxy_fraction,
+        )
+        pool, test = rows.pool, rows.test
+        if model.num_classes != pool.schema.num_classes:
+            raise ConfigError(
+                f"your model outputs {model.num_classes} classes, task {task} has "
+                f"{pool.schema.num_classes}"
+            )
+        partition = inputs.partition or build_task_partition(
+            pool,
+            settings.partition,
+            clients=settings.clients,
+            seed=settings.seed,
+            holdout_fraction=settings.holdout_fraction,
+        )
+        spec = build_feature_spec(rows.proxy)
+        details["data"] = f"built-in task {task} (feature spec from the proxy share)"
+    ids = list(partition)
+    schedule = plan_schedule(
+        ids,
+        rounds=settings.rounds or 1,
+        per_round=settings.per_round or len(ids),
+        seed=settings.seed,
+        fixed=inputs.schedule,
+    )
+    if tuple(model.input_shape) != spec.output_shape:
+        raise ConfigError(
+            f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
+            f"{spec.output_shape}"
+        )
+    bundle, saved_model = bundle_user_model(
+        model,
+        task=task,
+        spec=spec,
+        schema=pool.schema,
+        test=test,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        cache_dir=Path(settings.cache_dir),
+        step=step,
+    )
+    details.update({"task": task, "source": "your model", "bundle": str(bundle)})
+    details.update({"pool_examples": len(pool), "test_examples": len(test)})
+    return Scenario(
+        task=task,
+        bundle_dir=bundle,
+        keras_model=saved_model,
+        pool=pool,
+        partition=partition,
+        test=test,
+        schedule=schedule,
+        hyperparams=Hyperparams(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+        ),
+        seed=settings.seed,
+        details=details,
+    )
