@@ -376,9 +376,6 @@ class SQLiteStore:
             )
             return stored
 
-    def get_report(self, report_id: int) -> ReportRecord | None:
-        return self._one(ReportRecord, "SELECT doc FROM reports WHERE report_id = ?", (report_id,))
-
     def list_reports(
         self, *, kind: str | None = None, model_version: str | None = None
     ) -> list[ReportRecord]:

@@ -96,7 +96,6 @@ class Store(Protocol):
         """Append a report; its ``report_id`` is assigned here."""
         ...
 
-    def get_report(self, report_id: int) -> ReportRecord | None: ...
     def list_reports(
         self, *, kind: str | None = None, model_version: str | None = None
     ) -> list[ReportRecord]: ...
@@ -382,11 +381,6 @@ class MemoryStore:
             stored = dataclasses.replace(report, report_id=len(self._tables["reports"]) + 1)
             self._put("reports", stored.report_id, stored)
             return stored
-
-    def get_report(self, report_id: int) -> ReportRecord | None:
-        with self._lock:
-            found: ReportRecord | None = self._tables["reports"].get(report_id)
-            return found
 
     def list_reports(
         self, *, kind: str | None = None, model_version: str | None = None

@@ -223,7 +223,8 @@ def test_reports_get_ids_and_filter(store: Store) -> None:
         ReportRecord(0, "evaluation", "c1", "t2", 2.0, "v1", {"metrics": {"accuracy": 0.5}})
     )
     assert (stats.report_id, evaluation.report_id) == (1, 2)
-    assert store.get_report(1) == stats
+    assert store.list_reports() == [stats, evaluation]
+    assert store.list_reports(kind="stats") == [stats]
     assert store.list_reports(kind="evaluation", model_version="v1") == [evaluation]
     assert store.list_reports(model_version="v2") == []
 
