@@ -242,14 +242,9 @@ class Weights(Mapping[str, FloatArray]):
             total += float(np.dot(flat, flat))
         return math.sqrt(total)
 
-    def flatten(self) -> FloatArray:
-        """All values as one 1-D float32 vector, tensors in name order, each C-ordered."""
-        if not self._tensors:
-            return np.zeros(0, np.float32)
-        return np.concatenate([a.ravel() for a in self._tensors.values()])
-
     def unflatten(self, vector: npt.ArrayLike) -> Weights:
-        """Weights shaped like ``self`` from a vector laid out as :meth:`flatten` lays it."""
+        """Weights shaped like ``self`` from a 1-D vector holding the tensors in ``self``'s
+        name order, each C-ordered."""
         flat = _as_float32("vector", vector)
         if flat.ndim != 1 or flat.size != self.num_parameters:
             raise ShapeMismatchError(

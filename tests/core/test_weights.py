@@ -354,14 +354,14 @@ def test_l2_norm_is_the_global_norm_in_float64() -> None:
     assert big.l2_norm() == pytest.approx(float(np.float32(3e30)) * np.sqrt(1000), rel=1e-12)
 
 
-def test_flatten_and_unflatten_round_trip_in_name_order() -> None:
+def test_unflatten_lays_a_vector_out_in_name_order_each_tensor_c_ordered() -> None:
     weights = _model()
-    flat = weights.flatten()
-    assert flat.shape == (10,)
-    assert flat[:6].tolist() == weights["dense/kernel"].ravel().tolist()
-    assert flat[-1] == 3.0
-    assert weights.unflatten(flat) == weights
-    assert weights.unflatten(flat * 0)["scale"].shape == ()
+    laid_out = weights.unflatten(np.arange(10))
+    assert laid_out.names == weights.names
+    assert laid_out["dense/kernel"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert laid_out["dense/bias"].tolist() == [6, 7, 8]
+    assert laid_out["scale"].shape == ()
+    assert float(laid_out["scale"]) == 9.0
 
 
 def test_unflatten_rejects_a_wrong_length() -> None:
