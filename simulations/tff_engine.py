@@ -25,7 +25,9 @@ import numpy.typing as npt
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from cloud_trainer.export import load_exported_model
 from cloud_trainer.models import freeze_backbone
+from cloud_trainer.record import SAVED_MODEL_DIR
 from fedge.errors import ConfigError
 from fedge.processes import install_child_reaper
 from fedge.weights import Weights
@@ -209,9 +211,11 @@ def _accuracy(
 def keras_model_factory(path: Path) -> ModelFn:
     """A ``model_fn``: the Keras model at ``path`` (an export directory or a SavedModel),
     loaded afresh on each call."""
-    saved = path / "saved_model" if (path / "saved_model").is_dir() else path
+    is_export = (path / SAVED_MODEL_DIR).is_dir()
 
     def model_fn() -> tf.keras.Model:
-        return tf.keras.models.load_model(saved)
+        if is_export:
+            return load_exported_model(path)
+        return tf.keras.models.load_model(path)
 
     return model_fn
