@@ -36,8 +36,8 @@ from coordinator.auth import (
     load_secret,
 )
 from coordinator.config import RoundConfig, ServiceConfig
-from fedge.aggregation import STRATEGY_NAMES
 from fedge.errors import BundleError, ConfigError, FedgeError
+from fedge.strategy import STRATEGY_NAMES
 
 __all__ = ["build_parser", "main"]
 

@@ -113,7 +113,8 @@ def build_schemas() -> dict[str, Any]:
             "description": "Overrides of the round defaults: "
             "clients_per_round, min_clients, min_available_clients, "
             "deadline_seconds, epochs, batch_size, learning_rate, aggregator, "
-            "aggregator_options, task_options, norm_bound, max_examples, continuous, "
+            "aggregator_options, server_optimizer, server_optimizer_options, "
+            "metrics_aggregation, task_options, norm_bound, max_examples, continuous, "
             "auto_promote",
         },
         "Round": _obj(
