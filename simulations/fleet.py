@@ -383,9 +383,9 @@ class ProcessFleet:
         self.close()
 
 
-def open_fleet(data: FleetData, *, workers: int) -> LocalFleet | ProcessFleet:
+def open_fleet(data: FleetData, *, workers: int) -> Fleet:
     """``workers`` worker processes (no more than there are clients), or this process
-    alone for ``workers == 1``."""
+    alone for ``workers == 1``; the engine sees only the :class:`Fleet` interface."""
     workers = min(workers, len(data.client_ids()))
     if workers <= 1:
         return LocalFleet(data)
