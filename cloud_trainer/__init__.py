@@ -40,7 +40,6 @@ _EXPORTS: dict[str, str] = {
     "head_layer_names": "models",
     "array_dataset": "pipelines",
     "csv_dataset": "pipelines",
-    "read_tfrecord": "pipelines",
     "write_tfrecord": "pipelines",
     "build_strategy": "strategies",
     "configure_logical_cpus": "strategies",

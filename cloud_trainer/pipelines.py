@@ -1,4 +1,5 @@
-"""tf.data input pipelines: from arrays, from CSV (through the shared feature spec), TFRecord.
+"""tf.data input pipelines: from arrays and from CSV (through the shared feature spec); the
+TFRecord writer behind ``fedge-train --to-tfrecord``.
 
 CSV is read with fedge's one CSV reader and transformed with :class:`FeatureSpec`, the code
 the edge client runs too, so training and serving cannot disagree on preprocessing.
@@ -26,7 +27,6 @@ __all__ = [
     "LABEL_KEY",
     "array_dataset",
     "csv_dataset",
-    "read_tfrecord",
     "write_tfrecord",
 ]
 
@@ -116,29 +116,6 @@ def write_tfrecord(
         raise DataError(f"cannot write TFRecord file {target}: {exc}") from exc
     logger.info("wrote %d examples to %s", len(y), target)
     return len(y)
-
-
-def read_tfrecord(path: str | os.PathLike[str], feature_shape: tuple[int, ...]) -> tf.data.Dataset:
-    """Unbatched ``(features, label)`` pairs from :func:`write_tfrecord`'s file.
-
-    ``features`` come back as float32 of ``feature_shape``, ``label`` as a scalar int64.
-    """
-    shape = tuple(int(d) for d in feature_shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise ConfigError(f"feature_shape must hold positive ints, got {feature_shape!r}")
-    target = os.fspath(path)
-    if not os.path.isfile(target):
-        raise DataError(f"no TFRecord file at {target}")
-    description = {
-        FEATURES_KEY: tf.io.FixedLenFeature([int(np.prod(shape))], tf.float32),
-        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-    }
-
-    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        parsed = tf.io.parse_single_example(record, description)
-        return tf.reshape(parsed[FEATURES_KEY], shape), parsed[LABEL_KEY]
-
-    return tf.data.TFRecordDataset(target).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _with_data_sharding(ds: tf.data.Dataset) -> tf.data.Dataset:
