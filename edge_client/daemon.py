@@ -145,7 +145,7 @@ class Daemon:
             self._record_error(str(exc))
             logger.error("the coordinator refused or garbled a request (%s); retrying later", exc)
             self._save_status()
-            self._sleep(self.backoff.next_delay())
+            self.backoff.failure()
             return "refused"
         self.backoff.reset()
         self._last_poll = self._clock()
@@ -172,7 +172,7 @@ class Daemon:
     def _work(self, task: Task) -> str:
         if task.task_id in self._answered:
             logger.warning("task %s was answered before; waiting for it to close", task.task_id)
-            self._sleep(self.backoff.next_delay())
+            self.backoff.failure()
             return "answered_before"
         logger.info("handling %s task %s (model %s)", task.kind, task.task_id, task.model_version)
         try:
@@ -184,7 +184,7 @@ class Daemon:
             self._record_error(f"model {task.model_version} rejected: {exc}")
             logger.error("model %s rejected: %s; keeping model %s", task.model_version, exc, kept)
             self._save_status()
-            self._sleep(self.backoff.next_delay())
+            self.backoff.failure()
             return "model_rejected"
         self.state.use_version(model.version)
         context = self._context_for(model)
@@ -194,7 +194,7 @@ class Daemon:
             self._record_error(f"task {task.task_id}: {exc}")
             logger.error("cannot do %s task %s yet: %s", task.kind, task.task_id, exc)
             self._save_status()
-            self._sleep(self.backoff.next_delay())
+            self.backoff.failure()
             return "no_data"
         except (FedgeError, ValueError, RuntimeError) as exc:  # the TFLite runtime's errors
             self._record_error(f"task {task.task_id}: {exc}")
