@@ -11,7 +11,6 @@ app factory.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -21,6 +20,7 @@ from flask import Flask
 from waitress.server import create_server  # type: ignore[import-untyped]
 
 from coordinator.service import CoordinatorService
+from fedge.fileio import atomic_write_text
 
 __all__ = ["Ticker", "run_server"]
 
@@ -56,9 +56,7 @@ class Ticker:
 
 
 def _write_port(port_file: Path, port: int) -> None:
-    tmp = port_file.with_name(port_file.name + ".tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, port_file)
+    atomic_write_text(port_file, f"{port}\n")
 
 
 def run_server(

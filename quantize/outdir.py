@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fedge.errors import ConfigError
+from fedge.fileio import publish_directory
 
 __all__ = ["check_out_dir", "staged_out_dir"]
 
@@ -58,7 +59,7 @@ def staged_out_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
         # rename(2) replaces an empty directory and fails on a non-empty one, so output
         # that appeared at ``out`` meanwhile is kept, and this run fails instead.
         try:
-            os.replace(staging, target)
+            publish_directory(staging, target)
         except OSError as exc:
             raise ConfigError(f"cannot move the output into {target}: {exc.strerror}") from exc
     except BaseException:
