@@ -11,8 +11,10 @@
         │                               idempotency key reused with another payload)
         ├── PayloadTooLargeError   413  a body over the configured limit
         ├── UnsupportedMediaTypeError 415  a body of the wrong content type
-        └── UpdateRejectedError    422  an update that fails a server policy (norm bound,
-                                        example count)
+        ├── UpdateRejectedError    422  an update that fails a server policy (norm bound,
+        │                               example count)
+        └── CoordinatorUnavailableError 503  (client side) the coordinator cannot be
+                                        reached, or answered with a server error
 
 Each error carries a short machine-readable ``code`` (``"norm_exceeded"``,
 ``"round_closed"``...) that transports return as ``{"error": code, "detail": message}``
@@ -44,6 +46,7 @@ __all__ = [
     "AuthenticationError",
     "ConflictError",
     "CoordinatorError",
+    "CoordinatorUnavailableError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -97,6 +100,14 @@ class UnsupportedMediaTypeError(CoordinatorError):
 class UpdateRejectedError(CoordinatorError):
     status = 422
     default_code = "update_rejected"
+
+
+class CoordinatorUnavailableError(CoordinatorError):
+    """Raised by clients of the coordinator (:mod:`coordinator.client`): it cannot be
+    reached, or it answered with a server error (5xx)."""
+
+    status = 503
+    default_code = "unavailable"
 
 
 # Most specific first: the first class the error is an instance of decides.

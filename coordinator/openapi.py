@@ -1,13 +1,18 @@
-"""The OpenAPI 3.0 document of the REST API, built in code and served at
-``/v1/openapi.json``. A test checks it structurally and against the app's routes."""
+"""The OpenAPI 3.1 document of the REST API, built in code and served at
+``/v1/openapi.json``.
+
+It is the schema source of the REST API: the tests check that it lists exactly the
+app's routes (admin operations exactly the ``admin`` blueprint's) and validate every
+response they see against it with a JSON Schema 2020-12 validator.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from coordinator.openapi_schemas import build_schemas, ref
+from coordinator.openapi_schemas import INTEGER, STRING, build_schemas, ref
 
-__all__ = ["build_openapi"]
+__all__ = ["ADMIN_SECURITY", "build_openapi"]
 
 JSON = "application/json"
 _ERRORS = {
@@ -20,6 +25,8 @@ _ERRORS = {
     "415": ("UnsupportedMediaType", "The body has the wrong Content-Type."),
     "422": ("Unprocessable", "Well-formed but refused: tensors, NaN/Inf, norm, counts."),
 }
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
+"""The ``security`` of every admin operation (and of no other)."""
 
 
 def _json(schema: str, description: str = "OK") -> dict[str, Any]:
@@ -70,24 +77,31 @@ def _header(name: str, description: str, *, required: bool = True) -> dict[str, 
         "name": name,
         "in": "header",
         "required": required,
-        "schema": {"type": "string"},
+        "schema": STRING,
         "description": description,
     }
 
 
-VERSION = _path_param("version", {"type": "string"}, "vN, or `current` for production")
-ROUND = _path_param("round_id", {"type": "integer", "minimum": 1}, "Round id")
-FILE = _path_param("name", {"type": "string"}, "A plain bundle file name")
-_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+def _response_header(description: str, schema: dict[str, Any] = STRING) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": schema}
+
+
+VERSION = _path_param("version", STRING, "vN, or `current` for production")
+ROUND = _path_param("round_id", {**INTEGER, "minimum": 1}, "Round id")
+FILE = _path_param("name", STRING, "A plain bundle file name")
+_BINARY: dict[str, Any] = {"application/octet-stream": {}}
 _DOWNLOAD: dict[str, Any] = {
     "200": {
         "description": "The file; ETag is its quoted sha256 (If-None-Match gives 304).",
-        "headers": {"ETag": {"schema": {"type": "string"}}},
+        "headers": {
+            "ETag": _response_header("The quoted sha256 of the file"),
+            "X-Fedge-Sha256": _response_header("The sha256 of the file"),
+            "X-Fedge-Model-Version": _response_header("The version served (`current` resolved)"),
+        },
         "content": _BINARY,
     },
     "304": {"description": "Not modified (If-None-Match matched the sha256 ETag)."},
 }
-_JSON_BODY = {"required": True, "content": {JSON: {"schema": {"type": "object"}}}}
 
 
 def _paths() -> dict[str, Any]:
@@ -111,7 +125,7 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": {
                         "description": "Metrics",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "content": {"text/plain": {"schema": STRING}},
                     }
                 },
                 auth=None,
@@ -123,7 +137,7 @@ def _paths() -> dict[str, Any]:
                 "openapi",
                 {
                     "200": {
-                        "description": "OpenAPI 3.0 document",
+                        "description": "OpenAPI 3.1 document",
                         "content": {JSON: {"schema": {"type": "object"}}},
                     }
                 },
@@ -155,7 +169,9 @@ def _paths() -> dict[str, Any]:
                     "200": _json("Task"),
                     "204": {
                         "description": "No task now",
-                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "headers": {
+                            "Retry-After": _response_header("Seconds to wait", INTEGER),
+                        },
                     },
                 },
                 auth="clientToken",
@@ -287,7 +303,7 @@ def _paths() -> dict[str, Any]:
                 "getManifest",
                 {
                     **_DOWNLOAD,
-                    "200": {**_DOWNLOAD["200"], "content": {JSON: {"schema": {"type": "object"}}}},
+                    "200": {**_DOWNLOAD["200"], "content": {JSON: {"schema": ref("Manifest")}}},
                 },
                 auth="clientToken|adminToken",
                 errors="401 403 404",
@@ -336,18 +352,8 @@ def _paths() -> dict[str, Any]:
                 auth="adminToken",
                 errors="400 401 403",
                 params=[
-                    {
-                        "name": "kind",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "since",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "number"},
-                    },
+                    _query("kind", STRING),
+                    _query("since", {"type": "number", "description": "seconds since the epoch"}),
                 ],
             )
         },
@@ -355,10 +361,11 @@ def _paths() -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    """The OpenAPI 3.0.3 document of the coordinator's REST API."""
+    """The OpenAPI 3.1 document of the coordinator's REST API."""
     bearer = {"type": "http", "scheme": "bearer"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "fedge coordinator",
             "version": "1",

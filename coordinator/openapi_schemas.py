@@ -1,4 +1,10 @@
-"""The component schemas of the OpenAPI document (see :mod:`coordinator.openapi`)."""
+"""The component schemas of the OpenAPI document (see :mod:`coordinator.openapi`).
+
+OpenAPI 3.1 schemas are JSON Schema 2020-12. Response documents are closed
+(``additionalProperties: false``) and list every field they always carry as required, so
+a field added to :mod:`coordinator.views` without a line here fails the tests that
+validate every response against this document.
+"""
 
 from __future__ import annotations
 
@@ -6,172 +12,330 @@ from typing import Any
 
 __all__ = ["build_schemas", "ref"]
 
+STRING: dict[str, Any] = {"type": "string"}
+NUMBER: dict[str, Any] = {"type": "number"}
+INTEGER: dict[str, Any] = {"type": "integer"}
+BOOLEAN: dict[str, Any] = {"type": "boolean"}
+TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+OBJECT: dict[str, Any] = {"type": "object"}
+METRICS: dict[str, Any] = {"type": "object", "additionalProperties": NUMBER}
+SLICE_METRICS: dict[str, Any] = {"type": "object", "additionalProperties": METRICS}
+SCALAR: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+
 
 def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null (JSON Schema's way; 3.1 has no ``nullable``)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def closed(*, optional: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
+    """An object with exactly ``properties``, all required but ``optional``."""
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _message(kind: str) -> dict[str, Any]:
+    """The header every message document carries (``type`` and ``version``)."""
+    return {"type": "string", "const": kind}
+
+
+def _messages() -> dict[str, Any]:
+    """Task and reply messages (:mod:`fedge.messages`)."""
+    column = {
+        "type": "object",
+        "required": ["name", "kind", "count", "missing"],
+        "properties": {
+            "name": STRING,
+            "kind": {"enum": ["numeric", "categorical"]},
+            "count": INTEGER,
+            "missing": INTEGER,
+        },
+    }
+    return {
+        "TaskConfig": closed(
+            optional=("max_examples", "options"),
+            epochs={**INTEGER, "minimum": 1},
+            batch_size={**INTEGER, "minimum": 1},
+            learning_rate={**NUMBER, "exclusiveMinimum": 0},
+            max_examples=nullable({**INTEGER, "minimum": 1}),
+            options={"type": "object", "additionalProperties": SCALAR},
+        ),
+        "Task": closed(
+            type=_message("task"),
+            version=INTEGER,
+            task_id=STRING,
+            kind={"enum": ["train", "evaluate", "stats", "features"]},
+            round_id=nullable(INTEGER),
+            model_version=STRING,
+            config=ref("TaskConfig"),
+            deadline={**NUMBER, "description": "seconds since the epoch"},
+        ),
+        "DatasetStats": {
+            "type": "object",
+            "description": "Mergeable statistics of a client's data (fedge.stats)",
+            "required": ["format", "version", "num_rows", "label_counts", "columns"],
+            "properties": {
+                "format": {"const": "fedge.stats"},
+                "version": INTEGER,
+                "num_rows": INTEGER,
+                "label_counts": {"type": ["array", "null"], "items": INTEGER},
+                "columns": {"type": "array", "items": column},
+            },
+            "additionalProperties": False,
+        },
+        "StatsReport": closed(
+            optional=("type", "version"),
+            type=_message("stats_report"),
+            version=INTEGER,
+            task_id=STRING,
+            stats=ref("DatasetStats"),
+        ),
+        "EvalReport": closed(
+            optional=("type", "version", "personalized_metrics", "slice_metrics"),
+            type=_message("eval_report"),
+            version=INTEGER,
+            task_id=STRING,
+            model_version=STRING,
+            num_examples={**INTEGER, "minimum": 0},
+            metrics=METRICS,
+            personalized_metrics=METRICS,
+            slice_metrics=SLICE_METRICS,
+        ),
+        "FeatureBatch": closed(
+            optional=("type", "version"),
+            type=_message("feature_batch"),
+            version=INTEGER,
+            task_id=STRING,
+            embeddings=closed(
+                dtype={"const": "float32"},
+                shape={"type": "array", "items": INTEGER, "minItems": 2, "maxItems": 2},
+                data={**STRING, "contentEncoding": "base64"},
+            ),
+            labels={"type": "array", "items": INTEGER},
+        ),
+    }
+
+
+def _round_config() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Round settings; in a request, overrides of the server's defaults",
+        "properties": {
+            "clients_per_round": {**INTEGER, "minimum": 1},
+            "min_clients": {**INTEGER, "minimum": 1},
+            "min_available_clients": nullable(INTEGER),
+            "deadline_seconds": {**NUMBER, "exclusiveMinimum": 0},
+            "epochs": {**INTEGER, "minimum": 1},
+            "batch_size": nullable({**INTEGER, "minimum": 1}),
+            "learning_rate": {**NUMBER, "exclusiveMinimum": 0},
+            "aggregator": {
+                **STRING,
+                "description": "fedavg, median, trimmed_mean, krum, or a preset: fedavgm, "
+                "fedadam, fedyogi (FedAvg with that server optimizer)",
+            },
+            "aggregator_options": METRICS,
+            "server_optimizer": {
+                **nullable(STRING),
+                "description": "fedavg, fedavgm, fedadam, fedyogi; null: the aggregator's "
+                "preset (fedavg for a plain aggregator)",
+            },
+            "server_optimizer_options": METRICS,
+            "metrics_aggregation": {
+                **STRING,
+                "description": "how the clients' metrics combine: weighted_mean (by example "
+                "count), mean, median",
+            },
+            "task_options": {"type": "object", "additionalProperties": SCALAR},
+            "norm_bound": {**NUMBER, "exclusiveMinimum": 0},
+            "max_examples": {**INTEGER, "minimum": 1},
+            "continuous": BOOLEAN,
+            "auto_promote": nullable(BOOLEAN),
+        },
+        "additionalProperties": False,
+    }
+
+
+def _records() -> dict[str, Any]:
+    """The documents of :mod:`coordinator.views`."""
+    report_base: dict[str, Any] = {
+        "report_id": INTEGER,
+        "kind": {"enum": ["evaluation", "stats", "features"]},
+        "client_id": STRING,
+        "task_id": STRING,
+        "model_version": nullable(STRING),
+        "received_at": TIME,
+    }
+    round_config = ref("RoundConfig")
+    return {
+        "Client": closed(
+            client_id=STRING,
+            region=nullable(STRING),
+            metadata={"type": "object", "additionalProperties": STRING},
+            registered_at=TIME,
+        ),
+        "ClientList": closed(clients={"type": "array", "items": ref("Client")}),
+        "TaskRecord": closed(
+            task_id=STRING,
+            kind={"enum": ["train", "evaluate", "stats", "features"]},
+            client_id=STRING,
+            model_version=STRING,
+            config=ref("TaskConfig"),
+            created_at=TIME,
+            deadline=TIME,
+            round_id=nullable(INTEGER),
+            status={"enum": ["pending", "completed", "expired"]},
+            completed_at=nullable(TIME),
+        ),
+        "TaskList": closed(tasks={"type": "array", "items": ref("TaskRecord")}),
+        "UpdateReceipt": closed(
+            round_id=INTEGER,
+            client_id=STRING,
+            task_id=STRING,
+            sha256=STRING,
+            num_examples=INTEGER,
+            received_at=TIME,
+            duplicate=BOOLEAN,
+        ),
+        "ReportReceipt": closed(**report_base),
+        "FeatureSummary": closed(
+            task_id=STRING,
+            num_rows=nullable(INTEGER),
+            dim=nullable(INTEGER),
+            sha256=nullable(STRING),
+        ),
+        "Report": closed(
+            **report_base,
+            document={
+                "description": "The report message as the codec encodes it; for features "
+                "only task_id, num_rows, dim and the sha256 of the stored batch",
+                "oneOf": [
+                    {**ref("EvalReport"), "required": ["type", "version"]},
+                    {**ref("StatsReport"), "required": ["type", "version"]},
+                    ref("FeatureSummary"),
+                ],
+            },
+        ),
+        "ReportList": closed(reports={"type": "array", "items": ref("Report")}),
+        "RoundConfig": _round_config(),
+        "RoundUpdate": closed(
+            client_id=STRING,
+            task_id=STRING,
+            num_examples=INTEGER,
+            l2_norm=NUMBER,
+            sha256=STRING,
+            received_at=TIME,
+            metrics=METRICS,
+        ),
+        "Round": closed(
+            optional=("updates",),
+            round_id=INTEGER,
+            state={"enum": ["open", "collecting", "aggregating", "committed", "failed"]},
+            config={**round_config, "required": list(_round_config()["properties"])},
+            opened_at=TIME,
+            base_version=nullable(STRING),
+            collecting_at=nullable(TIME),
+            deadline=nullable(TIME),
+            closed_at=nullable(TIME),
+            selected={"type": "array", "items": STRING},
+            result_version=nullable(STRING),
+            failure_reason=nullable(STRING),
+            measurements=METRICS,
+            num_updates=INTEGER,
+            updates={
+                "type": "array",
+                "items": ref("RoundUpdate"),
+                "description": "Accepted updates (only when one round is shown)",
+            },
+        ),
+        "RoundList": closed(rounds={"type": "array", "items": ref("Round")}),
+        "ModelEvent": closed(
+            kind={"enum": ["registered", "promoted", "rolled_back", "archived"]},
+            at=TIME,
+            previous=nullable(STRING),
+            detail=STRING,
+        ),
+        "Model": closed(
+            version=STRING,
+            seq=INTEGER,
+            stage={"enum": ["candidate", "production", "archived"]},
+            created_at=TIME,
+            parent=nullable(STRING),
+            round_id=nullable(INTEGER),
+            training_job=nullable(STRING),
+            participants=nullable(INTEGER),
+            data_fingerprint=nullable(STRING),
+            stats_id=nullable(INTEGER),
+            trainer_host=nullable(STRING),
+            trainer_user=nullable(STRING),
+            metrics=METRICS,
+            slice_metrics=SLICE_METRICS,
+            promoted_at=nullable(TIME),
+            deployed_at=nullable(TIME),
+            artifacts={
+                "type": "object",
+                "description": "file name -> sha256",
+                "additionalProperties": STRING,
+            },
+            events={"type": "array", "items": ref("ModelEvent")},
+        ),
+        "ModelList": closed(models={"type": "array", "items": ref("Model")}),
+        "Alert": closed(
+            alert_id=INTEGER,
+            kind=STRING,
+            severity=STRING,
+            message=STRING,
+            created_at=TIME,
+            round_id=nullable(INTEGER),
+            model_version=nullable(STRING),
+            details=OBJECT,
+        ),
+        "AlertList": closed(alerts={"type": "array", "items": ref("Alert")}),
+    }
 
 
 def build_schemas() -> dict[str, Any]:
-    string, number, integer = {"type": "string"}, {"type": "number"}, {"type": "integer"}
-    nullable_int = {"type": "integer", "nullable": True}
-    metrics = {"type": "object", "additionalProperties": number}
     return {
-        "Error": _obj(["error", "detail"], error=string, detail=string),
-        "Health": _obj(["status"], status=string, model_version={**string, "nullable": True}),
-        "Registration": _obj(
-            ["client_id", "token"], client_id=string, token=string, token_type=string
+        "Error": closed(
+            error={**STRING, "description": "the check that failed, e.g. round_closed"},
+            detail=STRING,
         ),
-        "RegisterRequest": _obj([], region=string, metadata={"type": "object"}),
-        "TaskConfig": _obj(
-            ["epochs", "batch_size", "learning_rate"],
-            epochs=integer,
-            batch_size=integer,
-            learning_rate=number,
-            max_examples=nullable_int,
-            options={"type": "object"},
+        "Health": closed(status={"const": "ok"}, model_version=nullable(STRING)),
+        "Registration": closed(client_id=STRING, token=STRING, token_type={"const": "Bearer"}),
+        "RegisterRequest": closed(
+            optional=("region", "metadata"),
+            region=nullable(STRING),
+            metadata={"type": "object", "additionalProperties": STRING},
         ),
-        "Task": _obj(
-            ["task_id", "kind", "round_id", "model_version", "config", "deadline"],
-            type=string,
-            version=integer,
-            task_id=string,
-            kind={"type": "string", "enum": ["train", "evaluate", "stats", "features"]},
-            round_id=nullable_int,
-            model_version=string,
-            config=ref("TaskConfig"),
-            deadline={**number, "description": "seconds since the epoch"},
-        ),
-        "TaskRequest": _obj(
-            ["kind"],
-            kind={"type": "string", "enum": ["evaluate", "stats", "features"]},
-            client_ids={"type": "array", "items": string},
-            deadline_seconds=number,
+        "TaskRequest": closed(
+            optional=("client_ids", "deadline_seconds", "config"),
+            kind={"enum": ["evaluate", "stats", "features"]},
+            client_ids={"type": "array", "items": STRING},
+            deadline_seconds={**NUMBER, "exclusiveMinimum": 0},
             config=ref("TaskConfig"),
         ),
-        "TaskList": _obj(["tasks"], tasks={"type": "array", "items": {"type": "object"}}),
-        "UpdateReceipt": _obj(
-            ["round_id", "client_id", "task_id", "sha256", "duplicate"],
-            round_id=integer,
-            client_id=string,
-            task_id=string,
-            sha256=string,
-            num_examples=integer,
-            received_at=string,
-            duplicate={"type": "boolean"},
-        ),
-        "StatsReport": _obj(["task_id", "stats"], task_id=string, stats={"type": "object"}),
-        "EvalReport": _obj(
-            ["task_id", "model_version", "num_examples", "metrics"],
-            task_id=string,
-            model_version=string,
-            num_examples=integer,
-            metrics=metrics,
-            personalized_metrics=metrics,
-            slice_metrics={"type": "object", "additionalProperties": metrics},
-        ),
-        "FeatureBatch": _obj(
-            ["task_id", "embeddings", "labels"],
-            task_id=string,
-            embeddings=_obj(
-                ["dtype", "shape", "data"],
-                dtype=string,
-                shape={"type": "array", "items": integer},
-                data={**string, "format": "byte"},
-            ),
-            labels={"type": "array", "items": integer},
-        ),
-        "ReportReceipt": _obj(
-            ["report_id", "kind"],
-            report_id=integer,
-            kind=string,
-            client_id=string,
-            task_id=string,
-            received_at=string,
-            model_version={**string, "nullable": True},
-        ),
-        "Report": _obj(
-            ["report_id", "kind", "client_id", "task_id", "received_at", "document"],
-            report_id=integer,
-            kind={"type": "string", "enum": ["evaluation", "stats", "features"]},
-            client_id=string,
-            task_id=string,
-            received_at=string,
-            model_version={**string, "nullable": True},
-            document={
-                "type": "object",
-                "description": "The report message as the codec encodes it; for "
-                "features only task_id, num_rows, dim and the sha256 of the stored batch",
-            },
-        ),
-        "ReportList": _obj(["reports"], reports={"type": "array", "items": ref("Report")}),
-        "RoundConfig": {
+        "Manifest": {
             "type": "object",
-            "description": "Overrides of the round defaults: "
-            "clients_per_round, min_clients, min_available_clients, "
-            "deadline_seconds, epochs, batch_size, learning_rate, aggregator, "
-            "aggregator_options, server_optimizer, server_optimizer_options, "
-            "metrics_aggregation, task_options, norm_bound, max_examples, continuous, "
-            "auto_promote",
-        },
-        "Round": _obj(
-            ["round_id", "state"],
-            round_id=integer,
-            state={
-                "type": "string",
-                "enum": ["open", "collecting", "aggregating", "committed", "failed"],
+            "description": "The signed bundle manifest (fedge.bundle)",
+            "required": ["format", "format_version", "model_version", "task", "files"],
+            "properties": {
+                "format": STRING,
+                "format_version": INTEGER,
+                "model_version": STRING,
+                "task": STRING,
+                "files": {
+                    "type": "object",
+                    "additionalProperties": closed(sha256=STRING, size=INTEGER),
+                },
             },
-            config=ref("RoundConfig"),
-            base_version={**string, "nullable": True},
-            selected={"type": "array", "items": string},
-            num_updates=integer,
-            result_version={**string, "nullable": True},
-            failure_reason={**string, "nullable": True},
-            updates={"type": "array", "items": {"type": "object"}},
-        ),
-        "RoundList": _obj(["rounds"], rounds={"type": "array", "items": ref("Round")}),
-        "Model": _obj(
-            ["version", "stage"],
-            version=string,
-            stage={"type": "string", "enum": ["candidate", "production", "archived"]},
-            parent={**string, "nullable": True},
-            round_id=nullable_int,
-            training_job={**string, "nullable": True},
-            participants=nullable_int,
-            data_fingerprint={**string, "nullable": True},
-            stats_id=nullable_int,
-            trainer_host={**string, "nullable": True},
-            trainer_user={**string, "nullable": True},
-            metrics=metrics,
-            slice_metrics={"type": "object", "additionalProperties": metrics},
-            created_at=string,
-            promoted_at={**string, "nullable": True},
-            deployed_at={**string, "nullable": True},
-            artifacts={"type": "object", "additionalProperties": string},
-            events={"type": "array", "items": {"type": "object"}},
-        ),
-        "ModelList": _obj(["models"], models={"type": "array", "items": ref("Model")}),
-        "Client": _obj(
-            ["client_id"],
-            client_id=string,
-            region={**string, "nullable": True},
-            metadata={"type": "object"},
-            registered_at=string,
-        ),
-        "ClientList": _obj(["clients"], clients={"type": "array", "items": ref("Client")}),
-        "Alert": _obj(
-            ["alert_id", "kind", "message"],
-            alert_id=integer,
-            kind=string,
-            severity=string,
-            message=string,
-            created_at=string,
-            round_id=nullable_int,
-            model_version={**string, "nullable": True},
-            details={"type": "object"},
-        ),
-        "AlertList": _obj(["alerts"], alerts={"type": "array", "items": ref("Alert")}),
+        },
+        **_messages(),
+        **_records(),
     }

@@ -1,15 +1,18 @@
-"""Shared test set-up: quiet TensorFlow, a guard against leftover child processes, and a
-guard that fails the run when a log handler fails to write ("--- Logging error ---")."""
+"""Shared test set-up: quiet TensorFlow, a guard against leftover child processes, a
+guard that fails the run when a log handler fails to write ("--- Logging error ---"), and
+every coordinator response a test sees checked against the OpenAPI document."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import psutil
 import pytest
+
+from tests.support.openapi import Recorder, install
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,6 +44,44 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in _logging_errors[:20]:
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"{len(_logging_errors)} logging error(s): the run fails")
+
+
+_RESPONSES = pytest.StashKey[Recorder]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check every response from the coordinator (Flask test client or a real server)."""
+    patcher = pytest.MonkeyPatch()
+    config.stash[_RESPONSES] = install(patcher.setattr)
+    config.add_cleanup(patcher.undo)
+
+
+def _undocumented(item: pytest.Item) -> str:
+    problems = item.config.stash[_RESPONSES].take()
+    if not problems:
+        return ""
+    listed = "\n  ".join(problems)
+    return f"responses that disagree with the OpenAPI document:\n  {listed}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test fails when it (or its fixtures' set-up) saw an undocumented response."""
+    try:
+        yield
+    except BaseException as exc:
+        if message := _undocumented(item):
+            exc.add_note(message)
+        raise
+    if message := _undocumented(item):
+        pytest.fail(message)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    if message := _undocumented(item):
+        pytest.fail(f"in teardown: {message}")
 
 
 @pytest.fixture

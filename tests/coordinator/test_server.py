@@ -13,7 +13,7 @@ from tests.support.coordinator import (
     ADMIN_TOKEN,
     HTTP_TIMEOUT,
     EdgeClient,
-    admin_request,
+    admin_client,
     local_training,
     make_bundle,
     running_server,
@@ -30,7 +30,7 @@ def test_full_round_with_three_http_clients(tmp_path: Path) -> None:
         "--clients-per-round", "3", "--min-clients", "3", "--deadline-seconds", "60",
         "--retry-after", "1",
     )  # fmt: skip
-    with running_server(command, tmp_path) as server:
+    with running_server(command, tmp_path) as server, admin_client(server.url) as admin:
         clients = [EdgeClient(server.url, region) for region in ("north", "south", "north")]
         tasks = [wait_for(client.poll) for client in clients]
         assert {t["round_id"] for t in tasks} == {1}
@@ -45,12 +45,10 @@ def test_full_round_with_three_http_clients(tmp_path: Path) -> None:
             assert response.status_code == 201, response.text
             assert response.json()["duplicate"] is False
             sent.append((delta, 20 + 10 * i))
-        round_ = wait_for(
-            lambda: (r := admin_request(server.url, "/v1/rounds/1"))["state"] == "committed" and r
-        )
+        round_ = wait_for(lambda: (r := admin.show_round(1))["state"] == "committed" and r)
         assert round_["result_version"] == "v2"
         assert round_["num_updates"] == 3
-        model = admin_request(server.url, "/v1/models/v2")
+        model = admin.show_model("v2")
         assert model["parent"] == "v1"
         assert model["round_id"] == 1
         assert model["participants"] == 3

@@ -8,7 +8,7 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,15 +18,20 @@ from typing import Any
 
 import numpy as np
 import requests
+from flask import Flask
+from waitress.server import create_server
 
 from coordinator.artifacts import ArtifactStore
+from coordinator.client import AdminClient
 from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
 from coordinator.intake import UpdateSubmission
+from coordinator.launch import CoordinatorProcess, launch_coordinator
 from coordinator.selection import ClientSelector
 from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import Store
 from fedge.bundle import BundleManifest, write_manifest
+from fedge.errors import ProcessError
 from fedge.features import CategoricalFeature, FeatureSpec, NumericFeature
 from fedge.schema import Schema
 from fedge.stats import DatasetStats, compute_stats
@@ -186,84 +191,62 @@ def submission(
 
 @dataclass
 class ServerProcess:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
+    """A coordinator the tests started (:class:`coordinator.launch.CoordinatorProcess`)."""
+
+    coordinator: CoordinatorProcess
+
+    @property
+    def url(self) -> str:
+        return self.coordinator.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """Its ``Popen``, for tests that signal it themselves."""
+        return self.coordinator.child.popen
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.coordinator.log()
 
 
 def serve_command(workdir: Path, bundle: Path, admin_token_file: Path, *extra: str) -> list[str]:
+    """``fedge-coordinator serve`` arguments over ``workdir`` (the launcher adds the port
+    file); DEBUG logs from the coordinator."""
     return [
-        sys.executable,
-        "-m",
-        "coordinator.cli",
-        "serve",
-        "--task",
-        "taxi",
-        "--bundle",
-        str(bundle),
-        "--db",
-        str(workdir / "state.db"),
-        "--artifacts",
-        str(workdir / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--port-file",
-        str(workdir / "port"),
-        "--admin-token-file",
-        str(admin_token_file),
-        "--tick-seconds",
-        "0.2",
-        "--log-level",
-        "DEBUG",
+        "--task", "taxi", "--bundle", str(bundle),
+        "--db", str(workdir / "state.db"), "--artifacts", str(workdir / "artifacts"),
+        "--host", "127.0.0.1", "--port", "0",
+        "--admin-token-file", str(admin_token_file),
+        "--tick-seconds", "0.2", "-v",
         *extra,
-    ]
+    ]  # fmt: skip
 
 
 def start_server(command: list[str], workdir: Path, *, timeout: float = 20.0) -> ServerProcess:
-    """Start ``command`` and wait (bounded) for its port file and ``/healthz``."""
-    import requests
-
-    port_file = workdir / "port"
-    with contextlib.suppress(FileNotFoundError):
-        port_file.unlink()
-    log_path = workdir / f"server-{time.monotonic_ns()}.log"
+    """Serve with ``command`` (:func:`serve_command`'s arguments) and wait, bounded, until
+    ``/healthz`` answers; AssertionError with the log tail when it does not."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("FEDGE_ADMIN_TOKEN", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
+    try:
+        coordinator = launch_coordinator(
+            command,
+            port_file=workdir / "port",
+            log_path=workdir / f"server-{time.monotonic_ns()}.log",
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=timeout,
         )
-    server = ServerProcess(process, "", log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
-        text = port_file.read_text().strip() if port_file.exists() else ""
-        if text:
-            server.url = f"http://127.0.0.1:{int(text)}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(server.url + "/healthz", timeout=2).status_code == 200:
-                    return server
-        time.sleep(0.05)
-    stop_server(server)
-    raise AssertionError(f"server did not come up in {timeout}s:\n{server.log()}")
+    except ProcessError as exc:
+        raise AssertionError(str(exc)) from exc
+    return ServerProcess(coordinator)
 
 
-def stop_server(server: ServerProcess, sig: int = signal.SIGTERM) -> int:
-    """Send ``sig`` and wait (bounded); kill when it does not stop. Returns the exit code."""
-    if server.process.poll() is None:
-        server.process.send_signal(sig)
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
-    return server.process.returncode
+def stop_server(server: ServerProcess, sig: int = signal.SIGTERM) -> int | None:
+    """SIGTERM and a bounded wait (then SIGKILL), or SIGKILL at once; the exit code."""
+    if sig == signal.SIGKILL:
+        return server.coordinator.kill()
+    if sig != signal.SIGTERM:
+        raise ValueError(f"stop with SIGTERM or SIGKILL, not {signal.Signals(sig).name}")
+    return server.coordinator.stop()
 
 
 @contextlib.contextmanager
@@ -273,6 +256,31 @@ def running_server(command: list[str], workdir: Path) -> Iterator[ServerProcess]
         yield server
     finally:
         stop_server(server)
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Flask) -> Iterator[str]:
+    """``app`` served by waitress on a loopback port in this process; yields its URL.
+
+    Faster than a subprocess for tests that need real HTTP but no process boundary. The
+    server says ``Server: fedge-coordinator`` like the real one, so the session's OpenAPI
+    check sees its responses.
+    """
+    server = create_server(app, host="127.0.0.1", port=0, ident="fedge-coordinator")
+    thread = threading.Thread(target=server.run, name="test-waitress", daemon=True)
+    thread.start()
+
+    def close_everything() -> None:  # runs in the server's loop thread
+        for dispatcher in list(server._map.values()):
+            dispatcher.close()
+
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.trigger.pull_trigger(close_everything)
+        thread.join(timeout=10)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive(), "the test server did not stop"
 
 
 # HTTP helpers -------------------------------------------------------------------------------
@@ -375,12 +383,15 @@ class EdgeClient:
         )
 
 
+def admin_client(url: str) -> AdminClient:
+    """The admin API of the coordinator at ``url`` with the tests' admin token."""
+    return AdminClient(url, ADMIN_TOKEN, timeout=HTTP_TIMEOUT)
+
+
 def admin_request(url: str, path: str, method: str = "GET") -> dict[str, Any]:
-    response = requests.request(
-        method, url + path, headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
-    )
-    assert response.ok, response.text
-    document: dict[str, Any] = response.json()
+    """``method path`` of the admin API (a coordinator error when it is refused)."""
+    with admin_client(url) as admin:
+        document: dict[str, Any] = admin.call(method, path)
     return document
 
 

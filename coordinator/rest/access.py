@@ -1,0 +1,84 @@
+"""The access rules of the REST API, one per blueprint, each run by that blueprint's
+``before_request`` so no view can skip it.
+
+Tokens arrive as ``Authorization: Bearer <token>``. An unknown or malformed token is a
+401; a known token of the wrong kind is a 403.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from flask import g, request
+
+from coordinator.auth import bearer_token, token_matches
+from coordinator.errors import AuthenticationError, PermissionDeniedError
+from coordinator.records import ClientRecord
+from coordinator.rest.state import current_state
+
+__all__ = [
+    "current_client",
+    "require_admin",
+    "require_client",
+    "require_enrollment",
+    "require_reader",
+]
+
+_CLIENT = "fedge_client"
+
+
+def _token() -> str:
+    return bearer_token(request.headers.get("Authorization"))
+
+
+def _is_admin(token: str) -> bool:
+    expected = current_state().config.admin_token_hash
+    return expected is not None and token_matches(token, expected)
+
+
+def require_admin() -> None:
+    """The admin token; without one configured, admin endpoints are disabled (403)."""
+    token = _token()
+    if _is_admin(token):
+        return
+    state = current_state()
+    if state.config.admin_token_hash is None:
+        raise PermissionDeniedError(
+            "admin endpoints are disabled: the coordinator was started without an admin token",
+            code="admin_disabled",
+        )
+    state.service.authenticate(token)  # an unknown token is a 401, a client's a 403
+    raise PermissionDeniedError("this endpoint needs the admin token", code="admin_required")
+
+
+def require_client() -> None:
+    """A registered client's token; the client is then :func:`current_client`."""
+    token = _token()
+    if _is_admin(token):
+        raise PermissionDeniedError(
+            "this endpoint needs a client token, not the admin token",
+            code="client_token_required",
+        )
+    setattr(g, _CLIENT, current_state().service.authenticate(token))
+
+
+def require_reader() -> None:
+    """Downloads: any client, or the admin."""
+    token = _token()
+    if not _is_admin(token):
+        current_state().service.authenticate(token)
+
+
+def require_enrollment() -> None:
+    """Registration: open unless an enrollment token is configured (the admin's works too)."""
+    expected = current_state().config.enrollment_token_hash
+    if expected is None:
+        return
+    token = _token()
+    if not (token_matches(token, expected) or _is_admin(token)):
+        raise AuthenticationError("unknown enrollment token", code="invalid_token")
+
+
+def current_client() -> ClientRecord:
+    """The client :func:`require_client` authenticated for this request."""
+    return cast(ClientRecord, getattr(g, _CLIENT))

@@ -1,0 +1,42 @@
+"""The app factory: one Flask app per call over a service, with the blueprints, the error
+handlers and an access log."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, Response, request
+
+from coordinator.rest.admin import admin
+from coordinator.rest.devices import devices, downloads, enrollment
+from coordinator.rest.errors import register_error_handlers
+from coordinator.rest.public import public
+from coordinator.rest.state import ApiConfig, install_state
+from coordinator.service import CoordinatorService
+
+__all__ = ["BLUEPRINTS", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+BLUEPRINTS: tuple[Blueprint, ...] = (public, enrollment, devices, downloads, admin)
+"""Every route of the API lives in one of these; each has one access rule."""
+
+
+def _access_log(response: Response) -> Response:
+    logger.info("%s %s -> %d", request.method, request.path, response.status_code)
+    return response
+
+
+def create_app(service: CoordinatorService, config: ApiConfig) -> Flask:
+    """The Flask app serving ``service``; no module-level state, one app per call."""
+    app = Flask("coordinator", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_content_length or service.config.max_update_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Only the documented methods (and HEAD beside GET) are answered; OPTIONS is a 405.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    install_state(app, service, config)
+    register_error_handlers(app)
+    app.after_request(_access_log)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,116 @@
+"""Decoding what a request carries: JSON bodies, headers, query numbers and update uploads.
+Every problem is a :class:`~coordinator.errors.CoordinatorError` naming what was wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, NoReturn
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
+from coordinator.intake import UpdateSubmission
+
+__all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object; ``optional``: an empty body without a type is ``{}``."""
+    if optional and not request.content_length and not request.mimetype:
+        return {}
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"expected Content-Type application/json, got {request.mimetype or 'none'!r}"
+        )
+    raw = request.get_data(cache=False)
+    if optional and not raw:
+        return {}
+    try:
+        document = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise CoordinatorError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(document, dict):
+        raise CoordinatorError(
+            f"the body must be a JSON object, got {type(document).__name__}", code="invalid_json"
+        )
+    return document
+
+
+def refuse_unknown(body: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise CoordinatorError(f"unknown fields {unknown}", code="invalid_request")
+
+
+def float_arg(name: str) -> float | None:
+    """The finite number in query parameter ``name``, or None when it is absent."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise CoordinatorError(f"query parameter {name} must be a number", code="invalid_query")
+    return value
+
+
+def _header(name: str) -> str:
+    value = request.headers.get(name)
+    if not value:
+        raise CoordinatorError(f"missing header {name}", code="missing_header")
+    return value
+
+
+def update_submission(round_id: int) -> UpdateSubmission:
+    """An update upload: the safetensors body and the ``X-Fedge-*`` headers about it."""
+    if request.mimetype != "application/octet-stream":
+        raise UnsupportedMediaTypeError(
+            "an update body must be Content-Type application/octet-stream (safetensors), "
+            f"got {request.mimetype or 'none'!r}"
+        )
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLargeError(
+            f"the update body is over the {request.max_content_length}-byte limit"
+        ) from exc
+    text = _header("X-Fedge-Num-Examples")
+    try:
+        num_examples = int(text)
+    except ValueError:
+        raise CoordinatorError(
+            f"X-Fedge-Num-Examples must be an integer, got {text[:40]!r}", code="invalid_header"
+        ) from None
+    metrics: Any = {}
+    if raw_metrics := request.headers.get("X-Fedge-Metrics"):
+        try:
+            metrics = json.loads(raw_metrics, parse_constant=_refuse_constant)
+        except ValueError as exc:
+            raise CoordinatorError(
+                f"X-Fedge-Metrics must be a JSON object: {exc}", code="invalid_header"
+            ) from exc
+        if not isinstance(metrics, dict):
+            raise CoordinatorError("X-Fedge-Metrics must be a JSON object", code="invalid_header")
+    digest = request.headers.get("X-Fedge-Delta-Sha256")
+    if digest and digest.lower() != hashlib.sha256(body).hexdigest():
+        raise CoordinatorError(
+            "the body does not match X-Fedge-Delta-Sha256 (corrupted in transit?)",
+            code="digest_mismatch",
+        )
+    return UpdateSubmission(
+        round_id=round_id,
+        task_id=_header("X-Fedge-Task-Id"),
+        num_examples=num_examples,
+        idempotency_key=request.headers.get("Idempotency-Key", ""),
+        body=body,
+        metrics=metrics,
+    )

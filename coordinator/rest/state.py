@@ -1,0 +1,47 @@
+"""What an app of the REST adapter holds: its service and configuration, stored in
+``app.extensions["fedge"]`` by :func:`coordinator.rest.create_app` (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from flask import Flask, current_app
+
+from coordinator.service import CoordinatorService
+
+__all__ = ["EXTENSION", "ApiConfig", "RestState", "current_state", "install_state"]
+
+EXTENSION = "fedge"
+"""The key of :class:`RestState` in ``app.extensions``."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Secrets (as sha256 hashes only) and limits of the HTTP API.
+
+    ``admin_token_hash`` None disables admin endpoints; ``enrollment_token_hash`` None
+    leaves registration open. ``max_content_length`` defaults to the service's
+    ``max_update_bytes``.
+    """
+
+    admin_token_hash: str | None = None
+    enrollment_token_hash: str | None = None
+    max_content_length: int | None = None
+
+
+@dataclass(frozen=True)
+class RestState:
+    """The service an app serves and the configuration it serves it with."""
+
+    service: CoordinatorService
+    config: ApiConfig
+
+
+def install_state(app: Flask, service: CoordinatorService, config: ApiConfig) -> None:
+    app.extensions[EXTENSION] = RestState(service, config)
+
+
+def current_state() -> RestState:
+    """The :class:`RestState` of the app handling the current request."""
+    return cast(RestState, current_app.extensions[EXTENSION])
