@@ -63,6 +63,7 @@ from coordinator.records import ClientRecord
 from edge_client import ModelCache, PersonalizationConfig
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
+from fedge.fileio import publish_directory
 from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
@@ -188,7 +189,7 @@ class BundleMirror:
                 os.link(source, staging / name)
             except OSError:
                 shutil.copyfile(source, staging / name)
-        staging.rename(target)
+        publish_directory(staging, target)
         return target
 
 

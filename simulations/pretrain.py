@@ -27,6 +27,7 @@ from cloud_trainer.record import RECORD_FILE
 from fedge.bundle import MANIFEST_NAME, BundleManifest, verify_bundle
 from fedge.data import TASK_NAMES
 from fedge.errors import BundleError, ConfigError
+from fedge.fileio import publish_directory
 
 __all__ = [
     "DEFAULT_PRETRAIN_EPOCHS",
@@ -139,7 +140,7 @@ def pretrain(
     try:
         _build(config, staging, step)
         try:
-            staging.rename(_entry(config, root))
+            publish_directory(staging, _entry(config, root))
         except OSError:
             if find_pretrained(config, root) is None:  # not a lost race: a real failure
                 raise

@@ -21,6 +21,7 @@ import requests
 
 from fedge import processes
 from fedge.errors import ProcessError
+from fedge.fileio import atomic_write_text
 from simulations.demo.tools import tool_command
 from simulations.errors import DemoError
 
@@ -57,8 +58,7 @@ class CoordinatorPaths:
         self.root.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         path = self.admin_token_file
-        path.touch(mode=0o600)
-        path.write_text(token + "\n")
+        atomic_write_text(path, token + "\n", mode=0o600)
         return token
 
 

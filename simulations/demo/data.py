@@ -15,7 +15,7 @@ layout :class:`edge_client.local_data.DirectoryData` reads: one array per raw co
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.data import Dataset, Partition, dirichlet, load_task, train_test_split
+from fedge.fileio import atomic_write_bytes
 from simulations.errors import DemoError
 
 __all__ = ["DemoData", "check_trainer_split", "split_demo_data", "write_device_files"]
@@ -97,14 +98,13 @@ def _column(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def write_npz(path: Path, rows: Dataset) -> None:
-    """``rows`` as a DirectoryData ``.npz`` file, written atomically (hidden temporary file,
-    then rename), so a daemon never reads half a file."""
+    """``rows`` as a DirectoryData ``.npz`` file, written atomically (a hidden temporary
+    file that the daemon ignores, then a rename), so a daemon never reads half a file."""
     arrays = {name: _column(values) for name, values in rows.columns.items()}
     arrays[rows.schema.label] = np.asarray(rows.labels, dtype=np.int64)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_device_files(data: DemoData, directories: Sequence[Path]) -> list[int]:

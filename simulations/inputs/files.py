@@ -39,6 +39,7 @@ from fedge.bundle import WEIGHTS_FILE, read_manifest, write_manifest
 from fedge.data import Dataset, Partition, read_csv_columns
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec, NumericFeature
+from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
 from simulations.workload import Schedule, load_schedule
@@ -337,7 +338,7 @@ def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:
             extra_files=[n for n in manifest.files if n not in (WEIGHTS_FILE,)],
         )
         try:
-            staging.rename(target)
+            publish_directory(staging, target)
         except OSError:
             if not (target / "manifest.json").is_file():
                 raise

@@ -37,6 +37,7 @@ from fedge.bundle import MANIFEST_NAME
 from fedge.data import Dataset
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec
+from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
 from quantize.trainable import trainable_weight_names, trainable_weights
@@ -306,7 +307,7 @@ def bundle_user_model(
         except FedgeError as exc:
             raise ConfigError(f"--model {user.source}: {exc}") from exc
         try:
-            staging.rename(entry)
+            publish_directory(staging, entry)
         except OSError:
             if not (entry / BUNDLE / MANIFEST_NAME).is_file():
                 raise
