@@ -60,12 +60,13 @@ def wait_until_serving(
     *,
     host: str = "127.0.0.1",
     timeout: float = START_TIMEOUT,
+    log_tail: bool = True,
 ) -> str:
     """The URL of the coordinator ``child`` once its port file names a port and
     ``GET /healthz`` answers 200 there.
 
-    ProcessError (with the tail of the child's log) when the child exits first or
-    ``timeout`` seconds pass; stops nothing.
+    ProcessError when the child exits first or ``timeout`` seconds pass, with the tail of
+    the child's log (``log_tail`` False: one line naming the log file); stops nothing.
     """
     path = Path(port_file)
     found: list[str] = []
@@ -85,8 +86,12 @@ def wait_until_serving(
             serving, timeout=timeout, watch=[child], interval=_POLL, what="serving /healthz"
         )
     except ProcessError as exc:
-        tail = child.log_tail()
-        message = f"{exc}; the end of its log:\n{tail}" if tail else str(exc)
+        message = str(exc)
+        if child.log_path is not None and str(child.log_path) not in message:
+            message += f" (see {child.log_path})"
+        tail = child.log_tail() if log_tail else ""
+        if tail:
+            message += f"; the end of its log:\n{tail}"
         raise ProcessError(message, name=exc.name, returncode=exc.returncode) from None
     return found[-1]
 

@@ -2,23 +2,22 @@
 
 :func:`serve_command` is the command line (REST on loopback, SQLite, on-demand rounds that
 promote on commit, so the demo decides how many rounds run); :func:`wait_until_serving`
-waits, bounded, for the port file and ``/healthz``. :class:`AdminApi` is the handful of
-admin calls the demo makes with the admin token (``requests``; every failure becomes a
-one-line :class:`~simulations.errors.DemoError`).
+waits, bounded, for the port file and ``/healthz`` (:mod:`coordinator.launch`).
+:class:`AdminApi` is the coordinator's admin client (:class:`coordinator.client.AdminClient`,
+whose failures are coordinator errors) with the demo's wait for a round.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from coordinator import launch
+from coordinator.client import AdminClient
 from fedge import processes
 from fedge.errors import ProcessError
 from fedge.fileio import atomic_write_text
@@ -90,79 +89,21 @@ def serve_command(
 
 def wait_until_serving(process: processes.Child, port_file: Path, *, timeout: float) -> str:
     """The coordinator's URL once its port file exists and ``/healthz`` answers 200."""
-    found: list[str] = []
-
-    def healthy() -> bool:
-        text = port_file.read_text().strip() if port_file.is_file() else ""
-        if not text.isdigit():
-            return False
-        url = f"http://127.0.0.1:{int(text)}"
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                found.append(url)
-                return True
-        return False
-
     try:
-        processes.wait_until(
-            healthy, timeout=timeout, watch=[process], interval=_POLL, what="serving"
-        )
+        return launch.wait_until_serving(process, port_file, timeout=timeout, log_tail=False)
     except ProcessError as exc:
-        raise DemoError(f"{exc} (see {process.log_path})") from None
-    return found[-1]
+        raise DemoError(str(exc)) from None
 
 
-class AdminApi:
-    """The admin calls of the demo, over REST with the admin token."""
+class AdminApi(AdminClient):
+    """The coordinator's admin client with the admin token, and the demo's wait for a round."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/")
-        self._session = requests.Session()
-        self._session.headers["Authorization"] = f"Bearer {token}"
+        super().__init__(url, token, timeout=_TIMEOUT)
 
-    def close(self) -> None:
-        self._session.close()
-
-    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        try:
-            response = self._session.request(method, self.url + path, json=body, timeout=_TIMEOUT)
-        except requests.RequestException as exc:
-            raise DemoError(
-                f"{method} {path}: the coordinator is unreachable ({type(exc).__name__})"
-            ) from exc
-        if not response.ok:
-            try:
-                document = response.json()
-                detail = f"{document.get('error')}: {document.get('detail')}"
-            except ValueError:
-                detail = response.text[:200]
-            raise DemoError(f"{method} {path}: HTTP {response.status_code} {detail}")
-        return response.json()
-
-    def open_round(self) -> dict[str, Any]:
-        document: dict[str, Any] = self._call("POST", "/v1/rounds", {})
-        return document
-
-    def round(self, round_id: int) -> dict[str, Any]:
-        document: dict[str, Any] = self._call("GET", f"/v1/rounds/{round_id}")
-        return document
-
-    def models(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/models")["models"])
-
-    def model(self, version: str) -> dict[str, Any]:
-        document: dict[str, Any] = self._call("GET", f"/v1/models/{version}")
-        return document
-
-    def clients(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/v1/clients")["clients"])
-
-    def reports(self, kind: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/v1/reports?kind={kind}")["reports"])
-
-    def create_tasks(self, kind: str, *, deadline_seconds: float) -> list[dict[str, Any]]:
-        body = {"kind": kind, "deadline_seconds": deadline_seconds}
-        return list(self._call("POST", "/v1/tasks", body)["tasks"])
+    @property
+    def url(self) -> str:
+        return self.base_url
 
     def wait_round(
         self, round_id: int, *, timeout: float, check: Callable[[], None]
@@ -171,7 +112,7 @@ class AdminApi:
         ``check`` runs on every poll (it raises when a process the round needs died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            document = self.round(round_id)
+            document = self.show_round(round_id)
             if document["state"] == "committed":
                 return document
             if document["state"] == "failed":

@@ -73,7 +73,7 @@ def wait_for_evaluations(
     all have arrived (bounded; ``check`` runs on every poll and raises when a device died)."""
     deadline = time.monotonic() + timeout
     while True:
-        reports = [r for r in api.reports("evaluate") if r["task_id"] in task_ids]
+        reports = [r for r in api.list_reports("evaluate") if r["task_id"] in task_ids]
         if len(reports) >= len(task_ids):
             return reports
         if time.monotonic() >= deadline:

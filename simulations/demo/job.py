@@ -215,7 +215,7 @@ class _Job:
         self.result.url = url
         self.api = AdminApi(url, self.token)
         self.scorer = VersionScorer(url, self.token, self.work / "registry", data.test)
-        production = [m for m in self.api.models() if m["stage"] == "production"]
+        production = [m for m in self.api.list_models() if m["stage"] == "production"]
         if not production:
             raise DemoError("the coordinator registered no production model")
         first = production[-1]
@@ -302,7 +302,7 @@ class _Job:
             )
             seconds = time.monotonic() - began
             version = str(done["result_version"])
-            model = self.api.model(version)
+            model = self.api.show_model(version)
             score = self.scorer.score(version)
             updates = done.get("updates", [])
             examples = sum(int(u["num_examples"]) for u in updates)
@@ -355,7 +355,7 @@ class _Job:
                 )
         else:
             self.step(6, "listing the registry (device evaluation skipped)")
-        self.result.models = self.api.models()
+        self.result.models = self.api.list_models()
         listed = {}
         for what in ("models", "rounds"):
             command = admin_list_command(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import AdminClient, is_healthy
-from coordinator.launch import launch_coordinator
+from coordinator.launch import launch_coordinator, wait_until_serving
 from fedge import processes
 from fedge.errors import ConfigError, ProcessError
 from tests.support import REPO_ROOT
@@ -119,3 +119,17 @@ def test_a_supervisor_owns_what_it_launched(tmp_path: Path) -> None:
         assert coordinator.log_path == tmp_path / "logs" / "coordinator.log"
         assert is_healthy(coordinator.url)
     assert coordinator.returncode == 0
+
+
+def test_waiting_can_name_the_log_in_one_line_instead_of_quoting_it(tmp_path: Path) -> None:
+    failing = [sys.executable, "-c", "import sys; print('error: no bundle'); sys.exit(3)"]
+    child = processes.start(failing, name="coordinator", log_path=tmp_path / "c.log")
+    try:
+        with pytest.raises(ProcessError) as caught:
+            wait_until_serving(child, tmp_path / "port", timeout=10, log_tail=False)
+    finally:
+        processes.stop([child])
+    assert str(caught.value) == (
+        "coordinator (before serving /healthz) exited with code 3: error: no bundle "
+        f"(see {tmp_path / 'c.log'})"
+    )

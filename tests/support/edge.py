@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 
 from tests.support.coordinator import (
-    ADMIN_TOKEN,
     REPO_ROOT,
     ServerProcess,
-    bearer,
+    admin_client,
     serve_command,
     start_server,
     stop_server,
@@ -60,7 +58,6 @@ __all__ = [
 ]
 
 LAUNCHER = REPO_ROOT / "tests" / "support" / "edge_launcher.py"
-TIMEOUT = 10
 # The coordinator ------------------------------------------------------------------------
 
 
@@ -96,11 +93,9 @@ def restart_coordinator(
 
 
 def admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    response = requests.request(
-        method, url + path, headers=bearer(ADMIN_TOKEN), json=body, timeout=TIMEOUT
-    )
-    assert response.ok, f"{method} {path}: {response.status_code} {response.text}"
-    return response.json()
+    """``method path`` of the admin API (a coordinator error when it is refused)."""
+    with admin_client(url) as client:
+        return client.call(method, path, json=body)
 
 
 def round_state(url: str, round_id: int) -> dict[str, Any]:
