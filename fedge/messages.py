@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import math
 import re
@@ -37,6 +38,7 @@ import numpy.typing as npt
 
 from fedge.errors import FeatureError, ProtocolError
 from fedge.stats import DatasetStats
+from fedge.validation import ErrorFactory, check_int, check_number, check_positive
 from fedge.weights import Weights
 
 __all__ = [
@@ -83,23 +85,9 @@ def _identifier(value: object, what: str) -> str:
     return value
 
 
-def _integer(value: object, what: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ProtocolError(f"{what} must be an integer, got {value!r}", field=what)
-    if value < low:
-        raise ProtocolError(f"{what} must be >= {low}, got {value}", field=what)
-    return int(value)
-
-
-def _real(value: object, what: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ProtocolError(f"{what} must be a number, got {value!r}", field=what)
-    result = float(value)
-    if not math.isfinite(result):
-        raise ProtocolError(f"{what} must be finite, got {result}", field=what)
-    if positive and result <= 0:
-        raise ProtocolError(f"{what} must be > 0, got {result}", field=what)
-    return result
+def _field_error(name: str) -> ErrorFactory:
+    """What the validators raise for message field ``name``: a ProtocolError naming it."""
+    return functools.partial(ProtocolError, field=name)
 
 
 def _metrics(value: object, what: str) -> Mapping[str, float]:
@@ -115,7 +103,7 @@ def _metrics(value: object, what: str) -> Mapping[str, float]:
     for key, number in value.items():
         if not isinstance(key, str) or not 0 < len(key) <= 128:
             raise ProtocolError(f"{what}: names must be 1-128 characters, got {key!r}", field=what)
-        out[key] = _real(number, f"{what}[{key!r}]")
+        out[key] = check_number(number, f"{what}[{key!r}]", error=_field_error(what))
     return MappingProxyType(out)
 
 
@@ -162,11 +150,17 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "epochs", _integer(self.epochs, "epochs", low=1))
-        set_(self, "batch_size", _integer(self.batch_size, "batch_size", low=1))
-        set_(self, "learning_rate", _real(self.learning_rate, "learning_rate", positive=True))
+        for name in ("epochs", "batch_size"):
+            set_(self, name, check_int(getattr(self, name), name, low=1, error=_field_error(name)))
+        rate = check_positive(
+            self.learning_rate, "learning_rate", error=_field_error("learning_rate")
+        )
+        set_(self, "learning_rate", rate)
         if self.max_examples is not None:
-            set_(self, "max_examples", _integer(self.max_examples, "max_examples", low=1))
+            limit = check_int(
+                self.max_examples, "max_examples", low=1, error=_field_error("max_examples")
+            )
+            set_(self, "max_examples", limit)
         if not isinstance(self.options, Mapping) or len(self.options) > MAX_METRICS:
             raise ProtocolError(f"options must be an object of scalars, got {self.options!r}")
         options: dict[str, _Scalar] = {}
@@ -218,13 +212,15 @@ class Task:
         if self.kind not in TASK_KINDS:
             raise ProtocolError(f"kind must be one of {list(TASK_KINDS)}, got {self.kind!r}")
         if self.round_id is not None:
-            object.__setattr__(self, "round_id", _integer(self.round_id, "round_id", low=1))
+            round_id = check_int(self.round_id, "round_id", low=1, error=_field_error("round_id"))
+            object.__setattr__(self, "round_id", round_id)
         elif self.kind == "train":
             raise ProtocolError("a train task must name its round_id", field="round_id")
         _identifier(self.model_version, "model_version")
         if not isinstance(self.config, TaskConfig):
             raise ProtocolError(f"config must be a TaskConfig, got {self.config!r}")
-        object.__setattr__(self, "deadline", _real(self.deadline, "deadline", positive=True))
+        deadline = check_positive(self.deadline, "deadline", error=_field_error("deadline"))
+        object.__setattr__(self, "deadline", deadline)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,8 +266,12 @@ class ModelUpdate:
 
     def __post_init__(self) -> None:
         _identifier(self.task_id, "task_id")
-        object.__setattr__(self, "round_id", _integer(self.round_id, "round_id", low=1))
-        object.__setattr__(self, "num_examples", _integer(self.num_examples, "num_examples", low=1))
+        round_id = check_int(self.round_id, "round_id", low=1, error=_field_error("round_id"))
+        object.__setattr__(self, "round_id", round_id)
+        examples = check_int(
+            self.num_examples, "num_examples", low=1, error=_field_error("num_examples")
+        )
+        object.__setattr__(self, "num_examples", examples)
         object.__setattr__(self, "metrics", _metrics(self.metrics, "metrics"))
         if not isinstance(self.delta, Weights):
             raise ProtocolError(f"delta must be Weights, got {type(self.delta).__name__}")
@@ -327,7 +327,10 @@ class EvalReport:
     def __post_init__(self) -> None:
         _identifier(self.task_id, "task_id")
         _identifier(self.model_version, "model_version")
-        object.__setattr__(self, "num_examples", _integer(self.num_examples, "num_examples", low=0))
+        examples = check_int(
+            self.num_examples, "num_examples", low=0, error=_field_error("num_examples")
+        )
+        object.__setattr__(self, "num_examples", examples)
         object.__setattr__(self, "metrics", _metrics(self.metrics, "metrics"))
         object.__setattr__(
             self,
@@ -466,7 +469,10 @@ class FeatureBatch:
         shape = doc["shape"]
         if not (isinstance(shape, list) and len(shape) == 2):
             raise ProtocolError(f"embeddings shape must be [n, d], got {shape!r}")
-        rows, width = (_integer(v, "an embeddings dimension", low=1) for v in shape)
+        rows, width = (
+            check_int(v, "an embeddings dimension", low=1, error=_field_error("embeddings"))
+            for v in shape
+        )
         if rows * width > MAX_FEATURE_VALUES:
             raise ProtocolError(f"embeddings of shape {shape} exceed {MAX_FEATURE_VALUES} values")
         if not isinstance(doc["data"], str):

@@ -1,22 +1,30 @@
 """Range validators shared by every config and message type.
 
 Each checks one value, returns it normalized (``int`` or ``float``) and raises ``error``
-(:class:`~fedge.errors.ConfigError` unless the caller names another ``FedgeError``) with a
-message that says what was expected and what arrived. ``what`` names the value as the
-library knows it (a config field, a message field), never a command-line flag.
+with a message that says what was expected and what arrived. ``error`` is
+:class:`~fedge.errors.ConfigError` unless the caller names another error class, or a
+callable that builds one from the message (e.g. ``functools.partial(ProtocolError,
+field=...)``). ``what`` names the value as the caller's user knows it (a config field, a
+message field, a command-line flag). numpy scalars count as the numbers they hold; bools
+never do.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable
 
 from fedge.errors import ConfigError
 
-__all__ = ["check_fraction", "check_int", "check_number", "check_positive"]
+__all__ = ["ErrorFactory", "check_fraction", "check_int", "check_number", "check_positive"]
+
+ErrorFactory = Callable[[str], Exception]
+"""What a validator raises: an exception class, or any callable from message to exception."""
 
 
 def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float)
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
 
 
 def check_int(
@@ -25,16 +33,17 @@ def check_int(
     *,
     low: int | None = None,
     high: int | None = None,
-    error: type[Exception] = ConfigError,
+    error: ErrorFactory = ConfigError,
 ) -> int:
     """An integer (not a bool, not a float) in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise error(f"{what} must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise error(f"{what} must be an integer >= {low}, got {value!r}")
-    if high is not None and value > high:
-        raise error(f"{what} must be an integer <= {high}, got {value!r}")
-    return value
+    number = int(value)
+    if low is not None and number < low:
+        raise error(f"{what} must be an integer >= {low}, got {number}")
+    if high is not None and number > high:
+        raise error(f"{what} must be an integer <= {high}, got {number}")
+    return number
 
 
 def check_number(
@@ -45,7 +54,7 @@ def check_number(
     high: float | None = None,
     low_inclusive: bool = True,
     high_inclusive: bool = True,
-    error: type[Exception] = ConfigError,
+    error: ErrorFactory = ConfigError,
 ) -> float:
     """A finite real number (not a bool) within the given bounds."""
     if not _is_number(value):
@@ -62,7 +71,7 @@ def check_number(
     return number
 
 
-def check_positive(value: object, what: str, *, error: type[Exception] = ConfigError) -> float:
+def check_positive(value: object, what: str, *, error: ErrorFactory = ConfigError) -> float:
     """A finite number > 0."""
     return check_number(value, what, low=0.0, low_inclusive=False, error=error)
 
@@ -73,7 +82,7 @@ def check_fraction(
     *,
     zero_ok: bool = True,
     one_ok: bool = False,
-    error: type[Exception] = ConfigError,
+    error: ErrorFactory = ConfigError,
 ) -> float:
     """A number in [0, 1) by default; ``zero_ok``/``one_ok`` open or close either end."""
     return check_number(

@@ -70,7 +70,7 @@ def test_task_roundtrips_through_json() -> None:
     [
         ({"kind": "upload_raw"}, "kind must be one of"),
         ({"round_id": None}, "train task must name its round_id"),
-        ({"round_id": 0}, "round_id must be >= 1"),
+        ({"round_id": 0}, "round_id must be an integer >= 1"),
         ({"task_id": "../x"}, "task_id must be"),
         ({"deadline": math.inf}, "deadline must be finite"),
         ({"model_version": ""}, "model_version must be"),
@@ -88,7 +88,7 @@ def test_task_without_round_is_allowed_for_stats() -> None:
 @pytest.mark.parametrize(
     ("changes", "phrase"),
     [
-        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
         ({"batch_size": True}, "batch_size must be an integer"),
         ({"learning_rate": -0.1}, "learning_rate must be > 0"),
         ({"learning_rate": math.nan}, "learning_rate must be finite"),
@@ -167,7 +167,7 @@ def test_model_update_max_bytes_is_enforced() -> None:
 @pytest.mark.parametrize(
     ("changes", "phrase"),
     [
-        ({"num_examples": 0}, "num_examples must be >= 1"),
+        ({"num_examples": 0}, "num_examples must be an integer >= 1"),
         ({"num_examples": 2.5}, "num_examples must be an integer"),
         ({"metrics": {"loss": math.nan}}, r"metrics\['loss'\] must be finite"),
         ({"metrics": {"": 1.0}}, "names must be 1-128 characters"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import pytest
 
 from fedge.errors import ConfigError, ProtocolError
@@ -46,3 +48,19 @@ def test_check_fraction_ends_are_chosen_by_the_caller() -> None:
 def test_the_error_class_is_the_callers() -> None:
     with pytest.raises(ProtocolError, match="num_examples must be an integer >= 1"):
         check_int(0, "num_examples", low=1, error=ProtocolError)
+
+
+def test_numpy_scalars_count_as_the_numbers_they_hold() -> None:
+    assert check_int(np.int64(3), "rows", low=0) == 3
+    assert type(check_int(np.int64(3), "rows")) is int
+    assert check_number(np.float32(0.5), "rate") == 0.5
+    with pytest.raises(ConfigError, match="must be an integer"):
+        check_int(np.float64(2.0), "rows")
+    with pytest.raises(ConfigError, match="must be a number"):
+        check_number(np.bool_(True), "rate")
+
+
+def test_the_error_can_be_built_by_a_callable() -> None:
+    with pytest.raises(ProtocolError, match="round_id must be an integer >= 1") as info:
+        check_int(0, "round_id", low=1, error=functools.partial(ProtocolError, field="round_id"))
+    assert info.value.field == "round_id"
