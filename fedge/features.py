@@ -31,6 +31,7 @@ from fedge.columns import categorical_codes, numeric_values, row_count
 from fedge.errors import ConfigError, FeatureError
 from fedge.schema import Schema
 from fedge.stats import OTHER_CATEGORY, DatasetStats
+from fedge.validation import check_number, check_positive
 
 __all__ = [
     "MINMAX",
@@ -53,14 +54,6 @@ _NO_FILL: Mapping[str, float] = MappingProxyType({})
 FloatArray = npt.NDArray[np.float64]
 
 
-def _finite(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FeatureError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise FeatureError(f"{what} must be finite, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class NumericFeature:
     """A numeric column normalised as ``(x - offset) / scale``, NaN replaced by ``fill`` first."""
@@ -77,14 +70,15 @@ class NumericFeature:
         where = f"numeric feature {_name(self.name)!r}"
         if self.normalization not in (ZSCORE, MINMAX):
             raise FeatureError(f"{where}: normalization must be {ZSCORE!r} or {MINMAX!r}")
-        for key in ("offset", "scale", "fill"):
-            object.__setattr__(self, key, _finite(getattr(self, key), f"{where}: {key}"))
-        if self.scale <= 0:
-            raise FeatureError(f"{where}: scale must be > 0, got {self.scale}")
+        for key in ("offset", "fill"):
+            value = check_number(getattr(self, key), f"{where}: {key}", error=FeatureError)
+            object.__setattr__(self, key, value)
+        scale = check_positive(self.scale, f"{where}: scale", error=FeatureError)
+        object.__setattr__(self, "scale", scale)
         if self.clip is not None:
             if len(self.clip) != 2:
                 raise FeatureError(f"{where}: clip must be (low, high), got {self.clip}")
-            low, high = (_finite(v, f"{where}: clip") for v in self.clip)
+            low, high = (check_number(v, f"{where}: clip", error=FeatureError) for v in self.clip)
             if low >= high:
                 raise FeatureError(f"{where}: clip needs low < high, got {self.clip}")
             object.__setattr__(self, "clip", (low, high))

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from fedge.columns import categorical_codes, numeric_values, row_count
 from fedge.errors import ConfigError, FeatureError
 from fedge.schema import Schema
+from fedge.validation import check_int, check_number
 
 __all__ = [
     "DEFAULT_HISTOGRAM_EDGES",
@@ -99,12 +100,7 @@ class StatsConfig:
             for name, values in self.histogram_edges.items()
         }
         object.__setattr__(self, "histogram_edges", MappingProxyType(edges))
-        if isinstance(self.min_category_count, bool) or not isinstance(
-            self.min_category_count, int
-        ):
-            raise ConfigError(f"min_category_count must be an int, got {self.min_category_count!r}")
-        if self.min_category_count < 1:
-            raise ConfigError(f"min_category_count must be >= 1, got {self.min_category_count}")
+        check_int(self.min_category_count, "min_category_count", low=1)
         if not isinstance(self.include_extremes, bool):
             raise ConfigError(f"include_extremes must be a bool, got {self.include_extremes!r}")
 
@@ -117,17 +113,8 @@ DEFAULT_STATS_CONFIG = StatsConfig()
 
 
 def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise FeatureError(f"{what} must be a non-negative int, got {value!r}")
-    return int(value)
-
-
-def _real(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        raise FeatureError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise FeatureError(f"{what} must be finite, got {value!r}")
-    return float(value)
+    """A count in a statistics document (FeatureError when it is not an integer >= 0)."""
+    return check_int(value, what, low=0, error=FeatureError)
 
 
 @dataclass(frozen=True)
@@ -156,7 +143,7 @@ class NumericStats:
         for name in ("count", "missing"):
             set_(self, name, _count(getattr(self, name), name))
         for name in ("mean", "m2"):
-            set_(self, name, _real(getattr(self, name), name))
+            set_(self, name, check_number(getattr(self, name), name, error=FeatureError))
         set_(self, "shape", tuple(_count(d, "a shape dimension") for d in self.shape))
         set_(self, "edges", _edges(self.edges, "numeric statistics", FeatureError))
         set_(self, "counts", tuple(_count(c, "a histogram count") for c in self.counts))
@@ -170,8 +157,8 @@ class NumericStats:
         if (self.min is None) != (self.max is None) or (self.count == 0 and self.min is not None):
             raise FeatureError("min and max must both be given or both be None (no values)")
         if self.min is not None and self.max is not None:
-            set_(self, "min", _real(self.min, "min"))
-            set_(self, "max", _real(self.max, "max"))
+            set_(self, "min", check_number(self.min, "min", error=FeatureError))
+            set_(self, "max", check_number(self.max, "max", error=FeatureError))
             if self.min > self.max:
                 raise FeatureError(f"min {self.min} is greater than max {self.max}")
 

@@ -32,6 +32,7 @@ from fedge.errors import (
     WeightsError,
     WeightsFormatError,
 )
+from fedge.validation import check_number
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Weights", "decode_weights", "encode_weights"]
 
@@ -213,7 +214,7 @@ class Weights(Mapping[str, FloatArray]):
 
     def apply(self, delta: Weights, *, scale: float = 1.0) -> Weights:
         """``self + scale * delta``, computed in float64 and rounded once to float32."""
-        factor = _finite_float("scale", scale)
+        factor = check_number(scale, "scale")
         delta.validate_against(self, check_finite=False)
         return Weights._wrap(
             {
@@ -226,7 +227,7 @@ class Weights(Mapping[str, FloatArray]):
 
     def scale(self, factor: float) -> Weights:
         """``factor * self``, computed in float64 and rounded once to float32."""
-        f = _finite_float("factor", factor)
+        f = check_number(factor, "factor")
         return Weights._wrap(
             {n: (f * a.astype(np.float64)).astype(np.float32) for n, a in self._tensors.items()}
         )
@@ -270,15 +271,6 @@ class Weights(Mapping[str, FloatArray]):
             a.shape == other[n].shape and bool(np.allclose(a, other[n], rtol=rtol, atol=atol))
             for n, a in self._tensors.items()
         )
-
-
-def _finite_float(what: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise ConfigError(f"{what} must be a real number, got {value!r}")
-    result = float(value)
-    if not math.isfinite(result):
-        raise ConfigError(f"{what} must be finite, got {result}")
-    return result
 
 
 def encode_weights(weights: Weights, *, metadata: Mapping[str, str] | None = None) -> bytes:
