@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from fedge.data import TASK_NAMES
 from fedge.errors import ConfigError
+from fedge.validation import check_fraction, check_int, check_positive
 
 __all__ = ["DEFAULT_TEST_FRACTION", "STRATEGY_NAMES", "TrainConfig"]
 
@@ -38,26 +38,11 @@ class TrainConfig:
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; known: {list(STRATEGY_NAMES)}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
-        if self.workers is not None and (
-            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1
-        ):
-            raise ConfigError(f"workers must be an int >= 1, got {self.workers!r}")
+            check_int(getattr(self, name), name, low=low)
+        if self.workers is not None:
+            check_int(self.workers, "workers", low=1)
         if self.workers is not None and self.strategy == "default":
             raise ConfigError("workers applies to the mirrored and multi-worker strategies only")
-        for name, one_ok in (("test_fraction", False), ("data_fraction", True)):
-            value = getattr(self, name)
-            if not _fraction(value, one_ok=one_ok):
-                bound = "(0, 1]" if one_ok else "(0, 1)"
-                raise ConfigError(f"{name} must be a number in {bound}, got {value!r}")
-        rate = self.learning_rate
-        if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-
-
-def _fraction(value: object, *, one_ok: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return False
-    return 0 < value < 1 or (one_ok and value == 1)
+        check_fraction(self.test_fraction, "test_fraction", zero_ok=False)
+        check_fraction(self.data_fraction, "data_fraction", zero_ok=False, one_ok=True)
+        check_positive(self.learning_rate, "learning_rate")

@@ -7,7 +7,6 @@ statistics of the training examples actually used, never from the test split.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,6 +20,7 @@ from fedge.data import Dataset, load_task, train_test_split
 from fedge.errors import ConfigError
 from fedge.features import MINMAX, FeatureSpec
 from fedge.stats import compute_stats
+from fedge.validation import check_fraction
 
 __all__ = [
     "NORMALIZATION",
@@ -67,7 +67,7 @@ def split_task(
 ) -> tuple[Dataset, Dataset]:
     """``(train, test)`` raw data: a stratified split fixed by ``seed``, then a seeded,
     stratified ``data_fraction`` of the training part (the test part never shrinks)."""
-    _check_fraction("data_fraction", data_fraction, allow_one=True)
+    check_fraction(data_fraction, "data_fraction", zero_ok=False, one_ok=True)
     train_idx, test_idx = train_test_split(dataset, test_fraction=test_fraction, seed=seed)
     train = dataset.take(train_idx)
     if data_fraction < 1.0:
@@ -95,7 +95,7 @@ def prepare_task_data(
     data_fraction: float = 1.0,
 ) -> TaskData:
     """Load ``task``, split it, build the spec from the training part, transform both parts."""
-    _check_fraction("test_fraction", test_fraction, allow_one=False)
+    check_fraction(test_fraction, "test_fraction", zero_ok=False)
     dataset = load_task(task)
     train, test = split_task(
         dataset, test_fraction=test_fraction, seed=seed, data_fraction=data_fraction
@@ -116,16 +116,3 @@ def prepare_task_data(
         region=test.schema.region,
         test_regions=None if test.schema.region is None else test.columns[test.schema.region],
     )
-
-
-def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0.0
-        and (value <= 1.0 if allow_one else value < 1.0)
-    )
-    if not ok:
-        bound = "(0, 1]" if allow_one else "(0, 1)"
-        raise ConfigError(f"{name} must be a number in {bound}, got {value!r}")

@@ -18,9 +18,10 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from fedge.data import read_csv_columns
-from fedge.errors import ConfigError, DataError
+from fedge.errors import DataError
 from fedge.features import FeatureSpec
 from fedge.schema import Schema
+from fedge.validation import check_int
 
 __all__ = [
     "FEATURES_KEY",
@@ -50,7 +51,7 @@ def array_dataset(
     Sharding across workers is by element (``AutoShardPolicy.DATA``): in-memory data has
     no files to shard.
     """
-    _check_batch_size(batch_size)
+    check_int(batch_size, "batch_size", low=1)
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     if x.shape[0] != y.shape[0]:
@@ -122,8 +123,3 @@ def _with_data_sharding(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")

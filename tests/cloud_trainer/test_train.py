@@ -664,7 +664,7 @@ def test_workers_exit_when_their_launcher_is_killed(
     [
         (["--task=mnist", "--epochs=1"], "unknown task 'mnist'"),
         (["--task=digits", "--strategy=tpu", "--epochs=1"], "unknown strategy 'tpu'"),
-        (["--task=digits", "--epochs=0"], "epochs must be an int >= 1"),
+        (["--task=digits", "--epochs=0"], "epochs must be an integer >= 1"),
         (["--task=digits", "--epochs=two"], "invalid int value: 'two'"),
         (["--task=digits", "--epochs=1", "--data-fraction=1.5"], "data_fraction must be"),
         (["--task=digits", "--epochs=1", "--batch-size=-3"], "batch_size must be"),
