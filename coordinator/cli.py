@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from coordinator.admin import AdminBackend, DirectAdmin, HttpAdmin
+from coordinator.admin import AdminBackend, DirectAdmin
 from coordinator.auth import (
     ADMIN_TOKEN_ENV,
     ENROLLMENT_TOKEN_ENV,
@@ -257,7 +257,9 @@ def _backend(args: argparse.Namespace) -> AdminBackend:
         token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
         if token is None:
             raise UsageError(f"--server needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
-        return HttpAdmin(args.server, token)
+        from coordinator.client import AdminClient
+
+        return AdminClient(args.server, token)
     if args.db and args.artifacts:
         return DirectAdmin(args.db, args.artifacts)
     raise UsageError("give --server URL, or --db and --artifacts")
