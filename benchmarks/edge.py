@@ -272,7 +272,7 @@ def daemon_peak_rss(
              "--artifacts", str(work / "artifacts"), "--port", "0",
              "--port-file", str(work / "port"), "--on-demand", "--auto-promote",
              "--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1",
-             "--tick-seconds", "0.2", "--log-level", "WARNING"]  # fmt: skip
+             "--tick-seconds", "0.2", "--quiet"]  # fmt: skip
     coordinator = subprocess.Popen(serve, cwd=REPO, env=_env(), stderr=subprocess.DEVNULL)
     daemon: subprocess.Popen[bytes] | None = None
     try:
@@ -289,7 +289,7 @@ def daemon_peak_rss(
         daemon = subprocess.Popen(
             [*edge, "run", "--coordinator", url, "--token-file", str(token), "--data", str(data),
              "--state", str(state), "--settle-seconds", "0", "--threads", "1",
-             "--log-level", "WARNING"],
+             "--quiet"],
             cwd=REPO, env=_env(), stderr=subprocess.DEVNULL,
         )  # fmt: skip
         started = time.monotonic()
@@ -345,8 +345,8 @@ def _prepare(task: str, work: Path, log: Log) -> tuple[Path, Path]:
     if not (bundle / "manifest.json").is_file():
         log(f"{task}: bundling into {bundle}")
         batch = "16" if task == "taxi" else "32"
-        code = quantize_cli(["bundle", str(export), "--out", str(bundle), "--quiet",
-                             "--batch-size", batch, "--version", f"{task}-bench"])  # fmt: skip
+        code = quantize_cli(["bundle", str(export), "--out", str(bundle), "--quiet", "--batch-size",
+                             batch, "--model-version", f"{task}-bench"])  # fmt: skip
         if code != 0:
             raise RuntimeError(f"fedge-quantize bundle failed with {code}")
     return export, bundle

@@ -2,20 +2,24 @@
 
 Thin: it parses arguments, then calls :func:`run_training`, which returns data, and prints.
 TensorFlow is imported only once the arguments are valid, and never by the launcher of a
-local multi-worker cluster.
+local multi-worker cluster. Exit codes, error lines, ``-v/-q``, ``--json`` and ``--version``
+come from the shared kit (:mod:`fedge.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import contextlib
+import gc
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,17 +27,23 @@ from cloud_trainer.cluster import TF_CONFIG, cluster_role
 from cloud_trainer.config import STRATEGY_NAMES, TrainConfig
 from cloud_trainer.launcher import WorkerOutcome, launch_local_cluster, watch_launcher
 from cloud_trainer.record import TrainingRecord, load_training_record, prepare_out_dir
+from fedge.cli import (
+    ArgumentParser,
+    add_json_flag,
+    add_verbosity_flags,
+    configure_logging,
+    print_json,
+    run_cli,
+)
 from fedge.data import TASK_NAMES
-from fedge.errors import ConfigError, DataError, FeatureError, FedgeError
+from fedge.errors import ConfigError, UsageError
 
 __all__ = ["RunOutcome", "build_parser", "main", "run_training", "train_cli"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_TRAINING_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+PROG = "fedge-train"
+_LOGGERS = ("cloud_trainer", "fedge")
 
 _EPILOG = """\
 strategies:
@@ -43,25 +53,20 @@ strategies:
                 worker processes on 127.0.0.1 (worker 0 is the chief); with TF_CONFIG set,
                 this process joins that cluster
 
-A killed run restarted with the same arguments resumes after its last completed epoch
-(state in OUT/backup). OUT receives saved_model/, feature_spec.json, training_record.json,
-checkpoints/ and logs/ (TensorBoard), written by the chief only.
+OUT receives saved_model/, feature_spec.json, training_record.json, checkpoints/ and logs/
+(TensorBoard), written by the chief only. A killed run restarted with the same arguments
+resumes after its last completed epoch (state in OUT/backup).
+
+Ctrl-C (SIGINT) stops training, kills any local workers and removes what the run created:
+OUT (when it did not exist before, or was empty) and the --to-tfrecord file. SIGTERM stops
+the same way but keeps OUT as it is, so that the same command resumes (a preempted job).
 
 exit codes:
   0    training finished and the model was exported
   1    training failed (a worker failed or timed out, TensorFlow error, NaN loss)
-  2    usage or input error (unknown task/strategy, bad number, unwritable --out)
-  130  interrupted (Ctrl-C); local workers are killed
+  2    usage or input error (unknown flag, task or strategy, bad number, unwritable --out)
+  130  interrupted (SIGINT or SIGTERM): stopped cleanly, local workers killed
 """
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -80,13 +85,14 @@ class RunOutcome:
         }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="fedge-train",
+def build_parser() -> ArgumentParser:
+    """The parser of ``fedge-train``."""
+    parser = ArgumentParser(
+        prog=PROG,
         description="Train a fedge task's model under a tf.distribute strategy and export it.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_version()
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
     parser.add_argument(
         "--strategy", default="default", help=f"one of {', '.join(STRATEGY_NAMES)} (default)"
@@ -110,16 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds to wait for local multi-worker processes before killing them (3600)",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
     return parser
 
 
 def run_training(
-    config: TrainConfig, *, worker_timeout_s: float = 3600.0, chief_stderr: IO[str] | None = None
+    config: TrainConfig,
+    *,
+    worker_timeout_s: float = 3600.0,
+    chief_stderr: IO[str] | None = None,
+    verbose: int = 0,
 ) -> RunOutcome:
-    """Train as ``config`` says: in this process, or as a launched local cluster."""
+    """Train as ``config`` says: in this process, or as a launched local cluster.
+
+    ``verbose`` is passed on to launched workers (their ``-v`` count).
+    """
     out = prepare_out_dir(config.out_dir)
     role = cluster_role()
     if config.strategy == "multi-worker" and role.task_type is not None:
@@ -129,7 +141,13 @@ def run_training(
                 f"workers={config.workers} but {TF_CONFIG} describes {role.num_workers} workers"
             )
     elif config.strategy == "multi-worker" and config.workers is not None:
-        return _launch(config, out, worker_timeout_s=worker_timeout_s, chief_stderr=chief_stderr)
+        return _launch(
+            config,
+            out,
+            worker_timeout_s=worker_timeout_s,
+            chief_stderr=chief_stderr,
+            verbose=verbose,
+        )
     # Imported here: TensorFlow takes seconds to load and bad arguments should not wait.
     import tensorflow as tf
 
@@ -141,10 +159,15 @@ def run_training(
 
 
 def _launch(
-    config: TrainConfig, out: str, *, worker_timeout_s: float, chief_stderr: IO[str] | None
+    config: TrainConfig,
+    out: str,
+    *,
+    worker_timeout_s: float,
+    chief_stderr: IO[str] | None,
+    verbose: int,
 ) -> RunOutcome:
     assert config.workers is not None
-    command = [sys.executable, "-m", "cloud_trainer.cli", *_worker_args(config, out)]
+    command = [sys.executable, "-m", "cloud_trainer.cli", *_worker_args(config, out, verbose)]
     logger.info("launching %d local workers", config.workers)
     with tempfile.TemporaryDirectory(prefix="fedge-train-workers-") as log_dir:
         workers = launch_local_cluster(
@@ -157,7 +180,7 @@ def _launch(
     return RunOutcome(out_dir=out, record=load_training_record(out), workers=tuple(workers))
 
 
-def _worker_args(config: TrainConfig, out: str) -> list[str]:
+def _worker_args(config: TrainConfig, out: str, verbose: int = 0) -> list[str]:
     args = [
         f"--task={config.task}",
         f"--strategy={config.strategy}",
@@ -174,72 +197,141 @@ def _worker_args(config: TrainConfig, out: str) -> list[str]:
         args.append(f"--to-tfrecord={os.path.abspath(config.tfrecord_path)}")
     if not config.progress:
         args.append("--quiet")
+    elif verbose:
+        args.append("-" + "v" * verbose)
     return args
 
 
 def train_cli(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, train, print the result; the exit code (see ``--help``)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"{exc} (see fedge-train --help)", EXIT_USAGE)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    return run_cli(lambda: _train(argv), prog=PROG, debug_tracebacks=True)
+
+
+def _train(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
+    config = TrainConfig(
+        task=args.task,
+        out_dir=args.out,
+        strategy=args.strategy,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        data_fraction=args.data_fraction,
+        workers=args.workers,
+        learning_rate=args.learning_rate,
+        tfrecord_path=args.to_tfrecord,
+        progress=not args.quiet,
     )
+    if not args.worker_timeout > 0:
+        raise UsageError(f"--worker-timeout must be > 0, got {args.worker_timeout}")
+    created = _Created.before(config)
+    interrupt: KeyboardInterrupt | None = None
     try:
-        config = TrainConfig(
-            task=args.task,
-            out_dir=args.out,
-            strategy=args.strategy,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            test_fraction=args.test_fraction,
-            data_fraction=args.data_fraction,
-            workers=args.workers,
-            learning_rate=args.learning_rate,
-            tfrecord_path=args.to_tfrecord,
-            progress=not args.quiet,
-        )
-        if not args.worker_timeout > 0:
-            raise ConfigError(f"--worker-timeout must be > 0, got {args.worker_timeout}")
         outcome = run_training(
-            config, worker_timeout_s=args.worker_timeout, chief_stderr=_stderr_or_none()
+            config,
+            worker_timeout_s=args.worker_timeout,
+            chief_stderr=_stderr_or_none(),
+            verbose=args.verbose,
         )
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
-    except (ConfigError, DataError, FeatureError) as exc:
-        return _fail(str(exc), EXIT_USAGE, verbose=args.verbose)
-    except FedgeError as exc:
-        return _fail(str(exc), EXIT_TRAINING_FAILED, verbose=args.verbose)
-    except Exception as exc:
-        return _fail(f"training failed: {type(exc).__name__}: {exc}", 1, verbose=args.verbose)
-    if args.json:
-        print(json.dumps(outcome.to_dict(), sort_keys=True))
-    else:
-        print(_summary(outcome))
-    return EXIT_OK
+    except KeyboardInterrupt as exc:
+        # Kept outside the handler: leaving it frees the traceback, and with it the model and
+        # the TensorBoard writers, before their files are removed.
+        interrupt = KeyboardInterrupt(*exc.args)
+    if interrupt is not None:
+        if interrupt.args[:1] != (signal.SIGTERM.name,):
+            with _signals_ignored():
+                gc.collect()
+                created.remove()
+        raise interrupt
+    _print(outcome, as_json=args.json)
+    return 0
 
 
-def _summary(outcome: RunOutcome) -> str:
+def _print(outcome: RunOutcome, *, as_json: bool) -> None:
+    if as_json:
+        print_json(outcome.to_dict())
+        return
     record = outcome.record
     metrics = " ".join(
         f"{k}={'n/a' if v is None else f'{v:.4f}'}" for k, v in sorted(record.metrics.items())
     )
-    return (
+    print(
         f"trained {record.task} ({record.strategy}, {record.workers} worker(s), "
         f"{record.replicas} replica(s), {record.epochs} epochs): {metrics} -> {outcome.out_dir}"
     )
 
 
-def _fail(message: str, code: int, *, verbose: bool = False) -> int:
-    if verbose:
-        logger.exception("details")
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"error: {first}", file=sys.stderr)
-    return code
+@dataclass(frozen=True)
+class _Created:
+    """What a run is about to create, noted before it starts, so an interrupt can undo it."""
+
+    out: str
+    out_state: str  # "absent", "empty" or "kept" (it holds output: a run to resume)
+    new_parents: tuple[str, ...]  # innermost first
+    tfrecord: str | None  # the --to-tfrecord file, when it does not exist yet
+
+    @classmethod
+    def before(cls, config: TrainConfig) -> _Created:
+        out = os.path.abspath(config.out_dir)
+        missing = _missing_dirs(out)
+        if missing:
+            state = "absent"
+        elif os.path.isdir(out) and not os.listdir(out):
+            state = "empty"
+        else:
+            state = "kept"
+        tfrecord = None
+        if config.tfrecord_path and not os.path.lexists(config.tfrecord_path):
+            tfrecord = os.path.abspath(config.tfrecord_path)
+        return cls(out, state, tuple(missing[1:]), tfrecord)
+
+    def remove(self) -> None:
+        if self.tfrecord is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.tfrecord)
+        if self.out_state == "absent":
+            shutil.rmtree(self.out, ignore_errors=True)
+        elif self.out_state == "empty":
+            for name in os.listdir(self.out):
+                path = os.path.join(self.out, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+        for parent in self.new_parents:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """``path`` and its missing ancestors, innermost first; empty when ``path`` exists."""
+    missing: list[str] = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return missing
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut the removal of partial output short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _stderr_or_none() -> IO[str] | None:

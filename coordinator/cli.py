@@ -3,27 +3,32 @@
 ::
 
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
-        [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options]
-    fedge-coordinator models list|show V|promote V|rollback  TARGET
-    fedge-coordinator rounds list|show N                     TARGET
+        [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] [-v|-q]
+    fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
+    fedge-coordinator rounds list|show N                     TARGET [--json]
 
-TARGET is ``--server URL`` (a running coordinator, with the admin token) or
-``--db DB --artifacts DIR`` (the database directly).
+TARGET is ``--coordinator URL`` (a running coordinator, with the admin token) or
+``--db DB --artifacts DIR`` (an existing database, directly: admin commands never create
+one, only ``serve`` does).
 
-Exit codes: 0 success; 1 the operation failed (the server refused it, a conflict, a
-missing model, an unreachable server); 2 a usage or input error (bad flags, an invalid
-configuration, an unreadable token file or bundle). Errors are one line on stderr.
-The admin token is read from ``--admin-token-file`` or ``FEDGE_ADMIN_TOKEN``, never
-from a command-line value.
+Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
+server refused it, a conflict, a missing model, an unreachable coordinator); 2 a usage or
+input error (bad flags, an invalid configuration, an unreadable token file or bundle, a
+``--db`` that is not a SQLite database); 130 interrupted. ``serve`` stops gracefully on
+SIGTERM and on SIGINT alike; SIGTERM, a service's normal stop, exits 0 and SIGINT (Ctrl-C)
+exits 130. Errors are one line on stderr. The admin token is read from
+``--admin-token-file`` or ``FEDGE_ADMIN_TOKEN``, never from a command-line value.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +41,58 @@ from coordinator.auth import (
     load_secret,
 )
 from coordinator.config import RoundConfig, ServiceConfig
-from fedge.errors import BundleError, ConfigError, FedgeError
+from coordinator.store import Store
+from fedge.cli import (
+    ArgumentParser,
+    ExitCode,
+    add_json_flag,
+    add_verbosity_flags,
+    configure_logging,
+    print_json,
+    run_cli,
+)
+from fedge.errors import BundleError, UsageError
 from fedge.strategy import STRATEGY_NAMES
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("coordinator.cli")
 PROG = "fedge-coordinator"
+_LOGGERS = ("coordinator", "fedge")
 _ROUND_FLAGS = {
     "clients_per_round": int, "min_clients": int, "min_available_clients": int,
     "deadline_seconds": float, "epochs": int, "batch_size": int, "learning_rate": float,
     "norm_bound": float, "max_examples": int,
 }  # fmt: skip
 
+# Added to the kit's table: the bundle given to ``serve`` is the caller's input (2). An admin
+# call the coordinator refused or that could not reach it raises a coordinator error, which
+# the kit's table already makes a failed operation (1).
+_EXIT_TABLE = ((BundleError, ExitCode.USAGE),)
 
-class UsageError(FedgeError):
-    """A command line that cannot work (exit code 2)."""
+_EXIT_CODES = """\
+exit codes:
+  0    success (serve: stopped by SIGTERM, a service's normal stop)
+  1    the operation failed: the coordinator refused it (a conflict, a missing model or
+       round) or could not be reached
+  2    usage or input error: unknown flag, invalid configuration, unreadable token file,
+       missing or tampered bundle, a --db that is not a SQLite database (or, for the admin
+       commands, that does not exist)
+  130  interrupted (Ctrl-C)"""
+
+_SERVE_EPILOG = f"""\
+serve stops gracefully on SIGTERM and on SIGINT alike: it stops accepting connections,
+closes the socket, stops the deadline timer and closes the store. SIGTERM (the normal stop
+of a service) then exits 0; SIGINT (Ctrl-C) exits 130.
+
+{_EXIT_CODES}"""
+
+_ADMIN_EPILOG = f"""\
+TARGET is --coordinator URL (a running coordinator; the admin token comes from
+--admin-token-file or ${ADMIN_TOKEN_ENV}) or --db DB --artifacts DIR (an existing database,
+read directly; admin commands never create one).
+
+{_EXIT_CODES}"""
 
 
 def _option(text: str) -> tuple[str, float]:
@@ -79,17 +120,12 @@ def _task_option(text: str) -> tuple[str, int | float | str | bool]:
     return key, value
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
-    return common
-
-
 def _add_serve(sub: Any) -> None:
     serve = sub.add_parser(
-        "serve", parents=[_common()], help="run the coordinator (waitress, REST API)"
+        "serve",
+        help="run the coordinator (waitress, REST API)",
+        description="Run the coordinator: the REST API on HOST:PORT, until SIGTERM or Ctrl-C.",
+        epilog=_SERVE_EPILOG,
     )
     serve.add_argument("--task", required=True, help="task name; must match the bundle's")
     serve.add_argument("--bundle", required=True, type=Path, help="edge bundle directory")
@@ -153,35 +189,56 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
     serve.add_argument("--threads", type=int, default=8)
     serve.add_argument("--tick-seconds", type=float, default=1.0, help="deadline timer period")
+    add_verbosity_flags(serve)
     serve.set_defaults(handler=serve_cli)
 
 
 def _add_admin(sub: Any) -> None:
-    target = argparse.ArgumentParser(add_help=False, parents=[_common()])
-    where = target.add_argument_group("target (one of)")
-    where.add_argument("--server", help="URL of a running coordinator")
-    where.add_argument("--db", help="state database (direct mode, with --artifacts)")
-    where.add_argument("--artifacts", type=Path, help="artifact directory (direct mode)")
-    target.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
-    target.add_argument("--json", action="store_true", help="machine-readable output")
-    models = sub.add_parser("models", help="list, show, promote, roll back model versions")
-    verbs = models.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", parents=[target], help="all versions")
-    verbs.add_parser("show", parents=[target], help="one version").add_argument("version")
-    verbs.add_parser("promote", parents=[target], help="make production").add_argument("version")
-    verbs.add_parser("rollback", parents=[target], help="restore the previous production")
+    models = sub.add_parser(
+        "models",
+        help="list, show, promote, roll back model versions",
+        description="List, show, promote and roll back model versions.",
+        epilog=_ADMIN_EPILOG,
+    )
+    verbs = models.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _admin_verb(verbs, "list", "all versions")
+    _admin_verb(verbs, "show", "one version").add_argument("version")
+    _admin_verb(verbs, "promote", "make production").add_argument("version")
+    _admin_verb(verbs, "rollback", "restore the previous production")
     models.set_defaults(handler=models_cli)
-    rounds = sub.add_parser("rounds", help="list and show rounds")
-    verbs = rounds.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", parents=[target], help="all rounds")
-    show = verbs.add_parser("show", parents=[target], help="one round with its updates")
-    show.add_argument("round_id", type=int)
+    rounds = sub.add_parser(
+        "rounds",
+        help="list and show rounds",
+        description="List and show rounds.",
+        epilog=_ADMIN_EPILOG,
+    )
+    verbs = rounds.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _admin_verb(verbs, "list", "all rounds")
+    _admin_verb(verbs, "show", "one round with its updates").add_argument("round_id", type=int)
     rounds.set_defaults(handler=rounds_cli)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The fedge cloud coordinator.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _admin_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = verbs.add_parser(
+        name, help=help_text, description=help_text, epilog=_ADMIN_EPILOG
+    )
+    where = parser.add_argument_group("target (one of)")
+    where.add_argument("--coordinator", metavar="URL", help="URL of a running coordinator")
+    where.add_argument("--db", help="an existing state database (direct mode, with --artifacts)")
+    where.add_argument("--artifacts", type=Path, help="artifact directory (direct mode)")
+    parser.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    """The parser of ``fedge-coordinator`` and its commands."""
+    parser = ArgumentParser(
+        prog=PROG, description="The fedge cloud coordinator.", epilog=_EXIT_CODES
+    )
+    parser.add_version()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_admin(sub)
     return parser
@@ -210,12 +267,14 @@ def _round_config(args: argparse.Namespace) -> RoundConfig:
 
 
 def serve_cli(args: argparse.Namespace) -> int:
+    """``serve``: 0 once stopped by SIGTERM; SIGINT ends in KeyboardInterrupt (exit 130)."""
     from coordinator.artifacts import ArtifactStore
     from coordinator.rest import ApiConfig, create_app
     from coordinator.server import run_server
     from coordinator.service import CoordinatorService
-    from coordinator.store import open_store
 
+    if not (args.bundle / "manifest.json").is_file():
+        raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
     config = ServiceConfig(
         task=args.task,
         rounds=_round_config(args),
@@ -225,12 +284,12 @@ def serve_cli(args: argparse.Namespace) -> int:
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
-    if admin is None:
-        logger.warning("no admin token configured: admin endpoints are disabled")
     service = CoordinatorService(
-        store=open_store(args.db), artifacts=ArtifactStore(args.artifacts), config=config
+        store=_open_store(args.db), artifacts=ArtifactStore(args.artifacts), config=config
     )
     model = service.import_bundle(args.bundle)
+    if admin is None:
+        logger.warning("no admin token configured: admin endpoints are disabled")
     logger.info("serving task %s; production model %s", args.task, model.version)
     app = create_app(
         service,
@@ -250,19 +309,55 @@ def serve_cli(args: argparse.Namespace) -> int:
     )
 
 
+@contextlib.contextmanager
+def _database(db: str) -> Iterator[None]:
+    """sqlite3's errors on opening ``--db`` as the one-line usage error they are."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"--db {db}: not a usable SQLite database ({exc})") from exc
+
+
+def _open_store(db: str) -> Store:
+    from coordinator.store import open_store
+
+    with _database(db):
+        return open_store(db)
+
+
+# Admin calls: the one place that picks the HTTP or the direct backend ---------------------
+
+
 def _backend(args: argparse.Namespace) -> AdminBackend:
-    if args.server and (args.db or args.artifacts):
-        raise UsageError("give either --server or --db/--artifacts, not both")
-    if args.server:
+    if args.coordinator and (args.db or args.artifacts):
+        raise UsageError("give either --coordinator or --db/--artifacts, not both")
+    if args.coordinator:
         token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
         if token is None:
-            raise UsageError(f"--server needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
+            raise UsageError(f"--coordinator needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
         from coordinator.client import AdminClient
 
-        return AdminClient(args.server, token)
+        return AdminClient(args.coordinator, token)
     if args.db and args.artifacts:
-        return DirectAdmin(args.db, args.artifacts)
-    raise UsageError("give --server URL, or --db and --artifacts")
+        _check_existing_database(args.db)
+        if not args.artifacts.is_dir():
+            raise UsageError(f"--artifacts {args.artifacts} is not a directory")
+        with _database(args.db):
+            return DirectAdmin(args.db, args.artifacts)
+    raise UsageError("give --coordinator URL, or --db and --artifacts")
+
+
+def _check_existing_database(db: str) -> None:
+    """Admin commands read or change an existing database; they never create one."""
+    if db in ("memory:", ":memory:"):
+        raise UsageError(f"--db {db}: admin commands need an existing database")
+    if "://" in db and not db.startswith("sqlite:///"):
+        return  # open_store says which URLs it supports
+    path = Path(db[len("sqlite:///") :] if db.startswith("sqlite:///") else db)
+    if not path.is_file():
+        raise UsageError(
+            f"--db {db}: no such database file (admin commands never create one; serve does)"
+        )
 
 
 _MODEL_COLUMNS = ("version", "stage", "parent", "round_id", "participants", "created_at")
@@ -271,7 +366,7 @@ _ROUND_COLUMNS = ("round_id", "state", "base_version", "result_version", "num_up
 
 def _print(document: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:
     if as_json:
-        print(json.dumps(document, indent=2, sort_keys=True))
+        print_json(document)
     elif isinstance(document, list):
         rows = [[str(item.get(c, "")) for c in columns] for item in document]
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
@@ -311,52 +406,29 @@ def rounds_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. in tests)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+# Entry point ---------------------------------------------------------------------------
 
 
-def _configure_logging(level: str) -> None:
-    """One stderr handler on the root logger (added once), and token redaction on every
-    root handler, so no library's log record can print a token."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        stderr = _StderrHandler()
-        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(stderr)
-    for handler in root.handlers:
+def _configure_logging(args: argparse.Namespace) -> None:
+    """The kit's stderr handler, and token redaction on every root handler, so that no
+    library's log record can print a token."""
+    configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
+    for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
-    root.setLevel(level)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    code: int = args.handler(args)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
-    _configure_logging(args.log_level)
-    try:
-        code: int = args.handler(args)
-        return code
-    except (UsageError, ConfigError, BundleError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except FedgeError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    """Run ``fedge-coordinator``; the exit code (see ``--help``)."""
+    return run_cli(lambda: _run(argv), prog=PROG, extra_exit_table=_EXIT_TABLE)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

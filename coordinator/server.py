@@ -3,9 +3,10 @@
 :func:`run_server` binds (port 0 picks a free port, written to ``port_file`` once bound),
 starts a thread that calls ``service.tick()`` every ``tick_seconds`` so deadlines pass
 without traffic, serves until SIGTERM or SIGINT, then closes the socket, stops the timer
-and closes the store. TLS is terminated in front of it (a reverse proxy or load
-balancer); waitress speaks plain HTTP. gunicorn works too: ``create_app`` is a plain WSGI
-app factory.
+and closes the store. SIGTERM, the normal stop of a service, then returns 0; SIGINT
+(Ctrl-C) raises KeyboardInterrupt once that clean shutdown is done, as Python does for it.
+TLS is terminated in front of it (a reverse proxy or load balancer); waitress speaks plain
+HTTP. gunicorn works too: ``create_app`` is a plain WSGI app factory.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def run_server(
     tick_seconds: float = 1.0,
     max_request_body_size: int | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown."""
+    """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown on SIGTERM, and raises
+    KeyboardInterrupt after the same clean shutdown on SIGINT."""
     limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + (1 << 20))
     server = create_server(
         app,
@@ -91,12 +93,14 @@ def run_server(
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("fedge coordinator listening on http://%s:%d", host, bound)
+    stopped_by = ""
     try:
         service.tick()
         ticker.start()
         server.run()
     except _Stop as exc:
-        logger.info("received %s: shutting down", exc)
+        stopped_by = str(exc)
+        logger.info("received %s: shutting down", stopped_by)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -104,4 +108,6 @@ def run_server(
         ticker.stop()
         service.store.close()
         logger.info("fedge coordinator stopped")
+    if stopped_by == signal.SIGINT.name:
+        raise KeyboardInterrupt(stopped_by)
     return 0

@@ -9,20 +9,23 @@
 
 ``register`` enrolls the device and writes its token to F (mode 0600). ``run`` is the
 daemon: it polls the coordinator for train/evaluate/stats/features tasks and answers them
-from the data files in DIR until SIGTERM. ``predict`` scores a CSV or .npz file with a
-verified bundle (the personal head when ``--state`` holds one for that version, unless
-``--global``). ``status`` shows what the daemon last did.
+from the data files in DIR until SIGTERM or Ctrl-C. ``predict`` scores a CSV or .npz file
+with a verified bundle (the personal head when ``--state`` holds one for that version,
+unless ``--global``). ``status`` shows what the daemon last did. Every command takes
+``-v/-q``; ``fedge-edge --version`` prints the version.
 
-Exit codes: 0 success; 1 the operation failed (the coordinator refused or could not be
-reached, a bundle failed verification); 2 a usage or input error (bad flags, a missing
-token file, an unreadable input file). Errors are one line on stderr.
+Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
+coordinator refused or could not be reached, a bundle failed verification); 2 a usage or
+input error (bad flags, a missing token file, an unreadable input file); 130 interrupted.
+``run`` stops gracefully on SIGTERM and on SIGINT alike (the step in progress finishes, the
+status is written): SIGTERM, a daemon's normal stop, exits 0 and SIGINT (Ctrl-C) exits 130.
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -34,57 +37,53 @@ import numpy as np
 
 from edge_client.backoff import BackoffPolicy
 from edge_client.daemon import Daemon, DaemonConfig
-from edge_client.errors import EdgeError
 from edge_client.handler import ClientConfig
 from edge_client.local_data import read_columns
 from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
 from edge_client.state import ClientState, read_token, write_token
 from edge_client.transport import CoordinatorClient, HttpTransport, Transport
-from fedge.errors import BundleError, ConfigError, DataError, FeatureError, FedgeError
+from fedge.cli import (
+    ArgumentParser,
+    add_json_flag,
+    add_verbosity_flags,
+    configure_logging,
+    print_json,
+    run_cli,
+)
+from fedge.errors import DataError, FeatureError, UsageError
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
-
-logger = logging.getLogger("edge_client.cli")
+__all__ = ["build_parser", "main"]
 
 PROG = "fedge-edge"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+_LOGGERS = ("edge_client", "fedge")
 _EPILOG = """\
 exit codes:
-  0  success
-  1  the operation failed: the coordinator refused or could not be reached, or a bundle
-     failed verification
-  2  usage or input error: bad flags, missing token file, unreadable input"""
-
-
-class UsageError(FedgeError):
-    """A command line that cannot work (exit code 2)."""
+  0    success (run: stopped by SIGTERM, a daemon's normal stop, or after --max-tasks)
+  1    the operation failed: the coordinator refused or could not be reached, or a bundle
+       failed verification
+  2    usage or input error: unknown flag, missing token file, unreadable input
+  130  interrupted (Ctrl-C); run stops gracefully first (the step in progress finishes and
+       the status is written), as on SIGTERM"""
 
 
 def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name, help=help_text, description=help_text, epilog=_EPILOG
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    add_verbosity_flags(parser)
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    """The parser of ``fedge-edge`` and its commands."""
+    parser = ArgumentParser(
         prog=PROG,
         description="The fedge edge client: register, run the daemon, predict, status.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_version()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     register = _parser(sub, "register", "register this device with a coordinator")
     register.add_argument("--coordinator", required=True, metavar="URL")
@@ -93,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--region", help="this device's region (for per-slice metrics)")
     register.add_argument("--enrollment-token-file", type=Path, metavar="F")
     register.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
-    register.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(register)
     register.set_defaults(handler=register_cli)
 
-    run = _parser(sub, "run", "run the daemon until SIGTERM")
+    run = _parser(sub, "run", "run the daemon until SIGTERM or Ctrl-C")
     run.add_argument("--coordinator", required=True, metavar="URL")
     run.add_argument("--token-file", required=True, type=Path, metavar="F")
     run.add_argument("--data", required=True, type=Path, metavar="DIR", help="local data files")
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     personal.add_argument("--no-personalize", action="store_true", help="no personal head")
     personal.add_argument("--personal-epochs", type=int, default=5, metavar="N")
     personal.add_argument("--personal-learning-rate", type=float, default=0.05, metavar="R")
-    run.set_defaults(handler=run_cli)
+    run.set_defaults(handler=daemon_cli)
 
     predict = _parser(sub, "predict", "score a CSV or .npz file with a bundle")
     source = predict.add_mutually_exclusive_group(required=True)
@@ -128,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --bundle: take the personal head from this state")  # fmt: skip
     predict.add_argument("--global", dest="use_global", action="store_true",
                          help="ignore any personal head")  # fmt: skip
-    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(predict)
     predict.set_defaults(handler=predict_cli)
 
     status = _parser(sub, "status", "show what the daemon last did")
     status.add_argument("--state", required=True, type=Path, metavar="DIR")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(status)
     status.set_defaults(handler=status_cli)
     return parser
 
@@ -159,10 +158,12 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
         )
     document = {"client_id": registration.client_id, "token_file": str(args.token_file)}
     _print(document, as_json=args.json)
-    return EXIT_OK
+    return 0
 
 
-def run_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    """``run``: 0 once stopped by SIGTERM or ``--max-tasks``; SIGINT ends in
+    KeyboardInterrupt (exit 130) after the same clean stop."""
     if args.max_tasks is not None and args.max_tasks < 1:
         raise UsageError("--max-tasks must be >= 1")
     if not args.data.is_dir():
@@ -199,6 +200,8 @@ def _http(ca_file: Path | None) -> HttpTransport:
 
 def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
     state_dir = args.state or args.personal_state
+    if not args.input.is_file():
+        raise UsageError(f"--input {args.input} is not a file")
     if args.bundle is not None:
         if not (args.bundle / "manifest.json").is_file():
             raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
@@ -208,8 +211,6 @@ def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None)
         if found is None:
             raise UsageError(f"{args.state} holds no model yet: run the daemon first")
         bundle = found
-    if not args.input.is_file():
-        raise UsageError(f"--input {args.input} is not a file")
     model = EdgeModel.load(bundle)
     try:
         columns = read_columns(args.input, model.schema, label="optional")
@@ -233,12 +234,12 @@ def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None)
     if args.json:
         document = {"model_version": model.version, "head": used, "count": len(rows),
                     "predictions": rows}  # fmt: skip
-        print(json.dumps(document))
+        print_json(document)
     else:
         print(f"# model {model.version}, {used} head, {len(rows)} rows: row class probability")
         for i, row in enumerate(rows):
             print(f"{i}\t{row['class']}\t{row['probability']:.4f}")
-    return EXIT_OK
+    return 0
 
 
 def status_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
@@ -257,7 +258,7 @@ def status_cli(args: argparse.Namespace, *, transport: Transport | None = None) 
     if document.get("state") == "running" and not _alive(document.get("pid")):
         document["state"] = "dead"
     _print(document, as_json=args.json)
-    return EXIT_OK
+    return 0
 
 
 def _alive(pid: object) -> bool:
@@ -274,7 +275,7 @@ def _alive(pid: object) -> bool:
 
 def _print(document: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(document, sort_keys=True))
+        print_json(document)
         return
     for key, value in document.items():
         text = value if isinstance(value, str | int | float | None) else json.dumps(value)
@@ -284,36 +285,17 @@ def _print(document: dict[str, Any], *, as_json: bool) -> None:
 # Entry point -------------------------------------------------------------------------------
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_fedge_edge", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._fedge_edge = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
+def _run(argv: Sequence[str] | None, transport: Transport | None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
+    code: int = args.handler(args, transport=transport)
+    return code
 
 
 def main(argv: Sequence[str] | None = None, *, transport: Transport | None = None) -> int:
     """Run ``fedge-edge``; ``transport`` replaces HTTP (tests capture the bytes sent)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    _configure_logging(args.log_level)
-    try:
-        code: int = args.handler(args, transport=transport)
-        return code
-    except (UsageError, ConfigError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (BundleError, EdgeError, FedgeError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+    return run_cli(lambda: _run(argv, transport), prog=PROG)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

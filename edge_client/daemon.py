@@ -11,7 +11,8 @@ Any transport failure (no connection, timeout, 5xx) sleeps an exponentially grow
 fully jittered delay (:mod:`edge_client.backoff`) and the next step starts over with the
 outbox, so replies queued during an outage go out first, once each. SIGTERM (or SIGINT)
 sets a flag: a sleep ends at once, a step in progress finishes, then the status is
-written and :meth:`Daemon.run` returns 0.
+written and :meth:`Daemon.run` returns 0 (SIGTERM) or raises KeyboardInterrupt (SIGINT,
+as Python does for Ctrl-C, once the same clean stop is done).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Daemon:
             timeout=config.request_timeout,
         )
         self.stop_event = threading.Event()
+        self._stopped_by: int | None = None  # the signal that stopped run(), if one did
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng()
         self.backoff = Backoff(config.backoff, rng=self._rng, sleep=self._sleep)
@@ -239,7 +241,8 @@ class Daemon:
     # The loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Step until stopped (SIGTERM/SIGINT, or ``max_tasks`` delivered); returns 0."""
+        """Step until stopped (SIGTERM/SIGINT, or ``max_tasks`` delivered); returns 0, or
+        raises KeyboardInterrupt after the clean stop when SIGINT stopped it."""
         restore = self._install_signal_handlers()
         logger.info(
             "fedge edge daemon started (pid %d, coordinator %s)",
@@ -258,6 +261,8 @@ class Daemon:
             self.client.close()
             restore()
             logger.info("fedge edge daemon stopped")
+        if self._stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt(signal.SIGINT.name)
         return 0
 
     def _install_signal_handlers(self) -> Any:
@@ -266,6 +271,7 @@ class Daemon:
 
         def stop(signum: int, frame: FrameType | None) -> None:
             logger.info("received %s: stopping after the current step", signal.Signals(signum).name)
+            self._stopped_by = signum
             self.request_stop()
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}

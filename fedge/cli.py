@@ -28,6 +28,7 @@ import enum
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -249,14 +250,46 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+# A signal handler runs in whatever Python code the main thread executes at that moment. When
+# that is a garbage-collector callback or a finalizer (``__del__``), the KeyboardInterrupt it
+# raises is "unraisable": Python prints "Exception ignored in ..." and carries on as if no
+# signal had come (TensorFlow's and JAX's gc callbacks run often during a conversion). The hook
+# below sends such a lost interrupt again, from a helper thread, a moment later.
+_REDELIVERY_DELAY_S = 0.01
+
+
+def _redeliver(signum: int) -> None:
+    if signal.getsignal(signum) is _raise_keyboard_interrupt:  # still inside the block
+        os.kill(os.getpid(), signum)
+
+
+def _redelivering_hook(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    def hook(unraisable: Any) -> object:
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt):
+            name = str(exc.args[0]) if exc.args else ""
+            signum = signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT
+            import threading
+
+            timer = threading.Timer(_REDELIVERY_DELAY_S, _redeliver, (signum,))
+            timer.daemon = True
+            timer.start()
+            return None
+        return previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def interrupts_as_keyboard_interrupt(*, sigterm: bool = True) -> Iterator[None]:
     """Within the block, SIGINT (and SIGTERM if asked) raise :class:`KeyboardInterrupt`.
 
     Python does this for SIGINT already unless something replaced the handler; making it
     explicit, and doing it for SIGTERM as well, lets ``finally`` blocks remove partial
-    output and stop children whichever of the two signals a user or supervisor sends.
-    Only the main thread can install handlers; elsewhere the block changes nothing.
+    output and stop children whichever of the two signals a user or supervisor sends. An
+    interrupt that lands in a garbage-collector callback or a finalizer, where Python would
+    drop it, is delivered again a moment later. Only the main thread can install handlers;
+    elsewhere the block changes nothing.
     """
     import threading
 
@@ -265,11 +298,14 @@ def interrupts_as_keyboard_interrupt(*, sigterm: bool = True) -> Iterator[None]:
         return
     signums = [signal.SIGINT] + ([signal.SIGTERM] if sigterm else [])
     previous = {s: signal.signal(s, _raise_keyboard_interrupt) for s in signums}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redelivering_hook(previous_hook)
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
 
 
 def run_cli(

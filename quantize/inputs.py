@@ -179,7 +179,7 @@ def load_task_arrays(
         if task is None:
             raise ConfigError(
                 f"{source.saved_model_dir} has no {RECORD_FILE} beside it: name the task "
-                "(--task) whose held-out data to evaluate on"
+                "whose held-out data to evaluate on"
             )
         seed = 0 if seed is None else seed
         test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction

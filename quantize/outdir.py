@@ -1,8 +1,8 @@
 """All-or-nothing output directories: write into a hidden sibling, rename at the end.
 
 A failed or interrupted run leaves nothing behind: the staging directory is removed, and so
-are any parent directories this run created. An ``--out`` that already exists is never
-deleted: it must be an empty directory (which the finished output then replaces), otherwise
+are any parent directories this run created. An output directory that already exists is
+never deleted: it must be an empty directory (which the finished output then replaces), otherwise
 the run is refused before any work.
 """
 
@@ -25,17 +25,19 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
     """``out`` as an absolute path if it is absent or an empty directory; else ConfigError."""
     target = Path(os.path.abspath(os.fspath(out)))
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ConfigError(f"--out {os.fspath(out)!r} exists and is not a directory")
+        raise ConfigError(f"output directory {os.fspath(out)!r} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()):
         raise ConfigError(
-            f"--out {os.fspath(out)!r} exists and is not empty; give a new directory "
+            f"output directory {os.fspath(out)!r} exists and is not empty; give a new directory "
             "(existing output is never overwritten)"
         )
     ancestor = target.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot create --out {os.fspath(out)!r}: {ancestor} is not writable")
+        raise ConfigError(
+            f"cannot create the output directory {os.fspath(out)!r}: {ancestor} is not writable"
+        )
     return target
 
 

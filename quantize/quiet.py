@@ -2,9 +2,11 @@
 
 TensorFlow 2.14 writes to file descriptor 2 from C++: ``Unable to register cuDNN factory``
 lines at import (level E, so ``TF_CPP_MIN_LOG_LEVEL=2`` does not hide them) and
-``fully_quantize: ...`` during int8 calibration. A command that promises one ``error:`` line
-on failure captures descriptor 2 while TensorFlow works and shows what it caught only when
-asked (``--verbose``).
+``fully_quantize: ...`` during int8 calibration. A command that promises one error line on
+failure captures descriptor 2 while TensorFlow works and shows what it caught only when asked.
+Python's ``sys.stderr`` points at the real stderr meanwhile, so log records and progress
+lines written through it (:class:`fedge.cli.StderrHandler` looks it up at each write) still
+get through.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class CapturedStderr:
 def capture_native_stderr(*, enabled: bool = True) -> Iterator[CapturedStderr]:
     """Send descriptor 2 to a temporary file for the duration; ``enabled=False`` is a no-op.
 
-    Python's ``sys.stderr`` is flushed first so nothing written before is reordered.
-    ``CapturedStderr.original`` writes to the stderr the process had on entry.
+    Python's ``sys.stderr`` is flushed first so nothing written before is reordered, then
+    replaced by ``CapturedStderr.original`` (a stream to the stderr the process had on entry)
+    until the block ends.
     """
     if not enabled:
         yield CapturedStderr(sys.stderr)
@@ -53,13 +56,17 @@ def capture_native_stderr(*, enabled: bool = True) -> Iterator[CapturedStderr]:
     saved = os.dup(fd)
     original = open(os.dup(saved), "w", encoding="utf-8", errors="replace", closefd=True)  # noqa: SIM115
     captured = CapturedStderr(original)
+    python_stderr = sys.stderr
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), fd)
+        sys.stderr = original
         try:
             yield captured
         finally:
+            sys.stderr = python_stderr
             with contextlib.suppress(OSError, ValueError):
-                sys.stderr.flush()
+                original.flush()
+                python_stderr.flush()
             os.dup2(saved, fd)
             os.close(saved)
             original.close()

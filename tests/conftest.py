@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -99,3 +100,12 @@ def no_leftover_children() -> Iterator[None]:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     assert left == [], f"processes left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits export trained for one epoch (read-only): a real model for tests that only
+    need one to exist, such as a conversion to interrupt."""
+    from tests.support.trained_models import train_export
+
+    return train_export("digits", tmp_path_factory.mktemp("tiny") / "digits", epochs=1)

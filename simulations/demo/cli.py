@@ -146,7 +146,7 @@ def _print_report(result: DemoResult) -> None:
     print(round_table(result.rows))
     print()
     print("registry lineage:")
-    print(f"$ fedge-coordinator models list --server {result.url} --admin-token-file ...")
+    print(f"$ fedge-coordinator models list --coordinator {result.url} --admin-token-file ...")
     print(result.models_cli)
     if result.devices:
         print()

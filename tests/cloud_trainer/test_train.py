@@ -579,7 +579,8 @@ def test_multi_worker_failure_kills_the_peer_and_exits_1(
         "--worker-timeout=200",
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: worker 0 (pid "), result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedge-train: error: worker 0 (pid "), result.stderr
     assert "exited with code 2; the other workers were killed" in result.stderr
     assert not (tmp_path / "out" / "training_record.json").exists()
 
@@ -637,7 +638,7 @@ def test_interrupted_launcher_kills_its_workers_and_exits_130(
         _kill_tree(launcher.pid)
     assert _wait_gone(workers, timeout_s=1) == []  # already gone when the launcher returned
     assert launcher.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert err.strip().splitlines()[-1] == "fedge-train: error: interrupted"
 
 
 @pytest.mark.slow
@@ -670,6 +671,9 @@ def test_workers_exit_when_their_launcher_is_killed(
         (["--task=digits", "--epochs=1", "--batch-size=-3"], "batch_size must be"),
         (["--task=digits", "--epochs=1", "--workers=2"], "workers applies to"),
         (["--task=digits"], "the following arguments are required: --epochs"),
+        (["--task=digits", "--epochs=1", "--data", "0.5"], "unrecognized arguments: --data 0.5"),
+        (["--task=digits", "--epochs=1", "--lr=0.1"], "unrecognized arguments: --lr=0.1"),
+        (["--task=digits", "--epochs=1", "--worker-timeout=0"], "--worker-timeout must be > 0"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -677,8 +681,9 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], me
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("fedge-train: error: ")
     assert message in lines[0]
+    assert "usage:" not in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
@@ -689,7 +694,7 @@ def test_cli_unwritable_out_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run_cli("--task=digits", "--epochs=1", f"--out={blocker / 'out'}", timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: cannot write to {blocker / 'out'}: Not a directory"
+        f"fedge-train: error: cannot write to {blocker / 'out'}: Not a directory"
     ]
 
 
@@ -712,5 +717,11 @@ def test_cli_and_launcher_import_without_tensorflow() -> None:
 def test_cli_help_documents_exit_codes() -> None:
     result = run_cli("--help", timeout=60)
     assert result.returncode == 0
-    for line in ("0    training finished", "1    training failed", "2    usage or input error"):
+    for line in (
+        "0    training finished",
+        "1    training failed",
+        "2    usage or input error",
+        "130  interrupted",
+    ):
         assert line in result.stdout
+    assert "SIGTERM stops\nthe same way but keeps OUT" in result.stdout

@@ -84,9 +84,12 @@ def test_missing_model_fails_with_one_line(
 @pytest.mark.parametrize(
     ("argv", "phrase"),
     [
-        (["models", "list"], "give --server URL, or --db and --artifacts"),
-        (["models", "list", "--server", "http://x", "--db", "d"], "either --server"),
-        (["models", "list", "--server", "http://127.0.0.1:9"], "needs --admin-token-file"),
+        (["models", "list"], "give --coordinator URL, or --db and --artifacts"),
+        (["models", "list", "--coordinator", "http://x", "--db", "d"], "either --coordinator"),
+        (["models", "list", "--coordinator", "http://127.0.0.1:9"], "needs --admin-token-file"),
+        (["models", "list", "--server", "http://127.0.0.1:9"], "unrecognized arguments"),
+        (["models", "list", "--coord", "http://127.0.0.1:9"], "unrecognized arguments"),
+        (["models", "list", "--log-level", "DEBUG"], "unrecognized arguments"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -102,15 +105,91 @@ def test_usage_errors_exit_2(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_argparse_errors_exit_2_with_one_line_and_no_usage_block(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["models", "frobnicate"]) == 2
     assert main(["serve", "--task", "taxi"]) == 2
-    assert "required" in capsys.readouterr().err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("fedge-coordinator: error: ") for line in lines)
+    assert "invalid choice: 'frobnicate'" in lines[0]
+    assert "required" in lines[1]
+    assert "(see 'fedge-coordinator serve --help')" in lines[1]
 
 
-def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("verb", [["models", "list"], ["models", "show", "v1"],
+                                  ["rounds", "list"], ["models", "rollback"]])  # fmt: skip
+def test_admin_commands_refuse_a_database_that_does_not_exist(
+    tmp_path: Path, verb: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "artifacts").mkdir()
+    typo = tmp_path / "sate.db"
+    argv = [*verb, "--db", str(typo), "--artifacts", str(tmp_path / "artifacts")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fedge-coordinator: error: --db {typo}: no such database file (admin commands never "
+        "create one; serve does)"
+    ]
+    assert list(tmp_path.iterdir()) == [tmp_path / "artifacts"]
+
+
+def test_admin_commands_refuse_a_missing_artifact_directory(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["models", "list", "--db", str(workdir / "state.db"), "--artifacts",
+            str(workdir / "artefacts")]  # fmt: skip
+    assert main(argv) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not (workdir / "artefacts").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "models"])
+def test_a_db_that_is_not_sqlite_is_a_usage_error_without_traceback(
+    tmp_path: Path, command: str
+) -> None:
+    make_bundle(tmp_path / "bundle")
+    (tmp_path / "artifacts").mkdir()
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("these are notes, not a database\n" * 10)
+    where = ["--db", str(not_sqlite), "--artifacts", str(tmp_path / "artifacts")]
+    if command == "serve":
+        argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"), *where,
+                "--port", "0"]  # fmt: skip
+    else:
+        argv = ["models", "list", *where]
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", *argv],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"fedge-coordinator: error: --db {not_sqlite}: not a usable SQLite database "
+        "(file is not a database)"
+    ]
+    assert not_sqlite.read_text() == "these are notes, not a database\n" * 10
+
+
+def test_serve_refuses_a_missing_bundle_before_creating_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "no-bundle"), "--db",
+            str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "a")]  # fmt: skip
+    assert main(argv) == 2
+    assert "is not a bundle directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_exits_0_and_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--help"]) == 0
-    assert "--clients-per-round" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--clients-per-round" in out
+    assert "SIGTERM (the normal stop\nof a service) then exits 0; SIGINT (Ctrl-C) exits 130" in out
+    for argv in ([], ["models"], ["models", "list"], ["rounds", "show"]):
+        assert main([*argv, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "\n  130  interrupted" in out
+    assert "--coordinator URL" in out
 
 
 def test_unreachable_server_fails_with_exit_1(
@@ -118,7 +197,8 @@ def test_unreachable_server_fails_with_exit_1(
 ) -> None:
     token = tmp_path / "token"
     token.write_text("admin-" + "z" * 20)
-    argv = ["models", "list", "--server", "http://127.0.0.1:9", "--admin-token-file", str(token)]
+    argv = ["models", "list", "--coordinator", "http://127.0.0.1:9", "--admin-token-file",
+            str(token)]  # fmt: skip
     assert main(argv) == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 

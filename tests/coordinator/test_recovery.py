@@ -118,7 +118,7 @@ def test_promote_then_rollback_serves_v1_again(
         assert admin_request(server.url, "/v1/models/v2")["stage"] == "candidate"
         assert _current(server.url, clients[0].token) == v1
 
-        cli = ["--server", server.url, "--admin-token-file", str(token_file), "--json"]
+        cli = ["--coordinator", server.url, "--admin-token-file", str(token_file), "--json"]
         assert main(["models", "promote", "v2", *cli]) == 0
         assert json.loads(capsys.readouterr().out)["stage"] == "production"
         v2 = _current(server.url, clients[0].token)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -150,6 +152,47 @@ def test_sigterm_becomes_keyboard_interrupt_and_finally_blocks_run() -> None:
     assert cleaned == ["partial output removed"]
     assert err.getvalue() == "t: error: interrupted\n"
     assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+def test_an_interrupt_lost_in_a_gc_callback_is_delivered_again() -> None:
+    # Python drops an exception raised inside a garbage-collector callback ("Exception
+    # ignored in ..."); a Ctrl-C that lands there must still stop the body.
+    armed: list[bool] = []
+    lost: list[str] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and armed and not lost:  # only the collection the body asks for
+            lost.append("sent")
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs here, inside the callback
+                pass
+
+    cleaned: list[str] = []
+
+    def body() -> int:
+        try:
+            armed.append(True)
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            return 0
+        finally:
+            cleaned.append("partial output removed")
+
+    err = io.StringIO()
+    hook = sys.unraisablehook
+    gc.callbacks.append(callback)
+    try:
+        started = time.monotonic()
+        assert run_cli(body, prog="t", stderr=err) == ExitCode.INTERRUPTED
+    finally:
+        gc.callbacks.remove(callback)
+    assert lost == ["sent"]
+    assert time.monotonic() - started < 5
+    assert cleaned == ["partial output removed"]
+    assert err.getvalue() == "t: error: interrupted\n"
+    assert sys.unraisablehook is hook  # restored
 
 
 def test_stderr_handler_follows_a_replaced_stderr() -> None:

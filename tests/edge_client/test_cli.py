@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from edge_client.cli import main
 from edge_client.model import EdgeModel
 from edge_client.personalize import FileHeadStore, PersonalizationConfig, fine_tune
 from edge_client.state import ClientState
 from edge_client.transport import FunctionTransport, HttpResponse
+from fedge.cli import ExitCode
 from fedge.data import load_taxi
 from tests.support.edge import taxi_rows, write_csv
 
@@ -41,7 +42,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str, **kwargs: object) -> tu
 @pytest.mark.parametrize("command", [[], ["run"], ["predict"], ["status"], ["register"]])
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, *command, "--help")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "exit codes" in out
 
 
@@ -50,7 +51,7 @@ def test_predict_scores_every_row_with_the_int8_model(
 ) -> None:
     code, out, _ = _run(capsys, "predict", "--bundle", str(edge_taxi_bundle), "--input", str(query),
                         "--json")  # fmt: skip
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     document = json.loads(out)
     assert (document["model_version"], document["head"], document["count"]) == (
         "taxi-v1",
@@ -64,7 +65,7 @@ def test_predict_scores_every_row_with_the_int8_model(
     expected = model.int8_logits(x).argmax(axis=1)
     assert [p["class"] for p in document["predictions"]] == expected.tolist()
     code, out, _ = _run(capsys, "predict", "--bundle", str(edge_taxi_bundle), "--input", str(query))
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert len(out.splitlines()) == 26
 
 
@@ -84,10 +85,10 @@ def test_predict_uses_the_personal_head_of_the_same_version(
     FileHeadStore(state.directory / "personal").put(head)
     args = ["predict", "--bundle", str(edge_taxi_bundle), "--input", str(query), "--json"]
     code, out, _ = _run(capsys, *args, "--personal-state", str(state.directory))
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out)["head"] == "personal"
     code, out, _ = _run(capsys, *args, "--personal-state", str(state.directory), "--global")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out)["head"] == "int8"
 
 
@@ -100,7 +101,7 @@ def test_predict_with_a_corrupted_bundle_fails_with_one_line(
     data[100] ^= 0xFF
     (bundle / "inference.tflite").write_bytes(bytes(data))
     code, out, err = _run(capsys, "predict", "--bundle", str(bundle), "--input", str(query))
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert out == ""
     assert err.count("\n") == 1
     assert "sha256" in err
@@ -114,18 +115,18 @@ def test_predict_input_errors_are_usage_errors(
     code, _, err = _run(
         capsys, "predict", "--bundle", str(edge_taxi_bundle), "--input", str(missing)
     )
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "is not a file" in err
     bad = tmp_path / "bad.csv"
     bad.write_text("fare,company\n1.0,x\n")
     code, _, err = _run(capsys, "predict", "--bundle", str(edge_taxi_bundle), "--input", str(bad))
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "missing columns" in err
     code, _, err = _run(capsys, "predict", "--bundle", str(tmp_path), "--input", str(bad))
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "not a bundle directory" in err
     code, _, err = _run(capsys, "predict", "--state", str(tmp_path), "--input", str(bad))
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "holds no model yet" in err
 
 
@@ -135,7 +136,7 @@ def test_run_without_a_token_says_to_register_first(
     code, _, err = _run(capsys, "run", "--coordinator", "http://127.0.0.1:9", "--token-file",
                         str(tmp_path / "token"), "--data", str(tmp_path), "--state",
                         str(tmp_path / "state"))  # fmt: skip
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "register first" in err
 
 
@@ -155,7 +156,7 @@ def test_register_writes_a_private_token_and_the_client_id(
     code, out, _ = _run(capsys, "register", "--coordinator", "http://c.test", "--token-file",
                         str(token), "--state", str(tmp_path / "state"), "--region", "north",
                         "--json", transport=FunctionTransport(server))  # fmt: skip
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out)["client_id"] == "c-123"
     assert seen == [{"url": "http://c.test/v1/clients", "body": {"region": "north"}}]
     assert token.read_text().strip() == "secret-token"
@@ -172,7 +173,7 @@ def test_register_against_an_unreachable_coordinator_fails(
         port = probe.getsockname()[1]
     code, _, err = _run(capsys, "register", "--coordinator", f"http://127.0.0.1:{port}",
                         "--token-file", str(tmp_path / "token"))  # fmt: skip
-    assert code == EXIT_FAILED
+    assert code == ExitCode.FAILED
     assert "ConnectionError" in err
     assert not (tmp_path / "token").exists()
 
@@ -184,7 +185,7 @@ def test_status_reports_the_state_and_a_dead_daemon(
     state.save_client(client_id="c-1", coordinator="http://c.test", registered_at=1.0)
     state.save_status({"state": "running", "pid": 2**22 + 12345, "tasks": {"train": 3}})
     code, out, _ = _run(capsys, "status", "--state", str(tmp_path), "--json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     document = json.loads(out)
     assert document["client_id"] == "c-1"
     assert document["state"] == "dead"
@@ -192,7 +193,7 @@ def test_status_reports_the_state_and_a_dead_daemon(
     assert document["outbox_pending"] == 0
     assert document["model_version"] is None
     code, out, _ = _run(capsys, "status", "--state", str(tmp_path))
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert "client_id: c-1" in out
     code, _, _err = _run(capsys, "status", "--state", str(tmp_path / "nope"))
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE

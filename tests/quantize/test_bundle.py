@@ -38,7 +38,7 @@ BUNDLE_FILES = [
     "trainable.tflite",
     "weights.safetensors",
 ]
-TAXI_ARGS = ["--batch-size", "16", "--version", "taxi-v1.0", "--representative", "100"]
+TAXI_ARGS = ["--batch-size", "16", "--model-version", "taxi-v1.0", "--representative", "100"]
 PROBE_STEPS = 20
 PROBE_LEARNING_RATE = 0.05
 
@@ -215,7 +215,8 @@ def test_bundle_exits_1_and_leaves_nothing_when_the_head_cannot_train_on_device(
     """A gelu head differentiates to Erf, which no TFLite builtin computes."""
     import tensorflow as tf
 
-    from quantize.cli import EXIT_CONVERSION_FAILED, quantize_cli
+    from fedge.cli import ExitCode
+    from quantize.cli import quantize_cli
     from tests.support.trained_models import copy_export, load_model
 
     model = load_model(digits_export)
@@ -237,9 +238,9 @@ def test_bundle_exits_1_and_leaves_nothing_when_the_head_cannot_train_on_device(
     code = quantize_cli(["bundle", str(export), "--out", str(out)])
 
     err = capsys.readouterr().err.splitlines()
-    assert code == EXIT_CONVERSION_FAILED
+    assert code == ExitCode.FAILED
     assert len(err) == 1
-    assert err[0].startswith("error: conversion failed:")
+    assert err[0].startswith("fedge-quantize: error: conversion failed:")
     assert "Erf" in err[0]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
@@ -248,15 +249,19 @@ def test_bundle_exits_1_and_leaves_nothing_when_the_head_cannot_train_on_device(
 def test_bundle_refuses_a_non_empty_out_dir_and_leaves_it_alone(
     digits_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from quantize.cli import EXIT_USAGE, quantize_cli
+    from fedge.cli import ExitCode
+    from quantize.cli import quantize_cli
 
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "manifest.json").write_text("an older bundle")
 
-    assert quantize_cli(["bundle", str(digits_export), "--out", str(out)]) == EXIT_USAGE
+    assert quantize_cli(["bundle", str(digits_export), "--out", str(out)]) == ExitCode.USAGE
 
-    assert capsys.readouterr().err.startswith("error: --out")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("fedge-quantize: error: ")
+    assert "exists and is not empty" in err[0]
     assert [p.name for p in out.iterdir()] == ["manifest.json"]
     assert (out / "manifest.json").read_text() == "an older bundle"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from quantize.cli import EXIT_CONVERSION_FAILED, EXIT_USAGE, quantize_cli
+from fedge.cli import ExitCode
+from quantize.cli import quantize_cli
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"  # inside Keras' fit
@@ -171,7 +173,7 @@ def test_int8_calibrates_on_a_representative_file_when_given(
     assert report["argmax_agreement"] >= 0.95
 
 
-def test_cli_prints_a_one_line_summary_and_nothing_on_stderr_for_a_savedmodel_dir(
+def test_cli_prints_a_one_line_summary_and_only_its_own_logs_for_a_savedmodel_dir(
     digits_export: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "dyn"
@@ -184,7 +186,10 @@ def test_cli_prints_a_one_line_summary_and_nothing_on_stderr_for_a_savedmodel_di
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    assert run.stderr == ""  # TensorFlow's native chatter is held back
+    # TensorFlow's native chatter and Python warnings are held back; our INFO records pass.
+    own_record = re.compile(r"\d\d:\d\d:\d\d (INFO|WARNING) (quantize|cloud_trainer|fedge)\b")
+    assert [line for line in run.stderr.splitlines() if not own_record.match(line)] == []
+    assert "converted" in run.stderr
     lines = run.stdout.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("digits dynamic: ")
@@ -205,7 +210,7 @@ def _assert_one_error_line(run: subprocess.CompletedProcess[str], code: int, mat
     assert run.returncode == code, run.stderr
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("fedge-quantize: error: ")
     assert match in lines[0]
     assert "Traceback" not in run.stderr
     assert run.stdout == ""
@@ -266,7 +271,14 @@ _BAD_INPUTS = {
         lambda t, e: ["bundle", str(e), "--representative-file", str(_bad_representative(t))],
         "must have shape [n, 8, 8]",
     ),
-    "bundle-bad-version": (lambda t, e: ["bundle", str(e), "--version", "../v1"], "version"),
+    "bundle-bad-version": (
+        lambda t, e: ["bundle", str(e), "--model-version", "../v1"],
+        "version",
+    ),
+    "abbreviated-flag": (
+        lambda t, e: [str(e), "--mode", "int8", "--representative-f", "x.npy"],
+        "unrecognized arguments: --representative-f",
+    ),
 }
 
 
@@ -282,7 +294,7 @@ def test_bad_input_exits_2_with_one_error_line_and_no_output(
 
     run = _run_cli(*args, "--out", str(out))
 
-    _assert_one_error_line(run, EXIT_USAGE, match)
+    _assert_one_error_line(run, ExitCode.USAGE, match)
     assert not out.exists()
     assert not (tmp_path / "results").exists()  # nor the parent it would have created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
@@ -297,7 +309,7 @@ def test_bad_input_keeps_an_existing_out_dir_it_did_not_create(
         str(digits_export), "--mode", "int8", "--representative-file",
         str(_bad_representative(tmp_path)), "--out", str(empty),
     )  # fmt: skip
-    _assert_one_error_line(run, EXIT_USAGE, "must have shape")
+    _assert_one_error_line(run, ExitCode.USAGE, "must have shape")
     assert empty.is_dir()
     assert not list(empty.iterdir())
 
@@ -305,7 +317,7 @@ def test_bad_input_keeps_an_existing_out_dir_it_did_not_create(
     full.mkdir()
     (full / "keep.txt").write_text("mine")
     run = _run_cli(str(digits_export), "--mode", "float32", "--out", str(full))
-    _assert_one_error_line(run, EXIT_USAGE, "exists and is not empty")
+    _assert_one_error_line(run, ExitCode.USAGE, "exists and is not empty")
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
     assert (full / "keep.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
@@ -314,8 +326,12 @@ def test_bad_input_keeps_an_existing_out_dir_it_did_not_create(
 @pytest.mark.parametrize(
     ("error", "code", "message"),
     [
-        (RuntimeError("converter crashed"), EXIT_CONVERSION_FAILED, "conversion failed:"),
-        (KeyboardInterrupt(), 130, "interrupted"),
+        (
+            RuntimeError("converter crashed"),
+            ExitCode.FAILED,
+            "conversion failed: RuntimeError: converter crashed",
+        ),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED, "interrupted"),
     ],
     ids=["conversion-fails", "interrupted"],
 )
@@ -346,7 +362,7 @@ def test_failure_after_staging_leaves_no_partial_output(
 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
-    assert err[0].startswith(f"error: {message}")
+    assert err[0] == f"fedge-quantize: error: {message}"
     assert staged
     assert not staged[0].exists()
     assert not (tmp_path / "new").exists()
@@ -357,8 +373,9 @@ def test_help_documents_commands_and_exit_codes() -> None:
         run = _run_cli(*args)
         assert run.returncode == 0
         assert "exit codes:" in run.stdout
-        for code in ("0 ", "1 ", "2 "):
+        for code in ("0 ", "1 ", "2 ", "130 "):
             assert f"\n  {code}" in run.stdout
+        assert "--model-version" in run.stdout or args == ["--help"]
     assert "bundle MODEL --out DIR" in _run_cli("--help").stdout
 
 

@@ -24,6 +24,6 @@ def build_bundle(task: str, workdir: Path, *, batch_size: int, version: str) -> 
     export = train_export(task, workdir / f"{task}-export", epochs=BUNDLE_EPOCHS)
     out = workdir / f"{task}-bundle"
     args = ["bundle", str(export), "--out", str(out), "--quiet", "--batch-size", str(batch_size)]
-    args += ["--version", version, "--representative", "100"]
+    args += ["--model-version", version, "--representative", "100"]
     assert quantize_cli(args) == 0
     return out
