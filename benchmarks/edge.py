@@ -224,17 +224,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "FEDGE_ADMIN_TOKEN": ADMIN_TOKEN}
 
 
-def _admin(url: str, method: str, path: str, body: dict[str, Any]) -> Any:
-    import requests
-
-    response = requests.request(
-        method, url + path, json=body, timeout=10,
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )  # fmt: skip
-    response.raise_for_status()
-    return response.json()
-
-
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -257,8 +246,8 @@ def _vm_hwm_kib(pid: int) -> int | None:
 def daemon_peak_rss(
     task: str, bundle: Path, work: Path, *, rounds: int, log: Log
 ) -> dict[str, Any]:
-    import requests
-
+    from coordinator.client import AdminClient
+    from coordinator.launch import launch_coordinator
     from fedge.data import load_task
 
     work.mkdir(parents=True, exist_ok=True)
@@ -267,19 +256,17 @@ def daemon_peak_rss(
     dataset = load_task(task)
     rows = min(len(dataset), 2000)
     _write_csv(data / "local.csv", dataset.take(np.arange(rows)))
-    serve = [sys.executable, "-m", "coordinator.cli", "serve", "--task", task,
-             "--bundle", str(bundle), "--db", str(work / "state.db"),
-             "--artifacts", str(work / "artifacts"), "--port", "0",
-             "--port-file", str(work / "port"), "--on-demand", "--auto-promote",
+    serve = ["--task", task, "--bundle", str(bundle), "--db", str(work / "state.db"),
+             "--artifacts", str(work / "artifacts"), "--on-demand", "--auto-promote",
              "--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1",
              "--tick-seconds", "0.2", "--quiet"]  # fmt: skip
-    coordinator = subprocess.Popen(serve, cwd=REPO, env=_env(), stderr=subprocess.DEVNULL)
+    coordinator = launch_coordinator(
+        serve, port_file=work / "port", log_path=work / "coordinator.log", env=_env(), cwd=REPO
+    )
+    url = coordinator.url
+    admin = AdminClient(url, ADMIN_TOKEN, timeout=10)
     daemon: subprocess.Popen[bytes] | None = None
     try:
-        port = _wait(lambda: (work / "port").is_file() and (work / "port").read_text().strip(),
-                     30, "the coordinator")  # fmt: skip
-        url = f"http://127.0.0.1:{int(port)}"
-        _wait(lambda: requests.get(url + "/healthz", timeout=2).ok, 30, "/healthz")
         edge = [sys.executable, "-m", "edge_client.cli"]
         token = work / "token"
         subprocess.run([*edge, "register", "--coordinator", url, "--token-file", str(token),
@@ -295,11 +282,11 @@ def daemon_peak_rss(
         started = time.monotonic()
         for round_id in range(1, rounds + 1):
             log(f"round {round_id}/{rounds}")
-            _admin(url, "POST", "/v1/rounds", {})
-            _wait(lambda r=round_id: _admin(url, "GET", f"/v1/rounds/{r}", {})["state"]
-                  in ("committed", "failed"), 120, f"round {round_id}")  # fmt: skip
+            admin.open_round()
+            _wait(lambda r=round_id: admin.show_round(r)["state"] in ("committed", "failed"),
+                  120, f"round {round_id}")  # fmt: skip
         for kind in ("evaluate", "stats", "features"):
-            _admin(url, "POST", "/v1/tasks", {"kind": kind, "client_ids": [client_id]})
+            admin.create_tasks(kind, client_ids=[client_id])
 
         def finished() -> bool:
             try:
@@ -319,13 +306,14 @@ def daemon_peak_rss(
             peak_kib = psutil.Process(daemon.pid).memory_info().rss // 1024
         return {"tasks": rounds + 3, "rows": rows, "seconds": elapsed, "peak_rss_kib": peak_kib}
     finally:
-        for process in (daemon, coordinator):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        admin.close()
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        coordinator.stop(timeout=20)
 
 
 # Main -----------------------------------------------------------------------------------------
