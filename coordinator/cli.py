@@ -427,7 +427,9 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fedge-coordinator``; the exit code (see ``--help``)."""
-    return run_cli(lambda: _run(argv), prog=PROG, extra_exit_table=_EXIT_TABLE)
+    return run_cli(
+        lambda: _run(argv), prog=PROG, extra_exit_table=_EXIT_TABLE, debug_tracebacks=True
+    )
 
 
 if __name__ == "__main__":

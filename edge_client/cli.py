@@ -294,7 +294,7 @@ def _run(argv: Sequence[str] | None, transport: Transport | None) -> int:
 
 def main(argv: Sequence[str] | None = None, *, transport: Transport | None = None) -> int:
     """Run ``fedge-edge``; ``transport`` replaces HTTP (tests capture the bytes sent)."""
-    return run_cli(lambda: _run(argv, transport), prog=PROG)
+    return run_cli(lambda: _run(argv, transport), prog=PROG, debug_tracebacks=True)
 
 
 if __name__ == "__main__":
