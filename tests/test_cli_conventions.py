@@ -276,7 +276,7 @@ def test_sigint_stops_a_conversion_and_leaves_no_output(
 def test_coordinator_serve_stops_gracefully_and_closes_its_port(
     signum: int, expected: ExitCode, tmp_path: Path, no_leftover_children: None
 ) -> None:
-    import requests
+    from coordinator.client import is_healthy
 
     make_bundle(tmp_path / "bundle")
     port = _free_port()
@@ -288,13 +288,7 @@ def test_coordinator_serve_stops_gracefully_and_closes_its_port(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with _started(command, tmp_path / "logs") as server:
-
-        def healthy() -> bool:
-            with contextlib.suppress(requests.RequestException):
-                return requests.get(url + "/healthz", timeout=2).status_code == 200
-            return False
-
-        _wait_until(server, healthy, "/healthz answering")
+        _wait_until(server, lambda: is_healthy(url), "/healthz answering")
         code, family = _stop(server, signum)
     if signum == signal.SIGINT:
         _assert_interrupted("fedge-coordinator", server, code)
