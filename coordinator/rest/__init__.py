@@ -11,6 +11,8 @@ blueprints, one access rule each, enforced by the blueprint's ``before_request``
 
 Errors become ``{"error": code, "detail": message}`` in :mod:`coordinator.rest.errors`, the
 one mapping. The service and the :class:`ApiConfig` are in ``app.extensions["fedge"]``.
+Only the methods the OpenAPI document lists are answered (and HEAD beside GET): there is
+no automatic OPTIONS, which is a 405 like any other method a route does not have.
 Serve the app with a production WSGI server (:mod:`coordinator.server` uses waitress),
 never the dev server.
 """
