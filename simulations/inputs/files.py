@@ -283,10 +283,14 @@ def load_partition(
 def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
     """``--schedule-file``: ``{"rounds": [[client ids], ...]}`` (ids checked later against
     the partition)."""
+    what = f"--schedule-file {os.fspath(path)}"
+    if not Path(path).is_file():
+        reason = "is a directory" if Path(path).is_dir() else "no such file"
+        raise ConfigError(f"{what}: {reason}")
     try:
         return load_schedule(path)
     except ConfigError as exc:
-        raise ConfigError(f"--schedule-file: {exc}") from exc
+        raise ConfigError(f"{what}: {exc}") from exc
 
 
 # Bundles and models -------------------------------------------------------------------------

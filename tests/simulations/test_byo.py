@@ -187,7 +187,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ),
     ("partition_file", _write("p.json", '{"a": []}'), r"'a' needs a non-empty list"),
     ("partition_file", _write("p.json", '{"a": [1.5]}'), r"non-integer index 1\.5"),
-    ("schedule_file", _write("s.json", "[1]"), r"--schedule-file: .*must hold an object"),
+    ("schedule_file", _write("s.json", "[1]"), r"--schedule-file .*must hold an object"),
     ("schedule_file", _write("s.json", '{"rounds": [[]]}'), r"round 0 of the schedule has no"),
 ]
 
