@@ -148,6 +148,9 @@ def test_unknown_route_and_method_are_json_errors(
     wrong = http.delete("/v1/models")
     assert (wrong.status_code, wrong.get_json()["error"]) == (405, "method_not_allowed")
     assert "GET" in wrong.headers["Allow"]
+    options = http.options("/v1/clients")  # no automatic OPTIONS: nothing undocumented answers
+    assert options.status_code == 405
+    assert set(options.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST"}
 
 
 def test_admin_can_open_rounds_and_create_tasks(tmp_path: Path) -> None:
