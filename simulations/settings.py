@@ -10,7 +10,6 @@ scenario from.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from fedge.data import TASK_NAMES, Partition, parse_partition
 from fedge.errors import ConfigError
 from fedge.strategy import build_strategy
+from fedge.validation import check_fraction, check_int, check_positive
 from fedge.weights import Weights
 from simulations.inputs import files
 from simulations.native_engine import STORES
@@ -89,15 +89,8 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-
-
-def _fraction(name: str, value: float, *, zero_ok: bool = False) -> None:
-    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0) and value < 1):
-        interval = "[0, 1)" if zero_ok else "(0, 1)"
-        raise ConfigError(f"--{name.replace('_', '-')} must lie in {interval}, got {value!r}")
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,19 +111,15 @@ def check_settings(settings: Settings) -> CheckedInputs:
     """
     s = settings
     for name in ("clients", "epochs", "batch_size", "workers", "personalize_epochs"):
-        _positive(name, getattr(s, name))
-    if s.rounds is not None:
-        _positive("rounds", s.rounds)
-    if s.per_round is not None:
-        _positive("per_round", s.per_round)
-    if s.pretrain_epochs is not None:
-        _positive("pretrain_epochs", s.pretrain_epochs)
+        check_int(getattr(s, name), _flag(name), low=1)
+    for name in ("rounds", "per_round", "pretrain_epochs"):
+        if getattr(s, name) is not None:
+            check_int(getattr(s, name), _flag(name), low=1)
     for flag, rate in (("--lr", s.learning_rate), ("--personalize-lr", s.personalize_lr)):
-        if not (math.isfinite(rate) and rate > 0):
-            raise ConfigError(f"{flag} must be a number > 0, got {rate!r}")
-    _fraction("proxy_fraction", s.proxy_fraction)
-    _fraction("test_fraction", s.test_fraction)
-    _fraction("holdout_fraction", s.holdout_fraction, zero_ok=True)
+        check_positive(rate, flag)
+    check_fraction(s.proxy_fraction, "--proxy-fraction", zero_ok=False)
+    check_fraction(s.test_fraction, "--test-fraction", zero_ok=False)
+    check_fraction(s.holdout_fraction, "--holdout-fraction")
     if s.engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {list(ENGINES)}, got {s.engine!r}")
     try:  # the names, their combination and the options

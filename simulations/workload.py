@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from fedge.data import Partition
 from fedge.errors import ConfigError
+from fedge.validation import check_int, check_positive
 from fedge.weights import Weights
 
 __all__ = [
@@ -157,12 +157,6 @@ def clients_from_partition(
 # Hyperparameters and batch order --------------------------------------------------------------
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Hyperparams:
     """Local training of every participant: ``epochs`` passes of plain mini-batch SGD.
@@ -179,21 +173,14 @@ class Hyperparams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epochs", _positive_int("epochs", self.epochs))
-        object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
-        lr = self.learning_rate
-        if (
-            isinstance(lr, bool)
-            or not isinstance(lr, int | float | np.floating)
-            or not math.isfinite(lr)
-            or lr <= 0
-        ):
-            raise ConfigError(f"learning_rate must be a finite number > 0, got {lr!r}")
-        object.__setattr__(self, "learning_rate", float(lr))
+        object.__setattr__(self, "epochs", check_int(self.epochs, "epochs", low=1))
+        object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", low=1))
+        object.__setattr__(
+            self, "learning_rate", check_positive(self.learning_rate, "learning_rate")
+        )
         if not isinstance(self.shuffle, bool):
             raise ConfigError(f"shuffle must be a bool, got {self.shuffle!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}")
+        check_int(self.seed, "seed", low=0)
 
 
 def _client_key(client_id: str) -> int:
@@ -215,7 +202,7 @@ def batch_order(
         raise ConfigError(f"round_index must be a non-negative int, got {round_index!r}")
     if not isinstance(client_id, str) or not client_id:
         raise ConfigError(f"client_id must be a non-empty string, got {client_id!r}")
-    n = _positive_int("n", n)
+    n = check_int(n, "n", low=1)
     if not hyperparams.shuffle:
         return np.tile(np.arange(n, dtype=np.int64), (hyperparams.epochs, 1))
     rng = np.random.default_rng([hyperparams.seed, round_index, _client_key(client_id)])
@@ -271,7 +258,7 @@ def _check_ids(client_ids: Sequence[str]) -> tuple[str, ...]:
 def build_full_schedule(client_ids: Sequence[str], *, rounds: int) -> Schedule:
     """Every client in every one of ``rounds`` rounds, in the given order."""
     ids = _check_ids(client_ids)
-    return (ids,) * _positive_int("rounds", rounds)
+    return (ids,) * check_int(rounds, "rounds", low=1)
 
 
 def build_random_schedule(
@@ -282,8 +269,8 @@ def build_random_schedule(
     Participants keep the order of ``client_ids`` within a round.
     """
     ids = _check_ids(client_ids)
-    count = _positive_int("rounds", rounds)
-    k = _positive_int("per_round", per_round)
+    count = check_int(rounds, "rounds", low=1)
+    k = check_int(per_round, "per_round", low=1)
     if k > len(ids):
         raise ConfigError(f"per_round={k} exceeds the {len(ids)} clients available")
     rng = np.random.default_rng(seed)
