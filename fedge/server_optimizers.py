@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.errors import ConfigError, WeightsFormatError
+from fedge.validation import check_fraction, check_positive
 from fedge.weights import Weights, decode_weights, encode_weights
 
 __all__ = [
@@ -89,18 +89,6 @@ class ServerState:
         return cls(optimizer=optimizer, step=step, slots=slots)
 
 
-def _positive(what: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{what} must be finite and > 0, got {value!r}")
-
-
-def _fraction(what: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{what} must be in [0, 1), got {value!r}")
-
-
 class ServerOptimizer(ABC):
     """Turns (global weights, aggregated delta, state) into new global weights and state."""
 
@@ -158,7 +146,7 @@ class FedAvgServer(ServerOptimizer):
     lr: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive("lr", self.lr)
+        check_positive(self.lr, "lr")
 
     def _update(
         self, x: Float64Array, d: Float64Array, slots: dict[str, Float64Array]
@@ -177,8 +165,8 @@ class FedAvgM(ServerOptimizer):
     momentum: float = 0.9
 
     def __post_init__(self) -> None:
-        _positive("lr", self.lr)
-        _fraction("momentum", self.momentum)
+        check_positive(self.lr, "lr")
+        check_fraction(self.momentum, "momentum")
 
     def _update(
         self, x: Float64Array, d: Float64Array, slots: dict[str, Float64Array]
@@ -203,10 +191,10 @@ class _Adaptive(ServerOptimizer):
     tau: float = 1e-3
 
     def __post_init__(self) -> None:
-        _positive("lr", self.lr)
-        _fraction("beta1", self.beta1)
-        _fraction("beta2", self.beta2)
-        _positive("tau", self.tau)
+        check_positive(self.lr, "lr")
+        check_fraction(self.beta1, "beta1")
+        check_fraction(self.beta2, "beta2")
+        check_positive(self.tau, "tau")
 
     def _initial_slot(self, slot: str, global_weights: Weights) -> Weights:
         zeros = global_weights.zeros_like()
