@@ -24,6 +24,10 @@ import pytest
 from fedge.cli import tool_version
 from tests.support import REPO_ROOT
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:non-integer arguments to randrange:DeprecationWarning"
+)
+
 SIMULATE = ("fedge-simulate", [sys.executable, "-m", "simulations.cli"])
 DEMO = ("python -m simulations.demo", [sys.executable, "-m", "simulations.demo"])
 

@@ -221,3 +221,20 @@ def test_demo_config_resolves_per_task_defaults() -> None:
     assert DemoConfig(task="taxi", proxy_fraction=0.3).proxy_fraction == 0.3
     with pytest.raises(ConfigError, match="proxy_fraction"):
         DemoConfig(proxy_fraction=1.5)
+
+
+def test_demo_exits_1_naming_the_figures_when_the_rounds_made_the_model_worse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job itself is replaced by its result: what is checked is the CLI's verdict.
+    worse = _result(0.892, 0.786, tmp_path)
+    monkeypatch.setattr("simulations.demo.cli.run_job", lambda config, out, say: worse)
+
+    assert demo_cli(["--out", str(tmp_path / "out"), "--task", "taxi"]) == ExitCode.FAILED
+
+    printed = capsys.readouterr()
+    error = printed.err.strip().splitlines()
+    assert len(error) == 1
+    assert error[0].startswith("python -m simulations.demo: error: ")
+    assert "test accuracy 0.892 (v1, pretrained on the proxy share) -> 0.786 (v2" in error[0]
+    assert "fedge demo OK" not in printed.out
