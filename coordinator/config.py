@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -11,22 +10,9 @@ from typing import Any
 from fedge.errors import ConfigError, ProtocolError
 from fedge.messages import TaskConfig
 from fedge.strategy import ComposedStrategy, build_strategy
+from fedge.validation import check_int, check_number, check_positive
 
 __all__ = ["AlertConfig", "RoundConfig", "ServiceConfig"]
-
-
-def _int(value: object, what: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{what} must be finite and > 0, got {value!r}")
-    return float(value)
 
 
 def _number_map(value: object, what: str) -> dict[str, float]:
@@ -34,9 +20,8 @@ def _number_map(value: object, what: str) -> dict[str, float]:
         raise ConfigError(f"{what} must be an object of numbers, got {value!r}")
     out: dict[str, float] = {}
     for key, number in value.items():
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise ConfigError(f"{what}[{key!r}] must be a number, got {number!r}")
-        out[str(key)] = number
+        check_number(number, f"{what}[{key!r}]")
+        out[str(key)] = number  # an int stays an int: some options are counts
     return out
 
 
@@ -90,22 +75,24 @@ class RoundConfig:
     auto_promote: bool | None = None
 
     def __post_init__(self) -> None:
-        _int(self.min_clients, "min_clients", 1)
-        _int(self.clients_per_round, "clients_per_round", 1)
+        check_int(self.min_clients, "min_clients", low=1)
+        check_int(self.clients_per_round, "clients_per_round", low=1)
         if self.clients_per_round < self.min_clients:
             raise ConfigError(
                 f"clients_per_round ({self.clients_per_round}) must be >= "
                 f"min_clients ({self.min_clients})"
             )
         if self.min_available_clients is not None:
-            _int(self.min_available_clients, "min_available_clients", self.min_clients)
+            check_int(self.min_available_clients, "min_available_clients", low=self.min_clients)
         object.__setattr__(
-            self, "deadline_seconds", _positive(self.deadline_seconds, "deadline_seconds")
+            self, "deadline_seconds", check_positive(self.deadline_seconds, "deadline_seconds")
         )
-        _int(self.epochs, "epochs", 1)
+        check_int(self.epochs, "epochs", low=1)
         if self.batch_size is not None:
-            _int(self.batch_size, "batch_size", 1)
-        object.__setattr__(self, "learning_rate", _positive(self.learning_rate, "learning_rate"))
+            check_int(self.batch_size, "batch_size", low=1)
+        object.__setattr__(
+            self, "learning_rate", check_positive(self.learning_rate, "learning_rate")
+        )
         for name in ("aggregator_options", "server_optimizer_options"):
             object.__setattr__(self, name, MappingProxyType(_number_map(getattr(self, name), name)))
         self.strategy()  # the names, their combination and the options, checked now
@@ -116,8 +103,8 @@ class RoundConfig:
         except ProtocolError as exc:
             raise ConfigError(f"invalid task_options: {exc}") from exc
         object.__setattr__(self, "task_options", task_options)
-        object.__setattr__(self, "norm_bound", _positive(self.norm_bound, "norm_bound"))
-        _int(self.max_examples, "max_examples", 1)
+        object.__setattr__(self, "norm_bound", check_positive(self.norm_bound, "norm_bound"))
+        check_int(self.max_examples, "max_examples", low=1)
         for name in ("continuous",):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
@@ -182,12 +169,12 @@ class AlertConfig:
     drift_min_rows: int = 30
 
     def __post_init__(self) -> None:
-        _int(self.rejection_burst_threshold, "rejection_burst_threshold", 1)
-        _positive(self.rejection_burst_window_seconds, "rejection_burst_window_seconds")
-        _positive(self.accuracy_drop_threshold, "accuracy_drop_threshold")
-        _positive(self.drift_psi_threshold, "drift_psi_threshold")
-        _positive(self.drift_mean_shift_threshold, "drift_mean_shift_threshold")
-        _int(self.drift_min_rows, "drift_min_rows", 1)
+        check_int(self.rejection_burst_threshold, "rejection_burst_threshold", low=1)
+        check_positive(self.rejection_burst_window_seconds, "rejection_burst_window_seconds")
+        check_positive(self.accuracy_drop_threshold, "accuracy_drop_threshold")
+        check_positive(self.drift_psi_threshold, "drift_psi_threshold")
+        check_positive(self.drift_mean_shift_threshold, "drift_mean_shift_threshold")
+        check_int(self.drift_min_rows, "drift_min_rows", low=1)
 
 
 @dataclass(frozen=True)
@@ -208,5 +195,5 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
             raise ConfigError(f"task must be a non-empty name, got {self.task!r}")
-        _positive(self.retry_after_seconds, "retry_after_seconds")
-        _int(self.max_update_bytes, "max_update_bytes", 1)
+        check_positive(self.retry_after_seconds, "retry_after_seconds")
+        check_int(self.max_update_bytes, "max_update_bytes", low=1)
