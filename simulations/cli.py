@@ -178,14 +178,14 @@ def build_parser() -> ArgumentParser:
         help=f"the on-device static batch ({DEFAULT_DEVICE_BATCH})",
     )
     train.add_argument(
-        "--personalize-epochs",
+        "--personal-epochs",
         type=int,
         default=5,
         metavar="N",
         help="epochs of each device's personal-head fine-tuning (5)",
     )
     train.add_argument(
-        "--personalize-learning-rate",
+        "--personal-learning-rate",
         type=float,
         default=0.05,
         metavar="LR",
@@ -282,8 +282,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         store=args.store,
         baseline=not args.no_baseline,
         personalization=not args.no_personalization,
-        personalize_epochs=args.personalize_epochs,
-        personalize_lr=args.personalize_learning_rate,
+        personalize_epochs=args.personal_epochs,
+        personalize_lr=args.personal_learning_rate,
     )
 
 

@@ -89,8 +89,11 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
+_FLAGS = {"personalize_epochs": "--personal-epochs"}
+
+
 def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
+    return _FLAGS.get(name, f"--{name.replace('_', '-')}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +118,10 @@ def check_settings(settings: Settings) -> CheckedInputs:
     for name in ("rounds", "per_round", "pretrain_epochs"):
         if getattr(s, name) is not None:
             check_int(getattr(s, name), _flag(name), low=1)
-    for flag, rate in (("--lr", s.learning_rate), ("--personalize-lr", s.personalize_lr)):
+    for flag, rate in (
+        ("--learning-rate", s.learning_rate),
+        ("--personal-learning-rate", s.personalize_lr),
+    ):
         check_positive(rate, flag)
     check_fraction(s.proxy_fraction, "--proxy-fraction", zero_ok=False)
     check_fraction(s.test_fraction, "--test-fraction", zero_ok=False)
