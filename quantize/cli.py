@@ -38,8 +38,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __all__ = ["build_bundle_parser", "build_parser", "main", "quantize_cli"]
 
-logger = logging.getLogger(__name__)
-
 PROG = "fedge-quantize"
 _LOGGERS = ("quantize", "cloud_trainer", "fedge")
 # What the caller can fix: exit 2 with the message as it is. Anything else that goes wrong
