@@ -15,18 +15,23 @@ API:
   orphan it) and raised as :class:`KeyboardInterrupt` once it is recorded.
 - :class:`Child`: ``name``, ``command``, ``pid``, ``returncode``, ``alive()``,
   ``outcome`` (``running``, ``exited``, ``terminated``, ``killed``), ``log_path``,
-  ``log_tail()``, ``last_error()``, ``read_stdout()``, ``describe_exit()``.
-- :func:`stop` ``(children, *, timeout)``: SIGTERM to each child's process group at once,
-  one bounded wait for all of them, SIGKILL to the groups of the rest, reap.
+  ``log_tail()``, ``last_error()``, ``read_stdout()``, ``describe_exit()``, ``to_dict()``.
+- :func:`stop` ``(children, *, timeout)``: SIGTERM to each running child's process group
+  at once, one bounded wait for all of them, SIGKILL to those groups (children left and
+  grandchildren that ignored SIGTERM), reap. Signals are held until it is done.
 - :func:`wait` ``(child, *, timeout)``, :func:`wait_all` ``(children, *, timeout)``:
   wait until they exit 0; :class:`~fedge.errors.ProcessError` names the first one that
   fails (at once, without waiting for the others) or the ones still running at the
   deadline. Neither stops anything: the caller's ``finally`` calls :func:`stop`.
 - :func:`wait_until` ``(ready, *, timeout, watch)``: poll ``ready()`` (a health check)
   until it is true; ProcessError when a watched child exits first or at the deadline.
-- :class:`Supervisor`: a context manager owning the children it starts (logs in
-  ``log_dir/<name>.log``); :meth:`Supervisor.close` stops them all, then any descendant
-  that appeared since it was created and escaped its process group.
+- :class:`Supervisor` ``(*, log_dir, cwd, env, stop_timeout)``: a context manager owning
+  the children it starts: ``start(name, command, *, stdout, stderr, env)`` (logs in
+  ``log_dir/<name>.log``), ``run(...)`` (start and :func:`wait`), ``check_running``,
+  ``stop``; ``close()`` stops them all, then any descendant that appeared since it was
+  created and escaped its process group, and returns those leftovers.
+- :func:`deferred_interrupts`: a block that SIGINT/SIGTERM cannot cut short (they raise
+  KeyboardInterrupt when it ends).
 - :func:`kill_descendants`, :func:`install_child_reaper`, :func:`hard_exit`: for a
   process whose libraries start children it does not own (TFF's ``worker_binary``):
   stop every descendant now, at interpreter exit and on SIGTERM, or now and exit at once.
