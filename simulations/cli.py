@@ -325,8 +325,16 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     ours = ("simulations", "edge_client", "coordinator", "fedge") if verbose else ()
     configure_logging(verbose=verbose, quiet=quiet, loggers=ours)
     if not verbose:
+        # absl resets its logger's level when TensorFlow loads (after this), so a filter.
         for name in ("tensorflow", "absl", "h5py"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            library = logging.getLogger(name)
+            library.setLevel(logging.ERROR)
+            if _errors_only not in library.filters:
+                library.addFilter(_errors_only)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def _check_output(args: argparse.Namespace) -> None:
