@@ -21,6 +21,7 @@ from typing import Any, Protocol, TextIO
 from fedge.cli import (
     ArgumentParser,
     ExitCode,
+    StderrHandler,
     add_json_flag,
     add_verbosity_flags,
     configure_logging,
@@ -179,6 +180,13 @@ class _Progress:
             self._stream.flush()
 
 
+class _OwnRecords(logging.Filter):
+    """Our packages' records, and anyone's errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name.split(".", 1)[0] in _LOGGERS
+
+
 def _held_out(args: argparse.Namespace) -> HeldOutOptions:
     return HeldOutOptions(task=args.task, seed=args.seed, test_fraction=args.test_fraction)
 
@@ -223,8 +231,12 @@ def _quantize(arguments: list[str]) -> int:
         job = _convert_job
     configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
     if not args.verbose:
-        # TensorFlow's own records (deprecations, retracing notes) are its business.
+        # TensorFlow's own records (deprecations, retracing notes, absl's renaming of
+        # parameters) are its business: anyone else's below ERROR stays off stderr.
         logging.getLogger().setLevel(logging.ERROR)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, StderrHandler):
+                handler.addFilter(_OwnRecords())
     logging.captureWarnings(not args.verbose)
     try:
         with capture_native_stderr(enabled=not args.verbose) as captured:

@@ -235,7 +235,7 @@ def test_bundle_exits_1_and_leaves_nothing_when_the_head_cannot_train_on_device(
     os.rename(export / "saved_model.new", export / "saved_model")
     out = tmp_path / "bundle"
 
-    code = quantize_cli(["bundle", str(export), "--out", str(out)])
+    code = quantize_cli(["bundle", str(export), "--out", str(out), "--quiet"])
 
     err = capsys.readouterr().err.splitlines()
     assert code == ExitCode.FAILED
