@@ -22,6 +22,7 @@ from typing import IO
 from cloud_trainer.cluster import TF_CONFIG, local_tf_configs
 from cloud_trainer.errors import ClusterError
 from fedge import processes
+from fedge.cli import ExitCode
 from fedge.errors import ConfigError, ProcessError
 
 __all__ = [
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 LAUNCHER_PID_ENV = "FEDGE_TRAIN_LAUNCHER_PID"
 """Set in each worker's environment: the PID of the launcher it must not outlive."""
 _STOP_WAIT_S = 10.0
-EXIT_LAUNCHER_GONE = 1
 _LOG_TAIL_CHARS = 2000
 
 
@@ -155,7 +155,7 @@ def watch_launcher(environ: Mapping[str, str] | None = None, *, interval_s: floa
         while os.getppid() == launcher:
             time.sleep(interval_s)
         logger.error("the launcher (pid %d) is gone; this worker exits", launcher)
-        os._exit(EXIT_LAUNCHER_GONE)
+        os._exit(ExitCode.FAILED)
 
     threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
     return True
