@@ -6,21 +6,10 @@ import subprocess
 import sys
 import textwrap
 
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
+from tests.support import REPO_ROOT
+from tests.support.blocker import TENSORFLOW, prelude
 
-    class _Block(importlib.abc.MetaPathFinder):
-        BLOCKED = ("tensorflow", "tensorflow_federated", "keras", "flask", "sklearn")
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in self.BLOCKED:
-                raise ImportError(f"{name} is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    """
-)
+BLOCKER = prelude((*TENSORFLOW, "flask", "sklearn"))
 
 
 def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
@@ -29,6 +18,7 @@ def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=REPO_ROOT,
         check=False,
     )
 

@@ -1,26 +1,20 @@
 """``fedge-quantize bundle``: the edge bundle, checked on a device with no TensorFlow.
 
-The device side runs in a subprocess, ``python -m tests.quantize.test_bundle --probe WORKDIR``: a
-meta-path blocker makes ``tensorflow``, ``keras``, ``quantize`` and ``cloud_trainer``
-unimportable, then the probe verifies the manifest's sha256s, rebuilds the held-out data from
-the manifest alone (raw task data + the manifest's feature spec + the split in its training
-record), and runs the three models with the TFLite runtime. The test compares what it
-measured with the Keras model. This module imports neither TensorFlow nor the cloud packages
-at import time, so the same file can serve as that probe.
+The device side runs in a subprocess, :mod:`tests.support.bundle_probe`: TensorFlow,
+``quantize`` and ``cloud_trainer`` are unimportable there; the probe verifies the manifest's
+sha256s, rebuilds the held-out data from the manifest alone (raw task data + the manifest's
+feature spec + the split in its training record), and runs the three models with the TFLite
+runtime. The test compares what it measured with the Keras model.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.machinery import ModuleSpec
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -40,7 +34,6 @@ BUNDLE_FILES = [
 ]
 TAXI_ARGS = ["--batch-size", "16", "--model-version", "taxi-v1.0", "--representative", "100"]
 PROBE_STEPS = 20
-PROBE_LEARNING_RATE = 0.05
 
 
 def _bundle(export: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -83,8 +76,9 @@ def _keras_reference(export: Path) -> dict[str, np.ndarray]:
 
 def _run_probe(bundle: Path, export: Path, workdir: Path) -> dict[str, Any]:
     np.savez(workdir / "reference.npz", **_keras_reference(export))
+    steps = str(PROBE_STEPS)
     run = subprocess.run(
-        [sys.executable, "-m", "tests.quantize.test_bundle", "--probe", str(workdir), str(bundle)],
+        [sys.executable, "-m", "tests.support.bundle_probe", str(workdir), str(bundle), steps],
         cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True,
@@ -264,154 +258,3 @@ def test_bundle_refuses_a_non_empty_out_dir_and_leaves_it_alone(
     assert "exists and is not empty" in err[0]
     assert [p.name for p in out.iterdir()] == ["manifest.json"]
     assert (out / "manifest.json").read_text() == "an older bundle"
-
-
-# The device-side probe (runs in a subprocess) -------------------------------------------
-
-_BLOCKED = ("tensorflow", "keras", "tf_keras", "tensorflow_federated", "quantize", "cloud_trainer")
-
-
-class _Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None = None,
-        target: ModuleType | None = None,
-    ) -> ModuleSpec | None:
-        if fullname.split(".", 1)[0] in _BLOCKED:
-            raise ImportError(f"{fullname} is blocked: the device has no TensorFlow")
-        return None
-
-
-def _blocked_modules_loaded() -> list[str]:
-    return sorted(name for name in sys.modules if name.split(".", 1)[0] in _BLOCKED)
-
-
-def _tensorflow_import_fails() -> bool:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
-def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    picked = probabilities[np.arange(labels.size), labels]
-    return float(-np.log(np.maximum(picked, 1e-12)).mean())
-
-
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine similarity of matching rows (rows that are all zero in both count as 1)."""
-    dot = (a * b).sum(axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = (np.abs(a).sum(axis=1) == 0) & (np.abs(b).sum(axis=1) == 0)
-    cosine = np.where(both_zero, 1.0, dot / np.maximum(norms, 1e-12))
-    return float(cosine.mean())
-
-
-def _probe(workdir: Path, bundle: Path) -> dict[str, Any]:
-    """Everything a device does with a bundle, measured for the test to judge."""
-    from edge_client.runtime import InferenceModel, TrainableModel, load_interpreter
-    from fedge.bundle import WEIGHTS_FILE, verify_bundle
-    from fedge.data import load_task, train_test_split
-    from fedge.features import FeatureSpec
-    from fedge.weights import Weights
-
-    manifest = verify_bundle(bundle)
-    reference = np.load(workdir / "reference.npz")
-    keras_logits = reference["keras_logits"]
-
-    # Held-out data from the manifest alone: raw data, its spec, the record's split.
-    record = manifest.metadata["training_record"]
-    dataset = load_task(manifest.task)
-    train_idx, test_idx = train_test_split(
-        dataset, test_fraction=record["test_fraction"], seed=record["seed"]
-    )
-    spec = FeatureSpec.from_dict(manifest.feature_spec)
-    x_test = spec.transform(dataset.take(test_idx).columns)
-    train = dataset.take(train_idx)  # the record's data_fraction is 1.0 for these exports
-    x_train, y_train = spec.transform(train.columns), np.asarray(train.labels)
-
-    inference = InferenceModel(bundle / "inference.tflite")
-    int8_logits = inference.logits(x_test)
-
-    trainable = TrainableModel(bundle / "trainable.tflite")
-    runtime = type(load_interpreter(bundle / "trainable.tflite")).__module__
-    device_logits = trainable.logits(x_test)
-    shipped = Weights.from_bytes((bundle / WEIGHTS_FILE).read_bytes())
-    initial = trainable.get_weights()
-    initial_probabilities = trainable.infer(x_test)
-
-    batch = trainable.batch_size
-    seen = slice(0, PROBE_STEPS * batch)
-    loss_before = _cross_entropy(trainable.infer(x_train[seen]), y_train[seen])
-    step_losses = [
-        trainable.train_step(
-            x_train[i * batch : (i + 1) * batch],
-            y_train[i * batch : (i + 1) * batch],
-            np.ones(batch, np.float32),
-            PROBE_LEARNING_RATE,
-        )
-        for i in range(PROBE_STEPS)
-    ]
-    loss_after = _cross_entropy(trainable.infer(x_train[seen]), y_train[seen])
-    trained = trainable.get_weights()
-    trained_probabilities = trainable.infer(x_test)
-
-    trainable.set_weights(initial)
-    restored = trainable.get_weights()
-    restored_probabilities = trainable.infer(x_test)
-    trainable.set_weights(trained)
-
-    embedding = InferenceModel(bundle / "backbone.tflite").logits(x_test[:200])
-    keras_embedding = reference["keras_embedding"]
-    return {
-        "tensorflow_import_fails": _tensorflow_import_fails(),
-        "blocked_modules_loaded": _blocked_modules_loaded(),
-        "runtime": runtime,
-        "verified_files": sorted(manifest.files),
-        "transform_max_abs_diff": float(np.abs(x_test - reference["x_test"]).max()),
-        "inference_input_dtype": inference.input_dtype.name,
-        "inference_agreement": float(
-            (int8_logits.argmax(axis=1) == keras_logits.argmax(axis=1)).mean()
-        ),
-        "trainable_max_logit_gap": float(np.abs(device_logits - keras_logits).max()),
-        "initial_weights_equal_safetensors": set(initial) == set(shipped.names)
-        and all(initial[name].tobytes() == shipped[name].tobytes() for name in shipped.names),
-        "loss_before": loss_before,
-        "loss_after": loss_after,
-        "step_losses": step_losses,
-        "roundtrip_bit_exact": all(
-            restored[name].tobytes() == initial[name].tobytes() for name in initial
-        ),
-        "restored_predictions_equal": bool(
-            np.array_equal(restored_probabilities, initial_probabilities)
-        ),
-        "trained_predictions_restored": bool(
-            np.array_equal(trainable.infer(x_test), trained_probabilities)
-        ),
-        "training_changed_predictions_by": float(
-            np.abs(trained_probabilities - initial_probabilities).max()
-        ),
-        "embedding_shape": list(embedding.shape),
-        "embedding_mean_cosine": _mean_cosine(embedding, keras_embedding),
-    }
-
-
-def _probe_main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "--probe":
-        print("usage: python -m tests.quantize.test_bundle --probe WORKDIR BUNDLE", file=sys.stderr)
-        return 2
-    loaded = _blocked_modules_loaded()
-    if loaded:
-        print(f"blocked modules were imported before the blocker: {loaded}", file=sys.stderr)
-        return 1
-    sys.meta_path.insert(0, _Blocker())
-    workdir, bundle = Path(argv[1]), Path(argv[2])
-    result = _probe(workdir, bundle)
-    (workdir / "results.json").write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_probe_main(sys.argv[1:]))

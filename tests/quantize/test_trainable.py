@@ -28,6 +28,8 @@ from fedge.errors import (
 )
 from quantize.convert import op_list
 from quantize.trainable import build_trainable, trainable_weight_names, trainable_weights
+from tests.support import REPO_ROOT
+from tests.support.blocker import block_in_this_process
 from tests.support.digits_cnn import digits_split, trained_digits_cnn
 
 pytestmark = pytest.mark.filterwarnings(
@@ -35,8 +37,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 BATCH = 32
 HEAD_NAMES = ["head_hidden/kernel", "head_hidden/bias", "head_out/kernel", "head_out/bias"]
-PROBE = Path(__file__).resolve().parents[1] / "support" / "edge_probe.py"
-REPO = PROBE.parents[2]
 layers = tf.keras.layers
 
 
@@ -80,7 +80,7 @@ def _run_probe(
     digits: dict[str, np.ndarray],
     *extra_args: str,
 ) -> dict[str, Any]:
-    """Run tests/edge_probe.py in a fresh interpreter and return what it measured."""
+    """Run the edge probe in a fresh interpreter and return what it measured."""
     (workdir / "trainable.tflite").write_bytes(model_bytes)
     np.savez(
         workdir / "data.npz",
@@ -90,8 +90,8 @@ def _run_probe(
         y_train=digits["y_train"],
     )
     run = subprocess.run(
-        [sys.executable, str(PROBE), str(workdir), *extra_args],
-        cwd=REPO,
+        [sys.executable, "-m", "tests.support.edge_probe", str(workdir), *extra_args],
+        cwd=REPO_ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True,
         text=True,
@@ -142,9 +142,7 @@ def test_edge_probe_falls_back_to_ai_edge_litert_when_tflite_runtime_is_missing(
 def test_load_interpreter_raises_config_error_without_any_runtime(
     monkeypatch: pytest.MonkeyPatch, trainable_bytes: bytes
 ) -> None:
-    # A None entry in sys.modules makes the import raise ImportError.
-    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    block_in_this_process(monkeypatch, ("tflite_runtime", "ai_edge_litert"))
     with pytest.raises(ConfigError, match="no TFLite runtime"):
         load_interpreter(trainable_bytes)
 

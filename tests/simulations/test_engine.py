@@ -42,6 +42,7 @@ from simulations.pretrain import Pretrained
 from simulations.report import CSV_COLUMNS, RoundStats
 from simulations.scenario import Scenario
 from simulations.settings import check_settings
+from tests.support.blocker import TENSORFLOW, prelude
 
 if TYPE_CHECKING:
     from tests.support.simulation import CliRunner, SettingsFactory
@@ -299,19 +300,7 @@ def test_planned_selector_returns_the_plan_once_and_never_draws() -> None:
         selector.select(2, registered, 2, rng)  # the plan was used up
 
 
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "tensorflow_federated", "keras"):
-                raise ImportError(f"{name} is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    """
-)
+BLOCKER = prelude(TENSORFLOW)
 
 
 def test_a_warm_cache_runs_the_native_engine_without_tensorflow(

@@ -1,26 +1,22 @@
 """Runs ``fedge-edge`` the way a device would, with TensorFlow made unimportable.
 
-``python tests/edge_launcher.py [--capture FILE] [--report FILE] -- ARGS...`` installs a
-meta-path blocker BEFORE any other import (``tensorflow``, ``keras``, the cloud packages
-and Flask cannot be imported), optionally wraps the HTTP transport so that every request
-the client sends (method, URL, headers, body) is appended to FILE as JSON lines, calls
+``python tests/support/edge_launcher.py [--capture FILE] [--report FILE] -- ARGS...`` (with
+the repository root on ``PYTHONPATH``) blocks imports BEFORE any other import
+(:mod:`tests.support.blocker`: TensorFlow, Flask, scikit-learn and the cloud packages cannot
+be imported), optionally wraps the HTTP transport so that every request the client sends
+(method, URL, headers, body) is appended to FILE as JSON lines, calls
 ``edge_client.cli.main(ARGS)`` and, at exit, writes the top-level modules it loaded to the
 ``--report`` file. The tests judge both files.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
-from collections.abc import Sequence
-from importlib.machinery import ModuleSpec
-from types import ModuleType
+
+from tests.support.blocker import TENSORFLOW, block_imports, import_fails
 
 BLOCKED = (
-    "tensorflow",
-    "tensorflow_federated",
-    "keras",
-    "tf_keras",
+    *TENSORFLOW,
     "flask",
     "waitress",
     "sklearn",
@@ -29,24 +25,7 @@ BLOCKED = (
     "quantize",
     "simulations",
 )
-
-
-class _Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None = None,
-        target: ModuleType | None = None,
-    ) -> ModuleSpec | None:
-        if fullname.split(".", 1)[0] in BLOCKED:
-            raise ImportError(f"{fullname} is blocked: the edge has no TensorFlow")
-        return None
-
-
-_already = sorted(m for m in sys.modules if m.split(".", 1)[0] in BLOCKED)
-if _already:
-    raise SystemExit(f"blocked modules were imported before the blocker: {_already}")
-sys.meta_path.insert(0, _Blocker())
+block_imports(BLOCKED)
 
 import base64  # noqa: E402  (the blocker must be in place before any other import)
 import json  # noqa: E402
@@ -89,14 +68,6 @@ class RecordingTransport:
         self._inner.close()
 
 
-def _tensorflow_import_fails() -> bool:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
 def _run(argv: list[str]) -> int:
     capture: Path | None = None
     report: Path | None = None
@@ -116,7 +87,7 @@ def _run(argv: list[str]) -> int:
     finally:
         if report is not None:
             loaded = sorted({name.split(".", 1)[0] for name in sys.modules})
-            document = {"modules": loaded, "tensorflow_import_fails": _tensorflow_import_fails()}
+            document = {"modules": loaded, "tensorflow_import_fails": import_fails("tensorflow")}
             report.write_text(json.dumps(document))
 
 

@@ -1,49 +1,21 @@
 """Device-side probe: drives a trainable TFLite model where TensorFlow cannot be imported.
 
-Run as ``python tests/edge_probe.py WORKDIR [--block MODULE ...]``. WORKDIR holds
-``trainable.tflite`` and ``data.npz`` (``x_test``, ``keras_probabilities``, ``x_train``,
-``y_train``); the probe writes ``results.json`` there for the test to judge. A meta-path
-blocker installed before anything else makes ``tensorflow``/``keras`` (and any ``--block``
-module, e.g. ``tflite_runtime`` to exercise the fallback runtime) unimportable.
+Run as ``python -m tests.support.edge_probe WORKDIR [--block MODULE ...]`` from the
+repository root. WORKDIR holds ``trainable.tflite`` and ``data.npz`` (``x_test``,
+``keras_probabilities``, ``x_train``, ``y_train``); the probe writes ``results.json`` there
+for the test to judge. The blocker (:mod:`tests.support.blocker`), installed before
+anything else, makes TensorFlow (and any ``--block`` module, e.g. ``tflite_runtime`` to
+exercise the fallback runtime) unimportable.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
-from collections.abc import Sequence
-from importlib.machinery import ModuleSpec
-from types import ModuleType
 
-_ALWAYS_BLOCKED = ("tensorflow", "keras", "tensorflow_federated", "tf_keras")
+from tests.support.blocker import TENSORFLOW, block_imports, import_fails
 
-
-class _Blocker(importlib.abc.MetaPathFinder):
-    def __init__(self, roots: Sequence[str]) -> None:
-        self.roots = frozenset(roots)
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None = None,
-        target: ModuleType | None = None,
-    ) -> ModuleSpec | None:
-        if fullname.split(".", 1)[0] in self.roots:
-            raise ImportError(f"{fullname} is blocked: the edge has no TensorFlow")
-        return None
-
-
-def _install_blocker(argv: list[str]) -> list[str]:
-    extra = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--block"]
-    roots = (*_ALWAYS_BLOCKED, *extra)
-    already = sorted(name for name in sys.modules if name.split(".", 1)[0] in roots)
-    if already:
-        raise SystemExit(f"blocked modules were imported before the blocker: {already}")
-    sys.meta_path.insert(0, _Blocker(roots))
-    return extra
-
-
-_EXTRA_BLOCKED = _install_blocker(sys.argv[1:])
+_EXTRA_BLOCKED = [sys.argv[i + 1] for i, arg in enumerate(sys.argv[1:-1], 1) if arg == "--block"]
+block_imports((*TENSORFLOW, *_EXTRA_BLOCKED))
 
 import json  # noqa: E402  (the blocker must be in place before any other import)
 from pathlib import Path  # noqa: E402
@@ -56,21 +28,13 @@ STEPS = 20
 LEARNING_RATE = 0.05
 
 
-def _tensorflow_import_fails() -> bool:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
 def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     picked = probabilities[np.arange(labels.size), labels]
     return float(-np.log(np.maximum(picked, 1e-12)).mean())
 
 
 def main(workdir: Path) -> dict[str, object]:
-    assert _tensorflow_import_fails(), "import tensorflow must fail inside the probe"
+    assert import_fails("tensorflow"), "import tensorflow must fail inside the probe"
     model_bytes = (workdir / "trainable.tflite").read_bytes()
     data = np.load(workdir / "data.npz")
     x_test, keras_probabilities = data["x_test"], data["keras_probabilities"]
@@ -104,7 +68,7 @@ def main(workdir: Path) -> dict[str, object]:
     retrained_probabilities = model.infer(x_test)
 
     return {
-        "tensorflow_blocked": _tensorflow_import_fails(),
+        "tensorflow_blocked": import_fails("tensorflow"),
         "tensorflow_loaded": any(m.split(".")[0] == "tensorflow" for m in sys.modules),
         "runtime": runtime,
         "blocked_runtimes": _EXTRA_BLOCKED,
