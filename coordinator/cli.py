@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import logging
+import socket
 import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,7 @@ from fedge.cli import (
 )
 from fedge.errors import BundleError, UsageError
 from fedge.strategy import STRATEGY_NAMES
+from fedge.validation import check_int, check_positive
 
 __all__ = ["build_parser", "main"]
 
@@ -275,6 +277,7 @@ def serve_cli(args: argparse.Namespace) -> int:
 
     if not (args.bundle / "manifest.json").is_file():
         raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
+    _check_listener(args)
     config = ServiceConfig(
         task=args.task,
         rounds=_round_config(args),
@@ -307,6 +310,20 @@ def serve_cli(args: argparse.Namespace) -> int:
         threads=args.threads,
         tick_seconds=args.tick_seconds,
     )
+
+
+def _check_listener(args: argparse.Namespace) -> None:
+    """What the server and its timer are given: checked here, so that a bad value is a usage
+    error rather than a server that cannot bind, never answers or spins."""
+    check_int(args.port, "--port", low=0, high=65535, error=UsageError)
+    check_int(args.threads, "--threads", low=1, error=UsageError)
+    check_positive(args.tick_seconds, "--tick-seconds", error=UsageError)
+    if args.seed is not None:
+        check_int(args.seed, "--seed", low=0, error=UsageError)
+    try:
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {args.host!r} is not an address to listen on: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -52,6 +52,7 @@ from fedge.cli import (
     run_cli,
 )
 from fedge.errors import DataError, FeatureError, UsageError
+from fedge.validation import check_fraction, check_int, check_number, check_positive
 
 __all__ = ["build_parser", "main"]
 
@@ -164,8 +165,14 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
 def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
     """``run``: 0 once stopped by SIGTERM or ``--max-tasks``; SIGINT ends in
     KeyboardInterrupt (exit 130) after the same clean stop."""
-    if args.max_tasks is not None and args.max_tasks < 1:
-        raise UsageError("--max-tasks must be >= 1")
+    if args.max_tasks is not None:
+        check_int(args.max_tasks, "--max-tasks", low=1, error=UsageError)
+    check_fraction(args.holdout_fraction, "--holdout-fraction", error=UsageError)
+    check_int(args.seed, "--seed", low=0, error=UsageError)
+    check_number(args.settle_seconds, "--settle-seconds", low=0.0, error=UsageError)
+    check_positive(args.timeout, "--timeout", error=UsageError)
+    if args.threads is not None:
+        check_int(args.threads, "--threads", low=1, error=UsageError)
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data} is not a directory")
     config = DaemonConfig(

@@ -272,3 +272,27 @@ def test_invalid_task_options_exit_2(
             "--task-option", option]  # fmt: skip
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--port", "99999", "--port must be an integer <= 65535"),
+        ("--threads", "0", "--threads must be an integer >= 1"),
+        ("--tick-seconds", "0", "--tick-seconds must be > 0"),
+        ("--seed", "-1", "--seed must be an integer >= 0"),
+        ("--host", "no such host.invalid", "--host 'no such host.invalid' is not an address"),
+    ],
+)
+def test_serve_refuses_what_the_server_cannot_use_before_creating_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    make_bundle(tmp_path / "bundle")
+    argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"),
+            "--db", str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "a"),
+            flag, value]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"fedge-coordinator: error: {message}")
+    assert not (tmp_path / "state.db").exists()

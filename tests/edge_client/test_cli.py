@@ -197,3 +197,29 @@ def test_status_reports_the_state_and_a_dead_daemon(
     assert "client_id: c-1" in out
     code, _, _err = _run(capsys, "status", "--state", str(tmp_path / "nope"))
     assert code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--holdout-fraction", "1.5", "--holdout-fraction must be < 1"),
+        ("--seed", "-1", "--seed must be an integer >= 0"),
+        ("--settle-seconds", "-1", "--settle-seconds must be >= 0"),
+        ("--timeout", "0", "--timeout must be > 0"),
+        ("--threads", "0", "--threads must be an integer >= 1"),
+        ("--max-tasks", "0", "--max-tasks must be an integer >= 1"),
+    ],
+)
+def test_run_refuses_bad_numbers_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    code, _, err = _run(capsys, "run", "--coordinator", "http://127.0.0.1:9", "--token-file",
+                        str(token), "--data", str(tmp_path), "--state", str(tmp_path / "state"),
+                        flag, value)  # fmt: skip
+    assert code == ExitCode.USAGE
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"fedge-edge: error: {message}")
+    assert not (tmp_path / "state").exists()
