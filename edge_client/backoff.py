@@ -9,13 +9,13 @@ sleep, the daemon a sleep that a SIGTERM interrupts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedge.errors import ConfigError
+from fedge.validation import check_number, check_positive
 
 __all__ = ["Backoff", "BackoffPolicy"]
 
@@ -34,19 +34,12 @@ class BackoffPolicy:
     retry_after_jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("base", "cap", "multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"backoff {name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"backoff {name} must be finite and > 0, got {value!r}")
-        if self.multiplier < 1:
-            raise ConfigError(f"backoff multiplier must be >= 1, got {self.multiplier}")
+        for name in ("base", "cap"):
+            check_positive(getattr(self, name), f"backoff {name}")
+        check_number(self.multiplier, "backoff multiplier", low=1)
         if self.cap < self.base:
             raise ConfigError(f"backoff cap ({self.cap}) must be >= base ({self.base})")
-        jitter = self.retry_after_jitter
-        if not (isinstance(jitter, int | float) and 0 <= jitter <= 10):
-            raise ConfigError(f"retry_after_jitter must be in [0, 10], got {jitter!r}")
+        check_number(self.retry_after_jitter, "retry_after_jitter", low=0, high=10)
 
     def ceiling(self, failures: int) -> float:
         """The largest wait after ``failures`` consecutive failures (>= 1)."""

@@ -61,6 +61,7 @@ from fedge.messages import (
     StatsReport,
     Task,
 )
+from fedge.validation import check_int
 
 __all__ = [
     "ClientConfig",
@@ -87,10 +88,8 @@ class ClientConfig:
     max_feature_rows: int = 50_000
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_count, bool) or not isinstance(self.min_count, int):
-            raise ConfigError(f"min_count must be an int, got {self.min_count!r}")
-        if self.min_count < 1 or self.max_feature_rows < 1:
-            raise ConfigError("min_count and max_feature_rows must be >= 1")
+        check_int(self.min_count, "min_count", low=1)
+        check_int(self.max_feature_rows, "max_feature_rows", low=1)
 
 
 @dataclass
@@ -126,8 +125,7 @@ def batch_rng(task: Task, client_id: str) -> np.random.Generator | None:
         return None
     round_index = options.get(SHUFFLE_ROUND, task.round_id or 0)
     for name, value in ((SHUFFLE_SEED, seed), (SHUFFLE_ROUND, round_index)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"option {name} must be an integer >= 0, got {value!r}")
+        check_int(value, f"option {name}", low=0)
     return np.random.default_rng([int(seed), int(round_index), client_key(client_id)])
 
 

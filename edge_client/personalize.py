@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 
 from edge_client.model import EdgeModel, accuracy
 from fedge.data import Dataset
-from fedge.errors import ConfigError, FedgeError
+from fedge.errors import FedgeError
 from fedge.fileio import atomic_write_bytes
+from fedge.validation import check_int, check_positive
 from fedge.weights import Weights, decode_weights, encode_weights
 
 __all__ = [
@@ -57,13 +57,9 @@ class PersonalizationConfig:
     min_examples: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"personalization epochs must be an int >= 1, got {self.epochs!r}")
-        rate = self.learning_rate
-        if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-            raise ConfigError(f"personalization learning_rate must be > 0, got {rate!r}")
-        if self.min_examples < 1:
-            raise ConfigError(f"min_examples must be >= 1, got {self.min_examples!r}")
+        check_int(self.epochs, "personalization epochs", low=1)
+        check_positive(self.learning_rate, "personalization learning_rate")
+        check_int(self.min_examples, "personalization min_examples", low=1)
 
 
 @dataclass(frozen=True)

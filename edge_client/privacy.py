@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 
 from fedge.columns import numeric_values
 from fedge.data import Dataset
-from fedge.errors import ConfigError
 from fedge.stats import OTHER_CATEGORY, DatasetStats, StatsConfig, compute_stats
+from fedge.validation import check_int
 
 __all__ = ["DEFAULT_MIN_COUNT", "private_stats", "slice_groups"]
 
@@ -35,14 +35,9 @@ DEFAULT_MIN_COUNT = 5
 _MAX_NAME = 128  # the longest slice name an EvalReport takes
 
 
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"the minimum count k must be an int >= 1, got {k!r}")
-
-
 def private_stats(table: Dataset, *, k: int = DEFAULT_MIN_COUNT) -> DatasetStats:
     """Mergeable statistics of ``table``'s raw feature columns, safe to send (see above)."""
-    _check_k(k)
+    check_int(k, "the minimum count k", low=1)
     schema = table.schema
     columns: dict[str, NDArray[Any]] = dict(table.features())
     for name in schema.numeric:
@@ -59,7 +54,7 @@ def slice_groups(
 ) -> dict[str, NDArray[np.int64]]:
     """Row indices per slice value, for values with at least ``k`` rows; the rest (missing
     values included) pooled under ``__other__`` when they reach ``k`` together."""
-    _check_k(k)
+    check_int(k, "the minimum count k", low=1)
     keys = ["" if v is None else str(v) for v in values]
     counts = Counter(keys)
     groups: dict[str, list[int]] = {}

@@ -26,6 +26,7 @@ from fedge.errors import (
     UnknownTensorError,
 )
 from fedge.quantization import dequantize_output, quantize_input
+from fedge.validation import check_int
 
 __all__ = ["InferenceModel", "TrainResult", "TrainableModel", "load_interpreter"]
 
@@ -161,8 +162,7 @@ class TrainableModel:
         its step minimises exactly the mean loss of its real examples. With ``rng`` the order
         is reshuffled every epoch; without it the data are taken in order.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
+        check_int(epochs, "epochs", low=1)
         features = self._features(x, batch=None)
         labels = self._labels(y, batch=features.shape[0])
         n = features.shape[0]
