@@ -28,6 +28,7 @@ from fedge.bundle import MANIFEST_NAME, BundleManifest, verify_bundle
 from fedge.data import TASK_NAMES
 from fedge.errors import BundleError, ConfigError
 from fedge.fileio import publish_directory
+from fedge.validation import check_fraction, check_int
 
 __all__ = [
     "DEFAULT_PRETRAIN_EPOCHS",
@@ -70,14 +71,11 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.task not in TASK_NAMES:
             raise ConfigError(f"unknown task {self.task!r}; known: {list(TASK_NAMES)}")
-        if not (isinstance(self.proxy_fraction, float | int) and 0 < self.proxy_fraction < 1):
-            raise ConfigError(f"the proxy fraction must lie in (0, 1), got {self.proxy_fraction!r}")
+        check_fraction(self.proxy_fraction, "the proxy fraction", zero_ok=False)
         if self.epochs is None:
             object.__setattr__(self, "epochs", DEFAULT_PRETRAIN_EPOCHS[self.task])
         for name in ("epochs", "batch_size", "device_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"pretraining {name} must be an int >= 1, got {value!r}")
+            check_int(getattr(self, name), f"pretraining {name}", low=1)
 
     def key(self) -> str:
         """A digest of the settings: equal keys mean the same export and bundle."""
