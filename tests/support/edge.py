@@ -4,7 +4,7 @@
 - :func:`coordinator`: ``fedge-coordinator serve`` as a subprocess on loopback, with the
   admin helpers the tests need (open a round, create tasks, read the store's counts).
 - :func:`start_daemon` / :func:`stop_daemon`: ``fedge-edge`` in a separate process through
-  ``tests/edge_launcher.py`` (TensorFlow blocked, every request sent captured), always
+  ``tests/support/edge_launcher.py`` (TensorFlow blocked, every request sent captured), always
   killed by the caller's ``finally``.
 - taxi-style CSV files with a ``big_tipper`` label, written atomically.
 
