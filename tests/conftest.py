@@ -85,6 +85,30 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         pytest.fail(f"in teardown: {message}")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Each test starts and ends with the logging set-up it found.
+
+    A CLI entry point run inside the test process configures logging as it would in its own
+    process (root level, one stderr handler, package levels); without this, the next test
+    file would inherit that configuration and miss the records it asserts on.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
+
+
 @pytest.fixture
 def no_leftover_children() -> Iterator[None]:
     """Fail (and clean up) when the test leaves a child process behind.
