@@ -45,8 +45,10 @@ class Ticker:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread (a no-op for a ticker that never started)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
