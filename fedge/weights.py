@@ -32,6 +32,7 @@ from fedge.errors import (
     WeightsError,
     WeightsFormatError,
 )
+from fedge.jsonlimits import loads_bounded
 from fedge.validation import check_number
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Weights", "decode_weights", "encode_weights"]
@@ -40,6 +41,7 @@ FORMAT_NAME = "fedge.weights"
 FORMAT_VERSION = 1
 _METADATA_KEY = "fedge"
 _HEADER_LENGTH_BYTES = 8
+_MAX_METADATA_BYTES = 64 << 20
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -341,7 +343,9 @@ def _read_header(data: bytes) -> tuple[dict[str, Any], int]:
             f"only {len(data) - _HEADER_LENGTH_BYTES} follow"
         )
     try:
-        header = json.loads(data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + length])
+        header = loads_bounded(
+            data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + length], max_bytes=max(length, 1)
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise WeightsFormatError(f"corrupt weights: the header is not JSON ({exc})") from exc
     if not isinstance(header, dict):
@@ -379,7 +383,7 @@ def _read_metadata(header: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
             f"not a fedge weights file: the safetensors metadata lacks the {_METADATA_KEY!r} key"
         )
     try:
-        ours = json.loads(metadata[_METADATA_KEY])
+        ours = loads_bounded(metadata[_METADATA_KEY], max_bytes=_MAX_METADATA_BYTES)
     except (TypeError, ValueError) as exc:
         raise WeightsFormatError(
             f"corrupt weights: the fedge metadata is not JSON ({exc})"

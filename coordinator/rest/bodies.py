@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
+from fedge.jsonlimits import loads_bounded
 
 __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
 
@@ -93,7 +94,7 @@ def update_submission(round_id: int) -> UpdateSubmission:
     metrics: Any = {}
     if raw_metrics := request.headers.get("X-Fedge-Metrics"):
         try:
-            metrics = json.loads(raw_metrics, parse_constant=_refuse_constant)
+            metrics = loads_bounded(raw_metrics, max_depth=2, max_bytes=16 << 10)
         except ValueError as exc:
             raise CoordinatorError(
                 f"X-Fedge-Metrics must be a JSON object: {exc}", code="invalid_header"
