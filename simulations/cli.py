@@ -5,7 +5,8 @@ checks the output location and every input file before any training
 (:func:`~simulations.settings.check_settings`), calls :func:`~simulations.runner.simulate`,
 writes the outputs (:mod:`simulations.report`) through a staging folder and prints the
 summary table (or, with ``--json``, the metrics document). TensorFlow's native chatter is
-held back unless ``--verbose``.
+held back unless ``--verbose``. A :class:`~simulations.errors.SettingsError` names
+``Settings`` fields; its error line ends with their flags (:func:`setting_flag`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fedge.errors import BundleError, UsageError
 from fedge.server_optimizers import SERVER_OPTIMIZER_NAMES
 from fedge.strategy import STRATEGY_NAMES
 from quantize.quiet import capture_native_stderr
+from simulations.errors import SettingsError
 from simulations.native_engine import STORES
 from simulations.report import RoundStats, output_problem, summary_table, write_report
 from simulations.runner import simulate
@@ -52,7 +54,7 @@ from simulations.settings import (
 # later, and read this first.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["PROG", "build_parser", "main", "simulate_cli"]
+__all__ = ["PROG", "build_parser", "main", "setting_flag", "simulate_cli"]
 
 PROG = "fedge-simulate"
 # A bundle the user's model produced is the user's input to fix.
@@ -248,6 +250,23 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+# The Settings fields whose flag is not ``--`` + the field name with dashes.
+_FLAGS = {
+    "model_file": "--model",
+    "init_file": "--init",
+    "data_file": "--data",
+    "personalize_epochs": "--personal-epochs",
+    "personalize_lr": "--personal-learning-rate",
+    "baseline": "--no-baseline",
+    "personalization": "--no-personalization",
+}
+
+
+def setting_flag(field: str) -> str:
+    """The flag that sets the ``Settings`` field ``field``."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     rounds = args.rounds
     if rounds is None and args.schedule_file is None:
@@ -369,6 +388,14 @@ class _Output:
 
 
 def _simulate(argv: Sequence[str] | None) -> int:
+    try:
+        return _run(argv)
+    except SettingsError as exc:
+        flags = ", ".join(setting_flag(field) for field in exc.fields)
+        raise UsageError(f"{exc} ({flags})" if flags else str(exc)) from exc
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _check_output(args)
     settings = settings_from_args(args)

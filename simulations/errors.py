@@ -3,21 +3,41 @@
 ::
 
     FedgeError
-    ├── SimulationError   a simulated run cannot go on (a round did not start, every client
-    │                     of a round failed, a client answered with the wrong message)
-    ├── FleetError        the simulation's worker processes failed or broke their protocol
-    └── DemoError         a step of the end-to-end demo failed; the message says which, in
-                          one line, with the log to read
+    ├── ConfigError (fedge.errors)
+    │   └── SettingsError     a Settings value, or a file one names, is unusable; ``fields``
+    │                         names the settings involved
+    ├── SimulationError       a simulated run cannot go on (a round did not start, every
+    │                         client of a round failed, a client answered with the wrong
+    │                         message)
+    ├── FleetError            the simulation's worker processes failed or broke their protocol
+    └── DemoError             a step of the end-to-end demo failed; the message says which,
+                              in one line, with the log to read
 
-Bad input (flags, the user's files) raises the core's ``ConfigError`` or ``DataError``; a
-child process that fails raises :class:`fedge.errors.ProcessError`.
+Bad input (settings, the user's files) raises :class:`SettingsError` (a ``ConfigError``)
+or the core's ``DataError``; a child process that fails raises
+:class:`fedge.errors.ProcessError`. Messages name settings by their ``Settings`` field; the
+command line adds its flags.
 """
 
 from __future__ import annotations
 
-from fedge.errors import FedgeError
+from collections.abc import Iterable
 
-__all__ = ["DemoError", "FleetError", "SimulationError"]
+from fedge.errors import ConfigError, FedgeError
+
+__all__ = ["DemoError", "FleetError", "SettingsError", "SimulationError"]
+
+
+class SettingsError(ConfigError):
+    """A ``Settings`` value, or a file one names, is unusable.
+
+    ``fields`` names the ``Settings`` fields the message is about, so a front end can point
+    at its own name for them (a flag, a form field).
+    """
+
+    def __init__(self, message: str, *, fields: Iterable[str]) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class SimulationError(FedgeError, RuntimeError):

@@ -1,7 +1,7 @@
 """The scenario of a run: the model bundled for the devices, the clients' rows, the schedule.
 
 For a built-in task the cloud pretrains the zoo model on the proxy share (cached, see
-:mod:`simulations.pretrain`), with ``--init`` applied to its head when given; with the
+:mod:`simulations.pretrain`), with the init weights applied to its head when given; with the
 user's model (:mod:`simulations.inputs.model`) the model is checked, prepared and
 bundled, over the user's data or a built-in task's rows.
 """
@@ -17,6 +17,7 @@ import numpy as np
 from fedge.data import train_test_split
 from fedge.errors import ConfigError
 from fedge.weights import Weights
+from simulations.errors import SettingsError
 from simulations.inputs import files
 from simulations.pretrain import PretrainConfig, find_pretrained, pretrain
 from simulations.scenario import (
@@ -27,7 +28,7 @@ from simulations.scenario import (
     plan_schedule,
     split_task_rows,
 )
-from simulations.settings import CheckedInputs, Settings
+from simulations.settings import CheckedInputs, Settings, about
 from simulations.workload import Hyperparams
 
 __all__ = ["Step", "prepare_scenario"]
@@ -148,14 +149,16 @@ def _user_scenario(
 
     assert settings.model_file is not None
     step(f"loading your model {settings.model_file}")
-    model = load_user_model(settings.model_file, init=inputs.init)
+    with about("model_file"):
+        model = load_user_model(settings.model_file, init=inputs.init)
     details: dict[str, Any] = {"model": str(settings.model_file)}
     if inputs.data is not None:
         data = inputs.data
         if model.num_classes < data.min_classes:
-            raise ConfigError(
-                f"--data {data.path} has class ids up to {data.min_classes - 1}, your model "
-                f"outputs {model.num_classes} classes"
+            raise SettingsError(
+                f"data file {data.path} has class ids up to {data.min_classes - 1}, your model "
+                f"outputs {model.num_classes} classes",
+                fields=["data_file", "model_file"],
             )
         dataset = data.dataset(model.num_classes)
         task = files.CUSTOM_TASK
@@ -168,9 +171,10 @@ def _user_scenario(
             else:
                 holdouts = np.sort(np.concatenate([s.holdout for s in partition.values()]))
                 if holdouts.size == 0:
-                    raise ConfigError(
-                        "--partition-file gives every row to a client and --holdout-fraction "
-                        "is 0: leave some rows unassigned to test on"
+                    raise SettingsError(
+                        "the partition file gives every row to a client and holdout_fraction "
+                        "is 0: leave some rows unassigned to test on",
+                        fields=["partition_file", "holdout_fraction"],
                     )
                 test = dataset.take(holdouts)
                 details["test"] = "the clients' holdout rows (every row is assigned)"
@@ -201,9 +205,10 @@ def _user_scenario(
         )
         pool, test = rows.pool, rows.test
         if model.num_classes != pool.schema.num_classes:
-            raise ConfigError(
+            raise SettingsError(
                 f"your model outputs {model.num_classes} classes, task {task} has "
-                f"{pool.schema.num_classes}"
+                f"{pool.schema.num_classes}",
+                fields=["model_file", "task"],
             )
         partition = inputs.partition or build_task_partition(
             pool,
@@ -223,21 +228,23 @@ def _user_scenario(
         fixed=inputs.schedule,
     )
     if tuple(model.input_shape) != spec.output_shape:
-        raise ConfigError(
+        raise SettingsError(
             f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
-            f"{spec.output_shape}"
+            f"{spec.output_shape}",
+            fields=["model_file", "data_file" if inputs.data is not None else "task"],
         )
-    bundle, saved_model = bundle_user_model(
-        model,
-        task=task,
-        spec=spec,
-        schema=pool.schema,
-        test=test,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        cache_dir=Path(settings.cache_dir),
-        step=step,
-    )
+    with about("model_file"):
+        bundle, saved_model = bundle_user_model(
+            model,
+            task=task,
+            spec=spec,
+            schema=pool.schema,
+            test=test,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            cache_dir=Path(settings.cache_dir),
+            step=step,
+        )
     details.update({"task": task, "source": "your model", "bundle": str(bundle)})
     details.update({"pool_examples": len(pool), "test_examples": len(test)})
     return Scenario(

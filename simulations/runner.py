@@ -153,7 +153,7 @@ def _initial_label(settings: Settings) -> str:
     if settings.model_file is not None:
         return "initial (your model)"
     if settings.init_file is not None:
-        return "initial (--init)"
+        return "initial (init file)"
     return "pretrained (proxy share)"
 
 

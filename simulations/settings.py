@@ -4,13 +4,15 @@
 validates the options and reads every input file a run needs (the built-in task or the
 user's files: data, initial weights, partition, schedule, through
 :mod:`simulations.inputs.files`) without TensorFlow, so a bad input fails in seconds with
-one message. Its :class:`CheckedInputs` are what :mod:`simulations.preparation` builds the
-scenario from.
+one message: a :class:`~simulations.errors.SettingsError` that names the value by its
+``Settings`` field (:func:`about` attaches the fields to an error of the code it wraps).
+Its :class:`CheckedInputs` are what :mod:`simulations.preparation` builds the scenario from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from fedge.errors import ConfigError
 from fedge.strategy import build_strategy
 from fedge.validation import check_fraction, check_int, check_positive
 from fedge.weights import Weights
+from simulations.errors import SettingsError
 from simulations.inputs import files
 from simulations.native_engine import STORES
 from simulations.pretrain import DEFAULT_PROXY_FRACTION
@@ -33,6 +36,7 @@ __all__ = [
     "ENGINES",
     "CheckedInputs",
     "Settings",
+    "about",
     "check_settings",
 ]
 
@@ -89,11 +93,16 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
-_FLAGS = {"personalize_epochs": "--personal-epochs"}
-
-
-def _flag(name: str) -> str:
-    return _FLAGS.get(name, f"--{name.replace('_', '-')}")
+@contextmanager
+def about(*fields: str) -> Iterator[None]:
+    """A ``ConfigError`` raised in the block leaves it as a :class:`SettingsError` naming
+    ``fields`` (one that already names its fields leaves unchanged)."""
+    try:
+        yield
+    except SettingsError:
+        raise
+    except ConfigError as exc:
+        raise SettingsError(str(exc), fields=fields) from exc
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,24 +119,37 @@ class CheckedInputs:
 def check_settings(settings: Settings) -> CheckedInputs:
     """Every check that needs no model: options, then each file, in the order they are used.
 
-    ConfigError (or DataError) with a one-line message for the first problem found.
+    A :class:`~simulations.errors.SettingsError` (or DataError) with a one-line message for
+    the first problem found.
     """
     s = settings
     for name in ("clients", "epochs", "batch_size", "workers", "personalize_epochs"):
-        check_int(getattr(s, name), _flag(name), low=1)
+        with about(name):
+            check_int(getattr(s, name), name, low=1)
     for name in ("rounds", "per_round", "pretrain_epochs"):
         if getattr(s, name) is not None:
-            check_int(getattr(s, name), _flag(name), low=1)
-    for flag, rate in (
-        ("--learning-rate", s.learning_rate),
-        ("--personal-learning-rate", s.personalize_lr),
+            with about(name):
+                check_int(getattr(s, name), name, low=1)
+    for name in ("learning_rate", "personalize_lr"):
+        with about(name):
+            check_positive(getattr(s, name), name)
+    for name, zero_ok in (
+        ("proxy_fraction", False),
+        ("test_fraction", False),
+        ("holdout_fraction", True),
     ):
-        check_positive(rate, flag)
-    check_fraction(s.proxy_fraction, "--proxy-fraction", zero_ok=False)
-    check_fraction(s.test_fraction, "--test-fraction", zero_ok=False)
-    check_fraction(s.holdout_fraction, "--holdout-fraction")
+        with about(name):
+            check_fraction(getattr(s, name), name, zero_ok=zero_ok)
     if s.engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {list(ENGINES)}, got {s.engine!r}")
+        raise SettingsError(
+            f"engine must be one of {list(ENGINES)}, got {s.engine!r}", fields=["engine"]
+        )
+    strategy_fields = (
+        "aggregator",
+        "aggregator_options",
+        "server_optimizer",
+        "server_optimizer_options",
+    )
     try:  # the names, their combination and the options
         strategy = build_strategy(
             s.aggregator,
@@ -136,42 +158,63 @@ def check_settings(settings: Settings) -> CheckedInputs:
             server_optimizer_options=s.server_optimizer_options,
         )
     except ConfigError as exc:
-        raise ConfigError(f"invalid strategy (--aggregator, --server-optimizer): {exc}") from exc
+        raise SettingsError(
+            f"invalid strategy (aggregator, server_optimizer and their options): {exc}",
+            fields=strategy_fields,
+        ) from exc
     if s.engine == "tff" and strategy != build_strategy():
-        raise ConfigError(
-            "the tff reference engine runs plain FedAvg: use --aggregator fedavg without "
-            "options or another server optimizer"
+        raise SettingsError(
+            "the tff reference engine runs plain FedAvg: use the fedavg aggregator without "
+            "options or another server optimizer",
+            fields=("engine", *strategy_fields),
         )
     if s.store not in STORES:
-        raise ConfigError(f"--store must be one of {list(STORES)}, got {s.store!r}")
+        raise SettingsError(
+            f"store must be one of {list(STORES)}, got {s.store!r}", fields=["store"]
+        )
     if s.data_file is None and s.task not in TASK_NAMES:
-        raise ConfigError(
-            f"--task must be one of {list(TASK_NAMES)} (or give --data), got {s.task!r}"
+        raise SettingsError(
+            f"task must be one of {list(TASK_NAMES)} (or give a data file), got {s.task!r}",
+            fields=["task"],
         )
     if s.data_file is not None and s.model_file is None:
-        raise ConfigError("--data needs --model: there is no built-in model for your data")
+        raise SettingsError(
+            "a data file needs a model file: there is no built-in model for your data",
+            fields=["data_file", "model_file"],
+        )
     if s.partition_file is None:
-        parse_partition(s.partition)
+        with about("partition"):
+            parse_partition(s.partition)
     data = None
     if s.data_file is not None:
-        data = files.load_data(s.data_file, label_column=s.label_column)
-    init = files.load_init(s.init_file) if s.init_file is not None else None
+        with about("data_file"):
+            data = files.load_data(s.data_file, label_column=s.label_column)
+    init = None
+    if s.init_file is not None:
+        with about("init_file"):
+            init = files.load_init(s.init_file)
     partition = None
     if s.partition_file is not None:
         rows = len(data) if data is not None else _pool_size(s)
-        partition = files.load_partition(
-            s.partition_file, rows=rows, holdout_fraction=s.holdout_fraction, seed=s.seed
-        )
+        with about("partition_file"):
+            partition = files.load_partition(
+                s.partition_file, rows=rows, holdout_fraction=s.holdout_fraction, seed=s.seed
+            )
     schedule = None
     if s.schedule_file is not None:
-        schedule = files.load_schedule_file(s.schedule_file)
+        with about("schedule_file"):
+            schedule = files.load_schedule_file(s.schedule_file)
         if s.rounds is not None and s.rounds != len(schedule):
-            raise ConfigError(
-                f"--rounds {s.rounds} but the schedule file {s.schedule_file} has "
-                f"{len(schedule)} rounds; leave --rounds out to run them all"
+            raise SettingsError(
+                f"rounds is {s.rounds} but the schedule file {s.schedule_file} has "
+                f"{len(schedule)} rounds; leave rounds unset to run them all",
+                fields=["rounds", "schedule_file"],
             )
     elif s.rounds is None:
-        raise ConfigError("give --rounds (or a --schedule-file)")
+        raise SettingsError(
+            "rounds is required unless a schedule file is given",
+            fields=["rounds", "schedule_file"],
+        )
     return CheckedInputs(data=data, partition=partition, schedule=schedule, init=init)
 
 

@@ -1,19 +1,19 @@
 """Bring your own: the user's data, initial weights, partition and schedule files.
 
 Every loader here reads and checks one file without TensorFlow and fails with a
-:class:`~fedge.errors.ConfigError` whose one-line message names the option, the file and
-what is wrong, so ``fedge-simulate`` refuses bad input before any training:
+:class:`~fedge.errors.ConfigError` whose one-line message names the kind of file, the file
+and what is wrong, so ``fedge-simulate`` refuses bad input before any training:
 
-- ``--data FILE``: a ``.npz`` with arrays ``x`` (model-ready float inputs, ``[n, ...]``)
-  and ``y`` (integer class ids), or a CSV with a header, the ``--label-column`` and only
-  numeric feature columns (z-scored with statistics of the clients' rows);
-- ``--init FILE``: safetensors weights of the trainable part (names as the model's
+- the data file (``Settings.data_file``): a ``.npz`` with arrays ``x`` (model-ready float
+  inputs, ``[n, ...]``) and ``y`` (integer class ids), or a CSV with a header, the label
+  column and only numeric feature columns (z-scored with statistics of the clients' rows);
+- the init file: safetensors weights of the trainable part (names as the model's
   trainable variables, e.g. ``dense_1/kernel``);
-- ``--partition-file FILE``: JSON ``{client_id: [row indices]}`` (non-empty, in range,
+- the partition file: JSON ``{client_id: [row indices]}`` (non-empty, in range,
   disjoint), or a ``Partition.to_dict`` document;
-- ``--schedule-file FILE``: JSON ``{"rounds": [[client ids], ...]}``.
+- the schedule file: JSON ``{"rounds": [[client ids], ...]}``.
 
-``--init`` on a built-in model becomes a bundle of its own (:func:`bundle_with_head`);
+Initial weights on a built-in model become a bundle of their own (:func:`bundle_with_head`);
 :mod:`simulations.preparation` assembles the scenario from these and the user's model
 (:mod:`simulations.inputs.model`).
 """
@@ -42,6 +42,7 @@ from fedge.features import FeatureSpec, NumericFeature
 from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
+from simulations.errors import SettingsError
 from simulations.workload import Schedule, load_schedule
 
 __all__ = [
@@ -69,7 +70,7 @@ _MAX_CLASSES = 1 << 20
 
 @dataclass(frozen=True, eq=False)
 class UserData:
-    """The rows of ``--data``: raw feature columns (float64) and int64 labels."""
+    """The rows of the data file: raw feature columns (float64) and int64 labels."""
 
     path: Path
     kind: Literal["npz", "csv"]
@@ -125,9 +126,9 @@ class UserData:
 
 
 def load_data(path: str | os.PathLike[str], *, label_column: str = "label") -> UserData:
-    """Read and check ``--data`` (see the module docstring)."""
+    """Read and check a data file (see the module docstring)."""
     source = Path(path)
-    what = f"--data {os.fspath(path)}"
+    what = f"data file {os.fspath(path)}"
     if not source.is_file():
         raise ConfigError(f"{what}: no such file")
     name = source.name.lower()
@@ -197,8 +198,9 @@ def _load_csv(source: Path, what: str, label: str) -> UserData:
     if not header:
         raise ConfigError(f"{what}: the file is empty (no header row)")
     if label not in header:
-        raise ConfigError(
-            f"{what}: no label column {label!r} (set --label-column); the header has {header[:20]}"
+        raise SettingsError(
+            f"{what}: no label column {label!r} (set label_column); the header has {header[:20]}",
+            fields=["label_column", "data_file"],
         )
     features = tuple(h for h in header if h != label)
     if not features:
@@ -216,8 +218,8 @@ def _load_csv(source: Path, what: str, label: str) -> UserData:
 
 
 def load_init(path: str | os.PathLike[str]) -> Weights:
-    """``--init``: safetensors weights (finite float32) of the model's trainable part."""
-    what = f"--init {os.fspath(path)}"
+    """An init file: safetensors weights (finite float32) of the model's trainable part."""
+    what = f"init file {os.fspath(path)}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -235,9 +237,9 @@ def load_init(path: str | os.PathLike[str]) -> Weights:
 def load_partition(
     path: str | os.PathLike[str], *, rows: int, holdout_fraction: float, seed: int
 ) -> Partition:
-    """``--partition-file``: which rows (of ``--data``, or of a built-in task's client pool)
+    """A partition file: which rows (of the data file, or of a built-in task's client pool)
     each client holds; every index checked against ``rows``."""
-    what = f"--partition-file {os.fspath(path)}"
+    what = f"partition file {os.fspath(path)}"
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -281,9 +283,9 @@ def load_partition(
 
 
 def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
-    """``--schedule-file``: ``{"rounds": [[client ids], ...]}`` (ids checked later against
+    """A schedule file: ``{"rounds": [[client ids], ...]}`` (ids checked later against
     the partition)."""
-    what = f"--schedule-file {os.fspath(path)}"
+    what = f"schedule file {os.fspath(path)}"
     if not Path(path).is_file():
         reason = "is a directory" if Path(path).is_dir() else "no such file"
         raise ConfigError(f"{what}: {reason}")
@@ -297,17 +299,20 @@ def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
 
 
 def check_init(init: Weights, reference: Weights) -> None:
-    """ConfigError unless ``init`` has exactly ``reference``'s tensor names and shapes."""
+    """A SettingsError (about ``init_file``) unless ``init`` has exactly ``reference``'s
+    tensor names and shapes."""
     try:
         init.validate_against(reference)
     except FedgeError as exc:
-        raise ConfigError(
-            f"--init does not fit the model's trainable part {dict(reference.shapes)}: {exc}"
+        raise SettingsError(
+            f"the init weights do not fit the model's trainable part {dict(reference.shapes)}: "
+            f"{exc}",
+            fields=["init_file"],
         ) from exc
 
 
 def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:
-    """A copy of ``bundle`` that starts from ``head`` (``--init`` on the built-in model):
+    """A copy of ``bundle`` that starts from ``head`` (init weights on a built-in model):
     same ``.tflite`` files, the new ``weights.safetensors``, a derived version."""
     manifest = read_manifest(bundle)
     current = Weights.from_bytes((bundle / WEIGHTS_FILE).read_bytes())
@@ -336,7 +341,7 @@ def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:
             head=manifest.head,
             metadata={
                 **manifest.metadata,
-                "initial_weights": "--init",
+                "initial_weights": "init_file",
                 "parent": manifest.model_version,
             },
             extra_files=[n for n in manifest.files if n not in (WEIGHTS_FILE,)],

@@ -1,4 +1,5 @@
-"""``--model FILE``: the user's Keras model, checked, prepared and bundled for the devices.
+"""The user's Keras model (``Settings.model_file``), checked, prepared and bundled for the
+devices.
 
 The layers the user left trainable are the part devices train; everything below them is
 the frozen backbone. A model is refused, with the layer named, when:
@@ -10,8 +11,8 @@ the frozen backbone. A model is refused, with the layer named, when:
 - it has several inputs or outputs, nested models, or does not output ``[batch, classes]``.
 
 The accepted model is cloned with fedge's layer names (``backbone_*``, the last frozen layer
-``backbone_embedding``, ``head_*``), a softmax output turned into logits, and ``--init``
-applied to its trainable variables (named as in the user's model: ``dense_1/kernel``).
+``backbone_embedding``, ``head_*``), a softmax output turned into logits, and the init
+weights applied to its trainable variables (named as in the user's model: ``dense_1/kernel``).
 ``relu`` in the trainable part is rewritten for the device by :mod:`quantize.trainable`.
 :func:`bundle_user_model` then builds the edge bundle with :mod:`quantize` and saves the
 prepared model for the TFF engine, cached by a digest of everything that went in.
@@ -41,6 +42,7 @@ from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
 from quantize.trainable import trainable_weight_names, trainable_weights
+from simulations.errors import SettingsError
 
 __all__ = ["UserModel", "bundle_user_model", "load_user_model"]
 
@@ -54,7 +56,7 @@ BUNDLE = "bundle"
 
 @dataclass(frozen=True, eq=False)
 class UserModel:
-    """The prepared model (fedge layer names, logits, ``--init`` applied) and its origin."""
+    """The prepared model (fedge layer names, logits, init weights applied) and its origin."""
 
     model: tf.keras.Model
     source: Path
@@ -80,9 +82,9 @@ def _digest(path: Path, init: Weights | None) -> str:
 
 
 def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None) -> UserModel:
-    """Load ``--model`` (.keras, .h5 or a SavedModel directory), check it and prepare it."""
+    """Load a model file (.keras, .h5 or a SavedModel directory), check it and prepare it."""
     source = Path(path)
-    what = f"--model {os.fspath(path)}"
+    what = f"model file {os.fspath(path)}"
     if not source.exists():
         raise ConfigError(f"{what}: no such file or directory")
     try:
@@ -95,7 +97,7 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
     input_shape, num_classes = _check_io(model, what)
     split = _check_layers(model, what)
     if init is not None:
-        _apply_init(model, init, what)
+        _apply_init(model, init, os.fspath(path))
     prepared = _prepare(model, split, what)
     return UserModel(
         model=prepared,
@@ -169,15 +171,16 @@ def _check_layers(model: tf.keras.Model, what: str) -> int:
     return start
 
 
-def _apply_init(model: tf.keras.Model, init: Weights, what: str) -> None:
+def _apply_init(model: tf.keras.Model, init: Weights, source: str) -> None:
     names = trainable_weight_names(model)
     reference = Weights(trainable_weights(model))
     try:
         init.validate_against(reference)
     except FedgeError as exc:
-        raise ConfigError(
-            f"--init does not fit the trainable part of {what.split(' ', 1)[1]} "
-            f"({dict(reference.shapes)}): {exc}"
+        raise SettingsError(
+            f"the init weights do not fit the trainable part of model file {source} "
+            f"({dict(reference.shapes)}): {exc}",
+            fields=["init_file"],
         ) from exc
     for name, variable in zip(names, model.trainable_variables, strict=True):
         variable.assign(init[name])
@@ -305,7 +308,7 @@ def bundle_user_model(
                 extra_metadata={"source_model": str(user.source.resolve())},
             )
         except FedgeError as exc:
-            raise ConfigError(f"--model {user.source}: {exc}") from exc
+            raise ConfigError(f"model file {user.source}: {exc}") from exc
         try:
             publish_directory(staging, entry)
         except OSError:

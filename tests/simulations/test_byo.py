@@ -18,6 +18,7 @@ import pytest
 from fedge.data import load_digits
 from fedge.errors import ConfigError
 from fedge.weights import Weights
+from simulations.errors import SettingsError
 from simulations.inputs import files as inputs
 from simulations.preparation import prepare_scenario
 from simulations.pretrain import Pretrained
@@ -167,7 +168,7 @@ def _npz(**arrays: Any) -> Callable[[Path], Path]:
 
 _X = np.zeros((10, 4), np.float32)
 BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
-    ("data_file", lambda root: root / "absent.npz", r"--data .*absent.npz: no such file"),
+    ("data_file", lambda root: root / "absent.npz", r"data file .*absent.npz: no such file"),
     ("data_file", _write("data.txt", "1,2"), r"expected a \.npz .* or a \.csv file"),
     ("data_file", _npz(x=_X), r"needs arrays 'x' and 'y', missing \['y'\]"),
     ("data_file", _npz(x=np.zeros(10), y=np.zeros(10, int)), r"x must be numbers shaped"),
@@ -176,8 +177,8 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("data_file", _npz(x=_X, y=np.zeros(9, int)), r"y must be 10 labels"),
     ("data_file", _write("d.csv", "a,b\n1,2\n3,4\n"), r"no label column 'label'"),
     ("data_file", _write("d.csv", "a,label\n1,0\nx,1\n"), r"'x' is not a number"),
-    ("init_file", _write("init.safetensors", b"not weights"), r"--init .*: not usable"),
-    ("partition_file", _write("p.json", "{nope"), r"--partition-file .*: not valid JSON"),
+    ("init_file", _write("init.safetensors", b"not weights"), r"init file .*: not usable"),
+    ("partition_file", _write("p.json", "{nope"), r"partition file .*: not valid JSON"),
     ("partition_file", _write("p.json", "{}"), r"expected a non-empty object"),
     ("partition_file", _write("p.json", '{"a": [1, 5000]}'), r"'a' index 5000 is out of range"),
     (
@@ -187,7 +188,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ),
     ("partition_file", _write("p.json", '{"a": []}'), r"'a' needs a non-empty list"),
     ("partition_file", _write("p.json", '{"a": [1.5]}'), r"non-integer index 1\.5"),
-    ("schedule_file", _write("s.json", "[1]"), r"--schedule-file .*must hold an object"),
+    ("schedule_file", _write("s.json", "[1]"), r"schedule file .*must hold an object"),
     ("schedule_file", _write("s.json", '{"rounds": [[]]}'), r"round 0 of the schedule has no"),
 ]
 
@@ -201,18 +202,20 @@ def test_bad_files_are_refused_before_any_training(
     message: str,
 ) -> None:
     settings = _settings(files, tmp_path / "cache", **{option: make(tmp_path)})
-    with pytest.raises(ConfigError, match=message) as caught:
+    with pytest.raises(SettingsError, match=message) as caught:
         check_settings(settings)
     assert "\n" not in str(caught.value)
+    assert option in caught.value.fields
     assert not (tmp_path / "cache").exists()
 
 
 def test_inconsistent_options_are_refused(files: dict[str, Path], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    with pytest.raises(ConfigError, match=r"--rounds 5 but the schedule file .* has 3 rounds"):
+    with pytest.raises(SettingsError, match=r"rounds is 5 but the schedule file .* has 3 rounds"):
         check_settings(_settings(files, cache, rounds=5))
-    with pytest.raises(ConfigError, match="--data needs --model"):
+    with pytest.raises(SettingsError, match="a data file needs a model file") as caught:
         check_settings(_settings(files, cache, model_file=None))
+    assert caught.value.fields == ("data_file", "model_file")
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"rounds": [["dev0", "nobody"]]}))
     settings = _settings(files, cache, schedule_file=unknown)
@@ -270,7 +273,7 @@ def test_init_and_data_must_fit_the_model(files: dict[str, Path], tmp_path: Path
     from simulations.inputs.model import load_user_model
 
     wrong = Weights({"hidden/kernel": np.zeros((32, 3), np.float32)})
-    with pytest.raises(ConfigError, match=r"--init does not fit the trainable part"):
+    with pytest.raises(SettingsError, match=r"the init weights do not fit the trainable part"):
         load_user_model(files["model"], init=wrong)
     images = tmp_path / "images.npz"
     x, y = _digits_arrays()
@@ -295,8 +298,9 @@ def test_cli_reports_a_bad_file_in_one_line_and_trains_nothing(
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("fedge-simulate: error: --partition-file")
+    assert lines[0].startswith(f"fedge-simulate: error: partition file {partition}: ")
     assert "row 3 is held by 'a' and 'b'" in lines[0]
+    assert lines[0].endswith("(--partition-file)")
     assert result.stdout == ""
     assert not cache.exists()
 
@@ -311,7 +315,7 @@ def test_init_on_the_built_in_model_is_checked_before_pretraining_and_used(
     wrong = tmp_path / "wrong.safetensors"
     wrong.write_bytes(Weights({"head_out/kernel": np.zeros((3, 3), np.float32)}).to_bytes())
     cold = Settings(task="digits", init_file=wrong, cache_dir=tmp_path / "cold", rounds=1)
-    with pytest.raises(ConfigError, match="--init does not fit the model's trainable part"):
+    with pytest.raises(SettingsError, match="the init weights do not fit the model's trainable"):
         prepare_scenario(cold, check_settings(cold))
     assert not (tmp_path / "cold").exists()  # refused before pretraining
 
@@ -327,8 +331,8 @@ def test_init_on_the_built_in_model_is_checked_before_pretraining_and_used(
     assert initial_head(scenario.bundle_dir).allclose(init, atol=0)
     assert scenario.bundle_dir != digits_pretrained.bundle_dir
     report = simulate(warm)
-    assert report.initial_label == "initial (--init)"
-    # The clients started from the --init head: that is what "initial" measured.
+    assert report.initial_label == "initial (init file)"
+    # The clients started from the init file's head: that is what "initial" measured.
     model = EdgeModel.load(digits_pretrained.bundle_dir)
     x, y = scenario.test_arrays()
     assert report.pretrained == evaluate_head(model, x, y, head=init)

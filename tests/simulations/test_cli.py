@@ -84,11 +84,41 @@ def test_prefix_of_a_longer_flag_exits_2(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flag", ["--partition-file", "--schedule-file", "--init", "--data"])
-def test_simulate_missing_input_file_exits_2_before_any_work(flag: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [
+        ("--partition-file", "partition file"),
+        ("--schedule-file", "schedule file"),
+        ("--init", "init file"),
+        ("--data", "data file"),
+    ],
+)
+def test_simulate_missing_input_file_exits_2_before_any_work(
+    flag: str, name: str, tmp_path: Path
+) -> None:
     args = ["--model", str(tmp_path / "model.keras")] if flag == "--data" else []
     result = _run(SIMULATE[1], flag, "/nope", *args, "--out", str(tmp_path / "out"))
-    _assert_usage_error(result, SIMULATE[0], f"{flag} /nope")
+    _assert_usage_error(result, SIMULATE[0], f"{name} /nope")
+    assert result.stderr.strip().endswith(
+        f"({flag})"
+    )  # the library names the file, the CLI its flag
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_setting_a_message_can_name_has_its_flag() -> None:
+    from simulations.cli import build_parser, setting_flag
+    from simulations.settings import Settings
+
+    options = {o for action in build_parser()._actions for o in action.option_strings}
+    fields = set(Settings.__dataclass_fields__) - {"state_dir"}  # not on the command line
+    assert {f: setting_flag(f) for f in fields if setting_flag(f) not in options} == {}
+
+
+def test_a_bad_setting_exits_2_naming_the_setting_and_its_flag(tmp_path: Path) -> None:
+    result = _run(SIMULATE[1], "--per-round", "0", "--out", str(tmp_path / "out"))
+    _assert_usage_error(
+        result, SIMULATE[0], "per_round must be an integer >= 1, got 0 (--per-round)"
+    )
     assert not (tmp_path / "out").exists()
 
 
