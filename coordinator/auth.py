@@ -17,6 +17,7 @@ import secrets
 from pathlib import Path
 
 from coordinator.errors import AuthenticationError
+from coordinator.logsafe import printable
 from fedge.errors import ConfigError
 
 __all__ = [
@@ -39,6 +40,7 @@ _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _ASSIGNMENT = re.compile(r"(?i)((?:token|authorization|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
 _PREFIXED = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}")
 REDACTED = "[REDACTED]"
+_MAX_LOG_MESSAGE = 8192
 
 
 def new_token() -> str:
@@ -94,14 +96,16 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks anything that looks like a token in every record a handler emits.
+    """Masks anything that looks like a token in every record a handler emits, and escapes
+    control characters in its message (:func:`coordinator.logsafe.printable`), so no value a
+    client sent can forge a line, whichever logger quotes it.
 
     Attach it to handlers (not loggers) so records from every library pass through it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = printable(redact(message), limit=_MAX_LOG_MESSAGE)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:

@@ -42,6 +42,7 @@ from coordinator.auth import (
     load_secret,
 )
 from coordinator.config import RoundConfig, ServiceConfig
+from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES, ConnectionLimits
 from coordinator.store import Store
 from fedge.cli import (
     ArgumentParser,
@@ -191,6 +192,28 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
     serve.add_argument("--threads", type=int, default=8)
     serve.add_argument("--tick-seconds", type=float, default=1.0, help="deadline timer period")
+    limits = serve.add_argument_group(
+        "connections and bodies",
+        "Slow clients cost a socket, not a thread; a request's headers and body must arrive "
+        "within their timeouts. A body is read only once its headers pass its route's token "
+        "rule and size limit.",
+    )
+    defaults = ConnectionLimits()
+    for flag, kind, default, text in (
+        ("--connection-limit", int, defaults.connection_limit, "most open connections"),
+        (
+            "--header-timeout",
+            float,
+            defaults.header_timeout,
+            "seconds the headers may take",
+        ),
+        ("--body-timeout", float, defaults.body_timeout, "seconds a request may take to arrive"),
+        ("--idle-timeout", float, defaults.idle_timeout, "seconds an idle connection stays open"),
+        ("--backlog", int, defaults.backlog, "listen backlog"),
+        ("--max-json-bytes", int, MAX_JSON_BYTES, "body limit of the JSON routes"),
+        ("--max-report-bytes", int, MAX_REPORT_BYTES, "body limit of device reports"),
+    ):
+        limits.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     add_verbosity_flags(serve)
     serve.set_defaults(handler=serve_cli)
 
@@ -299,6 +322,8 @@ def serve_cli(args: argparse.Namespace) -> int:
         ApiConfig(
             admin_token_hash=hash_token(admin) if admin else None,
             enrollment_token_hash=hash_token(enrollment) if enrollment else None,
+            max_json_bytes=args.max_json_bytes,
+            max_report_bytes=args.max_report_bytes,
         ),
     )
     return run_server(
@@ -309,6 +334,17 @@ def serve_cli(args: argparse.Namespace) -> int:
         port_file=args.port_file,
         threads=args.threads,
         tick_seconds=args.tick_seconds,
+        limits=_connection_limits(args),
+    )
+
+
+def _connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    return ConnectionLimits(
+        connection_limit=args.connection_limit,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
+        backlog=args.backlog,
     )
 
 
@@ -318,6 +354,10 @@ def _check_listener(args: argparse.Namespace) -> None:
     check_int(args.port, "--port", low=0, high=65535, error=UsageError)
     check_int(args.threads, "--threads", low=1, error=UsageError)
     check_positive(args.tick_seconds, "--tick-seconds", error=UsageError)
+    for flag in ("--connection-limit", "--backlog", "--max-json-bytes", "--max-report-bytes"):
+        check_int(getattr(args, flag[2:].replace("-", "_")), flag, low=1, error=UsageError)
+    for flag in ("--header-timeout", "--body-timeout", "--idle-timeout"):
+        check_positive(getattr(args, flag[2:].replace("-", "_")), flag, error=UsageError)
     if args.seed is not None:
         check_int(args.seed, "--seed", low=0, error=UsageError)
     try:

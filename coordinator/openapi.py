@@ -52,7 +52,8 @@ def _op(
     if body:
         operation["requestBody"] = body
     responses = dict(responses)
-    for status in errors.split():
+    # Every body has its route's limit, checked from the headers before it is read.
+    for status in (*errors.split(), *(["413"] if body else [])):
         responses[status] = {"$ref": f"#/components/responses/{_ERRORS[status][0]}"}
     operation["responses"] = responses
     return operation

@@ -7,23 +7,46 @@ and closes the store. SIGTERM, the normal stop of a service, then returns 0; SIG
 (Ctrl-C) raises KeyboardInterrupt once that clean shutdown is done, as Python does for it.
 TLS is terminated in front of it (a reverse proxy or load balancer); waitress speaks plain
 HTTP. gunicorn works too: ``create_app`` is a plain WSGI app factory.
+
+Connections (:class:`ConnectionLimits`): waitress runs one I/O loop (``poll()``, so more
+than 1024 sockets) over up to ``connection_limit`` sockets; only complete requests take a
+worker thread, so slow clients cost a socket, not a thread. A request's headers must
+arrive within ``header_timeout`` s and its body within ``body_timeout`` s of its first
+byte, and a connection idle for ``idle_timeout`` s is closed; a client that trickles bytes
+is cut off then, whatever its pace. As soon as a request's headers have arrived, the app's
+:func:`~coordinator.rest.gate.precheck` decides from them alone whether its body may be
+read (the route's token rule and body limit); a refusal is answered at once and the
+connection closed, so no body of an unauthenticated or oversized request is ever read,
+buffered or spooled. waitress spools bodies over 512 KiB to a temporary file; its own
+``max_request_body_size`` is the largest route limit (the update upload), so only an
+authenticated upload can be spooled, up to that size.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import resource
 import signal
 import threading
+import time
+from email.utils import formatdate
+from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from flask import Flask
-from waitress.server import create_server  # type: ignore[import-untyped]
+from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
+from waitress.server import BaseWSGIServer, create_server  # type: ignore[import-untyped]
 
+from coordinator.limits import ConnectionLimits
+from coordinator.logsafe import printable
+from coordinator.rest.gate import Refusal, precheck, refusal_for_size
 from coordinator.service import CoordinatorService
 from fedge.fileio import atomic_write_text
 
-__all__ = ["Ticker", "run_server"]
+__all__ = ["ConnectionLimits", "Ticker", "run_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +81,129 @@ class Ticker:
                 logger.exception("deadline timer: tick failed; retrying in %.1f s", self._interval)
 
 
+def _refusal_bytes(refusal: Refusal) -> bytes:
+    body = json.dumps({"error": refusal.code, "detail": refusal.detail}).encode()
+    lines = [
+        f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        f"Date: {formatdate(usegmt=True)}",
+        "Server: fedge-coordinator",
+        *(f"{k}: {v}" for k, v in refusal.headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _GatedChannel(HTTPChannel):  # type: ignore[misc]
+    """A waitress channel that asks the app about a request once its headers are in (before
+    any body is read) and cuts off requests that arrive too slowly."""
+
+    limits = ConnectionLimits()
+    flask_app: Flask
+    _began = 0.0
+    _gated: object = None
+    _refusal: Refusal | None = None
+    _body_limit = 0
+
+    def _check_headers(self, request: Any) -> Refusal | None:
+        """The app's verdict on ``request``, asked once per request."""
+        if self._gated is not request:
+            self._gated = request
+            self._refusal = self._precheck(request)
+        return self._refusal
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self._began = time.monotonic()
+        result: bool = super().received(data)
+        request = self.request
+        if (
+            request is None
+            or request.completed
+            or not request.headers_finished
+            or self.requests  # answers go out in order: the app checks it when its turn comes
+        ):
+            return result
+        refusal = self._check_headers(request)
+        if refusal is None and request.chunked and request.body_bytes_received > self._body_limit:
+            refusal = refusal_for_size(self._body_limit)
+        if refusal is not None:
+            self._refuse(request, refusal)
+        return result
+
+    def send_continue(self) -> None:
+        # A client that waits for 100 Continue hears the refusal instead.
+        request: Any = self.request
+        if self._check_headers(request) is not None:
+            request.expect_continue = False
+            return
+        super().send_continue()
+
+    def _precheck(self, request: Any) -> Refusal | None:
+        length = request.headers.get("CONTENT_LENGTH")
+        try:
+            refusal, self._body_limit = precheck(
+                self.flask_app,
+                request.command,
+                request.path,
+                request.headers.get("AUTHORIZATION"),
+                int(length) if length is not None else None,
+            )
+        except Exception:
+            logger.exception("checking a request's headers failed; the app will check it")
+            self._body_limit = 1 << 62
+            return None
+        return refusal
+
+    def _refuse(self, request: Any, refusal: Refusal) -> None:
+        """Answer ``refusal``, drop the unread body and close once the answer is sent."""
+        self.request = None
+        request.close()
+        logger.info(
+            "%s %s -> %d (refused before the body: %s)",
+            printable(request.command),
+            printable(request.path),
+            refusal.status,
+            refusal.code,
+        )
+        self.write_soon(_refusal_bytes(refusal))
+        self.close_when_flushed = True
+
+    def readable(self) -> bool:
+        request = self.request
+        if request is not None and not self.requests and not self.will_close:
+            waited = time.monotonic() - self._began
+            headers_done = request.headers_finished
+            limit = self.limits.body_timeout if headers_done else self.limits.header_timeout
+            if waited > limit:
+                logger.info(
+                    "closing a connection from %s: its request's %s did not arrive within %g s",
+                    printable(str(self.addr[0] if self.addr else "?")),
+                    "body" if headers_done else "headers",
+                    limit,
+                )
+                self.request = None
+                request.close()
+                self.will_close = True
+                return False
+        return bool(super().readable())
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Let the process hold ``wanted`` descriptors (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        logger.warning(
+            "the descriptor limit (%d) is below what --connection-limit needs (%d)",
+            target,
+            wanted,
+        )
+
+
 def _write_port(port_file: Path, port: int) -> None:
     atomic_write_text(port_file, f"{port}\n")
 
@@ -72,19 +218,32 @@ def run_server(
     threads: int = 8,
     tick_seconds: float = 1.0,
     max_request_body_size: int | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown on SIGTERM, and raises
     KeyboardInterrupt after the same clean shutdown on SIGINT."""
-    limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + (1 << 20))
+    limits = limits or ConnectionLimits()
+    body_limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + 1)
+    _raise_file_limit(limits.connection_limit + threads + 64)
     server = create_server(
         app,
         host=host,
         port=port,
         threads=threads,
         ident="fedge-coordinator",
-        max_request_body_size=limit,
+        max_request_body_size=body_limit,
         clear_untrusted_proxy_headers=True,
+        connection_limit=limits.connection_limit,
+        channel_timeout=int(max(1, limits.idle_timeout)),
+        cleanup_interval=1,
+        backlog=limits.backlog,
+        asyncore_use_poll=True,
     )
+    channel = type("GatedChannel", (_GatedChannel,), {"limits": limits, "flask_app": app})
+    dispatchers = [server, *getattr(server, "map", {}).values(), *server._map.values()]
+    for dispatcher in dispatchers:
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = channel
     bound = int(server.effective_port)
     if port_file is not None:
         _write_port(port_file, bound)

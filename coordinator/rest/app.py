@@ -1,5 +1,6 @@
 """The app factory: one Flask app per call over a service, with the blueprints, the error
-handlers and an access log."""
+handlers, each route's body limit (:mod:`coordinator.rest.gate`) and an access log whose
+client-sent parts are escaped (:func:`coordinator.logsafe.printable`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import logging
 
 from flask import Blueprint, Flask, Response, request
 
+from coordinator.logsafe import printable
 from coordinator.rest.admin import admin
 from coordinator.rest.devices import devices, downloads, enrollment
 from coordinator.rest.errors import register_error_handlers
+from coordinator.rest.gate import check_body_limit
 from coordinator.rest.public import public
 from coordinator.rest.state import ApiConfig, install_state
 from coordinator.service import CoordinatorService
@@ -23,7 +26,9 @@ BLUEPRINTS: tuple[Blueprint, ...] = (public, enrollment, devices, downloads, adm
 
 
 def _access_log(response: Response) -> Response:
-    logger.info("%s %s -> %d", request.method, request.path, response.status_code)
+    logger.info(
+        "%s %s -> %d", printable(request.method), printable(request.path), response.status_code
+    )
     return response
 
 
@@ -36,6 +41,7 @@ def create_app(service: CoordinatorService, config: ApiConfig) -> Flask:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     install_state(app, service, config)
     register_error_handlers(app)
+    app.before_request(check_body_limit)
     app.after_request(_access_log)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

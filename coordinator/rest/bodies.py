@@ -4,16 +4,14 @@ Every problem is a :class:`~coordinator.errors.CoordinatorError` naming what was
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any, NoReturn
-
-from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
 from fedge.jsonlimits import loads_bounded
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
 
@@ -22,20 +20,32 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_JSON_LIMIT = 64 << 10
+_JSON_DEPTH = 32
+
+
 def json_body(*, optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object; ``optional``: an empty body without a type is ``{}``."""
+    """The request's JSON object; ``optional``: an empty body without a type is ``{}``.
+
+    Read within the route's body limit (set by :func:`coordinator.rest.gate.check_body_limit`)
+    and parsed with :func:`fedge.jsonlimits.loads_bounded`: at most 32 levels deep.
+    """
     if optional and not request.content_length and not request.mimetype:
         return {}
     if request.mimetype != "application/json":
         raise UnsupportedMediaTypeError(
             f"expected Content-Type application/json, got {request.mimetype or 'none'!r}"
         )
-    raw = request.get_data(cache=False)
+    limit = request.max_content_length or _JSON_LIMIT
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLargeError(f"the body is over this route's {limit}-byte limit") from exc
     if optional and not raw:
         return {}
     try:
-        document = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
+        document = loads_bounded(raw, max_depth=_JSON_DEPTH, max_bytes=limit)
+    except ValueError as exc:  # invalid, too deep, or (read unbounded) too long
         raise CoordinatorError(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(document, dict):
         raise CoordinatorError(

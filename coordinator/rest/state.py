@@ -8,7 +8,9 @@ from typing import cast
 
 from flask import Flask, current_app
 
+from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES
 from coordinator.service import CoordinatorService
+from fedge.validation import check_int
 
 __all__ = ["EXTENSION", "ApiConfig", "RestState", "current_state", "install_state"]
 
@@ -22,12 +24,19 @@ class ApiConfig:
 
     ``admin_token_hash`` None disables admin endpoints; ``enrollment_token_hash`` None
     leaves registration open. ``max_content_length`` defaults to the service's
-    ``max_update_bytes``.
+    ``max_update_bytes`` (the update upload's limit); ``max_json_bytes`` bounds every other
+    body but the device reports', which ``max_report_bytes`` bounds.
     """
 
     admin_token_hash: str | None = None
     enrollment_token_hash: str | None = None
     max_content_length: int | None = None
+    max_json_bytes: int = MAX_JSON_BYTES
+    max_report_bytes: int = MAX_REPORT_BYTES
+
+    def __post_init__(self) -> None:
+        check_int(self.max_json_bytes, "max_json_bytes", low=1)
+        check_int(self.max_report_bytes, "max_report_bytes", low=1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""Limits of the HTTP server that hold a fleet: how many connections it keeps, how long it
+waits for each request, and how large a body each kind of route takes. Plain values, so
+the CLI can show the defaults without importing the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedge.validation import check_int, check_positive
+
+__all__ = ["MAX_JSON_BYTES", "MAX_REPORT_BYTES", "ConnectionLimits"]
+
+MAX_JSON_BYTES = 64 << 10
+"""The body limit of a JSON route (registration and the admin's routes)."""
+MAX_REPORT_BYTES = 4 << 20
+"""The body limit of a device report (stats, evaluations, features)."""
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections the server holds and how long it waits for each.
+
+    The defaults hold a fleet: 500 slow sockets leave room for a new request, which is
+    answered at once; a slow socket is closed ``header_timeout`` s after its request began.
+    """
+
+    connection_limit: int = 2000
+    header_timeout: float = 10.0
+    body_timeout: float = 300.0
+    idle_timeout: float = 60.0
+    backlog: int = 2048
+
+    def __post_init__(self) -> None:
+        check_int(self.connection_limit, "connection_limit", low=1)
+        check_int(self.backlog, "backlog", low=1)
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            check_positive(getattr(self, name), name)

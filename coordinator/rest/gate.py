@@ -1,0 +1,126 @@
+"""What is decided about a request from its request line and headers alone, before any of
+its body is read: the body limit of its route and whether its token may send a body there.
+
+The HTTP server (:mod:`coordinator.server`) asks :func:`precheck` as soon as a request's
+headers have arrived and its body has not, and answers a refusal at once without reading
+(or spooling to disk) the body; the app's ``before_request`` applies the same limit to
+requests that arrived whole. Limits: the update upload takes ``max_update_bytes``; the
+device reports (stats, evaluations, features) ``ApiConfig.max_report_bytes``; every other
+route ``ApiConfig.max_json_bytes``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from flask import Flask, request
+
+from coordinator.auth import bearer_token, token_matches
+from coordinator.errors import (
+    AuthenticationError,
+    CoordinatorError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    describe,
+)
+from coordinator.rest.state import EXTENSION, RestState, current_state
+
+__all__ = ["Refusal", "body_limit", "check_body_limit", "precheck", "refusal_for_size"]
+
+_UPLOAD = re.compile(r"/v1/rounds/[^/]+/updates")
+_REPORTS = frozenset({"/v1/stats", "/v1/evaluations", "/v1/features"})
+_REGISTRATION = "/v1/clients"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer given instead of reading a request's body."""
+
+    status: int
+    code: str
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def body_limit(state: RestState, method: str, path: str) -> int:
+    """The most bytes a body of ``method path`` may have."""
+    if method == "POST" and _UPLOAD.fullmatch(path):
+        return state.service.config.max_update_bytes
+    if path in _REPORTS:
+        return state.config.max_report_bytes
+    return state.config.max_json_bytes
+
+
+def _too_large(limit: int, length: int | None) -> PayloadTooLargeError:
+    sent = f" (Content-Length {length})" if length is not None else ""
+    return PayloadTooLargeError(f"the body is over this route's {limit}-byte limit{sent}")
+
+
+def check_body_limit() -> None:
+    """``before_request`` of the app: the route's limit from Content-Length, and the same
+    limit while a body without one (chunked) is read."""
+    limit = body_limit(current_state(), request.method, request.path)
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit, length)
+    request.max_content_length = limit
+
+
+def _authorize(state: RestState, method: str, path: str, authorization: str | None) -> None:
+    """The token rule of a route that takes a body, as its blueprint applies it."""
+    admin_hash = state.config.admin_token_hash
+    if method == "POST" and path == _REGISTRATION:
+        expected = state.config.enrollment_token_hash
+        if expected is None:
+            return
+        token = bearer_token(authorization)
+        if token_matches(token, expected) or (
+            admin_hash is not None and token_matches(token, admin_hash)
+        ):
+            return
+        raise AuthenticationError("unknown enrollment token", code="invalid_token")
+    token = bearer_token(authorization)
+    is_admin = admin_hash is not None and token_matches(token, admin_hash)
+    if (method == "POST" and _UPLOAD.fullmatch(path)) or path in _REPORTS:
+        if is_admin:
+            raise PermissionDeniedError(
+                "this endpoint needs a client token, not the admin token",
+                code="client_token_required",
+            )
+        state.service.authenticate(token)
+        return
+    if not is_admin:
+        if admin_hash is None:
+            raise PermissionDeniedError(
+                "admin endpoints are disabled: the coordinator was started without an admin token",
+                code="admin_disabled",
+            )
+        state.service.authenticate(token)
+        raise PermissionDeniedError("this endpoint needs the admin token", code="admin_required")
+
+
+def precheck(
+    app: Flask, method: str, path: str, authorization: str | None, content_length: int | None
+) -> tuple[Refusal | None, int]:
+    """``(refusal, limit)`` for a request whose headers have arrived: a refusal when its
+    token may not send a body to ``path`` or its Content-Length is over the route's limit
+    (None when the body may be read), and the route's limit, which a chunked body must
+    not exceed while it streams in."""
+    state: RestState = app.extensions[EXTENSION]
+    limit = body_limit(state, method, path)
+    try:
+        _authorize(state, method, path, authorization)
+        if content_length is not None and content_length > limit:
+            raise _too_large(limit, content_length)
+    except CoordinatorError as exc:
+        status, code = describe(exc)
+        return Refusal(status, code, str(exc)), limit
+    return None, limit
+
+
+def refusal_for_size(limit: int) -> Refusal:
+    """The refusal of a body that grew past ``limit`` while it streamed in (chunked)."""
+    exc = _too_large(limit, None)
+    status, code = describe(exc)
+    return Refusal(status, code, str(exc))
