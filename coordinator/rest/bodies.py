@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, NoReturn
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
 from fedge.jsonlimits import loads_bounded
-from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 _JSON_LIMIT = 64 << 10
