@@ -5,6 +5,10 @@ consecutive failure wait ``uniform(0, min(cap, base * multiplier**n))``. Full ji
 a fleet that lost the coordinator at the same moment, so they do not all come back at once.
 The random source and the sleep are injected: tests pass a seeded generator and a fake
 sleep, the daemon a sleep that a SIGTERM interrupts.
+
+A server's Retry-After is obeyed only within [RETRY_AFTER_MIN, RETRY_AFTER_MAX] (1 s, 1 h):
+``Retry-After: 0`` must not turn a fleet into a tight polling loop, and ``1e12`` must not
+put a device to sleep for ever (or overflow a timer).
 """
 
 from __future__ import annotations
@@ -17,9 +21,20 @@ import numpy as np
 from fedge.errors import ConfigError
 from fedge.validation import check_number, check_positive
 
-__all__ = ["Backoff", "BackoffPolicy"]
+__all__ = ["RETRY_AFTER_MAX", "RETRY_AFTER_MIN", "Backoff", "BackoffPolicy", "clamp_retry_after"]
 
 Sleep = Callable[[float], object]
+
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 3600.0
+
+
+def clamp_retry_after(seconds: float) -> float:
+    """``seconds`` within [RETRY_AFTER_MIN, RETRY_AFTER_MAX] (NaN counts as the minimum)."""
+    value = float(seconds)
+    if value != value:
+        return RETRY_AFTER_MIN
+    return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, value))
 
 
 @dataclass(frozen=True)
@@ -67,16 +82,30 @@ class Backoff:
         self.failures += 1
         return float(self._rng.uniform(0.0, self.policy.ceiling(self.failures)))
 
-    def failure(self) -> float:
-        """Count a failure, sleep the jittered wait, return it."""
-        delay = self.next_delay()
+    def failure(self, retry_after: float | None = None) -> float:
+        """Count a failure, sleep the jittered wait (at least ``retry_after`` when the
+        server asked for it, clamped), return it."""
+        delay = self.failure_delay(retry_after)
         self._sleep(delay)
         return delay
 
-    def wait_retry_after(self, seconds: float) -> float:
-        """Sleep what the server asked (Retry-After), stretched by a little jitter."""
+    def failure_delay(self, retry_after: float | None = None) -> float:
+        """Count a failure and return its wait without sleeping: the jittered backoff, or
+        the server's Retry-After (clamped to [1 s, 1 h]) when that is longer."""
+        delay = self.next_delay()
+        if retry_after is not None:
+            delay = max(delay, clamp_retry_after(retry_after))
+        return delay
+
+    def retry_after_delay(self, seconds: float) -> float:
+        """What the server asked (Retry-After), clamped to [1 s, 1 h] and stretched by a
+        little jitter (never past the hour)."""
         stretch = 1.0 + float(self._rng.uniform(0.0, self.policy.retry_after_jitter))
-        delay = max(0.0, float(seconds)) * stretch
+        return min(RETRY_AFTER_MAX, clamp_retry_after(seconds) * stretch)
+
+    def wait_retry_after(self, seconds: float) -> float:
+        """Sleep :meth:`retry_after_delay` of ``seconds``; returns the wait."""
+        delay = self.retry_after_delay(seconds)
         self._sleep(delay)
         return delay
 

@@ -6,7 +6,9 @@ whose size or sha256 differs from the manifest's entry; files this device alread
 with the right sha256 (round versions change only the weights) are copied locally instead
 of downloaded. The version is assembled in a hidden directory, checked once more with
 :func:`fedge.bundle.verify_bundle`, and renamed into place; a rejected download leaves
-nothing behind, so the model in use keeps serving.
+nothing behind (nor does one aborted by a stop signal), so the model in use keeps serving.
+A rejection is a :class:`~edge_client.errors.ModelRejected` naming the version and the
+manifest's sha256, for the daemon to remember.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from edge_client.errors import ModelRejected
 from edge_client.transport import CoordinatorClient
 from fedge.bundle import MANIFEST_NAME, BundleManifest, sha256_file, verify_bundle
 from fedge.errors import BundleError
@@ -59,20 +62,29 @@ class BundleStore:
             return final
         staging = self.root / f".{version}.{uuid.uuid4().hex[:8]}.partial"
         staging.mkdir()
+        seen: dict[str, str] = {}
         try:
-            manifest = self._download(client, version, staging)
+            manifest = self._download(client, version, staging, seen)
             verify_bundle(staging)
             publish_directory(staging, final)
+        except BundleError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelRejected(
+                str(exc), version=version, manifest_sha256=seen.get("manifest"), file=exc.file
+            ) from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         logger.info("model %s downloaded and verified (%d files)", version, len(manifest.files))
         return final
 
-    def _download(self, client: CoordinatorClient, version: str, staging: Path) -> BundleManifest:
+    def _download(
+        self, client: CoordinatorClient, version: str, staging: Path, seen: dict[str, str]
+    ) -> BundleManifest:
         response = client.download(version, MANIFEST_NAME)
         claimed = response.headers.get("x-fedge-sha256")
         digest = hashlib.sha256(response.body).hexdigest()
+        seen["manifest"] = digest
         if claimed is not None and claimed != digest:
             raise BundleError(
                 f"model {version}: {MANIFEST_NAME} has sha256 {digest}, the server says {claimed}",

@@ -7,23 +7,45 @@ One :meth:`Daemon.step` is::
     -> fetch + verify the task's model version (a rejected download keeps the model in use)
     -> handle(task, context) -> outbox.put(reply) -> refresh the personal head
 
-Any transport failure (no connection, timeout, 5xx) sleeps an exponentially growing,
-fully jittered delay (:mod:`edge_client.backoff`) and the next step starts over with the
-outbox, so replies queued during an outage go out first, once each. SIGTERM (or SIGINT)
-sets a flag: a sleep ends at once, a step in progress finishes, then the status is
-written and :meth:`Daemon.run` returns 0 (SIGTERM) or raises KeyboardInterrupt (SIGINT,
-as Python does for Ctrl-C, once the same clean stop is done).
+What a hostile or broken coordinator cannot do to it:
+
+- **Retry-After** (on a 204, a 429 or a 503; delta-seconds or an HTTP-date) is obeyed
+  only within [1 s, 1 h]; junk is ignored. ``Retry-After: 0`` cannot make a tight loop,
+  ``1e12`` cannot put the device to sleep for ever.
+- **Every failure backs off**: no connection, a timeout, 5xx, 429, a refused request, a
+  rejected model, an upload the coordinator refused, a local error (disk full...). Each
+  sleeps an exponentially growing, fully jittered delay (:mod:`edge_client.backoff`); the
+  count resets only after a step that succeeded (a task handled, or a clean 204).
+- **A rejected model is not downloaded again**: a version whose download failed
+  verification (sha256, size, manifest) is remembered with its manifest's sha256 in
+  ``status.json`` (``rejected_models``); a task naming it again is refused locally, with
+  backoff, until a task names another version.
+- **No request outlasts its deadline** (``request_timeout``, the whole request: headers
+  and body, see :class:`~edge_client.transport.HttpTransport`), so a server that trickles
+  its answer cannot hold the daemon.
+- **SIGTERM (or SIGINT) stops it within about a second, at any point**: a sleep ends at
+  once; a request in flight (poll, download, upload) is aborted; on-device work (training,
+  evaluation, personalization) is interrupted between two interpreter calls. A reply is
+  queued atomically or not at all, so the outbox holds whole replies only; a reply not yet
+  acknowledged stays queued (a retry carries the same Idempotency-Key); a half-downloaded
+  model is removed. The status then says ``stopped`` and :meth:`Daemon.run` returns 0
+  (SIGTERM) or raises KeyboardInterrupt (SIGINT, as Python does for Ctrl-C, once the same
+  clean stop is done).
+
+Each queued reply goes out first on the next step, so replies queued during an outage go
+out once each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -32,12 +54,24 @@ from typing import Any
 import numpy as np
 
 from edge_client.backoff import Backoff, BackoffPolicy
-from edge_client.errors import RequestRejected, TransportError
+from edge_client.errors import (
+    DaemonStopped,
+    ModelRejected,
+    RequestCancelled,
+    RequestRejected,
+    TransportError,
+)
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel, ModelCache
 from edge_client.state import ClientState, read_token
-from edge_client.transport import DEFAULT_TIMEOUT, CoordinatorClient, HttpTransport, Transport
+from edge_client.transport import (
+    DEFAULT_TIMEOUT,
+    Cancellable,
+    CoordinatorClient,
+    HttpTransport,
+    Transport,
+)
 from fedge.errors import BundleError, DataError, FeatureError, FedgeError, ProtocolError
 from fedge.messages import Task
 
@@ -46,6 +80,7 @@ __all__ = ["Daemon", "DaemonConfig"]
 logger = logging.getLogger(__name__)
 
 _REMEMBERED_TASKS = 256
+_REMEMBERED_REJECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -53,7 +88,8 @@ class DaemonConfig:
     """Where the daemon talks to and keeps things, and how it behaves.
 
     ``max_tasks`` stops the daemon after that many handled tasks (once their replies are
-    delivered); ``settle_seconds`` is how old a data file must be before it is read.
+    delivered); ``settle_seconds`` is how old a data file must be before it is read;
+    ``request_timeout`` is the wall-clock budget of one whole request (headers and body).
     """
 
     coordinator: str
@@ -71,7 +107,11 @@ class DaemonConfig:
 
 
 class Daemon:
-    """The loop of one device (see the module docstring)."""
+    """The loop of one device (see the module docstring).
+
+    ``sleep`` replaces the interruptible wait between steps (tests pass a recorder); the
+    default waits on :attr:`stop_event`, which :meth:`request_stop` sets.
+    """
 
     def __init__(
         self,
@@ -80,6 +120,7 @@ class Daemon:
         transport: Transport | None = None,
         rng: np.random.Generator | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.config = config
         self.state = ClientState(config.state_dir)
@@ -91,7 +132,9 @@ class Daemon:
         )
         self.stop_event = threading.Event()
         self._stopped_by: int | None = None  # the signal that stopped run(), if one did
+        self._interruptible = False  # inside on-device work: a stop signal raises there
         self._clock = clock
+        self._wait = sleep
         self._rng = rng if rng is not None else np.random.default_rng()
         self.backoff = Backoff(config.backoff, rng=self._rng, sleep=self._sleep)
         self.models = ModelCache(self._locate, max_versions=2, num_threads=config.num_threads)
@@ -101,21 +144,31 @@ class Daemon:
         self.handled = 0
         remembered = status.get("answered_tasks") or []
         self._answered: deque[str] = deque(remembered, maxlen=_REMEMBERED_TASKS)
+        self.rejected_models: dict[str, dict[str, Any]] = _rejections(status)
         self.last_error: dict[str, Any] | None = status.get("last_error")
+        self.next_delay: float | None = None  # the last wait decided, in seconds
         self._last_poll: float | None = None
         self._last_task: dict[str, Any] | None = status.get("last_task")
 
     # Control ------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
+        """Stop soon, from any thread: sleeps end and a request in flight is aborted."""
         self.stop_event.set()
+        transport = self.client.transport
+        if isinstance(transport, Cancellable):
+            transport.cancel()
 
     @property
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
     def _sleep(self, seconds: float) -> None:
-        self.stop_event.wait(seconds)
+        self.next_delay = seconds
+        if self._wait is not None:
+            self._wait(seconds)
+        else:
+            self.stop_event.wait(seconds)
 
     def _locate(self, version: str) -> Path:
         return self.state.bundles.fetch(self.client, version)
@@ -132,89 +185,175 @@ class Daemon:
     def step(self) -> str:
         """Deliver, poll, handle once. Returns what happened: ``handled``, ``idle``,
         ``done``, ``unreachable``, ``refused``, ``model_rejected``, ``no_data``,
-        ``failed`` or ``answered_before``."""
+        ``failed``, ``answered_before``, ``local_error`` or ``stopped``. Every outcome but
+        ``handled``, ``idle``, ``done`` and ``stopped`` has slept a backoff delay."""
+        try:
+            return self._step()
+        except RequestCancelled:
+            return "stopped"
+        except OSError as exc:  # the device's own disk: full, read-only, removed
+            if self.stopping:
+                return "stopped"
+            return self._fail("local_error", f"local error: {exc}", exc_info=True)
+
+    def _step(self) -> str:
         try:
             if len(self.state.outbox):
                 report = self.state.outbox.deliver(self.client)
                 if report.delivered or report.dropped or report.failed:
                     self._save_status()
+                if report.failed:
+                    names = ", ".join(report.failed)
+                    return self._fail(
+                        "refused",
+                        f"the coordinator refused replies: {names} (moved to outbox/failed)",
+                    )
             if self._done():
                 return "done"
             polled = self.client.next_task()
+        except RequestCancelled:
+            return "stopped"
         except TransportError as exc:
             return self._unreachable(exc)
         except (RequestRejected, ProtocolError) as exc:
-            self._record_error(str(exc))
-            logger.error("the coordinator refused or garbled a request (%s); retrying later", exc)
-            self._save_status()
-            self.backoff.failure()
-            return "refused"
-        self.backoff.reset()
+            return self._fail(
+                "refused",
+                str(exc),
+                log=f"the coordinator refused or garbled a request ({exc}); retrying later",
+            )
         self._last_poll = self._clock()
         if polled.task is None:
-            self.backoff.wait_retry_after(polled.retry_after)
+            self.backoff.reset()
+            delay = self.backoff.retry_after_delay(polled.retry_after)
+            self.next_delay = delay
+            self._save_status()
+            self._sleep(delay)
             return "idle"
         return self._work(polled.task)
 
     def _unreachable(self, exc: TransportError) -> str:
-        self._record_error(str(exc))
-        delay = self.backoff.next_delay()
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
-        logger.warning(
-            "coordinator unavailable (%s); backing off %.2f s (failure %d)",
-            exc,
+        if self.stopping:
+            return "stopped"
+        return self._fail(
+            "unreachable",
+            str(exc),
+            retry_after=exc.retry_after,
+            log=f"coordinator unavailable ({exc})",
+            level=logging.WARNING,
+        )
+
+    def _fail(
+        self,
+        outcome: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        log: str | None = None,
+        level: int = logging.ERROR,
+        exc_info: bool = False,
+    ) -> str:
+        """Record ``message``, back off (at least the server's clamped Retry-After), and
+        return ``outcome``."""
+        self._record_error(message)
+        delay = self.backoff.failure_delay(retry_after)
+        self.next_delay = delay
+        logger.log(
+            level,
+            "%s; backing off %.2f s (failure %d)",
+            log or message,
             delay,
             self.backoff.failures,
+            exc_info=exc_info,
         )
         self._save_status()
         self._sleep(delay)
-        return "unreachable"
+        return outcome
 
     def _work(self, task: Task) -> str:
         if task.task_id in self._answered:
-            logger.warning("task %s was answered before; waiting for it to close", task.task_id)
-            self.backoff.failure()
-            return "answered_before"
-        logger.info("handling %s task %s (model %s)", task.kind, task.task_id, task.model_version)
+            return self._fail(
+                "answered_before",
+                f"task {task.task_id} was answered before; waiting for it to close",
+                level=logging.WARNING,
+            )
+        version = task.model_version
+        rejected = self.rejected_models.get(version)
+        if rejected is not None and not self.state.bundles.has(version):
+            return self._fail(
+                "model_rejected",
+                f"model {version} was rejected before ({rejected.get('reason')}); "
+                f"not downloading it again until another version is announced",
+            )
+        logger.info("handling %s task %s (model %s)", task.kind, task.task_id, version)
         try:
-            model = self.models.model(task.model_version)
+            model = self.models.model(version)
         except TransportError as exc:
+            if isinstance(exc, RequestCancelled):
+                return "stopped"
             return self._unreachable(exc)
         except (BundleError, RequestRejected) as exc:
+            self._remember_rejection(version, exc)
             kept = self.state.current_version
-            self._record_error(f"model {task.model_version} rejected: {exc}")
-            logger.error("model %s rejected: %s; keeping model %s", task.model_version, exc, kept)
-            self._save_status()
-            self.backoff.failure()
-            return "model_rejected"
+            return self._fail(
+                "model_rejected",
+                f"model {version} rejected: {exc}",
+                log=f"model {version} rejected: {exc}; keeping model {kept}",
+            )
         self.state.use_version(model.version)
         context = self._context_for(model)
         try:
-            reply = handle(task, context)
+            with self._interruptible_work():
+                reply = handle(task, context)
         except (DataError, FeatureError) as exc:
-            self._record_error(f"task {task.task_id}: {exc}")
-            logger.error("cannot do %s task %s yet: %s", task.kind, task.task_id, exc)
-            self._save_status()
-            self.backoff.failure()
-            return "no_data"
+            return self._fail(
+                "no_data",
+                f"task {task.task_id}: {exc}",
+                log=f"cannot do {task.kind} task {task.task_id} yet: {exc}",
+            )
         except (FedgeError, ValueError, RuntimeError) as exc:  # the TFLite runtime's errors
-            self._record_error(f"task {task.task_id}: {exc}")
-            logger.error("%s task %s failed: %s", task.kind, task.task_id, exc, exc_info=True)
             self._answered.append(task.task_id)
-            self._save_status()
-            return "failed"
-        self.state.outbox.put(reply)
+            return self._fail(
+                "failed",
+                f"task {task.task_id}: {exc}",
+                log=f"{task.kind} task {task.task_id} failed: {exc}",
+                exc_info=True,
+            )
+        self.state.outbox.put(reply)  # never interrupted: the reply is queued whole
         self._answered.append(task.task_id)
         self.counts[task.kind] += 1
         self.handled += 1
         self._last_task = {"task_id": task.task_id, "kind": task.kind, "at": self._clock()}
+        self._save_status()
         try:
-            personal_head(model, context)
+            with self._interruptible_work():
+                personal_head(model, context)
         except FedgeError as exc:
             logger.warning("personalization on %s failed: %s", model.version, exc)
+        self.backoff.reset()
         self._save_status()
         return "handled"
+
+    @contextlib.contextmanager
+    def _interruptible_work(self) -> Iterator[None]:
+        """On-device work that a stop signal may interrupt (it raises DaemonStopped)."""
+        if self.stopping:
+            raise DaemonStopped("stopping")
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def _remember_rejection(self, version: str, exc: Exception) -> None:
+        digest = exc.manifest_sha256 if isinstance(exc, ModelRejected) else None
+        self.rejected_models.pop(version, None)
+        self.rejected_models[version] = {
+            "manifest_sha256": digest,
+            "reason": str(exc)[:300],
+            "at": self._clock(),
+        }
+        while len(self.rejected_models) > _REMEMBERED_REJECTIONS:
+            del self.rejected_models[next(iter(self.rejected_models))]
 
     def _context_for(self, model: EdgeModel) -> ClientContext:
         context = self._context
@@ -241,22 +380,26 @@ class Daemon:
     # The loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Step until stopped (SIGTERM/SIGINT, or ``max_tasks`` delivered); returns 0, or
-        raises KeyboardInterrupt after the clean stop when SIGINT stopped it."""
+        """Step until stopped (SIGTERM/SIGINT, :meth:`request_stop`, or ``max_tasks``
+        delivered); returns 0, or raises KeyboardInterrupt after the clean stop when SIGINT
+        stopped it. Signal handlers are installed only when run in the main thread."""
         restore = self._install_signal_handlers()
         logger.info(
             "fedge edge daemon started (pid %d, coordinator %s)",
             os.getpid(),
             self.config.coordinator,
         )
-        self._save_status(state="running")
         try:
+            self._save_status(state="running")
             while not self.stopping:
                 outcome = self.step()
                 if outcome == "done" and not len(self.state.outbox):
                     logger.info("handled %d tasks; stopping", self.handled)
                     break
+        except DaemonStopped:
+            logger.info("on-device work interrupted by the stop")
         finally:
+            self._interruptible = False
             self._save_status(state="stopped")
             self.client.close()
             restore()
@@ -270,9 +413,12 @@ class Daemon:
             return lambda: None
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("received %s: stopping after the current step", signal.Signals(signum).name)
+            logger.info("received %s: stopping", signal.Signals(signum).name)
             self._stopped_by = signum
             self.request_stop()
+            if self._interruptible:
+                self._interruptible = False
+                raise DaemonStopped(signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -283,6 +429,13 @@ class Daemon:
         return restore
 
     def _save_status(self, state: str | None = None) -> None:
+        """Write ``status.json``; a disk that refuses is logged, never fatal here."""
+        try:
+            self._write_status(state)
+        except OSError as exc:
+            logger.warning("cannot write the status: %s", exc)
+
+    def _write_status(self, state: str | None) -> None:
         document = self.state.status()
         head = self.state.heads.get()
         data: dict[str, Any] = {}
@@ -293,6 +446,7 @@ class Daemon:
                 "train_rows": sum(len(s.train) for s in local.spans),
                 "holdout_rows": sum(len(s.holdout) for s in local.spans),
             }
+        now = self._clock()
         document.update(
             {
                 "pid": os.getpid(),
@@ -306,15 +460,30 @@ class Daemon:
                 "outbox_pending": len(self.state.outbox),
                 "tasks": dict(self.counts),
                 "answered_tasks": list(self._answered),
+                "rejected_models": self.rejected_models,
                 "last_task": self._last_task,
                 "last_poll_at": self._last_poll or document.get("last_poll_at"),
                 "last_error": self.last_error,
                 "backoff_failures": self.backoff.failures,
-                "updated_at": self._clock(),
+                "next_poll_in": self.next_delay,
+                "updated_at": now,
             }
         )
         if data:
             document["data"] = data
         if state is not None:
             document["state"] = state
+            if state == "stopped":
+                document["next_poll_in"] = None
+                document["stopped_by"] = (
+                    None if self._stopped_by is None else signal.Signals(self._stopped_by).name
+                )
         self.state.save_status(document)
+
+
+def _rejections(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rejected model versions remembered in a status document."""
+    stored = status.get("rejected_models")
+    if not isinstance(stored, dict):
+        return {}
+    return {str(k): dict(v) for k, v in stored.items() if isinstance(v, dict)}

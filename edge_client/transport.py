@@ -1,32 +1,42 @@
 """HTTP to the coordinator: the ONLY module of the edge client that touches the network.
 
 :class:`Transport` is the seam: one method that sends a request and returns the status,
-headers and body. :class:`HttpTransport` implements it with ``requests``; tests wrap it to
-capture every byte the device sends, or replace it with a plain function. Over it,
-:class:`CoordinatorClient` speaks the REST API (see ``coordinator/openapi.py``): register,
-poll for a task, download bundle files, and send prepared :class:`OutgoingRequest` s (the
-outbox stores those). Replies become requests in :func:`reply_request`, the one place that
-knows which endpoint takes which message.
+headers and body. :class:`HttpTransport` implements it with :mod:`http.client`, under an
+overall deadline per request and a response size limit, and can be cancelled from a signal
+handler; tests wrap it to capture every byte the device sends, or replace it with a plain
+function. Over it, :class:`CoordinatorClient` speaks the REST API (see
+``coordinator/openapi.py``): register, poll for a task, download bundle files, and send
+prepared :class:`OutgoingRequest` s (the outbox stores those). Replies become requests in
+:func:`reply_request`, the one place that knows which endpoint takes which message.
 
-Error mapping, in one place: no connection, a timeout, 5xx and 429 are
-:class:`~edge_client.errors.TransportError` (retry later); any other 4xx is
-:class:`~edge_client.errors.RequestRejected` with the server's ``error`` code.
+Error mapping, in one place: no connection, a timeout or a spent deadline, 5xx and 429 are
+:class:`~edge_client.errors.TransportError` (retry later; ``retry_after`` from the
+server's Retry-After, read by :func:`parse_retry_after`: seconds or an HTTP-date, clamped to
+[1 s, 1 h], junk ignored); any other 4xx is :class:`~edge_client.errors.RequestRejected`
+with the server's ``error`` code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import hashlib
+import http.client
 import json
 import logging
+import math
+import socket
+import ssl
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
-from urllib.parse import quote
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote, urlsplit
 
-import requests
-
-from edge_client.errors import RequestRejected, TransportError
+from edge_client.backoff import RETRY_AFTER_MAX, RETRY_AFTER_MIN
+from edge_client.errors import RequestCancelled, RequestRejected, TransportError
 from fedge.errors import ProtocolError
 from fedge.messages import (
     EvalReport,
@@ -39,6 +49,7 @@ from fedge.messages import (
 )
 
 __all__ = [
+    "Cancellable",
     "CoordinatorClient",
     "FunctionTransport",
     "HttpResponse",
@@ -47,14 +58,17 @@ __all__ = [
     "OutgoingRequest",
     "Registration",
     "Transport",
+    "parse_retry_after",
     "reply_request",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
+"""Seconds one request may take in all (connect, send, headers, body)."""
 MAX_RESPONSE_BYTES = 256 << 20
 _CHUNK = 1 << 16
+_TICK = 0.05  # how often the caller's thread looks at the clock and at cancel()
 
 
 @dataclass(frozen=True)
@@ -108,17 +122,36 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Cancellable(Protocol):
+    """A transport whose request in flight can be aborted (the daemon's stop uses it)."""
+
+    def cancel(self) -> None: ...
+
+
 class HttpTransport:
-    """:class:`Transport` over a ``requests.Session`` (connection reuse, no retries: the
-    caller decides when to retry). Responses over ``max_response_bytes`` are refused.
-    ``verify`` is ``requests``' TLS setting: True (system CAs) or a CA bundle path."""
+    """:class:`Transport` over :mod:`http.client`, one connection per request, no retries
+    (the caller decides when to retry).
+
+    ``timeout`` is the whole request's wall-clock budget: connecting, sending, waiting for
+    the headers and reading the body together. A server that trickles its answer (a byte
+    every few seconds resets any per-read timeout) is cut off when the budget is spent:
+    the exchange runs in a worker thread, the caller's thread watches the clock and shuts
+    the socket down. Bodies are read in chunks and refused past ``max_response_bytes``
+    (before reading, when Content-Length says so). :meth:`cancel` aborts the request in
+    flight and every later one (the daemon calls it on SIGTERM) with
+    :class:`~edge_client.errors.RequestCancelled`. ``verify`` is the TLS setting: True
+    (system CAs), a CA bundle path, or False (no verification)."""
 
     def __init__(
         self, *, max_response_bytes: int = MAX_RESPONSE_BYTES, verify: bool | str = True
     ) -> None:
-        self._session = requests.Session()
-        self._session.verify = verify
         self._max = max_response_bytes
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._cancelled = threading.Event()
+        self._lock = threading.RLock()  # cancel() may run in a signal handler of this thread
+        self._active: set[http.client.HTTPConnection] = set()
 
     def request(
         self,
@@ -129,23 +162,136 @@ class HttpTransport:
         body: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> HttpResponse:
+        where = f"{method} {_path(url)}"
+        if self._cancelled.is_set():
+            raise RequestCancelled(f"{where}: cancelled, the daemon is stopping")
+        started = time.monotonic()
+        deadline = started + timeout
+        connection, target = self._connection(url, timeout)
+        outcome: list[HttpResponse | BaseException] = []
+        worker = threading.Thread(
+            target=self._exchange,
+            args=(connection, method, target, dict(headers), body, deadline, outcome),
+            name="fedge-http",
+            daemon=True,
+        )
+        with self._lock:
+            self._active.add(connection)
         try:
-            with self._session.request(
-                method, url, headers=dict(headers), data=body, timeout=timeout, stream=True
-            ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_content(_CHUNK):
-                    size += len(chunk)
-                    if size > self._max:
-                        raise ProtocolError(f"{method} {url}: response over {self._max} bytes")
-                    chunks.append(chunk)
-                return HttpResponse(response.status_code, dict(response.headers), b"".join(chunks))
-        except requests.RequestException as exc:
-            raise TransportError(f"{method} {_path(url)}: {type(exc).__name__}") from exc
+            worker.start()
+            while worker.is_alive():
+                if self._cancelled.is_set():
+                    _abort(connection, worker)
+                    raise RequestCancelled(f"{where}: cancelled, the daemon is stopping")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    _abort(connection, worker)
+                    raise TransportError(
+                        f"{where}: no complete response within {timeout:g} s (deadline)"
+                    )
+                worker.join(min(remaining, _TICK))
+        finally:
+            with self._lock:
+                self._active.discard(connection)
+            connection.close()
+        result = outcome[0] if outcome else TransportError(f"{where}: no response")
+        if isinstance(result, HttpResponse):
+            return result
+        if self._cancelled.is_set():
+            raise RequestCancelled(f"{where}: cancelled, the daemon is stopping") from result
+        if isinstance(result, ProtocolError | TransportError):
+            raise result
+        raise TransportError(f"{where}: {type(result).__name__}: {result}") from result
+
+    def _connection(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ProtocolError(f"not an http(s) URL: {url!r}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if parts.scheme == "https":
+            if self._ssl is None:
+                self._ssl = _ssl_context(self._verify)
+            return (
+                http.client.HTTPSConnection(
+                    parts.hostname, parts.port, timeout=timeout, context=self._ssl
+                ),
+                target,
+            )
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout), target
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        deadline: float,
+        outcome: list[HttpResponse | BaseException],
+    ) -> None:
+        """Runs in the worker thread: send, then read the answer in chunks."""
+        try:
+            connection.request(method, target, body=body, headers=headers)
+            response = connection.getresponse()
+            length = response.getheader("content-length")
+            if length is not None and length.isdigit() and int(length) > self._max:
+                raise ProtocolError(f"{method} {target}: response over {self._max} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"{method} {target}: the body outlasted the deadline")
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self._max:
+                    raise ProtocolError(f"{method} {target}: response over {self._max} bytes")
+                chunks.append(chunk)
+            outcome.append(HttpResponse(response.status, dict(response.getheaders()),
+                                        b"".join(chunks)))  # fmt: skip
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            outcome.append(exc)
+
+    def cancel(self) -> None:
+        """Abort the request in flight (if any) and refuse every later one. Safe to call
+        from a signal handler or another thread."""
+        self._cancelled.set()
+        with self._lock:
+            active = list(self._active)
+        for connection in active:
+            _shutdown(connection)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
     def close(self) -> None:
-        self._session.close()
+        """Nothing stays open between requests; kept for the :class:`Transport` protocol."""
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if verify is True:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=verify)
+
+
+def _shutdown(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _abort(connection: http.client.HTTPConnection, worker: threading.Thread) -> None:
+    """Shut the socket down under the worker (its read returns at once) and let it end."""
+    _shutdown(connection)
+    worker.join(_TICK)
 
 
 Handler = Callable[[str, str, Mapping[str, str], bytes | None], HttpResponse]
@@ -359,10 +505,26 @@ class CoordinatorClient:
 
 
 def _retry_after(response: HttpResponse) -> float | None:
-    text = response.headers.get("retry-after")
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def parse_retry_after(text: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110
+    10.2.3), clamped to [RETRY_AFTER_MIN, RETRY_AFTER_MAX]; None when absent or junk (not
+    a number, NaN, a date that does not parse). ``now`` (epoch seconds) is for tests."""
     if text is None:
         return None
+    text = text.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
         return None
+    return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds))
