@@ -16,7 +16,7 @@ from coordinator.config import RoundConfig, ServiceConfig
 from coordinator.errors import CoordinatorError
 from coordinator.service import CoordinatorService
 from coordinator.store import open_store
-from coordinator.views import model_document, round_document
+from coordinator.views import client_document, model_document, round_document
 
 __all__ = ["AdminBackend", "DirectAdmin"]
 
@@ -28,6 +28,9 @@ class AdminBackend(Protocol):
     def rollback(self) -> dict[str, Any]: ...
     def list_rounds(self) -> list[dict[str, Any]]: ...
     def show_round(self, round_id: int) -> dict[str, Any]: ...
+    def cancel_round(self, round_id: int) -> dict[str, Any]: ...
+    def list_clients(self) -> list[dict[str, Any]]: ...
+    def revoke_client(self, client_id: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -70,6 +73,16 @@ class DirectAdmin:
         if round_ is None:
             raise CoordinatorError(f"no round {round_id}", code="round_not_found")
         return round_document(round_, self._service.store.list_updates(round_id))
+
+    def cancel_round(self, round_id: int) -> dict[str, Any]:
+        round_ = self._service.cancel_round(round_id)
+        return round_document(round_, self._service.store.list_updates(round_id))
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        return [client_document(c) for c in self._service.store.list_clients()]
+
+    def revoke_client(self, client_id: str) -> dict[str, Any]:
+        return client_document(self._service.revoke_client(client_id))
 
     def close(self) -> None:
         self._service.store.close()

@@ -5,16 +5,18 @@
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
-    fedge-coordinator rounds list|show N                     TARGET [--json]
+    fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
+    fedge-coordinator clients list|revoke ID                 TARGET [--json]
 
 TARGET is ``--coordinator URL`` (a running coordinator, with the admin token) or
 ``--db DB --artifacts DIR`` (an existing database, directly: admin commands never create
 one, only ``serve`` does).
 
 Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
-server refused it, a conflict, a missing model, an unreachable coordinator); 2 a usage or
-input error (bad flags, an invalid configuration, an unreadable token file or bundle, a
-``--db`` that is not a SQLite database); 130 interrupted. ``serve`` stops gracefully on
+server refused it, a conflict, a missing model, an unreachable coordinator, a ``--db``
+whose state cannot be read: not a SQLite database, or corrupt pages); 2 a usage or input
+error (bad flags, an invalid configuration, an unreadable token file or bundle, a ``--db``
+that is a directory); 130 interrupted. ``serve`` stops gracefully on
 SIGTERM and on SIGINT alike; SIGTERM, a service's normal stop, exits 0 and SIGINT (Ctrl-C)
 exits 130. Errors are one line on stderr. The admin token is read from
 ``--admin-token-file`` or ``FEDGE_ADMIN_TOKEN``, never from a command-line value.
@@ -42,7 +44,13 @@ from coordinator.auth import (
     load_secret,
 )
 from coordinator.config import RoundConfig, ServiceConfig
-from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES, ConnectionLimits
+from coordinator.errors import StateError
+from coordinator.limits import (
+    MAX_JSON_BYTES,
+    MAX_REPORT_BYTES,
+    MIN_FREE_BYTES,
+    ConnectionLimits,
+)
 from coordinator.store import Store
 from fedge.cli import (
     ArgumentParser,
@@ -77,9 +85,10 @@ _EXIT_CODES = """\
 exit codes:
   0    success (serve: stopped by SIGTERM, a service's normal stop)
   1    the operation failed: the coordinator refused it (a conflict, a missing model or
-       round) or could not be reached
+       round) or could not be reached, or the --db state cannot be read (not a SQLite
+       database, corrupt pages: checked when it is opened)
   2    usage or input error: unknown flag, invalid configuration, unreadable token file,
-       missing or tampered bundle, a --db that is not a SQLite database (or, for the admin
+       missing or tampered bundle, a --db that is a directory (or, for the admin
        commands, that does not exist)
   130  interrupted (Ctrl-C)"""
 
@@ -212,6 +221,7 @@ def _add_serve(sub: Any) -> None:
         ("--backlog", int, defaults.backlog, "listen backlog"),
         ("--max-json-bytes", int, MAX_JSON_BYTES, "body limit of the JSON routes"),
         ("--max-report-bytes", int, MAX_REPORT_BYTES, "body limit of device reports"),
+        ("--min-free-bytes", int, MIN_FREE_BYTES, "/healthz fails below this free space"),
     ):
         limits.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     add_verbosity_flags(serve)
@@ -233,14 +243,28 @@ def _add_admin(sub: Any) -> None:
     models.set_defaults(handler=models_cli)
     rounds = sub.add_parser(
         "rounds",
-        help="list and show rounds",
-        description="List and show rounds.",
+        help="list, show and cancel rounds",
+        description="List, show and cancel rounds.",
         epilog=_ADMIN_EPILOG,
     )
     verbs = rounds.add_subparsers(dest="verb", required=True, metavar="VERB")
     _admin_verb(verbs, "list", "all rounds")
     _admin_verb(verbs, "show", "one round with its updates").add_argument("round_id", type=int)
+    _admin_verb(
+        verbs, "cancel", "fail an active round now (the global model is unchanged)"
+    ).add_argument("round_id", type=int)
     rounds.set_defaults(handler=rounds_cli)
+    clients = sub.add_parser(
+        "clients",
+        help="list and revoke clients",
+        description="List clients, and revoke one: its token stops working at once, it is "
+        "never selected again and its pending tasks expire.",
+        epilog=_ADMIN_EPILOG,
+    )
+    verbs = clients.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _admin_verb(verbs, "list", "all clients")
+    _admin_verb(verbs, "revoke", "revoke one client").add_argument("client_id")
+    clients.set_defaults(handler=clients_cli)
 
 
 def _admin_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -310,10 +334,12 @@ def serve_cli(args: argparse.Namespace) -> int:
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
-    service = CoordinatorService(
-        store=_open_store(args.db), artifacts=ArtifactStore(args.artifacts), config=config
-    )
-    model = service.import_bundle(args.bundle)
+    artifacts = ArtifactStore(args.artifacts)
+    if removed := artifacts.clean_temporary():
+        logger.info("removed %d temporary file(s) of unfinished artifact writes", removed)
+    service = CoordinatorService(store=_open_store(args.db), artifacts=artifacts, config=config)
+    with _database(args.db):
+        model = service.import_bundle(args.bundle)
     if admin is None:
         logger.warning("no admin token configured: admin endpoints are disabled")
     logger.info("serving task %s; production model %s", args.task, model.version)
@@ -324,6 +350,7 @@ def serve_cli(args: argparse.Namespace) -> int:
             enrollment_token_hash=hash_token(enrollment) if enrollment else None,
             max_json_bytes=args.max_json_bytes,
             max_report_bytes=args.max_report_bytes,
+            min_free_bytes=args.min_free_bytes,
         ),
     )
     return run_server(
@@ -356,6 +383,7 @@ def _check_listener(args: argparse.Namespace) -> None:
     check_positive(args.tick_seconds, "--tick-seconds", error=UsageError)
     for flag in ("--connection-limit", "--backlog", "--max-json-bytes", "--max-report-bytes"):
         check_int(getattr(args, flag[2:].replace("-", "_")), flag, low=1, error=UsageError)
+    check_int(args.min_free_bytes, "--min-free-bytes", low=0, error=UsageError)
     for flag in ("--header-timeout", "--body-timeout", "--idle-timeout"):
         check_positive(getattr(args, flag[2:].replace("-", "_")), flag, error=UsageError)
     if args.seed is not None:
@@ -366,18 +394,33 @@ def _check_listener(args: argparse.Namespace) -> None:
         raise UsageError(f"--host {args.host!r} is not an address to listen on: {exc}") from exc
 
 
+def _sqlite_path(db: str) -> Path | None:
+    if db in ("memory:", ":memory:") or ("://" in db and not db.startswith("sqlite:///")):
+        return None
+    return Path(db[len("sqlite:///") :] if db.startswith("sqlite:///") else db)
+
+
+def _check_db_argument(db: str) -> None:
+    """A ``--db`` that cannot name a database file at all is a usage error (2); a file the
+    store cannot read (not SQLite, corrupt pages) is a StateError (1) when it is opened."""
+    path = _sqlite_path(db)
+    if path is not None and path.is_dir():
+        raise UsageError(f"--db {db} is a directory, not a database file")
+
+
 @contextlib.contextmanager
 def _database(db: str) -> Iterator[None]:
-    """sqlite3's errors on opening ``--db`` as the one-line usage error they are."""
+    """sqlite3's errors on ``--db`` as the one-line StateError they are (exit 1)."""
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        raise UsageError(f"--db {db}: not a usable SQLite database ({exc})") from exc
+        raise StateError(f"--db {db}: cannot read the state database ({exc})") from exc
 
 
 def _open_store(db: str) -> Store:
     from coordinator.store import open_store
 
+    _check_db_argument(db)
     with _database(db):
         return open_store(db)
 
@@ -397,6 +440,7 @@ def _backend(args: argparse.Namespace) -> AdminBackend:
         return AdminClient(args.coordinator, token)
     if args.db and args.artifacts:
         _check_existing_database(args.db)
+        _check_db_argument(args.db)
         if not args.artifacts.is_dir():
             raise UsageError(f"--artifacts {args.artifacts} is not a directory")
         with _database(args.db):
@@ -408,16 +452,17 @@ def _check_existing_database(db: str) -> None:
     """Admin commands read or change an existing database; they never create one."""
     if db in ("memory:", ":memory:"):
         raise UsageError(f"--db {db}: admin commands need an existing database")
-    if "://" in db and not db.startswith("sqlite:///"):
+    path = _sqlite_path(db)
+    if path is None:
         return  # open_store says which URLs it supports
-    path = Path(db[len("sqlite:///") :] if db.startswith("sqlite:///") else db)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(
             f"--db {db}: no such database file (admin commands never create one; serve does)"
         )
 
 
 _MODEL_COLUMNS = ("version", "stage", "parent", "round_id", "participants", "created_at")
+_CLIENT_COLUMNS = ("client_id", "region", "registered_at", "revoked_at")
 _ROUND_COLUMNS = ("round_id", "state", "base_version", "result_version", "num_updates", "deadline")
 
 
@@ -456,8 +501,22 @@ def rounds_cli(args: argparse.Namespace) -> int:
     try:
         if args.verb == "list":
             _print(backend.list_rounds(), as_json=args.json, columns=_ROUND_COLUMNS)
+        elif args.verb == "cancel":
+            _print(backend.cancel_round(args.round_id), as_json=args.json)
         else:
             _print(backend.show_round(args.round_id), as_json=args.json)
+    finally:
+        backend.close()
+    return 0
+
+
+def clients_cli(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        if args.verb == "list":
+            _print(backend.list_clients(), as_json=args.json, columns=_CLIENT_COLUMNS)
+        else:
+            _print(backend.revoke_client(args.client_id), as_json=args.json)
     finally:
         backend.close()
     return 0

@@ -150,6 +150,11 @@ class AdminClient:
     def list_clients(self) -> list[dict[str, Any]]:
         return self._listing("/v1/clients", "clients")
 
+    def revoke_client(self, client_id: str) -> dict[str, Any]:
+        """Revoke a client (its token stops working, it is never selected again, its
+        pending tasks expire); the client, with ``revoked_at``."""
+        return self._document("POST", f"/v1/clients/{quote(client_id, safe='')}/revoke")
+
     def create_tasks(
         self,
         kind: str,
@@ -181,6 +186,10 @@ class AdminClient:
     def show_round(self, round_id: int) -> dict[str, Any]:
         """One round with its accepted updates."""
         return self._document("GET", f"/v1/rounds/{int(round_id)}")
+
+    def cancel_round(self, round_id: int) -> dict[str, Any]:
+        """Cancel an active round (it fails, "cancelled by an operator"); the round."""
+        return self._document("POST", f"/v1/rounds/{int(round_id)}/cancel")
 
     # Models -------------------------------------------------------------------------------
 

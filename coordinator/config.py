@@ -12,7 +12,25 @@ from fedge.messages import TaskConfig
 from fedge.strategy import ComposedStrategy, build_strategy
 from fedge.validation import check_int, check_number, check_positive
 
-__all__ = ["AlertConfig", "RoundConfig", "ServiceConfig"]
+__all__ = ["ROUND_LIMITS", "AlertConfig", "RoundConfig", "ServiceConfig"]
+
+ROUND_LIMITS: Mapping[str, float] = MappingProxyType(
+    {
+        "clients_per_round": 100_000,
+        "min_clients": 100_000,
+        "min_available_clients": 100_000,
+        "deadline_seconds": 30 * 86400.0,
+        "epochs": 1000,
+        "batch_size": 65_536,
+        "learning_rate": 100.0,
+        "norm_bound": 1e6,
+        "max_examples": 1_000_000_000,
+        "option_magnitude": 1e9,
+    }
+)
+"""The upper bound of every round setting (``option_magnitude``: of any number in
+``aggregator_options``/``server_optimizer_options``): a value above it is refused before
+anything is stored, so no setting can overflow a deadline, a weighted sum or a JSON dump."""
 
 
 def _number_map(value: object, what: str) -> dict[str, float]:
@@ -20,7 +38,8 @@ def _number_map(value: object, what: str) -> dict[str, float]:
         raise ConfigError(f"{what} must be an object of numbers, got {value!r}")
     out: dict[str, float] = {}
     for key, number in value.items():
-        check_number(number, f"{what}[{key!r}]")
+        bound = ROUND_LIMITS["option_magnitude"]
+        check_number(number, f"{what}[{key!r}]", low=-bound, high=bound)
         out[str(key)] = number  # an int stays an int: some options are counts
     return out
 
@@ -49,6 +68,8 @@ class RoundConfig:
       (see :func:`fedge.strategy.build_strategy`). The combination is checked when built.
     - Intake refuses a delta whose L2 norm exceeds ``norm_bound`` and example counts outside
       ``1..max_examples``.
+    - Every setting has an upper bound (:data:`ROUND_LIMITS`): e.g. ``deadline_seconds`` at
+      most 30 days, ``clients_per_round`` at most 100,000, ``max_examples`` at most 10^9.
     - ``continuous``: the next round opens when one closes (committed or failed); otherwise
       rounds open on demand.
     - ``auto_promote``: a committed round's version becomes production at once; ``None``
@@ -75,24 +96,45 @@ class RoundConfig:
     auto_promote: bool | None = None
 
     def __post_init__(self) -> None:
-        check_int(self.min_clients, "min_clients", low=1)
-        check_int(self.clients_per_round, "clients_per_round", low=1)
+        limit = ROUND_LIMITS
+        check_int(self.min_clients, "min_clients", low=1, high=int(limit["min_clients"]))
+        check_int(
+            self.clients_per_round,
+            "clients_per_round",
+            low=1,
+            high=int(limit["clients_per_round"]),
+        )
         if self.clients_per_round < self.min_clients:
             raise ConfigError(
                 f"clients_per_round ({self.clients_per_round}) must be >= "
                 f"min_clients ({self.min_clients})"
             )
         if self.min_available_clients is not None:
-            check_int(self.min_available_clients, "min_available_clients", low=self.min_clients)
-        object.__setattr__(
-            self, "deadline_seconds", check_positive(self.deadline_seconds, "deadline_seconds")
+            check_int(
+                self.min_available_clients,
+                "min_available_clients",
+                low=self.min_clients,
+                high=int(limit["min_available_clients"]),
+            )
+        deadline = check_number(
+            self.deadline_seconds,
+            "deadline_seconds",
+            low=0.0,
+            low_inclusive=False,
+            high=limit["deadline_seconds"],
         )
-        check_int(self.epochs, "epochs", low=1)
+        object.__setattr__(self, "deadline_seconds", deadline)
+        check_int(self.epochs, "epochs", low=1, high=int(limit["epochs"]))
         if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", low=1)
-        object.__setattr__(
-            self, "learning_rate", check_positive(self.learning_rate, "learning_rate")
+            check_int(self.batch_size, "batch_size", low=1, high=int(limit["batch_size"]))
+        rate = check_number(
+            self.learning_rate,
+            "learning_rate",
+            low=0.0,
+            low_inclusive=False,
+            high=limit["learning_rate"],
         )
+        object.__setattr__(self, "learning_rate", rate)
         for name in ("aggregator_options", "server_optimizer_options"):
             object.__setattr__(self, name, MappingProxyType(_number_map(getattr(self, name), name)))
         self.strategy()  # the names, their combination and the options, checked now
@@ -103,8 +145,11 @@ class RoundConfig:
         except ProtocolError as exc:
             raise ConfigError(f"invalid task_options: {exc}") from exc
         object.__setattr__(self, "task_options", task_options)
-        object.__setattr__(self, "norm_bound", check_positive(self.norm_bound, "norm_bound"))
-        check_int(self.max_examples, "max_examples", low=1)
+        norm = check_number(
+            self.norm_bound, "norm_bound", low=0.0, low_inclusive=False, high=limit["norm_bound"]
+        )
+        object.__setattr__(self, "norm_bound", norm)
+        check_int(self.max_examples, "max_examples", low=1, high=int(limit["max_examples"]))
         for name in ("continuous",):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")

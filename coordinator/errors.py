@@ -13,8 +13,10 @@
         ├── UnsupportedMediaTypeError 415  a body of the wrong content type
         ├── UpdateRejectedError    422  an update that fails a server policy (norm bound,
         │                               example count)
-        └── CoordinatorUnavailableError 503  (client side) the coordinator cannot be
-                                        reached, or answered with a server error
+        ├── CoordinatorUnavailableError 503  (client side) the coordinator cannot be
+        │                               reached, or answered with a server error
+        └── StateError             503  the state database cannot be read (not SQLite,
+                                        corrupt pages): the service cannot start on it
 
 Each error carries a short machine-readable ``code`` (``"norm_exceeded"``,
 ``"round_closed"``...) that transports return as ``{"error": code, "detail": message}``
@@ -50,6 +52,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "StateError",
     "UnsupportedMediaTypeError",
     "UpdateRejectedError",
     "describe",
@@ -108,6 +111,14 @@ class CoordinatorUnavailableError(CoordinatorError):
 
     status = 503
     default_code = "unavailable"
+
+
+class StateError(CoordinatorError):
+    """The state store cannot be opened or read: a file that is not a SQLite database, or
+    one whose pages fail SQLite's integrity check."""
+
+    status = 503
+    default_code = "state_unreadable"
 
 
 # Most specific first: the first class the error is an instance of decides.

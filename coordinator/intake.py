@@ -7,18 +7,35 @@ records every failure with its code. Each check raises an error whose ``code`` n
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from coordinator.config import RoundConfig
+from coordinator.config import ROUND_LIMITS, RoundConfig
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UpdateRejectedError
 from fedge.errors import WeightsFormatError
 from fedge.messages import ModelUpdate
 from fedge.weights import Weights
 
-__all__ = ["UpdateReceipt", "UpdateSubmission", "check_idempotency_key", "validate_update"]
+__all__ = [
+    "MAX_EXAMPLES",
+    "METRIC_BOUND",
+    "UpdateReceipt",
+    "UpdateSubmission",
+    "check_idempotency_key",
+    "check_metric_bounds",
+    "validate_update",
+]
+
+METRIC_BOUND = 1e9
+"""The largest magnitude a client-sent metric may have: weighted by at most
+:data:`MAX_EXAMPLES` examples and summed over every client of a round it stays far from
+float64's overflow."""
+MAX_EXAMPLES = int(ROUND_LIMITS["max_examples"])
+"""The largest example count any client message may carry (a round's ``max_examples`` is
+at most this; an evaluation without a task limit is held to it)."""
 
 _KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
@@ -66,6 +83,35 @@ def check_idempotency_key(key: object) -> str:
     return key
 
 
+def _fraction_metric(name: str) -> bool:
+    return name.lower().endswith("accuracy")
+
+
+def check_metric_bounds(
+    metrics: Mapping[str, object], what: str, error: Callable[[str], Exception]
+) -> None:
+    """Each finite number in ``metrics`` has magnitude at most :data:`METRIC_BOUND`, and an
+    accuracy (a name ending in ``accuracy``) lies in [0, 1]; raises ``error(message)``.
+    Values that are not finite numbers are left to the message's own checks."""
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        number = float(value)
+        if not math.isfinite(number):
+            continue  # not a number JSON can carry: the message's own check names it
+        if abs(number) > METRIC_BOUND:
+            raise error(
+                f"{what}[{name!r}] must be a finite number of magnitude at most "
+                f"{METRIC_BOUND:g}, got {value!r}"
+            )
+        if _fraction_metric(str(name)) and not 0.0 <= number <= 1.0:
+            raise error(f"{what}[{name!r}] is an accuracy and must be in [0, 1], got {value!r}")
+
+
+def _metrics_error(message: str) -> Exception:
+    return UpdateRejectedError(message, code="invalid_metrics")
+
+
 def validate_update(
     submission: UpdateSubmission,
     *,
@@ -75,8 +121,9 @@ def validate_update(
 ) -> ModelUpdate:
     """The typed update if every stateless check passes; raises the first failure.
 
-    Order: example count, body size, safetensors decoding (incl. float32 only), tensor
-    names/dtypes/shapes against ``reference``, finiteness, then the L2 norm bound.
+    Order: example count, metric bounds, body size, safetensors decoding (incl. float32
+    only), tensor names/dtypes/shapes against ``reference``, finiteness, then the L2 norm
+    bound.
     """
     count = submission.num_examples
     if (
@@ -88,6 +135,8 @@ def validate_update(
             f"num_examples must be an integer in 1..{config.max_examples}, got {count!r}",
             code="invalid_num_examples",
         )
+    if isinstance(submission.metrics, Mapping):
+        check_metric_bounds(submission.metrics, "metrics", _metrics_error)
     size = len(submission.body)
     if size > max_bytes:
         raise PayloadTooLargeError(

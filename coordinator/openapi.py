@@ -118,7 +118,17 @@ def _paths() -> dict[str, Any]:
         _header("X-Fedge-Delta-Sha256", "sha256 of the body, checked", required=False),
     ]
     return {
-        "/healthz": {"get": _op("Liveness", "health", {"200": _json("Health")}, auth=None)},
+        "/healthz": {
+            "get": _op(
+                "Health: the store answers, the artifact directory reads, writes and has room",
+                "health",
+                {
+                    "200": _json("Health"),
+                    "503": _json("Health", "A check failed; `checks` says which and why"),
+                },
+                auth=None,
+            )
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus metrics (text format 0.0.4)",
@@ -161,6 +171,17 @@ def _paths() -> dict[str, Any]:
                 auth="adminToken",
                 errors="401 403",
             ),
+        },
+        "/v1/clients/{client_id}/revoke": {
+            "post": _op(
+                "Revoke a client: its token stops working at once, it is never selected "
+                "again and its pending tasks expire (idempotent)",
+                "revokeClient",
+                {"200": _json("Client")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[_path_param("client_id", STRING, "Client id")],
+            )
         },
         "/v1/tasks/next": {
             "get": _op(
@@ -213,6 +234,17 @@ def _paths() -> dict[str, Any]:
                 {"200": _json("Round")},
                 auth="adminToken",
                 errors="401 403 404",
+                params=[ROUND],
+            )
+        },
+        "/v1/rounds/{round_id}/cancel": {
+            "post": _op(
+                "Cancel an active round: it fails with the reason 'cancelled by an "
+                "operator', its pending tasks expire and the global model is unchanged",
+                "cancelRound",
+                {"200": _json("Round")},
+                auth="adminToken",
+                errors="401 403 404 409",
                 params=[ROUND],
             )
         },

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator.config import ROUND_LIMITS
+from coordinator.intake import METRIC_BOUND
+
 __all__ = ["build_schemas", "ref"]
 
 STRING: dict[str, Any] = {"type": "string"}
@@ -125,17 +128,38 @@ def _messages() -> dict[str, Any]:
 
 
 def _round_config() -> dict[str, Any]:
+    top = ROUND_LIMITS
     return {
         "type": "object",
-        "description": "Round settings; in a request, overrides of the server's defaults",
+        "description": "Round settings; in a request, overrides of the server's defaults. "
+        "Every number has an upper bound, refused with 400 (invalid_config) before anything "
+        "is stored; option values have magnitude at most "
+        f"{top['option_magnitude']:g}. Intake refuses an update whose num_examples is outside "
+        f"1..max_examples or whose metrics exceed magnitude {METRIC_BOUND:g} (an accuracy: "
+        "outside [0, 1]) with 422.",
         "properties": {
-            "clients_per_round": {**INTEGER, "minimum": 1},
-            "min_clients": {**INTEGER, "minimum": 1},
-            "min_available_clients": nullable(INTEGER),
-            "deadline_seconds": {**NUMBER, "exclusiveMinimum": 0},
-            "epochs": {**INTEGER, "minimum": 1},
-            "batch_size": nullable({**INTEGER, "minimum": 1}),
-            "learning_rate": {**NUMBER, "exclusiveMinimum": 0},
+            "clients_per_round": {
+                **INTEGER,
+                "minimum": 1,
+                "maximum": int(top["clients_per_round"]),
+                "description": "clients selected; a round that cannot find "
+                "min_available_clients (default: this many) by its deadline fails with "
+                "'too few clients'",
+            },
+            "min_clients": {**INTEGER, "minimum": 1, "maximum": int(top["min_clients"])},
+            "min_available_clients": nullable(
+                {**INTEGER, "minimum": 1, "maximum": int(top["min_available_clients"])}
+            ),
+            "deadline_seconds": {
+                **NUMBER,
+                "exclusiveMinimum": 0,
+                "maximum": top["deadline_seconds"],
+                "description": "how long an open round may wait for clients, and then how "
+                "long it collects updates (at most 30 days)",
+            },
+            "epochs": {**INTEGER, "minimum": 1, "maximum": int(top["epochs"])},
+            "batch_size": nullable({**INTEGER, "minimum": 1, "maximum": int(top["batch_size"])}),
+            "learning_rate": {**NUMBER, "exclusiveMinimum": 0, "maximum": top["learning_rate"]},
             "aggregator": {
                 **STRING,
                 "description": "fedavg, median, trimmed_mean, krum, or a preset: fedavgm, "
@@ -154,8 +178,8 @@ def _round_config() -> dict[str, Any]:
                 "count), mean, median",
             },
             "task_options": {"type": "object", "additionalProperties": SCALAR},
-            "norm_bound": {**NUMBER, "exclusiveMinimum": 0},
-            "max_examples": {**INTEGER, "minimum": 1},
+            "norm_bound": {**NUMBER, "exclusiveMinimum": 0, "maximum": top["norm_bound"]},
+            "max_examples": {**INTEGER, "minimum": 1, "maximum": int(top["max_examples"])},
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
         },
@@ -180,6 +204,10 @@ def _records() -> dict[str, Any]:
             region=nullable(STRING),
             metadata={"type": "object", "additionalProperties": STRING},
             registered_at=TIME,
+            revoked_at={
+                **nullable(TIME),
+                "description": "when an operator revoked it (its token no longer works)",
+            },
         ),
         "ClientList": closed(clients={"type": "array", "items": ref("Client")}),
         "TaskRecord": closed(
@@ -307,7 +335,15 @@ def build_schemas() -> dict[str, Any]:
             error={**STRING, "description": "the check that failed, e.g. round_closed"},
             detail=STRING,
         ),
-        "Health": closed(status={"const": "ok"}, model_version=nullable(STRING)),
+        "Health": closed(
+            status={"enum": ["ok", "failing"]},
+            model_version=nullable(STRING),
+            checks={
+                "type": "object",
+                "description": "each check (store, artifacts): ok, or what is wrong",
+                "additionalProperties": STRING,
+            },
+        ),
         "Registration": closed(client_id=STRING, token=STRING, token_type={"const": "Bearer"}),
         "RegisterRequest": closed(
             optional=("region", "metadata"),

@@ -89,14 +89,22 @@ class ClientRecord(_Record):
     registered_at: float
     region: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    revoked_at: float | None = None
+    """When an operator revoked the client: its token stops working, it is never selected."""
 
     def __post_init__(self) -> None:
         self._freeze()
 
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
 
 @dataclass(frozen=True)
 class RoundRecord(_Record):
-    """One round. ``base_version`` is fixed when collecting starts; ``deadline`` too."""
+    """One round. ``deadline`` is set when it opens (by then it must have started) and
+    again when collecting starts (by then the updates must be in); ``base_version`` is
+    fixed when collecting starts."""
 
     _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "config": RoundConfig.from_dict,

@@ -1,8 +1,11 @@
 """Report intake: statistics, evaluations and embeddings that clients send for a task.
 
-A report must answer a pending task of the same kind assigned to the sending client; it
-is stored (embeddings as an artifact), the task completes, and the alert rules run
-(drift for statistics, per-region accuracy for evaluations).
+A report must answer a pending task of the same kind assigned to the sending client; an
+evaluation must be of the task's model version (409 otherwise), count at most the task's
+``max_examples`` (else :data:`~coordinator.intake.MAX_EXAMPLES`) examples, and carry metrics
+of magnitude at most :data:`~coordinator.intake.METRIC_BOUND` with accuracies in [0, 1]
+(400 otherwise). It is stored (embeddings as an artifact), the task completes, and the
+alert rules run (drift for statistics, per-region accuracy for evaluations).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
 from coordinator.errors import ConflictError, CoordinatorError, NotFoundError, PermissionDeniedError
+from coordinator.intake import MAX_EXAMPLES, check_metric_bounds
 from coordinator.records import ClientRecord, ReportRecord, TaskRecord
 from coordinator.registry import ModelRegistry
 from coordinator.store import Store
@@ -24,6 +28,34 @@ __all__ = ["REPORT_KINDS", "ReportIntake", "complete_task"]
 
 REPORT_KINDS = {"evaluate": "evaluation", "stats": "stats", "features": "features"}
 """The report kinds an admin filters by (the task kinds), to the stored record kinds."""
+
+
+def _report_error(message: str) -> Exception:
+    return CoordinatorError(message, code="invalid_report")
+
+
+def _check_count(count: int, task: TaskRecord, what: str) -> None:
+    limit = task.config.max_examples or MAX_EXAMPLES
+    if count > limit:
+        raise CoordinatorError(
+            f"the report counts {count} {what}; task {task.task_id!r} allows at most {limit}",
+            code="invalid_report",
+        )
+
+
+def _check_evaluation(report: EvalReport, task: TaskRecord) -> None:
+    """An evaluation answers its task: the task's model version, bounded counts and metrics."""
+    if report.model_version != task.model_version:
+        raise ConflictError(
+            f"task {task.task_id!r} asked for an evaluation of {task.model_version}, "
+            f"the report is of {report.model_version}",
+            code="model_version_mismatch",
+        )
+    _check_count(report.num_examples, task, "examples")
+    check_metric_bounds(report.metrics, "metrics", _report_error)
+    check_metric_bounds(report.personalized_metrics, "personalized_metrics", _report_error)
+    for name, values in report.slice_metrics.items():
+        check_metric_bounds(values, f"slice_metrics[{name!r}]", _report_error)
 
 
 def complete_task(store: Store, task_id: str, now: float) -> None:
@@ -94,6 +126,7 @@ class ReportIntake:
 
     def submit_evaluation(self, client: ClientRecord, report: EvalReport) -> ReportRecord:
         task = self._task(client, report.task_id, "evaluate")
+        _check_evaluation(report, task)
         model = self._registry.get(report.model_version)
         stored = self._save(client, task, "evaluation", report.to_dict(), model.version)
         self._alerts.evaluation(report, client, model)
@@ -101,6 +134,7 @@ class ReportIntake:
 
     def submit_features(self, client: ClientRecord, batch: FeatureBatch) -> ReportRecord:
         task = self._task(client, batch.task_id, "features")
+        _check_count(batch.embeddings.shape[0], task, "embedding rows")
         digest = self._artifacts.put_bytes(batch.embeddings.tobytes() + batch.labels.tobytes())
         rows, width = batch.embeddings.shape
         document = {"sha256": digest, "rows": rows, "width": width, "dtype": "float32+int64"}

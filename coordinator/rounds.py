@@ -1,9 +1,11 @@
 """The round lifecycle: open -> collecting -> aggregating -> committed | failed.
 
-- open: waiting for ``min_available_clients`` registered clients; then the
+- open: waiting for ``min_available_clients`` registered (not revoked) clients; then the
   :class:`~coordinator.selection.ClientSelector` picks up to ``clients_per_round`` of them
   (by default at random from the seeded generator), each gets a train task carrying the
-  round's ``task_options``, and the deadline starts.
+  round's ``task_options``, and the collecting deadline starts. An open round has a
+  deadline too (``deadline_seconds`` after it opened): a round still waiting then fails
+  with "too few clients: N available, M needed".
 - collecting: accepted updates are on disk and in the store (see the service's intake).
   The round closes when every selected client reported, or at the deadline.
 - aggregating: the round config's strategy (:mod:`fedge.strategy`) does the work: the
@@ -13,11 +15,14 @@
   summarizes the clients' metrics overall and per region; the new weights, state and
   derived manifest are written before the version is registered.
 - committed: a new registry version (promoted when ``promotes_on_commit``).
-- failed: fewer than ``min_clients`` updates by the deadline, or aggregation failed; the
-  global model is unchanged and the reason recorded.
+- failed: too few clients to start, fewer than ``min_clients`` updates by the deadline,
+  cancelled by an operator, or any error while aggregating or committing (a non-finite
+  result included); the global model is unchanged, the reason recorded and a
+  ``round_failed`` alert raised. A failure never wedges the engine: the next round opens.
 
 Every transition is saved before the next step, so after a crash :meth:`tick` resumes a
-round where it stopped: an aggregating round is aggregated again from its stored updates.
+round where it stopped: an aggregating round is aggregated again from its stored updates
+(and fails with its reason when that cannot succeed).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import dataclasses
 import getpass
 import hashlib
 import logging
+import math
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,7 +41,7 @@ import numpy as np
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig
-from coordinator.errors import ConflictError
+from coordinator.errors import ConflictError, NotFoundError
 from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
 from coordinator.registry import SERVER_STATE, ModelRegistry
 from coordinator.selection import ClientSelector, check_selection
@@ -89,8 +95,15 @@ class RoundEngine:
                 code="round_active",
             )
         config = self._defaults.merged(overrides or {})
+        now = self._now()
         round_ = self._store.add_round(
-            RoundRecord(round_id=0, state="open", config=config, opened_at=self._now())
+            RoundRecord(
+                round_id=0,
+                state="open",
+                config=config,
+                opened_at=now,
+                deadline=now + config.deadline_seconds,
+            )
         )
         logger.info("opened round %d", round_.round_id)
         return self._advance(round_)
@@ -103,6 +116,19 @@ class RoundEngine:
             self._advance(round_)
         if self._defaults.continuous and not self._store.list_rounds(ACTIVE_ROUND_STATES):
             self.open()
+
+    def cancel(self, round_id: int) -> RoundRecord:
+        """Fail an active round at an operator's request; its pending tasks expire."""
+        round_ = self._store.get_round(round_id)
+        if round_ is None:
+            raise NotFoundError(f"no round {round_id}", code="round_not_found")
+        if not round_.active:
+            raise ConflictError(
+                f"round {round_id} is already {round_.state}; only an active round "
+                "(open, collecting, aggregating) can be cancelled",
+                code="round_closed",
+            )
+        return self._fail(round_, "cancelled by an operator")
 
     def fail_superseded(self, production: str) -> None:
         """Fail active rounds built on a version that is no longer production."""
@@ -123,8 +149,16 @@ class RoundEngine:
 
     def _start(self, round_: RoundRecord) -> RoundRecord:
         config = round_.config
-        clients = [c.client_id for c in self._store.list_clients()]
+        clients = [c.client_id for c in self._store.list_clients() if not c.revoked]
         if len(clients) < config.clients_to_start:
+            deadline = round_.deadline
+            if deadline is None:  # opened by a version that gave open rounds no deadline
+                deadline = round_.opened_at + config.deadline_seconds
+            if self._now() >= deadline:
+                return self._fail(
+                    round_,
+                    f"too few clients: {len(clients)} available, {config.clients_to_start} needed",
+                )
             return round_
         base = self._registry.production()
         count = min(config.clients_per_round, len(clients))
@@ -180,7 +214,10 @@ class RoundEngine:
 
     def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
         received = self._store.count_updates(round_.round_id)
-        everyone = received >= len(round_.selected)
+        # Revoked clients' tasks expire: once no task is pending, no update can arrive.
+        everyone = received >= len(round_.selected) or not self._store.list_tasks(
+            round_id=round_.round_id, status="pending"
+        )
         expired = round_.deadline is not None and self._now() >= round_.deadline
         if not (everyone or expired):
             return round_
@@ -210,27 +247,36 @@ class RoundEngine:
             self._store.save_task(dataclasses.replace(task, status="expired"))
 
     def _aggregate(self, round_: RoundRecord) -> RoundRecord:
+        """Aggregate and commit; any error on the way fails the round (never raises for
+        what the updates, the base or the store hold), so the engine moves on."""
+        try:
+            return self._commit(round_)
+        except Exception as exc:
+            logger.exception("round %d: aggregating or committing failed", round_.round_id)
+            reason = str(exc) if isinstance(exc, FedgeError) else f"{type(exc).__name__}: {exc}"
+            return self._fail(round_, f"aggregation failed: {reason}")
+
+    def _commit(self, round_: RoundRecord) -> RoundRecord:
         updates = self._store.list_updates(round_.round_id)
         base = self._registry.get(str(round_.base_version))
         config = round_.config
-        try:
-            weights = self._registry.weights(base)
-            strategy = config.strategy()
-            aggregator = strategy.new_aggregator(weights)
-            for update in updates:
-                delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
-                aggregator.add(delta, update.num_examples)
-            result = strategy.aggregate(aggregator)
-            state = self._server_state(
-                base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name
-            )
-            if state is None:
-                state = strategy.init_server_state(weights)
-            new_weights, new_state = strategy.server_step(state, weights, result)
-            new_weights.check_finite()
-            metrics = strategy.aggregate_metrics(self._client_metrics(updates))
-        except (AggregationError, FedgeError) as exc:
-            return self._fail(round_, f"aggregation failed: {exc}")
+        weights = self._registry.weights(base)
+        strategy = config.strategy()
+        aggregator = strategy.new_aggregator(weights)
+        for update in updates:
+            delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
+            aggregator.add(delta, update.num_examples)
+        result = strategy.aggregate(aggregator)
+        state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name)
+        if state is None:
+            state = strategy.init_server_state(weights)
+        new_weights, new_state = strategy.server_step(state, weights, result)
+        new_weights.check_finite()
+        metrics = strategy.aggregate_metrics(self._client_metrics(updates))
+        _check_finite_metrics("metric", metrics.overall)
+        for region, by_region in metrics.by_region.items():
+            _check_finite_metrics(f"region {region!r} metric", by_region)
+        _check_finite_metrics("measurement", result.measurements)
         with self._store.transaction():
             model = self._registry.register_round_version(
                 base,
@@ -296,6 +342,12 @@ class RoundEngine:
     def _latest_stats_id(self) -> int | None:
         reports = self._store.list_reports(kind="stats")
         return reports[-1].report_id if reports else None
+
+
+def _check_finite_metrics(what: str, values: Mapping[str, float]) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise AggregationError(f"the aggregated {what} {name!r} is not finite ({value})")
 
 
 def _fingerprint(updates: list[UpdateRecord]) -> str:

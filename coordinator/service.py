@@ -63,6 +63,7 @@ from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConf
 __all__ = ["CoordinatorService", "Registration"]
 
 logger = logging.getLogger(__name__)
+_MAX_ROUND_ID = 1 << 63
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
 
 
@@ -160,7 +161,29 @@ class CoordinatorService:
         client = self.store.find_client(hash_token(token))
         if client is None or not token_matches(token, client.token_hash):
             raise AuthenticationError("unknown client token", code="invalid_token")
+        if client.revoked:
+            raise AuthenticationError(
+                f"client {client.client_id} was revoked; register again to take part",
+                code="client_revoked",
+            )
         return client
+
+    def revoke_client(self, client_id: str) -> ClientRecord:
+        """Revoke a client: its token stops working at once, it is never selected again, and
+        its pending tasks expire (a round waiting on it closes without it)."""
+        with self._lock:
+            client = self.store.get_client(client_id)
+            if client is None:
+                raise NotFoundError(f"no client {client_id!r}", code="client_not_found")
+            if client.revoked:
+                return client
+            revoked = dataclasses.replace(client, revoked_at=self.now())
+            with self.store.transaction():
+                self.store.save_client(revoked)
+                for task in self.store.list_tasks(client_id=client_id, status="pending"):
+                    self.store.save_task(dataclasses.replace(task, status="expired"))
+            logger.warning("revoked client %s", client_id)
+            return revoked
 
     def next_task(self, client: ClientRecord) -> Task | None:
         """The client's oldest pending, unexpired task, or None (poll again later)."""
@@ -200,11 +223,15 @@ class CoordinatorService:
         ids = (
             list(client_ids)
             if client_ids is not None
-            else [c.client_id for c in self.store.list_clients()]
+            else [c.client_id for c in self.store.list_clients() if not c.revoked]
         )
-        unknown = [c for c in ids if self.store.get_client(c) is None]
+        records = {c: self.store.get_client(c) for c in ids}
+        unknown = [c for c, record in records.items() if record is None]
         if unknown:
             raise NotFoundError(f"unknown clients {unknown}", code="client_not_found")
+        revoked = [c for c, record in records.items() if record is not None and record.revoked]
+        if revoked:
+            raise ConflictError(f"revoked clients {revoked}", code="client_revoked")
         version = self.registry.production().version
         now = self.now()
         tasks = [
@@ -324,6 +351,8 @@ class CoordinatorService:
         )  # fmt: skip
 
     def _round(self, round_id: int) -> RoundRecord:
+        if not 0 < round_id < _MAX_ROUND_ID:  # beyond SQLite's 64-bit integers: no such round
+            raise NotFoundError(f"no round {round_id}", code="round_not_found")
         round_ = self.store.get_round(round_id)
         if round_ is None:
             raise NotFoundError(f"no round {round_id}", code="round_not_found")
@@ -394,6 +423,12 @@ class CoordinatorService:
         with self._lock:
             self.tick()
             return self.rounds.open(overrides)
+
+    def cancel_round(self, round_id: int) -> RoundRecord:
+        """Fail an active round now ("cancelled by an operator"); the global model is kept."""
+        with self._lock:
+            self._round(round_id)
+            return self.rounds.cancel(round_id)
 
     def get_round(self, round_id: int) -> RoundRecord:
         self.tick()

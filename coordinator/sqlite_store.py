@@ -4,7 +4,9 @@ Each record is a JSON document beside the columns the queries need. One connecti
 guarded by a re-entrant lock, serves every thread of the process; other processes (the
 ``fedge-coordinator models`` CLI in ``--db`` mode) open their own and wait up to
 ``busy_timeout`` for the write lock. ``synchronous=FULL`` makes every commit durable
-before it returns: an acknowledged update survives ``kill -9`` and power loss.
+before it returns: an acknowledged update survives ``kill -9`` and power loss. Opening
+checks every page (``PRAGMA quick_check``): a file that is not SQLite or has corrupt
+pages is refused with :class:`~coordinator.errors.StateError` before anything runs on it.
 Schema changes are numbered migrations recorded in ``schema_migrations``.
 """
 
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coordinator.errors import ConflictError, NotFoundError
+from coordinator.errors import ConflictError, NotFoundError, StateError
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
@@ -84,6 +86,8 @@ class SQLiteStore:
     """The Store Protocol over one SQLite file (created, and migrated, on open)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        """Open (or create) the database, check its pages (``PRAGMA quick_check``) and
+        migrate it; a file SQLite cannot read raises :class:`StateError`."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -91,12 +95,27 @@ class SQLiteStore:
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1e3
         )
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot enable WAL on {self.path}: got {mode}")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._migrate()
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot enable WAL: got {mode}")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._check_pages()
+            self._migrate()
+        except (sqlite3.DatabaseError, StateError) as exc:
+            self._conn.close()
+            if isinstance(exc, StateError):
+                raise
+            raise StateError(f"cannot read the state database {self.path}: {exc}") from exc
+
+    def _check_pages(self) -> None:
+        """SQLite's quick integrity check of every page, before any record is trusted."""
+        problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StateError(
+                f"the state database {self.path} is corrupt: {'; '.join(problems)[:500]}"
+            )
 
     def _migrate(self) -> None:
         with self._tx():
@@ -200,6 +219,13 @@ class SQLiteStore:
     def count_clients(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM clients").fetchone()[0])
+
+    def save_client(self, client: ClientRecord) -> None:
+        self._update(
+            "UPDATE clients SET doc = ? WHERE client_id = ?",
+            (_dump(client), client.client_id),
+            NotFoundError(f"no client {client.client_id!r}", code="client_not_found"),
+        )
 
     # rounds
     def add_round(self, round_: RoundRecord) -> RoundRecord:

@@ -47,6 +47,9 @@ class Store(Protocol):
     def find_client(self, token_hash: str) -> ClientRecord | None: ...
     def list_clients(self) -> list[ClientRecord]: ...
     def count_clients(self) -> int: ...
+    def save_client(self, client: ClientRecord) -> None:
+        """Save over an existing client (its token hash stays what it was)."""
+        ...
 
     def add_round(self, round_: RoundRecord) -> RoundRecord:
         """Store a new round; its ``round_id`` is assigned here (1, 2, ...)."""
@@ -236,6 +239,9 @@ class MemoryStore:
     def count_clients(self) -> int:
         with self._lock:
             return len(self._tables["clients"])
+
+    def save_client(self, client: ClientRecord) -> None:
+        self._save("clients", client.client_id, client, "client")
 
     # rounds
     def add_round(self, round_: RoundRecord) -> RoundRecord:

@@ -47,6 +47,7 @@ def client_document(client: ClientRecord) -> dict[str, Any]:
         "region": client.region,
         "metadata": dict(client.metadata),
         "registered_at": _time(client.registered_at),
+        "revoked_at": _time(client.revoked_at),
     }
 
 

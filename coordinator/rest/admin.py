@@ -33,6 +33,11 @@ def list_clients() -> Any:
     return {"clients": [client_document(c) for c in clients]}
 
 
+@admin.post("/v1/clients/<client_id>/revoke")
+def revoke_client(client_id: str) -> Any:
+    return client_document(current_state().service.revoke_client(client_id))
+
+
 @admin.post("/v1/tasks")
 def create_tasks() -> Any:
     body = json_body()
@@ -75,6 +80,12 @@ def list_rounds() -> Any:
 def show_round(round_id: int) -> Any:
     service = current_state().service
     return round_document(service.get_round(round_id), service.round_updates(round_id))
+
+
+@admin.post("/v1/rounds/<int:round_id>/cancel")
+def cancel_round(round_id: int) -> Any:
+    service = current_state().service
+    return round_document(service.cancel_round(round_id), service.round_updates(round_id))
 
 
 @admin.get("/v1/models")

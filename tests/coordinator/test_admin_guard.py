@@ -18,7 +18,8 @@ from coordinator.rest import ApiConfig, create_app
 from tests.support.coordinator import ADMIN_TOKEN, build_service, submission
 
 # Values for the admin routes' path parameters that name things that exist, so a view that
-# ran would act: round 1 is committed, v2 is a candidate that promote would make production.
+# ran would act: round 1 is committed, v2 is a candidate that promote would make production
+# (and the world's first device is a client that revoke would revoke).
 PLAUSIBLE: dict[str, Any] = {"round_id": 1, "version": "v2"}
 BODIES: dict[str, dict[str, Any]] = {
     "admin.create_tasks": {"kind": "stats"},
@@ -30,6 +31,7 @@ BODIES: dict[str, dict[str, Any]] = {
 class World:
     workdir: Path
     device_token: str
+    client_id: str
 
     def snapshot(self) -> tuple[list[str], list[tuple[str, int]]]:
         """Every row of the database, and every file of the artifact directory."""
@@ -52,7 +54,7 @@ def world(tmp_path: Path) -> World:
     """v1 in production, round 1 committed with v2 a candidate, two registered devices."""
     service = build_service(tmp_path, continuous=False, auto_promote=False, min_clients=2,
                             clients_per_round=2)  # fmt: skip
-    tokens = [service.register_client(region="north").token for _ in range(2)]
+    registrations = [service.register_client(region="north") for _ in range(2)]
     round_ = service.open_round()
     for i, client_id in enumerate(round_.selected):
         client = service.store.get_client(client_id)
@@ -60,7 +62,7 @@ def world(tmp_path: Path) -> World:
         service.submit_update(client, submission(1, client_id, seed=i))
     assert service.get_round(1).state == "committed"
     service.store.close()
-    return World(tmp_path, tokens[0])
+    return World(tmp_path, registrations[0].token, registrations[0].client_id)
 
 
 def _app(world: World, config: ApiConfig) -> Flask:
@@ -68,15 +70,16 @@ def _app(world: World, config: ApiConfig) -> Flask:
     return create_app(service, config)
 
 
-def _admin_requests(app: Flask) -> Iterator[tuple[str, str, str]]:
+def _admin_requests(app: Flask, world: World) -> Iterator[tuple[str, str, str]]:
     """(endpoint, method, URL) of every method of every admin-blueprint rule."""
     adapter = app.url_map.bind("localhost")
+    plausible = {**PLAUSIBLE, "client_id": world.client_id}
     for rule in app.url_map.iter_rules():
         if rule.endpoint.partition(".")[0] != "admin":
             continue
-        unknown = rule.arguments - set(PLAUSIBLE)
+        unknown = rule.arguments - set(plausible)
         assert not unknown, f"add plausible values for {unknown} of {rule.rule} to PLAUSIBLE"
-        url = adapter.build(rule.endpoint, {name: PLAUSIBLE[name] for name in rule.arguments})
+        url = adapter.build(rule.endpoint, {name: plausible[name] for name in rule.arguments})
         for method in sorted(rule.methods or ()):
             yield rule.endpoint, method, url
 
@@ -106,7 +109,7 @@ def test_every_admin_route_refuses_without_the_admin_token_and_changes_nothing(
     headers = CREDENTIALS[credential](world)
     before = world.snapshot()
     answered = {}
-    for endpoint, method, url in _admin_requests(app):
+    for endpoint, method, url in _admin_requests(app, world):
         response = _send(app, endpoint, method, url, headers)
         answered[f"{method} {url}"] = response.status_code
         if method != "HEAD":
@@ -120,7 +123,7 @@ def test_every_admin_route_refuses_without_the_admin_token_and_changes_nothing(
 
 def test_a_device_token_is_refused_with_403_and_an_unknown_one_with_401(world: World) -> None:
     app = _app(world, ApiConfig(admin_token_hash=hash_token(ADMIN_TOKEN)))
-    for endpoint, method, url in _admin_requests(app):
+    for endpoint, method, url in _admin_requests(app, world):
         device = _send(app, endpoint, method, url, CREDENTIALS["device token"](world))
         unknown = _send(app, endpoint, method, url, CREDENTIALS["unknown token"](world))
         assert (device.status_code, unknown.status_code) == (403, 401), (method, url)
@@ -131,11 +134,13 @@ def test_the_same_requests_with_the_admin_token_do_change_the_state(world: World
     app = _app(world, ApiConfig(admin_token_hash=hash_token(ADMIN_TOKEN)))
     before = world.snapshot()
     statuses = {}
-    for endpoint, method, url in _admin_requests(app):
+    for endpoint, method, url in _admin_requests(app, world):
         if method == "POST":
             response = _send(app, endpoint, method, url, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
             statuses[endpoint] = response.status_code
     assert statuses["admin.promote"] == 200
     assert statuses["admin.open_round"] == 201
     assert statuses["admin.create_tasks"] == 201
+    assert statuses["admin.revoke_client"] == 200
+    assert statuses["admin.cancel_round"] == 409  # round 1 is committed
     assert world.snapshot() != before

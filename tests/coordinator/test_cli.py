@@ -145,7 +145,7 @@ def test_admin_commands_refuse_a_missing_artifact_directory(
 
 
 @pytest.mark.parametrize("command", ["serve", "models"])
-def test_a_db_that_is_not_sqlite_is_a_usage_error_without_traceback(
+def test_a_db_that_is_not_sqlite_fails_with_exit_1_without_traceback(
     tmp_path: Path, command: str
 ) -> None:
     make_bundle(tmp_path / "bundle")
@@ -162,10 +162,10 @@ def test_a_db_that_is_not_sqlite_is_a_usage_error_without_traceback(
         [sys.executable, "-m", "coordinator.cli", *argv],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
-        f"fedge-coordinator: error: --db {not_sqlite}: not a usable SQLite database "
-        "(file is not a database)"
+        f"fedge-coordinator: error: cannot read the state database {not_sqlite}: "
+        "file is not a database"
     ]
     assert not_sqlite.read_text() == "these are notes, not a database\n" * 10
 

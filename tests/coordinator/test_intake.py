@@ -50,6 +50,8 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("no key", {"key": ""}, 400, "missing_idempotency_key"),
     ("bad key", {"key": "bad key!"}, 400, "invalid_idempotency_key"),
     ("nan metric", {"metrics": {"loss": float("nan")}}, 400, "bad_message"),
+    ("huge metric", {"metrics": {"loss": 1e308}, "num_examples": 1000}, 422, "invalid_metrics"),
+    ("accuracy over 1", {"metrics": {"accuracy": 1.5}}, 422, "invalid_metrics"),
     ("no round", {"round_id": 99}, 404, "round_not_found"),
     ("no task", {"task_id": "r1-nobody"}, 404, "task_not_found"),
 ]
