@@ -107,6 +107,18 @@ def test_clients_roundtrip_and_lookup_by_token_hash(store: Store) -> None:
     assert store.get_client("c1").metadata["os"] == "x"  # type: ignore[union-attr]
 
 
+def test_save_client_replaces_it_in_place(store: Store) -> None:
+    store.add_client(_client(1))
+    store.add_client(_client(2))
+    revoked = dataclasses.replace(_client(1), revoked_at=5.0)
+    store.save_client(revoked)
+    assert store.get_client("c1") == revoked
+    assert store.find_client("hash1") == revoked
+    assert [c.client_id for c in store.list_clients()] == ["c1", "c2"]
+    with pytest.raises(NotFoundError):
+        store.save_client(dataclasses.replace(_client(3), revoked_at=1.0))
+
+
 def test_duplicate_client_id_or_token_conflicts(store: Store) -> None:
     store.add_client(_client(1))
     with pytest.raises(ConflictError):
