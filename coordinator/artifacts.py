@@ -5,6 +5,10 @@ in ``ROOT/tmp``, is fsynced, renamed into place and the directory fsynced, so a 
 digest names bytes that are on disk. Writing the same bytes twice is a no-op, which makes
 every writer idempotent and crash recovery a replay. Object storage (an fsspec URL) is the
 scale-out path behind the same four methods.
+
+A write cut short (a crash, a full disk) leaves a ``ROOT/tmp/*.part`` file that nothing
+names: :meth:`ArtifactStore.clean_temporary` removes them when the server starts, and
+:meth:`ArtifactStore.health` says whether the directory can still be read and written.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -89,6 +94,43 @@ class ArtifactStore:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
             raise NotFoundError(f"no artifact {digest}", code="artifact_not_found") from None
+
+    def clean_temporary(self) -> int:
+        """Remove the temporary files of writes that never finished; how many were removed.
+
+        Call it when no writer is running (the server does at start)."""
+        removed = 0
+        for part in (self.root / "tmp").glob("*.part"):
+            try:
+                part.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
+    def health(self, *, min_free_bytes: int = 0) -> str | None:
+        """None when the directory exists, reads, takes a small write and has at least
+        ``min_free_bytes`` free; else what is wrong, in a phrase."""
+        for directory in (self.root / "sha256", self.root / "tmp"):
+            if not directory.is_dir():
+                return f"{directory} is missing"
+            if not os.access(directory, os.R_OK | os.X_OK):
+                return f"{directory} is not readable"
+        probe = self.root / "tmp" / f"health-{secrets.token_hex(4)}.probe"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+        except OSError as exc:
+            return f"{self.root / 'tmp'} is not writable: {exc.strerror or exc}"
+        finally:
+            probe.unlink(missing_ok=True)
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            return f"cannot measure the free space of {self.root}: {exc.strerror or exc}"
+        if free < min_free_bytes:
+            return f"{free} bytes free under {self.root}, below the {min_free_bytes}-byte minimum"
+        return None
 
     def _tmp(self) -> Path:
         return self.root / "tmp" / f"{secrets.token_hex(8)}.part"

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 
 from fedge.validation import check_int, check_positive
 
-__all__ = ["MAX_JSON_BYTES", "MAX_REPORT_BYTES", "ConnectionLimits"]
+__all__ = ["MAX_JSON_BYTES", "MAX_REPORT_BYTES", "MIN_FREE_BYTES", "ConnectionLimits"]
 
 MAX_JSON_BYTES = 64 << 10
 """The body limit of a JSON route (registration and the admin's routes)."""
 MAX_REPORT_BYTES = 4 << 20
 """The body limit of a device report (stats, evaluations, features)."""
+MIN_FREE_BYTES = 256 << 20
+"""``/healthz`` fails below this much free space in the artifact directory: room for a few
+model versions and the uploads of a round."""
 
 
 @dataclass(frozen=True)

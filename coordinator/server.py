@@ -24,10 +24,12 @@ authenticated upload can be spooled, up to that size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
 import signal
+import socket
 import threading
 import time
 from email.utils import formatdate
@@ -49,6 +51,9 @@ from fedge.fileio import atomic_write_text
 __all__ = ["ConnectionLimits", "Ticker", "run_server"]
 
 logger = logging.getLogger(__name__)
+
+
+_DRAIN_SECONDS = 2.0
 
 
 class _Stop(Exception):
@@ -101,6 +106,7 @@ class _GatedChannel(HTTPChannel):  # type: ignore[misc]
 
     limits = ConnectionLimits()
     flask_app: Flask
+    will_close: bool
     _began = 0.0
     _gated: object = None
     _refusal: Refusal | None = None
@@ -113,7 +119,12 @@ class _GatedChannel(HTTPChannel):  # type: ignore[misc]
             self._refusal = self._precheck(request)
         return self._refusal
 
+    _draining_since: float | None = None
+    _shut = False
+
     def received(self, data: bytes) -> bool:
+        if self._draining_since is not None:
+            return True  # the body of a refused request: read and dropped, never kept
         if self.request is None:
             self._began = time.monotonic()
         result: bool = super().received(data)
@@ -157,7 +168,9 @@ class _GatedChannel(HTTPChannel):  # type: ignore[misc]
         return refusal
 
     def _refuse(self, request: Any, refusal: Refusal) -> None:
-        """Answer ``refusal``, drop the unread body and close once the answer is sent."""
+        """Answer ``refusal`` and drop the body: read and discarded for at most
+        ``_DRAIN_SECONDS`` after the answer (a client that sends its body before it reads
+        gets the answer rather than a reset), then close."""
         self.request = None
         request.close()
         logger.info(
@@ -168,9 +181,24 @@ class _GatedChannel(HTTPChannel):  # type: ignore[misc]
             refusal.code,
         )
         self.write_soon(_refusal_bytes(refusal))
-        self.close_when_flushed = True
+        self._draining_since = time.monotonic()
+
+    def _drain(self) -> bool:
+        """``readable`` while draining: keep reading until the client closes or time is up."""
+        if self._draining_since is None or self.will_close:
+            return False
+        if not self.total_outbufs_len and not self._shut:
+            self._shut = True
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_WR)
+        if time.monotonic() - self._draining_since > _DRAIN_SECONDS:
+            self.will_close = True
+            return False
+        return True
 
     def readable(self) -> bool:
+        if self._draining_since is not None:
+            return self._drain()
         request = self.request
         if request is not None and not self.requests and not self.will_close:
             waited = time.monotonic() - self._began
@@ -223,7 +251,8 @@ def run_server(
     """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown on SIGTERM, and raises
     KeyboardInterrupt after the same clean shutdown on SIGINT."""
     limits = limits or ConnectionLimits()
-    body_limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + 1)
+    # Above every route's limit, so that the app's refusal (JSON, counted) answers first.
+    body_limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + (1 << 20))
     _raise_file_limit(limits.connection_limit + threads + 64)
     server = create_server(
         app,

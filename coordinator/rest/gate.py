@@ -24,6 +24,7 @@ from coordinator.errors import (
     PermissionDeniedError,
     describe,
 )
+from coordinator.records import ClientRecord
 from coordinator.rest.state import EXTENSION, RestState, current_state
 
 __all__ = ["Refusal", "body_limit", "check_body_limit", "precheck", "refusal_for_size"]
@@ -59,26 +60,32 @@ def _too_large(limit: int, length: int | None) -> PayloadTooLargeError:
 
 def check_body_limit() -> None:
     """``before_request`` of the app: the route's limit from Content-Length, and the same
-    limit while a body without one (chunked) is read."""
+    limit while a body without one (chunked) is read (an upload's is refused by its view,
+    after its token, so that the rejection counts against the client)."""
     limit = body_limit(current_state(), request.method, request.path)
+    request.max_content_length = limit
+    if request.method == "POST" and _UPLOAD.fullmatch(request.path):
+        return  # the upload view refuses it, and records the rejection against the client
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit, length)
-    request.max_content_length = limit
 
 
-def _authorize(state: RestState, method: str, path: str, authorization: str | None) -> None:
-    """The token rule of a route that takes a body, as its blueprint applies it."""
+def _authorize(
+    state: RestState, method: str, path: str, authorization: str | None
+) -> ClientRecord | None:
+    """The token rule of a route that takes a body, as its blueprint applies it; the client
+    on the device routes."""
     admin_hash = state.config.admin_token_hash
     if method == "POST" and path == _REGISTRATION:
         expected = state.config.enrollment_token_hash
         if expected is None:
-            return
+            return None
         token = bearer_token(authorization)
         if token_matches(token, expected) or (
             admin_hash is not None and token_matches(token, admin_hash)
         ):
-            return
+            return None
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
     token = bearer_token(authorization)
     is_admin = admin_hash is not None and token_matches(token, admin_hash)
@@ -88,8 +95,7 @@ def _authorize(state: RestState, method: str, path: str, authorization: str | No
                 "this endpoint needs a client token, not the admin token",
                 code="client_token_required",
             )
-        state.service.authenticate(token)
-        return
+        return state.service.authenticate(token)
     if not is_admin:
         if admin_hash is None:
             raise PermissionDeniedError(
@@ -98,6 +104,7 @@ def _authorize(state: RestState, method: str, path: str, authorization: str | No
             )
         state.service.authenticate(token)
         raise PermissionDeniedError("this endpoint needs the admin token", code="admin_required")
+    return None
 
 
 def precheck(
@@ -110,9 +117,13 @@ def precheck(
     state: RestState = app.extensions[EXTENSION]
     limit = body_limit(state, method, path)
     try:
-        _authorize(state, method, path, authorization)
+        client = _authorize(state, method, path, authorization)
         if content_length is not None and content_length > limit:
-            raise _too_large(limit, content_length)
+            too_large = _too_large(limit, content_length)
+            round_id = _UPLOAD.fullmatch(path) and path.split("/")[3]
+            if client is not None and round_id and round_id.isdigit():
+                state.service.reject_update(client, int(round_id), too_large)
+            raise too_large
     except CoordinatorError as exc:
         status, code = describe(exc)
         return Refusal(status, code, str(exc)), limit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response
@@ -12,13 +13,37 @@ from coordinator.rest.state import current_state
 
 __all__ = ["public"]
 
+logger = logging.getLogger(__name__)
+
 public = Blueprint("public", __name__)
 
 
 @public.get("/healthz")
 def healthz() -> Any:
-    models = current_state().service.store.list_models(stage="production")
-    return {"status": "ok", "model_version": models[-1].version if models else None}
+    """200 when the store answers a query and the artifact directory reads, writes and has
+    room; else 503 naming each check that failed (``checks``: ``ok`` or what is wrong)."""
+    state = current_state()
+    service = state.service
+    checks: dict[str, str] = {}
+    version = None
+    try:
+        models = service.store.list_models(stage="production")
+        version = models[-1].version if models else None
+        checks["store"] = "ok"
+    except Exception as exc:  # any failure of the store is what this route reports
+        logger.warning("health check: the store failed: %s", exc)
+        checks["store"] = f"the store failed a query: {type(exc).__name__}"
+    problem = service.artifacts.health(min_free_bytes=state.config.min_free_bytes)
+    checks["artifacts"] = problem or "ok"
+    if problem:
+        logger.warning("health check: artifacts: %s", problem)
+    healthy = all(value == "ok" for value in checks.values())
+    document = {
+        "status": "ok" if healthy else "failing",
+        "model_version": version,
+        "checks": checks,
+    }
+    return document, 200 if healthy else 503
 
 
 @public.get("/metrics")

@@ -8,7 +8,7 @@ from typing import cast
 
 from flask import Flask, current_app
 
-from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES
+from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES, MIN_FREE_BYTES
 from coordinator.service import CoordinatorService
 from fedge.validation import check_int
 
@@ -25,7 +25,8 @@ class ApiConfig:
     ``admin_token_hash`` None disables admin endpoints; ``enrollment_token_hash`` None
     leaves registration open. ``max_content_length`` defaults to the service's
     ``max_update_bytes`` (the update upload's limit); ``max_json_bytes`` bounds every other
-    body but the device reports', which ``max_report_bytes`` bounds.
+    body but the device reports', which ``max_report_bytes`` bounds. ``/healthz`` fails when
+    the artifact directory has less than ``min_free_bytes`` free.
     """
 
     admin_token_hash: str | None = None
@@ -33,10 +34,12 @@ class ApiConfig:
     max_content_length: int | None = None
     max_json_bytes: int = MAX_JSON_BYTES
     max_report_bytes: int = MAX_REPORT_BYTES
+    min_free_bytes: int = MIN_FREE_BYTES
 
     def __post_init__(self) -> None:
         check_int(self.max_json_bytes, "max_json_bytes", low=1)
         check_int(self.max_report_bytes, "max_report_bytes", low=1)
+        check_int(self.min_free_bytes, "min_free_bytes", low=0)
 
 
 @dataclass(frozen=True)
