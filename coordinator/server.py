@@ -41,6 +41,7 @@ from typing import Any
 from flask import Flask
 from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
 from waitress.server import BaseWSGIServer, create_server  # type: ignore[import-untyped]
+from waitress.wasyncore import ExitNow  # type: ignore[import-untyped]
 
 from coordinator.limits import ConnectionLimits
 from coordinator.logsafe import printable
@@ -56,8 +57,13 @@ logger = logging.getLogger(__name__)
 _DRAIN_SECONDS = 2.0
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the signal handler to leave the serve loop."""
+class _Stop(ExitNow):  # type: ignore[misc]
+    """Raised in the main thread by the signal handler to leave the serve loop.
+
+    An ``ExitNow``: waitress re-raises it from inside a channel's event handler, where it
+    would swallow (log and close the channel for) any other exception, and with it the
+    signal.
+    """
 
 
 class Ticker:

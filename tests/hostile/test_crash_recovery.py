@@ -162,3 +162,28 @@ def test_sigkill_at_random_points_loses_no_acknowledged_update(tmp_path: Path) -
         path = artifacts / "sha256" / ack.sha256[:2] / ack.sha256
         assert path.is_file(), f"the bytes of an acknowledged update are gone: {ack}"
     _check_artifacts(artifacts, models)
+
+
+def test_sigterm_while_connections_close_stops_the_server_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM that lands while the server handles connection events (here: 200 sockets
+    with half a request, closed just before) still stops it: exit 0 within seconds."""
+    make_bundle(tmp_path / "bundle")
+    server = start_server(_serve_args(tmp_path, _free_port()), tmp_path, timeout=60)
+    try:
+        sockets = []
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", server.coordinator.port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sockets.append(sock)
+        time.sleep(0.5)
+        for sock in sockets:
+            sock.close()
+        started = time.monotonic()
+        returncode = server.coordinator.stop(timeout=10)
+        elapsed = time.monotonic() - started
+    finally:
+        stop_server(server, signal.SIGKILL)
+    assert "ignored SIGTERM" not in server.log()
+    assert returncode == 0, f"exit {returncode} after {elapsed:.1f} s:\n{server.log()[-3000:]}"
+    assert elapsed < 5, f"stopped after {elapsed:.1f} s"
+    assert "fedge coordinator stopped" in server.log()
