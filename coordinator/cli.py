@@ -50,6 +50,7 @@ from coordinator.limits import (
     MAX_REPORT_BYTES,
     MIN_FREE_BYTES,
     ConnectionLimits,
+    RateLimit,
 )
 from coordinator.store import Store
 from fedge.cli import (
@@ -148,7 +149,15 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--port-file", type=Path, help="write the bound port here")
     serve.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
     serve.add_argument(
-        "--enrollment-token-file", type=Path, help=f"else ${ENROLLMENT_TOKEN_ENV}; unset: open"
+        "--enrollment-token-file",
+        type=Path,
+        help=f"the token devices register with; else ${ENROLLMENT_TOKEN_ENV}. serve needs one, "
+        "or --open-enrollment",
+    )
+    serve.add_argument(
+        "--open-enrollment",
+        action="store_true",
+        help="let anyone register without an enrollment token (still rate-limited)",
     )
     rounds = serve.add_argument_group("round options (override --round-config)")
     rounds.add_argument("--round-config", type=Path, help="JSON file of round options")
@@ -207,7 +216,7 @@ def _add_serve(sub: Any) -> None:
         "within their timeouts. A body is read only once its headers pass its route's token "
         "rule and size limit.",
     )
-    defaults = ConnectionLimits()
+    defaults, rate = ConnectionLimits(), RateLimit()
     for flag, kind, default, text in (
         ("--connection-limit", int, defaults.connection_limit, "most open connections"),
         (
@@ -222,6 +231,10 @@ def _add_serve(sub: Any) -> None:
         ("--max-json-bytes", int, MAX_JSON_BYTES, "body limit of the JSON routes"),
         ("--max-report-bytes", int, MAX_REPORT_BYTES, "body limit of device reports"),
         ("--min-free-bytes", int, MIN_FREE_BYTES, "/healthz fails below this free space"),
+        ("--registration-rate", float, rate.per_address, "registrations/s per source address"),
+        ("--registration-burst", int, rate.per_address_burst, "burst per source address"),
+        ("--registration-rate-total", float, rate.total, "registrations/s overall"),
+        ("--registration-burst-total", int, rate.total_burst, "burst overall"),
     ):
         limits.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     add_verbosity_flags(serve)
@@ -334,6 +347,13 @@ def serve_cli(args: argparse.Namespace) -> int:
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
+    if enrollment is None and not args.open_enrollment:
+        raise UsageError(
+            f"serve needs --enrollment-token-file (or ${ENROLLMENT_TOKEN_ENV}), or "
+            "--open-enrollment to let anyone register"
+        )
+    if enrollment is not None and args.open_enrollment:
+        raise UsageError("give an enrollment token or --open-enrollment, not both")
     artifacts = ArtifactStore(args.artifacts)
     if removed := artifacts.clean_temporary():
         logger.info("removed %d temporary file(s) of unfinished artifact writes", removed)
@@ -351,6 +371,12 @@ def serve_cli(args: argparse.Namespace) -> int:
             max_json_bytes=args.max_json_bytes,
             max_report_bytes=args.max_report_bytes,
             min_free_bytes=args.min_free_bytes,
+            registration_limit=RateLimit(
+                per_address=args.registration_rate,
+                per_address_burst=args.registration_burst,
+                total=args.registration_rate_total,
+                total_burst=args.registration_burst_total,
+            ),
         ),
     )
     return run_server(
@@ -384,6 +410,10 @@ def _check_listener(args: argparse.Namespace) -> None:
     for flag in ("--connection-limit", "--backlog", "--max-json-bytes", "--max-report-bytes"):
         check_int(getattr(args, flag[2:].replace("-", "_")), flag, low=1, error=UsageError)
     check_int(args.min_free_bytes, "--min-free-bytes", low=0, error=UsageError)
+    for flag in ("--registration-burst", "--registration-burst-total"):
+        check_int(getattr(args, flag[2:].replace("-", "_")), flag, low=1, error=UsageError)
+    for flag in ("--registration-rate", "--registration-rate-total"):
+        check_positive(getattr(args, flag[2:].replace("-", "_")), flag, error=UsageError)
     for flag in ("--header-timeout", "--body-timeout", "--idle-timeout"):
         check_positive(getattr(args, flag[2:].replace("-", "_")), flag, error=UsageError)
     if args.seed is not None:

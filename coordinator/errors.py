@@ -13,6 +13,7 @@
         ├── UnsupportedMediaTypeError 415  a body of the wrong content type
         ├── UpdateRejectedError    422  an update that fails a server policy (norm bound,
         │                               example count)
+        ├── RateLimitedError       429  too many registrations from an address or overall
         ├── CoordinatorUnavailableError 503  (client side) the coordinator cannot be
         │                               reached, or answered with a server error
         └── StateError             503  the state database cannot be read (not SQLite,
@@ -52,6 +53,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "StateError",
     "UnsupportedMediaTypeError",
     "UpdateRejectedError",
@@ -103,6 +105,17 @@ class UnsupportedMediaTypeError(CoordinatorError):
 class UpdateRejectedError(CoordinatorError):
     status = 422
     default_code = "update_rejected"
+
+
+class RateLimitedError(CoordinatorError):
+    """Too many requests of a kind (registrations); ``retry_after``: seconds to wait."""
+
+    status = 429
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class CoordinatorUnavailableError(CoordinatorError):

@@ -24,6 +24,7 @@ _ERRORS = {
     "413": ("PayloadTooLarge", "The body is over the configured limit."),
     "415": ("UnsupportedMediaType", "The body has the wrong Content-Type."),
     "422": ("Unprocessable", "Well-formed but refused: tensors, NaN/Inf, norm, counts."),
+    "429": ("TooManyRequests", "Rate-limited; the Retry-After header says when to retry."),
 }
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 """The ``security`` of every admin operation (and of no other)."""
@@ -139,7 +140,8 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/plain": {"schema": STRING}},
                     }
                 },
-                auth=None,
+                auth="adminToken",
+                errors="401 403",
             )
         },
         "/v1/openapi.json": {
@@ -161,7 +163,7 @@ def _paths() -> dict[str, Any]:
                 "registerClient",
                 {"201": _json("Registration", "Registered")},
                 auth="enrollmentToken|",
-                errors="400 401 415",
+                errors="400 401 415 429",
                 body={"required": False, "content": {JSON: {"schema": ref("RegisterRequest")}}},
             ),
             "get": _op(
@@ -415,7 +417,10 @@ def build_openapi() -> dict[str, Any]:
             "securitySchemes": {
                 "clientToken": {**bearer, "description": "Token from POST /v1/clients"},
                 "adminToken": {**bearer, "description": "The operator's admin token"},
-                "enrollmentToken": {**bearer, "description": "Only when configured"},
+                "enrollmentToken": {
+                    **bearer,
+                    "description": "Required unless the coordinator runs with --open-enrollment",
+                },
             },
         },
     }

@@ -285,6 +285,7 @@ def test_coordinator_serve_stops_gracefully_and_closes_its_port(
         "--db", str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port),
         "--admin-token-file", str(write_admin_token(tmp_path)), "--tick-seconds", "0.2",
+        "--open-enrollment",
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with _started(command, tmp_path / "logs") as server:

@@ -3,10 +3,11 @@
 Thin by design: a view decodes, calls the service and encodes. The routes live in
 blueprints, one access rule each, enforced by the blueprint's ``before_request``:
 
-- ``public`` (:mod:`coordinator.rest.public`): ``/healthz``, ``/metrics``, the OpenAPI document;
+- ``public`` (:mod:`coordinator.rest.public`): ``/healthz`` and the OpenAPI document;
+- ``monitoring`` (:mod:`coordinator.rest.public`): ``/metrics``, the admin token;
 - ``enrollment``, ``devices``, ``downloads`` (:mod:`coordinator.rest.devices`): registration
-  (open unless an enrollment token is configured), client-token calls, and downloads
-  (a client or the admin);
+  (rate-limited; open unless an enrollment token is configured), client-token calls, and
+  downloads (a client or the admin);
 - ``admin`` (:mod:`coordinator.rest.admin`): the admin token.
 
 Errors become ``{"error": code, "detail": message}`` in :mod:`coordinator.rest.errors`, the

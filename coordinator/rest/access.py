@@ -12,7 +12,7 @@ from typing import cast
 from flask import g, request
 
 from coordinator.auth import bearer_token, token_matches
-from coordinator.errors import AuthenticationError, PermissionDeniedError
+from coordinator.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from coordinator.records import ClientRecord
 from coordinator.rest.state import current_state
 
@@ -70,8 +70,17 @@ def require_reader() -> None:
 
 
 def require_enrollment() -> None:
-    """Registration: open unless an enrollment token is configured (the admin's works too)."""
-    expected = current_state().config.enrollment_token_hash
+    """Registration: rate-limited per source address and overall (429 with Retry-After),
+    then open unless an enrollment token is configured (the admin's works too)."""
+    state = current_state()
+    if state.registrations is not None:
+        wait = state.registrations.acquire(request.remote_addr or "unknown")
+        if wait > 0:
+            seconds = state.registrations.retry_after(wait)
+            raise RateLimitedError(
+                f"too many registrations; retry in {seconds} s", retry_after=seconds
+            )
+    expected = state.config.enrollment_token_hash
     if expected is None:
         return
     token = _token()

@@ -13,7 +13,7 @@ from coordinator.rest.admin import admin
 from coordinator.rest.devices import devices, downloads, enrollment
 from coordinator.rest.errors import register_error_handlers
 from coordinator.rest.gate import check_body_limit
-from coordinator.rest.public import public
+from coordinator.rest.public import monitoring, public
 from coordinator.rest.state import ApiConfig, install_state
 from coordinator.service import CoordinatorService
 
@@ -21,7 +21,7 @@ __all__ = ["BLUEPRINTS", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-BLUEPRINTS: tuple[Blueprint, ...] = (public, enrollment, devices, downloads, admin)
+BLUEPRINTS: tuple[Blueprint, ...] = (public, monitoring, enrollment, devices, downloads, admin)
 """Every route of the API lives in one of these; each has one access rule."""
 
 

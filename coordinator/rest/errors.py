@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from coordinator.errors import describe
+from coordinator.errors import RateLimitedError, describe
 from fedge.errors import FedgeError
 
 __all__ = ["error_response", "register_error_handlers"]
@@ -28,7 +28,10 @@ def error_response(status: int, code: str, detail: str) -> Response:
 
 def _fedge_error(exc: FedgeError) -> Response:
     status, code = describe(exc)
-    return error_response(status, code, str(exc))
+    response = error_response(status, code, str(exc))
+    if isinstance(exc, RateLimitedError):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:

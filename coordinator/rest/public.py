@@ -1,4 +1,5 @@
-"""Routes open to anyone: liveness, Prometheus metrics and the OpenAPI document."""
+"""Routes open to anyone (``public``: health and the OpenAPI document), and Prometheus
+metrics (``monitoring``: the admin token, since they describe the fleet)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from flask import Blueprint, Response
 
 from coordinator.metrics import CONTENT_TYPE, render_metrics
 from coordinator.openapi import build_openapi
+from coordinator.rest.access import require_admin
 from coordinator.rest.state import current_state
 
-__all__ = ["public"]
+__all__ = ["monitoring", "public"]
 
 logger = logging.getLogger(__name__)
 
 public = Blueprint("public", __name__)
+
+monitoring = Blueprint("monitoring", __name__)
+monitoring.before_request(require_admin)
 
 
 @public.get("/healthz")
@@ -46,7 +51,7 @@ def healthz() -> Any:
     return document, 200 if healthy else 503
 
 
-@public.get("/metrics")
+@monitoring.get("/metrics")
 def metrics() -> Response:
     return Response(render_metrics(current_state().service.store), content_type=CONTENT_TYPE)
 

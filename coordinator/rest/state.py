@@ -8,7 +8,8 @@ from typing import cast
 
 from flask import Flask, current_app
 
-from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES, MIN_FREE_BYTES
+from coordinator.limits import MAX_JSON_BYTES, MAX_REPORT_BYTES, MIN_FREE_BYTES, RateLimit
+from coordinator.rest.ratelimit import RegistrationLimiter
 from coordinator.service import CoordinatorService
 from fedge.validation import check_int
 
@@ -26,7 +27,8 @@ class ApiConfig:
     leaves registration open. ``max_content_length`` defaults to the service's
     ``max_update_bytes`` (the update upload's limit); ``max_json_bytes`` bounds every other
     body but the device reports', which ``max_report_bytes`` bounds. ``/healthz`` fails when
-    the artifact directory has less than ``min_free_bytes`` free.
+    the artifact directory has less than ``min_free_bytes`` free. ``registration_limit``
+    rate-limits registrations (None: unlimited, for apps that only tests reach).
     """
 
     admin_token_hash: str | None = None
@@ -35,6 +37,7 @@ class ApiConfig:
     max_json_bytes: int = MAX_JSON_BYTES
     max_report_bytes: int = MAX_REPORT_BYTES
     min_free_bytes: int = MIN_FREE_BYTES
+    registration_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         check_int(self.max_json_bytes, "max_json_bytes", low=1)
@@ -44,14 +47,18 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class RestState:
-    """The service an app serves and the configuration it serves it with."""
+    """The service an app serves, the configuration it serves it with, and its
+    registration rate limiter."""
 
     service: CoordinatorService
     config: ApiConfig
+    registrations: RegistrationLimiter | None = None
 
 
 def install_state(app: Flask, service: CoordinatorService, config: ApiConfig) -> None:
-    app.extensions[EXTENSION] = RestState(service, config)
+    limit = config.registration_limit
+    limiter = RegistrationLimiter(limit) if limit is not None else None
+    app.extensions[EXTENSION] = RestState(service, config, limiter)
 
 
 def current_state() -> RestState:

@@ -268,6 +268,6 @@ def test_no_rejected_request_touched_the_global_model(world: World) -> None:
     round_ = admin_request(world.url, "/v1/rounds/2")
     assert round_["state"] == "collecting"
     assert [u["client_id"] for u in round_["updates"]] == [world.alice.client_id]
-    metrics = requests.get(f"{world.url}/metrics", timeout=10).text
+    metrics = requests.get(f"{world.url}/metrics", headers=bearer(ADMIN_TOKEN), timeout=10).text
     for reason in ("non_finite", "norm_exceeded", "idempotency_conflict", "payload_too_large"):
         assert f'fedge_updates_rejected_total{{reason="{reason}"}}' in metrics

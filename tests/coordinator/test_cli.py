@@ -155,7 +155,7 @@ def test_a_db_that_is_not_sqlite_fails_with_exit_1_without_traceback(
     where = ["--db", str(not_sqlite), "--artifacts", str(tmp_path / "artifacts")]
     if command == "serve":
         argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"), *where,
-                "--port", "0"]  # fmt: skip
+                "--port", "0", "--open-enrollment"]  # fmt: skip
     else:
         argv = ["models", "list", *where]
     result = subprocess.run(
@@ -209,7 +209,7 @@ def test_serve_refuses_a_tampered_bundle_with_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "coordinator.cli", "serve", "--task", "taxi", "--bundle",
          str(tmp_path / "bundle"), "--db", str(tmp_path / "db"), "--artifacts",
-         str(tmp_path / "a"), "--port", "0"],
+         str(tmp_path / "a"), "--port", "0", "--open-enrollment"],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
     assert result.returncode == 2
@@ -295,4 +295,20 @@ def test_serve_refuses_what_the_server_cannot_use_before_creating_the_database(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"fedge-coordinator: error: {message}")
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_serve_without_an_enrollment_token_or_open_enrollment_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEDGE_ENROLLMENT_TOKEN", raising=False)
+    make_bundle(tmp_path / "bundle")
+    argv = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"),
+            "--db", str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "a")]  # fmt: skip
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "fedge-coordinator: error: serve needs --enrollment-token-file "
+        "(or $FEDGE_ENROLLMENT_TOKEN), or --open-enrollment to let anyone register"
+    ]
     assert not (tmp_path / "state.db").exists()

@@ -14,6 +14,7 @@ from tests.support.coordinator import (
     HTTP_TIMEOUT,
     EdgeClient,
     admin_client,
+    bearer,
     local_training,
     make_bundle,
     running_server,
@@ -67,7 +68,9 @@ def test_full_round_with_three_http_clients(tmp_path: Path) -> None:
             {k: base[k] + sum(d[k].astype(np.float64) * n for d, n in sent) / total for k in base}
         )
         assert new.allclose(expected, atol=1e-6)
-        metrics = requests.get(f"{server.url}/metrics", timeout=HTTP_TIMEOUT).text
+        metrics = requests.get(
+            f"{server.url}/metrics", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
+        ).text
         assert 'fedge_rounds{state="committed"} 1' in metrics
         assert "fedge_updates_accepted_total 3" in metrics
         assert 'fedge_current_model_info{version="v2"} 1' in metrics

@@ -11,7 +11,13 @@ import pytest
 import requests
 
 from edge_client.backoff import BackoffPolicy
-from tests.support.coordinator import ServerProcess, start_server, stop_server
+from tests.support.coordinator import (
+    ADMIN_TOKEN,
+    ServerProcess,
+    bearer,
+    start_server,
+    stop_server,
+)
 from tests.support.edge import (
     DaemonProcess,
     admin,
@@ -63,7 +69,9 @@ def test_queued_update_is_delivered_once_after_an_outage(
         server = restart_coordinator(tmp_path, edge_taxi_bundle, "taxi", port)
         round_ = wait_committed(server.url, 1)
         wait_for(lambda: "delivered train reply" in daemon.log(), timeout=30)
-        metrics = requests.get(server.url + "/metrics", timeout=10).text
+        metrics = requests.get(
+            server.url + "/metrics", headers=bearer(ADMIN_TOKEN), timeout=10
+        ).text
         assert stop_daemon(daemon) == 0
     finally:
         if daemon is not None:

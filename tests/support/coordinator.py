@@ -210,13 +210,21 @@ class ServerProcess:
 
 def serve_command(workdir: Path, bundle: Path, admin_token_file: Path, *extra: str) -> list[str]:
     """``fedge-coordinator serve`` arguments over ``workdir`` (the launcher adds the port
-    file); DEBUG logs from the coordinator."""
+    file); DEBUG logs from the coordinator. Enrollment is open and its rate limit far above
+    what a test registers from its one loopback address, unless ``extra`` says otherwise
+    (``--enrollment-token-file`` replaces ``--open-enrollment``; later flags win)."""
+    enrollment = (
+        [] if any(a.startswith("--enrollment-token-file") for a in extra) else ["--open-enrollment"]
+    )
     return [
         "--task", "taxi", "--bundle", str(bundle),
         "--db", str(workdir / "state.db"), "--artifacts", str(workdir / "artifacts"),
         "--host", "127.0.0.1", "--port", "0",
         "--admin-token-file", str(admin_token_file),
         "--tick-seconds", "0.2", "-v",
+        *enrollment,
+        "--registration-rate", "10000", "--registration-burst", "10000",
+        "--registration-rate-total", "10000", "--registration-burst-total", "10000",
         *extra,
     ]  # fmt: skip
 
