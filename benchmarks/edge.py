@@ -34,6 +34,7 @@ import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import secrets  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
@@ -256,8 +257,11 @@ def daemon_peak_rss(
     dataset = load_task(task)
     rows = min(len(dataset), 2000)
     _write_csv(data / "local.csv", dataset.take(np.arange(rows)))
+    enrollment = work / "enrollment-token"
+    enrollment.write_text(secrets.token_urlsafe(32) + "\n")
     serve = ["--task", task, "--bundle", str(bundle), "--db", str(work / "state.db"),
              "--artifacts", str(work / "artifacts"), "--on-demand", "--auto-promote",
+             "--enrollment-token-file", str(enrollment),
              "--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1",
              "--tick-seconds", "0.2", "--quiet"]  # fmt: skip
     coordinator = launch_coordinator(
@@ -270,7 +274,8 @@ def daemon_peak_rss(
         edge = [sys.executable, "-m", "edge_client.cli"]
         token = work / "token"
         subprocess.run([*edge, "register", "--coordinator", url, "--token-file", str(token),
-                        "--state", str(state), "--json"], cwd=REPO, env=_env(), check=True,
+                        "--state", str(state), "--enrollment-token-file", str(enrollment),
+                        "--json"], cwd=REPO, env=_env(), check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         client_id = json.loads((state / "client.json").read_text())["client_id"]
         daemon = subprocess.Popen(

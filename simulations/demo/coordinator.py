@@ -52,6 +52,16 @@ class CoordinatorPaths:
     def admin_token_file(self) -> Path:
         return self.root / "admin-token"
 
+    @property
+    def enrollment_token_file(self) -> Path:
+        return self.root / "enrollment-token"
+
+    def write_enrollment_token(self) -> None:
+        """A fresh enrollment token, written owner-only: the devices register with it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        atomic_write_text(self.enrollment_token_file, token + "\n", mode=0o600)
+
     def write_admin_token(self) -> str:
         """A fresh admin token, written owner-only; returned for the demo's own calls."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +89,7 @@ def serve_command(
         "--db", str(paths.db), "--artifacts", str(paths.artifacts),
         "--host", "127.0.0.1", "--port", "0", "--port-file", str(paths.port_file),
         "--admin-token-file", str(paths.admin_token_file),
+        "--enrollment-token-file", str(paths.enrollment_token_file),
         "--on-demand", "--auto-promote",
         "--clients-per-round", str(clients_per_round), "--min-clients", str(clients_per_round),
         "--epochs", str(epochs), "--learning-rate", repr(learning_rate),

@@ -200,6 +200,7 @@ class _Job:
             3, "starting the coordinator (fedge-coordinator serve: REST on 127.0.0.1, SQLite)"
         )
         self.token = self.paths.write_admin_token()
+        self.paths.write_enrollment_token()
         command = serve_command(
             self.paths,
             task=config.task,
@@ -256,7 +257,10 @@ class _Job:
             self.supervisor.start(
                 f"{name}-register",
                 register_command(
-                    self.api.url, token_file=roots[name] / "token", state=roots[name] / "state"
+                    self.api.url,
+                    token_file=roots[name] / "token",
+                    state=roots[name] / "state",
+                    enrollment_token_file=self.paths.enrollment_token_file,
                 ),
                 stdout=True,
             )

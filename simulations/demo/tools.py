@@ -73,11 +73,15 @@ def bundle_command(export: Path, out: Path, *, batch_size: int) -> list[str]:
     return command
 
 
-def register_command(url: str, *, token_file: Path, state: Path) -> list[str]:
-    """``fedge-edge register``; its ``--json`` answer names the client id."""
+def register_command(
+    url: str, *, token_file: Path, state: Path, enrollment_token_file: Path
+) -> list[str]:
+    """``fedge-edge register`` with the enrollment token; its ``--json`` answer names the
+    client id."""
     command = [
         *tool_command("fedge-edge", "edge_client.cli"), "register", "--coordinator", url,
-        "--token-file", str(token_file), "--state", str(state), "--json",
+        "--token-file", str(token_file), "--state", str(state),
+        "--enrollment-token-file", str(enrollment_token_file), "--json",
     ]  # fmt: skip
     return command
 
