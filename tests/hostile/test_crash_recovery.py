@@ -61,6 +61,7 @@ def _serve_args(work: Path, port: int, *extra: str) -> list[str]:
         "--enrollment-token-file", str(token),
         "--clients-per-round", "10", "--min-clients", "5", "--deadline-seconds", "4",
         "--retry-after", "1", "--tick-seconds", "0.2",
+        "--registration-rate", "50", "--registration-burst", "100",  # 50 devices, one address
         *extra,
     ]  # fmt: skip
 
