@@ -8,6 +8,7 @@ the ``FEDGE_ADMIN_TOKEN`` environment variable, never from a command-line value.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -16,7 +17,7 @@ import re
 import secrets
 from pathlib import Path
 
-from coordinator.errors import AuthenticationError
+from coordinator.errors import AuthenticationError, CoordinatorError
 from coordinator.logsafe import printable
 from fedge.errors import ConfigError
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_secret",
     "new_token",
     "redact",
+    "registration_identity",
     "token_matches",
 ]
 
@@ -36,6 +38,7 @@ TOKEN_PREFIX = "fedge_"  # noqa: S105 (a prefix, not a secret)
 ADMIN_TOKEN_ENV = "FEDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
 ENROLLMENT_TOKEN_ENV = "FEDGE_ENROLLMENT_TOKEN"  # noqa: S105 (a variable name)
 _MAX_TOKEN = 512
+_REGISTRATION_KEY = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _ASSIGNMENT = re.compile(r"(?i)((?:token|authorization|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
 _PREFIXED = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}")
@@ -45,6 +48,27 @@ _MAX_LOG_MESSAGE = 8192
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def registration_identity(key: str) -> tuple[str, str]:
+    """The client id and token that a device's registration key stands for.
+
+    A device that registers with ``Idempotency-Key: KEY`` (32-128 characters of
+    ``A-Za-z0-9_-``, e.g. 32 random bytes in urlsafe base64, persisted before the first
+    attempt) gets the same client and the same token however often it retries, so a
+    registration whose answer was lost never leaves a second client behind. The key is the
+    device's secret: whoever holds it holds that client's token; the coordinator stores
+    neither, only the token's hash.
+    """
+    if not isinstance(key, str) or not _REGISTRATION_KEY.fullmatch(key):
+        raise CoordinatorError(
+            "Idempotency-Key must be 32-128 characters of letters, digits, '_' and '-'",
+            code="invalid_registration_key",
+        )
+    material = key.encode("ascii")
+    client_id = "c-" + hashlib.sha256(b"fedge client id\0" + material).hexdigest()[:12]
+    secret = hashlib.sha256(b"fedge client token\0" + material).digest()
+    return client_id, TOKEN_PREFIX + base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
 
 
 def hash_token(token: str) -> str:

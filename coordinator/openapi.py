@@ -159,12 +159,30 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/clients": {
             "post": _op(
-                "Register a client; the token is shown once",
+                "Register a client; idempotent with an Idempotency-Key",
                 "registerClient",
-                {"201": _json("Registration", "Registered")},
+                {
+                    "201": _json("Registration", "Registered"),
+                    "200": _json(
+                        "Registration", "A retry with the same key: the same client and token"
+                    ),
+                },
                 auth="enrollmentToken|",
-                errors="400 401 415 429",
+                errors="400 401 409 415 429",
                 body={"required": False, "content": {JSON: {"schema": ref("RegisterRequest")}}},
+                params=[
+                    {
+                        **_header(
+                            "Idempotency-Key",
+                            "the device's registration key, persisted before the first attempt: "
+                            "every retry with it (and the same region and metadata) answers the "
+                            "same client id and token, never a second client; a secret, since "
+                            "it stands for the token",
+                            required=False,
+                        ),
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32,128}$"},
+                    }
+                ],
             ),
             "get": _op(
                 "List clients",

@@ -26,7 +26,7 @@ import numpy as np
 
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
-from coordinator.auth import hash_token, new_token, token_matches
+from coordinator.auth import hash_token, new_token, registration_identity, token_matches
 from coordinator.config import ServiceConfig
 from coordinator.errors import (
     AuthenticationError,
@@ -73,6 +73,32 @@ class Registration:
 
     client_id: str
     token: str = dataclasses.field(repr=False)
+    created: bool = True
+    """False when a registration key named a client registered before (a retry)."""
+
+
+def _replayed_registration(
+    client: ClientRecord, token: str, region: str | None, labels: Mapping[str, str]
+) -> Registration:
+    """The answer to a registration whose key named ``client`` already."""
+    if not token_matches(token, client.token_hash):
+        raise ConflictError(
+            f"the registration key does not match client {client.client_id}",
+            code="registration_key_conflict",
+        )
+    if client.revoked:
+        raise ConflictError(
+            f"client {client.client_id} was revoked; register with a new key",
+            code="client_revoked",
+        )
+    if client.region != region or dict(client.metadata) != dict(labels):
+        raise ConflictError(
+            f"this registration key registered client {client.client_id} with another region "
+            "or metadata",
+            code="registration_key_reused",
+        )
+    logger.info("registration retried: client %s already exists", client.client_id)
+    return Registration(client.client_id, token, created=False)
 
 
 class CoordinatorService:
@@ -128,8 +154,15 @@ class CoordinatorService:
     # Clients ------------------------------------------------------------------------------
 
     def register_client(
-        self, *, region: str | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        *,
+        region: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        registration_key: str | None = None,
     ) -> Registration:
+        """A new client; with ``registration_key`` (see
+        :func:`coordinator.auth.registration_identity`) the same client and token for every
+        retry with that key and the same region and metadata, never a second client."""
         if region is not None and (not isinstance(region, str) or not _LABEL.fullmatch(region)):
             raise CoordinatorError(
                 f"region must be 1-64 characters of letters, digits and ' ._:/-', got {region!r}",
@@ -144,15 +177,27 @@ class CoordinatorService:
                 "metadata must map at most 32 names (<= 64 chars) to strings (<= 256 chars)",
                 code="invalid_metadata",
             )
-        token = new_token()
+        if registration_key is None:
+            client_id, token = f"c-{secrets.token_hex(6)}", new_token()
+        else:
+            client_id, token = registration_identity(registration_key)
+            existing = self.store.get_client(client_id)
+            if existing is not None:
+                return _replayed_registration(existing, token, region, labels)
         client = ClientRecord(
-            client_id=f"c-{secrets.token_hex(6)}",
+            client_id=client_id,
             token_hash=hash_token(token),
             registered_at=self.now(),
             region=region,
             metadata=labels,
         )
-        self.store.add_client(client)
+        try:
+            self.store.add_client(client)
+        except ConflictError:
+            existing = self.store.get_client(client_id)
+            if registration_key is None or existing is None:
+                raise
+            return _replayed_registration(existing, token, region, labels)  # a concurrent retry
         logger.info("registered client %s (region %s)", client.client_id, region)
         self.tick()
         return Registration(client.client_id, token)

@@ -41,7 +41,7 @@ from edge_client.handler import ClientConfig
 from edge_client.local_data import read_columns
 from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
-from edge_client.state import ClientState, read_token, write_token
+from edge_client.state import ClientState, read_token, registration_key, write_token
 from edge_client.transport import CoordinatorClient, HttpTransport, Transport
 from fedge.cli import (
     ArgumentParser,
@@ -147,7 +147,11 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
         enrollment = read_token(args.enrollment_token_file)
     client = CoordinatorClient(args.coordinator, transport or _http(args.ca_file))
     try:
-        registration = client.register(region=args.region, enrollment_token=enrollment)
+        registration = client.register(
+            region=args.region,
+            enrollment_token=enrollment,
+            registration_key=registration_key(args.token_file),
+        )
     finally:
         client.close()
     write_token(args.token_file, registration.token)

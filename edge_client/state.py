@@ -11,13 +11,16 @@
       outbox/               replies not yet acknowledged (and failed/ ones)
 
 The client token lives in its own file (``--token-file``, mode 0600), never here in
-plain text with the rest. Every JSON file is written atomically.
+plain text with the rest, and so does the registration key beside it
+(``TOKEN_FILE.registration-key``, :func:`registration_key`). Every JSON file is written
+atomically.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from edge_client.personalize import FileHeadStore
 from fedge.errors import ConfigError
 from fedge.fileio import atomic_write_text
 
-__all__ = ["ClientState", "read_token", "write_token"]
+__all__ = ["ClientState", "read_token", "registration_key", "write_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,24 @@ def write_token(path: str | Path, token: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, token + "\n", mode=0o600)
+
+
+def registration_key(token_file: str | Path) -> str:
+    """The device's registration key, kept beside its token file (mode 0600) and created
+    before the first registration attempt, so that every retry sends the same key and the
+    coordinator answers the same client and token instead of creating another client."""
+    path = Path(token_file).with_name(Path(token_file).name + ".registration-key")
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        key = ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read the registration key {path}: {exc}") from exc
+    if not key:
+        key = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, key + "\n", mode=0o600)
+    return key
 
 
 class ClientState:

@@ -463,7 +463,10 @@ class CoordinatorClient:
         region: str | None = None,
         metadata: Mapping[str, str] | None = None,
         enrollment_token: str | None = None,
+        registration_key: str | None = None,
     ) -> Registration:
+        """Register; with ``registration_key`` (persisted before the first attempt) a retry
+        gets the same client and token back."""
         document: dict[str, Any] = {}
         if region is not None:
             document["region"] = region
@@ -472,6 +475,8 @@ class CoordinatorClient:
         headers = {"Content-Type": "application/json"}
         if enrollment_token:
             headers["Authorization"] = f"Bearer {enrollment_token}"
+        if registration_key:
+            headers["Idempotency-Key"] = registration_key
         response = self._call(
             "POST", "/v1/clients", headers=headers, body=json.dumps(document).encode()
         )

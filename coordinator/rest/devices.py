@@ -1,6 +1,7 @@
 """What devices call, in three blueprints by who may call them:
 
-- ``enrollment``: registration (open, or the enrollment token when one is configured);
+- ``enrollment``: registration (open, or the enrollment token when one is configured;
+  idempotent with an ``Idempotency-Key``: a retry returns the same client and token, 200);
 - ``devices``: polling for work and sending replies (a client token, never the admin's);
 - ``downloads``: a model version's manifest, weights and bundle files (a client or the
   admin), with the file's sha256 as ETag so an unchanged file answers 304.
@@ -12,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Response, send_file
+from flask import Blueprint, Response, request, send_file
 
 from coordinator.errors import CoordinatorError
 from coordinator.records import ClientRecord, ReportRecord
@@ -46,14 +47,16 @@ def register() -> Any:
     body = json_body(optional=True)
     refuse_unknown(body, {"region", "metadata"})
     registration = current_state().service.register_client(
-        region=body.get("region"), metadata=body.get("metadata")
+        region=body.get("region"),
+        metadata=body.get("metadata"),
+        registration_key=request.headers.get("Idempotency-Key"),
     )
     document = {
         "client_id": registration.client_id,
         "token": registration.token,
         "token_type": "Bearer",
     }
-    return document, 201
+    return document, 201 if registration.created else 200
 
 
 @devices.get("/v1/tasks/next")

@@ -98,3 +98,93 @@ def test_metrics_need_the_admin_token(serve: StartServer) -> None:
     as_admin = requests.get(f"{server.url}/metrics", headers=bearer(ADMIN_TOKEN), timeout=10)
     assert as_admin.status_code == 200
     assert "fedge_clients" in as_admin.text or "fedge_rounds" in as_admin.text
+
+
+# Idempotent registration ----------------------------------------------------------------
+
+
+def _key(i: int) -> str:
+    return f"device-{i:04d}-" + "k" * 32
+
+
+def _register_with_key(
+    server: ServerProcess, key: str, *, region: str = "north", timeout: float = 10
+) -> requests.Response:
+    return requests.post(
+        f"{server.url}/v1/clients",
+        json={"region": region},
+        headers={"Idempotency-Key": key},
+        timeout=timeout,
+    )
+
+
+def test_a_retried_registration_returns_the_same_client_and_token(serve: StartServer) -> None:
+    server = serve()
+    first = _register_with_key(server, _key(1))
+    retry = _register_with_key(server, _key(1))
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert retry.json() == first.json()
+    poll = requests.get(
+        f"{server.url}/v1/tasks/next", headers=bearer(retry.json()["token"]), timeout=10
+    )
+    assert poll.status_code in (200, 204)
+    assert [c["client_id"] for c in _clients(server)] == [first.json()["client_id"]]
+
+
+def test_200_devices_whose_answers_are_lost_leave_exactly_200_clients(
+    serve: StartServer,
+) -> None:
+    server = serve()
+
+    def device(i: int) -> str:
+        for attempt in range(50):
+            try:  # the first attempts give up before the answer comes: a lost answer
+                timeout = 0.005 if attempt < 2 else 10.0
+                answer = _register_with_key(server, _key(i), timeout=timeout)
+            except requests.RequestException:
+                continue
+            assert answer.status_code in (200, 201), answer.text
+            client_id: str = answer.json()["client_id"]
+            return client_id
+        raise AssertionError(f"device {i} never registered")
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        ids = list(pool.map(device, range(200)))
+    stored = sorted(str(c["client_id"]) for c in _clients(server))
+    assert len(set(ids)) == 200
+    assert stored == sorted(ids)
+    assert requests.get(f"{server.url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+
+
+def test_a_registration_key_reused_with_another_region_is_a_409(serve: StartServer) -> None:
+    server = serve()
+    assert _register_with_key(server, _key(2)).status_code == 201
+    reused = _register_with_key(server, _key(2), region="south")
+    assert reused.status_code == 409
+    assert reused.json()["error"] == "registration_key_reused"
+    assert "another region or metadata" in reused.json()["detail"]
+    assert len(_clients(server)) == 1
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 129, "has spaces in it" * 4])
+def test_a_malformed_registration_key_is_a_400(serve: StartServer, key: str) -> None:
+    server = serve()
+    answer = _register_with_key(server, key)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_registration_key"
+    assert "32-128 characters" in answer.json()["detail"]
+    assert _clients(server) == []
+
+
+def test_fedge_edge_register_run_twice_keeps_one_client(serve: StartServer, tmp_path: Path) -> None:
+    from tests.support.edge import register
+
+    server = serve()
+    token_file = tmp_path / "device" / "token"
+    first = register(server.url, token_file, tmp_path / "device" / "state")
+    token = token_file.read_text()
+    again = register(server.url, token_file, tmp_path / "device" / "state")
+    assert again == first
+    assert token_file.read_text() == token
+    assert (token_file.parent / "token.registration-key").stat().st_mode & 0o777 == 0o600
+    assert [c["client_id"] for c in _clients(server)] == [first]
