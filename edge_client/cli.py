@@ -17,8 +17,12 @@ unless ``--global``). ``status`` shows what the daemon last did. Every command t
 Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
 coordinator refused or could not be reached, a bundle failed verification); 2 a usage or
 input error (bad flags, a missing token file, an unreadable input file); 130 interrupted.
-``run`` stops gracefully on SIGTERM and on SIGINT alike (the step in progress finishes, the
-status is written): SIGTERM, a daemon's normal stop, exits 0 and SIGINT (Ctrl-C) exits 130.
+``run`` stops within about a second on SIGTERM and on SIGINT alike, whatever it is doing
+(a request in flight is aborted, on-device training is interrupted, a queued reply stays
+queued whole, the status says ``stopped``): SIGTERM, a daemon's normal stop, exits 0 and
+SIGINT (Ctrl-C) exits 130. How ``run`` treats a coordinator that misbehaves (Retry-After
+clamped to [1 s, 1 h], backoff on every failure, rejected models not downloaded again, a
+deadline per request) is :data:`RUN_DESCRIPTION`, printed by ``fedge-edge run --help``.
 Errors are one line on stderr.
 """
 
@@ -54,7 +58,7 @@ from fedge.cli import (
 from fedge.errors import DataError, FeatureError, UsageError
 from fedge.validation import check_fraction, check_int, check_number, check_positive
 
-__all__ = ["build_parser", "main"]
+__all__ = ["RUN_DESCRIPTION", "build_parser", "main"]
 
 PROG = "fedge-edge"
 _LOGGERS = ("edge_client", "fedge")
@@ -64,13 +68,35 @@ exit codes:
   1    the operation failed: the coordinator refused or could not be reached, or a bundle
        failed verification
   2    usage or input error: unknown flag, missing token file, unreadable input
-  130  interrupted (Ctrl-C); run stops gracefully first (the step in progress finishes and
-       the status is written), as on SIGTERM"""
+  130  interrupted (Ctrl-C); run stops gracefully first (within about a second, the
+       status written), as on SIGTERM"""
+RUN_DESCRIPTION = """\
+run the daemon until SIGTERM or Ctrl-C
+
+It polls the coordinator for tasks, downloads and verifies the task's model, answers from
+the data files in --data, and queues each reply on disk until the coordinator has it.
+
+Against a coordinator that is down, slow or misbehaving:
+  - Retry-After (on 204, 429 or 503; seconds or an HTTP-date) is obeyed within [1 s, 1 h];
+    an unreadable value is ignored.
+  - every failure (unreachable, 5xx, 429, a refused request or upload, a rejected model,
+    a local disk error) waits an exponentially growing, jittered delay from
+    --backoff-base up to --backoff-cap seconds; a clean 204 or a handled task resets it.
+  - a model version that fails verification (sha256, size) is not downloaded again until
+    the coordinator announces another version (remembered in STATE/status.json).
+  - --timeout bounds each whole request (headers and body), so a server that trickles its
+    answer cannot hold the daemon; responses over 256 MiB are refused.
+  - SIGTERM/SIGINT stop it within about a second at any point: a sleep ends, a request in
+    flight is aborted, on-device training is interrupted between two steps; a reply is
+    queued whole or not at all and stays queued until acknowledged; the status says
+    "stopped"."""
 
 
-def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+def _parser(
+    sub: Any, name: str, help_text: str, description: str | None = None
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=help_text, epilog=_EPILOG
+        name, help=help_text, description=description or help_text, epilog=_EPILOG
     )
     add_verbosity_flags(parser)
     return parser
@@ -96,7 +122,7 @@ def build_parser() -> ArgumentParser:
     add_json_flag(register)
     register.set_defaults(handler=register_cli)
 
-    run = _parser(sub, "run", "run the daemon until SIGTERM or Ctrl-C")
+    run = _parser(sub, "run", "run the daemon until SIGTERM or Ctrl-C", RUN_DESCRIPTION)
     run.add_argument("--coordinator", required=True, metavar="URL")
     run.add_argument("--token-file", required=True, type=Path, metavar="F")
     run.add_argument("--data", required=True, type=Path, metavar="DIR", help="local data files")
@@ -108,9 +134,12 @@ def build_parser() -> ArgumentParser:
                      help="read a data file once it is this old")  # fmt: skip
     run.add_argument("--min-count", type=int, default=5, metavar="K",
                      help="privacy: values behind fewer rows are never reported")  # fmt: skip
-    run.add_argument("--backoff-base", type=float, default=1.0, metavar="S")
-    run.add_argument("--backoff-cap", type=float, default=60.0, metavar="S")
-    run.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per request")
+    run.add_argument("--backoff-base", type=float, default=1.0, metavar="S",
+                     help="the first failure's longest wait")  # fmt: skip
+    run.add_argument("--backoff-cap", type=float, default=60.0, metavar="S",
+                     help="the longest wait after any number of failures")  # fmt: skip
+    run.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                     help="wall-clock budget of one whole request (headers and body)")  # fmt: skip
     run.add_argument("--threads", type=int, metavar="N", help="TFLite interpreter threads")
     run.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
     personal = run.add_argument_group("personalization")

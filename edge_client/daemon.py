@@ -19,7 +19,9 @@ What a hostile or broken coordinator cannot do to it:
 - **A rejected model is not downloaded again**: a version whose download failed
   verification (sha256, size, manifest) is remembered with its manifest's sha256 in
   ``status.json`` (``rejected_models``); a task naming it again is refused locally, with
-  backoff, until a task names another version.
+  backoff, until a task names another version (or ``retry_rejected_after`` seconds have
+  passed, an hour by default: a corruption in transit must not shut a device out of its
+  fleet for good).
 - **No request outlasts its deadline** (``request_timeout``, the whole request: headers
   and body, see :class:`~edge_client.transport.HttpTransport`), so a server that trickles
   its answer cannot hold the daemon.
@@ -74,6 +76,7 @@ from edge_client.transport import (
 )
 from fedge.errors import BundleError, DataError, FeatureError, FedgeError, ProtocolError
 from fedge.messages import Task
+from fedge.validation import check_number, check_positive
 
 __all__ = ["Daemon", "DaemonConfig"]
 
@@ -89,7 +92,9 @@ class DaemonConfig:
 
     ``max_tasks`` stops the daemon after that many handled tasks (once their replies are
     delivered); ``settle_seconds`` is how old a data file must be before it is read;
-    ``request_timeout`` is the wall-clock budget of one whole request (headers and body).
+    ``request_timeout`` is the wall-clock budget of one whole request (headers and body);
+    ``retry_rejected_after`` is how long a rejected model version is not downloaded again
+    while no other version is announced.
     """
 
     coordinator: str
@@ -104,6 +109,11 @@ class DaemonConfig:
     max_tasks: int | None = None
     request_timeout: float = DEFAULT_TIMEOUT
     num_threads: int | None = None
+    retry_rejected_after: float = 3600.0
+
+    def __post_init__(self) -> None:
+        check_positive(self.request_timeout, "request_timeout")
+        check_number(self.retry_rejected_after, "retry_rejected_after", low=0)
 
 
 class Daemon:
@@ -277,8 +287,8 @@ class Daemon:
                 level=logging.WARNING,
             )
         version = task.model_version
-        rejected = self.rejected_models.get(version)
-        if rejected is not None and not self.state.bundles.has(version):
+        if self._quarantined(version):
+            rejected = self.rejected_models[version]
             return self._fail(
                 "model_rejected",
                 f"model {version} was rejected before ({rejected.get('reason')}); "
@@ -343,6 +353,15 @@ class Daemon:
             yield
         finally:
             self._interruptible = False
+
+    def _quarantined(self, version: str) -> bool:
+        """Whether ``version`` was rejected recently and must not be downloaded again."""
+        rejected = self.rejected_models.get(version)
+        if rejected is None or self.state.bundles.has(version):
+            return False
+        at = rejected.get("at")
+        age = self._clock() - at if isinstance(at, int | float) else 0.0
+        return age < self.config.retry_rejected_after
 
     def _remember_rejection(self, version: str, exc: Exception) -> None:
         digest = exc.manifest_sha256 if isinstance(exc, ModelRejected) else None

@@ -201,7 +201,9 @@ class HttpTransport:
             raise RequestCancelled(f"{where}: cancelled, the daemon is stopping") from result
         if isinstance(result, ProtocolError | TransportError):
             raise result
-        raise TransportError(f"{where}: {type(result).__name__}: {result}") from result
+        raise TransportError(
+            f"{where}: {_category(result)} ({type(result).__name__}: {result})"
+        ) from result
 
     def _connection(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
         parts = urlsplit(url)
@@ -230,28 +232,39 @@ class HttpTransport:
         outcome: list[HttpResponse | BaseException],
     ) -> None:
         """Runs in the worker thread: send, then read the answer in chunks."""
+        response: http.client.HTTPResponse | None = None
         try:
             connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
-            length = response.getheader("content-length")
-            if length is not None and length.isdigit() and int(length) > self._max:
-                raise ProtocolError(f"{method} {target}: response over {self._max} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TransportError(f"{method} {target}: the body outlasted the deadline")
-                chunk = response.read1(_CHUNK)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self._max:
-                    raise ProtocolError(f"{method} {target}: response over {self._max} bytes")
-                chunks.append(chunk)
-            outcome.append(HttpResponse(response.status, dict(response.getheaders()),
-                                        b"".join(chunks)))  # fmt: skip
+            outcome.append(self._read(response, f"{method} {target}", deadline))
         except BaseException as exc:  # handed to the caller's thread, which raises it
             outcome.append(exc)
+        finally:
+            if response is not None:
+                response.close()  # releases the socket: the server sees the hang-up
+
+    def _read(
+        self, response: http.client.HTTPResponse, where: str, deadline: float
+    ) -> HttpResponse:
+        header = response.getheader("content-length")
+        length = int(header) if header is not None and header.isdigit() else None
+        if length is not None and length > self._max:
+            raise ProtocolError(f"{where}: response over {self._max} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise TransportError(f"{where}: the body outlasted the deadline")
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self._max:
+                raise ProtocolError(f"{where}: response over {self._max} bytes")
+            chunks.append(chunk)
+        if length is not None and size != length and response.status not in (204, 304):
+            raise TransportError(f"{where}: the body ended after {size} of {length} bytes")
+        return HttpResponse(response.status, dict(response.getheaders()), b"".join(chunks))
 
     def cancel(self) -> None:
         """Abort the request in flight (if any) and refuse every later one. Safe to call
@@ -268,6 +281,19 @@ class HttpTransport:
 
     def close(self) -> None:
         """Nothing stays open between requests; kept for the :class:`Transport` protocol."""
+
+
+def _category(exc: BaseException) -> str:
+    """What kind of network failure ``exc`` is, in the words of the log and the CLI."""
+    if isinstance(exc, ssl.SSLError):
+        return "SSLError"
+    if isinstance(exc, ConnectionError):
+        return "ConnectionError"
+    if isinstance(exc, TimeoutError):
+        return "Timeout"
+    if isinstance(exc, http.client.HTTPException):
+        return "BadResponse"
+    return "NetworkError"
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext:

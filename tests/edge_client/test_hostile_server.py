@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from edge_client.backoff import RETRY_AFTER_MAX, BackoffPolicy
+from edge_client.cli import main
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.outbox import Outbox
 from edge_client.state import write_token
@@ -296,8 +297,9 @@ def test_a_trickled_answer_is_cut_off_at_the_request_deadline(
     tmp_path: Path, trickle_from: Literal["head", "body"]
 ) -> None:
     timeout = 2.0
-    slow = Answer(204, {"Retry-After": "1", "X-Padding": "p" * 64}, b"x" * 64,
-                  trickle=0.3, trickle_from=trickle_from)  # fmt: skip
+    task = _task("v2")
+    slow = Answer(200, {**task.headers, "X-Padding": "p" * 64}, task.body,
+                  trickle=0.05, trickle_from=trickle_from)  # fmt: skip
     with hostile_server(lambda r: slow) as server:
         daemon = Daemon(
             _config(tmp_path, server.url, request_timeout=timeout), rng=np.random.default_rng(4)
@@ -430,3 +432,28 @@ def test_sigterm_interrupts_on_device_training_within_two_seconds(
     # The interrupted task left no reply (whole or half) behind, nor any temporary file.
     assert list((state / "outbox").iterdir()) == []
     assert _leftovers(state) == []
+
+
+def test_run_help_documents_how_the_daemon_treats_a_misbehaving_coordinator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Retry-After (on 204, 429 or 503; seconds or an HTTP-date)" in out
+    assert "is obeyed within [1 s, 1 h]" in out
+    assert "is not downloaded again until the coordinator announces another version" in out
+    assert "--timeout bounds each whole request (headers and body)" in out
+    assert "SIGTERM/SIGINT stop it within about a second at any point" in out
+
+
+def test_a_body_cut_short_of_its_content_length_is_a_transport_failure(tmp_path: Path) -> None:
+    task = _task("v2")
+    short = Answer(200, {**task.headers, "Content-Length": str(len(task.body) + 100)}, task.body)
+    with hostile_server(lambda r: short) as server:
+        daemon = Daemon(_config(tmp_path, server.url), rng=np.random.default_rng(5))
+        outcome = daemon.step()
+        daemon.client.close()
+    assert outcome == "unreachable"
+    assert f"the body ended after {len(task.body)} of {len(task.body) + 100} bytes" in str(
+        _status(tmp_path)["last_error"]
+    )

@@ -3,14 +3,15 @@
 - a response lost after the coordinator accepted an update: the outbox resends it with the
   same Idempotency-Key, and the coordinator counts it once;
 - acceptance 4: a download whose sha256 differs from the manifest is rejected, the error
-  is logged and recorded, and the previous model keeps serving; once the download is clean
-  the new version is taken.
+  is logged and recorded, and the previous model keeps serving; the rejected version is
+  not downloaded again until its quarantine ends, then the clean download is taken.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def test_lost_response_and_corrupted_download(
             backoff=BackoffPolicy(base=0.05, cap=0.2),
             settle_seconds=0,
         )
-        daemon = Daemon(config, transport=transport, rng=np.random.default_rng(0))
+        now = [time.time()]  # the daemon's clock, moved on to end a model's quarantine
+        daemon = Daemon(
+            config, transport=transport, rng=np.random.default_rng(0), clock=lambda: now[0]
+        )
 
         # A lost response: resent with the same key, counted once.
         admin(server.url, "POST", "/v1/rounds", {})
@@ -138,8 +142,15 @@ def test_lost_response_and_corrupted_download(
         assert predicted["model_version"] == "v1"
         assert predicted["count"] == len(rows)
 
-        # Clean bytes again: the new version is verified and taken, v1 kept as previous.
+        # The rejected version is not downloaded again while it is in quarantine.
         transport.tamper = None
+        downloads = sum(1 for _, u, _ in transport.sent if "/models/v2/" in u)
+        assert daemon.step() == "model_rejected"
+        assert sum(1 for _, u, _ in transport.sent if "/models/v2/" in u) == downloads
+
+        # Clean bytes once the quarantine is over: the new version is verified and taken,
+        # v1 kept as previous.
+        now[0] += config.retry_rejected_after + 1
         assert _step_until(daemon, "handled")[-1] == "handled"
         assert daemon.state.current_version == "v2"
         assert daemon.state.previous_version == "v1"

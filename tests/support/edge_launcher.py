@@ -64,6 +64,9 @@ class RecordingTransport:
             handle.write(json.dumps(record) + "\n")
         return self._inner.request(method, url, headers=headers, body=body, timeout=timeout)
 
+    def cancel(self) -> None:
+        self._inner.cancel()
+
     def close(self) -> None:
         self._inner.close()
 
