@@ -17,7 +17,14 @@ numpy are all the device needs.
 from edge_client.backoff import Backoff, BackoffPolicy
 from edge_client.bundles import BundleStore
 from edge_client.daemon import Daemon, DaemonConfig
-from edge_client.errors import EdgeError, RequestRejected, TransportError
+from edge_client.errors import (
+    DaemonStopped,
+    EdgeError,
+    ModelRejected,
+    RequestCancelled,
+    RequestRejected,
+    TransportError,
+)
 from edge_client.handler import (
     ClientConfig,
     ClientContext,
@@ -41,12 +48,14 @@ from edge_client.privacy import private_stats, slice_groups
 from edge_client.runtime import InferenceModel, TrainableModel, TrainResult, load_interpreter
 from edge_client.state import ClientState
 from edge_client.transport import (
+    Cancellable,
     CoordinatorClient,
     FunctionTransport,
     HttpResponse,
     HttpTransport,
     OutgoingRequest,
     Transport,
+    parse_retry_after,
     reply_request,
 )
 
@@ -55,12 +64,14 @@ __all__ = [
     "BackoffPolicy",
     "BundleRuntime",
     "BundleStore",
+    "Cancellable",
     "ClientConfig",
     "ClientContext",
     "ClientState",
     "CoordinatorClient",
     "Daemon",
     "DaemonConfig",
+    "DaemonStopped",
     "DeliveryReport",
     "DirectoryData",
     "EdgeError",
@@ -76,11 +87,13 @@ __all__ = [
     "MemoryHeadStore",
     "ModelCache",
     "ModelProvider",
+    "ModelRejected",
     "Outbox",
     "OutboxEntry",
     "OutgoingRequest",
     "PersonalHead",
     "PersonalizationConfig",
+    "RequestCancelled",
     "RequestRejected",
     "Span",
     "TrainResult",
@@ -92,6 +105,7 @@ __all__ = [
     "fine_tune",
     "handle",
     "load_interpreter",
+    "parse_retry_after",
     "personal_head",
     "private_stats",
     "reply_request",
