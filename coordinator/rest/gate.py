@@ -74,10 +74,13 @@ def check_body_limit() -> None:
 def _authorize(
     state: RestState, method: str, path: str, authorization: str | None
 ) -> ClientRecord | None:
-    """The token rule of a route that takes a body, as its blueprint applies it; the client
-    on the device routes."""
+    """The token rule of a route that takes a body (every one is a POST), as its blueprint
+    applies it; the client on the device routes. Other methods take no body: their size
+    limit is checked, and their token by their blueprint as usual."""
+    if method != "POST":
+        return None
     admin_hash = state.config.admin_token_hash
-    if method == "POST" and path == _REGISTRATION:
+    if path == _REGISTRATION:
         expected = state.config.enrollment_token_hash
         if expected is None:
             return None
@@ -89,7 +92,7 @@ def _authorize(
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
     token = bearer_token(authorization)
     is_admin = admin_hash is not None and token_matches(token, admin_hash)
-    if (method == "POST" and _UPLOAD.fullmatch(path)) or path in _REPORTS:
+    if _UPLOAD.fullmatch(path) or path in _REPORTS:
         if is_admin:
             raise PermissionDeniedError(
                 "this endpoint needs a client token, not the admin token",

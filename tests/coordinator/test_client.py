@@ -68,7 +68,11 @@ def test_models_list_show_promote_rollback(served: Served) -> None:
             "promoted",
             "rolled_back",
         ]
-        assert admin.health() == {"status": "ok", "model_version": "v1"}
+        assert admin.health() == {
+            "status": "ok",
+            "model_version": "v1",
+            "checks": {"store": "ok", "artifacts": "ok"},
+        }
 
 
 def test_rounds_clients_and_tasks(served: Served) -> None:
