@@ -85,28 +85,33 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         pytest.fail(f"in teardown: {message}")
 
 
+_BASELINE_ROOT_LEVEL = logging.getLogger().level
+
+
+def _reset_cli_logging() -> None:
+    """Undo what a CLI entry point run in this process did to logging: remove the kit's
+    stderr handler and put the root and every named logger back to their levels at start."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_fedge_cli_handler", False):
+            root.removeHandler(handler)
+    root.setLevel(_BASELINE_ROOT_LEVEL)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(logging.NOTSET)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_logging() -> Iterator[None]:
-    """Each test starts and ends with the logging set-up it found.
+    """Each test runs with the logging set-up the session started with.
 
     A CLI entry point run inside the test process configures logging as it would in its own
-    process (root level, one stderr handler, package levels); without this, the next test
-    file would inherit that configuration and miss the records it asserts on.
+    process (root level, one stderr handler, package levels) - also from a session fixture,
+    which is set up before this one; so the reset runs before the test and after it.
     """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {
-        name: logger.level
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
+    _reset_cli_logging()
     yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(levels.get(name, logging.NOTSET))
+    _reset_cli_logging()
 
 
 @pytest.fixture
