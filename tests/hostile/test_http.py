@@ -94,6 +94,7 @@ def _complete(raw: bytes) -> bool:
 
 
 def _status_and_document(raw: bytes) -> tuple[int, dict[str, str]]:
+    assert raw, "no answer within 5 s: the server waited for the body instead of refusing it"
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
     document: dict[str, str] = json.loads(body)
