@@ -108,7 +108,7 @@ _DOWNLOAD: dict[str, Any] = {
 
 def _paths() -> dict[str, Any]:
     upload_headers = [
-        _header("X-Fedge-Task-Id", "The train task being answered"),
+        _header("X-Fedge-Task-Id", "The train task being answered (at most 256 characters)"),
         _header("X-Fedge-Num-Examples", "Local examples trained on (1..max_examples)"),
         _header(
             "Idempotency-Key",

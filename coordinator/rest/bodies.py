@@ -19,6 +19,7 @@ __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
 
 _JSON_LIMIT = 64 << 10
 _JSON_DEPTH = 32
+_TASK_ID_LIMIT = 256  # task ids the coordinator issues are far shorter
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:
@@ -114,9 +115,16 @@ def update_submission(round_id: int) -> UpdateSubmission:
             "the body does not match X-Fedge-Delta-Sha256 (corrupted in transit?)",
             code="digest_mismatch",
         )
+    task_id = _header("X-Fedge-Task-Id")
+    if len(task_id) > _TASK_ID_LIMIT:
+        raise CoordinatorError(
+            f"X-Fedge-Task-Id is {len(task_id)} characters, over the {_TASK_ID_LIMIT}-character "
+            "limit",
+            code="invalid_header",
+        )
     return UpdateSubmission(
         round_id=round_id,
-        task_id=_header("X-Fedge-Task-Id"),
+        task_id=task_id,
         num_examples=num_examples,
         idempotency_key=request.headers.get("Idempotency-Key", ""),
         body=body,
