@@ -254,7 +254,7 @@ def test_traversal_in_a_model_version_is_404(world: World, version: str) -> None
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 404, "model_not_found", "")
+    _refused(response, 404, "model_not_found", "no model version")
     _unharmed(world)
 
 
@@ -397,24 +397,25 @@ def test_an_upload_with_non_finite_values_is_422(world: World, value: float) -> 
 def test_a_truncated_safetensors_upload_is_400(world: World) -> None:
     body = delta(5).to_bytes()
     response = _upload(world, world.selected[1], body[: len(body) - 9])
-    _refused(response, 400, "malformed_weights", "")
+    _refused(response, 400, "malformed_weights", "truncated weights")
     _unharmed(world)
 
 
 def test_a_safetensors_header_claiming_huge_offsets_is_400(world: World) -> None:
-    header = {
-        "head/bias": {"dtype": "F32", "shape": [3], "data_offsets": [0, 2**62]},
-        "head/kernel": {"dtype": "F32", "shape": [5, 3], "data_offsets": [0, 60]},
-    }
-    response = _upload(world, world.selected[1], _safetensors(header, b"\0" * 60))
-    _refused(response, 400, "malformed_weights", "")
+    body = delta(5).to_bytes()
+    (length,) = struct.unpack("<Q", body[:8])
+    header: dict[str, Any] = json.loads(body[8 : 8 + length])
+    assert "__metadata__" in header
+    header["head/bias"]["data_offsets"] = [0, 2**62]
+    response = _upload(world, world.selected[1], _safetensors(header, body[8 + length :]))
+    _refused(response, 400, "malformed_weights", "runs past the")
     _unharmed(world)
 
 
 def test_a_safetensors_header_length_beyond_the_body_is_400(world: World) -> None:
     body = struct.pack("<Q", 2**63) + b"{}"
     response = _upload(world, world.selected[1], body)
-    _refused(response, 400, "malformed_weights", "")
+    _refused(response, 400, "malformed_weights", "the header claims 9223372036854775808 bytes")
     _unharmed(world)
 
 
@@ -451,7 +452,7 @@ def test_an_upload_from_a_client_not_selected_is_403(world: World) -> None:
 def test_an_upload_under_another_clients_task_id_is_refused(world: World) -> None:
     first, second = world.selected
     response = _upload(world, second, delta(5).to_bytes(), task=world.task(first))
-    _refused(response, 403, "task_not_assigned", "")
+    _refused(response, 403, "task_not_assigned", "is assigned to another client")
     _unharmed(world)
 
 
@@ -624,7 +625,7 @@ def test_promoting_a_version_that_does_not_exist_is_404(world: World) -> None:
 
 def test_rolling_back_past_the_first_version_is_409(world: World) -> None:
     response = _admin(world.url, "POST", "/v1/models/rollback")
-    _refused(response, 409, "no_previous_version", "")
+    _refused(response, 409, "no_previous_version", "no previous production version")
     _unharmed(world)
 
 
@@ -646,7 +647,7 @@ def test_a_method_override_header_is_ignored(world: World, header: str) -> None:
         headers={**bearer(ADMIN_TOKEN), header: "POST"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 405, "method_not_allowed", "")
+    _refused(response, 405, "method_not_allowed", "not allowed")
     _unharmed(world)
 
 
@@ -772,7 +773,7 @@ def test_a_gzip_encoded_upload_is_not_inflated(world: World) -> None:
         headers=headers,
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "malformed_weights", "")
+    _refused(response, 400, "malformed_weights", "truncated or corrupt weights")
     _unharmed(world)
 
 
@@ -794,7 +795,7 @@ def test_an_undocumented_method_is_405(world: World, method: str) -> None:
     response = requests.request(
         method, f"{world.url}/v1/rounds/2", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
     )
-    _refused(response, 405, "method_not_allowed", "")
+    _refused(response, 405, "method_not_allowed", "not allowed")
     assert ADMIN_TOKEN not in response.text
     _unharmed(world)
 
@@ -802,10 +803,10 @@ def test_an_undocumented_method_is_405(world: World, method: str) -> None:
 def test_a_latin1_token_is_401(world: World) -> None:
     response = requests.get(
         f"{world.url}/v1/tasks/next",
-        headers={"Authorization": "Bearer fedge_\u00e9\u00ff\u00a0token".encode("latin-1")},  # type: ignore[dict-item]
+        headers={"Authorization": "Bearer fedge_\u00e9\u00ff\u00a0token".encode("latin-1")},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 401, "invalid_token", "")
+    _refused(response, 401, "invalid_token", "unknown client token")
     _unharmed(world)
 
 
