@@ -208,7 +208,8 @@ class CoordinatorService:
             raise AuthenticationError("unknown client token", code="invalid_token")
         if client.revoked:
             raise AuthenticationError(
-                f"client {client.client_id} was revoked; register again to take part",
+                f"client {client.client_id} was revoked: its token no longer works; to take part "
+                "again the device enrolls as a new client (a new registration key)",
                 code="client_revoked",
             )
         return client
