@@ -215,8 +215,9 @@ class RoundEngine:
     def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
         received = self._store.count_updates(round_.round_id)
         # Revoked clients' tasks expire: once no task is pending, no update can arrive.
-        everyone = received >= len(round_.selected) or not self._store.list_tasks(
-            round_id=round_.round_id, status="pending"
+        everyone = (
+            received >= len(round_.selected)
+            or self._store.count_tasks(round_id=round_.round_id, status="pending") == 0
         )
         expired = round_.deadline is not None and self._now() >= round_.deadline
         if not (everyone or expired):

@@ -285,6 +285,12 @@ class SQLiteStore:
         )
         return self._all(TaskRecord, f"SELECT doc FROM tasks{where} ORDER BY seq", params)  # noqa: S608
 
+    def count_tasks(self, *, round_id: int, status: str | None = None) -> int:
+        where, params = self._where({"round_id": round_id, "status": status})
+        with self._lock:
+            row = self._conn.execute(f"SELECT COUNT(*) FROM tasks{where}", params).fetchone()  # noqa: S608
+        return int(row[0])
+
     def save_task(self, task: TaskRecord) -> None:
         self._update(
             "UPDATE tasks SET client_id = ?, round_id = ?, status = ?, doc = ? WHERE task_id = ?",

@@ -68,6 +68,10 @@ class Store(Protocol):
         round_id: int | None = None,
         status: str | None = None,
     ) -> list[TaskRecord]: ...
+    def count_tasks(self, *, round_id: int, status: str | None = None) -> int:
+        """Tasks of ``round_id`` (with ``status`` when given), without reading them."""
+        ...
+
     def save_task(self, task: TaskRecord) -> None: ...
 
     def add_update(self, update: UpdateRecord) -> None:
@@ -298,6 +302,11 @@ class MemoryStore:
                 and (round_id is None or t.round_id == round_id)
                 and (status is None or t.status == status)
             ]
+
+    def count_tasks(self, *, round_id: int, status: str | None = None) -> int:
+        with self._lock:
+            tasks = self._lookup("tasks", "round_id", round_id)
+            return sum(1 for t in tasks if status is None or t.status == status)
 
     def save_task(self, task: TaskRecord) -> None:
         self._save("tasks", task.task_id, task, "task")

@@ -162,6 +162,10 @@ def test_tasks_filter_and_save(store: Store) -> None:
     store.save_task(done)
     assert store.get_task("t1") == done
     assert [t.task_id for t in store.list_tasks(client_id="c1", status="pending")] == ["t3"]
+    assert store.count_tasks(round_id=1) == 2
+    assert store.count_tasks(round_id=1, status="pending") == 1
+    assert store.count_tasks(round_id=1, status="completed") == 1
+    assert store.count_tasks(round_id=2) == 0
     with pytest.raises(ConflictError):
         store.add_task(_task("t2"))
     with pytest.raises(NotFoundError):
