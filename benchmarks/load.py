@@ -42,6 +42,7 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from coordinator.client import AdminClient  # noqa: E402
+from coordinator.errors import CoordinatorUnavailableError  # noqa: E402
 from coordinator.launch import CoordinatorProcess, launch_coordinator  # noqa: E402
 from tests.support.coordinator import make_bundle  # noqa: E402
 from tests.support.fleet import Ack, CallStats, SimulatedDevice, percentile, run_fleet  # noqa: E402
@@ -114,13 +115,25 @@ def _start(work: Path, devices: int, deadline: float, extra: list[str]) -> Coord
 
 
 def _wait(predicate: Any, timeout: float, interval: float = 0.5) -> Any:
+    """Poll ``predicate`` until it is true or ``timeout`` passes. An admin call that times out
+    while the fleet saturates the server's threads is asked again, not a failed run."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        result = predicate()
+        try:
+            result = predicate()
+        except CoordinatorUnavailableError as exc:
+            _log(f"admin call not answered yet ({exc}); asking again")
+            result = None
         if result:
             return result
         time.sleep(interval)
     return None
+
+
+def finished_document(admin: AdminClient, round_id: int) -> dict[str, Any] | None:
+    """The ended round's document, asked again while the server is too busy to answer."""
+    document: dict[str, Any] | None = _wait(lambda: admin.show_round(round_id), 120.0)
+    return document
 
 
 def round_phase(
@@ -145,7 +158,7 @@ def round_phase(
         round_id = int(admin.open_round()["round_id"])
         remaining = max(1.0, time_limit - (time.monotonic() - started))
         finished = _wait(lambda: admin.show_round(round_id)["state"] in _DONE, remaining)
-        outcome["round"] = admin.show_round(round_id) if finished else None
+        outcome["round"] = finished_document(admin, round_id) if finished else None
         if not finished:
             _log(f"round {round_id} did not end within the time limit")
     stop.set()
