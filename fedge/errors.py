@@ -16,6 +16,7 @@
     ├── DataError                a data set cannot be read or partitioned as asked
     ├── FeatureError             statistics or a feature spec do not fit the data given
     ├── ProtocolError            a message (task or reply) is malformed or out of bounds
+    ├── JSONLimitError           a JSON document over a size or nesting-depth limit
     ├── BundleError              an edge bundle is unusable (bad manifest, file missing,
     │                            size or sha256 mismatch, unsafe file name)
     └── ProcessError             a child process failed, exited too early or overran its
@@ -34,6 +35,7 @@ __all__ = [
     "DtypeMismatchError",
     "FeatureError",
     "FedgeError",
+    "JSONLimitError",
     "MissingTensorError",
     "NonFiniteError",
     "ProcessError",
@@ -112,6 +114,10 @@ class ProtocolError(FedgeError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class JSONLimitError(FedgeError, ValueError):
+    """A JSON document over a size or nesting-depth limit (see :mod:`fedge.jsonlimits`)."""
 
 
 class BundleError(FedgeError, ValueError):

@@ -15,6 +15,8 @@ import json
 import re
 from typing import Any, NoReturn
 
+from fedge.errors import JSONLimitError
+
 __all__ = ["DEFAULT_MAX_DEPTH", "JSONLimitError", "json_depth", "loads_bounded"]
 
 DEFAULT_MAX_DEPTH = 32
@@ -24,10 +26,6 @@ DEFAULT_MAX_DEPTH = 32
 # brackets inside them do not count.
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}\"]")
-
-
-class JSONLimitError(ValueError):
-    """A JSON document over a size or nesting-depth limit."""
 
 
 def _refuse_constant(name: str) -> NoReturn:

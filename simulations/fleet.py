@@ -42,6 +42,7 @@ import numpy as np
 
 from edge_client import ClientConfig, ClientContext, MemoryData, ModelCache, handle
 from fedge import processes
+from fedge.cli import configure_logging
 from fedge.data import Dataset, Partition
 from fedge.messages import Task, encode_message
 from fedge.schema import Schema
@@ -177,7 +178,7 @@ def serve() -> None:
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output must not hit the channel
     inbox = sys.stdin.buffer
-    logging.basicConfig(level=logging.WARNING, format="fedge-sim worker: %(message)s")
+    configure_logging(quiet=True, fmt="fedge-sim worker: %(message)s")
     try:
         kind, data = receive_message(inbox)
         if kind != "init":
