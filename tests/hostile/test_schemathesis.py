@@ -73,9 +73,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     found = _SUMMARY.findall(output)
     summary = found[-1] if found else "(no summary line)"
     print("$", shlex.join(["st", *command[3:]]))
-    print("schemathesis:", summary)
+    failures = sum(int(n) for n in re.findall(r"(\d+) failed", summary))
+    errors = sum(int(n) for n in re.findall(r"(\d+) errored", summary))
+    print(f"schemathesis: {summary} ({errors} errors, {failures} failures)")
     assert result.returncode == 0, output[-6000:]
     assert "passed" in summary
+    assert (errors, failures) == (0, 0), output[-6000:]
     assert not re.search(r"\b(failed|errored)\b", summary), output[-6000:]
     # Nothing it sent took the server down.
     assert requests.get(f"{server.url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
