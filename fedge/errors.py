@@ -19,6 +19,9 @@
     ├── JSONLimitError           a JSON document over a size or nesting-depth limit
     ├── BundleError              an edge bundle is unusable (bad manifest, file missing,
     │                            size or sha256 mismatch, unsafe file name)
+    ├── SecAggError              a secure-aggregation step cannot proceed: too few shares,
+    │                            inconsistent or tampered shares, a request an honest
+    │                            client refuses (:mod:`fedge.secagg`)
     └── ProcessError             a child process failed, exited too early or overran its
                                  deadline (:mod:`fedge.processes`)
 
@@ -40,6 +43,7 @@ __all__ = [
     "NonFiniteError",
     "ProcessError",
     "ProtocolError",
+    "SecAggError",
     "ShapeMismatchError",
     "UnknownTensorError",
     "UsageError",
@@ -129,6 +133,11 @@ class BundleError(FedgeError, ValueError):
     def __init__(self, message: str, *, file: str | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class SecAggError(FedgeError, ValueError):
+    """A secure-aggregation step cannot proceed: fewer shares than the threshold,
+    inconsistent or tampered shares, or a request an honest client refuses."""
 
 
 class ProcessError(FedgeError, RuntimeError):

@@ -1,0 +1,47 @@
+"""Secure aggregation (SecAgg+): the server learns the sum of the updates, not one of them.
+
+Bell et al., CCS 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead",
+over the protocol of Bonawitz et al., CCS 2017, "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning". Pure primitives and in-memory step functions:
+Shamir sharing (:mod:`~fedge.secagg.shamir`), X25519/HKDF/ChaCha20-Poly1305
+(:mod:`~fedge.secagg.keys`, ``cryptography`` imported lazily), the k-regular graph
+(:mod:`~fedge.secagg.graph`), quantization and masks (:mod:`~fedge.secagg.masking`) and
+the four stages (:mod:`~fedge.secagg.protocol`).
+"""
+
+from fedge.secagg.graph import build_graph, default_degree, default_threshold
+from fedge.secagg.masking import MaskingConfig, SecureSum, decode_sum, encode_input, prg_mask
+from fedge.secagg.protocol import (
+    AdvertiseKeys,
+    ClientState,
+    KeyRoster,
+    MaskedInput,
+    ServerState,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedge.secagg.shamir import combine_shares, split_secret
+
+__all__ = [
+    "AdvertiseKeys",
+    "ClientState",
+    "KeyRoster",
+    "MaskedInput",
+    "MaskingConfig",
+    "SecureSum",
+    "ServerState",
+    "ShareDelivery",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "build_graph",
+    "combine_shares",
+    "decode_sum",
+    "default_degree",
+    "default_threshold",
+    "encode_input",
+    "prg_mask",
+    "split_secret",
+]

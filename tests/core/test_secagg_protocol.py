@@ -1,0 +1,202 @@
+"""The four SecAgg+ stages end to end in memory: the server recovers only the sum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from fedge.errors import SecAggError
+from fedge.secagg import (
+    ClientState,
+    MaskedInput,
+    MaskingConfig,
+    SecureSum,
+    ServerState,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+NUM_CLIENTS, DIMENSION, CLIP, CAP = 20, 1_000, 1.0, 200
+
+
+@dataclass
+class Fleet:
+    """Plain vectors, example counts and the bytes the server received, for one round."""
+
+    vectors: dict[int, npt.NDArray[np.float64]]
+    counts: dict[int, int]
+    server_view: list[bytes] = field(default_factory=list)
+
+
+def _config() -> MaskingConfig:
+    return MaskingConfig(dimension=DIMENSION, clip=CLIP, example_cap=CAP)
+
+
+def _fleet(seed: int) -> Fleet:
+    rng = np.random.default_rng(seed)
+    return Fleet(
+        vectors={cid: rng.uniform(-CLIP, CLIP, DIMENSION) for cid in range(NUM_CLIENTS)},
+        counts={cid: int(rng.integers(10, CAP + 1)) for cid in range(NUM_CLIENTS)},
+    )
+
+
+def _run_to_masked(
+    fleet: Fleet, *, drop_after_masking: frozenset[int] = frozenset(), seed: int = 0
+) -> tuple[ServerState, dict[int, ClientState], dict[int, UnmaskRequest]]:
+    """Stages 1-3; clients in ``drop_after_masking`` share keys but send no masked input."""
+    rng = np.random.default_rng(seed)
+    config = _config()
+    clients = {cid: ClientState.create(cid, config) for cid in fleet.vectors}
+    adverts = [c.advertise() for c in clients.values()]
+    fleet.server_view += [a.encryption_key + a.mask_key for a in adverts]
+    server, rosters = ServerState(config).collect_keys(adverts, rng=rng)
+    shares = []
+    for cid, roster in rosters.items():
+        clients[cid], message = clients[cid].share_keys(roster)
+        shares.append(message)
+        fleet.server_view += list(message.bundles.values())
+    server, deliveries = server.collect_shares(shares)
+    inputs: list[MaskedInput] = []
+    for cid, delivery in deliveries.items():
+        clients[cid], masked = clients[cid].mask(
+            delivery, fleet.vectors[cid], fleet.counts[cid], rng=rng
+        )
+        if cid not in drop_after_masking:
+            inputs.append(masked)
+            fleet.server_view.append(masked.data)
+    server, requests = server.collect_masked(inputs)
+    return server, clients, requests
+
+
+def _unmask(
+    fleet: Fleet,
+    server: ServerState,
+    clients: dict[int, ClientState],
+    requests: dict[int, UnmaskRequest],
+) -> SecureSum:
+    responses = []
+    for cid, request in requests.items():
+        clients[cid], response = clients[cid].unmask(request)
+        responses.append(response)
+        fleet.server_view += list(response.seed_shares.values()) + list(
+            response.key_shares.values()
+        )
+    return server.unmask(responses)
+
+
+def _plain_fedavg(fleet: Fleet, ids: set[int]) -> npt.NDArray[np.float64]:
+    weights = np.array([fleet.counts[c] for c in sorted(ids)], dtype=np.float64)
+    stacked = np.stack([fleet.vectors[c] for c in sorted(ids)])
+    mean: npt.NDArray[np.float64] = (weights[:, None] * stacked).sum(axis=0) / weights.sum()
+    return mean
+
+
+def _assert_within_bound(result: SecureSum, fleet: Fleet, ids: set[int]) -> None:
+    config = _config()
+    assert result.num_clients == len(ids)
+    assert result.num_examples == sum(fleet.counts[c] for c in ids)
+    bound = CAP * config.error_bound(len(ids)) / result.num_examples
+    error = np.abs(result.mean - _plain_fedavg(fleet, ids))
+    assert error.max() <= bound
+    assert error.max() > 0  # quantized, so not bit-exact: the bound is what is promised
+
+
+def test_secure_round_equals_plain_fedavg_within_the_bound() -> None:
+    fleet = _fleet(1)
+    server, clients, requests = _run_to_masked(fleet)
+    assert all(not r.dropped for r in requests.values())
+    _assert_within_bound(_unmask(fleet, server, clients, requests), fleet, set(fleet.vectors))
+
+
+def test_secure_round_with_30_percent_dropping_after_masking() -> None:
+    fleet = _fleet(2)
+    dropped = frozenset(np.random.default_rng(7).choice(NUM_CLIENTS, 6, replace=False).tolist())
+    server, clients, requests = _run_to_masked(fleet, drop_after_masking=dropped)
+    assert set(requests) == set(fleet.vectors) - dropped
+    assert any(r.dropped for r in requests.values())
+    result = _unmask(fleet, server, clients, requests)
+    _assert_within_bound(result, fleet, set(fleet.vectors) - dropped)
+
+
+def test_server_view_holds_no_plain_vector_nor_any_window_of_it() -> None:
+    fleet = _fleet(3)
+    dropped = frozenset({4, 11})
+    server, clients, requests = _run_to_masked(fleet, drop_after_masking=dropped)
+    _unmask(fleet, server, clients, requests)
+    view = b"".join(fleet.server_view)
+    assert len(view) > NUM_CLIENTS * DIMENSION * 8
+    for vector in fleet.vectors.values():
+        encodings = [
+            vector.astype(np.float64).tobytes(),
+            vector.astype(np.float32).tobytes(),
+            vector.astype(np.float16).tobytes(),
+            np.round(vector * 127).astype(np.int8).tobytes(),
+        ]
+        for encoded in encodings:
+            # Every 64-value window contains a whole 16-value block starting at a multiple
+            # of 16, so no such block in the view means no 64-value window either.
+            size = len(encoded) // DIMENSION
+            for start in range(0, len(encoded) - 16 * size + 1, 16 * size):
+                assert encoded[start : start + 16 * size] not in view
+
+
+def test_fewer_than_threshold_shares_fail_with_a_clear_error() -> None:
+    fleet = _fleet(4)
+    server, clients, requests = _run_to_masked(fleet)
+    responses: list[UnmaskResponse] = []
+    for cid, request in requests.items():
+        clients[cid], response = clients[cid].unmask(request)
+        responses.append(response)
+    assert server.threshold is not None
+    target = 0
+    holders = [r for r in responses if target in r.seed_shares]
+    keep = holders[: server.threshold - 1]
+    trimmed = [r for r in responses if target not in r.seed_shares or r in keep]
+    with pytest.raises(
+        SecAggError, match=r"cannot recover the self-mask seed of client 0: \d+ shares"
+    ):
+        server.unmask(trimmed)
+
+
+def test_honest_client_refuses_both_shares_of_one_peer() -> None:
+    fleet = _fleet(5)
+    _, clients, requests = _run_to_masked(fleet)
+    cid, request = next(iter(requests.items()))
+    peer = next(iter(request.survivors))
+    greedy = UnmaskRequest(cid, survivors=request.survivors, dropped=frozenset({peer}))
+    with pytest.raises(SecAggError, match="refusing to reveal both"):
+        clients[cid].unmask(greedy)
+    state, _ = clients[cid].unmask(request)
+    later = UnmaskRequest(cid, survivors=frozenset(), dropped=frozenset({peer}))
+    with pytest.raises(SecAggError, match="already revealed"):
+        state.unmask(later)
+
+
+def test_client_refuses_to_unmask_with_too_few_surviving_neighbours() -> None:
+    fleet = _fleet(6)
+    _, clients, requests = _run_to_masked(fleet)
+    cid, request = next(iter(requests.items()))
+    survivors = sorted(request.survivors)
+    threshold = len(survivors) // 2 + 1
+    few = UnmaskRequest(
+        cid,
+        survivors=frozenset(survivors[: threshold - 1]),
+        dropped=frozenset(survivors[threshold - 1 :]),
+    )
+    with pytest.raises(SecAggError, match="fewer than the threshold"):
+        clients[cid].unmask(few)
+
+
+def test_client_refuses_a_roster_with_a_minority_threshold() -> None:
+    config = _config()
+    clients = [ClientState.create(cid, config) for cid in range(8)]
+    server = ServerState(config, degree=4, threshold=3)
+    _, rosters = server.collect_keys([c.advertise() for c in clients], rng=np.random.default_rng(0))
+    roster = rosters[0]
+    weak = type(roster)(roster.client_id, 2, roster.neighbours)
+    with pytest.raises(SecAggError, match="strict majority"):
+        clients[0].share_keys(weak)
+    assert clients[0].share_keys(roster)[1].client_id == 0
