@@ -10,6 +10,8 @@ Two codecs turn a delta (:class:`~fedge.weights.Weights`) into a compact payload
   flat indices; :meth:`TopK.step` adds error feedback, a per-device residual of everything
   not yet sent (Stich et al. 2018, "Sparsified SGD with Memory", NeurIPS; Karimireddy et al.
   2019, "Error Feedback Fixes SignSGD and other Gradient Compression Schemes", ICML).
+  The residual is an explicit :class:`ErrorFeedback` value with ``to_bytes``/``from_bytes``
+  for a device to keep between rounds.
 
 Payload layout: the magic ``b"FDGZ"``, a 4-byte little-endian header length, a canonical
 JSON header (codec, version, tensor names/shapes/dtypes, codec options), then raw
@@ -37,6 +39,7 @@ import safetensors.numpy
 from fedge.errors import (
     ConfigError,
     MissingTensorError,
+    NonFiniteError,
     ShapeMismatchError,
     UnknownTensorError,
     WeightsFormatError,
@@ -192,9 +195,13 @@ class ErrorFeedback:
     residual: Mapping[str, Float64Array]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.residual, Mapping):
+            raise ConfigError(f"residual must map names to arrays, got {self.residual!r}")
         frozen = {}
         for name, array in self.residual.items():
             copy = np.array(array, dtype=np.float64, copy=True)
+            if not np.isfinite(copy).all():
+                raise NonFiniteError(f"residual {name!r} holds NaN or Inf", tensor=name)
             copy.flags.writeable = False
             frozen[name] = copy
         object.__setattr__(self, "residual", MappingProxyType(frozen))

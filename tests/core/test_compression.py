@@ -208,6 +208,8 @@ def test_error_feedback_state_round_trips_through_bytes() -> None:
     for bad in (data[:-3], b"", b"\x08" + b"\0" * 7 + b"{}      "):
         with pytest.raises(WeightsFormatError, match="error-feedback state"):
             ErrorFeedback.from_bytes(bad)
+    with pytest.raises(NonFiniteError, match="'w'"):
+        ErrorFeedback({"w": np.array([0.0, np.inf])})
 
 
 def test_error_feedback_refuses_a_mismatched_update() -> None:
