@@ -5,10 +5,12 @@ over the protocol of Bonawitz et al., CCS 2017, "Practical Secure Aggregation fo
 Privacy-Preserving Machine Learning". Pure primitives and in-memory step functions:
 Shamir sharing (:mod:`~fedge.secagg.shamir`), X25519/HKDF/ChaCha20-Poly1305
 (:mod:`~fedge.secagg.keys`, ``cryptography`` imported lazily), the k-regular graph
-(:mod:`~fedge.secagg.graph`), quantization and masks (:mod:`~fedge.secagg.masking`) and
-the four stages (:mod:`~fedge.secagg.protocol`).
+(:mod:`~fedge.secagg.graph`), quantization and masks (:mod:`~fedge.secagg.masking`),
+the four stages (:mod:`~fedge.secagg.protocol`) and their JSON codec
+(:mod:`~fedge.secagg.codec`).
 """
 
+from fedge.secagg.codec import SECAGG_MESSAGE_TYPES, SecAggMessage, decode_secagg, encode_secagg
 from fedge.secagg.graph import build_graph, default_degree, default_threshold
 from fedge.secagg.masking import MaskingConfig, SecureSum, decode_sum, encode_input, prg_mask
 from fedge.secagg.protocol import (
@@ -25,11 +27,13 @@ from fedge.secagg.protocol import (
 from fedge.secagg.shamir import combine_shares, split_secret
 
 __all__ = [
+    "SECAGG_MESSAGE_TYPES",
     "AdvertiseKeys",
     "ClientState",
     "KeyRoster",
     "MaskedInput",
     "MaskingConfig",
+    "SecAggMessage",
     "SecureSum",
     "ServerState",
     "ShareDelivery",
@@ -38,10 +42,12 @@ __all__ = [
     "UnmaskResponse",
     "build_graph",
     "combine_shares",
+    "decode_secagg",
     "decode_sum",
     "default_degree",
     "default_threshold",
     "encode_input",
+    "encode_secagg",
     "prg_mask",
     "split_secret",
 ]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fedge.errors import SecAggError
+from fedge.errors import ProtocolError, SecAggError
 from fedge.secagg import (
     ClientState,
     MaskedInput,
     MaskingConfig,
+    SecAggMessage,
     SecureSum,
     ServerState,
     UnmaskRequest,
     UnmaskResponse,
+    decode_secagg,
+    encode_secagg,
 )
 
 NUM_CLIENTS, DIMENSION, CLIP, CAP = 20, 1_000, 1.0, 200
@@ -43,32 +48,54 @@ def _fleet(seed: int) -> Fleet:
     )
 
 
+_Message = TypeVar("_Message", bound=SecAggMessage)
+
+
+def _wire(message: _Message, fleet: Fleet | None = None) -> _Message:
+    """``message`` after a trip through the JSON codec; to the server if ``fleet`` is given,
+    which records every byte of it (the JSON text, the body, and the decoded blobs)."""
+    doc, body = encode_secagg(message)
+    text = json.dumps(doc).encode()
+    decoded = decode_secagg(json.loads(text), body)
+    assert decoded == message
+    if fleet is not None:
+        fleet.server_view += [text, body or b""]
+        fleet.server_view += [
+            v for value in vars(decoded).values() if isinstance(value, dict) for v in value.values()
+        ]
+    return cast(_Message, decoded)
+
+
 def _run_to_masked(
-    fleet: Fleet, *, drop_after_masking: frozenset[int] = frozenset(), seed: int = 0
+    fleet: Fleet,
+    *,
+    drop_after_advertising: frozenset[int] = frozenset(),
+    drop_after_masking: frozenset[int] = frozenset(),
+    seed: int = 0,
 ) -> tuple[ServerState, dict[int, ClientState], dict[int, UnmaskRequest]]:
-    """Stages 1-3; clients in ``drop_after_masking`` share keys but send no masked input."""
+    """Stages 1-3; clients in ``drop_after_advertising`` never share keys, clients in
+    ``drop_after_masking`` share keys but send no masked input."""
     rng = np.random.default_rng(seed)
     config = _config()
     clients = {cid: ClientState.create(cid, config) for cid in fleet.vectors}
-    adverts = [c.advertise() for c in clients.values()]
-    fleet.server_view += [a.encryption_key + a.mask_key for a in adverts]
+    adverts = [_wire(c.advertise(), fleet) for c in clients.values()]
     server, rosters = ServerState(config).collect_keys(adverts, rng=rng)
     shares = []
     for cid, roster in rosters.items():
-        clients[cid], message = clients[cid].share_keys(roster)
-        shares.append(message)
-        fleet.server_view += list(message.bundles.values())
+        if cid in drop_after_advertising:
+            continue
+        clients[cid], message = clients[cid].share_keys(_wire(roster))
+        shares.append(_wire(message, fleet))
     server, deliveries = server.collect_shares(shares)
     inputs: list[MaskedInput] = []
     for cid, delivery in deliveries.items():
         clients[cid], masked = clients[cid].mask(
-            delivery, fleet.vectors[cid], fleet.counts[cid], rng=rng
+            _wire(delivery), fleet.vectors[cid], fleet.counts[cid], rng=rng
         )
         if cid not in drop_after_masking:
-            inputs.append(masked)
-            fleet.server_view.append(masked.data)
+            inputs.append(_wire(masked, fleet))
     server, requests = server.collect_masked(inputs)
-    return server, clients, requests
+    return server, clients, {cid: _wire(r) for cid, r in requests.items()}
 
 
 def _unmask(
@@ -80,10 +107,7 @@ def _unmask(
     responses = []
     for cid, request in requests.items():
         clients[cid], response = clients[cid].unmask(request)
-        responses.append(response)
-        fleet.server_view += list(response.seed_shares.values()) + list(
-            response.key_shares.values()
-        )
+        responses.append(_wire(response, fleet))
     return server.unmask(responses)
 
 
@@ -119,6 +143,17 @@ def test_secure_round_with_30_percent_dropping_after_masking() -> None:
     assert any(r.dropped for r in requests.values())
     result = _unmask(fleet, server, clients, requests)
     _assert_within_bound(result, fleet, set(fleet.vectors) - dropped)
+
+
+def test_secure_round_with_clients_dropping_before_sharing_keys() -> None:
+    fleet = _fleet(8)
+    early, late = frozenset({2, 13}), frozenset({5})
+    server, clients, requests = _run_to_masked(
+        fleet, drop_after_advertising=early, drop_after_masking=late
+    )
+    assert not any(r.dropped & early for r in requests.values())
+    result = _unmask(fleet, server, clients, requests)
+    _assert_within_bound(result, fleet, set(fleet.vectors) - early - late)
 
 
 def test_server_view_holds_no_plain_vector_nor_any_window_of_it() -> None:
@@ -200,3 +235,18 @@ def test_client_refuses_a_roster_with_a_minority_threshold() -> None:
     with pytest.raises(SecAggError, match="strict majority"):
         clients[0].share_keys(weak)
     assert clients[0].share_keys(roster)[1].client_id == 0
+
+
+def test_codec_refuses_malformed_documents() -> None:
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode_secagg({"type": "model_update"})
+    with pytest.raises(ProtocolError, match="has the fields"):
+        decode_secagg({"type": "secagg_advertise_keys", "client_id": 1, "mask_key": ""})
+    with pytest.raises(ProtocolError, match="needs binary body"):
+        decode_secagg({"type": "secagg_masked_input", "client_id": 1})
+    with pytest.raises(ProtocolError, match="not base64"):
+        decode_secagg(
+            {"type": "secagg_advertise_keys", "client_id": 1, "encryption_key": "!", "mask_key": ""}
+        )
+    with pytest.raises(ProtocolError, match="client ids"):
+        decode_secagg({"type": "secagg_share_keys", "client_id": 1, "bundles": {"x": ""}})
