@@ -10,7 +10,14 @@ the four stages (:mod:`~fedge.secagg.protocol`) and their JSON codec
 (:mod:`~fedge.secagg.codec`).
 """
 
-from fedge.secagg.codec import SECAGG_MESSAGE_TYPES, SecAggMessage, decode_secagg, encode_secagg
+from fedge.secagg.codec import (
+    SECAGG_MESSAGE_TYPES,
+    SecAggMessage,
+    decode_secagg,
+    encode_secagg,
+    server_state_from_dict,
+    server_state_to_dict,
+)
 from fedge.secagg.graph import build_graph, default_degree, default_threshold
 from fedge.secagg.masking import MaskingConfig, SecureSum, decode_sum, encode_input, prg_mask
 from fedge.secagg.protocol import (
@@ -49,5 +56,7 @@ __all__ = [
     "encode_input",
     "encode_secagg",
     "prg_mask",
+    "server_state_from_dict",
+    "server_state_to_dict",
     "split_secret",
 ]

@@ -6,6 +6,9 @@ binary body (like a model update's delta in :mod:`fedge.messages`). Decoding val
 shape of every field and raises :class:`~fedge.errors.ProtocolError` naming it; whether the
 content makes sense (ids in the graph, bundles that authenticate) is the step functions'
 check. ``decode_secagg(*encode_secagg(m)) == m`` for every message.
+
+:func:`server_state_to_dict` / :func:`server_state_from_dict` keep a
+:class:`~fedge.secagg.protocol.ServerState` between requests; it holds no secret.
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
-from fedge.errors import ProtocolError
+import numpy as np
+
+from fedge.errors import ProtocolError, SecAggError
+from fedge.secagg.masking import MaskingConfig
 from fedge.secagg.protocol import (
     AdvertiseKeys,
     KeyRoster,
     MaskedInput,
+    ServerState,
     ShareDelivery,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
 )
 
-__all__ = ["SECAGG_MESSAGE_TYPES", "SecAggMessage", "decode_secagg", "encode_secagg"]
+__all__ = [
+    "SECAGG_MESSAGE_TYPES",
+    "SecAggMessage",
+    "decode_secagg",
+    "encode_secagg",
+    "server_state_from_dict",
+    "server_state_to_dict",
+]
 
 SecAggMessage: TypeAlias = (
     AdvertiseKeys | KeyRoster | ShareKeys | ShareDelivery | MaskedInput | UnmaskRequest
@@ -170,3 +184,56 @@ def _ids(value: object, what: str) -> frozenset[int]:
     if not isinstance(value, list):
         raise ProtocolError(f"{what} must be a list of client ids", field=what)
     return frozenset(_int(v, what) for v in value)
+
+
+def server_state_to_dict(state: ServerState) -> dict[str, Any]:
+    """A JSON-able form of the server's state, to keep between requests (no secrets in it:
+    public keys, the graph, who reached which stage and the masked sum)."""
+    config = state.config
+    return {
+        "config": {
+            "dimension": config.dimension,
+            "clip": config.clip,
+            "example_cap": config.example_cap,
+            "modulus_bits": config.modulus_bits,
+            "quantization_bits": config.quantization_bits,
+        },
+        "degree": state.degree,
+        "threshold": state.threshold,
+        "stage": state.stage,
+        "keys": [encode_secagg(advert)[0] for _, advert in sorted(state.keys.items())],
+        "graph": {str(cid): sorted(peers) for cid, peers in sorted(state.graph.items())},
+        "shared": sorted(state.shared),
+        "survivors": sorted(state.survivors),
+        "masked_sum": None
+        if state.masked_sum is None
+        else _b64(state.masked_sum.astype("<u8").tobytes()),
+    }
+
+
+def server_state_from_dict(doc: Mapping[str, Any]) -> ServerState:
+    """The inverse of :func:`server_state_to_dict`; SecAggError if ``doc`` is not one."""
+    try:
+        keys = [decode_secagg(advert) for advert in doc["keys"]]
+        masked = doc["masked_sum"]
+        state = ServerState(
+            config=MaskingConfig(**doc["config"]),
+            degree=doc["degree"],
+            threshold=doc["threshold"],
+            stage=doc["stage"],
+            keys={k.client_id: k for k in keys if isinstance(k, AdvertiseKeys)},
+            graph={int(cid): frozenset(peers) for cid, peers in doc["graph"].items()},
+            shared=frozenset(doc["shared"]),
+            survivors=frozenset(doc["survivors"]),
+            masked_sum=None
+            if masked is None
+            else np.frombuffer(_unb64(masked, "masked_sum"), dtype="<u8").astype(np.uint64),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SecAggError(f"not a secure-aggregation server state: {exc!r}") from exc
+    if len(state.keys) != len(keys) or state.stage not in _SERVER_STAGES:
+        raise SecAggError("not a secure-aggregation server state: bad keys or stage")
+    return state
+
+
+_SERVER_STAGES = frozenset({"advertise", "share", "masked", "unmask"})

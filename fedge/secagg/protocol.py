@@ -10,7 +10,8 @@ Privacy-Preserving Machine Learning") over the sparse graph of Bell et al. (CCS 
                     Shamir share of its self-mask seed and of its mask private key);
                     server -> one :class:`ShareDelivery` per client (the bundles sent to it);
 3. masked input     client -> :class:`MaskedInput` (its encoded update plus self and
-                    pairwise masks, mod 2^b); server -> one :class:`UnmaskRequest` per
+                    pairwise masks, mod 2^b), added to a running sum as it arrives
+                    (``accept_masked``); server -> one :class:`UnmaskRequest` per
                     survivor (which neighbours survived, which dropped);
 4. unmasking        client -> :class:`UnmaskResponse` (self-seed shares of surviving
                     neighbours, mask-key shares of dropped ones); server -> the
@@ -358,34 +359,48 @@ class ServerState:
         self, inputs: Iterable[MaskedInput]
     ) -> tuple[ServerState, dict[int, UnmaskRequest]]:
         """Stage 3: add the masked vectors; ask each survivor about its neighbours."""
+        state = self
+        for message in inputs:
+            state = state.accept_masked(message)
+        return state.unmask_requests()
+
+    def accept_masked(self, message: MaskedInput) -> ServerState:
+        """Stage 3, one input at a time: add it to the running masked sum (O(dimension))."""
         self._expect("masked")
         bits, length = self.config.modulus_bits, self.config.dimension + 1
-        total = np.zeros(length, dtype=np.uint64)
-        seen: set[int] = set()
-        for message in inputs:
-            if message.client_id not in self.shared or message.client_id in seen:
-                raise SecAggError(f"unexpected or repeated input from client {message.client_id}")
-            if len(message.data) != 8 * length:
-                raise SecAggError(
-                    f"client {message.client_id}'s input is {len(message.data)} bytes, "
-                    f"expected {8 * length}"
-                )
-            values = np.frombuffer(message.data, dtype="<u8").astype(np.uint64)
-            if np.any(values >= np.uint64(2**bits)):
-                raise SecAggError(f"client {message.client_id}'s input is not reduced mod 2^{bits}")
-            total = add_mod(total, values, bits)
-            seen.add(message.client_id)
-        survivors = frozenset(seen)
+        if message.client_id not in self.shared or message.client_id in self.survivors:
+            raise SecAggError(f"unexpected or repeated input from client {message.client_id}")
+        if len(message.data) != 8 * length:
+            raise SecAggError(
+                f"client {message.client_id}'s input is {len(message.data)} bytes, "
+                f"expected {8 * length}"
+            )
+        values = np.frombuffer(message.data, dtype="<u8").astype(np.uint64)
+        if np.any(values >= np.uint64(2**bits)):
+            raise SecAggError(f"client {message.client_id}'s input is not reduced mod 2^{bits}")
+        total = np.zeros(length, dtype=np.uint64) if self.masked_sum is None else self.masked_sum
+        return dataclasses.replace(
+            self,
+            survivors=self.survivors | {message.client_id},
+            masked_sum=add_mod(total, values, bits),
+        )
+
+    def unmask_requests(self) -> tuple[ServerState, dict[int, UnmaskRequest]]:
+        """Close stage 3: the clients whose inputs arrived survived; ask each of them for
+        self-seed shares of surviving neighbours and mask-key shares of dropped ones."""
+        self._expect("masked")
+        if not self.survivors:
+            raise SecAggError("no masked input arrived: there is no sum to unmask")
+        survivors = self.survivors
         requests = {
             cid: UnmaskRequest(
                 cid,
                 survivors=frozenset(self.graph[cid] & survivors),
                 dropped=frozenset((self.graph[cid] & self.shared) - survivors),
             )
-            for cid in survivors
+            for cid in sorted(survivors)
         }
-        state = dataclasses.replace(self, stage="unmask", survivors=survivors, masked_sum=total)
-        return state, requests
+        return dataclasses.replace(self, stage="unmask"), requests
 
     def unmask(self, responses: Iterable[UnmaskResponse]) -> SecureSum:
         """Stage 4: recover survivors' self seeds and dropped clients' mask keys; remove

@@ -13,7 +13,6 @@ import pytest
 from fedge.errors import ProtocolError, SecAggError
 from fedge.secagg import (
     ClientState,
-    MaskedInput,
     MaskingConfig,
     SecAggMessage,
     SecureSum,
@@ -22,6 +21,8 @@ from fedge.secagg import (
     UnmaskResponse,
     decode_secagg,
     encode_secagg,
+    server_state_from_dict,
+    server_state_to_dict,
 )
 
 NUM_CLIENTS, DIMENSION, CLIP, CAP = 20, 1_000, 1.0, 200
@@ -66,6 +67,14 @@ def _wire(message: _Message, fleet: Fleet | None = None) -> _Message:
     return cast(_Message, decoded)
 
 
+def _persist(server: ServerState, fleet: Fleet) -> ServerState:
+    """The server's state after a trip through JSON, as a stateless coordinator stores it
+    between requests; the stored bytes count as the server's view."""
+    text = json.dumps(server_state_to_dict(server)).encode()
+    fleet.server_view.append(text)
+    return server_state_from_dict(json.loads(text))
+
+
 def _run_to_masked(
     fleet: Fleet,
     *,
@@ -80,6 +89,7 @@ def _run_to_masked(
     clients = {cid: ClientState.create(cid, config) for cid in fleet.vectors}
     adverts = [_wire(c.advertise(), fleet) for c in clients.values()]
     server, rosters = ServerState(config).collect_keys(adverts, rng=rng)
+    server = _persist(server, fleet)
     shares = []
     for cid, roster in rosters.items():
         if cid in drop_after_advertising:
@@ -87,14 +97,15 @@ def _run_to_masked(
         clients[cid], message = clients[cid].share_keys(_wire(roster))
         shares.append(_wire(message, fleet))
     server, deliveries = server.collect_shares(shares)
-    inputs: list[MaskedInput] = []
+    server = _persist(server, fleet)
     for cid, delivery in deliveries.items():
         clients[cid], masked = clients[cid].mask(
             _wire(delivery), fleet.vectors[cid], fleet.counts[cid], rng=rng
         )
         if cid not in drop_after_masking:
-            inputs.append(_wire(masked, fleet))
-    server, requests = server.collect_masked(inputs)
+            server = _persist(server.accept_masked(_wire(masked, fleet)), fleet)
+    server, requests = server.unmask_requests()
+    server = _persist(server, fleet)
     return server, clients, {cid: _wire(r) for cid, r in requests.items()}
 
 
@@ -250,3 +261,53 @@ def test_codec_refuses_malformed_documents() -> None:
         )
     with pytest.raises(ProtocolError, match="client ids"):
         decode_secagg({"type": "secagg_share_keys", "client_id": 1, "bundles": {"x": ""}})
+
+
+def test_server_state_round_trips_through_json_and_refuses_garbage() -> None:
+    fleet = _fleet(9)
+    server, _, _ = _run_to_masked(fleet)
+    stored = server_state_to_dict(server)
+    restored = server_state_from_dict(json.loads(json.dumps(stored)))
+    assert restored.masked_sum is not None
+    assert server.masked_sum is not None
+    assert np.array_equal(restored.masked_sum, server.masked_sum)
+    assert (restored.keys, restored.graph, restored.survivors) == (
+        server.keys,
+        server.graph,
+        server.survivors,
+    )
+    with pytest.raises(SecAggError, match="not a secure-aggregation server state"):
+        server_state_from_dict({**stored, "graph": None})
+    with pytest.raises(SecAggError, match="at stage 'unmask', not 'masked'"):
+        server.unmask_requests()
+
+
+def test_collect_masked_equals_accepting_inputs_one_by_one() -> None:
+    config = MaskingConfig(dimension=8, clip=1.0, example_cap=4)
+    rng = np.random.default_rng(0)
+    clients = {cid: ClientState.create(cid, config) for cid in range(6)}
+    server, rosters = ServerState(config).collect_keys(
+        [c.advertise() for c in clients.values()], rng=rng
+    )
+    shares = []
+    for cid, roster in rosters.items():
+        clients[cid], message = clients[cid].share_keys(roster)
+        shares.append(message)
+    server, deliveries = server.collect_shares(shares)
+    inputs = [
+        clients[cid].mask(delivery, rng.uniform(-1, 1, 8), 3, rng=rng)[1]
+        for cid, delivery in deliveries.items()
+    ]
+    batch, batch_requests = server.collect_masked(inputs[1:])
+    one_by_one = server
+    for masked in inputs[1:]:
+        one_by_one = one_by_one.accept_masked(masked)
+    with pytest.raises(SecAggError, match="repeated input from client 1"):
+        one_by_one.accept_masked(inputs[1])
+    streamed, streamed_requests = one_by_one.unmask_requests()
+    assert batch.masked_sum is not None
+    assert streamed.masked_sum is not None
+    assert np.array_equal(batch.masked_sum, streamed.masked_sum)
+    assert batch_requests == streamed_requests
+    assert 0 not in batch_requests
+    assert any(0 in r.dropped for r in batch_requests.values())
