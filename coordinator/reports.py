@@ -4,7 +4,9 @@ A report must answer a pending task of the same kind assigned to the sending cli
 evaluation must be of the task's model version (409 otherwise), count at most the task's
 ``max_examples`` (else :data:`~coordinator.intake.MAX_EXAMPLES`) examples, and carry metrics
 of magnitude at most :data:`~coordinator.intake.METRIC_BOUND` with accuracies in [0, 1]
-(400 otherwise). It is stored (embeddings as an artifact), the task completes, and the
+(400 otherwise). Statistics count at most the task's example limit per column and carry
+values of magnitude at most :data:`STATS_VALUE_BOUND` (``m2``, a sum of squares, at most
+:data:`STATS_M2_BOUND`). It is stored (embeddings as an artifact), the task completes, and the
 alert rules run (drift for statistics, per-region accuracy for evaluations).
 """
 
@@ -40,6 +42,36 @@ def _check_count(count: int, task: TaskRecord, what: str) -> None:
         raise CoordinatorError(
             f"the report counts {count} {what}; task {task.task_id!r} allows at most {limit}",
             code="invalid_report",
+        )
+
+
+STATS_VALUE_BOUND = 1e15
+"""The largest magnitude of a mean, min, max or bin edge in a statistics report."""
+STATS_M2_BOUND = 1e42
+"""The largest sum of squared deviations (``m2``) in a statistics report."""
+
+
+def _check_stats(document: Any, task: TaskRecord, path: str = "stats") -> None:
+    """Every number in a statistics document is bounded: counts by the task's example limit,
+    values by :data:`STATS_VALUE_BOUND`, so merging reports and computing drift stay finite."""
+    if isinstance(document, Mapping):
+        for key, value in document.items():
+            where = f"{path}.{key}"
+            if key == "m2" and isinstance(value, int | float) and not isinstance(value, bool):
+                if not 0 <= value <= STATS_M2_BOUND:
+                    raise _report_error(f"{where} is {value!r}, outside [0, {STATS_M2_BOUND:g}]")
+                continue
+            _check_stats(value, task, where)
+    elif isinstance(document, list | tuple):
+        for index, value in enumerate(document):
+            _check_stats(value, task, f"{path}[{index}]")
+    elif isinstance(document, bool):
+        return
+    elif isinstance(document, int):
+        _check_count(document, task, f"at {path}")
+    elif isinstance(document, float) and abs(document) > STATS_VALUE_BOUND:
+        raise _report_error(
+            f"{path} is {document!r}, over the bound of {STATS_VALUE_BOUND:g} in magnitude"
         )
 
 
@@ -119,7 +151,9 @@ class ReportIntake:
 
     def submit_stats(self, client: ClientRecord, report: StatsReport) -> ReportRecord:
         task = self._task(client, report.task_id, "stats")
-        stored = self._save(client, task, "stats", report.stats.to_dict(), task.model_version)
+        document = report.stats.to_dict()
+        _check_stats(document, task)
+        stored = self._save(client, task, "stats", document, task.model_version)
         manifest = self._registry.manifest(self._registry.get(task.model_version))
         self._alerts.statistics(report.stats, manifest, client_id=client.client_id)
         return stored

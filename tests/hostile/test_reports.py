@@ -118,3 +118,57 @@ def test_an_evaluation_over_its_task_example_limit_is_refused(serve: StartServer
     assert "allows at most 100" in response.json()["detail"]
     assert _stored(server.url) == []
     assert requests.get(f"{server.url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+
+
+def _stats_task(url: str, client: EdgeClient) -> dict[str, Any]:
+    response = requests.post(
+        f"{url}/v1/tasks",
+        json={"kind": "stats", "client_ids": [client.client_id]},
+        headers=bearer(ADMIN_TOKEN),
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()["tasks"][0]
+    return task
+
+
+def _numeric(document: dict[str, Any]) -> dict[str, Any]:
+    """The first numeric column's statistics in a statistics document."""
+    for column in document["columns"]:
+        if "m2" in column:
+            numeric: dict[str, Any] = column
+            return numeric
+    raise AssertionError("the statistics have no numeric column")
+
+
+STATS_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("mean 1e300", lambda d: _numeric(d).update(mean=1e300), "over the bound"),
+    ("max 1e200", lambda d: _numeric(d).update(max=1e200), "over the bound"),
+    ("m2 1e300", lambda d: _numeric(d).update(m2=1e300), "outside [0"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "phrase"), STATS_CASES, ids=[c[0] for c in STATS_CASES])
+def test_statistics_with_unbounded_values_are_refused(
+    serve: StartServer, name: str, change: Callable[[dict[str, Any]], None], phrase: str
+) -> None:
+    from tests.support.coordinator import training_stats
+
+    server = serve("--on-demand")
+    client = EdgeClient(server.url, "north")
+    task = _stats_task(server.url, client)
+    document = training_stats().to_dict()
+    change(document)
+    body = {"type": "stats_report", "version": 1, "task_id": task["task_id"], "stats": document}
+    honest_body = {**body, "stats": training_stats().to_dict()}
+    response = client.session.post(f"{server.url}/v1/stats", json=body, timeout=HTTP_TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_report"
+    assert phrase in response.json()["detail"]
+    stored = requests.get(
+        f"{server.url}/v1/reports", params={"kind": "stats"}, headers=bearer(ADMIN_TOKEN),
+        timeout=HTTP_TIMEOUT,
+    )  # fmt: skip
+    assert stored.json()["reports"] == []
+    honest = client.session.post(f"{server.url}/v1/stats", json=honest_body, timeout=HTTP_TIMEOUT)
+    assert honest.status_code == 201, honest.text
