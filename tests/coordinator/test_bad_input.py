@@ -23,6 +23,7 @@ from tests.support.coordinator import (
     admin_request,
     bearer,
     make_bundle,
+    production_digest,
     serve_command,
     start_server,
     stop_server,
@@ -69,13 +70,6 @@ def _float64_body() -> bytes:
     return bytes(safetensors.numpy.save(tensors, metadata={"fedge": json.dumps(header)}))
 
 
-def _weights_digest(url: str) -> str:
-    response = requests.get(
-        f"{url}/v1/models/current/weights", headers=bearer(ADMIN_TOKEN), timeout=10
-    )
-    return response.headers["ETag"].strip('"')
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("bad-input")
@@ -111,7 +105,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             timeout=10,
         )
         assert accepted.status_code == 201, accepted.text
-        yield World(server, alice, bob, outsider, tasks, key, _weights_digest(server.url),
+        yield World(server, alice, bob, outsider, tasks, key, production_digest(server.url),
                     {"first": first})  # fmt: skip
     finally:
         stop_server(server)
@@ -262,7 +256,7 @@ def test_an_exact_retry_is_acknowledged_and_counted_once(world: World) -> None:
 def test_no_rejected_request_touched_the_global_model(world: World) -> None:
     """Runs after the hostile requests (file order): the model and round 2 are unchanged."""
     assert len(CASES) >= 25
-    assert _weights_digest(world.url) == world.digest_before
+    assert production_digest(world.url) == world.digest_before
     assert admin_request(world.url, "/v1/models/current")["version"] == "v2"
     assert [m["version"] for m in admin_request(world.url, "/v1/models")["models"]] == ["v1", "v2"]
     round_ = admin_request(world.url, "/v1/rounds/2")

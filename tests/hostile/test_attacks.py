@@ -32,9 +32,11 @@ from tests.support.coordinator import (
     HTTP_TIMEOUT,
     EdgeClient,
     ServerProcess,
+    admin_call,
     bearer,
     delta,
     make_bundle,
+    production_digest,
     serve_command,
     start_server,
     stop_server,
@@ -74,27 +76,6 @@ class World:
         return self.tasks[client.client_id]
 
 
-def _admin(
-    url: str, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
-) -> requests.Response:
-    return requests.request(
-        method,
-        f"{url}{path}",
-        headers={**bearer(ADMIN_TOKEN), **(headers or {})},
-        timeout=HTTP_TIMEOUT,
-        **kwargs,
-    )
-
-
-def _weights_digest(url: str) -> str:
-    """sha256 of the production model's weights as the download route serves them."""
-    response = _admin(url, "GET", "/v1/models/current/weights")
-    assert response.status_code == 200, response.text
-    digest = hashlib.sha256(response.content).hexdigest()
-    assert response.headers["ETag"].strip('"') == digest
-    return digest
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("attacks")
@@ -106,7 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = start_server(command, workdir)
     try:
         clients = [EdgeClient(server.url, region) for region in ("north", "south", "east")]
-        first = _admin(
+        first = admin_call(
             server.url,
             "POST",
             "/v1/rounds",
@@ -114,8 +95,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         assert first.status_code == 201, first.text
         closed_task = wait_for(clients[0].poll)
-        assert _admin(server.url, "POST", "/v1/rounds/1/cancel").status_code == 200
-        second = _admin(
+        assert admin_call(server.url, "POST", "/v1/rounds/1/cancel").status_code == 200
+        second = admin_call(
             server.url,
             "POST",
             "/v1/rounds",
@@ -137,7 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ]
         yield World(
             server=server,
-            digest=_weights_digest(server.url),
+            digest=production_digest(server.url),
             version=version,
             selected=selected,
             outsider=outsider,
@@ -149,17 +130,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         stop_server(server)
 
 
-def _unharmed(world: World) -> None:
+def assert_unharmed(world: World) -> None:
     """The global model is what it was and the server answers; round 2 still collects."""
     health = requests.get(f"{world.url}/healthz", timeout=HTTP_TIMEOUT)
     assert health.status_code == 200, health.text
-    assert _weights_digest(world.url) == world.digest
-    round_ = _admin(world.url, "GET", "/v1/rounds/2")
+    assert production_digest(world.url) == world.digest
+    round_ = admin_call(world.url, "GET", "/v1/rounds/2")
     assert round_.status_code == 200, round_.text
     assert round_.json()["state"] == "collecting"
 
 
-def _refused(response: requests.Response, status: int, error: str, phrase: str) -> None:
+def assert_refused(response: requests.Response, status: int, error: str, phrase: str) -> None:
     assert response.status_code == status, response.text
     document = response.json()
     assert document["error"] == error, document
@@ -233,8 +214,8 @@ def test_traversal_in_a_bundle_file_name_is_refused(world: World, name: str) -> 
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_file_name", "unsafe bundle file name")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_file_name", "unsafe bundle file name")
+    assert_unharmed(world)
 
 
 def test_a_bundle_file_the_manifest_does_not_list_is_404(world: World) -> None:
@@ -243,8 +224,8 @@ def test_a_bundle_file_the_manifest_does_not_list_is_404(world: World) -> None:
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 404, "file_not_found", "state.db")
-    _unharmed(world)
+    assert_refused(response, 404, "file_not_found", "state.db")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("version", ["..%5c..%5cstate.db", "%2e%2e", "current%00"])
@@ -254,8 +235,8 @@ def test_traversal_in_a_model_version_is_404(world: World, version: str) -> None
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 404, "model_not_found", "no model version")
-    _unharmed(world)
+    assert_refused(response, 404, "model_not_found", "no model version")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("path", ["..%2f..%2fstate.db", "%2e%2e%2f%2e%2e%2fstate.db"])
@@ -265,8 +246,8 @@ def test_a_slash_smuggled_into_a_download_path_matches_no_route(world: World, pa
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_file_name", "unsafe bundle file name '../../state.db'")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_file_name", "unsafe bundle file name '../../state.db'")
+    assert_unharmed(world)
 
 
 # Tokens ----------------------------------------------------------------------------------
@@ -286,8 +267,8 @@ def test_the_admin_token_on_a_device_route_is_403(world: World, method: str, pat
     response = requests.request(
         method, f"{world.url}{path}", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
     )
-    _refused(response, 403, "client_token_required", "not the admin token")
-    _unharmed(world)
+    assert_refused(response, 403, "client_token_required", "not the admin token")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize(
@@ -304,8 +285,8 @@ def test_a_device_token_on_an_admin_route_is_403(world: World, method: str, path
     response = requests.request(
         method, f"{world.url}{path}", headers=bearer(world.outsider.token), timeout=HTTP_TIMEOUT
     )
-    _refused(response, 403, "admin_required", "needs the admin token")
-    _unharmed(world)
+    assert_refused(response, 403, "admin_required", "needs the admin token")
+    assert_unharmed(world)
 
 
 def test_a_token_in_the_query_string_is_not_accepted(world: World) -> None:
@@ -314,8 +295,8 @@ def test_a_token_in_the_query_string_is_not_accepted(world: World) -> None:
         response = requests.get(
             f"{world.url}/v1/tasks/next", params={name: client.token}, timeout=HTTP_TIMEOUT
         )
-        _refused(response, 401, "missing_token", "Authorization")
-    _unharmed(world)
+        assert_refused(response, 401, "missing_token", "Authorization")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize(
@@ -327,8 +308,8 @@ def test_an_authorization_header_of_another_shape_is_401(world: World, authoriza
     response = requests.get(
         f"{world.url}/v1/tasks/next", headers={"Authorization": value}, timeout=HTTP_TIMEOUT
     )
-    _refused(response, 401, "invalid_token", "malformed Authorization header")
-    _unharmed(world)
+    assert_refused(response, 401, "invalid_token", "malformed Authorization header")
+    assert_unharmed(world)
 
 
 def test_a_very_long_bearer_token_is_401_without_echo(world: World) -> None:
@@ -336,9 +317,9 @@ def test_a_very_long_bearer_token_is_401_without_echo(world: World) -> None:
     response = requests.get(
         f"{world.url}/v1/tasks/next", headers=bearer(token), timeout=HTTP_TIMEOUT
     )
-    _refused(response, 401, "invalid_token", "token")
+    assert_refused(response, 401, "invalid_token", "token")
     assert "A" * 100 not in response.text
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 # Uploads -----------------------------------------------------------------------------------
@@ -347,22 +328,22 @@ def test_a_very_long_bearer_token_is_401_without_echo(world: World) -> None:
 def test_an_upload_with_the_wrong_tensor_names_is_422(world: World) -> None:
     renamed = Weights({f"evil/{name}": array for name, array in delta(5).items()})
     response = _upload(world, world.selected[1], renamed.to_bytes())
-    _refused(response, 422, "unknown_tensor", "evil/head")
-    _unharmed(world)
+    assert_refused(response, 422, "unknown_tensor", "evil/head")
+    assert_unharmed(world)
 
 
 def test_an_upload_with_an_extra_tensor_is_422(world: World) -> None:
     extra = Weights({**dict(delta(5).items()), "backdoor": np.ones((2,), np.float32)})
     response = _upload(world, world.selected[1], extra.to_bytes())
-    _refused(response, 422, "unknown_tensor", "backdoor")
-    _unharmed(world)
+    assert_refused(response, 422, "unknown_tensor", "backdoor")
+    assert_unharmed(world)
 
 
 def test_an_upload_with_the_wrong_shapes_is_422(world: World) -> None:
     reshaped = Weights({n: np.zeros((7, *a.shape), np.float32) for n, a in delta(5).items()})
     response = _upload(world, world.selected[1], reshaped.to_bytes())
-    _refused(response, 422, "shape_mismatch", "expected shape")
-    _unharmed(world)
+    assert_refused(response, 422, "shape_mismatch", "expected shape")
+    assert_unharmed(world)
 
 
 def test_an_upload_with_the_wrong_dtype_is_422(world: World) -> None:
@@ -379,8 +360,8 @@ def test_an_upload_with_the_wrong_dtype_is_422(world: World) -> None:
         entry.update(dtype="F64", data_offsets=[len(data), len(data) + len(wide)])
         data += wide
     response = _upload(world, world.selected[1], _safetensors(header, data))
-    _refused(response, 422, "dtype_mismatch", "expected dtype F32 (float32), got 'F64'")
-    _unharmed(world)
+    assert_refused(response, 422, "dtype_mismatch", "expected dtype F32 (float32), got 'F64'")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -391,14 +372,14 @@ def test_an_upload_with_non_finite_values_is_422(world: World, value: float) -> 
     assert response.status_code == 422, response.text
     assert response.json()["error"] == "non_finite"
     assert "head/bias" in response.json()["detail"]
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 def test_a_truncated_safetensors_upload_is_400(world: World) -> None:
     body = delta(5).to_bytes()
     response = _upload(world, world.selected[1], body[: len(body) - 9])
-    _refused(response, 400, "malformed_weights", "truncated weights")
-    _unharmed(world)
+    assert_refused(response, 400, "malformed_weights", "truncated weights")
+    assert_unharmed(world)
 
 
 def test_a_safetensors_header_claiming_huge_offsets_is_400(world: World) -> None:
@@ -408,67 +389,71 @@ def test_a_safetensors_header_claiming_huge_offsets_is_400(world: World) -> None
     assert "__metadata__" in header
     header["head/bias"]["data_offsets"] = [0, 2**62]
     response = _upload(world, world.selected[1], _safetensors(header, body[8 + length :]))
-    _refused(response, 400, "malformed_weights", "runs past the")
-    _unharmed(world)
+    assert_refused(response, 400, "malformed_weights", "runs past the")
+    assert_unharmed(world)
 
 
 def test_a_safetensors_header_length_beyond_the_body_is_400(world: World) -> None:
     body = struct.pack("<Q", 2**63) + b"{}"
     response = _upload(world, world.selected[1], body)
-    _refused(response, 400, "malformed_weights", "the header claims 9223372036854775808 bytes")
-    _unharmed(world)
+    assert_refused(
+        response, 400, "malformed_weights", "the header claims 9223372036854775808 bytes"
+    )
+    assert_unharmed(world)
 
 
 def test_an_update_above_the_norm_bound_is_refused(world: World) -> None:
     huge = delta(5, scale=100.0)
     assert huge.l2_norm() > NORM_BOUND
     response = _upload(world, world.selected[1], huge.to_bytes())
-    _refused(response, 422, "norm_exceeded", "exceeds the bound 1")
-    _unharmed(world)
+    assert_refused(response, 422, "norm_exceeded", "exceeds the bound 1")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("num_examples", ["1.5", "ten", "1e3", "0x10", "", "7;drop"])
 def test_a_non_integer_example_count_is_400(world: World, num_examples: str) -> None:
     response = _upload(world, world.selected[1], delta(5).to_bytes(), num_examples=num_examples)
     phrase = "missing header" if not num_examples else "must be an integer"
-    _refused(response, 400, "missing_header" if not num_examples else "invalid_header", phrase)
-    _unharmed(world)
+    assert_refused(
+        response, 400, "missing_header" if not num_examples else "invalid_header", phrase
+    )
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("num_examples", ["0", "-5", "1000001", "9" * 40])
 def test_an_example_count_out_of_range_is_422(world: World, num_examples: str) -> None:
     response = _upload(world, world.selected[1], delta(5).to_bytes(), num_examples=num_examples)
-    _refused(response, 422, "invalid_num_examples", "must be an integer in 1..1000000")
-    _unharmed(world)
+    assert_refused(response, 422, "invalid_num_examples", "must be an integer in 1..1000000")
+    assert_unharmed(world)
 
 
 def test_an_upload_from_a_client_not_selected_is_403(world: World) -> None:
     stolen = world.task(world.selected[0])
     response = _upload(world, world.outsider, delta(5).to_bytes(), task=stolen)
-    _refused(response, 403, "not_assigned", f"{world.outsider.client_id} was not selected")
-    _unharmed(world)
+    assert_refused(response, 403, "not_assigned", f"{world.outsider.client_id} was not selected")
+    assert_unharmed(world)
 
 
 def test_an_upload_under_another_clients_task_id_is_refused(world: World) -> None:
     first, second = world.selected
     response = _upload(world, second, delta(5).to_bytes(), task=world.task(first))
-    _refused(response, 403, "task_not_assigned", "is assigned to another client")
-    _unharmed(world)
+    assert_refused(response, 403, "task_not_assigned", "is assigned to another client")
+    assert_unharmed(world)
 
 
 def test_an_upload_to_a_cancelled_round_is_409(world: World) -> None:
     response = _upload(
         world, world.closed_client, delta(5).to_bytes(), task=world.closed_task, round_id=1
     )
-    _refused(response, 409, "round_closed", "round 1")
-    _unharmed(world)
+    assert_refused(response, 409, "round_closed", "round 1")
+    assert_unharmed(world)
 
 
 def test_a_task_id_of_round_2_sent_to_round_1_is_refused(world: World) -> None:
     client = world.selected[1]
     response = _upload(world, client, delta(5).to_bytes(), round_id=1)
-    _refused(response, 409, "round_closed", "round 1 is closed")
-    _unharmed(world)
+    assert_refused(response, 409, "round_closed", "round 1 is closed")
+    assert_unharmed(world)
 
 
 def test_a_replayed_key_with_other_bytes_is_409_and_the_first_update_stands(
@@ -482,11 +467,11 @@ def test_a_replayed_key_with_other_bytes_is_409_and_the_first_update_stands(
     assert again.status_code == 200, again.text
     assert {**again.json(), "duplicate": False} == first.json()
     forged = _upload(world, client, delta(12).to_bytes(), key=key)
-    _refused(forged, 409, "idempotency_conflict", "already used for a different update")
+    assert_refused(forged, 409, "idempotency_conflict", "already used for a different update")
     other_key = _upload(world, client, delta(12).to_bytes())
-    _refused(other_key, 409, "duplicate_update", "already")
-    assert _admin(world.url, "GET", "/v1/rounds/2").json()["num_updates"] == 1
-    _unharmed(world)
+    assert_refused(other_key, 409, "duplicate_update", "already")
+    assert admin_call(world.url, "GET", "/v1/rounds/2").json()["num_updates"] == 1
+    assert_unharmed(world)
 
 
 def test_an_upload_with_a_json_content_type_is_415(world: World) -> None:
@@ -496,8 +481,8 @@ def test_an_upload_with_a_json_content_type_is_415(world: World) -> None:
     response = requests.post(
         f"{world.url}/v1/rounds/2/updates", data=b"{}", headers=headers, timeout=HTTP_TIMEOUT
     )
-    _refused(response, 415, "unsupported_media_type", "application/octet-stream")
-    _unharmed(world)
+    assert_refused(response, 415, "unsupported_media_type", "application/octet-stream")
+    assert_unharmed(world)
 
 
 # JSON bodies -----------------------------------------------------------------------------
@@ -510,21 +495,21 @@ def test_a_json_route_with_a_form_content_type_is_415(world: World) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 415, "unsupported_media_type", "application/json")
-    _unharmed(world)
+    assert_refused(response, 415, "unsupported_media_type", "application/json")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("document", ["[]", '["region"]', "42", '"north"', "null", "true"])
 def test_a_json_body_that_is_not_an_object_is_400(world: World, document: str) -> None:
-    response = _admin(
+    response = admin_call(
         world.url,
         "POST",
         "/v1/rounds",
         data=document,
         headers={**bearer(ADMIN_TOKEN), "Content-Type": "application/json"},
     )
-    _refused(response, 400, "invalid_json", "must be a JSON object")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_json", "must be a JSON object")
+    assert_unharmed(world)
 
 
 def test_non_utf8_bytes_in_a_json_body_are_400(world: World) -> None:
@@ -534,46 +519,46 @@ def test_non_utf8_bytes_in_a_json_body_are_400(world: World) -> None:
         headers={"Content-Type": "application/json"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_json", "not valid JSON")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_json", "not valid JSON")
+    assert_unharmed(world)
 
 
 def test_nan_and_infinity_literals_in_json_are_400(world: World) -> None:
-    response = _admin(
+    response = admin_call(
         world.url,
         "POST",
         "/v1/rounds",
         data='{"learning_rate": NaN, "deadline_seconds": Infinity}',
         headers={**bearer(ADMIN_TOKEN), "Content-Type": "application/json"},
     )
-    _refused(response, 400, "invalid_json", "NaN is not valid JSON")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_json", "NaN is not valid JSON")
+    assert_unharmed(world)
 
 
 def test_duplicate_json_keys_cannot_smuggle_an_unchecked_region(world: World) -> None:
-    before = len(_admin(world.url, "GET", "/v1/clients").json()["clients"])
+    before = len(admin_call(world.url, "GET", "/v1/clients").json()["clients"])
     response = requests.post(
         f"{world.url}/v1/clients",
         data='{"region": "north", "region": "' + "x" * 5000 + '"}',
         headers={"Content-Type": "application/json"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_region", "region")
-    assert len(_admin(world.url, "GET", "/v1/clients").json()["clients"]) == before
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_region", "region")
+    assert len(admin_call(world.url, "GET", "/v1/clients").json()["clients"]) == before
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize(
     "region", ["x" * 5000, "north\r\nX-Injected: 1", "\u202enorth", "no\x00rth", ""]
 )
 def test_a_hostile_region_is_refused(world: World, region: str) -> None:
-    before = len(_admin(world.url, "GET", "/v1/clients").json()["clients"])
+    before = len(admin_call(world.url, "GET", "/v1/clients").json()["clients"])
     response = requests.post(
         f"{world.url}/v1/clients", json={"region": region}, timeout=HTTP_TIMEOUT
     )
-    _refused(response, 400, "invalid_region", "region")
-    assert len(_admin(world.url, "GET", "/v1/clients").json()["clients"]) == before
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_region", "region")
+    assert len(admin_call(world.url, "GET", "/v1/clients").json()["clients"]) == before
+    assert_unharmed(world)
 
 
 def test_metadata_with_thousands_of_keys_is_refused(world: World) -> None:
@@ -583,8 +568,8 @@ def test_metadata_with_thousands_of_keys_is_refused(world: World) -> None:
         json={"region": "north", "metadata": metadata},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_metadata", "at most 32 names")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_metadata", "at most 32 names")
+    assert_unharmed(world)
 
 
 def test_unknown_fields_in_a_registration_are_400(world: World) -> None:
@@ -593,48 +578,48 @@ def test_unknown_fields_in_a_registration_are_400(world: World) -> None:
         json={"region": "north", "client_id": "admin", "token": "mine"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "invalid_request", "client_id")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_request", "client_id")
+    assert_unharmed(world)
 
 
 # Rounds and models -------------------------------------------------------------------------
 
 
 def test_unknown_fields_in_a_task_request_are_400(world: World) -> None:
-    response = _admin(
+    response = admin_call(
         world.url,
         "POST",
         "/v1/tasks",
         json={"kind": "evaluation", "client_ids": [world.outsider.client_id], "skip_checks": 1},
     )
-    _refused(response, 400, "invalid_request", "skip_checks")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_request", "skip_checks")
+    assert_unharmed(world)
 
 
 def test_opening_a_round_while_one_collects_is_409(world: World) -> None:
-    response = _admin(world.url, "POST", "/v1/rounds", json={})
-    _refused(response, 409, "round_active", "round 2")
-    _unharmed(world)
+    response = admin_call(world.url, "POST", "/v1/rounds", json={})
+    assert_refused(response, 409, "round_active", "round 2")
+    assert_unharmed(world)
 
 
 def test_promoting_a_version_that_does_not_exist_is_404(world: World) -> None:
-    response = _admin(world.url, "POST", "/v1/models/taxi-19700101/promote")
-    _refused(response, 404, "model_not_found", "taxi-19700101")
-    _unharmed(world)
+    response = admin_call(world.url, "POST", "/v1/models/taxi-19700101/promote")
+    assert_refused(response, 404, "model_not_found", "taxi-19700101")
+    assert_unharmed(world)
 
 
 def test_rolling_back_past_the_first_version_is_409(world: World) -> None:
-    response = _admin(world.url, "POST", "/v1/models/rollback")
-    _refused(response, 409, "no_previous_version", "no previous production version")
-    _unharmed(world)
+    response = admin_call(world.url, "POST", "/v1/models/rollback")
+    assert_refused(response, 409, "no_previous_version", "no previous production version")
+    assert_unharmed(world)
 
 
 def test_revoking_a_client_that_does_not_exist_is_404(world: World) -> None:
-    response = _admin(world.url, "POST", "/v1/clients/c-000000000000/revoke")
-    _refused(response, 404, "client_not_found", "c-000000000000")
-    smuggled = _admin(world.url, "POST", "/v1/clients/..%2f..%2fv1%2frounds/revoke")
-    _refused(smuggled, 404, "not_found", "not found")
-    _unharmed(world)
+    response = admin_call(world.url, "POST", "/v1/clients/c-000000000000/revoke")
+    assert_refused(response, 404, "client_not_found", "c-000000000000")
+    smuggled = admin_call(world.url, "POST", "/v1/clients/..%2f..%2fv1%2frounds/revoke")
+    assert_refused(smuggled, 404, "not_found", "not found")
+    assert_unharmed(world)
 
 
 # HTTP tricks -------------------------------------------------------------------------------
@@ -647,8 +632,8 @@ def test_a_method_override_header_is_ignored(world: World, header: str) -> None:
         headers={**bearer(ADMIN_TOKEN), header: "POST"},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 405, "method_not_allowed", "not allowed")
-    _unharmed(world)
+    assert_refused(response, 405, "method_not_allowed", "not allowed")
+    assert_unharmed(world)
 
 
 def test_a_very_long_url_is_refused(world: World) -> None:
@@ -657,8 +642,8 @@ def test_a_very_long_url_is_refused(world: World) -> None:
         headers=bearer(world.outsider.token),
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 404, "model_not_found", "no model version")
-    _unharmed(world)
+    assert_refused(response, 404, "model_not_found", "no model version")
+    assert_unharmed(world)
 
 
 def test_headers_over_the_size_limit_are_refused(world: World) -> None:
@@ -670,7 +655,7 @@ def test_headers_over_the_size_limit_are_refused(world: World) -> None:
     answers = _responses(_raw_exchange(world, request))
     assert [status for status, _ in answers] == [431], answers
     assert b"Request Header Fields Too Large" in answers[0][1]
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 def test_content_length_with_transfer_encoding_cannot_smuggle_a_request(world: World) -> None:
@@ -690,7 +675,7 @@ def test_content_length_with_transfer_encoding_cannot_smuggle_a_request(world: W
     answers = _responses(_raw_exchange(world, request))
     assert [status for status, _ in answers] == [201], answers
     assert json.loads(answers[0][1])["token_type"] == "Bearer"
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 def test_a_request_pipelined_after_a_refused_one_is_answered_on_its_own(world: World) -> None:
@@ -703,7 +688,7 @@ def test_a_request_pipelined_after_a_refused_one_is_answered_on_its_own(world: W
     assert [status for status, _ in answers] == [401, 200], answers
     assert json.loads(answers[0][1])["error"] == "invalid_token"
     assert json.loads(answers[1][1])["model_version"] == world.version
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 def test_a_request_line_with_a_bare_lf_and_absolute_uri_is_harmless(world: World) -> None:
@@ -714,7 +699,7 @@ def test_a_request_line_with_a_bare_lf_and_absolute_uri_is_harmless(world: World
     answers = _responses(_raw_exchange(world, request, read_seconds=1.5))
     # Bare LF never ends the header block for the server: nothing is answered or done.
     assert answers == [], answers
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 # More uploads --------------------------------------------------------------------------
@@ -730,15 +715,15 @@ def test_a_body_that_does_not_match_its_declared_digest_is_400(world: World) -> 
         headers=headers,
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "digest_mismatch", "does not match X-Fedge-Delta-Sha256")
-    _unharmed(world)
+    assert_refused(response, 400, "digest_mismatch", "does not match X-Fedge-Delta-Sha256")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("key", ["short", "k" * 129, "key with spaces", "key/../../etc"])
 def test_a_malformed_idempotency_key_is_400(world: World, key: str) -> None:
     response = _upload(world, world.selected[1], delta(5).to_bytes(), key=key)
-    _refused(response, 400, "invalid_idempotency_key", "8-128 characters")
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_idempotency_key", "8-128 characters")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize(
@@ -751,14 +736,14 @@ def test_a_malformed_idempotency_key_is_400(world: World, key: str) -> None:
 )
 def test_a_hostile_metrics_header_is_400(world: World, metrics: str, phrase: str) -> None:
     response = _upload(world, world.selected[1], delta(5).to_bytes(), metrics=metrics)
-    _refused(response, 400, "invalid_header", phrase)
-    _unharmed(world)
+    assert_refused(response, 400, "invalid_header", phrase)
+    assert_unharmed(world)
 
 
 def test_an_empty_upload_body_is_400(world: World) -> None:
     response = _upload(world, world.selected[1], b"")
-    _refused(response, 400, "malformed_weights", "empty")
-    _unharmed(world)
+    assert_refused(response, 400, "malformed_weights", "empty")
+    assert_unharmed(world)
 
 
 def test_a_gzip_encoded_upload_is_not_inflated(world: World) -> None:
@@ -773,18 +758,20 @@ def test_a_gzip_encoded_upload_is_not_inflated(world: World) -> None:
         headers=headers,
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 400, "malformed_weights", "truncated or corrupt weights")
-    _unharmed(world)
+    assert_refused(response, 400, "malformed_weights", "truncated or corrupt weights")
+    assert_unharmed(world)
 
 
 def test_a_huge_task_id_is_refused_without_being_echoed_or_stored(world: World) -> None:
     client = world.selected[1]
     task = {**world.task(client), "task_id": "r2-" + "t" * 60_000}
     response = _upload(world, client, delta(5).to_bytes(), task=task)
-    _refused(response, 400, "invalid_header", "60003 characters, over the 256-character limit")
+    assert_refused(
+        response, 400, "invalid_header", "60003 characters, over the 256-character limit"
+    )
     assert len(response.content) < 1000
     assert "t" * 300 not in world.server.log()
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 # More HTTP -------------------------------------------------------------------------------
@@ -795,9 +782,9 @@ def test_an_undocumented_method_is_405(world: World, method: str) -> None:
     response = requests.request(
         method, f"{world.url}/v1/rounds/2", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
     )
-    _refused(response, 405, "method_not_allowed", "not allowed")
+    assert_refused(response, 405, "method_not_allowed", "not allowed")
     assert ADMIN_TOKEN not in response.text
-    _unharmed(world)
+    assert_unharmed(world)
 
 
 def test_a_latin1_token_is_401(world: World) -> None:
@@ -806,21 +793,21 @@ def test_a_latin1_token_is_401(world: World) -> None:
         headers={"Authorization": "Bearer fedge_\u00e9\u00ff\u00a0token".encode("latin-1")},
         timeout=HTTP_TIMEOUT,
     )
-    _refused(response, 401, "invalid_token", "unknown client token")
-    _unharmed(world)
+    assert_refused(response, 401, "invalid_token", "unknown client token")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e999", "yesterday"])
 def test_a_non_finite_query_number_is_400(world: World, since: str) -> None:
-    response = _admin(world.url, "GET", "/v1/alerts", params={"since": since})
-    _refused(response, 400, "invalid_query", "since must be a number")
-    _unharmed(world)
+    response = admin_call(world.url, "GET", "/v1/alerts", params={"since": since})
+    assert_refused(response, 400, "invalid_query", "since must be a number")
+    assert_unharmed(world)
 
 
 def test_a_negative_round_id_matches_no_route(world: World) -> None:
-    response = _admin(world.url, "GET", "/v1/rounds/-1")
-    _refused(response, 404, "not_found", "not found")
-    _unharmed(world)
+    response = admin_call(world.url, "GET", "/v1/rounds/-1")
+    assert_refused(response, 404, "not_found", "not found")
+    assert_unharmed(world)
 
 
 @pytest.mark.parametrize(
@@ -837,4 +824,4 @@ def test_malformed_http_framing_is_refused_and_the_server_answers(
 ) -> None:
     answers = _responses(_raw_exchange(world, request_head, read_seconds=1.5))
     assert [status for status, _ in answers] == [400], answers
-    _unharmed(world)
+    assert_unharmed(world)

@@ -15,12 +15,12 @@ import requests
 
 from coordinator.cli import main
 from tests.support.coordinator import (
-    ADMIN_TOKEN,
     HTTP_TIMEOUT,
     EdgeClient,
     ServerProcess,
-    bearer,
+    admin_call,
     delta,
+    production_digest,
     upload_headers,
     wait_for,
 )
@@ -29,22 +29,8 @@ StartServer = Callable[..., ServerProcess]
 ON_DEMAND = ("--on-demand", "--retry-after", "1")
 
 
-def _digest(url: str) -> str:
-    response = requests.get(
-        f"{url}/v1/models/current/weights", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
-    )
-    assert response.status_code == 200, response.text
-    return response.headers["ETag"].strip('"')
-
-
-def _admin(url: str, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(
-        method, f"{url}{path}", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT, **kwargs
-    )
-
-
 def _round(url: str, round_id: int) -> dict[str, Any]:
-    response = _admin(url, "GET", f"/v1/rounds/{round_id}")
+    response = admin_call(url, "GET", f"/v1/rounds/{round_id}")
     assert response.status_code == 200, response.text
     document: dict[str, Any] = response.json()
     return document
@@ -52,7 +38,7 @@ def _round(url: str, round_id: int) -> dict[str, Any]:
 
 def _still_answers(url: str) -> None:
     assert requests.get(f"{url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
-    assert _admin(url, "GET", "/v1/rounds").status_code == 200
+    assert admin_call(url, "GET", "/v1/rounds").status_code == 200
 
 
 def _upload(
@@ -72,7 +58,7 @@ def test_overflowing_metrics_are_refused_and_the_round_commits(serve: StartServe
     server = serve("--clients-per-round", "2", "--min-clients", "2", "--retry-after", "1")
     clients = [EdgeClient(server.url, "north") for _ in range(2)]
     tasks = [wait_for(c.poll) for c in clients]
-    before = _digest(server.url)
+    before = production_digest(server.url)
 
     hostile = _upload(
         clients[0], tasks[0], num_examples=1_000_000, metrics='{"loss": 1e308}', key="hostile-01"
@@ -85,7 +71,7 @@ def test_overflowing_metrics_are_refused_and_the_round_commits(serve: StartServe
     )
     assert accuracy.status_code == 422, accuracy.text
     assert "[0, 1]" in accuracy.json()["detail"]
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
     assert _round(server.url, 1)["state"] == "collecting"
 
     # The largest numbers the bounds allow aggregate to a finite result and commit.
@@ -96,7 +82,7 @@ def test_overflowing_metrics_are_refused_and_the_round_commits(serve: StartServe
         assert ok.status_code == 201, ok.text
     committed = wait_for(lambda: (r := _round(server.url, 1))["state"] != "collecting" and r)
     assert committed["state"] == "committed", committed
-    assert _digest(server.url) != before
+    assert production_digest(server.url) != before
     _still_answers(server.url)
 
 
@@ -104,13 +90,13 @@ def test_an_unbounded_example_count_is_refused(serve: StartServer) -> None:
     server = serve("--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1")
     client = EdgeClient(server.url, "north")
     task = wait_for(client.poll)
-    before = _digest(server.url)
+    before = production_digest(server.url)
     response = _upload(
         client, task, num_examples=10**30, metrics='{"loss": 0.5}', key="too-many-01"
     )
     assert response.status_code in (400, 422), response.text
     assert response.json()["error"] in ("invalid_num_examples", "invalid_header")
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
     assert _round(server.url, 1)["num_updates"] == 0
     _still_answers(server.url)
 
@@ -132,25 +118,25 @@ def test_round_settings_above_their_bounds_are_refused(
     serve: StartServer, setting: str, value: float
 ) -> None:
     server = serve(*ON_DEMAND)
-    before = _digest(server.url)
-    response = _admin(server.url, "POST", "/v1/rounds", json={setting: value})
+    before = production_digest(server.url)
+    response = admin_call(server.url, "POST", "/v1/rounds", json={setting: value})
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_config"
     assert setting in response.json()["detail"]
     assert "<=" in response.json()["detail"]
-    listing = _admin(server.url, "GET", "/v1/rounds")
+    listing = admin_call(server.url, "GET", "/v1/rounds")
     assert listing.status_code == 200
     assert listing.json()["rounds"] == []
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
 
 
 def test_option_values_above_their_bound_are_refused(serve: StartServer) -> None:
     server = serve(*ON_DEMAND)
     body = {"aggregator": "fedadam", "aggregator_options": {"lr": 1e300}}
-    response = _admin(server.url, "POST", "/v1/rounds", json=body)
+    response = admin_call(server.url, "POST", "/v1/rounds", json=body)
     assert response.status_code == 400, response.text
     assert "aggregator_options" in response.json()["detail"]
-    assert _admin(server.url, "GET", "/v1/rounds").json()["rounds"] == []
+    assert admin_call(server.url, "GET", "/v1/rounds").json()["rounds"] == []
 
 
 def test_a_round_id_beyond_64_bits_is_404(serve: StartServer) -> None:
@@ -159,7 +145,7 @@ def test_a_round_id_beyond_64_bits_is_404(serve: StartServer) -> None:
         ("GET", "/v1/rounds/99999999999999999999999"),
         ("POST", "/v1/rounds/99999999999999999999999/cancel"),
     ):
-        response = _admin(server.url, method, path)
+        response = admin_call(server.url, method, path)
         assert response.status_code == 404, response.text
         assert response.json() == {
             "error": "round_not_found",
@@ -188,12 +174,12 @@ def test_deep_json_in_the_metrics_header_is_400(
     server = serve("--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1")
     client = EdgeClient(server.url, "north")
     task = wait_for(client.poll)
-    before = _digest(server.url)
+    before = production_digest(server.url)
     response = _upload(client, task, num_examples=10, metrics=_deep(levels), key="deep-json-1")
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_header"
     assert phrase in response.json()["detail"]
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
     _still_answers(server.url)
 
 
@@ -207,7 +193,7 @@ def test_deep_json_in_a_safetensors_upload_is_400(serve: StartServer, where: str
     server = serve("--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1")
     client = EdgeClient(server.url, "north")
     task = wait_for(client.poll)
-    before = _digest(server.url)
+    before = production_digest(server.url)
     deep = "[" * 50_000 + "]" * 50_000
     if where == "header":
         body = _safetensors('{"x": ' + deep + "}")
@@ -222,15 +208,15 @@ def test_deep_json_in_a_safetensors_upload_is_400(serve: StartServer, where: str
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "malformed_weights"
     assert "nested deeper than" in response.json()["detail"]
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
     _still_answers(server.url)
 
 
 def test_a_round_without_enough_clients_fails_at_its_deadline(serve: StartServer) -> None:
     server = serve(*ON_DEMAND)
     EdgeClient(server.url, "north")
-    before = _digest(server.url)
-    opened = _admin(
+    before = production_digest(server.url)
+    opened = admin_call(
         server.url, "POST", "/v1/rounds", json={"clients_per_round": 5, "deadline_seconds": 1.5}
     )
     assert opened.status_code == 201, opened.text
@@ -239,23 +225,23 @@ def test_a_round_without_enough_clients_fails_at_its_deadline(serve: StartServer
     failed = wait_for(lambda: (r := _round(server.url, 1))["state"] != "open" and r)
     assert failed["state"] == "failed", failed
     assert failed["failure_reason"] == "too few clients: 1 available, 5 needed"
-    alerts = _admin(server.url, "GET", "/v1/alerts", params={"kind": "round_failed"}).json()
+    alerts = admin_call(server.url, "GET", "/v1/alerts", params={"kind": "round_failed"}).json()
     assert len(alerts["alerts"]) == 1
-    again = _admin(
+    again = admin_call(
         server.url, "POST", "/v1/rounds", json={"clients_per_round": 1, "min_clients": 1}
     )
     assert again.status_code == 201, again.text
-    assert _digest(server.url) == before
+    assert production_digest(server.url) == before
 
 
 def test_an_operator_cancels_a_round_that_would_wait(
     serve: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = serve(*ON_DEMAND)
-    before = _digest(server.url)
-    opened = _admin(server.url, "POST", "/v1/rounds", json={"clients_per_round": 100_000})
+    before = production_digest(server.url)
+    opened = admin_call(server.url, "POST", "/v1/rounds", json={"clients_per_round": 100_000})
     assert opened.status_code == 201, opened.text
-    blocked = _admin(server.url, "POST", "/v1/rounds", json={})
+    blocked = admin_call(server.url, "POST", "/v1/rounds", json={})
     assert blocked.status_code == 409
     assert blocked.json()["error"] == "round_active"
 
@@ -268,13 +254,13 @@ def test_an_operator_cancels_a_round_that_would_wait(
     assert cancelled["state"] == "failed"
     assert cancelled["failure_reason"] == "cancelled by an operator"
 
-    again = _admin(server.url, "POST", "/v1/rounds/1/cancel")
+    again = admin_call(server.url, "POST", "/v1/rounds/1/cancel")
     assert again.status_code == 409, again.text
     assert again.json()["error"] == "round_closed"
     assert "already failed" in again.json()["detail"]
-    assert _admin(server.url, "POST", "/v1/rounds/7/cancel").status_code == 404
-    assert _admin(server.url, "POST", "/v1/rounds", json={}).status_code == 201
-    assert _digest(server.url) == before
+    assert admin_call(server.url, "POST", "/v1/rounds/7/cancel").status_code == 404
+    assert admin_call(server.url, "POST", "/v1/rounds", json={}).status_code == 201
+    assert production_digest(server.url) == before
 
 
 def test_a_revoked_client_is_locked_out_and_never_selected(
@@ -282,7 +268,7 @@ def test_a_revoked_client_is_locked_out_and_never_selected(
 ) -> None:
     server = serve(*ON_DEMAND)
     alice, bob = EdgeClient(server.url, "north"), EdgeClient(server.url, "south")
-    opened = _admin(
+    opened = admin_call(
         server.url,
         "POST",
         "/v1/rounds",
@@ -311,13 +297,13 @@ def test_a_revoked_client_is_locked_out_and_never_selected(
     assert committed["state"] == "committed", committed
 
     for round_id in (2, 3, 4):
-        opened = _admin(
+        opened = admin_call(
             server.url, "POST", "/v1/rounds", json={"clients_per_round": 1, "min_clients": 1}
         )
         assert opened.status_code == 201, opened.text
         assert opened.json()["selected"] == [bob.client_id]
-        assert _admin(server.url, "POST", f"/v1/rounds/{round_id}/cancel").status_code == 200
-    listed = _admin(server.url, "GET", "/v1/clients").json()["clients"]
+        assert admin_call(server.url, "POST", f"/v1/rounds/{round_id}/cancel").status_code == 200
+    listed = admin_call(server.url, "GET", "/v1/clients").json()["clients"]
     assert {c["client_id"]: c["revoked_at"] is not None for c in listed} == {
         alice.client_id: True,
         bob.client_id: False,

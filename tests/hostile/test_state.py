@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import requests
@@ -19,31 +18,18 @@ import requests
 from coordinator.records import UpdateRecord
 from tests.support import REPO_ROOT
 from tests.support.coordinator import (
-    ADMIN_TOKEN,
     HTTP_TIMEOUT,
     ServerProcess,
-    bearer,
+    admin_request,
     build_service,
     delta,
+    production_digest,
     serve_command,
     wait_for,
     write_admin_token,
 )
 
 StartServer = Callable[..., ServerProcess]
-
-
-def _admin(url: str, path: str) -> Any:
-    response = requests.get(f"{url}{path}", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _weights_digest(url: str) -> str:
-    response = requests.get(
-        f"{url}/v1/models/current/weights", headers=bearer(ADMIN_TOKEN), timeout=HTTP_TIMEOUT
-    )
-    return response.headers["ETag"].strip('"')
 
 
 def _aggregating_round_with_overflowing_metrics(workdir: Path) -> str:
@@ -81,17 +67,17 @@ def test_a_round_that_cannot_commit_fails_on_start_and_the_next_opens(
 ) -> None:
     v1 = _aggregating_round_with_overflowing_metrics(tmp_path)
     server = serve("--clients-per-round", "2", "--min-clients", "1", "--retry-after", "1")
-    failed = _admin(server.url, "/v1/rounds/1")
+    failed = admin_request(server.url, "/v1/rounds/1")
     assert failed["state"] == "failed", failed
     assert failed["failure_reason"].startswith("aggregation failed: ")
     assert "not finite" in failed["failure_reason"]
-    alerts = _admin(server.url, "/v1/alerts?kind=round_failed")["alerts"]
+    alerts = admin_request(server.url, "/v1/alerts?kind=round_failed")["alerts"]
     assert [a["round_id"] for a in alerts] == [1]
     assert "not finite" in alerts[0]["message"]
-    assert _weights_digest(server.url) == v1
-    assert [m["version"] for m in _admin(server.url, "/v1/models")["models"]] == ["v1"]
+    assert production_digest(server.url) == v1
+    assert [m["version"] for m in admin_request(server.url, "/v1/models")["models"]] == ["v1"]
     # Never wedged: the continuous engine opened round 2, which collects.
-    second = wait_for(lambda: (r := _admin(server.url, "/v1/rounds"))["rounds"][1:] and r)
+    second = wait_for(lambda: (r := admin_request(server.url, "/v1/rounds"))["rounds"][1:] and r)
     assert second["rounds"][1]["state"] == "collecting"
 
 
@@ -178,8 +164,8 @@ def test_the_server_restarts_on_its_own_state(serve: StartServer) -> None:
     flags = ("--clients-per-round", "5", "--min-clients", "1", "--retry-after", "1")
     first = serve(*flags)
     requests.post(f"{first.url}/v1/clients", json={}, timeout=HTTP_TIMEOUT)
-    assert _admin(first.url, "/v1/rounds/1")["state"] == "open"
+    assert admin_request(first.url, "/v1/rounds/1")["state"] == "open"
     first.coordinator.stop()
     again = serve(*flags)
-    assert _admin(again.url, "/v1/rounds/1")["state"] == "open"
-    assert len(_admin(again.url, "/v1/clients")["clients"]) == 1
+    assert admin_request(again.url, "/v1/rounds/1")["state"] == "open"
+    assert len(admin_request(again.url, "/v1/clients")["clients"]) == 1

@@ -403,6 +403,29 @@ def admin_request(url: str, path: str, method: str = "GET") -> dict[str, Any]:
     return document
 
 
+def admin_call(
+    url: str, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+) -> requests.Response:
+    """``method path`` with the admin token, the raw response (for tests of refusals)."""
+    return requests.request(
+        method,
+        f"{url}{path}",
+        headers={**bearer(ADMIN_TOKEN), **(headers or {})},
+        timeout=HTTP_TIMEOUT,
+        **kwargs,
+    )
+
+
+def production_digest(url: str) -> str:
+    """sha256 of the production model's weights as the download route serves them (and
+    as its ETag names them): what a hostile request must leave unchanged."""
+    response = admin_call(url, "GET", "/v1/models/current/weights")
+    assert response.status_code == 200, response.text
+    digest = hashlib.sha256(response.content).hexdigest()
+    assert response.headers["ETag"].strip('"') == digest
+    return digest
+
+
 def local_training(weights: Weights, seed: int) -> Weights:
     """Stand-in for on-device training: a small deterministic step away from the weights."""
     rng = np.random.default_rng(seed)
