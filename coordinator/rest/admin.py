@@ -20,6 +20,7 @@ from coordinator.views import (
     task_record_document,
 )
 from fedge.messages import TaskConfig
+from fedge.validation import check_number
 
 __all__ = ["admin"]
 
@@ -47,13 +48,15 @@ def create_tasks() -> Any:
         isinstance(client_ids, list) and all(isinstance(c, str) for c in client_ids)
     ):
         raise CoordinatorError("client_ids must be a list of ids", code="invalid_request")
-    deadline = body.get("deadline_seconds", 3600.0)
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-        raise CoordinatorError("deadline_seconds must be a number", code="invalid_request")
+    deadline = check_number(
+        body.get("deadline_seconds", 3600.0),
+        "deadline_seconds",
+        error=lambda message: CoordinatorError(message, code="invalid_request"),
+    )
     tasks = current_state().service.create_tasks(
         str(body.get("kind")),
         client_ids=client_ids,
-        deadline_seconds=float(deadline),
+        deadline_seconds=deadline,
         config=TaskConfig.from_dict(body["config"]) if "config" in body else None,
     )
     return {"tasks": [task_record_document(t) for t in tasks]}, 201

@@ -33,6 +33,7 @@ from fedge.secagg.protocol import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from fedge.validation import check_int
 
 __all__ = [
     "SECAGG_MESSAGE_TYPES",
@@ -175,9 +176,7 @@ def _unblobs(value: object, what: str) -> dict[int, bytes]:
 
 
 def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolError(f"{what} must be a non-negative integer, got {value!r}", field=what)
-    return value
+    return check_int(value, what, low=0, error=lambda message: ProtocolError(message, field=what))
 
 
 def _ids(value: object, what: str) -> frozenset[int]:

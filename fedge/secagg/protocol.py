@@ -48,6 +48,7 @@ from fedge.secagg.masking import (
     sub_mod,
 )
 from fedge.secagg.shamir import SHARE_BYTES, combine_shares, split_secret
+from fedge.validation import check_int
 
 __all__ = [
     "AdvertiseKeys",
@@ -453,9 +454,4 @@ class ServerState:
 
 
 def _check_id(client_id: int) -> None:
-    if (
-        isinstance(client_id, bool)
-        or not isinstance(client_id, int)
-        or not 0 <= client_id <= _MAX_ID
-    ):
-        raise SecAggError(f"a client id must be an integer in [0, {_MAX_ID}], got {client_id!r}")
+    check_int(client_id, "a client id", low=0, high=_MAX_ID, error=SecAggError)
