@@ -29,7 +29,7 @@ from simulations.scenario import (
     split_task_rows,
 )
 from simulations.settings import CheckedInputs, Settings, about
-from simulations.workload import Hyperparams
+from simulations.workload import Hyperparams, Schedule
 
 __all__ = ["Step", "prepare_scenario"]
 
@@ -62,14 +62,7 @@ def _task_scenario(settings: Settings, inputs: CheckedInputs, say: Step) -> Scen
         seed=settings.seed,
         holdout_fraction=settings.holdout_fraction,
     )
-    ids = list(partition)
-    schedule = plan_schedule(
-        ids,
-        rounds=settings.rounds or 1,
-        per_round=settings.per_round or len(ids),
-        seed=settings.seed,
-        fixed=inputs.schedule,
-    )
+    schedule = _schedule(settings, inputs, list(partition))
     config = PretrainConfig(
         task=settings.task,
         seed=settings.seed,
@@ -116,6 +109,18 @@ def _task_scenario(settings: Settings, inputs: CheckedInputs, say: Step) -> Scen
             "bundle": str(bundle),
             "pretrained_reused": pretrained.reused,
         },
+    )
+
+
+def _schedule(settings: Settings, inputs: CheckedInputs, ids: list[str]) -> Schedule:
+    """Who trains in each round: the schedule file's rounds, or ``per_round`` of ``ids``
+    (all of them by default) drawn for each of ``rounds`` rounds."""
+    return plan_schedule(
+        ids,
+        rounds=settings.rounds or 1,
+        per_round=settings.per_round or len(ids),
+        seed=settings.seed,
+        fixed=inputs.schedule,
     )
 
 
@@ -219,14 +224,7 @@ def _user_scenario(
         )
         spec = build_feature_spec(rows.proxy)
         details["data"] = f"built-in task {task} (feature spec from the proxy share)"
-    ids = list(partition)
-    schedule = plan_schedule(
-        ids,
-        rounds=settings.rounds or 1,
-        per_round=settings.per_round or len(ids),
-        seed=settings.seed,
-        fixed=inputs.schedule,
-    )
+    schedule = _schedule(settings, inputs, list(partition))
     if tuple(model.input_shape) != spec.output_shape:
         raise SettingsError(
             f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
