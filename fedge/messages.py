@@ -66,7 +66,10 @@ MAX_SLICES = 1024
 MAX_FEATURE_VALUES = 1 << 24
 """Most float32 values one :class:`FeatureBatch` may hold (64 MiB)."""
 
-TaskKind: TypeAlias = Literal["train", "evaluate", "stats", "features"]
+TaskKind: TypeAlias = Literal[
+    "train", "evaluate", "stats", "features", "secagg_share", "secagg_mask", "secagg_unmask"
+]
+"""``secagg_*``: the later stages of a secure-aggregation round (:mod:`fedge.secagg`)."""
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _Scalar: TypeAlias = str | int | float | bool

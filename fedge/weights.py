@@ -245,6 +245,13 @@ class Weights(Mapping[str, FloatArray]):
             total += float(np.dot(flat, flat))
         return math.sqrt(total)
 
+    def flatten(self) -> npt.NDArray[np.float64]:
+        """The tensors as one float64 vector, in name order, each C-ordered (the inverse of
+        :meth:`unflatten`)."""
+        if not self._tensors:
+            return np.zeros(0, np.float64)
+        return np.concatenate([a.ravel().astype(np.float64) for a in self._tensors.values()])
+
     def unflatten(self, vector: npt.ArrayLike) -> Weights:
         """Weights shaped like ``self`` from a 1-D vector holding the tensors in ``self``'s
         name order, each C-ordered."""
