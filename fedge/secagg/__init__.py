@@ -19,7 +19,17 @@ from fedge.secagg.codec import (
     server_state_to_dict,
 )
 from fedge.secagg.graph import build_graph, default_degree, default_threshold
-from fedge.secagg.masking import MaskingConfig, SecureSum, decode_sum, encode_input, prg_mask
+from fedge.secagg.masking import (
+    MaskingConfig,
+    SecureSum,
+    decode_sum,
+    encode_input,
+    masked_input_bytes,
+    pack_values,
+    prg_mask,
+    unpack_values,
+    value_bytes,
+)
 from fedge.secagg.protocol import (
     AdvertiseKeys,
     ClientState,
@@ -55,8 +65,12 @@ __all__ = [
     "default_threshold",
     "encode_input",
     "encode_secagg",
+    "masked_input_bytes",
+    "pack_values",
     "prg_mask",
     "server_state_from_dict",
     "server_state_to_dict",
     "split_secret",
+    "unpack_values",
+    "value_bytes",
 ]

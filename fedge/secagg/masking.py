@@ -16,6 +16,8 @@ arithmetic (Bonawitz et al., CCS 2017; Bell et al., CCS 2020). So the update is
 
 The PRG is SHAKE-256 (an extendable-output function from the standard library) keyed by
 the 32-byte seed. Arithmetic is in ``uint64`` with ``b <= 62`` so no addition overflows.
+On the wire each value mod ``2^b`` takes ``ceil(b / 8)`` little-endian bytes
+(:func:`pack_values`, :func:`unpack_values`, :func:`masked_input_bytes`).
 
 Error bound. Stochastic rounding moves each client's coordinate by less than one step,
 ``|e_i| < 1``, i.e. less than ``2c / L`` after dequantization. For the sum over ``m``
@@ -42,7 +44,11 @@ __all__ = [
     "SecureSum",
     "decode_sum",
     "encode_input",
+    "masked_input_bytes",
+    "pack_values",
     "prg_mask",
+    "unpack_values",
+    "value_bytes",
 ]
 
 U64 = npt.NDArray[np.uint64]
@@ -170,3 +176,41 @@ def sub_mod(a: U64, b: U64, modulus_bits: int) -> U64:
     """``(a - b) mod 2^b`` for values already below ``2^b``."""
     modulus = np.uint64(2**modulus_bits)
     return (a + (modulus - b)) & np.uint64(2**modulus_bits - 1)
+
+
+def value_bytes(modulus_bits: int) -> int:
+    """The bytes one value mod ``2^modulus_bits`` takes on the wire: ``ceil(b / 8)``."""
+    return (modulus_bits + 7) // 8
+
+
+def masked_input_bytes(config: MaskingConfig) -> int:
+    """The exact size of one client's masked input: ``dimension + 1`` packed values."""
+    return (config.dimension + 1) * value_bytes(config.modulus_bits)
+
+
+def pack_values(values: U64, *, modulus_bits: int) -> bytes:
+    """``values`` (each below ``2^modulus_bits``) as ``ceil(b / 8)`` little-endian bytes each."""
+    flat = np.asarray(values)
+    if flat.ndim != 1 or flat.dtype != np.uint64:
+        raise SecAggError(f"pack a 1-d uint64 vector, got {flat.ndim}-d {flat.dtype}")
+    if flat.size and int(flat.max()) >> modulus_bits:
+        raise SecAggError(f"a value to pack is not reduced mod 2^{modulus_bits}")
+    octets = np.ascontiguousarray(flat, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return octets[:, : value_bytes(modulus_bits)].tobytes()
+
+
+def unpack_values(data: bytes, *, length: int, modulus_bits: int) -> U64:
+    """The inverse of :func:`pack_values`; SecAggError unless ``data`` holds exactly
+    ``length`` packed values, each below ``2^modulus_bits``."""
+    width = value_bytes(modulus_bits)
+    if len(data) != length * width:
+        raise SecAggError(
+            f"the packed vector is {len(data)} bytes, expected {length * width} "
+            f"({length} values of {width} bytes)"
+        )
+    octets = np.zeros((length, 8), dtype=np.uint8)
+    octets[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(length, width)
+    values = octets.view("<u8").reshape(length).astype(np.uint64)
+    if length and int(values.max()) >> modulus_bits:
+        raise SecAggError(f"the packed vector holds a value not reduced mod 2^{modulus_bits}")
+    return values

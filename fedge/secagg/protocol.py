@@ -44,8 +44,10 @@ from fedge.secagg.masking import (
     add_mod,
     decode_sum,
     encode_input,
+    pack_values,
     prg_mask,
     sub_mod,
+    unpack_values,
 )
 from fedge.secagg.shamir import SHARE_BYTES, combine_shares, split_secret
 from fedge.validation import check_int
@@ -107,7 +109,8 @@ class ShareDelivery:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A client's masked vector: ``dimension + 1`` little-endian uint64 values mod 2^b."""
+    """A client's masked vector: ``dimension + 1`` values mod ``2^b``, each packed in
+    ``ceil(b / 8)`` little-endian bytes (:func:`~fedge.secagg.masking.pack_values`)."""
 
     client_id: int
     data: bytes
@@ -244,7 +247,7 @@ class ClientState:
                 else sub_mod(values, pairwise, bits)
             )
         state = dataclasses.replace(self, stage="masked", held_shares=held)
-        return state, MaskedInput(self.client_id, values.astype("<u8").tobytes())
+        return state, MaskedInput(self.client_id, pack_values(values, modulus_bits=bits))
 
     def unmask(self, request: UnmaskRequest) -> tuple[ClientState, UnmaskResponse]:
         """Stage 4: reveal one kind of share per peer, never both."""
@@ -366,19 +369,18 @@ class ServerState:
         return state.unmask_requests()
 
     def accept_masked(self, message: MaskedInput) -> ServerState:
-        """Stage 3, one input at a time: add it to the running masked sum (O(dimension))."""
+        """Stage 3, one input at a time: check its length and range (the one check of a
+        masked input), then add it to the running masked sum (O(dimension))."""
         self._expect("masked")
         bits, length = self.config.modulus_bits, self.config.dimension + 1
         if message.client_id not in self.shared or message.client_id in self.survivors:
             raise SecAggError(f"unexpected or repeated input from client {message.client_id}")
-        if len(message.data) != 8 * length:
+        try:
+            values = unpack_values(message.data, length=length, modulus_bits=bits)
+        except SecAggError as exc:
             raise SecAggError(
-                f"client {message.client_id}'s input is {len(message.data)} bytes, "
-                f"expected {8 * length}"
-            )
-        values = np.frombuffer(message.data, dtype="<u8").astype(np.uint64)
-        if np.any(values >= np.uint64(2**bits)):
-            raise SecAggError(f"client {message.client_id}'s input is not reduced mod 2^{bits}")
+                f"client {message.client_id}'s masked input is refused: {exc}"
+            ) from exc
         total = np.zeros(length, dtype=np.uint64) if self.masked_sum is None else self.masked_sum
         return dataclasses.replace(
             self,

@@ -10,7 +10,16 @@ import pytest
 from fedge.errors import SecAggError
 from fedge.secagg import build_graph, combine_shares, default_degree, split_secret
 from fedge.secagg.keys import agree, generate_key_pair, open_sealed, public_key_of, seal
-from fedge.secagg.masking import MaskingConfig, add_mod, encode_input, prg_mask, sub_mod
+from fedge.secagg.masking import (
+    MaskingConfig,
+    add_mod,
+    encode_input,
+    masked_input_bytes,
+    pack_values,
+    prg_mask,
+    sub_mod,
+    unpack_values,
+)
 
 
 def test_shamir_any_threshold_subset_recovers_the_secret() -> None:
@@ -138,3 +147,48 @@ def test_masking_config_refuses_bad_values() -> None:
         MaskingConfig(dimension=1, clip=1.0, example_cap=1, modulus_bits=64)
     with pytest.raises(SecAggError, match="clip"):
         MaskingConfig(dimension=1, clip=0.0, example_cap=1)
+
+
+@pytest.mark.parametrize("bits", range(8, 63))
+def test_packed_values_round_trip_in_ceil_b_over_8_bytes(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    top = 2**bits - 1
+    values = np.concatenate(
+        [np.array([0, 1, top], dtype=np.uint64), prg_mask(os.urandom(32), 97, bits)]
+    )
+    packed = pack_values(values, modulus_bits=bits)
+    assert len(packed) == values.size * -(-bits // 8)
+    assert packed[: -(-bits // 8)] == b"\x00" * -(-bits // 8)
+    assert int.from_bytes(packed[2 * -(-bits // 8) : 3 * -(-bits // 8)], "little") == top
+    unpacked = unpack_values(packed, length=values.size, modulus_bits=bits)
+    assert unpacked.dtype == np.uint64
+    assert np.array_equal(unpacked, values)
+    config = MaskingConfig(
+        dimension=int(rng.integers(1, 50)),
+        clip=1.0,
+        example_cap=1,
+        modulus_bits=bits,
+        quantization_bits=min(16, bits - 1),
+    )
+    assert masked_input_bytes(config) == (config.dimension + 1) * -(-bits // 8)
+
+
+@pytest.mark.parametrize("bits", [9, 20, 33, 62])
+def test_packed_value_at_or_above_the_modulus_is_refused(bits: int) -> None:
+    width = -(-bits // 8)
+    good = pack_values(np.array([5, 2**bits - 1], dtype=np.uint64), modulus_bits=bits)
+    bad = good[:width] + (2**bits).to_bytes(width, "little")
+    with pytest.raises(SecAggError, match=f"not reduced mod 2\\^{bits}"):
+        unpack_values(bad, length=2, modulus_bits=bits)
+    with pytest.raises(SecAggError, match=f"not reduced mod 2\\^{bits}"):
+        pack_values(np.array([2**bits], dtype=np.uint64), modulus_bits=bits)
+
+
+def test_packed_vector_of_the_wrong_length_is_refused() -> None:
+    packed = pack_values(np.arange(10, dtype=np.uint64), modulus_bits=24)
+    assert len(packed) == 30
+    for data in (packed[:-1], packed + b"\x00", b""):
+        with pytest.raises(SecAggError, match=r"expected 30 \(10 values of 3 bytes\)"):
+            unpack_values(data, length=10, modulus_bits=24)
+    with pytest.raises(SecAggError, match="1-d uint64"):
+        pack_values(np.arange(10, dtype=np.int64), modulus_bits=24)

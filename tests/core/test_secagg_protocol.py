@@ -13,6 +13,7 @@ import pytest
 from fedge.errors import ProtocolError, SecAggError
 from fedge.secagg import (
     ClientState,
+    MaskedInput,
     MaskingConfig,
     SecAggMessage,
     SecureSum,
@@ -21,6 +22,7 @@ from fedge.secagg import (
     UnmaskResponse,
     decode_secagg,
     encode_secagg,
+    masked_input_bytes,
     server_state_from_dict,
     server_state_to_dict,
 )
@@ -311,3 +313,30 @@ def test_collect_masked_equals_accepting_inputs_one_by_one() -> None:
     assert batch_requests == streamed_requests
     assert 0 not in batch_requests
     assert any(0 in r.dropped for r in batch_requests.values())
+
+
+def test_masked_input_is_packed_and_the_server_refuses_a_bad_one_unchanged() -> None:
+    config = MaskingConfig(dimension=8, clip=1.0, example_cap=4, modulus_bits=20)
+    rng = np.random.default_rng(3)
+    clients = {cid: ClientState.create(cid, config) for cid in range(4)}
+    server, rosters = ServerState(config).collect_keys(
+        [c.advertise() for c in clients.values()], rng=rng
+    )
+    shares = []
+    for cid, roster in rosters.items():
+        clients[cid], message = clients[cid].share_keys(roster)
+        shares.append(message)
+    server, deliveries = server.collect_shares(shares)
+    masked = clients[0].mask(deliveries[0], rng.uniform(-1, 1, 8), 3, rng=rng)[1]
+    assert len(masked.data) == masked_input_bytes(config) == 9 * 3
+    too_large = masked.data[:-3] + (2**20).to_bytes(3, "little")
+    with pytest.raises(SecAggError, match=r"client 0's masked input is refused: .*2\^20"):
+        server.accept_masked(MaskedInput(0, too_large))
+    with pytest.raises(SecAggError, match=r"client 0's masked input is refused: .*expected 27"):
+        server.accept_masked(MaskedInput(0, masked.data + b"\x00"))
+    accepted = server.accept_masked(masked)
+    assert server.survivors == frozenset()
+    assert server.masked_sum is None
+    assert accepted.survivors == {0}
+    assert accepted.masked_sum is not None
+    assert int(accepted.masked_sum.max()) < 2**20
