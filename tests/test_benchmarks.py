@@ -1,0 +1,37 @@
+"""Smoke runs of the benchmarks that finish in seconds, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SECAGG_METHODS = ("plain", "q8", "topk", "secagg", "secagg-q8", "secagg-drop")
+
+
+def test_secagg_benchmark_quick_prints_every_row_side_by_side() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "secagg.py"), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[header].split()[-2:] == ["err", "bound"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :][:6]}
+    assert tuple(rows) == SECAGG_METHODS
+    for method, cells in rows.items():
+        assert len(cells) == 12, (method, cells)
+    # the plain row is the baseline of every ratio
+    assert rows["plain"][6:10] == ["1.00", "1.00", "1.000", "1.000"]
+    # compression shrinks the upload; the secure rows stay within their stated bound
+    assert float(rows["q8"][8]) < 0.3
+    assert float(rows["topk"][8]) < 0.1
+    for method in ("secagg", "secagg-q8", "secagg-drop"):
+        assert 0 < float(rows[method][10]) <= float(rows[method][11]), method
+    assert float(rows["plain"][10]) < 1e-6
