@@ -10,6 +10,9 @@ interpreters once and is shared by any number of :class:`ClientContext` s::
     context = ClientContext(data=MemoryData(train, holdout), models=models)
     reply = handle(task, context)
 
+Secure aggregation's device side is :mod:`edge_client.secure` (``begin`` after training,
+``step`` for each later stage, over a :class:`SecretStore`).
+
 Nothing here imports TensorFlow: a TFLite runtime (tflite-runtime or ai-edge-litert) and
 numpy are all the device needs.
 """
@@ -46,6 +49,13 @@ from edge_client.personalize import (
 )
 from edge_client.privacy import private_stats, slice_groups
 from edge_client.runtime import InferenceModel, TrainableModel, TrainResult, load_interpreter
+from edge_client.secure import (
+    FileSecretStore,
+    MemorySecretStore,
+    RoundSecrets,
+    SecretStore,
+    SecureReply,
+)
 from edge_client.state import ClientState
 from edge_client.transport import (
     Cancellable,
@@ -57,6 +67,7 @@ from edge_client.transport import (
     Transport,
     parse_retry_after,
     reply_request,
+    secure_request,
 )
 
 __all__ = [
@@ -77,6 +88,7 @@ __all__ = [
     "EdgeError",
     "EdgeModel",
     "FileHeadStore",
+    "FileSecretStore",
     "FunctionTransport",
     "HeadStore",
     "HttpResponse",
@@ -85,6 +97,7 @@ __all__ = [
     "LocalData",
     "MemoryData",
     "MemoryHeadStore",
+    "MemorySecretStore",
     "ModelCache",
     "ModelProvider",
     "ModelRejected",
@@ -95,6 +108,9 @@ __all__ = [
     "PersonalizationConfig",
     "RequestCancelled",
     "RequestRejected",
+    "RoundSecrets",
+    "SecretStore",
+    "SecureReply",
     "Span",
     "TrainResult",
     "TrainableModel",
@@ -109,5 +125,6 @@ __all__ = [
     "personal_head",
     "private_stats",
     "reply_request",
+    "secure_request",
     "slice_groups",
 ]

@@ -36,6 +36,15 @@ What a hostile or broken coordinator cannot do to it:
 
 Each queued reply goes out first on the next step, so replies queued during an outage go
 out once each.
+
+**Secure rounds** (:mod:`edge_client.secure`): a train task whose options say
+``secagg: true`` is trained as usual, but what is queued is the first protocol message (the
+device's public keys), the delta staying in ``STATE/secagg/``; each ``secagg_share``,
+``secagg_mask`` and ``secagg_unmask`` task then fetches its stage's payload, and the reply
+is queued in the same outbox. A refusal (:class:`~fedge.errors.SecAggError`: both shares of
+one peer asked for, too few survivors, a bundle that does not authenticate) is recorded in
+the status's ``last_error``, logged without secrets, and the task is never answered. A
+round's secrets are deleted once its unmask reply is queued.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ from edge_client.errors import (
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel, ModelCache
+from edge_client.secure import SECAGG_STAGES, FileSecretStore, SecureReply, begin, is_secure
+from edge_client.secure import step as secure_step
 from edge_client.state import ClientState, read_token
 from edge_client.transport import (
     DEFAULT_TIMEOUT,
@@ -74,8 +85,15 @@ from edge_client.transport import (
     HttpTransport,
     Transport,
 )
-from fedge.errors import BundleError, DataError, FeatureError, FedgeError, ProtocolError
-from fedge.messages import Task
+from fedge.errors import (
+    BundleError,
+    DataError,
+    FeatureError,
+    FedgeError,
+    ProtocolError,
+    SecAggError,
+)
+from fedge.messages import ModelUpdate, Reply, Task
 from fedge.validation import check_number, check_positive
 
 __all__ = ["Daemon", "DaemonConfig"]
@@ -148,6 +166,7 @@ class Daemon:
         self._rng = rng if rng is not None else np.random.default_rng()
         self.backoff = Backoff(config.backoff, rng=self._rng, sleep=self._sleep)
         self.models = ModelCache(self._locate, max_versions=2, num_threads=config.num_threads)
+        self.secrets = FileSecretStore(config.state_dir / "secagg")
         self._context: ClientContext | None = None
         status = self.state.status()
         self.counts: Counter[str] = Counter(status.get("tasks") or {})
@@ -195,7 +214,8 @@ class Daemon:
     def step(self) -> str:
         """Deliver, poll, handle once. Returns what happened: ``handled``, ``idle``,
         ``done``, ``unreachable``, ``refused``, ``model_rejected``, ``no_data``,
-        ``failed``, ``answered_before``, ``local_error`` or ``stopped``. Every outcome but
+        ``failed``, ``secagg_refused``, ``answered_before``, ``local_error`` or
+        ``stopped``. Every outcome but
         ``handled``, ``idle``, ``done`` and ``stopped`` has slept a backoff delay."""
         try:
             return self._step()
@@ -286,6 +306,8 @@ class Daemon:
                 f"task {task.task_id} was answered before; waiting for it to close",
                 level=logging.WARNING,
             )
+        if task.kind in SECAGG_STAGES:
+            return self._secure_step(task)
         version = task.model_version
         if self._quarantined(version):
             rejected = self.rejected_models[version]
@@ -328,12 +350,13 @@ class Daemon:
                 log=f"{task.kind} task {task.task_id} failed: {exc}",
                 exc_info=True,
             )
-        self.state.outbox.put(reply)  # never interrupted: the reply is queued whole
-        self._answered.append(task.task_id)
-        self.counts[task.kind] += 1
-        self.handled += 1
-        self._last_task = {"task_id": task.task_id, "kind": task.kind, "at": self._clock()}
-        self._save_status()
+        queued: Reply | SecureReply = reply
+        if is_secure(task) and isinstance(reply, ModelUpdate):
+            try:
+                queued = begin(task, reply, self.secrets)
+            except SecAggError as exc:
+                return self._secagg_refused(task, exc)
+        self._queue(task, queued)
         try:
             with self._interruptible_work():
                 personal_head(model, context)
@@ -342,6 +365,54 @@ class Daemon:
         self.backoff.reset()
         self._save_status()
         return "handled"
+
+    def _queue(self, task: Task, reply: Reply | SecureReply) -> None:
+        self.state.outbox.put(reply)  # never interrupted: the reply is queued whole
+        self._answered.append(task.task_id)
+        self.counts[task.kind] += 1
+        self.handled += 1
+        self._last_task = {"task_id": task.task_id, "kind": task.kind, "at": self._clock()}
+        self._save_status()
+
+    def _secure_step(self, task: Task) -> str:
+        """A secure-aggregation stage: fetch its payload, compute the reply from the
+        round's secrets, queue it. A refusal is recorded and the task never answered."""
+        stage = SECAGG_STAGES[task.kind]
+        logger.info("handling %s task %s", task.kind, task.task_id)
+        try:
+            if task.round_id is None:
+                raise SecAggError(f"task {task.task_id} names no round")
+            payload = self.client.secagg_payload(task.round_id, stage)
+        except RequestCancelled:
+            return "stopped"
+        except TransportError as exc:
+            return self._unreachable(exc)
+        except (RequestRejected, ProtocolError) as exc:
+            return self._fail(
+                "refused", f"task {task.task_id}: the {stage} payload was refused: {exc}"
+            )
+        except SecAggError as exc:
+            return self._secagg_refused(task, exc)
+        try:
+            reply = secure_step(task, payload, self.secrets, rng=self._rng)
+        except SecAggError as exc:
+            return self._secagg_refused(task, exc)
+        self._queue(task, reply)
+        if stage == "unmask":
+            self.secrets.delete(reply.round_id)
+        self.backoff.reset()
+        self._save_status()
+        return "handled"
+
+    def _secagg_refused(self, task: Task, exc: SecAggError) -> str:
+        """Never answer ``task``: record and log the refusal (ids and counts only: the
+        protocol's messages name no secret), then back off."""
+        self._answered.append(task.task_id)
+        return self._fail(
+            "secagg_refused",
+            f"task {task.task_id}: secure aggregation refused: {exc}",
+            level=logging.WARNING,
+        )
 
     @contextlib.contextmanager
     def _interruptible_work(self) -> Iterator[None]:

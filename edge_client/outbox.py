@@ -2,7 +2,8 @@
 coordinator has it.
 
 :meth:`Outbox.put` turns a reply into its POST (:func:`~edge_client.transport.
-reply_request`) with a fresh idempotency key and writes it atomically (temporary file,
+reply_request`, or :func:`~edge_client.transport.secure_request` for a secure-aggregation
+message) with a fresh idempotency key and writes it atomically (temporary file,
 fsync, rename, fsync of the directory): after a crash an entry is either complete or
 absent. :meth:`Outbox.deliver` sends the entries oldest first, each with its stored key, so
 a retry after an outage (or after a response lost in transit) is one update to the
@@ -30,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.errors import RequestRejected
-from edge_client.transport import CoordinatorClient, OutgoingRequest, reply_request
+from edge_client.secure import SecureReply
+from edge_client.transport import (
+    CoordinatorClient,
+    OutgoingRequest,
+    reply_request,
+    secure_request,
+)
 from fedge.errors import ProtocolError
 from fedge.fileio import atomic_write_bytes, fsync_directory
 from fedge.messages import Reply
@@ -73,10 +80,13 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._clock = clock
 
-    def put(self, reply: Reply) -> OutboxEntry:
+    def put(self, reply: Reply | SecureReply) -> OutboxEntry:
         """Store ``reply`` durably with a new idempotency key; returns its entry."""
         key = uuid.uuid4().hex
-        request = reply_request(reply, key)
+        if isinstance(reply, SecureReply):
+            request = secure_request(reply, key)
+        else:
+            request = reply_request(reply, key)
         header = {**request.to_dict(), "body_size": len(request.body), "queued_at": self._clock()}
         data = json.dumps(header, sort_keys=True).encode("utf-8") + b"\n" + request.body
         name = f"{time.time_ns():020d}-{key}{_SUFFIX}"

@@ -9,6 +9,7 @@
       bundles/<version>/    verified bundles (the one in use and the previous one)
       personal/             the personal head (safetensors)
       outbox/               replies not yet acknowledged (and failed/ ones)
+      secagg/               secure-aggregation secrets of the round in progress (0600)
 
 The client token lives in its own file (``--token-file``, mode 0600), never here in
 plain text with the rest, and so does the registration key beside it

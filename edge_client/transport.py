@@ -7,7 +7,8 @@ handler; tests wrap it to capture every byte the device sends, or replace it wit
 function. Over it, :class:`CoordinatorClient` speaks the REST API (see
 ``coordinator/openapi.py``): register, poll for a task, download bundle files, and send
 prepared :class:`OutgoingRequest` s (the outbox stores those). Replies become requests in
-:func:`reply_request`, the one place that knows which endpoint takes which message.
+:func:`reply_request`, the one place that knows which endpoint takes which message
+(secure-aggregation messages in :func:`secure_request`).
 
 Error mapping, in one place: no connection, a timeout or a spent deadline, 5xx and 429 are
 :class:`~edge_client.errors.TransportError` (retry later; ``retry_after`` from the
@@ -37,6 +38,7 @@ from urllib.parse import quote, urlsplit
 
 from edge_client.backoff import RETRY_AFTER_MAX, RETRY_AFTER_MIN
 from edge_client.errors import RequestCancelled, RequestRejected, TransportError
+from edge_client.secure import SecureReply
 from fedge.errors import ProtocolError
 from fedge.messages import (
     EvalReport,
@@ -60,6 +62,7 @@ __all__ = [
     "Transport",
     "parse_retry_after",
     "reply_request",
+    "secure_request",
 ]
 
 logger = logging.getLogger(__name__)
@@ -421,6 +424,29 @@ def reply_request(reply: Reply, idempotency_key: str) -> OutgoingRequest:
     )
 
 
+def secure_request(reply: SecureReply, idempotency_key: str) -> OutgoingRequest:
+    """The POST that delivers one secure-aggregation message (``/v1/rounds/{r}/secagg/
+    {stage}``): JSON, or for the masked input the packed vector with the training metrics
+    in ``X-Fedge-Metrics``."""
+    headers = {"X-Fedge-Task-Id": reply.task_id, "Idempotency-Key": idempotency_key}
+    if reply.body is not None:
+        body = reply.body
+        headers["Content-Type"] = "application/octet-stream"
+        headers["X-Fedge-Metrics"] = json.dumps(
+            dict(reply.metrics), sort_keys=True, allow_nan=False
+        )
+    else:
+        text = json.dumps(
+            dict(reply.document or {}), sort_keys=True, allow_nan=False, separators=(",", ":")
+        )
+        body = text.encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    path = f"/v1/rounds/{reply.round_id}/secagg/{reply.stage}"
+    return OutgoingRequest(
+        path, headers, body, f"secagg_{reply.stage}", reply.task_id, idempotency_key
+    )
+
+
 @dataclass(frozen=True)
 class Registration:
     client_id: str
@@ -526,6 +552,17 @@ class CoordinatorClient:
         else:
             path = f"/v1/models/{quote(version, safe='')}/files/{quote(name, safe='')}"
         return self._call("GET", path)
+
+    def secagg_payload(self, round_id: int, stage: str) -> dict[str, Any]:
+        """The secure-aggregation payload of ``stage`` (share, mask or unmask) of round
+        ``round_id`` for this device (a 409 ``secagg_stage`` while the stage is not open is
+        a RequestRejected)."""
+        if stage not in ("share", "mask", "unmask"):
+            raise ProtocolError(f"no secure-aggregation payload for stage {stage!r}")
+        document = self._call("GET", f"/v1/rounds/{int(round_id)}/secagg/{stage}").json()
+        if not isinstance(document, dict):
+            raise ProtocolError(f"the {stage} payload is not a JSON object")
+        return document
 
     def send(self, outgoing: OutgoingRequest) -> HttpResponse:
         """POST a prepared reply; 2xx returns, 4xx raises RequestRejected."""
