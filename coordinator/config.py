@@ -10,9 +10,17 @@ from typing import Any
 from fedge.errors import ConfigError, ProtocolError
 from fedge.messages import TaskConfig
 from fedge.strategy import ComposedStrategy, build_strategy
-from fedge.validation import check_int, check_number, check_positive
+from fedge.validation import check_fraction, check_int, check_number, check_positive
 
-__all__ = ["ROUND_LIMITS", "AlertConfig", "RoundConfig", "ServiceConfig"]
+__all__ = ["COMPRESSIONS", "ROUND_LIMITS", "AlertConfig", "RoundConfig", "ServiceConfig"]
+
+COMPRESSIONS = ("none", "q8", "topk")
+"""The update codecs a round may ask for (:mod:`fedge.compression`; ``none``: safetensors)."""
+_COMPRESSION_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {"none": frozenset(), "q8": frozenset({"block"}), "topk": frozenset({"fraction"})}
+)
+DEFAULT_TOPK_FRACTION = 0.01
+_MAX_Q8_BLOCK = 1 << 24
 
 ROUND_LIMITS: Mapping[str, float] = MappingProxyType(
     {
@@ -68,6 +76,11 @@ class RoundConfig:
       (see :func:`fedge.strategy.build_strategy`). The combination is checked when built.
     - Intake refuses a delta whose L2 norm exceeds ``norm_bound`` and example counts outside
       ``1..max_examples``.
+    - ``compression`` names the codec every update of the round must use: ``none`` (the
+      safetensors delta), ``q8`` (8-bit stochastic quantization; ``compression_options``
+      ``block``: values per quantization block, default one block per tensor) or ``topk``
+      (the largest ``fraction`` of the values, default 0.01, with error feedback on the
+      device). The train task carries it (:meth:`compression_task_options`).
     - Every setting has an upper bound (:data:`ROUND_LIMITS`): e.g. ``deadline_seconds`` at
       most 30 days, ``clients_per_round`` at most 100,000, ``max_examples`` at most 10^9.
     - ``continuous``: the next round opens when one closes (committed or failed); otherwise
@@ -92,6 +105,8 @@ class RoundConfig:
     task_options: Mapping[str, int | float | str | bool] = field(default_factory=dict)
     norm_bound: float = 100.0
     max_examples: int = 1_000_000
+    compression: str = "none"
+    compression_options: Mapping[str, float] = field(default_factory=dict)
     continuous: bool = True
     auto_promote: bool | None = None
 
@@ -150,11 +165,53 @@ class RoundConfig:
         )
         object.__setattr__(self, "norm_bound", norm)
         check_int(self.max_examples, "max_examples", low=1, high=int(limit["max_examples"]))
+        self._check_compression()
         for name in ("continuous",):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
+
+    def _check_compression(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"compression must be one of {list(COMPRESSIONS)}, got {self.compression!r}"
+            )
+        options = _number_map(self.compression_options, "compression_options")
+        unknown = sorted(set(options) - _COMPRESSION_OPTIONS[self.compression])
+        if unknown:
+            known = sorted(_COMPRESSION_OPTIONS[self.compression]) or "none"
+            raise ConfigError(
+                f"compression_options {unknown} do not apply to compression "
+                f"{self.compression!r} (it takes: {known})"
+            )
+        if "fraction" in options:
+            options["fraction"] = check_fraction(
+                options["fraction"], "compression_options['fraction']", zero_ok=False, one_ok=True
+            )
+        if "block" in options:
+            check_int(options["block"], "compression_options['block']", low=1, high=_MAX_Q8_BLOCK)
+        object.__setattr__(self, "compression_options", MappingProxyType(options))
+        taken = sorted(k for k in self.task_options if k.startswith("compression"))
+        if taken:
+            raise ConfigError(
+                f"task_options {taken} are reserved: set compression and compression_options"
+            )
+
+    def compression_task_options(self) -> dict[str, int | float | str]:
+        """What a train task carries about the codec: ``compression`` with
+        ``compression_fraction`` (topk) or ``compression_block`` (q8, when set); empty for
+        ``none``."""
+        if self.compression == "none":
+            return {}
+        out: dict[str, int | float | str] = {"compression": self.compression}
+        if self.compression == "topk":
+            out["compression_fraction"] = float(
+                self.compression_options.get("fraction", DEFAULT_TOPK_FRACTION)
+            )
+        elif "block" in self.compression_options:
+            out["compression_block"] = int(self.compression_options["block"])
+        return out
 
     @property
     def clients_to_start(self) -> int:
@@ -179,7 +236,12 @@ class RoundConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("aggregator_options", "server_optimizer_options", "task_options"):
+        for name in (
+            "aggregator_options",
+            "server_optimizer_options",
+            "task_options",
+            "compression_options",
+        ):
             out[name] = dict(getattr(self, name))
         return out
 

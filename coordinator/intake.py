@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from coordinator.codecs import check_codec, decode_update
 from coordinator.config import ROUND_LIMITS, RoundConfig
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UpdateRejectedError
 from fedge.errors import WeightsFormatError
@@ -42,7 +43,9 @@ _KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 @dataclass(frozen=True)
 class UpdateSubmission:
-    """What a client sends with an update, transport-independent. ``body`` is safetensors."""
+    """What a client sends with an update, transport-independent. ``body`` is the delta
+    encoded with ``codec``: ``none`` safetensors, ``q8``/``topk`` a
+    :mod:`fedge.compression` payload (the round's ``compression`` decides which)."""
 
     round_id: int
     task_id: str
@@ -50,6 +53,7 @@ class UpdateSubmission:
     idempotency_key: str
     body: bytes
     metrics: Mapping[str, float] = field(default_factory=dict)
+    codec: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
@@ -121,9 +125,10 @@ def validate_update(
 ) -> ModelUpdate:
     """The typed update if every stateless check passes; raises the first failure.
 
-    Order: example count, metric bounds, body size, safetensors decoding (incl. float32
-    only), tensor names/dtypes/shapes against ``reference``, finiteness, then the L2 norm
-    bound.
+    Order: example count, metric bounds, the codec (the round's ``compression``), body
+    size, decoding (:func:`coordinator.codecs.decode_update`: safetensors float32 only, or
+    a compressed payload decoded against ``reference``), tensor names/dtypes/shapes against
+    ``reference``, finiteness, then the L2 norm bound of the decoded delta.
     """
     count = submission.num_examples
     if (
@@ -137,15 +142,15 @@ def validate_update(
         )
     if isinstance(submission.metrics, Mapping):
         check_metric_bounds(submission.metrics, "metrics", _metrics_error)
+    codec = check_codec(submission.codec, config.compression)
     size = len(submission.body)
     if size > max_bytes:
         raise PayloadTooLargeError(
             f"the update body is {size} bytes, over the {max_bytes}-byte limit"
         )
     if size == 0:
-        raise WeightsFormatError("the update body is empty; send the safetensors delta")
-    delta = Weights.from_bytes(submission.body, max_bytes=max_bytes)
-    delta.validate_against(reference)
+        raise WeightsFormatError("the update body is empty; send the encoded delta")
+    delta = decode_update(submission.body, codec, reference, max_bytes=max_bytes)
     norm = delta.l2_norm()
     if norm > config.norm_bound:
         raise UpdateRejectedError(

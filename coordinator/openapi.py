@@ -117,6 +117,12 @@ def _paths() -> dict[str, Any]:
         ),
         _header("X-Fedge-Metrics", "JSON object of metric name to number", required=False),
         _header("X-Fedge-Delta-Sha256", "sha256 of the body, checked", required=False),
+        _header(
+            "X-Fedge-Codec",
+            "With Content-Type application/x-fedge-compressed: the body's codec, q8 or topk "
+            "(it must be the round's `compression`, else 400 codec_mismatch)",
+            required=False,
+        ),
     ]
     return {
         "/healthz": {
@@ -270,7 +276,11 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/rounds/{round_id}/updates": {
             "post": _op(
-                "Upload a model update: the body is the safetensors weight delta",
+                "Upload a model update: the weight delta encoded with the round's codec "
+                "(`compression`): application/octet-stream is the safetensors delta (codec "
+                "none); application/x-fedge-compressed is a fedge.compression payload (q8, "
+                "topk) named by X-Fedge-Codec, decoded against the round's base weights at "
+                "intake (a malformed payload: 400, nothing stored) and stored as received",
                 "uploadUpdate",
                 {
                     "201": _json("UpdateReceipt", "Accepted (durable)"),
@@ -279,7 +289,10 @@ def _paths() -> dict[str, Any]:
                 auth="clientToken",
                 errors="400 401 403 404 409 413 415 422",
                 params=[ROUND, *upload_headers],
-                body={"required": True, "content": _BINARY},
+                body={
+                    "required": True,
+                    "content": {**_BINARY, "application/x-fedge-compressed": {}},
+                },
             )
         },
         "/v1/stats": {

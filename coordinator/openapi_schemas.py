@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.config import ROUND_LIMITS
+from coordinator.config import COMPRESSIONS, ROUND_LIMITS
 from coordinator.intake import METRIC_BOUND
 
 __all__ = ["build_schemas", "ref"]
@@ -180,6 +180,19 @@ def _round_config() -> dict[str, Any]:
             "task_options": {"type": "object", "additionalProperties": SCALAR},
             "norm_bound": {**NUMBER, "exclusiveMinimum": 0, "maximum": top["norm_bound"]},
             "max_examples": {**INTEGER, "minimum": 1, "maximum": int(top["max_examples"])},
+            "compression": {
+                "enum": list(COMPRESSIONS),
+                "description": "the codec of every update of the round: none (safetensors), "
+                "q8 (8-bit stochastic quantization) or topk (the largest values with error "
+                "feedback on the device); an upload with another codec is refused with 400 "
+                "(codec_mismatch). The train task carries it in config.options "
+                "(compression, compression_fraction, compression_block)",
+            },
+            "compression_options": {
+                **METRICS,
+                "description": "q8: block (values per quantization block; default one block "
+                "per tensor); topk: fraction (in (0, 1], default 0.01); none: no options",
+            },
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
         },

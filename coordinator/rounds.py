@@ -3,14 +3,17 @@
 - open: waiting for ``min_available_clients`` registered (not revoked) clients; then the
   :class:`~coordinator.selection.ClientSelector` picks up to ``clients_per_round`` of them
   (by default at random from the seeded generator), each gets a train task carrying the
-  round's ``task_options``, and the collecting deadline starts. An open round has a
-  deadline too (``deadline_seconds`` after it opened): a round still waiting then fails
-  with "too few clients: N available, M needed".
+  round's ``task_options`` (and its codec, :meth:`RoundConfig.compression_task_options`),
+  and the collecting deadline starts. An open round has a deadline too
+  (``deadline_seconds`` after it opened): a round still waiting then fails with "too few
+  clients: N available, M needed".
 - collecting: accepted updates are on disk and in the store (see the service's intake).
   The round closes when every selected client reported, or at the deadline.
 - aggregating: the round config's strategy (:mod:`fedge.strategy`) does the work: the
-  stored updates are streamed through its fresh aggregator (FedAvg: O(model) memory;
-  median, trimmed mean and Krum hold the round's updates, O(clients x model)), its server
+  stored updates are decoded one at a time with the round's codec
+  (:func:`~coordinator.codecs.decode_update`) and streamed through its fresh aggregator
+  (FedAvg: O(model) memory; median, trimmed mean and Krum hold the round's updates,
+  O(clients x model)), its server
   optimizer steps from the base version's persisted state, and its metrics aggregation
   summarizes the clients' metrics overall and per region; the new weights, state and
   derived manifest are written before the version is registered.
@@ -40,6 +43,7 @@ import numpy as np
 
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
+from coordinator.codecs import decode_update
 from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError, NotFoundError
 from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
@@ -50,7 +54,6 @@ from fedge.errors import AggregationError, FedgeError
 from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
 from fedge.strategy import ClientMetrics
-from fedge.weights import Weights
 
 __all__ = ["RoundEngine", "train_task_id"]
 
@@ -177,7 +180,7 @@ class RoundEngine:
             batch_size=batch,
             learning_rate=config.learning_rate,
             max_examples=config.max_examples,
-            options=config.task_options,
+            options={**config.task_options, **config.compression_task_options()},
         )
         with self._store.transaction():
             for client_id in selected:
@@ -264,8 +267,9 @@ class RoundEngine:
         weights = self._registry.weights(base)
         strategy = config.strategy()
         aggregator = strategy.new_aggregator(weights)
-        for update in updates:
-            delta = Weights.from_bytes(self._artifacts.get_bytes(update.sha256))
+        for update in updates:  # one decoded delta in memory at a time
+            body = self._artifacts.get_bytes(update.sha256)
+            delta = decode_update(body, config.compression, weights, max_bytes=len(body))
             aggregator.add(delta, update.num_examples)
         result = strategy.aggregate(aggregator)
         state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name)

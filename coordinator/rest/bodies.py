@@ -10,8 +10,10 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from coordinator.codecs import CODEC_HEADER, COMPRESSED_MEDIA_TYPE
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
+from fedge.compression import CODEC_NAMES
 from fedge.jsonlimits import loads_bounded
 
 __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
@@ -80,11 +82,25 @@ def _header(name: str) -> str:
 
 
 def update_submission(round_id: int) -> UpdateSubmission:
-    """An update upload: the safetensors body and the ``X-Fedge-*`` headers about it."""
-    if request.mimetype != "application/octet-stream":
+    """An update upload: the body and the ``X-Fedge-*`` headers about it.
+
+    ``application/octet-stream`` is the safetensors delta (codec ``none``);
+    ``application/x-fedge-compressed`` is a :mod:`fedge.compression` payload whose codec
+    the ``X-Fedge-Codec`` header names (``q8``, ``topk``).
+    """
+    if request.mimetype == "application/octet-stream":
+        codec = "none"
+    elif request.mimetype == COMPRESSED_MEDIA_TYPE:
+        codec = _header(CODEC_HEADER)
+        if codec not in CODEC_NAMES:
+            raise CoordinatorError(
+                f"{CODEC_HEADER} must be one of {list(CODEC_NAMES)}, got {codec[:40]!r}",
+                code="invalid_header",
+            )
+    else:
         raise UnsupportedMediaTypeError(
-            "an update body must be Content-Type application/octet-stream (safetensors), "
-            f"got {request.mimetype or 'none'!r}"
+            "an update body must be Content-Type application/octet-stream (safetensors) or "
+            f"{COMPRESSED_MEDIA_TYPE} (with {CODEC_HEADER}), got {request.mimetype or 'none'!r}"
         )
     try:
         body = request.get_data(cache=False)
@@ -129,4 +145,5 @@ def update_submission(round_id: int) -> UpdateSubmission:
         idempotency_key=request.headers.get("Idempotency-Key", ""),
         body=body,
         metrics=metrics,
+        codec=codec,
     )
