@@ -42,9 +42,12 @@ from simulations.native_engine import STORES
 from simulations.report import RoundStats, output_problem, summary_table, write_report
 from simulations.runner import simulate
 from simulations.settings import (
+    COMPRESSIONS,
     DEFAULT_DEVICE_BATCH,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_TOPK_FRACTION,
+    DROPOUT_STAGES,
     ENGINES,
     Settings,
     check_settings,
@@ -69,8 +72,8 @@ service, in memory. The cloud first pretrains the model on a small proxy share o
 _EPILOG = (
     """\
 outputs (in --out): metrics.json, metrics.csv (round, accuracy, loss, participants,
-bytes_up, bytes_down, seconds, train_loss, auc), accuracy.png, personalization.png,
-summary.txt and final_head.safetensors; the summary table is printed to stdout.
+bytes_up, bytes_down, seconds, train_loss, auc, secure, compression), accuracy.png,
+personalization.png, summary.txt and final_head.safetensors; the summary table is printed to stdout.
 
 bring your own:
   --model FILE        a Keras model (.keras, .h5 or a SavedModel directory). The layers
@@ -158,6 +161,61 @@ def build_parser() -> ArgumentParser:
     )
     run.add_argument("--engine", choices=ENGINES, default="native")
     run.add_argument("--seed", type=int, default=0, help="seeds splits, partition and schedule")
+    secure = parser.add_argument_group("secure aggregation and compressed updates")
+    secure.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="run every round as SecAgg+: the coordinator learns only the sum of the updates",
+    )
+    secure.add_argument(
+        "--secagg-clip",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="per-coordinate clip of each secure delta (1.0)",
+    )
+    secure.add_argument(
+        "--secagg-degree",
+        type=int,
+        default=None,
+        metavar="K",
+        help="neighbours per client, even (default: 2*ceil(log2 n))",
+    )
+    secure.add_argument(
+        "--secagg-threshold",
+        type=int,
+        default=None,
+        metavar="T",
+        help="shares that recover a secret, a strict majority of K (default: K/2+1)",
+    )
+    secure.add_argument(
+        "--secagg-dropout",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="this share of each round's clients (seeded) drops out at --secagg-dropout-stage",
+    )
+    secure.add_argument(
+        "--secagg-dropout-stage",
+        choices=DROPOUT_STAGES,
+        default="mask",
+        help="mask: they never send their masked input; unmask: they never answer the "
+        "unmask stage (mask)",
+    )
+    secure.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="none",
+        help="the devices' update codec: q8 (8-bit, unbiased) or topk (with error feedback); "
+        "with --secure-aggregation, q8 is the field's 8-bit quantization (none)",
+    )
+    secure.add_argument(
+        "--topk-fraction",
+        type=float,
+        default=DEFAULT_TOPK_FRACTION,
+        metavar="F",
+        help=f"share of coordinates a topk update keeps ({DEFAULT_TOPK_FRACTION:g})",
+    )
     train = parser.add_argument_group("local training")
     train.add_argument(
         "--epochs",
@@ -303,6 +361,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         personalization=not args.no_personalization,
         personalize_epochs=args.personal_epochs,
         personalize_lr=args.personal_learning_rate,
+        secure_aggregation=args.secure_aggregation,
+        secagg_clip=args.secagg_clip,
+        secagg_degree=args.secagg_degree,
+        secagg_threshold=args.secagg_threshold,
+        secagg_dropout=args.secagg_dropout,
+        secagg_dropout_stage=args.secagg_dropout_stage,
+        compression=args.compression,
+        topk_fraction=args.topk_fraction,
     )
 
 

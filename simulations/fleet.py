@@ -40,11 +40,11 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from edge_client import ClientConfig, ClientContext, MemoryData, ModelCache, handle
+from edge_client import ClientConfig, ClientContext, MemoryData, ModelCache, handle, secure
 from fedge import processes
 from fedge.cli import configure_logging
 from fedge.data import Dataset, Partition
-from fedge.messages import Task, encode_message
+from fedge.messages import ModelUpdate, Task, encode_message
 from fedge.schema import Schema
 from simulations.errors import FleetError
 from simulations.fleet_wire import (
@@ -98,6 +98,7 @@ class ClientRunner:
         # Every client shares this cache: one set of interpreters per worker.
         self._models = ModelCache(self._locate, max_versions=2, num_threads=num_threads)
         self._contexts: dict[str, ClientContext] = {}
+        self._secrets = None if data.secrets_root is None else Path(data.secrets_root)
 
     def _locate(self, version: str) -> Path:
         return self._root / version
@@ -125,6 +126,8 @@ class ClientRunner:
         task_id = str(job.task.get("task_id", "?"))
         try:
             task = Task.from_dict(job.task)
+            if secure.is_secure(task) or task.kind in secure.SECAGG_STAGES:
+                return self._run_secure(job, task, started)
             reply = handle(task, self.context(job.client_id))
             document, body = encode_message(reply)
         except FleetError:
@@ -136,6 +139,43 @@ class ClientRunner:
                 time.perf_counter() - started,
             )  # fmt: skip
         return Outcome(job.client_id, task_id, document, body, None, time.perf_counter() - started)
+
+    def _run_secure(self, job: Job, task: Task, started: float) -> Outcome:
+        """A secure round's task: train then advertise keys, or one later stage."""
+        store = self._secret_store(job.client_id)
+        if task.kind == "train":
+            update = handle(task, self.context(job.client_id))
+            if not isinstance(update, ModelUpdate):
+                raise TypeError(f"a train task answered with {type(update).__name__}")
+            reply = secure.begin(task, update, store)
+        else:
+            if job.payload is None:
+                raise FleetError(f"the {task.kind} task {task.task_id} came without its payload")
+            # Seeded per client and round: a rerun rounds the update the same way.
+            rng = np.random.default_rng(
+                [*_client_seed(self._seed, job.client_id), task.round_id or 0]
+            )
+            reply = secure.step(task, job.payload, store, rng=rng)
+        return Outcome(
+            job.client_id,
+            task.task_id,
+            None if reply.document is None else dict(reply.document),
+            reply.body,
+            None,
+            time.perf_counter() - started,
+            stage=reply.stage,
+            metrics=dict(reply.metrics),
+        )
+
+    def _secret_store(self, client_id: str) -> secure.FileSecretStore:
+        if self._secrets is None:
+            raise FleetError("a secure-aggregation task, but the fleet has no secrets folder")
+        return secure.FileSecretStore(self._secrets / _folder_name(client_id))
+
+
+def _folder_name(client_id: str) -> str:
+    """A file-system-safe folder name for ``client_id`` (any string)."""
+    return hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
 
 
 class Fleet(Protocol):

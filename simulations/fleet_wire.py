@@ -38,15 +38,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Job:
-    """One task for one client: the task document as a transport would carry it."""
+    """One task for one client: the task document as a transport would carry it and, for
+    a secure-aggregation stage task, the stage's payload document (what the device GETs)."""
 
     client_id: str
     task: Mapping[str, Any]
+    payload: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A client's encoded reply (``document`` and, for an update, ``body``), or ``error``."""
+    """A client's encoded reply (``document`` and, for an update, ``body``), or ``error``.
+
+    A secure-aggregation reply names its ``stage`` (advertise, share, mask, unmask): then
+    ``document``/``body`` are what the device POSTs for that stage and ``metrics`` its
+    training metrics (sent beside the masked input)."""
 
     client_id: str
     task_id: str
@@ -54,6 +60,8 @@ class Outcome:
     body: bytes | None
     error: str | None
     seconds: float
+    stage: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +78,8 @@ class FleetData:
     bundles_root: str
     seed: int
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    secrets_root: str | None = None
+    """Where each client keeps its secure-aggregation secrets (one folder per client)."""
 
     @classmethod
     def build(
@@ -80,6 +90,7 @@ class FleetData:
         *,
         seed: int,
         personalization: PersonalizationConfig | None = None,
+        secrets_root: str | Path | None = None,
     ) -> FleetData:
         return cls(
             name=pool.name,
@@ -90,6 +101,7 @@ class FleetData:
             bundles_root=str(bundles_root),
             seed=seed,
             personalization=personalization or PersonalizationConfig(),
+            secrets_root=None if secrets_root is None else str(secrets_root),
         )
 
     def client_ids(self) -> list[str]:
@@ -121,6 +133,7 @@ class FleetData:
             bundles_root=self.bundles_root,
             seed=self.seed,
             personalization=self.personalization,
+            secrets_root=self.secrets_root,
         )
 
 
@@ -280,13 +293,14 @@ def encode_frame(kind: str, value: Any) -> tuple[dict[str, Any], list[bytes]]:
             "bundles_root": data.bundles_root,
             "seed": data.seed,
             "personalization": dataclasses.asdict(data.personalization),
+            "secrets_root": data.secrets_root,
             "columns": columns,
             "labels": labels,
         }
         return header, chunks
     if kind == "job":
         job: Job = value
-        return {"client_id": job.client_id, "task": job.task}, []
+        return {"client_id": job.client_id, "task": job.task, "payload": job.payload}, []
     if kind == "done":
         outcome: Outcome = value
         header = {
@@ -296,6 +310,8 @@ def encode_frame(kind: str, value: Any) -> tuple[dict[str, Any], list[bytes]]:
             "error": outcome.error,
             "seconds": outcome.seconds,
             "body": outcome.body is not None,
+            "stage": outcome.stage,
+            "metrics": outcome.metrics,
         }
         return header, [outcome.body] if outcome.body is not None else []
     if kind == "ready":
@@ -322,9 +338,15 @@ def decode_frame(kind: str, header: dict[str, Any], payload: bytearray) -> Any:
                 bundles_root=str(header["bundles_root"]),
                 seed=int(header["seed"]),
                 personalization=PersonalizationConfig(**header["personalization"]),
+                secrets_root=_optional_str(header["secrets_root"]),
             )
         if kind == "job":
-            return Job(client_id=str(header["client_id"]), task=dict(header["task"]))
+            stage_payload = header["payload"]
+            return Job(
+                client_id=str(header["client_id"]),
+                task=dict(header["task"]),
+                payload=None if stage_payload is None else dict(stage_payload),
+            )
         if kind == "done":
             document = header["document"]
             error = header["error"]
@@ -335,6 +357,8 @@ def decode_frame(kind: str, header: dict[str, Any], payload: bytearray) -> Any:
                 body=bytes(payload) if header["body"] else None,
                 error=None if error is None else str(error),
                 seconds=float(header["seconds"]),
+                stage=_optional_str(header["stage"]),
+                metrics={str(k): float(v) for k, v in dict(header["metrics"]).items()},
             )
         if kind == "ready":
             return int(header["pid"])
@@ -345,6 +369,10 @@ def decode_frame(kind: str, header: dict[str, Any], payload: bytearray) -> Any:
     except (KeyError, TypeError, ValueError, FedgeError) as exc:
         raise FleetError(f"malformed {kind!r} frame: {type(exc).__name__}: {exc}") from None
     raise FleetError(f"malformed frame: unknown kind {kind!r}")
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def send_message(stream: IO[bytes], kind: str, value: Any = None) -> None:

@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +72,7 @@ from simulations.errors import SimulationError
 from simulations.fleet import FleetData, Job, Outcome, open_fleet
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
+from simulations.secure_stages import Dropout, run_secure_round
 
 __all__ = [
     "STORES",
@@ -105,6 +107,17 @@ class NativeOptions:
     personalize: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     """How each device fine-tunes its personal head (the edge client's defaults)."""
     norm_bound: float = 100.0
+    secure_aggregation: bool = False
+    """Every round runs SecAgg+ (see :mod:`simulations.secure_stages`)."""
+    secagg_clip: float = 1.0
+    secagg_degree: int | None = None
+    secagg_threshold: int | None = None
+    """The round config's ``secagg_*`` fields (None: the protocol's defaults)."""
+    dropout: Dropout = field(default_factory=Dropout)
+    """The clients of each secure round that stop early (a test knob; none by default)."""
+    compression: str = "none"
+    compression_options: Mapping[str, float] = field(default_factory=dict)
+    """The round config's update codec and its options (``fraction`` for topk)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -264,6 +277,9 @@ def run_native(
             "server_optimizer": options.server_optimizer,
             "server_optimizer_options": dict(options.server_optimizer_options),
             "rejected_updates": engine.rejected,
+            "secure_aggregation": options.secure_aggregation,
+            "compression": options.compression,
+            "compression_options": dict(options.compression_options),
         },
     )
 
@@ -311,6 +327,7 @@ class _NativeRun:
                     norm_bound=options.norm_bound,
                     continuous=False,
                     auto_promote=True,
+                    **self._codec_fields(),
                 ),
                 seed=scenario.seed,
             ),
@@ -336,9 +353,27 @@ class _NativeRun:
                 self.mirror.root,
                 seed=scenario.seed,
                 personalization=options.personalize,
+                secrets_root=state / "devices",
             ),
             workers=options.workers,
         )
+
+    def _codec_fields(self) -> dict[str, Any]:
+        """The round config's secure-aggregation and compression fields (when used)."""
+        o = self.options
+        fields: dict[str, Any] = {}
+        if o.secure_aggregation:
+            fields.update(
+                secure_aggregation=True,
+                secagg_clip=o.secagg_clip,
+                secagg_degree=o.secagg_degree,
+                secagg_threshold=o.secagg_threshold,
+            )
+        if o.compression != "none":
+            fields.update(
+                compression=o.compression, compression_options=dict(o.compression_options)
+            )
+        return fields
 
     def _test_arrays(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         model = self.models.model(self.service.registry.production().version)
@@ -378,14 +413,32 @@ class _NativeRun:
         jobs, bytes_down = self._jobs(selected, "train")
         bytes_up = 0
         failures: list[str] = []
-        for outcome in self.fleet.run(jobs):
-            if self.progress is not None:
-                self.progress.client_done()
-            if outcome.error is not None or outcome.document is None:
-                failures.append(f"{outcome.client_id}: {outcome.error}")
-                continue
-            bytes_up += _reply_bytes(outcome)
-            self._submit(self.clients[outcome.client_id], round_.round_id, outcome)
+        dropped: frozenset[str] = frozenset()
+        if self.options.secure_aggregation:
+            rng = np.random.default_rng([self.scenario.seed, number])
+            dropped = self.options.dropout.choose([c.sim_id for c in selected], rng)
+            outcome = run_secure_round(
+                self.service,
+                self.fleet,
+                round_id=round_.round_id,
+                train_jobs=jobs,
+                record=lambda sim_id: self._record(self.clients[sim_id]),
+                dropped=dropped,
+                dropout_stage=self.options.dropout.stage,
+                close_stage=lambda: self.clock.advance(_ROUND_DEADLINE + 1.0),
+                progress=self.progress,
+            )
+            failures = list(outcome.failures)
+            self.rejected += outcome.rejected
+        else:
+            for reply in self.fleet.run(jobs):
+                if self.progress is not None:
+                    self.progress.client_done()
+                if reply.error is not None or reply.document is None:
+                    failures.append(f"{reply.client_id}: {reply.error}")
+                    continue
+                bytes_up += _reply_bytes(reply)
+                self._submit(self.clients[reply.client_id], round_.round_id, reply)
         if failures:
             logger.warning("round %d: %d clients failed: %s", number, len(failures), failures[0])
             if len(failures) == len(jobs):
@@ -417,6 +470,10 @@ class _NativeRun:
             version=version,
             committed=committed,
             clients=tuple(c.sim_id for c in selected),
+            secure=self.options.secure_aggregation,
+            compression=self.options.compression,
+            dropped_clients=tuple(sorted(dropped)),
+            measurements={k: v for k, v in round_.measurements.items() if k.startswith("secagg")},
         )
         if self.progress is not None:
             self.progress.round_finished(stats)

@@ -79,6 +79,8 @@ CSV_COLUMNS = (
     "seconds",
     "train_loss",
     "auc",
+    "secure",
+    "compression",
 )
 """The columns of a simulation's ``metrics.csv``."""
 
@@ -249,6 +251,11 @@ class RoundStats:
     ``round`` counts from 1. ``loss`` is the test loss; ``train_loss`` the participants'
     example-weighted training loss. The TFF engine measures no traffic (``None``) and no
     test loss. ``committed`` is False for a round the coordinator failed (the model stayed).
+    ``bytes_up``/``bytes_down`` are the round record's counts (what its devices sent and
+    fetched). ``secure`` says the round ran SecAgg+ (the coordinator saw only the sum),
+    ``compression`` the devices' update codec; ``dropped_clients`` are those the dropout
+    knob stopped, ``measurements`` the round's ``secagg_*`` figures (survivors, dropped,
+    the error bound per coordinate of the mean).
     """
 
     round: int
@@ -264,6 +271,19 @@ class RoundStats:
     committed: bool = True
     clients: tuple[str, ...] = ()
     failed_clients: int = 0
+    secure: bool = False
+    compression: str = "none"
+    dropped_clients: tuple[str, ...] = ()
+    measurements: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
+
+    @property
+    def mode(self) -> str:
+        """``plain`` or ``secure``, with the codec when there is one (``secure+q8``)."""
+        mode = "secure" if self.secure else "plain"
+        return mode if self.compression == "none" else f"{mode}+{self.compression}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,6 +300,10 @@ class RoundStats:
             "version": self.version,
             "committed": self.committed,
             "clients": list(self.clients),
+            "secure": self.secure,
+            "compression": self.compression,
+            "dropped_clients": list(self.dropped_clients),
+            "measurements": dict(self.measurements),
         }
 
 
@@ -365,6 +389,7 @@ class RunReport:
             "centralized": None if self.centralized is None else self.centralized.to_dict(),
             "centralized_epochs": self.centralized_epochs,
             "rounds": [r.to_dict() for r in self.result.rounds],
+            "traffic": _traffic(self.result.rounds),
             "personalization": {
                 "clients": [g.to_dict() for g in gains],
                 "mean_gain": _finite(sum(g.gain for g in gains) / len(gains)) if gains else None,
@@ -372,6 +397,16 @@ class RunReport:
             "details": dict(self.result.details),
             "schedule": [list(r) for r in self.schedule],
         }
+
+
+def _traffic(rounds: Sequence[RoundStats]) -> dict[str, int | None]:
+    """The run's total bytes up and down (None where the engine counts none)."""
+    ups = [r.bytes_up for r in rounds if r.bytes_up is not None]
+    downs = [r.bytes_down for r in rounds if r.bytes_down is not None]
+    return {
+        "bytes_up": sum(ups) if ups else None,
+        "bytes_down": sum(downs) if downs else None,
+    }
 
 
 def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Path]:
@@ -451,7 +486,7 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
         f"engine, {report.settings.get('clients', '?')} clients, {len(rounds)} rounds",
         "",
         f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'auc':>6}  {'clients':>7}  "
-        f"{'bytes up':>10}  {'bytes down':>10}  {'seconds':>7}",
+        f"{'bytes up':>10}  {'bytes down':>10}  {'seconds':>7}  mode",
     ]
     shown: list[RoundStats | None] = list(rounds)
     if len(rounds) > max_rounds:
@@ -465,7 +500,7 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
         lines.append(
             f"{r.round:>5}  {_number(r.accuracy):>8}  {_number(r.loss):>7}  "
             f"{_number(r.auc, 3):>6}  {r.participants:>7}  {_bytes(r.bytes_up):>10}  "
-            f"{_bytes(r.bytes_down):>10}  {r.seconds:>7.2f}{mark}"
+            f"{_bytes(r.bytes_down):>10}  {r.seconds:>7.2f}  {r.mode}{mark}"
         )
     name = report.headline
     width = max(24, len(report.initial_label) + 2)
@@ -491,9 +526,15 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
     lines += [
         "",
         f"traffic: {_bytes(sum(ups)) if ups else '-'} up, {_bytes(sum(downs)) if downs else '-'} "
-        f"down; engine time {report.result.seconds:.1f} s "
+        f"down in total; engine time {report.result.seconds:.1f} s "
         f"({_number(report.result.rounds_per_second, 2)} rounds/s)",
     ]
+    secure = [r for r in rounds if r.secure]
+    if secure:
+        lines.append(
+            f"secure aggregation (SecAgg+): {len(secure)} of {len(rounds)} rounds; the "
+            "coordinator saw only the sum of each round's updates"
+        )
     gains = report.result.personalization
     if gains:
         values = sorted(g.gain for g in gains)

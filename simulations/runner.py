@@ -20,6 +20,7 @@ from simulations.native_engine import NativeOptions, run_native
 from simulations.preparation import Step, prepare_scenario
 from simulations.report import EngineResult, ProgressSink, RoundStats, RunReport
 from simulations.scenario import Scenario, build_workload, initial_head
+from simulations.secure_stages import Dropout
 from simulations.settings import CheckedInputs, Settings, check_settings
 
 __all__ = ["run_engine", "simulate"]
@@ -50,9 +51,20 @@ def run_engine(
             personalize=PersonalizationConfig(
                 epochs=settings.personalize_epochs, learning_rate=settings.personalize_lr
             ),
+            secure_aggregation=settings.secure_aggregation,
+            secagg_clip=settings.secagg_clip,
+            secagg_degree=settings.secagg_degree,
+            secagg_threshold=settings.secagg_threshold,
+            dropout=Dropout(settings.secagg_dropout, settings.secagg_dropout_stage),
+            compression=settings.compression,
+            compression_options=_compression_options(settings),
         ),
         progress=progress,
     )
+
+
+def _compression_options(settings: Settings) -> dict[str, float]:
+    return {"fraction": settings.topk_fraction} if settings.compression == "topk" else {}
 
 
 def _run_tff(scenario: Scenario, progress: ProgressSink | None) -> EngineResult:

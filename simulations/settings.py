@@ -19,7 +19,7 @@ from typing import Any
 
 from fedge.data import TASK_NAMES, Partition, parse_partition
 from fedge.errors import ConfigError
-from fedge.strategy import build_strategy
+from fedge.strategy import PRESETS, build_strategy
 from fedge.validation import check_fraction, check_int, check_positive
 from fedge.weights import Weights
 from simulations.errors import SettingsError
@@ -30,9 +30,12 @@ from simulations.scenario import DEFAULT_HOLDOUT_FRACTION, split_task_rows
 from simulations.workload import Schedule
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_DEVICE_BATCH",
     "DEFAULT_EPOCHS",
     "DEFAULT_LEARNING_RATE",
+    "DEFAULT_TOPK_FRACTION",
+    "DROPOUT_STAGES",
     "ENGINES",
     "CheckedInputs",
     "Settings",
@@ -41,6 +44,12 @@ __all__ = [
 ]
 
 ENGINES = ("native", "tff")
+COMPRESSIONS = ("none", "q8", "topk")
+"""The update codecs a round can ask the devices for (none: the plain safetensors delta)."""
+DROPOUT_STAGES = ("mask", "unmask")
+"""Where ``--secagg-dropout`` clients stop: before sending their masked input, or before
+answering the unmask stage."""
+DEFAULT_TOPK_FRACTION = 0.01
 DEFAULT_LEARNING_RATE = 0.02
 DEFAULT_EPOCHS = 2
 DEFAULT_DEVICE_BATCH = 32
@@ -85,6 +94,22 @@ class Settings:
     personalization: bool = True
     personalize_epochs: int = 5
     personalize_lr: float = 0.05
+    secure_aggregation: bool = False
+    """Every round runs SecAgg+: the coordinator learns only the sum of the updates."""
+    secagg_clip: float = 1.0
+    """Per-coordinate clip of each secure delta (the round config's ``secagg_clip``)."""
+    secagg_degree: int | None = None
+    """Neighbours per client (even, < clients per round); None: the protocol's default."""
+    secagg_threshold: int | None = None
+    """Shares needed to recover a secret (a strict majority of the degree); None: default."""
+    secagg_dropout: float = 0.0
+    """This fraction of each secure round's clients (seeded draw) drops out at
+    ``secagg_dropout_stage``: a test knob for the protocol's recovery."""
+    secagg_dropout_stage: str = "mask"
+    compression: str = "none"
+    """The devices' update codec: none, q8 (8-bit stochastic) or topk (with error feedback)."""
+    topk_fraction: float = DEFAULT_TOPK_FRACTION
+    """The share of coordinates a topk update keeps."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -168,6 +193,7 @@ def check_settings(settings: Settings) -> CheckedInputs:
             "options or another server optimizer",
             fields=("engine", *strategy_fields),
         )
+    _check_secure(s)
     if s.store not in STORES:
         raise SettingsError(
             f"store must be one of {list(STORES)}, got {s.store!r}", fields=["store"]
@@ -216,6 +242,76 @@ def check_settings(settings: Settings) -> CheckedInputs:
             fields=["rounds", "schedule_file"],
         )
     return CheckedInputs(data=data, partition=partition, schedule=schedule, init=init)
+
+
+def _check_secure(s: Settings) -> None:
+    """The secure-aggregation and compression options, and that the engine runs them."""
+    if s.compression not in COMPRESSIONS:
+        raise SettingsError(
+            f"compression must be one of {list(COMPRESSIONS)}, got {s.compression!r}",
+            fields=["compression"],
+        )
+    with about("topk_fraction"):
+        check_fraction(s.topk_fraction, "topk_fraction", zero_ok=False, one_ok=True)
+    with about("secagg_clip"):
+        check_positive(s.secagg_clip, "secagg_clip")
+    for name in ("secagg_degree", "secagg_threshold"):
+        if getattr(s, name) is not None:
+            with about(name):
+                check_int(getattr(s, name), name, low=1)
+    with about("secagg_dropout"):
+        check_fraction(s.secagg_dropout, "secagg_dropout", zero_ok=True)
+    if s.secagg_dropout_stage not in DROPOUT_STAGES:
+        raise SettingsError(
+            f"secagg_dropout_stage must be one of {list(DROPOUT_STAGES)}, "
+            f"got {s.secagg_dropout_stage!r}",
+            fields=["secagg_dropout_stage"],
+        )
+    secagg_only = [
+        name
+        for name, default in (
+            ("secagg_degree", None),
+            ("secagg_threshold", None),
+            ("secagg_dropout", 0.0),
+        )
+        if getattr(s, name) != default
+    ]
+    if secagg_only and not s.secure_aggregation:
+        raise SettingsError(
+            f"{', '.join(secagg_only)} only apply with secure aggregation",
+            fields=[*secagg_only, "secure_aggregation"],
+        )
+    if s.engine == "tff" and (s.secure_aggregation or s.compression != "none"):
+        raise SettingsError(
+            "the tff reference engine runs plain, uncompressed FedAvg: secure aggregation and "
+            "compressed updates need the native engine",
+            fields=["engine", "secure_aggregation", "compression"],
+        )
+    if s.secure_aggregation:
+        if s.compression == "topk":
+            raise SettingsError(
+                "secure aggregation cannot run top-k updates (the masks make every vector "
+                "dense); use q8 or none",
+                fields=["secure_aggregation", "compression"],
+            )
+        if PRESETS[s.aggregator].aggregator != "fedavg":
+            raise SettingsError(
+                f"secure aggregation reveals only the sum of the updates, so it needs the "
+                f"fedavg aggregator (a server optimizer is fine), got {s.aggregator!r}",
+                fields=["secure_aggregation", "aggregator"],
+            )
+        smallest = _smallest_round(s)
+        if smallest is not None and smallest < 3:
+            raise SettingsError(
+                f"secure aggregation needs at least 3 clients per round, got {smallest}",
+                fields=["secure_aggregation", "per_round", "clients"],
+            )
+
+
+def _smallest_round(s: Settings) -> int | None:
+    if s.schedule_file is not None:
+        return None  # the schedule file's rounds are checked where it is read
+    return min(s.per_round or s.clients, s.clients)
 
 
 def _pool_size(settings: Settings) -> int:

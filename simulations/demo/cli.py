@@ -110,6 +110,12 @@ def build_parser() -> ArgumentParser:
     add("--seed", type=int, default=d.seed, help=f"({d.seed})")
     add("--no-evaluate", action="store_true", help="skip the devices' evaluate task round")
     add(
+        "--no-secure-aggregation",
+        action="store_true",
+        help="plain rounds: the coordinator sees each device's update (default: SecAgg+, "
+        "it sees only their sum)",
+    )
+    add(
         "--round-timeout",
         type=float,
         default=d.round_timeout,
@@ -137,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         seed=args.seed,
         evaluate=not args.no_evaluate,
         round_timeout=args.round_timeout,
+        secure_aggregation=not args.no_secure_aggregation,
     )
 
 
@@ -165,6 +172,12 @@ def _figures(result: DemoResult) -> str:
     )
 
 
+def _secure_note(config: DemoConfig) -> str:
+    if config.secure_aggregation:
+        return " with secure aggregation (SecAgg+: the coordinator sees only sums)"
+    return " without secure aggregation"
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=("simulations",))
@@ -181,7 +194,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
     say(
         f"fedge demo: {config.task}, {config.devices} edge daemons, {config.rounds} rounds of "
-        f"fedavg, seed {config.seed} -> {args.out}"
+        f"fedavg{_secure_note(config)}, seed {config.seed} -> {args.out}"
     )
     began = time.monotonic()
     result = run_job(config, args.out, say=say)
@@ -195,6 +208,8 @@ def _run(argv: Sequence[str] | None) -> int:
             f"(see {result.out / 'summary.json'})"
         )
     line = f"fedge demo OK: {_figures(result)}"
+    if config.secure_aggregation:
+        line += "; secure aggregation was on: the coordinator saw only each round's sum"
     pair = result.personalization()
     if pair is not None:
         line += f"; devices' holdout accuracy global {pair[0]:.3f}, personalized {pair[1]:.3f}"

@@ -1,7 +1,8 @@
 """The demo job's settings: one frozen, validated :class:`DemoConfig`.
 
 The defaults are what ``make demo`` runs (digits, five devices, ten rounds of FedAvg with
-every device); :mod:`simulations.demo.cli` maps each field to a flag.
+every device, each under secure aggregation); :mod:`simulations.demo.cli` maps each field
+to a flag.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class DemoConfig:
     ``proxy_fraction`` and ``learning_rate`` ``None`` mean the task's entry in
     :data:`PRETRAIN_EPOCHS`, :data:`PROXY_FRACTIONS` and :data:`LEARNING_RATES`.
     ``pretrain_*`` are the cloud's (Adam); ``local_epochs`` and ``learning_rate`` the
-    devices' (plain SGD on the head with the backbone frozen).
+    devices' (plain SGD on the head with the backbone frozen). ``secure_aggregation``
+    runs every round as SecAgg+ (the coordinator learns only the sum of the updates).
     """
 
     task: str = "digits"
@@ -56,6 +58,7 @@ class DemoConfig:
     device_batch_size: int = 32
     seed: int = 0
     evaluate: bool = True
+    secure_aggregation: bool = True
     round_timeout: float = 120.0
     tool_timeout: float = 600.0
 

@@ -81,8 +81,11 @@ def serve_command(
     learning_rate: float,
     round_timeout: float,
     seed: int,
+    secure_aggregation: bool,
 ) -> list[str]:
-    """``fedge-coordinator serve`` for the demo (see the module docstring)."""
+    """``fedge-coordinator serve`` for the demo (see the module docstring); with
+    ``secure_aggregation`` every round runs SecAgg+."""
+    secure = ["--secure-aggregation"] if secure_aggregation else []
     return [
         *tool_command("fedge-coordinator", "coordinator.cli"), "serve",
         "--task", task, "--bundle", str(bundle),
@@ -94,7 +97,7 @@ def serve_command(
         "--clients-per-round", str(clients_per_round), "--min-clients", str(clients_per_round),
         "--epochs", str(epochs), "--learning-rate", repr(learning_rate),
         "--aggregator", "fedavg", "--deadline-seconds", repr(round_timeout),
-        "--retry-after", "1", "--tick-seconds", "0.2", "--seed", str(seed),
+        "--retry-after", "1", "--tick-seconds", "0.2", "--seed", str(seed), *secure,
     ]  # fmt: skip
 
 

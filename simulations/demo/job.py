@@ -25,8 +25,9 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from fedge import processes
 from fedge.errors import ConfigError
@@ -210,6 +211,7 @@ class _Job:
             learning_rate=config.learning_rate,
             round_timeout=config.round_timeout,
             seed=config.seed,
+            secure_aggregation=config.secure_aggregation,
         )
         self.coordinator = self.supervisor.start("coordinator", command)
         url = wait_until_serving(self.coordinator, self.paths.port_file, timeout=_START_TIMEOUT)
@@ -292,7 +294,7 @@ class _Job:
         assert self.scorer is not None
         self.step(
             5,
-            f"running {config.rounds} rounds of fedavg ({config.clients_per_round} "
+            f"running {config.rounds} rounds of fedavg{_mode(config)} ({config.clients_per_round} "
             f"clients per round, {config.local_epochs} local epochs, learning rate "
             f"{config.learning_rate:g})",
         )
@@ -308,15 +310,14 @@ class _Job:
             version = str(done["result_version"])
             model = self.api.show_model(version)
             score = self.scorer.score(version)
-            updates = done.get("updates", [])
-            examples = sum(int(u["num_examples"]) for u in updates)
+            participants, examples = _participation(done)
             metrics = model.get("metrics", {})
             self.result.rows.append(
                 RoundRow(
                     round=number,
                     version=version,
                     parent=model.get("parent"),
-                    participants=len(updates),
+                    participants=participants,
                     examples=examples,
                     train_loss=metrics.get("loss"),
                     train_accuracy=metrics.get("accuracy"),
@@ -324,10 +325,14 @@ class _Job:
                     seconds=seconds,
                 )
             )
+            source = (
+                f"the secure sum of {participants} masked updates"
+                if config.secure_aggregation
+                else f"{participants} updates ({examples:,} examples)"
+            )
             self.detail(
-                f"round {number}/{config.rounds}: {version} from {len(updates)} updates "
-                f"({examples:,} examples), test accuracy {score.accuracy:.3f} "
-                f"({seconds:.1f} s)"
+                f"round {number}/{config.rounds}: {version} from {source}, test accuracy "
+                f"{score.accuracy:.3f} ({seconds:.1f} s)"
             )
 
     def evaluate_and_list(self) -> None:
@@ -501,6 +506,20 @@ def run_job(config: DemoConfig, out: Path, *, say: Say) -> DemoResult:
             )
         raise
     return job.result
+
+
+def _mode(config: DemoConfig) -> str:
+    return " under secure aggregation (SecAgg+)" if config.secure_aggregation else ""
+
+
+def _participation(round_document: Mapping[str, Any]) -> tuple[int, int | None]:
+    """A committed round's contributing clients and their examples. A secure round stores
+    no update: its survivors are a measurement, and its examples are only in the sum."""
+    updates = round_document.get("updates") or []
+    if updates:
+        return len(updates), sum(int(u["num_examples"]) for u in updates)
+    measurements = round_document.get("measurements") or {}
+    return int(measurements.get("secagg_survivors", 0)), None
 
 
 def _stop_report(job: _Job) -> str:
