@@ -88,6 +88,14 @@ class RoundConfig:
     - ``auto_promote``: a committed round's version becomes production at once; ``None``
       means "when continuous" (a continuous deployment keeps serving its newest model, an
       on-demand one leaves promotion to an operator).
+    - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
+      coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
+      quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
+      the example counts (each capped at ``secagg_example_cap``). ``secagg_degree`` and
+      ``secagg_threshold`` set the neighbourhood size k and the shares t needed (``None``:
+      the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
+      after the first (``None``: ``deadline_seconds``). It needs the ``fedavg`` aggregator
+      (any server optimizer), no ``topk`` compression and at least 3 clients per round.
     """
 
     clients_per_round: int = 10
@@ -109,6 +117,13 @@ class RoundConfig:
     compression_options: Mapping[str, float] = field(default_factory=dict)
     continuous: bool = True
     auto_promote: bool | None = None
+    secure_aggregation: bool = False
+    secagg_clip: float = 1.0
+    secagg_quantization_bits: int = 16
+    secagg_example_cap: int = 1000
+    secagg_degree: int | None = None
+    secagg_threshold: int | None = None
+    secagg_stage_seconds: float | None = None
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
@@ -171,6 +186,7 @@ class RoundConfig:
                 raise ConfigError(f"{name} must be true or false")
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
+        _check_secure(self)
 
     def _check_compression(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -212,6 +228,18 @@ class RoundConfig:
         elif "block" in self.compression_options:
             out["compression_block"] = int(self.compression_options["block"])
         return out
+
+    @property
+    def secagg_bits(self) -> tuple[int, int]:
+        """``(quantization_bits, modulus_bits)`` of a secure round: ``q8`` compression
+        quantizes to 8 bits; the modulus is the smallest multiple of 8 (at least 16) with
+        ``2^b > clients_per_round * max(2^q - 1, secagg_example_cap)``, so no sum wraps."""
+        quantization = 8 if self.compression == "q8" else self.secagg_quantization_bits
+        largest = self.clients_per_round * max((1 << quantization) - 1, self.secagg_example_cap)
+        bits = 16
+        while (1 << bits) <= largest:
+            bits += 8
+        return quantization, bits
 
     @property
     def clients_to_start(self) -> int:
@@ -261,6 +289,76 @@ class RoundConfig:
     def merged(self, overrides: Mapping[str, Any]) -> RoundConfig:
         """A copy with ``overrides`` applied (validated like :meth:`from_dict`)."""
         return RoundConfig.from_dict({**self.to_dict(), **dict(overrides)})
+
+
+_SECAGG_MAX_MODULUS_BITS = 56  # a multiple of 8 that fedge.secagg's 62-bit limit admits
+_SECAGG_AGGREGATORS = frozenset({"fedavg"})
+
+
+def _check_secure(config: RoundConfig) -> None:
+    """The secure-aggregation settings: types and bounds always, the combination rules
+    when ``secure_aggregation`` is on."""
+    if not isinstance(config.secure_aggregation, bool):
+        raise ConfigError("secure_aggregation must be true or false")
+    clip = check_number(config.secagg_clip, "secagg_clip", low=0.0, low_inclusive=False, high=1e6)
+    object.__setattr__(config, "secagg_clip", clip)
+    check_int(config.secagg_quantization_bits, "secagg_quantization_bits", low=1, high=32)
+    check_int(
+        config.secagg_example_cap,
+        "secagg_example_cap",
+        low=1,
+        high=int(ROUND_LIMITS["max_examples"]),
+    )
+    if config.secagg_degree is not None:
+        check_int(config.secagg_degree, "secagg_degree", low=2, high=config.clients_per_round)
+        if config.secagg_degree % 2:
+            raise ConfigError(f"secagg_degree must be even, got {config.secagg_degree}")
+    if config.secagg_threshold is not None:
+        check_int(config.secagg_threshold, "secagg_threshold", low=2, high=config.clients_per_round)
+        degree = config.secagg_degree
+        if degree is not None and not degree // 2 < config.secagg_threshold <= degree:
+            raise ConfigError(
+                f"secagg_threshold {config.secagg_threshold} must be a strict majority of "
+                f"secagg_degree {degree}: in {degree // 2 + 1}..{degree}"
+            )
+    if config.secagg_stage_seconds is not None:
+        seconds = check_number(
+            config.secagg_stage_seconds,
+            "secagg_stage_seconds",
+            low=0.0,
+            low_inclusive=False,
+            high=ROUND_LIMITS["deadline_seconds"],
+        )
+        object.__setattr__(config, "secagg_stage_seconds", seconds)
+    if not config.secure_aggregation:
+        return
+    aggregator = config.strategy().aggregator.name
+    if aggregator not in _SECAGG_AGGREGATORS:
+        raise ConfigError(
+            f"secure_aggregation needs the fedavg aggregator (any server optimizer), not "
+            f"{aggregator!r}: it sees only the sum of the updates, never one of them"
+        )
+    if config.compression == "topk":
+        raise ConfigError(
+            "secure_aggregation cannot use compression 'topk': the masks make every vector "
+            "dense (use 'q8' or 'none')"
+        )
+    if config.clients_per_round < 3:
+        raise ConfigError(
+            f"secure_aggregation needs clients_per_round >= 3, got {config.clients_per_round}"
+        )
+    if config.secagg_degree is not None and config.secagg_degree >= config.clients_per_round:
+        raise ConfigError(
+            f"secagg_degree {config.secagg_degree} must be below clients_per_round "
+            f"{config.clients_per_round}"
+        )
+    bits = config.secagg_bits[1]
+    if bits > _SECAGG_MAX_MODULUS_BITS:
+        raise ConfigError(
+            f"secure_aggregation needs a {bits}-bit modulus for {config.clients_per_round} "
+            f"clients, over the {_SECAGG_MAX_MODULUS_BITS}-bit limit: lower clients_per_round, "
+            "secagg_quantization_bits or secagg_example_cap"
+        )
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,7 @@ def _paths() -> dict[str, Any]:
                 },
             )
         },
+        **_secagg_paths(),
         "/v1/stats": {
             "post": _op(
                 "Upload mergeable data statistics",
@@ -424,6 +425,71 @@ def _paths() -> dict[str, Any]:
             )
         },
     }
+
+
+_SECAGG_DOCUMENTS = {
+    "advertise": ("SecAggAdvertiseKeys", None),
+    "share": ("SecAggShareKeys", "SecAggKeyRoster"),
+    "mask": (None, "SecAggShareDelivery"),
+    "unmask": ("SecAggUnmaskResponse", "SecAggUnmaskRequest"),
+}
+
+
+def _secagg_paths() -> dict[str, Any]:
+    """``/v1/rounds/{round_id}/secagg/{stage}`` of secure rounds (coordinator.secagg)."""
+    stage_conflict = {
+        "description": "The round is not at this stage (not yet, or no longer): "
+        "secagg_stage; retry after Retry-After seconds",
+        "headers": {"Retry-After": _response_header("Seconds to wait", INTEGER)},
+        "content": {JSON: {"schema": ref("Error")}},
+    }
+    headers = [
+        _header("X-Fedge-Task-Id", "The task being answered (the train task for advertise)"),
+        _header(
+            "Idempotency-Key",
+            "Client-chosen, 8-128 of [A-Za-z0-9._:-]; a retry with the same key and body is "
+            "acknowledged again (200, duplicate) and stored once",
+        ),
+    ]
+    paths: dict[str, Any] = {}
+    for stage, (posted, served) in _SECAGG_DOCUMENTS.items():
+        item: dict[str, Any] = {}
+        if posted is None:
+            body = {"required": True, "content": _BINARY}
+            params = [
+                *headers,
+                _header("X-Fedge-Metrics", "JSON object of metric name to number", required=False),
+            ]
+            what = "the masked input (the packed vector, mod 2^b) as the binary body"
+        else:
+            body = {"required": True, "content": {JSON: {"schema": ref(posted)}}}
+            params = headers
+            what = f"the {posted} document"
+        item["post"] = _op(
+            f"Secure aggregation, stage {stage}: post {what}; validated by the protocol's own "
+            "checks before anything is stored",
+            f"secagg{stage.capitalize()}Post",
+            {
+                "201": _json("SecAggReceipt", "Stored"),
+                "200": _json("SecAggReceipt", "Already stored (a retry)"),
+                "409": stage_conflict,
+            },
+            auth="clientToken",
+            errors="400 401 403 404 415 422",
+            params=[ROUND, *params],
+            body=body,
+        )
+        if served is not None:
+            item["get"] = _op(
+                f"Secure aggregation, stage {stage}: the caller's {served} document",
+                f"secagg{stage.capitalize()}Get",
+                {"200": _json(served), "409": stage_conflict},
+                auth="clientToken",
+                errors="401 403 404",
+                params=[ROUND],
+            )
+        paths[f"/v1/rounds/{{round_id}}/secagg/{stage}"] = item
+    return paths
 
 
 def build_openapi() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from coordinator.config import COMPRESSIONS, ROUND_LIMITS
 from coordinator.intake import METRIC_BOUND
+from fedge.messages import TASK_KINDS
 
 __all__ = ["build_schemas", "ref"]
 
@@ -75,7 +76,7 @@ def _messages() -> dict[str, Any]:
             type=_message("task"),
             version=INTEGER,
             task_id=STRING,
-            kind={"enum": ["train", "evaluate", "stats", "features"]},
+            kind={"enum": list(TASK_KINDS)},
             round_id=nullable(INTEGER),
             model_version=STRING,
             config=ref("TaskConfig"),
@@ -195,8 +196,105 @@ def _round_config() -> dict[str, Any]:
             },
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
+            **_secure_config(),
         },
         "additionalProperties": False,
+    }
+
+
+def _secure_config() -> dict[str, Any]:
+    """The secure-aggregation settings of a round config (coordinator.secagg)."""
+    return {
+        "secure_aggregation": {
+            **BOOLEAN,
+            "description": "run the round with SecAgg+: the coordinator learns only the sum of "
+            "the clipped, quantized deltas; needs the fedavg aggregator (any server "
+            "optimizer), no topk compression and clients_per_round >= 3 (else 400)",
+        },
+        "secagg_clip": {**NUMBER, "exclusiveMinimum": 0, "maximum": 1e6},
+        "secagg_quantization_bits": {
+            **INTEGER,
+            "minimum": 1,
+            "maximum": 32,
+            "description": "bits per quantized coordinate (8 when compression is q8)",
+        },
+        "secagg_example_cap": {**INTEGER, "minimum": 1},
+        "secagg_degree": nullable(
+            {**INTEGER, "minimum": 2, "description": "neighbours per client (even); null: O(log n)"}
+        ),
+        "secagg_threshold": nullable(
+            {**INTEGER, "minimum": 2, "description": "shares to recover a secret; null: k/2+1"}
+        ),
+        "secagg_stage_seconds": nullable(
+            {
+                **NUMBER,
+                "exclusiveMinimum": 0,
+                "description": "deadline of each stage after training; null: deadline_seconds",
+            }
+        ),
+    }
+
+
+def _secagg() -> dict[str, Any]:
+    """The secure-aggregation documents (fedge.secagg.codec) and the round summary."""
+    blobs = {"type": "object", "additionalProperties": STRING}
+    ids = {"type": "array", "items": {**INTEGER, "minimum": 0}}
+    advertise = closed(
+        type={"const": "secagg_advertise_keys"},
+        client_id={**INTEGER, "minimum": 0},
+        encryption_key={**STRING, "description": "base64 X25519 public key"},
+        mask_key={**STRING, "description": "base64 X25519 public key"},
+    )
+    return {
+        "SecAggAdvertiseKeys": advertise,
+        "SecAggKeyRoster": closed(
+            type={"const": "secagg_key_roster"},
+            client_id=INTEGER,
+            threshold=INTEGER,
+            neighbours={"type": "array", "items": ref("SecAggAdvertiseKeys")},
+        ),
+        "SecAggShareKeys": closed(
+            type={"const": "secagg_share_keys"},
+            client_id=INTEGER,
+            bundles={**blobs, "description": "neighbour id -> base64 sealed bundle"},
+        ),
+        "SecAggShareDelivery": closed(
+            type={"const": "secagg_share_delivery"},
+            client_id=INTEGER,
+            bundles={**blobs, "description": "sender id -> base64 sealed bundle"},
+        ),
+        "SecAggUnmaskRequest": closed(
+            type={"const": "secagg_unmask_request"},
+            client_id=INTEGER,
+            survivors=ids,
+            dropped=ids,
+        ),
+        "SecAggUnmaskResponse": closed(
+            type={"const": "secagg_unmask_response"},
+            client_id=INTEGER,
+            seed_shares={**blobs, "description": "surviving neighbour id -> base64 share"},
+            key_shares={**blobs, "description": "dropped neighbour id -> base64 share"},
+        ),
+        "SecAggReceipt": closed(
+            round_id=INTEGER,
+            stage={"enum": ["advertise", "share", "mask", "unmask"]},
+            client_id=STRING,
+            duplicate=BOOLEAN,
+        ),
+        "SecAggSummary": {
+            **closed(
+                stage={"enum": ["advertise", "share", "mask", "unmask"]},
+                clients=INTEGER,
+                advertised=INTEGER,
+                shared=INTEGER,
+                survivors=INTEGER,
+                degree=nullable(INTEGER),
+                threshold=nullable(INTEGER),
+            ),
+            "description": "A secure round: its stage, the clients in the protocol, how many "
+            "advertised keys and shared them (counted when the stage closed) and sent a masked "
+            "input (counted when the mask stage closed), k and t",
+        },
     }
 
 
@@ -225,7 +323,7 @@ def _records() -> dict[str, Any]:
         "ClientList": closed(clients={"type": "array", "items": ref("Client")}),
         "TaskRecord": closed(
             task_id=STRING,
-            kind={"enum": ["train", "evaluate", "stats", "features"]},
+            kind={"enum": list(TASK_KINDS)},
             client_id=STRING,
             model_version=STRING,
             config=ref("TaskConfig"),
@@ -289,6 +387,10 @@ def _records() -> dict[str, Any]:
             result_version=nullable(STRING),
             failure_reason=nullable(STRING),
             measurements=METRICS,
+            secagg={
+                "oneOf": [ref("SecAggSummary"), {"type": "null"}],
+                "description": "null for a plain round",
+            },
             num_updates=INTEGER,
             updates={
                 "type": "array",
@@ -387,4 +489,5 @@ def build_schemas() -> dict[str, Any]:
         },
         **_messages(),
         **_records(),
+        **_secagg(),
     }

@@ -27,6 +27,7 @@ __all__ = [
     "ReportRecord",
     "RoundRecord",
     "RoundState",
+    "SecAggRecord",
     "Stage",
     "TaskRecord",
     "UpdateRecord",
@@ -123,6 +124,9 @@ class RoundRecord(_Record):
     result_version: str | None = None
     failure_reason: str | None = None
     measurements: Mapping[str, float] = field(default_factory=dict)
+    secagg: Mapping[str, Any] | None = None
+    """A secure round's state (:mod:`coordinator.secagg`): its stage, the clients' ids in
+    the protocol and the server's public state; never a vector or a share."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "selected", tuple(self.selected))
@@ -167,6 +171,30 @@ class UpdateRecord(_Record):
     num_examples: int
     l2_norm: float
     received_at: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._freeze()
+
+
+@dataclass(frozen=True)
+class SecAggRecord(_Record):
+    """One client's accepted message of one secure-aggregation ``stage`` (advertise, share,
+    mask, unmask) in a round: the posted document (public keys, sealed bundles, unmask
+    shares) or, for ``mask``, the artifact ``artifact`` holding the masked vector.
+    ``digest`` is the sha256 of what was posted (an idempotent retry must match it)."""
+
+    round_id: int
+    stage: str
+    client_id: str
+    secagg_id: int
+    task_id: str
+    idempotency_key: str
+    digest: str
+    size: int
+    received_at: float
+    document: Mapping[str, Any] = field(default_factory=dict)
+    artifact: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

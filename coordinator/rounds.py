@@ -48,6 +48,7 @@ from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError, NotFoundError
 from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
 from coordinator.registry import SERVER_STATE, ModelRegistry
+from coordinator.secagg import SecureOutcome, SecureRounds
 from coordinator.selection import ClientSelector, check_selection
 from coordinator.store import Store
 from fedge.errors import AggregationError, FedgeError
@@ -89,6 +90,9 @@ class RoundEngine:
         self._rng = rng
         self._selector = selector
         self._fresh_states: set[tuple[str, str]] = set()
+        self._secure = SecureRounds(
+            store=store, artifacts=artifacts, now=now, rng=rng, fail=self._fail
+        )
 
     def open(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
         active = self._store.list_rounds(ACTIVE_ROUND_STATES)
@@ -182,6 +186,10 @@ class RoundEngine:
             max_examples=config.max_examples,
             options={**config.task_options, **config.compression_task_options()},
         )
+        tasks, secagg = {c: task_config for c in selected}, None
+        if config.secure_aggregation:  # see coordinator.secagg
+            weights = self._registry.weights(base)
+            tasks, secagg = self._secure.begin(config, weights, selected, task_config)
         with self._store.transaction():
             for client_id in selected:
                 self._store.add_task(
@@ -190,7 +198,7 @@ class RoundEngine:
                         kind="train",
                         client_id=client_id,
                         model_version=base.version,
-                        config=task_config,
+                        config=tasks[client_id],
                         created_at=now,
                         deadline=deadline,
                         round_id=round_.round_id,
@@ -203,6 +211,7 @@ class RoundEngine:
                 collecting_at=now,
                 deadline=deadline,
                 selected=selected,
+                secagg=secagg,
             )
             self._store.save_round(started)
             self._registry.mark_deployed(base.version)
@@ -216,6 +225,8 @@ class RoundEngine:
         return started
 
     def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
+        if round_.secagg is not None:  # the secure stages close themselves
+            return self._secure.advance(round_)
         received = self._store.count_updates(round_.round_id)
         # Revoked clients' tasks expire: once no task is pending, no update can arrive.
         everyone = (
@@ -267,6 +278,9 @@ class RoundEngine:
         weights = self._registry.weights(base)
         strategy = config.strategy()
         aggregator = strategy.new_aggregator(weights)
+        secure: SecureOutcome | None = None
+        if round_.secagg is not None:  # one update: the unmasked mean of the secure sum
+            secure = self._secure.aggregate(round_, weights, aggregator)
         for update in updates:  # one decoded delta in memory at a time
             body = self._artifacts.get_bytes(update.sha256)
             delta = decode_update(body, config.compression, weights, max_bytes=len(body))
@@ -277,7 +291,8 @@ class RoundEngine:
             state = strategy.init_server_state(weights)
         new_weights, new_state = strategy.server_step(state, weights, result)
         new_weights.check_finite()
-        metrics = strategy.aggregate_metrics(self._client_metrics(updates))
+        client_metrics = self._client_metrics(updates) if secure is None else secure.client_metrics
+        metrics = strategy.aggregate_metrics(client_metrics)
         _check_finite_metrics("metric", metrics.overall)
         for region, by_region in metrics.by_region.items():
             _check_finite_metrics(f"region {region!r} metric", by_region)
@@ -288,8 +303,8 @@ class RoundEngine:
                 new_weights,
                 new_state.to_bytes(),
                 round_id=round_.round_id,
-                participants=len(updates),
-                data_fingerprint=_fingerprint(updates),
+                participants=len(updates) if secure is None else secure.participants,
+                data_fingerprint=_fingerprint(updates) if secure is None else secure.fingerprint,
                 stats_id=self._latest_stats_id(),
                 trainer_host=socket.gethostname(),
                 trainer_user=_user(),
@@ -305,7 +320,10 @@ class RoundEngine:
                 state="committed",
                 closed_at=self._now(),
                 result_version=model.version,
-                measurements=dict(result.measurements),
+                measurements={
+                    **result.measurements,
+                    **(secure.measurements if secure is not None else {}),
+                },
             )
             self._store.save_round(committed)
             self._expire_tasks(round_.round_id)

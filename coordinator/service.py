@@ -55,6 +55,7 @@ from coordinator.records import (
 from coordinator.registry import ModelRegistry
 from coordinator.reports import ReportIntake, complete_task
 from coordinator.rounds import RoundEngine
+from coordinator.secagg import SecAggIntake, SecAggReceipt
 from coordinator.selection import ClientSelector, RandomSelector
 from coordinator.store import Store
 from fedge.errors import FedgeError
@@ -138,6 +139,13 @@ class CoordinatorService:
             now=now,
             rng=rng if rng is not None else np.random.default_rng(config.seed),
             selector=selector if selector is not None else RandomSelector(),
+        )
+        self.secagg = SecAggIntake(
+            store=store,
+            artifacts=artifacts,
+            now=now,
+            get_round=self._round,
+            retry_after=config.retry_after_seconds,
         )
 
     def import_bundle(self, directory: str | Path) -> ModelRecord:
@@ -441,6 +449,47 @@ class CoordinatorService:
                 code="duplicate_update",
             )
         return round_
+
+    # Secure aggregation -------------------------------------------------------------------
+
+    def secagg_payload(self, client: ClientRecord, round_id: int, stage: str) -> dict[str, Any]:
+        """The document a client of a secure round fetches for ``stage`` (share, mask,
+        unmask); see :class:`~coordinator.secagg.SecAggIntake`."""
+        self.tick()
+        with self._lock:
+            return self.secagg.payload(client, round_id, stage)
+
+    def submit_secagg(
+        self,
+        client: ClientRecord,
+        round_id: int,
+        stage: str,
+        *,
+        task_id: str,
+        idempotency_key: str,
+        document: Mapping[str, Any] | None,
+        body: bytes | None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> SecAggReceipt:
+        """Validate and store a client's reply to a secure-aggregation ``stage``
+        (advertise, share, mask, unmask); every refusal is recorded by code and changes
+        nothing else. The last expected reply closes the stage at once."""
+        try:
+            self.tick()
+            with self._lock:
+                receipt = self.secagg.submit(
+                    client, round_id, stage, task_id=task_id, idempotency_key=idempotency_key,
+                    document=document, body=body, metrics=metrics,
+                )  # fmt: skip
+        except FedgeError as exc:
+            self.reject_update(client, round_id, exc)
+            raise
+        if not receipt.duplicate:
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("advancing round %d after a secure message failed", round_id)
+        return receipt
 
     # Reports ------------------------------------------------------------------------------
 

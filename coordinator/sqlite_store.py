@@ -31,6 +31,7 @@ from coordinator.records import (
     RejectionRecord,
     ReportRecord,
     RoundRecord,
+    SecAggRecord,
     TaskRecord,
     UpdateRecord,
 )
@@ -73,6 +74,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         2,
         """
         CREATE INDEX tasks_by_round ON tasks (round_id, status);
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE secagg_messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                      round_id INTEGER NOT NULL, stage TEXT NOT NULL,
+                                      client_id TEXT NOT NULL, doc TEXT NOT NULL,
+                                      UNIQUE (round_id, stage, client_id));
         """,
     ),
 )
@@ -337,6 +347,32 @@ class SQLiteStore:
         with self._lock:
             row = self._conn.execute(f"SELECT COUNT(*) FROM updates{where}", params).fetchone()  # noqa: S608
         return int(row[0])
+
+    # secure-aggregation messages
+    def add_secagg(self, record: SecAggRecord) -> None:
+        self._insert(
+            "INSERT INTO secagg_messages (round_id, stage, client_id, doc) VALUES (?, ?, ?, ?)",
+            (record.round_id, record.stage, record.client_id, _dump(record)),
+            ConflictError(
+                f"client {record.client_id!r} already answered stage {record.stage} of "
+                f"round {record.round_id}",
+                code="secagg_duplicate",
+            ),
+        )
+
+    def get_secagg(self, round_id: int, stage: str, client_id: str) -> SecAggRecord | None:
+        return self._one(
+            SecAggRecord,
+            "SELECT doc FROM secagg_messages WHERE round_id = ? AND stage = ? AND client_id = ?",
+            (round_id, stage, client_id),
+        )
+
+    def list_secagg(self, round_id: int, stage: str) -> list[SecAggRecord]:
+        return self._all(
+            SecAggRecord,
+            "SELECT doc FROM secagg_messages WHERE round_id = ? AND stage = ? ORDER BY seq",
+            (round_id, stage),
+        )
 
     # rejections
     def add_rejection(self, rejection: RejectionRecord) -> None:

@@ -27,6 +27,7 @@ from coordinator.records import (
     RejectionRecord,
     ReportRecord,
     RoundRecord,
+    SecAggRecord,
     TaskRecord,
     UpdateRecord,
 )
@@ -86,6 +87,16 @@ class Store(Protocol):
         """Updates in ``round_id`` (every round's when None), without reading them."""
         ...
 
+    def add_secagg(self, record: SecAggRecord) -> None:
+        """Store a client's message of a secure-aggregation stage; ConflictError when the
+        client already has one for that round and stage."""
+        ...
+
+    def get_secagg(self, round_id: int, stage: str, client_id: str) -> SecAggRecord | None: ...
+    def list_secagg(self, round_id: int, stage: str) -> list[SecAggRecord]:
+        """The stage's messages of ``round_id`` in the order they arrived."""
+        ...
+
     def add_rejection(self, rejection: RejectionRecord) -> None: ...
     def rejection_counts(self, *, since: float | None = None) -> dict[str, int]: ...
 
@@ -126,6 +137,7 @@ _INDEXES: dict[str, dict[str, Callable[[Any], Hashable]]] = {
         "round_id": lambda u: u.round_id,
         "idempotency_key": lambda u: (u.client_id, u.idempotency_key),
     },
+    "secagg": {"round_stage": lambda m: (m.round_id, m.stage)},
 }
 
 
@@ -143,7 +155,8 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._undo: list[Callable[[], None]] | None = None
         self._tables: dict[str, dict[Any, Any]] = {
-            name: {} for name in ("clients", "rounds", "tasks", "updates", "models", "reports")
+            name: {}
+            for name in ("clients", "rounds", "tasks", "updates", "models", "reports", "secagg")
         }
         self._logs: dict[str, list[Any]] = {"rejections": [], "events": [], "alerts": []}
         self._index: dict[str, dict[str, dict[Hashable, dict[Any, None]]]] = {
@@ -323,6 +336,28 @@ class MemoryStore:
             if self.find_update(update.client_id, update.idempotency_key):
                 raise ConflictError("idempotency key already used", code="idempotency_conflict")
             self._put("updates", key, update)
+
+    # secure-aggregation messages
+    def add_secagg(self, record: SecAggRecord) -> None:
+        with self._tx():
+            key = (record.round_id, record.stage, record.client_id)
+            if key in self._tables["secagg"]:
+                raise ConflictError(
+                    f"client {record.client_id!r} already answered stage {record.stage} of "
+                    f"round {record.round_id}",
+                    code="secagg_duplicate",
+                )
+            self._put("secagg", key, record)
+
+    def get_secagg(self, round_id: int, stage: str, client_id: str) -> SecAggRecord | None:
+        with self._lock:
+            found: SecAggRecord | None = self._tables["secagg"].get((round_id, stage, client_id))
+            return found
+
+    def list_secagg(self, round_id: int, stage: str) -> list[SecAggRecord]:
+        with self._lock:
+            found: list[SecAggRecord] = self._lookup("secagg", "round_stage", (round_id, stage))
+            return found
 
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
         with self._lock:

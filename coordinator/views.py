@@ -22,6 +22,7 @@ from coordinator.records import (
     UpdateRecord,
 )
 from coordinator.registry import iso_time
+from coordinator.secagg import secagg_summary
 from fedge.messages import EvalReport, StatsReport, encode_message
 from fedge.stats import DatasetStats
 
@@ -74,6 +75,7 @@ def round_document(
     doc = round_.to_dict()
     for key in ("opened_at", "collecting_at", "deadline", "closed_at"):
         doc[key] = _time(getattr(round_, key))
+    doc["secagg"] = secagg_summary(round_)
     doc["num_updates"] = len(updates)
     doc["updates"] = [
         {

@@ -2,7 +2,8 @@
 
 - ``enrollment``: registration (open, or the enrollment token when one is configured;
   idempotent with an ``Idempotency-Key``: a retry returns the same client and token, 200);
-- ``devices``: polling for work and sending replies (a client token, never the admin's);
+- ``devices``: polling for work and sending replies, the secure-aggregation stages
+  included (:mod:`coordinator.rest.secagg`) (a client token, never the admin's);
 - ``downloads``: a model version's manifest, weights and bundle files (a client or the
   admin), with the file's sha256 as ETag so an unchanged file answers 304.
 """
@@ -24,6 +25,7 @@ from coordinator.rest.access import (
     require_reader,
 )
 from coordinator.rest.bodies import json_body, refuse_unknown, update_submission
+from coordinator.rest.secagg import register_secagg_routes
 from coordinator.rest.state import current_state
 from coordinator.views import receipt_document, report_document
 from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, check_file_name
@@ -37,6 +39,7 @@ enrollment.before_request(require_enrollment)
 
 devices = Blueprint("devices", __name__)
 devices.before_request(require_client)
+register_secagg_routes(devices)  # POST/GET /v1/rounds/{r}/secagg/{stage}
 
 downloads = Blueprint("downloads", __name__)
 downloads.before_request(require_reader)

@@ -4,9 +4,9 @@ its body is read: the body limit of its route and whether its token may send a b
 The HTTP server (:mod:`coordinator.server`) asks :func:`precheck` as soon as a request's
 headers have arrived and its body has not, and answers a refusal at once without reading
 (or spooling to disk) the body; the app's ``before_request`` applies the same limit to
-requests that arrived whole. Limits: the update upload takes ``max_update_bytes``; the
-device reports (stats, evaluations, features) ``ApiConfig.max_report_bytes``; every other
-route ``ApiConfig.max_json_bytes``.
+requests that arrived whole. Limits: the update upload and a secure round's masked input
+take ``max_update_bytes``; the device reports (stats, evaluations, features)
+``ApiConfig.max_report_bytes``; every other route ``ApiConfig.max_json_bytes``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from coordinator.rest.state import EXTENSION, RestState, current_state
 __all__ = ["Refusal", "body_limit", "check_body_limit", "precheck", "refusal_for_size"]
 
 _UPLOAD = re.compile(r"/v1/rounds/[^/]+/updates")
+_SECAGG = re.compile(r"/v1/rounds/[^/]+/secagg/(advertise|share|mask|unmask)")
+_MASKED_INPUT = re.compile(r"/v1/rounds/[^/]+/secagg/mask")
 _REPORTS = frozenset({"/v1/stats", "/v1/evaluations", "/v1/features"})
 _REGISTRATION = "/v1/clients"
 
@@ -46,7 +48,7 @@ class Refusal:
 
 def body_limit(state: RestState, method: str, path: str) -> int:
     """The most bytes a body of ``method path`` may have."""
-    if method == "POST" and _UPLOAD.fullmatch(path):
+    if method == "POST" and (_UPLOAD.fullmatch(path) or _MASKED_INPUT.fullmatch(path)):
         return state.service.config.max_update_bytes
     if path in _REPORTS:
         return state.config.max_report_bytes
@@ -92,7 +94,7 @@ def _authorize(
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
     token = bearer_token(authorization)
     is_admin = admin_hash is not None and token_matches(token, admin_hash)
-    if _UPLOAD.fullmatch(path) or path in _REPORTS:
+    if _UPLOAD.fullmatch(path) or _SECAGG.fullmatch(path) or path in _REPORTS:
         if is_admin:
             raise PermissionDeniedError(
                 "this endpoint needs a client token, not the admin token",

@@ -336,7 +336,7 @@ def test_sqlite_store_is_durable_across_reopen(tmp_path: Path) -> None:
     again = SQLiteStore(tmp_path / "s.db")
     assert again.get_client("c1") == _client(1)
     assert again.add_round(_round()).round_id == 2
-    assert again.schema_version == 2
+    assert again.schema_version == len(sqlite_store.MIGRATIONS)
     again.close()
 
 
@@ -347,7 +347,7 @@ def test_sqlite_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
     conn.close()
-    assert versions == [(1,), (2,)]
+    assert versions == [(v,) for v, _ in sqlite_store.MIGRATIONS]
 
 
 def test_sqlite_store_migrates_an_older_database(
@@ -360,7 +360,7 @@ def test_sqlite_store_migrates_an_older_database(
         assert old.schema_version == 1
         old.close()
     store = SQLiteStore(tmp_path / "s.db")
-    assert store.schema_version == 2
+    assert store.schema_version == len(sqlite_store.MIGRATIONS)
     assert [t.task_id for t in store.list_tasks(round_id=1, status="pending")] == ["t1"]
     indexes = store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
     assert "tasks_by_round" in {row[0] for row in indexes}
