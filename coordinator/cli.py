@@ -205,6 +205,21 @@ def _add_serve(sub: Any) -> None:
         action="store_false",
         help="committed versions stay candidates until `models promote`",
     )
+    secure = rounds.add_mutually_exclusive_group()
+    secure.add_argument(
+        "--secure-aggregation",
+        dest="secure_aggregation",
+        action="store_true",
+        default=None,
+        help="every round runs SecAgg+ unless its config says otherwise: the coordinator "
+        "learns only the sum of the clipped, quantized updates (fedavg aggregator only)",
+    )
+    secure.add_argument(
+        "--no-secure-aggregation",
+        dest="secure_aggregation",
+        action="store_false",
+        help="plain rounds (the default)",
+    )
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -315,7 +330,7 @@ def _round_config(args: argparse.Namespace) -> RoundConfig:
             raise UsageError(f"cannot read --round-config {args.round_config}: {exc}") from exc
         if not isinstance(options, dict):
             raise UsageError("--round-config must hold a JSON object")
-    for name in (*_ROUND_FLAGS, "aggregator", "continuous", "auto_promote"):
+    for name in (*_ROUND_FLAGS, "aggregator", "continuous", "auto_promote", "secure_aggregation"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.aggregator_option:
@@ -493,7 +508,16 @@ def _check_existing_database(db: str) -> None:
 
 _MODEL_COLUMNS = ("version", "stage", "parent", "round_id", "participants", "created_at")
 _CLIENT_COLUMNS = ("client_id", "region", "registered_at", "revoked_at")
-_ROUND_COLUMNS = ("round_id", "state", "base_version", "result_version", "num_updates", "deadline")
+_ROUND_COLUMNS = (
+    "round_id",
+    "state",
+    "base_version",
+    "result_version",
+    "num_updates",
+    "bytes_up",
+    "bytes_down",
+    "deadline",
+)
 
 
 def _print(document: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None:

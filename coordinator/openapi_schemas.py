@@ -386,6 +386,19 @@ def _records() -> dict[str, Any]:
             selected={"type": "array", "items": STRING},
             result_version=nullable(STRING),
             failure_reason=nullable(STRING),
+            bytes_up={
+                **INTEGER,
+                "minimum": 0,
+                "description": "bytes of the bodies the round's selected clients posted for "
+                "it (updates, secure-aggregation messages), accepted or refused",
+            },
+            bytes_down={
+                **INTEGER,
+                "minimum": 0,
+                "description": "bytes of the round's task documents and secure-aggregation "
+                "payloads served, and of the base model files its selected clients downloaded "
+                "while it was active",
+            },
             measurements=METRICS,
             secagg={
                 "oneOf": [ref("SecAggSummary"), {"type": "null"}],

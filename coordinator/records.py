@@ -105,7 +105,10 @@ class ClientRecord(_Record):
 class RoundRecord(_Record):
     """One round. ``deadline`` is set when it opens (by then it must have started) and
     again when collecting starts (by then the updates must be in); ``base_version`` is
-    fixed when collecting starts."""
+    fixed when collecting starts. ``bytes_up``/``bytes_down`` count the round's traffic
+    (:meth:`~coordinator.service.CoordinatorService.count_traffic`): up, the bodies its
+    clients posted for it; down, its task documents, secure-aggregation payloads and the
+    base model files its selected clients downloaded while it was active."""
 
     _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "config": RoundConfig.from_dict,
@@ -123,6 +126,8 @@ class RoundRecord(_Record):
     selected: tuple[str, ...] = ()
     result_version: str | None = None
     failure_reason: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
     measurements: Mapping[str, float] = field(default_factory=dict)
     secagg: Mapping[str, Any] | None = None
     """A secure round's state (:mod:`coordinator.secagg`): its stage, the clients' ids in

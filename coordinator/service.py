@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -43,6 +44,7 @@ from coordinator.intake import (
     validate_update,
 )
 from coordinator.records import (
+    ACTIVE_ROUND_STATES,
     ClientRecord,
     ModelEvent,
     ModelRecord,
@@ -61,11 +63,16 @@ from coordinator.store import Store
 from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
 
-__all__ = ["CoordinatorService", "Registration"]
+__all__ = ["CoordinatorService", "Registration", "document_bytes"]
 
 logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
+
+
+def document_bytes(document: Mapping[str, Any]) -> int:
+    """The size of ``document`` as compact JSON, as the REST transport serves it."""
+    return len(json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -245,7 +252,7 @@ class CoordinatorService:
         now = self.now()
         for record in self.store.list_tasks(client_id=client.client_id, status="pending"):
             if record.deadline > now:
-                return Task(
+                task = Task(
                     task_id=record.task_id,
                     kind=record.kind,  # type: ignore[arg-type]
                     round_id=record.round_id,
@@ -253,6 +260,9 @@ class CoordinatorService:
                     config=record.config,
                     deadline=record.deadline,
                 )
+                if task.round_id is not None:
+                    self.count_traffic(task.round_id, down=document_bytes(task.to_dict()))
+                return task
         return None
 
     def create_tasks(
@@ -308,7 +318,11 @@ class CoordinatorService:
     # Update intake ------------------------------------------------------------------------
 
     def submit_update(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt:
-        """Validate and durably record one update; every rejection is recorded by code."""
+        """Validate and durably record one update; every rejection is recorded by code.
+
+        The body counts as the round's upload traffic when the client was selected for it,
+        accepted or not (a retry moves its bytes again)."""
+        self._count_upload(client, submission.round_id, len(submission.body))
         try:
             return self._submit(client, submission)
         except FedgeError as exc:
@@ -381,6 +395,13 @@ class CoordinatorService:
             round_.round_id, client.client_id, update.task_id, digest, update.num_examples,
             record.received_at,
         )  # fmt: skip
+
+    def _count_upload(self, client: ClientRecord, round_id: object, size: int) -> None:
+        if not isinstance(round_id, int) or not 0 < round_id < _MAX_ROUND_ID:
+            return
+        round_ = self.store.get_round(round_id)
+        if round_ is not None and client.client_id in round_.selected:
+            self.count_traffic(round_id, up=size)
 
     def _replay(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt | None:
         """The original receipt when this exact upload was accepted before (a retry)."""
@@ -490,6 +511,37 @@ class CoordinatorService:
             except Exception:
                 logger.exception("advancing round %d after a secure message failed", round_id)
         return receipt
+
+    # Traffic ------------------------------------------------------------------------------
+
+    def count_traffic(self, round_id: int, *, up: int = 0, down: int = 0) -> RoundRecord:
+        """Add ``up`` and ``down`` bytes to round ``round_id``'s ``bytes_up``/``bytes_down``
+        (saved at once) and return the updated record; NotFoundError for no such round.
+
+        Re-reads the round under the service lock: a caller holding a round record must
+        not save that (now stale) copy over this count afterwards.
+        """
+        for name, value in (("up", up), ("down", down)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CoordinatorError(
+                    f"{name} must be a byte count >= 0, got {value!r}", code="invalid_traffic"
+                )
+        with self._lock:
+            round_ = self._round(round_id)
+            if not (up or down):
+                return round_
+            counted = dataclasses.replace(
+                round_, bytes_up=round_.bytes_up + up, bytes_down=round_.bytes_down + down
+            )
+            self.store.save_round(counted)
+            return counted
+
+    def count_download(self, client: ClientRecord, version: str, size: int) -> None:
+        """Count ``size`` bytes of model ``version``'s files that ``client`` downloaded
+        against each active round built on that version that selected it."""
+        for round_ in self.store.list_rounds(ACTIVE_ROUND_STATES):
+            if round_.base_version == version and client.client_id in round_.selected:
+                self.count_traffic(round_.round_id, down=size)
 
     # Reports ------------------------------------------------------------------------------
 

@@ -10,6 +10,10 @@ interpreters once and is shared by any number of :class:`ClientContext` s::
     context = ClientContext(data=MemoryData(train, holdout), models=models)
     reply = handle(task, context)
 
+A train task of a compressed round gets a :class:`CompressedUpdate` (q8, or top-k with
+its error-feedback residual in the context's :class:`FeedbackStore`;
+:mod:`edge_client.compress`).
+
 Secure aggregation's device side is :mod:`edge_client.secure` (``begin`` after training,
 ``step`` for each later stage, over a :class:`SecretStore`).
 
@@ -19,6 +23,13 @@ numpy are all the device needs.
 
 from edge_client.backoff import Backoff, BackoffPolicy
 from edge_client.bundles import BundleStore
+from edge_client.compress import (
+    CompressedUpdate,
+    FeedbackStore,
+    FileFeedbackStore,
+    MemoryFeedbackStore,
+    compress_update,
+)
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.errors import (
     DaemonStopped,
@@ -79,6 +90,7 @@ __all__ = [
     "ClientConfig",
     "ClientContext",
     "ClientState",
+    "CompressedUpdate",
     "CoordinatorClient",
     "Daemon",
     "DaemonConfig",
@@ -87,6 +99,8 @@ __all__ = [
     "DirectoryData",
     "EdgeError",
     "EdgeModel",
+    "FeedbackStore",
+    "FileFeedbackStore",
     "FileHeadStore",
     "FileSecretStore",
     "FunctionTransport",
@@ -96,6 +110,7 @@ __all__ = [
     "InferenceModel",
     "LocalData",
     "MemoryData",
+    "MemoryFeedbackStore",
     "MemoryHeadStore",
     "MemorySecretStore",
     "ModelCache",
@@ -118,6 +133,7 @@ __all__ = [
     "TransportError",
     "batch_rng",
     "client_key",
+    "compress_update",
     "fine_tune",
     "handle",
     "load_interpreter",

@@ -460,6 +460,7 @@ class Daemon:
                 data=data,
                 models=self.models,
                 heads=self.state.heads,
+                feedback=self.state.feedback,
                 config=self.config.client,
                 rng=np.random.default_rng(self.config.seed),
                 client_id=client_id,

@@ -19,7 +19,9 @@ The task kinds and their replies:
   (:func:`batch_rng`) ->
   :class:`~fedge.messages.ModelUpdate` with ``delta = trained - global``, the number of
   local training rows and ``{loss, accuracy}`` (the last epoch's mean loss, the trained
-  head's accuracy on those rows);
+  head's accuracy on those rows); when ``config.options["compression"]`` asks for a codec,
+  a :class:`~edge_client.compress.CompressedUpdate` (top-k's residual in the context's
+  ``feedback`` store);
 - ``evaluate``: global and personalized ``{accuracy, loss}`` on the local holdout, per
   region slice where the schema has a region column -> :class:`~fedge.messages.EvalReport`;
 - ``stats``: :func:`~edge_client.privacy.private_stats` of every local row ->
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_client.compress import FeedbackStore, MemoryFeedbackStore, compress_update
 from edge_client.local_data import LocalData
 from edge_client.model import EdgeModel, ModelProvider, accuracy, cross_entropy
 from edge_client.personalize import (
@@ -102,6 +105,8 @@ class ClientContext:
     config: ClientConfig = field(default_factory=ClientConfig)
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     client_id: str = "local"
+    feedback: FeedbackStore = field(default_factory=MemoryFeedbackStore)
+    """The top-k error-feedback residual kept between rounds (:mod:`edge_client.compress`)."""
 
 
 def client_key(client_id: str) -> int:
@@ -184,13 +189,14 @@ def _train(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
         rng=batch_rng(task, context.client_id),
     )
     train_accuracy = accuracy(model.logits(x, head=trained), table.labels)
-    return ModelUpdate(
+    update = ModelUpdate(
         task_id=task.task_id,
         round_id=task.round_id,
         num_examples=len(table),
         metrics={"loss": result.epoch_losses[-1], "accuracy": train_accuracy},
         delta=trained.delta(base),
     )
+    return compress_update(task, update, context.feedback, context.rng)
 
 
 def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:

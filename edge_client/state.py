@@ -10,6 +10,7 @@
       personal/             the personal head (safetensors)
       outbox/               replies not yet acknowledged (and failed/ ones)
       secagg/               secure-aggregation secrets of the round in progress (0600)
+      compression/          the top-k error-feedback residual (safetensors, 0600)
 
 The client token lives in its own file (``--token-file``, mode 0600), never here in
 plain text with the rest, and so does the registration key beside it
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.bundles import BundleStore
+from edge_client.compress import FileFeedbackStore
 from edge_client.outbox import Outbox
 from edge_client.personalize import FileHeadStore
 from fedge.errors import ConfigError
@@ -88,6 +90,7 @@ class ClientState:
         self.bundles = BundleStore(self.directory / "bundles")
         self.outbox = Outbox(self.directory / "outbox")
         self.heads = FileHeadStore(self.directory / "personal")
+        self.feedback = FileFeedbackStore(self.directory / "compression")
 
     def _read(self, name: str) -> dict[str, Any]:
         path = self.directory / name

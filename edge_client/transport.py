@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
 from edge_client.backoff import RETRY_AFTER_MAX, RETRY_AFTER_MIN
+from edge_client.compress import CODEC_HEADER, COMPRESSED_MEDIA_TYPE, CompressedUpdate
 from edge_client.errors import RequestCancelled, RequestRejected, TransportError
 from edge_client.secure import SecureReply
 from fedge.errors import ProtocolError
@@ -409,6 +410,8 @@ def reply_request(reply: Reply, idempotency_key: str) -> OutgoingRequest:
             "X-Fedge-Delta-Sha256": hashlib.sha256(body).hexdigest(),
             **key,
         }
+        if isinstance(reply, CompressedUpdate):
+            headers.update({"Content-Type": COMPRESSED_MEDIA_TYPE, CODEC_HEADER: reply.codec})
         path = f"/v1/rounds/{reply.round_id}/updates"
         return OutgoingRequest(path, headers, body, "train", reply.task_id, idempotency_key)
     paths: dict[type, tuple[str, str]] = {

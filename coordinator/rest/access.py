@@ -18,6 +18,7 @@ from coordinator.rest.state import current_state
 
 __all__ = [
     "current_client",
+    "reader_client",
     "require_admin",
     "require_client",
     "require_enrollment",
@@ -63,10 +64,10 @@ def require_client() -> None:
 
 
 def require_reader() -> None:
-    """Downloads: any client, or the admin."""
+    """Downloads: any client (then :func:`reader_client`), or the admin."""
     token = _token()
     if not _is_admin(token):
-        current_state().service.authenticate(token)
+        setattr(g, _CLIENT, current_state().service.authenticate(token))
 
 
 def require_enrollment() -> None:
@@ -86,6 +87,11 @@ def require_enrollment() -> None:
     token = _token()
     if not (token_matches(token, expected) or _is_admin(token)):
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
+
+
+def reader_client() -> ClientRecord | None:
+    """The client :func:`require_reader` authenticated, or None for the admin."""
+    return cast(ClientRecord | None, getattr(g, _CLIENT, None))
 
 
 def current_client() -> ClientRecord:

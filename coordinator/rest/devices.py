@@ -5,7 +5,9 @@
 - ``devices``: polling for work and sending replies, the secure-aggregation stages
   included (:mod:`coordinator.rest.secagg`) (a client token, never the admin's);
 - ``downloads``: a model version's manifest, weights and bundle files (a client or the
-  admin), with the file's sha256 as ETag so an unchanged file answers 304.
+  admin), with the file's sha256 as ETag so an unchanged file answers 304. A file a client
+  downloads counts as ``bytes_down`` of every active round on that version that selected
+  it (a 304 moves no file and counts nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.records import ClientRecord, ReportRecord
 from coordinator.rest.access import (
     current_client,
+    reader_client,
     require_client,
     require_enrollment,
     require_reader,
@@ -127,6 +130,9 @@ def _artifact(version: str, name: str, mimetype: str) -> Response:
     )
     response.headers["X-Fedge-Sha256"] = digest
     response.headers["X-Fedge-Model-Version"] = model.version
+    client = reader_client()
+    if client is not None and response.status_code in (200, 206) and response.content_length:
+        service.count_download(client, model.version, response.content_length)
     return response
 
 

@@ -4,22 +4,43 @@ service on a fake clock, then the real server on loopback."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from coordinator.codecs import decode_update
+from coordinator.cli import main
+from coordinator.client import AdminClient
+from coordinator.codecs import CODEC_HEADER, COMPRESSED_MEDIA_TYPE, decode_update
 from coordinator.config import RoundConfig
 from coordinator.errors import CoordinatorError
 from coordinator.intake import UpdateSubmission
-from coordinator.records import ClientRecord
-from coordinator.service import CoordinatorService
+from coordinator.records import ClientRecord, RoundRecord
+from coordinator.service import CoordinatorService, document_bytes
+from fedge.bundle import write_manifest
 from fedge.compression import Quantizer8Bit, TopK, decode_into
 from fedge.errors import ConfigError, ShapeMismatchError, WeightsFormatError
 from fedge.weights import Weights
-from tests.support.coordinator import build_service, delta
+from tests.support.coordinator import (
+    CREATED_AT,
+    FEATURE_SPEC,
+    HTTP_TIMEOUT,
+    SCHEMA,
+    EdgeClient,
+    ServerProcess,
+    admin_client,
+    build_service,
+    delta,
+    make_bundle,
+    production_digest,
+    running_server,
+    serve_command,
+    upload_headers,
+    wait_for,
+    write_admin_token,
+)
 
 
 def _clients(service: CoordinatorService, n: int) -> list[ClientRecord]:
@@ -210,3 +231,186 @@ def test_decode_update_checks_the_reference_shapes(tmp_path: Path) -> None:
     body = Quantizer8Bit().encode(other, rng=np.random.default_rng(0)).payload
     with pytest.raises(ShapeMismatchError, match="expected shape"):
         decode_update(body, "q8", base, max_bytes=len(body))
+
+
+# Byte counts (service) ----------------------------------------------------------------------
+
+
+def test_task_documents_count_as_bytes_down_of_their_round(tmp_path: Path) -> None:
+    service = build_service(tmp_path, clients_per_round=2, min_clients=2)
+    clients = _clients(service, 3)
+    selected = [c for c in clients if c.client_id in service.get_round(1).selected]
+    outsider = next(c for c in clients if c.client_id not in service.get_round(1).selected)
+    assert service.next_task(outsider) is None
+    assert service.get_round(1).bytes_down == 0
+    task = service.next_task(selected[0])
+    assert task is not None
+    size = document_bytes(task.to_dict())
+    assert size > 100
+    assert service.get_round(1).bytes_down == size
+    service.next_task(selected[0])  # polled again: served again
+    assert (service.get_round(1).bytes_down, service.get_round(1).bytes_up) == (2 * size, 0)
+
+
+def test_update_bodies_count_as_bytes_up_accepted_or_refused(tmp_path: Path) -> None:
+    service = build_service(tmp_path, clients_per_round=2, min_clients=2, compression="q8")
+    clients = _clients(service, 3)
+    selected = [c for c in clients if c.client_id in service.get_round(1).selected]
+    outsider = next(c for c in clients if c.client_id not in service.get_round(1).selected)
+    refused = delta(1).to_bytes()
+    with pytest.raises(CoordinatorError, match="this round takes 'q8' updates"):
+        service.submit_update(selected[0], _upload(1, selected[0], refused, "none"))
+    with pytest.raises(CoordinatorError, match="not selected"):
+        service.submit_update(outsider, _upload(1, outsider, _payload("q8", 2), "q8"))
+    accepted = _payload("q8", 1)
+    service.submit_update(selected[0], _upload(1, selected[0], accepted, "q8"))
+    assert service.get_round(1).bytes_up == len(refused) + len(accepted)
+
+
+def test_count_traffic_adds_to_the_round_record_and_refuses_bad_counts(tmp_path: Path) -> None:
+    service = build_service(tmp_path, clients_per_round=2, min_clients=2)
+    _clients(service, 2)
+    assert service.count_traffic(1, up=7, down=11).bytes_up == 7
+    service.count_traffic(1, down=4)
+    round_ = service.get_round(1)
+    assert (round_.bytes_up, round_.bytes_down) == (7, 15)
+    assert RoundRecord.from_dict(round_.to_dict()) == round_
+    with pytest.raises(CoordinatorError, match="up must be a byte count >= 0, got -1"):
+        service.count_traffic(1, up=-1)
+    with pytest.raises(CoordinatorError, match="no round 9"):
+        service.count_traffic(9, up=1)
+    assert service.get_round(1).bytes_up == 7
+
+
+# The real server ----------------------------------------------------------------------------
+
+_BIG = {"head/kernel": (5, 3), "head/bias": (3,), "head/extra": (100, 100)}
+
+
+def _big_bundle(directory: Path) -> Weights:
+    """The fake bundle with 10,018 trainable values, so payload sizes dwarf headers."""
+    manifest = make_bundle(directory)
+    rng = np.random.default_rng(5)
+    weights = Weights(
+        {n: (rng.standard_normal(s) * 0.1).astype(np.float32) for n, s in _BIG.items()}
+    )
+    (directory / "weights.safetensors").write_bytes(weights.to_bytes())
+    write_manifest(
+        directory, model_version=manifest.model_version, task="taxi", schema=SCHEMA,
+        feature_spec=FEATURE_SPEC.to_dict(), train_batch_size=8, created_at=CREATED_AT,
+        metadata=manifest.metadata,
+    )  # fmt: skip
+    return weights
+
+
+def _client_delta(index: int) -> Weights:
+    rng = np.random.default_rng(100 + index)
+    return Weights({n: (rng.standard_normal(s) * 0.01).astype(np.float32) for n, s in _BIG.items()})
+
+
+def _post(client: EdgeClient, task: dict[str, Any], body: bytes, codec: str) -> Any:
+    headers = upload_headers(client.token, task["task_id"], num_examples=20, key=uuid.uuid4().hex)
+    if codec != "none":
+        headers.update({"Content-Type": COMPRESSED_MEDIA_TYPE, CODEC_HEADER: codec})
+    return client.session.post(
+        f"{client.url}/v1/rounds/{task['round_id']}/updates",
+        data=body,
+        headers=headers,
+        timeout=HTTP_TIMEOUT,
+    )
+
+
+def _encode(codec: str, update: Weights, seed: int) -> bytes:
+    if codec == "none":
+        return update.to_bytes()
+    if codec == "q8":
+        return Quantizer8Bit().encode(update, rng=np.random.default_rng(seed)).payload
+    return TopK(fraction=0.01).encode(update).payload
+
+
+def _run_round(
+    server: ServerProcess,
+    admin: AdminClient,
+    clients: list[EdgeClient],
+    codec: str,
+    options: dict[str, float],
+    *,
+    refuse_first: bool = False,
+) -> tuple[dict[str, Any], list[bytes]]:
+    """One on-demand round with ``codec``: every client polls, downloads and uploads."""
+    round_id = admin.open_round({"compression": codec, "compression_options": options})["round_id"]
+    tasks = [wait_for(client.poll) for client in clients]
+    assert {t["round_id"] for t in tasks} == {round_id}
+    assert tasks[0]["config"]["options"].get("compression") == (None if codec == "none" else codec)
+    sent = []
+    for i, (client, task) in enumerate(zip(clients, tasks, strict=True)):
+        client.download(task["model_version"])
+        body = _encode(codec, _client_delta(i), seed=i)
+        if refuse_first and i == 0:
+            digest = production_digest(server.url)
+            wrong = _post(client, task, _client_delta(i).to_bytes(), "none")
+            assert (wrong.status_code, wrong.json()["error"]) == (400, "codec_mismatch")
+            short = _post(client, task, body[:-5], codec)
+            assert (short.status_code, short.json()["error"]) == (400, "malformed_weights")
+            assert "truncated" in short.json()["detail"]
+            shown = admin.show_round(round_id)
+            assert (shown["state"], shown["num_updates"]) == ("collecting", 0)
+            assert production_digest(server.url) == digest
+        response = _post(client, task, body, codec)
+        assert response.status_code == 201, response.text
+        sent.append(body)
+    done = wait_for(lambda: (r := admin.show_round(round_id))["state"] != "collecting" and r)
+    assert done["state"] == "committed", done["failure_reason"]
+    return done, sent
+
+
+def test_compressed_rounds_on_the_real_server_commit_and_count_their_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = _big_bundle(tmp_path / "bundle")
+    token_file = write_admin_token(tmp_path)
+    command = serve_command(
+        tmp_path, tmp_path / "bundle", token_file,
+        "--clients-per-round", "3", "--min-clients", "3", "--deadline-seconds", "60",
+        "--retry-after", "1", "--on-demand",
+    )  # fmt: skip
+    with running_server(command, tmp_path) as server, admin_client(server.url) as admin:
+        clients = [EdgeClient(server.url, "north") for _ in range(3)]
+        plain, _ = _run_round(server, admin, clients, "none", {})
+        q8, q8_sent = _run_round(server, admin, clients, "q8", {})
+        topk, topk_sent = _run_round(server, admin, clients, "topk", {"fraction": 0.01})
+        for done, sent in ((q8, q8_sent), (topk, topk_sent)):
+            response = clients[0].session.get(
+                f"{server.url}/v1/models/{done['result_version']}/weights", timeout=HTTP_TIMEOUT
+            )
+            new = Weights.from_bytes(response.content)
+            for name in base.names:
+                mean = sum(decode_into(b, base)[name].astype(np.float64) for b in sent) / 3
+                np.testing.assert_allclose(new[name], base[name] + mean, rtol=0, atol=1e-6)
+        refusals, _ = _run_round(server, admin, clients, "q8", {}, refuse_first=True)
+        assert (
+            main(
+                [
+                    "rounds",
+                    "list",
+                    "--coordinator",
+                    server.url,
+                    "--admin-token-file",
+                    str(token_file),
+                ]
+            )
+            == 0
+        )
+        listing = capsys.readouterr().out
+    assert plain["bytes_up"] == sum(len(_client_delta(i).to_bytes()) for i in range(3))
+    assert q8["bytes_up"] == sum(map(len, q8_sent))
+    assert q8["bytes_up"] < 0.3 * plain["bytes_up"]
+    assert topk["bytes_up"] < 0.05 * plain["bytes_up"]
+    refused = len(_client_delta(0).to_bytes()) + len(q8_sent[0]) - 5
+    assert refusals["bytes_up"] > q8["bytes_up"] + refused - 100  # the refused bodies count
+    weights_size = len(base.to_bytes())
+    for done in (plain, q8, topk, refusals):
+        assert done["bytes_down"] > 3 * weights_size  # three base downloads and the tasks
+    header, *rows = listing.splitlines()
+    assert {"bytes_up", "bytes_down"} <= set(header.split())
+    assert str(topk["bytes_up"]) in rows[2].split()
