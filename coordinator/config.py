@@ -217,8 +217,9 @@ class RoundConfig:
     def compression_task_options(self) -> dict[str, int | float | str]:
         """What a train task carries about the codec: ``compression`` with
         ``compression_fraction`` (topk) or ``compression_block`` (q8, when set); empty for
-        ``none``."""
-        if self.compression == "none":
+        ``none`` and in a secure round, where the field quantization is the compression
+        (``q8``: 8 bits, :attr:`secagg_bits`) and no second codec runs."""
+        if self.compression == "none" or self.secure_aggregation:
             return {}
         out: dict[str, int | float | str] = {"compression": self.compression}
         if self.compression == "topk":

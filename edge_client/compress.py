@@ -151,15 +151,16 @@ class FileFeedbackStore:
 def compress_update(
     task: Task, update: ModelUpdate, feedback: FeedbackStore, rng: np.random.Generator
 ) -> ModelUpdate:
-    """``update`` encoded with the codec ``task`` asks for (the update itself when none).
+    """``update`` encoded with the codec ``task`` asks for (the update itself when none,
+    and in a secure round).
 
     ``rng`` draws q8's stochastic rounding; ``feedback`` holds the top-k residual, read
     and replaced here. An unknown codec or a bad option raises ConfigError.
     """
     options = task.config.options
     codec = options.get("compression", "none")
-    if codec == "none":
-        return update
+    if codec == "none" or options.get("secagg") is True:
+        return update  # a secure round's field quantization is its only codec
     if codec == "q8":
         block = options.get("compression_block")
         if block is not None:

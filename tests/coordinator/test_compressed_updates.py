@@ -124,6 +124,19 @@ def test_train_task_carries_the_round_codec(
     assert dict(task.config.options) == {"shuffle_seed": 3, **expected}
 
 
+def test_secure_q8_round_quantizes_in_the_field_and_runs_no_second_codec(
+    tmp_path: Path,
+) -> None:
+    service = build_service(
+        tmp_path, clients_per_round=3, min_clients=3, compression="q8", secure_aggregation=True
+    )
+    client = _clients(service, 3)[0]
+    task = service.next_task(client)
+    assert task is not None
+    assert "compression" not in task.config.options
+    assert task.config.options["secagg_quantization_bits"] == 8
+
+
 # Rounds -------------------------------------------------------------------------------------
 
 

@@ -121,9 +121,12 @@ def test_compressed_update_goes_out_with_its_codec_and_the_payload_as_body() -> 
     assert CODEC_HEADER not in plain.headers
 
 
-def test_task_without_compression_keeps_the_plain_update() -> None:
+@pytest.mark.parametrize("options", [{}, {"compression": "q8", "secagg": True}])
+def test_task_without_compression_keeps_the_plain_update(options: dict[str, Any]) -> None:
     update = _update(_delta(3))
-    kept = compress_update(_task(), update, MemoryFeedbackStore(), np.random.default_rng(0))
+    kept = compress_update(
+        _task(**options), update, MemoryFeedbackStore(), np.random.default_rng(0)
+    )
     assert kept is update
     assert isinstance(decode_message(*encode_message(kept)), ModelUpdate)
 
