@@ -443,6 +443,19 @@ def _secagg_paths() -> dict[str, Any]:
         "headers": {"Retry-After": _response_header("Seconds to wait", INTEGER)},
         "content": {JSON: {"schema": ref("Error")}},
     }
+    post_conflict = {
+        "description": "secagg_stage: the round is not at this stage (retry after "
+        "Retry-After seconds); secagg_duplicate: the client answered this stage already "
+        "(idempotency_conflict: with this Idempotency-Key and another body); task_closed",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait (secagg_stage only)",
+                "required": False,
+                "schema": INTEGER,
+            }
+        },
+        "content": {JSON: {"schema": ref("Error")}},
+    }
     headers = [
         _header("X-Fedge-Task-Id", "The task being answered (the train task for advertise)"),
         _header(
@@ -472,7 +485,7 @@ def _secagg_paths() -> dict[str, Any]:
             {
                 "201": _json("SecAggReceipt", "Stored"),
                 "200": _json("SecAggReceipt", "Already stored (a retry)"),
-                "409": stage_conflict,
+                "409": post_conflict,
             },
             auth="clientToken",
             errors="400 401 403 404 415 422",
