@@ -478,7 +478,9 @@ class CoordinatorService:
         unmask); see :class:`~coordinator.secagg.SecAggIntake`."""
         self.tick()
         with self._lock:
-            return self.secagg.payload(client, round_id, stage)
+            document = self.secagg.payload(client, round_id, stage)
+            self.count_traffic(round_id, down=document_bytes(document))
+            return document
 
     def submit_secagg(
         self,
@@ -494,7 +496,13 @@ class CoordinatorService:
     ) -> SecAggReceipt:
         """Validate and store a client's reply to a secure-aggregation ``stage``
         (advertise, share, mask, unmask); every refusal is recorded by code and changes
-        nothing else. The last expected reply closes the stage at once."""
+        nothing else. The last expected reply closes the stage at once. Its bytes count
+        as the round's ``bytes_up`` (accepted or refused)."""
+        try:
+            size = len(body) if body is not None else document_bytes(document or {})
+        except (TypeError, ValueError):  # not JSON: its decoding refuses it below
+            size = 0
+        self._count_upload(client, round_id, size)
         try:
             self.tick()
             with self._lock:

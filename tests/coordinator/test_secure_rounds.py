@@ -152,6 +152,9 @@ def test_secure_round_commits_the_fedavg_of_the_clipped_deltas(tmp_path: Path, s
     assert model.participants == 20
     assert model.metrics == pytest.approx({"loss": np.mean([0.1 * (i % 5) for i in range(20)])})
     assert service.round_updates(1) == []  # no individual update is stored
+    # The masked inputs (24-bit values: 3 bytes each) and the stage documents both ways.
+    assert round_.bytes_up > 20 * (DIMENSION + 1) * 3
+    assert round_.bytes_down > 20 * 14 * 100  # rosters and deliveries of 14 neighbours
 
 
 @pytest.mark.parametrize("store", sorted(STORES))
