@@ -14,6 +14,7 @@ from coordinator.errors import (
     UpdateRejectedError,
 )
 from coordinator.intake import UpdateReceipt, UpdateSubmission
+from coordinator.secagg import SecAggReceipt, SecAggStageError
 from coordinator.selection import ClientSelector, RandomSelector
 from coordinator.service import CoordinatorService, Registration
 from coordinator.sqlite_store import SQLiteStore
@@ -36,6 +37,8 @@ __all__ = [
     "Registration",
     "RoundConfig",
     "SQLiteStore",
+    "SecAggReceipt",
+    "SecAggStageError",
     "ServiceConfig",
     "Store",
     "UnsupportedMediaTypeError",

@@ -8,7 +8,10 @@
   (``deadline_seconds`` after it opened): a round still waiting then fails with "too few
   clients: N available, M needed".
 - collecting: accepted updates are on disk and in the store (see the service's intake).
-  The round closes when every selected client reported, or at the deadline.
+  The round closes when every selected client reported, or at the deadline. A secure
+  round (``secure_aggregation``) collects through the SecAgg+ stages of
+  :mod:`coordinator.secagg` instead, each with its tasks and deadline, and is aggregated
+  from the unmasked sum: one update of the survivors' summed example count.
 - aggregating: the round config's strategy (:mod:`fedge.strategy`) does the work: the
   stored updates are decoded one at a time with the round's codec
   (:func:`~coordinator.codecs.decode_update`) and streamed through its fresh aggregator
