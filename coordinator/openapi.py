@@ -438,15 +438,22 @@ _SECAGG_DOCUMENTS = {
 def _secagg_paths() -> dict[str, Any]:
     """``/v1/rounds/{round_id}/secagg/{stage}`` of secure rounds (coordinator.secagg)."""
     stage_conflict = {
-        "description": "The round is not at this stage (not yet, or no longer): "
-        "secagg_stage; retry after Retry-After seconds",
-        "headers": {"Retry-After": _response_header("Seconds to wait", INTEGER)},
+        "description": "secagg_stage: the round is not at this stage (not yet, or no "
+        "longer), retry after Retry-After seconds; round_not_secure: a plain round",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait (secagg_stage only)",
+                "required": False,
+                "schema": INTEGER,
+            }
+        },
         "content": {JSON: {"schema": ref("Error")}},
     }
     post_conflict = {
         "description": "secagg_stage: the round is not at this stage (retry after "
         "Retry-After seconds); secagg_duplicate: the client answered this stage already "
-        "(idempotency_conflict: with this Idempotency-Key and another body); task_closed",
+        "(idempotency_conflict: with this Idempotency-Key and another body); task_closed; "
+        "round_not_secure: a plain round",
         "headers": {
             "Retry-After": {
                 "description": "Seconds to wait (secagg_stage only)",
