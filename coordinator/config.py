@@ -91,7 +91,8 @@ class RoundConfig:
     - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
       coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
       quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
-      the example counts (each capped at ``secagg_example_cap``). ``secagg_degree`` and
+      the example counts (each capped at ``secagg_example_cap``; with ``q8`` at most 255,
+      :attr:`secagg_cap`). ``secagg_degree`` and
       ``secagg_threshold`` set the neighbourhood size k and the shares t needed (``None``:
       the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
       after the first (``None``: ``deadline_seconds``). It needs the ``fedavg`` aggregator
@@ -231,12 +232,20 @@ class RoundConfig:
         return out
 
     @property
+    def secagg_cap(self) -> int:
+        """The example cap a secure round uses: ``secagg_example_cap``, at most 255 with
+        ``q8`` compression (so that its 8-bit values keep the modulus small)."""
+        if self.compression == "q8":
+            return min(self.secagg_example_cap, 255)
+        return self.secagg_example_cap
+
+    @property
     def secagg_bits(self) -> tuple[int, int]:
         """``(quantization_bits, modulus_bits)`` of a secure round: ``q8`` compression
         quantizes to 8 bits; the modulus is the smallest multiple of 8 (at least 16) with
-        ``2^b > clients_per_round * max(2^q - 1, secagg_example_cap)``, so no sum wraps."""
+        ``2^b > clients_per_round * max(2^q - 1, secagg_cap)``, so no sum wraps."""
         quantization = 8 if self.compression == "q8" else self.secagg_quantization_bits
-        largest = self.clients_per_round * max((1 << quantization) - 1, self.secagg_example_cap)
+        largest = self.clients_per_round * max((1 << quantization) - 1, self.secagg_cap)
         bits = 16
         while (1 << bits) <= largest:
             bits += 8

@@ -127,7 +127,7 @@ def masking_config(config: RoundConfig, dimension: int) -> MaskingConfig:
     return MaskingConfig(
         dimension=dimension,
         clip=config.secagg_clip,
-        example_cap=config.secagg_example_cap,
+        example_cap=config.secagg_cap,
         modulus_bits=modulus,
         quantization_bits=quantization,
     )

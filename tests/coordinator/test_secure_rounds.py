@@ -334,6 +334,9 @@ def test_secure_configs_that_cannot_work_are_refused(
 def test_server_optimizers_and_q8_combine_with_secure_aggregation() -> None:
     config = RoundConfig(**{**SECURE, "server_optimizer": "fedadam", "compression": "q8"})
     assert config.secagg_bits == (8, 16)  # 20 * max(255, 100) < 2^16
+    capped = RoundConfig(**{**SECURE, "compression": "q8", "secagg_example_cap": 1000})
+    assert (capped.secagg_cap, capped.secagg_bits) == (255, (8, 16))  # q8: the cap <= 255
+    assert masking_config(capped, 10).example_cap == 255
     assert RoundConfig(**{**SECURE, "aggregator": "fedavgm"}).secure_aggregation
     big = RoundConfig(**{**SECURE, "clients_per_round": 1000, "secagg_example_cap": 10**6})
     assert big.secagg_bits == (16, 32)  # 1000 * 10^6 < 2^32
