@@ -18,8 +18,16 @@ authenticates with its own token. Each round:
    registry (round versions share the ``.tflite`` files, so the interpreters are reused);
 3. every encoded reply is submitted to the service the moment it arrives (the service
    aggregates the stored updates in a streaming pass when the last one is in), so no more
-   than a few updates are ever held in memory;
+   than a few updates are ever held in memory; a round with ``compression`` (q8, topk)
+   gets the device's compressed payload under its codec;
 4. the committed version is evaluated on the test split.
+
+A secure round (``secure_aggregation``) runs its SecAgg+ stages after training instead of
+step 3 (:mod:`simulations.secure_stages`): the service sees keys, encrypted shares and
+masked vectors, never an update. Each round's traffic is the round record's
+``bytes_up``/``bytes_down``: the service counts the task and stage documents it serves
+and the bodies it receives; the engine reports the model files each device would
+download (:class:`DownloadLedger`), which the service never serves here.
 
 After the last round the service creates ``evaluate`` tasks for every client; their
 reports give each client's personalized and global holdout accuracy.
@@ -36,7 +44,6 @@ made them.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -60,12 +67,12 @@ from coordinator import (
     Store,
     UpdateSubmission,
 )
-from coordinator.records import ClientRecord
+from coordinator.records import ClientRecord, RoundRecord
 from edge_client import ModelCache, PersonalizationConfig
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
 from fedge.fileio import publish_directory
-from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
+from fedge.messages import EvalReport, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
 from simulations.errors import SimulationError
@@ -207,15 +214,17 @@ class BundleMirror:
 
 
 class DownloadLedger:
-    """Bytes each device downloads for a task: the task, the manifest, and every bundle
-    file whose sha256 it does not hold yet (as ``edge_client.BundleStore`` fetches)."""
+    """Bytes of model files each device downloads for a task: the manifest, and every
+    bundle file whose sha256 it does not hold yet (as ``edge_client.BundleStore`` fetches).
+    The service never serves these files here, so the engine reports them to it
+    (:meth:`~coordinator.CoordinatorService.count_download`) as the files route would."""
 
     def __init__(self, mirror: BundleMirror) -> None:
         self._mirror = mirror
         self._held: dict[str, frozenset[str]] = {}
 
-    def task_bytes(self, client_id: str, task: Task) -> int:
-        size = len(json.dumps(task.to_dict()).encode())
+    def file_bytes(self, client_id: str, task: Task) -> int:
+        size = 0
         files = self._mirror.files(task.model_version)
         held = self._held.get(client_id, frozenset())
         for name, (digest, length) in files.items():
@@ -223,10 +232,6 @@ class DownloadLedger:
                 size += length
         self._held[client_id] = frozenset(digest for digest, _ in files.values())
         return size
-
-
-def _reply_bytes(outcome: Outcome) -> int:
-    return len(json.dumps(outcome.document).encode()) + len(outcome.body or b"")
 
 
 @dataclass
@@ -410,8 +415,7 @@ class _NativeRun:
         base = str(round_.base_version)
         self.mirror.ensure(base)
         selected = [self.by_coordinator_id[c] for c in round_.selected]
-        jobs, bytes_down = self._jobs(selected, "train")
-        bytes_up = 0
+        jobs = self._jobs(selected, "train")
         failures: list[str] = []
         dropped: frozenset[str] = frozenset()
         if self.options.secure_aggregation:
@@ -437,7 +441,6 @@ class _NativeRun:
                 if reply.error is not None or reply.document is None:
                     failures.append(f"{reply.client_id}: {reply.error}")
                     continue
-                bytes_up += _reply_bytes(reply)
                 self._submit(self.clients[reply.client_id], round_.round_id, reply)
         if failures:
             logger.warning("round %d: %d clients failed: %s", number, len(failures), failures[0])
@@ -462,10 +465,10 @@ class _NativeRun:
             loss=evaluation.loss,
             auc=evaluation.auc,
             train_loss=record.metrics.get("loss") if committed else None,
-            participants=len(jobs) - len(failures),
+            participants=self._participants(round_, len(jobs) - len(failures)),
             failed_clients=len(failures),
-            bytes_up=bytes_up,
-            bytes_down=bytes_down,
+            bytes_up=round_.bytes_up,
+            bytes_down=round_.bytes_down,
             seconds=seconds,
             version=version,
             committed=committed,
@@ -479,6 +482,12 @@ class _NativeRun:
             self.progress.round_finished(stats)
         return stats
 
+    def _participants(self, round_: RoundRecord, answered: int) -> int:
+        """Clients whose update is in the round: a secure round's survivors (those whose
+        masked input was summed), else every client that answered its train task."""
+        survivors = round_.measurements.get("secagg_survivors")
+        return answered if survivors is None else int(survivors)
+
     def _task_options(self, number: int) -> dict[str, int]:
         """The train tasks' options of round ``number`` (1-based): the shuffling rule."""
         hp = self.scenario.hyperparams
@@ -486,30 +495,38 @@ class _NativeRun:
             return {}
         return {"shuffle_seed": hp.seed, "shuffle_round": number - 1}
 
-    def _jobs(self, clients: Sequence[_Client], kind: str) -> tuple[list[Job], int]:
-        jobs, size = [], 0
+    def _jobs(self, clients: Sequence[_Client], kind: str) -> list[Job]:
+        jobs = []
         for client in clients:
-            task = self.service.next_task(self._record(client))
+            record = self._record(client)
+            task = self.service.next_task(record)
             if task is None or task.kind != kind:
                 raise SimulationError(f"client {client.sim_id} got {task!r}, not a {kind} task")
             self.mirror.ensure(task.model_version)
-            size += self.downloads.task_bytes(client.sim_id, task)
+            size = self.downloads.file_bytes(client.sim_id, task)
+            if size:
+                self.service.count_download(record, task.model_version, size)
             jobs.append(Job(client.sim_id, task.to_dict()))
-        return jobs, size
+        return jobs
 
     def _submit(self, client: _Client, round_id: int, outcome: Outcome) -> None:
-        assert outcome.document is not None
-        update = decode_message(outcome.document, outcome.body)
-        if not isinstance(update, ModelUpdate):
-            raise SimulationError(f"client {client.sim_id} answered a train task with {update!r}")
-        submission = UpdateSubmission(
-            round_id=round_id,
-            task_id=update.task_id,
-            num_examples=update.num_examples,
-            idempotency_key=f"sim-{update.task_id}",
-            body=outcome.body or b"",
-            metrics=update.metrics,
-        )
+        """Hand the service what a device uploads: the body (safetensors, or a compressed
+        payload under the document's ``codec``) with the update's task, count and metrics."""
+        document = outcome.document
+        if document is None or document.get("type") != "model_update":
+            raise SimulationError(f"client {client.sim_id} answered a train task with {document!r}")
+        try:
+            submission = UpdateSubmission(
+                round_id=round_id,
+                task_id=str(document["task_id"]),
+                num_examples=int(document["num_examples"]),
+                idempotency_key=f"sim-{document['task_id']}",
+                body=outcome.body or b"",
+                metrics=dict(document.get("metrics") or {}),
+                codec=str(document.get("codec", "none")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SimulationError(f"client {client.sim_id} sent a malformed update: {exc}") from exc
         try:
             self.service.submit_update(self._record(client), submission)
         except FedgeError as exc:  # the service recorded the rejection under its code
@@ -523,7 +540,7 @@ class _NativeRun:
             client_ids=[c.coordinator_id for c in clients],
             deadline_seconds=_ROUND_DEADLINE,
         )
-        jobs, _ = self._jobs(clients, "evaluate")
+        jobs = self._jobs(clients, "evaluate")
         gains = []
         for outcome in self.fleet.run(jobs):
             if outcome.error is not None or outcome.document is None:

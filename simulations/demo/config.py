@@ -82,6 +82,12 @@ class DemoConfig:
                 f"clients_per_round must lie in 1..{self.devices} (the devices), "
                 f"got {self.clients_per_round}"
             )
+        per_round = self.clients_per_round or self.devices
+        if self.secure_aggregation and per_round < 3:
+            raise ConfigError(
+                f"secure aggregation needs at least 3 clients per round, got {per_round}: "
+                "add devices or use --no-secure-aggregation"
+            )
         for name in ("proxy_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)!r}")

@@ -249,7 +249,7 @@ def test_demo_interrupted_mid_run_exits_130_and_leaves_nothing(tmp_path: Path) -
     out = tmp_path / "demo-output"
     command = [
         *DEMO[1], "--devices", "2", "--rounds", "200", "--pretrain-epochs", "2",
-        "--no-evaluate", "--quiet", "--out", str(out),
+        "--no-evaluate", "--no-secure-aggregation", "--quiet", "--out", str(out),
     ]  # fmt: skip
 
     def daemons_running(seen: list[psutil.Process]) -> bool:

@@ -28,7 +28,8 @@ from simulations.demo.job import OUTPUT_MARKER, prepare_output
 from simulations.demo.result import DemoResult
 from simulations.report import RoundRow, TestScore
 
-SMALL_RUN = ["--devices", "2", "--rounds", "2", "--pretrain-epochs", "3", "--seed", "1"]
+SMALL_RUN = ["--devices", "3", "--rounds", "2", "--pretrain-epochs", "3", "--seed", "1"]
+"""Secure aggregation is on by default; it needs at least three devices per round."""
 
 
 @pytest.mark.slow
@@ -46,6 +47,7 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
     for step in range(1, 7):
         assert f"[{step}/6] " in printed.out
     assert "fedge demo OK" in printed.out
+    assert "secure aggregation was on" in printed.out
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok"
@@ -55,12 +57,13 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
         (1, "v2", "v1"),
         (2, "v3", "v2"),
     ]
-    assert [r["participants"] for r in rounds[1:]] == [2, 2]
+    assert [r["participants"] for r in rounds[1:]] == [3, 3]
+    assert summary["settings"]["secure_aggregation"] is True
     device_rows = summary["data"]["device_rows"]
     assert sum(device_rows.values()) == summary["data"]["pool_examples"]
     for r in rounds[1:]:
-        # each device trains on its rows minus its own 20% holdout
-        assert 0 < r["examples"] < summary["data"]["pool_examples"]
+        # a secure round stores no update: each device's example count stays in the sum
+        assert r["examples"] is None
     # The README's promise, against the pretrained model scored in this same run.
     pretrained, final = summary["pretrained"]["accuracy"], summary["final"]["accuracy"]
     assert rounds[0]["test_accuracy"] == pretrained
@@ -72,7 +75,7 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
     assert summary["final"]["version"] == "v3"
 
     devices = summary["devices"]
-    assert [d["device"] for d in devices] == ["edge-1", "edge-2"]
+    assert [d["device"] for d in devices] == ["edge-1", "edge-2", "edge-3"]
     for device in devices:
         evaluation = device["evaluation"]
         assert evaluation["model_version"] == "v3"
@@ -80,10 +83,16 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
         assert 0.0 <= evaluation["global_accuracy"] <= 1.0
         assert 0.0 <= evaluation["personalized_accuracy"] <= 1.0
         assert device["status"]["state"] == "stopped"
-        assert device["status"]["tasks"] == {"train": 2, "evaluate": 1}
+        assert device["status"]["tasks"] == {
+            "train": 2,
+            "secagg_share": 2,
+            "secagg_mask": 2,
+            "secagg_unmask": 2,
+            "evaluate": 1,
+        }
 
     stopped = {p["name"]: p for p in summary["processes"]}
-    for name in ("coordinator", "edge-1", "edge-2"):
+    for name in ("coordinator", "edge-1", "edge-2", "edge-3"):
         assert stopped[name]["outcome"] == "terminated"
         assert stopped[name]["exit_code"] == 0
     assert summary["leftover_processes"] == []
@@ -99,7 +108,7 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
     assert "v3       production  v2" in printed.out
     assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     logs = {p.name for p in (out / "logs").iterdir()}
-    processes = ("fedge-train", "fedge-quantize", "coordinator", "edge-1", "edge-2")
+    processes = ("fedge-train", "fedge-quantize", "coordinator", "edge-1", "edge-2", "edge-3")
     assert {f"{name}.log" for name in processes} <= logs
     assert "received SIGTERM" in (out / "logs" / "edge-1.log").read_text()
     admin_token = (out / "work" / "coordinator" / "admin-token").read_text().strip()
@@ -172,7 +181,13 @@ def test_demo_refuses_an_unusable_out_before_any_work(
 
 @pytest.mark.parametrize(
     "flags",
-    [["--devices", "0"], ["--clients-per-round", "6"], ["--proxy-fraction", "1.5"], ["--bogus"]],
+    [
+        ["--devices", "0"],
+        ["--clients-per-round", "6"],
+        ["--proxy-fraction", "1.5"],
+        ["--bogus"],
+        ["--devices", "2"],  # secure aggregation (the default) needs 3 per round
+    ],
 )
 def test_demo_refuses_bad_flags_with_exit_2(
     flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
