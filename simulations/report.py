@@ -531,9 +531,11 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
     ]
     secure = [r for r in rounds if r.secure]
     if secure:
+        dropped = sum(len(r.dropped_clients) for r in secure)
         lines.append(
             f"secure aggregation (SecAgg+): {len(secure)} of {len(rounds)} rounds; the "
             "coordinator saw only the sum of each round's updates"
+            + (f" ({dropped} client dropouts by --secagg-dropout)" if dropped else "")
         )
     gains = report.result.personalization
     if gains:

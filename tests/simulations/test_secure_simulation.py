@@ -15,6 +15,7 @@ as the protocol says it must.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -182,3 +183,40 @@ def test_cli_refuses_what_cannot_run_securely(
     assert message in result.stderr
     assert result.stderr.count("fedge-simulate: error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_secure_run_reports_mode_and_traffic_per_round(
+    digits_pretrained: Pretrained, sim_cache: Path, fedge_simulate: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = fedge_simulate(
+        [
+            *("--clients", "4", "--rounds", "2", "--secure-aggregation", "--compression", "q8"),
+            *("--no-baseline", "--no-personalization", "--json"),
+            *("--cache-dir", str(sim_cache), "--out", str(out)),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert document == json.loads((out / "metrics.json").read_text())
+    rounds = document["rounds"]
+    assert [(r["secure"], r["compression"], r["committed"]) for r in rounds] == [
+        (True, "q8", True)
+    ] * 2
+    for r in rounds:
+        assert r["bytes_up"] > 0
+        assert r["bytes_down"] > 0
+        assert r["participants"] == 4
+        assert r["measurements"]["secagg_survivors"] == 4
+        assert r["measurements"]["secagg_error_bound"] > 0
+    assert document["traffic"] == {
+        "bytes_up": sum(r["bytes_up"] for r in rounds),
+        "bytes_down": sum(r["bytes_down"] for r in rounds),
+    }
+    assert document["settings"]["secure_aggregation"] is True
+    summary = (out / "summary.txt").read_text()
+    assert summary.count("secure+q8") == 2
+    assert "secure aggregation (SecAgg+): 2 of 2 rounds" in summary
+    with open(out / "metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [(row["secure"], row["compression"]) for row in rows] == [("True", "q8")] * 2
