@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator import RoundConfig
 from fedge.data import TASK_NAMES, Partition, parse_partition
 from fedge.errors import ConfigError
 from fedge.strategy import PRESETS, build_strategy
@@ -305,6 +306,22 @@ def _check_secure(s: Settings) -> None:
             raise SettingsError(
                 f"secure aggregation needs at least 3 clients per round, got {smallest}",
                 fields=["secure_aggregation", "per_round", "clients"],
+            )
+        per_round = smallest if smallest is not None else s.clients
+        if s.secagg_degree is not None and s.secagg_degree >= per_round:
+            raise SettingsError(
+                f"secagg_degree must be below the clients per round ({per_round}), "
+                f"got {s.secagg_degree}",
+                fields=["secagg_degree"],
+            )
+        with about("secagg_degree", "secagg_threshold"):  # the coordinator's own checks
+            RoundConfig(
+                clients_per_round=per_round,
+                min_clients=1,
+                secure_aggregation=True,
+                secagg_clip=s.secagg_clip,
+                secagg_degree=s.secagg_degree,
+                secagg_threshold=s.secagg_threshold,
             )
 
 

@@ -173,6 +173,8 @@ def test_dropout_draw_is_seeded_and_sized() -> None:
         (["--secagg-dropout", "0.3"], "only apply with secure aggregation"),
         (["--secure-aggregation", "--secagg-dropout", "1.5"], "secagg_dropout"),
         (["--secure-aggregation", "--clients", "2"], "at least 3 clients"),
+        (["--secure-aggregation", "--clients", "6", "--secagg-degree", "6"], "below the clients"),
+        (["--secure-aggregation", "--secagg-degree", "3"], "must be even"),
     ],
 )
 def test_cli_refuses_what_cannot_run_securely(
