@@ -44,7 +44,8 @@ device's public keys), the delta staying in ``STATE/secagg/``; each ``secagg_sha
 is queued in the same outbox. A refusal (:class:`~fedge.errors.SecAggError`: both shares of
 one peer asked for, too few survivors, a bundle that does not authenticate) is recorded in
 the status's ``last_error``, logged without secrets, and the task is never answered. A
-round's secrets are deleted once its unmask reply is queued.
+round's secrets are deleted once its unmask reply is queued, or when a later round's train
+task arrives.
 """
 
 from __future__ import annotations
@@ -75,7 +76,14 @@ from edge_client.errors import (
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel, ModelCache
-from edge_client.secure import SECAGG_STAGES, FileSecretStore, SecureReply, begin, is_secure
+from edge_client.secure import (
+    SECAGG_STAGES,
+    FileSecretStore,
+    SecureReply,
+    begin,
+    forget_before,
+    is_secure,
+)
 from edge_client.secure import step as secure_step
 from edge_client.state import ClientState, read_token
 from edge_client.transport import (
@@ -308,6 +316,8 @@ class Daemon:
             )
         if task.kind in SECAGG_STAGES:
             return self._secure_step(task)
+        if task.kind == "train" and task.round_id is not None:
+            forget_before(self.secrets, task.round_id)
         version = task.model_version
         if self._quarantined(version):
             rejected = self.rejected_models[version]

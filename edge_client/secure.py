@@ -19,7 +19,8 @@ The secret store (:class:`FileSecretStore`, ``STATE/secagg/``) holds, per round,
 protocol state (private keys, self-mask seed, shares held for neighbours, what was
 revealed) and, until masking, the flat delta with its example count and metrics: one JSON
 file per round, mode 0600, written atomically. The daemon deletes a round's file once its
-unmask reply is queued; :func:`begin` deletes the files of earlier rounds.
+unmask reply is queued, and those of earlier rounds when a later round's train task
+arrives (:func:`forget_before`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ __all__ = [
     "SecureReply",
     "Stage",
     "begin",
+    "forget_before",
     "is_secure",
     "masking_config",
     "secrets_from_dict",
@@ -233,6 +235,14 @@ def masking_config(task: Task) -> MaskingConfig:
     )
 
 
+def forget_before(store: SecretStore, round_id: int) -> None:
+    """Delete the secrets of every round before ``round_id`` (a later round started: an
+    earlier one can no longer need them)."""
+    for old in store.round_ids():
+        if old < round_id:
+            store.delete(old)
+
+
 def begin(task: Task, update: ModelUpdate, store: SecretStore) -> SecureReply:
     """After training: fresh keys for this round, the delta kept in ``store``, and the
     ``advertise`` reply (the two public keys). Secrets of earlier rounds are deleted."""
@@ -250,9 +260,7 @@ def begin(task: Task, update: ModelUpdate, store: SecretStore) -> SecureReply:
         )
     if not np.all(np.isfinite(vector)):
         raise SecAggError(f"task {task.task_id}: the update holds NaN or infinite values")
-    for old in store.round_ids():
-        if old < round_id:
-            store.delete(old)
+    forget_before(store, round_id)
     if store.load(round_id) is not None:
         raise SecAggError(f"round {round_id} already has secure-aggregation keys on this device")
     state = ClientState.create(_int_option(task, "secagg_id"), config)

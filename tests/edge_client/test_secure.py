@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_client.backoff import BackoffPolicy
+from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.outbox import Outbox
 from edge_client.secure import (
     FileSecretStore,
@@ -31,7 +33,8 @@ from edge_client.secure import (
     masking_config,
     step,
 )
-from edge_client.transport import secure_request
+from edge_client.state import write_token
+from edge_client.transport import FunctionTransport, HttpResponse, secure_request
 from fedge.errors import SecAggError
 from fedge.messages import ModelUpdate, Task, TaskConfig
 from fedge.secagg import (
@@ -357,3 +360,30 @@ def test_secure_replies_become_durable_posts_of_the_secagg_routes(tmp_path: Path
     ]
     assert stored[1].body == b"\x01\x02"
     assert repr(reply).count("encryption_key") == 0  # no key material in the repr
+
+
+def test_a_later_rounds_train_task_deletes_the_earlier_rounds_secrets(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = FileSecretStore(state / "secagg")
+    begin(_task("train", 0, round_id=3), _update(0, round_id=3), store)
+    later = Task("r4-c0", "train", 4, "v9", TaskConfig(), 2e9)  # a plain round
+
+    def coordinator(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> HttpResponse:
+        if url.endswith("/v1/tasks/next"):
+            return HttpResponse(200, {}, json.dumps(later.to_dict()).encode())
+        return HttpResponse(404, {}, b'{"error": "not_found", "detail": "no such model"}')
+
+    token = tmp_path / "token"
+    write_token(token, "tok")
+    config = DaemonConfig(
+        coordinator="http://127.0.0.1:9",
+        token_file=token,
+        data_dir=tmp_path,
+        state_dir=state,
+        backoff=BackoffPolicy(base=0.01, cap=0.01),
+    )
+    daemon = Daemon(config, transport=FunctionTransport(coordinator), sleep=lambda s: None)
+    assert daemon.step() == "model_rejected"  # the training itself could not start ...
+    assert store.round_ids() == []  # ... but round 3's secrets are gone
