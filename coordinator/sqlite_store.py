@@ -121,7 +121,10 @@ class SQLiteStore:
 
     def _check_pages(self) -> None:
         """SQLite's quick integrity check of every page, before any record is trusted."""
-        problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(5)")]
+        try:
+            problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:  # a page so damaged that the check stops on it
+            problems = [str(exc)]
         if problems != ["ok"]:
             raise StateError(
                 f"the state database {self.path} is corrupt: {'; '.join(problems)[:500]}"
