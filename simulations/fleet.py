@@ -6,6 +6,10 @@ loaded once per worker, whatever the number of clients or model versions) and, b
 client's first task, its :class:`~edge_client.ClientContext` (local data, personal head,
 generator). Tasks arrive as :meth:`fedge.messages.Task.to_dict` documents and replies leave
 encoded by :func:`fedge.messages.encode_message`, exactly what a transport would carry.
+A secure round's tasks run :mod:`edge_client.secure` instead: after training ``begin``,
+then ``step`` with the stage payload the job carries, over the client's own
+:class:`~edge_client.FileSecretStore` (a folder per client under the fleet's
+``secrets_root``); the outcome is the reply the device would POST for that stage.
 
 :class:`ProcessFleet` runs one runner per worker process. Clients are owned by one worker
 each, so a device's state lives in one place. Jobs stream: each worker has at most
