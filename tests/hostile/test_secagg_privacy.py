@@ -338,7 +338,7 @@ def test_hostile_secure_aggregation_bodies_are_refused_and_change_nothing(
     assert state is not None
     delivery = decode_secagg(payload)
     assert isinstance(delivery, ShareDelivery)
-    _, masked = state.mask(
+    masked_state, masked = state.mask(
         delivery,
         first.vector,
         first.num_examples,
@@ -348,6 +348,19 @@ def test_hostile_secure_aggregation_bodies_are_refused_and_change_nothing(
         response = _post(first, "mask", task_id=mask_task["task_id"], key="k-bad-mask", body=bad)
         assert (response.status_code, response.json()["error"]) == (400, "invalid_secagg_message")
         _unchanged(url, before)
+    # The right vector, its retry (200, counted once) and another body under its key (409).
+    sent = _post(first, "mask", task_id=mask_task["task_id"], key="key-mask-01", body=masked.data)
+    assert sent.status_code == 201, sent.text
+    assert sent.json() == {"round_id": 1, "stage": "mask", "client_id": sent.json()["client_id"],
+                           "duplicate": False}  # fmt: skip
+    retry = _post(first, "mask", task_id=mask_task["task_id"], key="key-mask-01", body=masked.data)
+    assert (retry.status_code, retry.json()["duplicate"]) == (200, True)
+    other_body = _post(
+        first, "mask", task_id=mask_task["task_id"], key="key-mask-01", body=masked.data[::-1]
+    )
+    assert (other_body.status_code, other_body.json()["error"]) == (409, "idempotency_conflict")
+    first.state = masked_state
+    first.answered.append("mask")
     round_ = _run(url, devices, 1)
     assert round_["state"] == "committed", round_["failure_reason"]
     assert round_["measurements"]["secagg_survivors"] == 6
