@@ -198,9 +198,12 @@ def _state(round_: RoundRecord) -> dict[str, Any]:
     return state
 
 
-def _server(state: Mapping[str, Any], artifacts: ArtifactStore) -> ServerState:
-    """The server's protocol state; the masked sum comes from its artifact."""
-    digest = state.get("masked_sum")
+def _server(
+    state: Mapping[str, Any], artifacts: ArtifactStore, *, with_sum: bool = False
+) -> ServerState:
+    """The server's protocol state; ``with_sum``: with the masked sum, read from its
+    artifact (only unmasking needs it; requests of the unmask stage do not)."""
+    digest = state.get("masked_sum") if with_sum else None
     masked = None if digest is None else artifacts.get_bytes(digest).decode("ascii")
     return server_state_from_dict({**state["server"], "masked_sum": masked})
 
@@ -412,7 +415,7 @@ class SecureRounds:
         example count; SecAggError (with the reason) when a seed or key cannot be
         recovered."""
         state = _state(round_)
-        server = _server(state, self._artifacts)
+        server = _server(state, self._artifacts, with_sum=True)
         if server.stage != "unmask":
             raise SecAggError(f"the secure round ended at the {server.stage} stage")
         messages = self._store.list_secagg(round_.round_id, "unmask")
@@ -519,12 +522,13 @@ class SecAggIntake:
             adverts = tuple(server.keys[p] for p in sorted(neighbours))
             message = KeyRoster(sid, server.threshold, adverts)
         elif stage == "mask":
+            client_of = {int(i): c for c, i in state["ids"].items()}
             bundles = {}
-            for record in self._store.list_secagg(round_id, "share"):
-                if record.secagg_id in neighbours:
-                    share = _decode(record.document, ShareKeys)
-                    bundles[record.secagg_id] = share.bundles[sid]
-            message = ShareDelivery(sid, dict(sorted(bundles.items())))
+            for peer in sorted(neighbours & server.shared):  # O(k) reads, not O(n)
+                record = self._store.get_secagg(round_id, "share", client_of[peer])
+                if record is not None:
+                    bundles[peer] = _decode(record.document, ShareKeys).bundles[sid]
+            message = ShareDelivery(sid, bundles)
         else:
             message = UnmaskRequest(
                 sid,
