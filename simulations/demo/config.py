@@ -86,7 +86,7 @@ class DemoConfig:
         if self.secure_aggregation and per_round < 3:
             raise ConfigError(
                 f"secure aggregation needs at least 3 clients per round, got {per_round}: "
-                "add devices or use --no-secure-aggregation"
+                "add devices or turn secure aggregation off"
             )
         for name in ("proxy_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 1:
