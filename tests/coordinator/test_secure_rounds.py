@@ -27,7 +27,7 @@ import pytest
 
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig, ServiceConfig
-from coordinator.errors import ConflictError
+from coordinator.errors import ConflictError, PermissionDeniedError
 from coordinator.secagg import masking_config
 from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
@@ -348,3 +348,36 @@ def test_an_open_round_refuses_a_secure_override_that_cannot_work(tmp_path: Path
     with pytest.raises(ConfigError, match="fedavg aggregator"):
         service.open_round({"aggregator": "median"})
     assert service.list_rounds() == []
+
+
+def test_stage_requests_of_outsiders_are_refused(tmp_path: Path) -> None:
+    clock = FakeClock()
+    service = _service(tmp_path, clock, "memory")
+    devices = _devices(service, {0: "advertise"})  # device 0 never shares its keys
+    service.open_round()  # selects the 20
+    outsider = service.authenticate(service.register_client().token)  # registered later
+    assert outsider.client_id not in service.get_round(1).selected
+    with pytest.raises(PermissionDeniedError) as refused:
+        service.submit_secagg(
+            outsider, 1, "advertise", task_id=f"r1-{outsider.client_id}",
+            idempotency_key="key-outsider-1", document={}, body=None,
+        )  # fmt: skip
+    assert refused.value.code == "not_assigned"
+    run_stages(devices, rounds=2)  # advertise; share without device 0
+    _finish_stage(service, clock)  # the share stage closes at its deadline
+    dropped = devices[0].transport
+    assert isinstance(dropped, ServiceTransport)
+    with pytest.raises(PermissionDeniedError) as skipped:
+        service.secagg_payload(dropped.client, 1, "mask")
+    assert skipped.value.code == "not_in_stage"
+    assert service.get_round(1).state == "collecting"
+    assert service.store.rejection_counts()["not_assigned"] == 1
+    plain = _service(tmp_path / "plain", clock, "memory", secure_aggregation=False)
+    client = plain.authenticate(plain.register_client().token)
+    plain.open_round(
+        {"clients_per_round": 3, "min_clients": 1, "min_available_clients": 1,
+         "secagg_degree": None, "secagg_threshold": None}
+    )  # fmt: skip
+    with pytest.raises(ConflictError) as not_secure:
+        plain.secagg_payload(client, 1, "share")
+    assert not_secure.value.code == "round_not_secure"
