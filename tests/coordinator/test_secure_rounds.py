@@ -17,6 +17,8 @@ of the committed weights (1e-6 here).
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import requests
 
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig, ServiceConfig
@@ -33,8 +36,19 @@ from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import MemoryStore, Store
 from fedge.errors import ConfigError
-from tests.support.coordinator import FakeClock, build_service
+from fedge.weights import Weights
+from tests.support.coordinator import (
+    FakeClock,
+    admin_call,
+    build_service,
+    serve_command,
+    start_server,
+    stop_server,
+    wait_for,
+    write_admin_token,
+)
 from tests.support.secagg_client import (
+    HttpTransport,
     SecureDevice,
     ServiceTransport,
     make_wide_bundle,
@@ -381,3 +395,46 @@ def test_stage_requests_of_outsiders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConflictError) as not_secure:
         plain.secagg_payload(client, 1, "share")
     assert not_secure.value.code == "round_not_secure"
+
+
+def test_a_killed_server_resumes_the_secure_round_where_it_stopped(tmp_path: Path) -> None:
+    make_wide_bundle(tmp_path / "bundle", SHAPES)
+    settings = tmp_path / "round-config.json"
+    settings.write_text(json.dumps({"secagg_clip": CLIP, "secagg_example_cap": CAP}))
+    command = serve_command(
+        tmp_path, tmp_path / "bundle", write_admin_token(tmp_path),
+        "--secure-aggregation", "--on-demand", "--clients-per-round", "5", "--min-clients", "3",
+        "--round-config", str(settings),
+    )  # fmt: skip
+    server = start_server(command, tmp_path)
+    try:
+        devices = []
+        for i in range(5):
+            token = requests.post(f"{server.url}/v1/clients", json={}, timeout=10).json()["token"]
+            vector = np.random.default_rng(300 + i).normal(0.0, 0.03, DIMENSION)
+            devices.append(SecureDevice(HttpTransport(server.url, token), vector, 15 + i, seed=i))
+        base = Weights.from_bytes(
+            admin_call(server.url, "GET", "/v1/models/v1/weights").content
+        ).flatten()
+        assert admin_call(server.url, "POST", "/v1/rounds", json={}).status_code == 201
+        for _ in range(2):  # advertise, share
+            for device in devices:
+                assert wait_for(device.step) in ("advertise", "share")
+        assert admin_call(server.url, "GET", "/v1/rounds/1").json()["secagg"]["stage"] == "mask"
+        stop_server(server, signal.SIGKILL)
+        server = start_server(command, tmp_path)
+        for device in devices:
+            assert isinstance(device.transport, HttpTransport)
+            device.transport.url = server.url
+        for _ in range(2):  # mask, unmask
+            for device in devices:
+                assert wait_for(device.step) in ("mask", "unmask")
+        round_ = admin_call(server.url, "GET", "/v1/rounds/1").json()
+        assert round_["state"] == "committed", round_["failure_reason"]
+        committed = Weights.from_bytes(
+            admin_call(server.url, "GET", f"/v1/models/{round_['result_version']}/weights").content
+        ).flatten()
+        bound = round_["measurements"]["secagg_error_bound"]
+        assert np.max(np.abs(committed - _fedavg(base, devices))) <= bound + 1e-6
+    finally:
+        stop_server(server)
