@@ -592,7 +592,7 @@ class SecAggIntake:
             task_id=task_id,
             idempotency_key=key,
             digest=digest,
-            size=len(body) if body is not None else len(json.dumps(document)),
+            size=len(body) if body is not None else len(json.dumps(stored)),
             received_at=now,
             document=stored,
             artifact=artifact,
