@@ -15,6 +15,7 @@ round still commits the FedAvg of the honest inputs.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -205,6 +206,15 @@ def test_a_secure_round_leaves_no_update_in_what_the_coordinator_sees_or_stores(
     for device in devices:
         assert _found(device.vector, received) == 0
         assert _found(device.vector, stored) == 0
+    # The coordinator's log names stages and counts, never a share.
+    log = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert "secure stage unmask for 6 clients" in log
+    for device in devices:
+        assert device.state is not None
+        for seed_share, key_share in device.state.held_shares.values():
+            for share in (seed_share, key_share):
+                assert base64.b64encode(share).decode() not in log
+                assert share.hex() not in log
 
     # Protection off: a plain round on the same server; the same search finds every update.
     proxy.clear()
