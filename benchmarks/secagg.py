@@ -24,8 +24,9 @@ still in the residual and its error is large), ``secagg`` (``fedge.secagg``, def
 degree and threshold, clip 1, 16-bit field quantization, example cap 1000),
 ``secagg-q8`` (the same with 8-bit field quantization) and ``secagg-drop`` (16-bit, 10% of
 the clients drop after sharing keys, so the server recovers their mask keys). The modulus
-bits are derived as the coordinator does: the smallest multiple of 8 with
-``2^b > clients * max(2^q - 1, example_cap)``, at least 16. Ratios are against ``plain``
+bits and the example cap come from the coordinator's own
+:class:`~coordinator.config.RoundConfig` (``secagg_bits``, ``secagg_cap``: with q8 the cap is
+at most 255). Ratios are against ``plain``
 measured in the same run; figures compare only within one invocation.
 """
 
@@ -50,6 +51,7 @@ from typing import Any, ParamSpec, TypeVar  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from coordinator.config import RoundConfig  # noqa: E402
 from fedge.aggregation import FedAvg  # noqa: E402
 from fedge.compression import ErrorFeedback, Quantizer8Bit, TopK, decode_into  # noqa: E402
 from fedge.secagg import (  # noqa: E402
@@ -119,13 +121,17 @@ def exact_fedavg(work: Workload, ids: Sequence[int]) -> npt.NDArray[np.float64]:
     return mean
 
 
-def modulus_bits(clients: int, quantization_bits: int, example_cap: int) -> int:
-    """The smallest multiple of 8 with ``2^b > clients * max(2^q - 1, cap)``, at least 16."""
-    largest = clients * max((1 << quantization_bits) - 1, example_cap)
-    bits = 16
-    while (1 << bits) <= largest:
-        bits += 8
-    return bits
+def secure_round_config(clients: int, quantization_bits: int) -> RoundConfig:
+    """The coordinator's round config for a secure round of ``clients`` (``q8`` when
+    ``quantization_bits`` is 8): its ``secagg_bits`` and ``secagg_cap`` are what the
+    coordinator derives (the modulus, and the example cap: at most 255 with q8)."""
+    return RoundConfig(
+        clients_per_round=clients,
+        secure_aggregation=True,
+        secagg_clip=CLIP,
+        secagg_example_cap=EXAMPLE_CAP,
+        compression="q8" if quantization_bits == 8 else "none",
+    )
 
 
 def _timed(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> tuple[_T, float]:
@@ -208,11 +214,13 @@ def run_secure(
     in the dropped set share keys and then send nothing more."""
     rng = np.random.default_rng(seed)
     n = len(work.deltas)
+    round_config = secure_round_config(n, quantization_bits)
+    quantization_bits, bits = round_config.secagg_bits
     config = MaskingConfig(
         dimension=work.base.num_parameters,
         clip=CLIP,
-        example_cap=EXAMPLE_CAP,
-        modulus_bits=modulus_bits(n, quantization_bits, EXAMPLE_CAP),
+        example_cap=round_config.secagg_cap,
+        modulus_bits=bits,
         quantization_bits=quantization_bits,
     )
     dropped = set(rng.choice(n, round(dropout * n), replace=False).tolist())
@@ -285,7 +293,7 @@ def run_secure(
 
     def finish(state: ServerState) -> tuple[Weights, float]:
         result = state.unmask([wire.receive(r) for r in responses])
-        bound = EXAMPLE_CAP * config.error_bound(result.num_clients) / result.num_examples
+        bound = config.example_cap * config.error_bound(result.num_clients) / result.num_examples
         return work.base.unflatten(result.mean), bound
 
     (aggregate, bound), seconds = _timed(finish, server)
@@ -365,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = measure(clients, params, seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     print(format_table(rows))
+    q16, q8 = secure_round_config(clients, 16), secure_round_config(clients, 8)
     print(
-        f"secagg: modulus 2^{modulus_bits(clients, 16, EXAMPLE_CAP)} (q=16), "
-        f"2^{modulus_bits(clients, 8, EXAMPLE_CAP)} (q=8); clip {CLIP}, example cap "
-        f"{EXAMPLE_CAP}; {DROPOUT:.0%} dropout after sharing keys in secagg-drop"
+        f"secagg: modulus 2^{q16.secagg_bits[1]} (q=16, example cap {q16.secagg_cap}), "
+        f"2^{q8.secagg_bits[1]} (q=8, example cap {q8.secagg_cap}); clip {CLIP}; "
+        f"{DROPOUT:.0%} dropout after sharing keys in secagg-drop"
     )
     print(f"total {time.perf_counter() - started:.1f} s")
     return 0
