@@ -9,6 +9,16 @@ tasks; for each the device fetches the stage's payload and :func:`step` computes
 reply with :class:`fedge.secagg.ClientState` (the cryptography lives there, not here).
 The delta never leaves the device except masked.
 
+Differential privacy (DP-FedAvg with distributed noise, McMahan et al., ICLR 2018): when
+the train task's options carry ``dp_clip`` and ``dp_noise_stddev``, :func:`begin` clips the
+flat delta to L2 norm ``dp_clip`` and adds Gaussian noise of standard deviation
+``dp_noise_stddev`` to every coordinate before it is kept, so what the device masks (and
+the coordinator can ever sum) is already noised; the coordinator sets the per-client
+stddev so that the noise of the sum is what its accountant assumes. Each client's input
+then carries weight 1 (its example count is reported as ``secagg_example_cap``): an
+example-weighted sum would scale each client's noise by its weight and leave the sum with
+less noise than stated.
+
 Refusals are :class:`~fedge.errors.SecAggError`: a roster whose threshold is not a strict
 majority, a share bundle that does not authenticate, fewer than ``t`` surviving
 neighbours, and a request for both kinds of share of one peer, in one request or across
@@ -30,6 +40,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -65,9 +76,11 @@ __all__ = [
     "SecureReply",
     "Stage",
     "begin",
+    "dp_options",
     "forget_before",
     "is_secure",
     "masking_config",
+    "privatize",
     "secrets_from_dict",
     "secrets_to_dict",
     "stage_of",
@@ -243,9 +256,17 @@ def forget_before(store: SecretStore, round_id: int) -> None:
             store.delete(old)
 
 
-def begin(task: Task, update: ModelUpdate, store: SecretStore) -> SecureReply:
-    """After training: fresh keys for this round, the delta kept in ``store``, and the
-    ``advertise`` reply (the two public keys). Secrets of earlier rounds are deleted."""
+def begin(
+    task: Task,
+    update: ModelUpdate,
+    store: SecretStore,
+    *,
+    rng: np.random.Generator | None = None,
+) -> SecureReply:
+    """After training: fresh keys for this round, the delta kept in ``store`` (clipped and
+    noised first when the task asks for differential privacy: :func:`privatize`), and the
+    ``advertise`` reply (the two public keys). Secrets of earlier rounds are deleted.
+    ``rng`` draws the privacy noise (default: a generator seeded from the OS)."""
     if not is_secure(task):
         raise SecAggError(f"task {task.task_id} is not the train task of a secure round")
     round_id = _round_id(task)
@@ -260,6 +281,11 @@ def begin(task: Task, update: ModelUpdate, store: SecretStore) -> SecureReply:
         )
     if not np.all(np.isfinite(vector)):
         raise SecAggError(f"task {task.task_id}: the update holds NaN or infinite values")
+    num_examples = update.num_examples
+    dp = dp_options(task)
+    if dp is not None:
+        vector = privatize(vector, *dp, rng=rng if rng is not None else np.random.default_rng())
+        num_examples = config.example_cap
     forget_before(store, round_id)
     if store.load(round_id) is not None:
         raise SecAggError(f"round {round_id} already has secure-aggregation keys on this device")
@@ -269,13 +295,55 @@ def begin(task: Task, update: ModelUpdate, store: SecretStore) -> SecureReply:
             round_id,
             state,
             vector=vector,
-            num_examples=update.num_examples,
+            num_examples=num_examples,
             metrics=dict(update.metrics),
         )
     )
     document, _ = encode_secagg(state.advertise())
     logger.info("round %d: advertising secure-aggregation keys", round_id)
     return SecureReply(round_id, task.task_id, "advertise", document, None)
+
+
+def dp_options(task: Task) -> tuple[float, float] | None:
+    """``(dp_clip, dp_noise_stddev)`` from the task's options, or None when it asks for no
+    differential privacy; SecAggError when only one is given or either is not a finite
+    number (the clip positive, the stddev non-negative)."""
+    options = task.config.options
+    present = [name for name in ("dp_clip", "dp_noise_stddev") if name in options]
+    if not present:
+        return None
+    if len(present) == 1:
+        raise SecAggError(
+            f"task {task.task_id}: option {present[0]} needs "
+            f"{'dp_noise_stddev' if present[0] == 'dp_clip' else 'dp_clip'} too"
+        )
+    clip, stddev = options["dp_clip"], options["dp_noise_stddev"]
+    for name, value, low in (("dp_clip", clip, "positive"), ("dp_noise_stddev", stddev, ">= 0")):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or (value <= 0 if name == "dp_clip" else value < 0)
+        ):
+            raise SecAggError(
+                f"task {task.task_id}: option {name} must be a finite number {low}, got {value!r}"
+            )
+    return float(clip), float(stddev)
+
+
+def privatize(
+    vector: npt.NDArray[np.float64],
+    clip: float,
+    noise_stddev: float,
+    *,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float64]:
+    """``vector`` scaled down to L2 norm ``clip`` (when longer), plus N(0, noise_stddev^2)
+    per coordinate: one client's share of the Gaussian mechanism."""
+    norm = float(np.linalg.norm(vector))
+    clipped = vector * (clip / norm) if norm > clip else vector
+    noised: npt.NDArray[np.float64] = clipped + rng.normal(0.0, noise_stddev, size=clipped.shape)
+    return noised
 
 
 def step(
