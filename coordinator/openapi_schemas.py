@@ -95,12 +95,24 @@ def _messages() -> dict[str, Any]:
             },
             "additionalProperties": False,
         },
+        "PrivacyNote": {
+            **closed(
+                mechanism=STRING,
+                epsilon={**NUMBER, "minimum": 0},
+                delta={**NUMBER, "minimum": 0, "exclusiveMaximum": 1},
+                mode={"enum": ["prototypes", "rows", "statistics"]},
+            ),
+            "description": "How the device noised a reply (differential privacy): the "
+            "mechanism, the (epsilon, delta) it charged to its budget, and what the noise "
+            "protects (per-class prototypes, single rows, or statistics)",
+        },
         "StatsReport": closed(
-            optional=("type", "version"),
+            optional=("type", "version", "privacy"),
             type=_message("stats_report"),
             version=INTEGER,
             task_id=STRING,
             stats=ref("DatasetStats"),
+            privacy=ref("PrivacyNote"),
         ),
         "EvalReport": closed(
             optional=("type", "version", "personalized_metrics", "slice_metrics"),
@@ -114,7 +126,7 @@ def _messages() -> dict[str, Any]:
             slice_metrics=SLICE_METRICS,
         ),
         "FeatureBatch": closed(
-            optional=("type", "version"),
+            optional=("type", "version", "privacy", "counts"),
             type=_message("feature_batch"),
             version=INTEGER,
             task_id=STRING,
@@ -124,6 +136,12 @@ def _messages() -> dict[str, Any]:
                 data={**STRING, "contentEncoding": "base64"},
             ),
             labels={"type": "array", "items": INTEGER},
+            privacy=ref("PrivacyNote"),
+            counts={
+                "type": "array",
+                "items": {**INTEGER, "minimum": 0},
+                "description": "per row: the noised number of rows behind a prototype",
+            },
         ),
     }
 
@@ -345,10 +363,13 @@ def _records() -> dict[str, Any]:
         ),
         "ReportReceipt": closed(**report_base),
         "FeatureSummary": closed(
+            optional=("privacy", "counts"),
             task_id=STRING,
             num_rows=nullable(INTEGER),
             dim=nullable(INTEGER),
             sha256=nullable(STRING),
+            privacy=ref("PrivacyNote"),
+            counts={"type": "array", "items": {**INTEGER, "minimum": 0}},
         ),
         "Report": closed(
             **report_base,

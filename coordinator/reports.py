@@ -152,6 +152,8 @@ class ReportIntake:
     def submit_stats(self, client: ClientRecord, report: StatsReport) -> ReportRecord:
         task = self._task(client, report.task_id, "stats")
         document = report.stats.to_dict()
+        if report.privacy is not None:
+            document["privacy"] = report.privacy.to_dict()
         _check_stats(document, task)
         stored = self._save(client, task, "stats", document, task.model_version)
         manifest = self._registry.manifest(self._registry.get(task.model_version))
@@ -171,7 +173,16 @@ class ReportIntake:
         _check_count(batch.embeddings.shape[0], task, "embedding rows")
         digest = self._artifacts.put_bytes(batch.embeddings.tobytes() + batch.labels.tobytes())
         rows, width = batch.embeddings.shape
-        document = {"sha256": digest, "rows": rows, "width": width, "dtype": "float32+int64"}
+        document: dict[str, Any] = {
+            "sha256": digest,
+            "rows": rows,
+            "width": width,
+            "dtype": "float32+int64",
+        }
+        if batch.privacy is not None:
+            document["privacy"] = batch.privacy.to_dict()
+        if batch.counts is not None:
+            document["counts"] = list(batch.counts)
         return self._save(client, task, "features", document, task.model_version)
 
     def list_reports(

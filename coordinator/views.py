@@ -23,7 +23,7 @@ from coordinator.records import (
 )
 from coordinator.registry import iso_time
 from coordinator.secagg import secagg_summary
-from fedge.messages import EvalReport, StatsReport, encode_message
+from fedge.messages import EvalReport, PrivacyNote, StatsReport, encode_message
 from fedge.stats import DatasetStats
 
 __all__ = [
@@ -125,7 +125,9 @@ def report_listing_document(report: ReportRecord) -> dict[str, Any]:
     if report.kind == "evaluation":
         content = encode_message(EvalReport.from_dict(stored))[0]
     elif report.kind == "stats":
-        stats = StatsReport(report.task_id, DatasetStats.from_dict(stored))
+        note = stored.get("privacy")
+        privacy = None if note is None else PrivacyNote.from_dict(note)
+        stats = StatsReport(report.task_id, DatasetStats.from_dict(stored), privacy=privacy)
         content = encode_message(stats)[0]
     else:
         content = {
@@ -134,6 +136,9 @@ def report_listing_document(report: ReportRecord) -> dict[str, Any]:
             "dim": stored.get("width"),
             "sha256": stored.get("sha256"),
         }
+        for key in ("privacy", "counts"):
+            if stored.get(key) is not None:
+                content[key] = stored[key]
     return {**report_document(report), "document": content}
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "FeatureBatch",
     "Message",
     "ModelUpdate",
+    "PrivacyNote",
     "Reply",
     "StatsReport",
     "Task",
@@ -377,31 +378,97 @@ class EvalReport:
         )
 
 
+PRIVACY_MODES: tuple[str, ...] = ("prototypes", "rows", "statistics")
+"""What a reply's noise protects: per-class prototypes or single rows (a FeatureBatch),
+or a statistics report."""
+
+
+@dataclass(frozen=True)
+class PrivacyNote:
+    """How a reply was made differentially private on the device: the ``mechanism`` (e.g.
+    ``gaussian``), the ``(epsilon, delta)`` the device charged to its budget for it, and
+    the ``mode`` (one of :data:`PRIVACY_MODES`)."""
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    mode: str
+
+    def __post_init__(self) -> None:
+        _identifier(self.mechanism, "privacy.mechanism")
+        epsilon = check_number(
+            self.epsilon, "privacy.epsilon", low=0, error=_field_error("privacy")
+        )
+        delta = check_number(self.delta, "privacy.delta", low=0, error=_field_error("privacy"))
+        if delta >= 1:
+            raise ProtocolError(f"privacy.delta must be < 1, got {delta}", field="privacy")
+        if self.mode not in PRIVACY_MODES:
+            raise ProtocolError(
+                f"privacy.mode must be one of {list(PRIVACY_MODES)}, got {self.mode!r}",
+                field="privacy",
+            )
+        object.__setattr__(self, "epsilon", epsilon)
+        object.__setattr__(self, "delta", delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.mechanism,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "mode": self.mode,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> PrivacyNote:
+        keys = {"mechanism", "epsilon", "delta", "mode"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            raise ProtocolError(
+                f"privacy must be an object with keys {sorted(keys)}", field="privacy"
+            )
+        return cls(data["mechanism"], data["epsilon"], data["delta"], data["mode"])
+
+
+def _privacy(value: object) -> PrivacyNote | None:
+    if value is not None and not isinstance(value, PrivacyNote):
+        raise ProtocolError(
+            f"privacy must be a PrivacyNote or None, got {type(value).__name__}", field="privacy"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class StatsReport:
     """Mergeable statistics of a client's local raw columns (never the columns)."""
 
     task_id: str
     stats: DatasetStats
+    privacy: PrivacyNote | None = None
+    """How the statistics were noised on the device; None: exact statistics."""
 
     def __post_init__(self) -> None:
         _identifier(self.task_id, "task_id")
         if not isinstance(self.stats, DatasetStats):
             raise ProtocolError(f"stats must be DatasetStats, got {type(self.stats).__name__}")
+        _privacy(self.privacy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**_header("stats_report"), "task_id": self.task_id, "stats": self.stats.to_dict()}
+        doc = {**_header("stats_report"), "task_id": self.task_id, "stats": self.stats.to_dict()}
+        if self.privacy is not None:
+            doc["privacy"] = self.privacy.to_dict()
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StatsReport:
-        _check_keys(data, "stats_report", {"task_id", "stats"}, set())
+        _check_keys(data, "stats_report", {"task_id", "stats"}, {"privacy"})
         if not isinstance(data["stats"], Mapping):
             raise ProtocolError("stats must be a statistics document (an object)", field="stats")
         try:
             stats = DatasetStats.from_dict(data["stats"])
         except FeatureError as exc:
             raise ProtocolError(f"stats: {exc}", field="stats") from exc
-        return cls(task_id=data["task_id"], stats=stats)
+        privacy = data.get("privacy")
+        note = None if privacy is None else PrivacyNote.from_dict(privacy)
+        return cls(task_id=data["task_id"], stats=stats, privacy=note)
 
 
 @dataclass(frozen=True)
@@ -409,12 +476,16 @@ class FeatureBatch:
     """Backbone embeddings ``(n, d)`` float32 with int class ``labels`` ``(n,)``.
 
     Embeddings are activations of the frozen backbone, not inputs. On the wire they are
-    base64 of little-endian float32, row-major, with their shape.
+    base64 of little-endian float32, row-major, with their shape. A private batch says how
+    it was noised (``privacy``); per-class prototypes carry their (noised) support in
+    ``counts``, one non-negative integer per row.
     """
 
     task_id: str
     embeddings: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
+    privacy: PrivacyNote | None = None
+    counts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _identifier(self.task_id, "task_id")
@@ -441,6 +512,17 @@ class FeatureBatch:
             )
         if labels.size and labels.min() < 0:
             raise ProtocolError("labels must be >= 0", field="labels")
+        _privacy(self.privacy)
+        if self.counts is not None:
+            if not isinstance(self.counts, tuple | list) or len(self.counts) != emb.shape[0]:
+                raise ProtocolError(
+                    f"counts must be {emb.shape[0]} integers (one per row)", field="counts"
+                )
+            counts = tuple(
+                check_int(c, "a prototype count", low=0, error=_field_error("counts"))
+                for c in self.counts
+            )
+            object.__setattr__(self, "counts", counts)
         frozen_emb = np.array(emb, dtype=np.float32, order="C", copy=True)
         frozen_labels = labels.astype(np.int64, copy=True)
         frozen_emb.flags.writeable = False
@@ -450,7 +532,7 @@ class FeatureBatch:
 
     def to_dict(self) -> dict[str, Any]:
         data = self.embeddings.astype("<f4").tobytes()
-        return {
+        doc: dict[str, Any] = {
             **_header("feature_batch"),
             "task_id": self.task_id,
             "embeddings": {
@@ -460,10 +542,17 @@ class FeatureBatch:
             },
             "labels": [int(v) for v in self.labels],
         }
+        if self.privacy is not None:
+            doc["privacy"] = self.privacy.to_dict()
+        if self.counts is not None:
+            doc["counts"] = list(self.counts)
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureBatch:
-        _check_keys(data, "feature_batch", {"task_id", "embeddings", "labels"}, set())
+        _check_keys(
+            data, "feature_batch", {"task_id", "embeddings", "labels"}, {"privacy", "counts"}
+        )
         doc = data["embeddings"]
         if not isinstance(doc, Mapping) or set(doc) != {"dtype", "shape", "data"}:
             raise ProtocolError("embeddings must be {dtype, shape, data}", field="embeddings")
@@ -493,10 +582,15 @@ class FeatureBatch:
             isinstance(v, int) and not isinstance(v, bool) for v in labels
         ):
             raise ProtocolError("labels must be a list of integers", field="labels")
+        privacy, counts = data.get("privacy"), data.get("counts")
+        if counts is not None and not isinstance(counts, list):
+            raise ProtocolError("counts must be a list of integers", field="counts")
         return cls(
             task_id=data["task_id"],
             embeddings=np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(rows, width),
             labels=np.array(labels, dtype=np.int64),
+            privacy=None if privacy is None else PrivacyNote.from_dict(privacy),
+            counts=None if counts is None else tuple(counts),
         )
 
 
