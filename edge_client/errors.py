@@ -9,8 +9,11 @@
         │   │                     retry later with backoff (``retry_after`` when it said)
         │   └── RequestCancelled  the daemon is stopping: the request in flight was
         │                         aborted (a queued reply stays queued)
-        └── RequestRejected       the coordinator refused a request (4xx): ``status`` and
-                                  its machine-readable ``code`` (``round_closed``...)
+        ├── RequestRejected       the coordinator refused a request (4xx): ``status`` and
+        │                         its machine-readable ``code`` (``round_closed``...)
+        └── PolicyRefusal         the device's own privacy policy refuses to answer a
+                                  task (too few rows, a kind it does not answer, too soon
+                                  after the last answer, epsilon budget spent): ``reason``
 
     BaseException
     └── DaemonStopped             not an error: raised by the daemon's SIGTERM/SIGINT
@@ -33,6 +36,7 @@ __all__ = [
     "DaemonStopped",
     "EdgeError",
     "ModelRejected",
+    "PolicyRefusal",
     "RequestCancelled",
     "RequestRejected",
     "TransportError",
@@ -58,6 +62,21 @@ class RequestRejected(EdgeError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class PolicyRefusal(EdgeError):
+    """The device's policy (:mod:`edge_client.policy`) refuses the task; ``reason`` is a
+    short machine-readable word (``min_rows``, ``task_kind``, ``interval``, ``budget``,
+    ``min_class_rows``). ``epsilon``/``delta`` are what was spent before the refusal (noise
+    already drawn, as when no prototype class survives its noisy threshold)."""
+
+    def __init__(
+        self, message: str, *, reason: str, epsilon: float = 0.0, delta: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.epsilon = epsilon
+        self.delta = delta
 
 
 class RequestCancelled(TransportError):

@@ -11,6 +11,8 @@
       outbox/               replies not yet acknowledged (and failed/ ones)
       secagg/               secure-aggregation secrets of the round in progress (0600)
       compression/          the top-k error-feedback residual (safetensors, 0600)
+      policy.json           the owner's privacy policy, when no --policy file is given
+      policy_ledger.json    epsilon spent and last answers (:mod:`edge_client.policy`, 0600)
 
 The client token lives in its own file (``--token-file``, mode 0600), never here in
 plain text with the rest, and so does the registration key beside it
@@ -30,10 +32,11 @@ from edge_client.bundles import BundleStore
 from edge_client.compress import FileFeedbackStore
 from edge_client.outbox import Outbox
 from edge_client.personalize import FileHeadStore
+from edge_client.policy import PolicyLedger
 from fedge.errors import ConfigError
 from fedge.fileio import atomic_write_text
 
-__all__ = ["ClientState", "read_token", "registration_key", "write_token"]
+__all__ = ["ClientState", "FileLedgerStore", "read_token", "registration_key", "write_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,29 @@ def registration_key(token_file: str | Path) -> str:
     return key
 
 
+class FileLedgerStore:
+    """The policy ledger in one JSON file, mode 0600, replaced atomically. A missing file
+    is an empty ledger; a damaged one is a ConfigError (never a refilled budget)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> PolicyLedger:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return PolicyLedger()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the policy ledger {self.path}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ConfigError(f"the policy ledger {self.path} is not a JSON object")
+        return PolicyLedger.from_dict(document)
+
+    def save(self, ledger: PolicyLedger) -> None:
+        data = json.dumps(ledger.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        atomic_write_text(self.path, data, mode=0o600)
+
+
 class ClientState:
     """Typed access to a state directory (created on first use)."""
 
@@ -91,6 +117,8 @@ class ClientState:
         self.outbox = Outbox(self.directory / "outbox")
         self.heads = FileHeadStore(self.directory / "personal")
         self.feedback = FileFeedbackStore(self.directory / "compression")
+        self.ledger = FileLedgerStore(self.directory / "policy_ledger.json")
+        self.policy_path = self.directory / "policy.json"
 
     def _read(self, name: str) -> dict[str, Any]:
         path = self.directory / name
