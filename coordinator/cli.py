@@ -3,7 +3,8 @@
 ::
 
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
-        [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] [-v|-q]
+        [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
+        [--min-cohort N] [--cohort-window SECONDS] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
@@ -43,7 +44,12 @@ from coordinator.auth import (
     hash_token,
     load_secret,
 )
-from coordinator.config import RoundConfig, ServiceConfig
+from coordinator.config import (
+    DEFAULT_COHORT_WINDOW_SECONDS,
+    DEFAULT_MIN_COHORT,
+    RoundConfig,
+    ServiceConfig,
+)
 from coordinator.errors import StateError
 from coordinator.limits import (
     MAX_JSON_BYTES,
@@ -220,6 +226,29 @@ def _add_serve(sub: Any) -> None:
         action="store_false",
         help="plain rounds (the default)",
     )
+    cohort = serve.add_argument_group(
+        "cohort rule",
+        "Evaluate, stats and features tasks: a request must target at least --min-cohort "
+        "distinct clients (409 cohort_too_small), and a client given a task of one kind "
+        "cannot be given another of that kind within --cohort-window seconds (409 "
+        "cohort_window), so no answer singles out one device or one changed row.",
+    )
+    cohort.add_argument(
+        "--min-cohort",
+        type=int,
+        default=DEFAULT_MIN_COHORT,
+        metavar="N",
+        help="the fewest clients a task request may target (default %(default)s; 1 switches "
+        "the cohort rule off, the window included: unsafe outside tests and trusted fleets)",
+    )
+    cohort.add_argument(
+        "--cohort-window",
+        type=float,
+        default=DEFAULT_COHORT_WINDOW_SECONDS,
+        metavar="SECONDS",
+        help="seconds before a client may be given another task of one kind "
+        "(default %(default)s; 0 switches the window off)",
+    )
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -359,6 +388,8 @@ def serve_cli(args: argparse.Namespace) -> int:
         retry_after_seconds=args.retry_after,
         max_update_bytes=args.max_upload_bytes,
         seed=args.seed,
+        min_cohort=args.min_cohort,
+        cohort_window_seconds=args.cohort_window,
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)

@@ -20,6 +20,11 @@ _COMPRESSION_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {"none": frozenset(), "q8": frozenset({"block"}), "topk": frozenset({"fraction"})}
 )
 DEFAULT_TOPK_FRACTION = 0.01
+DEFAULT_MIN_COHORT = 10
+"""The fewest clients an evaluate, stats or features request may target."""
+DEFAULT_COHORT_WINDOW_SECONDS = 3600.0
+"""How long a client targeted by a task of one kind cannot be targeted by another."""
+MAX_MIN_COHORT = 100_000
 _MAX_Q8_BLOCK = 1 << 24
 
 ROUND_LIMITS: Mapping[str, float] = MappingProxyType(
@@ -398,6 +403,14 @@ class ServiceConfig:
 
     ``retry_after_seconds`` is what a client polling for work is told to wait;
     ``max_update_bytes`` bounds an update body; ``seed`` seeds client selection.
+
+    The cohort rule of evaluate, stats and features tasks (:meth:`CoordinatorService.
+    create_tasks`): one request must target at least ``min_cohort`` distinct clients, and no
+    client may be targeted by two tasks of one kind created less than
+    ``cohort_window_seconds`` apart, so that no answer can be singled out by asking one
+    device, or by asking the same cohort again after one device changed. ``min_cohort`` 1
+    switches the whole rule off (the window included); ``cohort_window_seconds`` 0 switches
+    off the window alone.
     """
 
     task: str
@@ -406,9 +419,15 @@ class ServiceConfig:
     retry_after_seconds: float = 10.0
     max_update_bytes: int = 64 << 20
     seed: int | None = None
+    min_cohort: int = DEFAULT_MIN_COHORT
+    cohort_window_seconds: float = DEFAULT_COHORT_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
             raise ConfigError(f"task must be a non-empty name, got {self.task!r}")
         check_positive(self.retry_after_seconds, "retry_after_seconds")
         check_int(self.max_update_bytes, "max_update_bytes", low=1)
+        check_int(self.min_cohort, "min_cohort", low=1, high=MAX_MIN_COHORT)
+        check_number(
+            self.cohort_window_seconds, "cohort_window_seconds", low=0.0, high=30 * 86400.0
+        )

@@ -230,7 +230,16 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "Ask clients for an evaluation, statistics or embeddings",
                 "createTasks",
-                {"201": _json("TaskList", "Created")},
+                {
+                    "201": _json("TaskList", "Created"),
+                    "409": {
+                        "description": "Nothing created. cohort_too_small: fewer clients than "
+                        "the coordinator's minimum cohort (--min-cohort); cohort_window: a "
+                        "client was given a task of this kind within the cohort window "
+                        "(--cohort-window); client_revoked: a revoked client",
+                        "content": {JSON: {"schema": ref("Error")}},
+                    },
+                },
                 auth="adminToken",
                 errors="400 401 403 404 415",
                 body={"required": True, "content": {JSON: {"schema": ref("TaskRequest")}}},

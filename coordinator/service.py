@@ -18,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,7 +274,16 @@ class CoordinatorService:
         deadline_seconds: float = 3600.0,
         config: TaskConfig | None = None,
     ) -> list[TaskRecord]:
-        """Ask clients (all by default) for an evaluation, statistics or embeddings."""
+        """Ask clients (all by default) for an evaluation, statistics or embeddings.
+
+        The cohort rule (``config.min_cohort`` > 1, see :class:`ServiceConfig`) refuses,
+        with a ConflictError and nothing created, a request that targets fewer than
+        ``min_cohort`` distinct clients (``cohort_too_small``) or a client that a task of
+        this kind was created for less than ``cohort_window_seconds`` ago
+        (``cohort_window``): the same device asked twice, before and after one of its rows
+        changed, gives that row away in the difference of its answers. A client id listed
+        twice is refused (``duplicate_client``) rather than counted twice.
+        """
         if kind not in ("evaluate", "stats", "features"):
             raise CoordinatorError(
                 f"kind must be evaluate, stats or features (train tasks come from rounds), "
@@ -289,6 +299,11 @@ class CoordinatorService:
             if client_ids is not None
             else [c.client_id for c in self.store.list_clients() if not c.revoked]
         )
+        repeated = sorted(c for c, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise CoordinatorError(
+                f"client_ids lists {repeated} more than once", code="duplicate_client"
+            )
         records = {c: self.store.get_client(c) for c in ids}
         unknown = [c for c, record in records.items() if record is None]
         if unknown:
@@ -297,23 +312,58 @@ class CoordinatorService:
         if revoked:
             raise ConflictError(f"revoked clients {revoked}", code="client_revoked")
         version = self.registry.production().version
-        now = self.now()
-        tasks = [
-            TaskRecord(
-                task_id=f"{kind}-{secrets.token_hex(6)}",
-                kind=kind,
-                client_id=client_id,
-                model_version=version,
-                config=config or TaskConfig(),
-                created_at=now,
-                deadline=now + deadline_seconds,
-            )
-            for client_id in ids
-        ]
-        with self.store.transaction():
-            for task in tasks:
-                self.store.add_task(task)
+        with self._lock:  # two requests must not both pass the window check
+            now = self.now()
+            self._check_cohort(kind, ids, now)
+            tasks = [
+                TaskRecord(
+                    task_id=f"{kind}-{secrets.token_hex(6)}",
+                    kind=kind,
+                    client_id=client_id,
+                    model_version=version,
+                    config=config or TaskConfig(),
+                    created_at=now,
+                    deadline=now + deadline_seconds,
+                )
+                for client_id in ids
+            ]
+            with self.store.transaction():
+                for task in tasks:
+                    self.store.add_task(task)
         return tasks
+
+    def _check_cohort(self, kind: str, ids: Sequence[str], now: float) -> None:
+        """The cohort rule of :meth:`create_tasks` (off when ``min_cohort`` is 1)."""
+        minimum = self.config.min_cohort
+        if minimum <= 1:
+            return
+        if len(ids) < minimum:
+            raise ConflictError(
+                f"a {kind} task must target at least {minimum} clients (the minimum cohort), "
+                f"got {len(ids)}: fewer answers could single out one device's data",
+                code="cohort_too_small",
+            )
+        window = self.config.cohort_window_seconds
+        if window <= 0:
+            return
+        recent = sorted(
+            client_id
+            for client_id in ids
+            if any(
+                task.kind == kind and now - task.created_at < window
+                for task in self.store.list_tasks(client_id=client_id)
+            )
+        )
+        if recent:
+            shown = ", ".join(recent[:5]) + (
+                f" and {len(recent) - 5} more" if len(recent) > 5 else ""
+            )
+            raise ConflictError(
+                f"clients {shown} were given a {kind} task less than {window:g} s ago (the "
+                "cohort window): asking them again could single out what changed between "
+                "the two answers",
+                code="cohort_window",
+            )
 
     # Update intake ------------------------------------------------------------------------
 

@@ -335,6 +335,9 @@ class _NativeRun:
                     **self._codec_fields(),
                 ),
                 seed=scenario.seed,
+                # Every client is simulated here and the evaluations stay in this process:
+                # no cohort to protect from the operator, and fleets may have under ten.
+                min_cohort=1,
             ),
             now=self.clock,
             selector=self.selector,

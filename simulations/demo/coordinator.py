@@ -18,6 +18,7 @@ from typing import Any
 
 from coordinator import launch
 from coordinator.client import AdminClient
+from coordinator.config import DEFAULT_MIN_COHORT
 from fedge import processes
 from fedge.errors import ProcessError
 from fedge.fileio import atomic_write_text
@@ -98,6 +99,9 @@ def serve_command(
         "--epochs", str(epochs), "--learning-rate", repr(learning_rate),
         "--aggregator", "fedavg", "--deadline-seconds", repr(round_timeout),
         "--retry-after", "1", "--tick-seconds", "0.2", "--seed", str(seed), *secure,
+        # The evaluate step asks every device, and the demo may run fewer than the default
+        # cohort of ten: the cohort is its clients per round (at most the default).
+        "--min-cohort", str(min(clients_per_round, DEFAULT_MIN_COHORT)),
     ]  # fmt: skip
 
 

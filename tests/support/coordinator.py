@@ -137,10 +137,13 @@ def build_service(
     alerts: AlertConfig | None = None,
     retry_after_seconds: float = 10.0,
     selector: ClientSelector | None = None,
+    min_cohort: int = 1,
+    cohort_window_seconds: float = 3600.0,
     **round_options: Any,
 ) -> CoordinatorService:
     """A service over ``workdir`` (SQLite unless ``store`` is given) with a fake bundle
-    imported as v1."""
+    imported as v1. The cohort rule is off (``min_cohort`` 1) unless a test asks for it:
+    most tests here serve one to three clients."""
     bundle = workdir / "bundle"
     if not (bundle / "manifest.json").exists():
         make_bundle(bundle)
@@ -153,6 +156,8 @@ def build_service(
             alerts=alerts or AlertConfig(),
             retry_after_seconds=retry_after_seconds,
             seed=seed,
+            min_cohort=min_cohort,
+            cohort_window_seconds=cohort_window_seconds,
         ),
         now=clock or FakeClock(),
         selector=selector,
@@ -211,8 +216,9 @@ class ServerProcess:
 def serve_command(workdir: Path, bundle: Path, admin_token_file: Path, *extra: str) -> list[str]:
     """``fedge-coordinator serve`` arguments over ``workdir`` (the launcher adds the port
     file); DEBUG logs from the coordinator. Enrollment is open and its rate limit far above
-    what a test registers from its one loopback address, unless ``extra`` says otherwise
-    (``--enrollment-token-file`` replaces ``--open-enrollment``; later flags win)."""
+    what a test registers from its one loopback address, and the cohort rule is off
+    (``--min-cohort 1``: most tests run one to three devices), unless ``extra`` says
+    otherwise (``--enrollment-token-file`` replaces ``--open-enrollment``; later flags win)."""
     enrollment = (
         [] if any(a.startswith("--enrollment-token-file") for a in extra) else ["--open-enrollment"]
     )
@@ -225,6 +231,7 @@ def serve_command(workdir: Path, bundle: Path, admin_token_file: Path, *extra: s
         *enrollment,
         "--registration-rate", "10000", "--registration-burst", "10000",
         "--registration-rate-total", "10000", "--registration-burst-total", "10000",
+        "--min-cohort", "1",
         *extra,
     ]  # fmt: skip
 
