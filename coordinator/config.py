@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from fedge.dp import DPConfig
 from fedge.errors import ConfigError, ProtocolError
 from fedge.messages import TaskConfig
 from fedge.strategy import ComposedStrategy, build_strategy
@@ -102,6 +103,18 @@ class RoundConfig:
       the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
       after the first (``None``: ``deadline_seconds``). It needs the ``fedavg`` aggregator
       (any server optimizer), no ``topk`` compression and at least 3 clients per round.
+    - ``dp_noise_multiplier`` (``None``: no differential privacy): DP-FedAvg
+      (:class:`fedge.strategy.DPFedAvg`, :meth:`dp_config`): each update clipped to L2
+      ``dp_clip`` (with ``dp_adaptive_clip`` a quantile estimate, ``dp_target_quantile``,
+      carried in the server state), summed with weight 1, N(0, (z * clip)^2) per
+      coordinate added, divided by ``clients_per_round``. It needs the ``fedavg``
+      aggregator. In a secure round the clients clip and noise their own updates (the task
+      options ``dp_clip`` and ``dp_noise_stddev`` = z * clip / sqrt(clients_per_round),
+      :meth:`dp_task_options`), every client weighs 1 (``secagg_example_cap`` is 1), the
+      server adds nothing; adaptive clipping is refused there and ``secagg_clip`` (per
+      coordinate) must be >= ``dp_clip`` so that no clipped update is cut again.
+      ``dp_delta`` is the accountant's delta (``None``: 1 / n^1.1 for the n registered
+      clients when the round starts, :mod:`coordinator.privacy`).
     """
 
     clients_per_round: int = 10
@@ -130,6 +143,11 @@ class RoundConfig:
     secagg_degree: int | None = None
     secagg_threshold: int | None = None
     secagg_stage_seconds: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip: float = 1.0
+    dp_adaptive_clip: bool = False
+    dp_target_quantile: float = 0.5
+    dp_delta: float | None = None
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
@@ -193,6 +211,7 @@ class RoundConfig:
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
         _check_secure(self)
+        _check_dp(self)
 
     def _check_compression(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -239,7 +258,10 @@ class RoundConfig:
     @property
     def secagg_cap(self) -> int:
         """The example cap a secure round uses: ``secagg_example_cap``, at most 255 with
-        ``q8`` compression (so that its 8-bit values keep the modulus small)."""
+        ``q8`` compression (so that its 8-bit values keep the modulus small); 1 in a DP round,
+        where every client weighs 1."""
+        if self.dp_noise_multiplier is not None:
+            return 1
         if self.compression == "q8":
             return min(self.secagg_example_cap, 255)
         return self.secagg_example_cap
@@ -276,6 +298,32 @@ class RoundConfig:
             server_optimizer_options=self.server_optimizer_options,
             metrics_aggregation=self.metrics_aggregation,
         )
+
+    @property
+    def dp(self) -> bool:
+        """Whether the round is differentially private (DP-FedAvg)."""
+        return self.dp_noise_multiplier is not None
+
+    def dp_config(self) -> DPConfig | None:
+        """DP-FedAvg's settings for this round (``None`` without DP)."""
+        if self.dp_noise_multiplier is None:
+            return None
+        return DPConfig(
+            noise_multiplier=self.dp_noise_multiplier,
+            clip=self.dp_clip,
+            expected_clients=self.clients_per_round,
+            adaptive=self.dp_adaptive_clip,
+            target_quantile=self.dp_target_quantile,
+        )
+
+    def dp_task_options(self) -> dict[str, float]:
+        """What a secure DP round's train task carries for the device: ``dp_clip`` (the L2
+        bound of its delta) and ``dp_noise_stddev`` (its share of the noise, per
+        coordinate); empty otherwise (a plain DP round clips and noises on the server)."""
+        config = self.dp_config()
+        if config is None or not self.secure_aggregation:
+            return {}
+        return {"dp_clip": config.clip, "dp_noise_stddev": config.client_noise_stddev()}
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -376,6 +424,46 @@ def _check_secure(config: RoundConfig) -> None:
         )
 
 
+def _check_dp(config: RoundConfig) -> None:
+    """The differential-privacy settings: types and bounds always, the combination rules
+    when ``dp_noise_multiplier`` is set."""
+    if config.dp_noise_multiplier is not None:
+        z = check_number(config.dp_noise_multiplier, "dp_noise_multiplier", low=0.0, high=1e6)
+        object.__setattr__(config, "dp_noise_multiplier", z)
+    clip = check_number(config.dp_clip, "dp_clip", low=0.0, low_inclusive=False, high=1e6)
+    object.__setattr__(config, "dp_clip", clip)
+    if not isinstance(config.dp_adaptive_clip, bool):
+        raise ConfigError("dp_adaptive_clip must be true or false")
+    quantile = check_fraction(config.dp_target_quantile, "dp_target_quantile", zero_ok=False)
+    object.__setattr__(config, "dp_target_quantile", quantile)
+    if config.dp_delta is not None:
+        delta = check_fraction(config.dp_delta, "dp_delta", zero_ok=False)
+        object.__setattr__(config, "dp_delta", delta)
+    taken = sorted(k for k in config.task_options if k.startswith("dp_"))
+    if taken:
+        raise ConfigError(f"task_options {taken} are reserved: set the round's dp_* settings")
+    if config.dp_noise_multiplier is None:
+        return
+    aggregator = config.strategy().aggregator.name
+    if aggregator != "fedavg":
+        raise ConfigError(
+            f"dp_noise_multiplier needs the fedavg aggregator (any server optimizer), not "
+            f"{aggregator!r}: the noise is calibrated to a sum of clipped updates"
+        )
+    if config.secure_aggregation and config.dp_adaptive_clip:
+        raise ConfigError(
+            "dp_adaptive_clip cannot run in a secure round: it needs each update's norm, "
+            "which only the client sees (use a fixed dp_clip)"
+        )
+    if config.secure_aggregation and config.secagg_clip < config.dp_clip:
+        raise ConfigError(
+            f"a secure DP round needs secagg_clip (per coordinate, {config.secagg_clip:g}) >= "
+            f"dp_clip (L2, {config.dp_clip:g}): a coordinate of an update within the L2 clip "
+            "may reach it"
+        )
+    config.dp_config()  # the adaptive rule (clipped-count noise) checked now
+
+
 @dataclass(frozen=True)
 class AlertConfig:
     """Thresholds of the alert rules (see :mod:`coordinator.alerts`)."""
@@ -411,6 +499,10 @@ class ServiceConfig:
     device, or by asking the same cohort again after one device changed. ``min_cohort`` 1
     switches the whole rule off (the window included); ``cohort_window_seconds`` 0 switches
     off the window alone.
+
+    ``privacy_budget`` (epsilon; ``None``: none): a round whose commit would take the
+    production lineage's epsilon over it, or any round without DP, is not started
+    (:mod:`coordinator.privacy`).
     """
 
     task: str
@@ -421,6 +513,7 @@ class ServiceConfig:
     seed: int | None = None
     min_cohort: int = DEFAULT_MIN_COHORT
     cohort_window_seconds: float = DEFAULT_COHORT_WINDOW_SECONDS
+    privacy_budget: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -431,3 +524,7 @@ class ServiceConfig:
         check_number(
             self.cohort_window_seconds, "cohort_window_seconds", low=0.0, high=30 * 86400.0
         )
+        if self.privacy_budget is not None:
+            check_number(
+                self.privacy_budget, "privacy_budget", low=0.0, low_inclusive=False, high=1e6
+            )

@@ -215,8 +215,47 @@ def _round_config() -> dict[str, Any]:
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
             **_secure_config(),
+            **_dp_config(),
         },
         "additionalProperties": False,
+    }
+
+
+def _dp_config() -> dict[str, Any]:
+    """The differential-privacy settings of a round config (fedge.strategy.DPFedAvg)."""
+    return {
+        "dp_noise_multiplier": nullable(
+            {
+                **NUMBER,
+                "minimum": 0,
+                "maximum": 1e6,
+                "description": "DP-FedAvg's noise multiplier z (null: no DP): updates clipped "
+                "to dp_clip, summed with weight 1, N(0, (z dp_clip)^2) added per coordinate, "
+                "divided by clients_per_round; needs the fedavg aggregator. In a secure round "
+                "each client clips and adds N(0, (z dp_clip)^2 / clients_per_round) (task "
+                "options dp_clip, dp_noise_stddev); secagg_clip must be >= dp_clip",
+            }
+        ),
+        "dp_clip": {
+            **NUMBER,
+            "exclusiveMinimum": 0,
+            "maximum": 1e6,
+            "description": "L2 bound of one client's update (adaptive: the first round's)",
+        },
+        "dp_adaptive_clip": {
+            **BOOLEAN,
+            "description": "quantile clipping (Andrew et al. 2021); refused in a secure round",
+        },
+        "dp_target_quantile": {**NUMBER, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "dp_delta": nullable(
+            {
+                **NUMBER,
+                "exclusiveMinimum": 0,
+                "exclusiveMaximum": 1,
+                "description": "the accountant's delta; null: 1 / n^1.1 for the n registered "
+                "clients when the round starts",
+            }
+        ),
     }
 
 
@@ -456,6 +495,7 @@ def _records() -> dict[str, Any]:
             slice_metrics=SLICE_METRICS,
             promoted_at=nullable(TIME),
             deployed_at=nullable(TIME),
+            privacy={"oneOf": [ref("ModelPrivacy"), {"type": "null"}]},
             artifacts={
                 "type": "object",
                 "description": "file name -> sha256",
@@ -464,6 +504,38 @@ def _records() -> dict[str, Any]:
             events={"type": "array", "items": ref("ModelEvent")},
         ),
         "ModelList": closed(models={"type": "array", "items": ref("Model")}),
+        "ModelPrivacy": {
+            **closed(
+                epsilon={
+                    **nullable({**NUMBER, "minimum": 0}),
+                    "description": "cumulative epsilon of the version's lineage at delta "
+                    "(RDP accountant, Poisson-sampled Gaussian per round); null: no DP "
+                    "guarantee (a round without DP, or without noise, in the lineage); 0 for "
+                    "a version registered outside rounds (treated as public data)",
+                },
+                delta=nullable({**NUMBER, "minimum": 0, "exclusiveMaximum": 1}),
+                noise_multiplier={
+                    **nullable({**NUMBER, "minimum": 0}),
+                    "description": "the noise multiplier of the round that made this version",
+                },
+                rounds={**INTEGER, "minimum": 0, "description": "rounds in the lineage"},
+                sampling_rate={
+                    **nullable({**NUMBER, "minimum": 0, "maximum": 1}),
+                    "description": "clients_per_round / registered clients of that round",
+                },
+                events={
+                    "type": "array",
+                    "description": "the lineage's DP rounds, grouped: (noise_multiplier, "
+                    "sampling_rate, rounds); what the accountant composes",
+                    "items": closed(
+                        noise_multiplier={**NUMBER, "minimum": 0},
+                        sampling_rate={**NUMBER, "minimum": 0, "maximum": 1},
+                        rounds={**INTEGER, "minimum": 1},
+                    ),
+                },
+            ),
+            "description": "the differential-privacy guarantee of a version",
+        },
         "Alert": closed(
             alert_id=INTEGER,
             kind=STRING,

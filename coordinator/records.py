@@ -223,7 +223,9 @@ class ModelRecord(_Record):
     """A registry entry: lineage, metrics, stage, times and artifacts (name -> sha256).
 
     ``artifacts`` holds the bundle files, ``manifest.json`` (the served manifest) and
-    ``server_state`` (the server optimizer state after this version).
+    ``server_state`` (the server optimizer state after this version). ``privacy`` is the
+    version's differential-privacy guarantee (:mod:`coordinator.privacy`; ``None`` in
+    records of older coordinators).
     """
 
     version: str
@@ -243,6 +245,7 @@ class ModelRecord(_Record):
     promoted_at: float | None = None
     deployed_at: float | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)
+    privacy: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._freeze()

@@ -11,7 +11,8 @@ A :class:`ComposedStrategy` combines three independent parts, any with any:
 
 The round engine calls only the :class:`Strategy` methods. A :class:`StrategyWrapper`
 delegates every method to the strategy it wraps, so a subclass adds behaviour to any strategy
-by overriding one step (:class:`ClippedUpdates` clips each update before aggregation).
+by overriding one step (:class:`ClippedUpdates` clips each update before aggregation;
+:class:`DPFedAvg` clips, sums with weight 1, noises and divides by the expected cohort).
 The names ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``median``, ``trimmed_mean`` and
 ``krum`` are presets of the composition (:data:`PRESETS`); :func:`build_strategy` builds a
 strategy from names, as round configs and command lines give them.
@@ -27,9 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
+
 from fedge import aggregation, server_optimizers
 from fedge.aggregation import AGGREGATOR_NAMES, AggregateResult, AggregatorSpec, RoundAggregator
-from fedge.errors import ConfigError
+from fedge.dp import DP_CLIP_SLOT, DPConfig, next_clip
+from fedge.errors import AggregationError, ConfigError, WeightsError
 from fedge.server_optimizers import (
     FedAvgServer,
     ServerOptimizer,
@@ -47,6 +51,7 @@ __all__ = [
     "ClientMetrics",
     "ClippedUpdates",
     "ComposedStrategy",
+    "DPFedAvg",
     "MetricsAggregation",
     "Preset",
     "Strategy",
@@ -159,6 +164,12 @@ class Strategy(ABC):
     def aggregate_metrics(self, clients: Sequence[ClientMetrics]) -> AggregatedMetrics:
         """The clients' metrics, overall and per region."""
 
+    def bind_state(self, state: ServerState) -> Strategy:
+        """This strategy for a round that starts from ``state``: the engine calls it before
+        :meth:`new_aggregator`, so a strategy whose aggregation depends on what earlier rounds
+        learnt (:class:`DPFedAvg`'s adaptive clip) reads it from there. By default itself."""
+        return self
+
 
 @dataclass(frozen=True, kw_only=True)
 class ComposedStrategy(Strategy):
@@ -203,6 +214,10 @@ class ComposedStrategy(Strategy):
     def server_step(
         self, state: ServerState, global_weights: Weights, result: AggregateResult
     ) -> tuple[Weights, ServerState]:
+        # A DP round's clip slot is DPFedAvg's; a plain round after it steps without it.
+        slots = {k: v for k, v in state.slots.items() if k != DP_CLIP_SLOT}
+        if len(slots) != len(state.slots):
+            state = dataclasses.replace(state, slots=slots)
         return self.server_optimizer.step(state, global_weights, result.delta)
 
     def aggregate_metrics(self, clients: Sequence[ClientMetrics]) -> AggregatedMetrics:
@@ -297,6 +312,155 @@ class _ClippingAggregator:
             "clipped_updates": float(self._clipped),
         }
         return dataclasses.replace(result, measurements=measurements)
+
+
+class DPFedAvg(StrategyWrapper):
+    """DP-FedAvg around any FedAvg strategy (McMahan et al. 2018, ICLR): each update is
+    clipped to L2 ``clip``, the clipped updates are summed with weight 1 each, Gaussian
+    noise of stddev ``config.noise_stddev(clip)`` is added to every coordinate of the sum
+    (from ``rng``: the caller seeds it from a CSPRNG), and the sum is divided by
+    ``config.expected_clients`` (the fixed denominator m, so one client moves the mean by at
+    most clip / m whatever the others send); the wrapped server optimizer then steps.
+
+    With ``config.adaptive`` the clip is a quantile estimate (Andrew et al. 2021, NeurIPS)
+    carried between rounds in the server state's ``dp_clip`` slot: :meth:`bind_state` reads
+    it, :meth:`server_step` writes the next one (:func:`fedge.dp.next_clip`).
+
+    ``secure``: the round is securely aggregated and the clients clipped and noised their
+    own updates (distributed noise, :meth:`DPConfig.client_noise_stddev`); the aggregator
+    gets the survivors' mean once, weighted by their count, and the server only turns it
+    into the sum over m; it adds no noise. Adaptive clipping needs each norm, so it is
+    refused there. The example counts are not used: DP-FedAvg weighs every client alike.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        config: DPConfig,
+        rng: np.random.Generator,
+        secure: bool = False,
+        clip: float | None = None,
+    ) -> None:
+        super().__init__(inner)
+        if not isinstance(config, DPConfig):
+            raise ConfigError(f"config must be a DPConfig, got {type(config).__name__}")
+        if isinstance(inner, ComposedStrategy) and inner.aggregator.name != "fedavg":
+            raise ConfigError(
+                f"DP-FedAvg needs the fedavg aggregator, not {inner.aggregator.name!r}: its "
+                "noise is calibrated to a sum of clipped updates"
+            )
+        if secure and config.adaptive:
+            raise ConfigError(
+                "adaptive clipping cannot run in a secure round: it needs each update's norm, "
+                "which only the client sees (use a fixed dp_clip)"
+            )
+        self.config = config
+        self.secure = bool(secure)
+        self.clip = config.clip if clip is None else check_positive(clip, "clip")
+        self._rng = rng
+
+    def bind_state(self, state: ServerState) -> DPFedAvg:
+        slot = state.slots.get(DP_CLIP_SLOT)
+        if not self.config.adaptive or slot is None or "clip" not in slot:
+            return self
+        clip = float(np.asarray(slot["clip"]).reshape(-1)[0])
+        if not (math.isfinite(clip) and clip > 0.0):
+            raise ConfigError(f"the server state's adaptive clip is not a positive number: {clip}")
+        return DPFedAvg(
+            self.inner, config=self.config, rng=self._rng, secure=self.secure, clip=clip
+        )
+
+    def new_aggregator(self, reference: Weights) -> RoundAggregator:
+        return _DPAggregator(reference, self, self._rng)
+
+    def init_server_state(self, global_weights: Weights) -> ServerState:
+        return self._with_clip(super().init_server_state(global_weights), self.config.clip)
+
+    def server_step(
+        self, state: ServerState, global_weights: Weights, result: AggregateResult
+    ) -> tuple[Weights, ServerState]:
+        slots = {k: v for k, v in state.slots.items() if k != DP_CLIP_SLOT}
+        new_weights, new_state = super().server_step(
+            dataclasses.replace(state, slots=slots), global_weights, result
+        )
+        clip = result.measurements.get("dp_next_clip", self.clip)
+        return new_weights, self._with_clip(new_state, clip)
+
+    @staticmethod
+    def _with_clip(state: ServerState, clip: float) -> ServerState:
+        slot = Weights({"clip": np.asarray([clip], np.float32)})
+        return dataclasses.replace(state, slots={**state.slots, DP_CLIP_SLOT: slot})
+
+
+class _DPAggregator:
+    """Streams clipped updates into a float64 sum; the noise is drawn in :meth:`result`."""
+
+    def __init__(self, reference: Weights, strategy: DPFedAvg, rng: np.random.Generator) -> None:
+        self._reference = reference
+        self._strategy = strategy
+        self._rng = rng
+        self._sums = {n: np.zeros(a.shape, np.float64) for n, a in reference.items()}
+        self._count = 0
+        self._clients = 0.0
+        self._clipped = 0
+        self._norm_sum = 0.0
+        self._norm_max = 0.0
+
+    def add(self, delta: Weights, weight: float) -> None:
+        if not isinstance(delta, Weights):
+            raise AggregationError(
+                f"update {self._count}: delta must be Weights, got {type(delta).__name__}"
+            )
+        try:
+            delta.validate_against(self._reference)
+        except WeightsError as exc:
+            raise AggregationError(f"update {self._count} rejected: {exc}") from exc
+        norm = delta.l2_norm()
+        if self._strategy.secure:
+            # The survivors' mean, once: their count turns it back into their sum.
+            scale = check_positive(weight, "weight", error=AggregationError)
+            self._clients += scale
+        else:
+            clip = self._strategy.clip
+            scale = min(1.0, clip / norm) if norm > 0.0 else 1.0
+            self._clipped += norm > clip
+            self._clients += 1.0
+        for name, total in self._sums.items():
+            total += delta[name].astype(np.float64) * scale
+        self._count += 1
+        self._norm_sum += norm
+        self._norm_max = max(self._norm_max, norm)
+
+    def result(self) -> AggregateResult:
+        if self._count == 0:
+            raise AggregationError("DPFedAvg: no updates to aggregate")
+        strategy, config = self._strategy, self._strategy.config
+        m = float(config.expected_clients)
+        stddev = 0.0 if strategy.secure else config.noise_stddev(strategy.clip)
+        tensors = {}
+        for name, total in self._sums.items():
+            noised = total + self._rng.normal(0.0, stddev, total.shape) if stddev > 0.0 else total
+            tensors[name] = noised / m
+        delta = Weights(tensors)
+        measurements = {
+            "count": float(self._count),
+            "total_weight": self._clients,
+            "mean_update_norm": self._norm_sum / self._count,
+            "max_update_norm": self._norm_max,
+            "aggregate_norm": delta.l2_norm(),
+            "dp_clip": strategy.clip,
+            "dp_noise_stddev": stddev,
+            "dp_expected_clients": m,
+        }
+        if not strategy.secure:
+            measurements["dp_clipped_updates"] = float(self._clipped)
+        if config.adaptive:
+            unclipped = self._count - self._clipped
+            clip, fraction = next_clip(config, strategy.clip, unclipped, rng=self._rng)
+            measurements["dp_unclipped_fraction"] = fraction
+            measurements["dp_next_clip"] = clip
+        return AggregateResult(delta, self._count, self._clients, measurements)
 
 
 # Presets and names ---------------------------------------------------------------------------
