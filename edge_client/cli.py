@@ -9,10 +9,13 @@
 
 ``register`` enrolls the device and writes its token to F (mode 0600). ``run`` is the
 daemon: it polls the coordinator for train/evaluate/stats/features tasks and answers them
-from the data files in DIR until SIGTERM or Ctrl-C. ``predict`` scores a CSV or .npz file
-with a verified bundle (the personal head when ``--state`` holds one for that version,
-unless ``--global``). ``status`` shows what the daemon last did. Every command takes
-``-v/-q``; ``fedge-edge --version`` prints the version.
+from the data files in DIR until SIGTERM or Ctrl-C, within the owner's privacy policy
+(``--policy FILE``, else ``STATE/policy.json`` when present, else the safe defaults of
+:mod:`edge_client.policy`; a bad policy file exits 2 naming the file and the field).
+``predict`` scores a CSV or .npz file with a verified bundle (the personal head when
+``--state`` holds one for that version, unless ``--global``). ``status`` shows what the
+daemon last did. Every command takes ``-v/-q``; ``fedge-edge --version`` prints the
+version.
 
 Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
 coordinator refused or could not be reached, a bundle failed verification); 2 a usage or
@@ -45,6 +48,7 @@ from edge_client.handler import ClientConfig
 from edge_client.local_data import read_columns
 from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
+from edge_client.policy import DevicePolicy, load_policy
 from edge_client.state import ClientState, read_token, registration_key, write_token
 from edge_client.transport import CoordinatorClient, HttpTransport, Transport
 from fedge.cli import (
@@ -142,6 +146,9 @@ def build_parser() -> ArgumentParser:
                      help="wall-clock budget of one whole request (headers and body)")  # fmt: skip
     run.add_argument("--threads", type=int, metavar="N", help="TFLite interpreter threads")
     run.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
+    run.add_argument("--policy", type=Path, metavar="FILE",
+                     help="the privacy policy (JSON; default STATE/policy.json, else "
+                     "safe defaults)")  # fmt: skip
     personal = run.add_argument_group("personalization")
     personal.add_argument("--no-personalize", action="store_true", help="no personal head")
     personal.add_argument("--personal-epochs", type=int, default=5, metavar="N")
@@ -208,6 +215,10 @@ def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) 
         check_int(args.threads, "--threads", low=1, error=UsageError)
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data} is not a directory")
+    policy_file = args.policy
+    if policy_file is None and (args.state / "policy.json").is_file():
+        policy_file = args.state / "policy.json"
+    policy = DevicePolicy() if policy_file is None else load_policy(policy_file)
     config = DaemonConfig(
         coordinator=args.coordinator,
         token_file=args.token_file,
@@ -228,6 +239,7 @@ def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) 
         max_tasks=args.max_tasks,
         request_timeout=args.timeout,
         num_threads=args.threads,
+        policy=policy,
     )
     return Daemon(config, transport=transport or _http(args.ca_file)).run()
 

@@ -46,6 +46,15 @@ one peer asked for, too few survivors, a bundle that does not authenticate) is r
 the status's ``last_error``, logged without secrets, and the task is never answered. A
 round's secrets are deleted once its unmask reply is queued, or when a later round's train
 task arrives.
+
+**The owner's privacy policy** (:mod:`edge_client.policy`, ``DaemonConfig.policy``) is
+checked before a task's model is downloaded (task kinds, minimum interval per kind, epsilon
+budget) and again by the handler (rows behind the reply). A refusal
+(:class:`~edge_client.errors.PolicyRefusal`) is recorded in the status's ``last_error``
+and its ``policy`` section (``privacy``, ``epsilon_spent``, ``epsilon_budget``,
+``last_answers``, ``last_refusal``), and the task is never answered. What each answer
+spent is in ``STATE/policy_ledger.json``. A daemon started with ``privacy: "off"`` logs a
+WARNING: that baseline is unprotected.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from edge_client.backoff import Backoff, BackoffPolicy
 from edge_client.errors import (
     DaemonStopped,
     ModelRejected,
+    PolicyRefusal,
     RequestCancelled,
     RequestRejected,
     TransportError,
@@ -76,6 +86,7 @@ from edge_client.errors import (
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel, ModelCache
+from edge_client.policy import DevicePolicy
 from edge_client.secure import (
     SECAGG_STAGES,
     FileSecretStore,
@@ -95,6 +106,7 @@ from edge_client.transport import (
 )
 from fedge.errors import (
     BundleError,
+    ConfigError,
     DataError,
     FeatureError,
     FedgeError,
@@ -120,7 +132,8 @@ class DaemonConfig:
     delivered); ``settle_seconds`` is how old a data file must be before it is read;
     ``request_timeout`` is the wall-clock budget of one whole request (headers and body);
     ``retry_rejected_after`` is how long a rejected model version is not downloaded again
-    while no other version is announced.
+    while no other version is announced; ``policy`` is the owner's privacy policy (safe
+    defaults unless given).
     """
 
     coordinator: str
@@ -136,6 +149,7 @@ class DaemonConfig:
     request_timeout: float = DEFAULT_TIMEOUT
     num_threads: int | None = None
     retry_rejected_after: float = 3600.0
+    policy: DevicePolicy = field(default_factory=DevicePolicy)
 
     def __post_init__(self) -> None:
         check_positive(self.request_timeout, "request_timeout")
@@ -186,6 +200,10 @@ class Daemon:
         self.next_delay: float | None = None  # the last wait decided, in seconds
         self._last_poll: float | None = None
         self._last_task: dict[str, Any] | None = status.get("last_task")
+        previous_policy = status.get("policy")
+        self._last_refusal: dict[str, Any] | None = (
+            previous_policy.get("last_refusal") if isinstance(previous_policy, dict) else None
+        )
 
     # Control ------------------------------------------------------------------------------
 
@@ -222,8 +240,8 @@ class Daemon:
     def step(self) -> str:
         """Deliver, poll, handle once. Returns what happened: ``handled``, ``idle``,
         ``done``, ``unreachable``, ``refused``, ``model_rejected``, ``no_data``,
-        ``failed``, ``secagg_refused``, ``answered_before``, ``local_error`` or
-        ``stopped``. Every outcome but
+        ``failed``, ``secagg_refused``, ``policy_refused``, ``answered_before``,
+        ``local_error`` or ``stopped``. Every outcome but
         ``handled``, ``idle``, ``done`` and ``stopped`` has slept a backoff delay."""
         try:
             return self._step()
@@ -314,6 +332,10 @@ class Daemon:
                 f"task {task.task_id} was answered before; waiting for it to close",
                 level=logging.WARNING,
             )
+        try:
+            self.config.policy.admit(task.kind, self.state.ledger.load(), now=self._clock())
+        except PolicyRefusal as exc:
+            return self._policy_refused(task, exc)
         if task.kind in SECAGG_STAGES:
             return self._secure_step(task)
         if task.kind == "train" and task.round_id is not None:
@@ -346,6 +368,8 @@ class Daemon:
         try:
             with self._interruptible_work():
                 reply = handle(task, context)
+        except PolicyRefusal as exc:
+            return self._policy_refused(task, exc)
         except (DataError, FeatureError) as exc:
             return self._fail(
                 "no_data",
@@ -424,6 +448,23 @@ class Daemon:
             level=logging.WARNING,
         )
 
+    def _policy_refused(self, task: Task, exc: PolicyRefusal) -> str:
+        """Never answer ``task``: the owner's policy refuses it (the reason goes to the
+        status), then back off."""
+        self._answered.append(task.task_id)
+        self._last_refusal = {
+            "task_id": task.task_id,
+            "kind": task.kind,
+            "reason": exc.reason,
+            "message": str(exc),
+            "at": self._clock(),
+        }
+        return self._fail(
+            "policy_refused",
+            f"task {task.task_id}: refused by the device policy: {exc}",
+            level=logging.WARNING,
+        )
+
     @contextlib.contextmanager
     def _interruptible_work(self) -> Iterator[None]:
         """On-device work that a stop signal may interrupt (it raises DaemonStopped)."""
@@ -474,6 +515,9 @@ class Daemon:
                 config=self.config.client,
                 rng=np.random.default_rng(self.config.seed),
                 client_id=client_id,
+                policy=self.config.policy,
+                ledger=self.state.ledger,
+                clock=self._clock,
             )
             self._context = context
         return context
@@ -485,6 +529,12 @@ class Daemon:
         delivered); returns 0, or raises KeyboardInterrupt after the clean stop when SIGINT
         stopped it. Signal handlers are installed only when run in the main thread."""
         restore = self._install_signal_handlers()
+        if not self.config.policy.protected:
+            logger.warning(
+                'privacy policy "off": replies carry exact statistics and row-level '
+                "features with their true labels, with no minimum rows and no epsilon "
+                "budget; this baseline is unsafe outside tests"
+            )
         logger.info(
             "fedge edge daemon started (pid %d, coordinator %s)",
             os.getpid(),
@@ -572,6 +622,12 @@ class Daemon:
         )
         if data:
             document["data"] = data
+        policy = self.config.policy
+        try:
+            section = self.state.ledger.load().summary(policy)
+        except ConfigError as exc:
+            section = {"privacy": policy.privacy, "ledger_error": str(exc)}
+        document["policy"] = {**section, "last_refusal": self._last_refusal}
         if state is not None:
             document["state"] = state
             if state == "stopped":

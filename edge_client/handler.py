@@ -24,25 +24,39 @@ The task kinds and their replies:
   ``feedback`` store);
 - ``evaluate``: global and personalized ``{accuracy, loss}`` on the local holdout, per
   region slice where the schema has a region column -> :class:`~fedge.messages.EvalReport`;
-- ``stats``: :func:`~edge_client.privacy.private_stats` of every local row ->
+- ``stats``: :func:`~edge_client.privacy.noisy_stats` of every local row (with the policy
+  off, the exact :func:`~edge_client.privacy.private_stats`) ->
   :class:`~fedge.messages.StatsReport`;
-- ``features``: int8 backbone embeddings (dequantized) and labels of the training rows ->
+- ``features``: int8 backbone embeddings (dequantized) of the training rows, sent as
+  noised per-class prototypes (:func:`~edge_client.privacy.private_prototypes`), or per
+  row under local DP when the task's options say ``row_features: true`` and the policy
+  allows it (with the policy off: every row's embedding and true label) ->
   :class:`~fedge.messages.FeatureBatch`.
 
+Before any work the context's :class:`~edge_client.policy.DevicePolicy` admits the task
+(task kinds, minimum interval, epsilon budget) and each kind checks the rows behind its
+reply (``min_rows``); a refusal raises :class:`~edge_client.errors.PolicyRefusal`. An
+answer is charged to the context's ledger (its epsilon, and the time of the last answer of
+its kind) before ``handle`` returns it. A context's default policy is the unprotected
+``privacy: "off"`` (:data:`~edge_client.policy.UNPROTECTED`), the in-memory simulation's
+setting; the device daemon always passes its owner's policy, safe by default.
+
 None of these types has a field for raw rows; :mod:`edge_client.privacy` says what the
-aggregates may reveal.
+replies may reveal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_client.compress import FeedbackStore, MemoryFeedbackStore, compress_update
+from edge_client.errors import PolicyRefusal
 from edge_client.local_data import LocalData
 from edge_client.model import EdgeModel, ModelProvider, accuracy, cross_entropy
 from edge_client.personalize import (
@@ -52,7 +66,15 @@ from edge_client.personalize import (
     PersonalizationConfig,
     ensure_personal_head,
 )
-from edge_client.privacy import DEFAULT_MIN_COUNT, private_stats, slice_groups
+from edge_client.policy import UNPROTECTED, DevicePolicy, LedgerStore, MemoryLedgerStore
+from edge_client.privacy import (
+    DEFAULT_MIN_COUNT,
+    noisy_stats,
+    private_prototypes,
+    private_rows,
+    private_stats,
+    slice_groups,
+)
 from fedge.data import Dataset
 from fedge.errors import ConfigError, DataError
 from fedge.messages import (
@@ -60,6 +82,7 @@ from fedge.messages import (
     EvalReport,
     FeatureBatch,
     ModelUpdate,
+    PrivacyNote,
     Reply,
     StatsReport,
     Task,
@@ -79,6 +102,7 @@ logger = logging.getLogger(__name__)
 
 SHUFFLE_SEED = "shuffle_seed"
 SHUFFLE_ROUND = "shuffle_round"
+ROW_FEATURES = "row_features"
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,14 @@ class ClientContext:
     client_id: str = "local"
     feedback: FeedbackStore = field(default_factory=MemoryFeedbackStore)
     """The top-k error-feedback residual kept between rounds (:mod:`edge_client.compress`)."""
+    policy: DevicePolicy = UNPROTECTED
+    """The owner's privacy policy (the daemon passes the device's; see the module docstring)."""
+    ledger: LedgerStore = field(default_factory=MemoryLedgerStore)
+    """Epsilon spent and last answers (the daemon's is a file in its state directory)."""
+    noise_rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    """The generator of privacy noise: fresh OS entropy by default, never ``rng``'s seed,
+    which a coordinator may know."""
+    clock: Callable[[], float] = time.time
 
 
 def client_key(client_id: str) -> int:
@@ -135,7 +167,12 @@ def batch_rng(task: Task, client_id: str) -> np.random.Generator | None:
 
 
 def handle(task: Task, context: ClientContext) -> Reply:
-    """Do ``task`` on ``context``'s local data with the model version the task names."""
+    """Do ``task`` on ``context``'s local data with the model version the task names, if
+    the context's policy allows it (:class:`PolicyRefusal` otherwise)."""
+    policy = context.policy
+    ledger = context.ledger.load()
+    now = context.clock()
+    policy.admit(task.kind, ledger, now=now)
     model = context.models.model(task.model_version)
     context.data.refresh()
     if model.schema.to_dict() != context.data.schema.to_dict():
@@ -144,7 +181,28 @@ def handle(task: Task, context: ClientContext) -> Reply:
             "the local data was read with another"
         )
     work = _HANDLERS[task.kind]
-    reply = work(task, model, context)
+    try:
+        reply = work(task, model, context)
+    except PolicyRefusal as exc:
+        if policy.protected and exc.epsilon > 0:  # the noise was drawn: the budget pays
+            context.ledger.save(
+                ledger.charge(
+                    kind=task.kind,
+                    task_id=task.task_id,
+                    now=now,
+                    epsilon=exc.epsilon,
+                    delta=exc.delta,
+                )
+            )
+        raise
+    if policy.protected:
+        note = getattr(reply, "privacy", None)
+        epsilon, delta = (0.0, 0.0) if note is None else (note.epsilon, note.delta)
+        context.ledger.save(
+            ledger.charge(
+                kind=task.kind, task_id=task.task_id, now=now, epsilon=epsilon, delta=delta
+            )
+        )
     logger.debug("client %s answered %s task %s", context.client_id, task.kind, task.task_id)
     return reply
 
@@ -171,6 +229,7 @@ def _train(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
     table = _first(context.data.train(), task.config.max_examples)
     if not len(table):
         raise DataError("no labelled local training rows: nothing to train on")
+    context.policy.check_rows(len(table), "train")
     if task.config.batch_size != model.batch_size:
         logger.warning(
             "task %s asks for batch size %d; the on-device model's static batch is %d",
@@ -201,6 +260,8 @@ def _train(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
 
 def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
     holdout = context.data.holdout()
+    policy = context.policy
+    policy.check_rows(len(holdout), "evaluate")
     if not len(holdout):
         return EvalReport(task.task_id, model.version, 0, {})
     x, y = model.transform(holdout.columns), holdout.labels
@@ -219,7 +280,8 @@ def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
     slices: dict[str, dict[str, float]] = {}
     region = model.schema.region
     if region is not None and region in holdout.columns:
-        for name, rows in slice_groups(holdout.columns[region], k=context.config.min_count).items():
+        k = max(context.config.min_count, policy.min_class_rows if policy.protected else 1)
+        for name, rows in slice_groups(holdout.columns[region], k=k).items():
             values = {
                 "accuracy": accuracy(logits[rows], y[rows]),
                 "loss": cross_entropy(logits[rows], y[rows]),
@@ -239,8 +301,21 @@ def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
 
 
 def _stats(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
-    stats = private_stats(context.data.everything(), k=context.config.min_count)
-    return StatsReport(task_id=task.task_id, stats=stats)
+    table = context.data.everything()
+    policy = context.policy
+    if not policy.protected:
+        return StatsReport(task.task_id, private_stats(table, k=context.config.min_count))
+    policy.check_rows(len(table), "stats")
+    stats = noisy_stats(
+        table,
+        spec=model.spec,
+        epsilon=policy.stats_epsilon,
+        delta=policy.delta,
+        k=policy.min_class_rows,
+        rng=context.noise_rng,
+    )
+    note = PrivacyNote("gaussian", policy.stats_epsilon, policy.delta, "statistics")
+    return StatsReport(task_id=task.task_id, stats=stats, privacy=note)
 
 
 def _features(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
@@ -251,10 +326,49 @@ def _features(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
     if task.config.max_examples is not None:
         limit = min(limit, task.config.max_examples)
     table = _first(table, limit)
+    policy = context.policy
+    policy.check_rows(len(table), "features")
     embeddings = model.embed(model.transform(table.columns))
     rows = min(len(table), MAX_FEATURE_VALUES // embeddings.shape[1])  # one message's limit
+    if not policy.protected:
+        return FeatureBatch(
+            task_id=task.task_id, embeddings=embeddings[:rows], labels=table.labels[:rows]
+        )
+    epsilon, delta = policy.features_epsilon, policy.delta
+    if task.config.options.get(ROW_FEATURES) is True:
+        if policy.allow_row_features:
+            noisy, labels = private_rows(
+                embeddings[:rows],
+                table.labels[:rows],
+                num_classes=model.schema.num_classes,
+                epsilon=epsilon,
+                delta=delta,
+                clip=policy.features_clip,
+                rng=context.noise_rng,
+            )
+            note = PrivacyNote("gaussian.randomized_response", epsilon, delta, "rows")
+            return FeatureBatch(task.task_id, noisy, labels, privacy=note)
+        logger.info(
+            "task %s asks for row-level features; the device policy does not allow them: "
+            "sending per-class prototypes",
+            task.task_id,
+        )
+    release = private_prototypes(
+        embeddings,
+        table.labels,
+        num_classes=model.schema.num_classes,
+        epsilon=epsilon,
+        delta=delta,
+        clip=policy.features_clip,
+        min_class_rows=policy.min_class_rows,
+        rng=context.noise_rng,
+    )
     return FeatureBatch(
-        task_id=task.task_id, embeddings=embeddings[:rows], labels=table.labels[:rows]
+        task.task_id,
+        release.embeddings,
+        release.labels,
+        privacy=PrivacyNote("gaussian", epsilon, delta, "prototypes"),
+        counts=release.counts,
     )
 
 

@@ -48,6 +48,7 @@ from fedge.messages import TASK_KINDS
 
 __all__ = [
     "DEFAULT_MIN_INTERVALS",
+    "UNPROTECTED",
     "DevicePolicy",
     "LedgerStore",
     "MemoryLedgerStore",
@@ -319,3 +320,8 @@ class MemoryLedgerStore:
 
     def save(self, ledger: PolicyLedger) -> None:
         self._ledger = ledger
+
+
+UNPROTECTED = DevicePolicy(privacy="off")
+"""The unsafe ``privacy: "off"`` baseline (the default of an in-memory
+:class:`~edge_client.handler.ClientContext`; never of a device daemon)."""
