@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedge.dp import clip_l2
 from fedge.errors import ProtocolError, SecAggError
 from fedge.fileio import atomic_write_bytes, fsync_directory
 from fedge.messages import ModelUpdate, Task
@@ -340,8 +341,7 @@ def privatize(
 ) -> npt.NDArray[np.float64]:
     """``vector`` scaled down to L2 norm ``clip`` (when longer), plus N(0, noise_stddev^2)
     per coordinate: one client's share of the Gaussian mechanism."""
-    norm = float(np.linalg.norm(vector))
-    clipped = vector * (clip / norm) if norm > clip else vector
+    clipped, _ = clip_l2(vector, clip)
     noised: npt.NDArray[np.float64] = clipped + rng.normal(0.0, noise_stddev, size=clipped.shape)
     return noised
 

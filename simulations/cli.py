@@ -72,7 +72,8 @@ service, in memory. The cloud first pretrains the model on a small proxy share o
 _EPILOG = (
     """\
 outputs (in --out): metrics.json, metrics.csv (round, accuracy, loss, participants,
-bytes_up, bytes_down, seconds, train_loss, auc, secure, compression), accuracy.png,
+bytes_up, bytes_down, seconds, train_loss, auc, secure, compression, epsilon, delta),
+accuracy.png,
 personalization.png, summary.txt and final_head.safetensors; the summary table is printed to stdout.
 
 bring your own:
@@ -215,6 +216,41 @@ def build_parser() -> ArgumentParser:
         default=DEFAULT_TOPK_FRACTION,
         metavar="F",
         help=f"share of coordinates a topk update keeps ({DEFAULT_TOPK_FRACTION:g})",
+    )
+    private = parser.add_argument_group("differential privacy (DP-FedAvg)")
+    private.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="turn DP-FedAvg on: each round's sum gets Gaussian noise of stddev Z * C (with "
+        "--secure-aggregation the devices add it, in shares); off by default",
+    )
+    private.add_argument(
+        "--dp-clip",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="L2 bound of each client's update (1.0; the starting bound with --dp-adaptive-clip)",
+    )
+    private.add_argument(
+        "--dp-adaptive-clip",
+        action="store_true",
+        help="adapt the bound to a quantile of the update norms (plain rounds only)",
+    )
+    private.add_argument(
+        "--dp-delta",
+        type=float,
+        default=None,
+        metavar="D",
+        help="the delta of the reported (epsilon, delta) (default: the coordinator's)",
+    )
+    private.add_argument(
+        "--privacy-budget",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="stop before a round would take the model's epsilon over EPS (the report says so)",
     )
     train = parser.add_argument_group("local training")
     train.add_argument(
@@ -369,6 +405,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         secagg_dropout_stage=args.secagg_dropout_stage,
         compression=args.compression,
         topk_fraction=args.topk_fraction,
+        dp_noise_multiplier=args.dp_noise_multiplier,
+        dp_clip=args.dp_clip,
+        dp_adaptive_clip=args.dp_adaptive_clip,
+        dp_delta=args.dp_delta,
+        privacy_budget=args.privacy_budget,
     )
 
 

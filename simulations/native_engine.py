@@ -32,6 +32,13 @@ download (:class:`DownloadLedger`), which the service never serves here.
 After the last round the service creates ``evaluate`` tasks for every client; their
 reports give each client's personalized and global holdout accuracy.
 
+With differential privacy (``dp_noise_multiplier``) the round config carries the ``dp_*``
+fields: the service's DP-FedAvg clips and noises plain rounds, and in secure rounds the
+train tasks tell each device its clip and noise share (:func:`edge_client.secure.begin`).
+Every round reports the privacy record of the model version after it (the cumulative
+epsilon of its lineage). With a ``privacy_budget`` the service refuses to open a round that
+would exceed it: the run stops there and the result says why (``stop_reason``).
+
 Rounds are opened on demand and their versions promoted on commit. Clients visit their rows
 in stored order every epoch unless the hyperparameters shuffle: then every round's train
 tasks carry the task options ``shuffle_seed`` (the scenario's ``Hyperparams.seed``) and
@@ -67,6 +74,7 @@ from coordinator import (
     Store,
     UpdateSubmission,
 )
+from coordinator.privacy import BUDGET_EXHAUSTED
 from coordinator.records import ClientRecord, RoundRecord
 from edge_client import ModelCache, PersonalizationConfig
 from fedge.bundle import MANIFEST_NAME
@@ -125,6 +133,13 @@ class NativeOptions:
     compression: str = "none"
     compression_options: Mapping[str, float] = field(default_factory=dict)
     """The round config's update codec and its options (``fraction`` for topk)."""
+    dp_noise_multiplier: float | None = None
+    dp_clip: float = 1.0
+    dp_adaptive_clip: bool = False
+    dp_delta: float | None = None
+    """The round config's ``dp_*`` fields (no noise multiplier: no differential privacy)."""
+    privacy_budget: float | None = None
+    """The service's privacy budget: the run stops at the first round it refuses."""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -274,6 +289,7 @@ def run_native(
         final_head=head,
         personalization=tuple(gains),
         seconds=time.perf_counter() - started,
+        stop_reason=engine.stop_reason,
         details={
             "workers": options.workers,
             "store": options.store,
@@ -285,8 +301,17 @@ def run_native(
             "secure_aggregation": options.secure_aggregation,
             "compression": options.compression,
             "compression_options": dict(options.compression_options),
+            "dp_noise_multiplier": options.dp_noise_multiplier,
+            "dp_clip": options.dp_clip,
+            "dp_adaptive_clip": options.dp_adaptive_clip,
+            "dp_delta": options.dp_delta,
+            "privacy_budget": options.privacy_budget,
         },
     )
+
+
+class _Refused(Exception):
+    """The service would not open the next round (its reason is the message)."""
 
 
 class _NativeRun:
@@ -301,6 +326,7 @@ class _NativeRun:
         self.options = options
         self.progress = progress
         self.rejected = 0
+        self.stop_reason: str | None = None
         self.clock = SimulatedClock()
         self.selector = PlannedSelector()
         manifest = scenario.manifest()
@@ -338,6 +364,7 @@ class _NativeRun:
                 # Every client is simulated here and the evaluations stay in this process:
                 # no cohort to protect from the operator, and fleets may have under ten.
                 min_cohort=1,
+                privacy_budget=options.privacy_budget,
             ),
             now=self.clock,
             selector=self.selector,
@@ -381,6 +408,13 @@ class _NativeRun:
             fields.update(
                 compression=o.compression, compression_options=dict(o.compression_options)
             )
+        if o.dp_noise_multiplier is not None:
+            fields.update(
+                dp_noise_multiplier=o.dp_noise_multiplier,
+                dp_clip=o.dp_clip,
+                dp_adaptive_clip=o.dp_adaptive_clip,
+                dp_delta=o.dp_delta,
+            )
         return fields
 
     def _test_arrays(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -400,21 +434,32 @@ class _NativeRun:
         rounds = []
         total = self.scenario.num_rounds
         for index, participants in enumerate(self.scenario.schedule):
-            rounds.append(self._round(index + 1, total, participants))
+            try:
+                rounds.append(self._round(index + 1, total, participants))
+            except _Refused as refusal:
+                self.stop_reason = str(refusal)
+                logger.warning("round %d was not started: %s", index + 1, refusal)
+                break
         gains = self._personalization() if self.options.personalization else []
         production = self.service.registry.production()
         return rounds, gains, self.service.registry.weights(production)
 
     def _round(self, number: int, total: int, participants: Sequence[str]) -> RoundStats:
         started = time.perf_counter()
-        if self.progress is not None:
-            self.progress.round_started(number, total, len(participants))
         self.selector.plan([self.clients[c].coordinator_id for c in participants])
         round_ = self.service.open_round(
             {"clients_per_round": len(participants), "task_options": self._task_options(number)}
         )
         if round_.state != "collecting":
-            raise SimulationError(f"round {round_.round_id} did not start: {round_.state}")
+            reason = round_.failure_reason or ""
+            if reason.startswith(BUDGET_EXHAUSTED):
+                raise _Refused(reason)
+            raise SimulationError(
+                f"round {round_.round_id} did not start: {round_.state}"
+                + (f" ({reason})" if reason else "")
+            )
+        if self.progress is not None:
+            self.progress.round_started(number, total, len(participants))
         base = str(round_.base_version)
         self.mirror.ensure(base)
         selected = [self.by_coordinator_id[c] for c in round_.selected]
@@ -480,6 +525,7 @@ class _NativeRun:
             compression=self.options.compression,
             dropped_clients=tuple(sorted(dropped)),
             measurements={k: v for k, v in round_.measurements.items() if k.startswith("secagg")},
+            privacy=record.privacy or {},
         )
         if self.progress is not None:
             self.progress.round_finished(stats)

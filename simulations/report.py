@@ -9,7 +9,8 @@ One module for both programs of :mod:`simulations`:
 
     OUT/metrics.json        settings, every round, baselines, personalization, schedule
     OUT/metrics.csv         round, accuracy, loss, participants, bytes_up, bytes_down,
-                            seconds (then train_loss and, for two classes, auc)
+                            seconds (then train_loss and, for two classes, auc; the
+                            mode; each version's cumulative epsilon and its delta)
     OUT/accuracy.png        the global model's test accuracy per round, baselines as lines
     OUT/personalization.png personalized minus global accuracy on each client's holdout
     OUT/summary.txt         the table :func:`summary_table` prints
@@ -81,6 +82,8 @@ CSV_COLUMNS = (
     "auc",
     "secure",
     "compression",
+    "epsilon",
+    "delta",
 )
 """The columns of a simulation's ``metrics.csv``."""
 
@@ -255,7 +258,10 @@ class RoundStats:
     fetched). ``secure`` says the round ran SecAgg+ (the coordinator saw only the sum),
     ``compression`` the devices' update codec; ``dropped_clients`` are those the dropout
     knob stopped, ``measurements`` the round's ``secagg_*`` figures (survivors, dropped,
-    the error bound per coordinate of the mean).
+    the error bound per coordinate of the mean). ``privacy`` is the model version's privacy
+    record after the round (cumulative ``epsilon`` over its lineage, ``delta``,
+    ``noise_multiplier``, ``rounds``, ``sampling_rate``; empty when the engine keeps none);
+    an ``epsilon`` of None means no differential-privacy guarantee.
     """
 
     round: int
@@ -275,9 +281,22 @@ class RoundStats:
     compression: str = "none"
     dropped_clients: tuple[str, ...] = ()
     measurements: Mapping[str, float] = field(default_factory=dict)
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
+        object.__setattr__(self, "privacy", MappingProxyType(dict(self.privacy)))
+
+    @property
+    def epsilon(self) -> float | None:
+        """The model's cumulative epsilon after this round (None: no DP guarantee)."""
+        value = self.privacy.get("epsilon")
+        return None if value is None else float(value)
+
+    @property
+    def delta(self) -> float | None:
+        value = self.privacy.get("delta")
+        return None if value is None else float(value)
 
     @property
     def mode(self) -> str:
@@ -304,6 +323,9 @@ class RoundStats:
             "compression": self.compression,
             "dropped_clients": list(self.dropped_clients),
             "measurements": dict(self.measurements),
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "privacy": dict(self.privacy),
         }
 
 
@@ -341,6 +363,9 @@ class EngineResult:
     seconds: float = 0.0
     """Wall time of the engine (its set-up included, pretraining not)."""
     details: Mapping[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None
+    """Why the run stopped before its last scheduled round (the coordinator refused to
+    start the next one, e.g. "privacy budget exhausted: ..."); None: it ran them all."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
@@ -348,6 +373,16 @@ class EngineResult:
     @property
     def rounds_per_second(self) -> float:
         return len(self.rounds) / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The final model's (epsilon, delta) and how they were reached; None when no
+        round recorded privacy (the engine keeps no record)."""
+        recorded = [r for r in self.rounds if r.privacy]
+        if not recorded:
+            return None
+        last = recorded[-1]
+        return {"epsilon": last.epsilon, "delta": last.delta, **dict(last.privacy)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -396,6 +431,8 @@ class RunReport:
             },
             "details": dict(self.result.details),
             "schedule": [list(r) for r in self.schedule],
+            "privacy": self.result.privacy,
+            "stop_reason": self.result.stop_reason,
         }
 
 
@@ -481,12 +518,15 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
     """Rounds (the first and last few when there are many), then each figure beside its
     baselines, then traffic, time and personalization."""
     rounds = list(report.result.rounds)
+    private = any(r.epsilon is not None for r in rounds)
     lines = [
         f"fedge-simulate: {report.settings.get('task', '?')} with the {report.result.engine} "
         f"engine, {report.settings.get('clients', '?')} clients, {len(rounds)} rounds",
         "",
         f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'auc':>6}  {'clients':>7}  "
-        f"{'bytes up':>10}  {'bytes down':>10}  {'seconds':>7}  mode",
+        f"{'bytes up':>10}  {'bytes down':>10}  {'seconds':>7}  "
+        + (f"{'epsilon':>8}  " if private else "")
+        + "mode",
     ]
     shown: list[RoundStats | None] = list(rounds)
     if len(rounds) > max_rounds:
@@ -500,7 +540,9 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
         lines.append(
             f"{r.round:>5}  {_number(r.accuracy):>8}  {_number(r.loss):>7}  "
             f"{_number(r.auc, 3):>6}  {r.participants:>7}  {_bytes(r.bytes_up):>10}  "
-            f"{_bytes(r.bytes_down):>10}  {r.seconds:>7.2f}  {r.mode}{mark}"
+            f"{_bytes(r.bytes_down):>10}  {r.seconds:>7.2f}  "
+            + (f"{_epsilon(r.epsilon):>8}  " if private else "")
+            + f"{r.mode}{mark}"
         )
     name = report.headline
     width = max(24, len(report.initial_label) + 2)
@@ -537,6 +579,11 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
             "coordinator saw only the sum of each round's updates"
             + (f" ({dropped} client dropouts by --secagg-dropout)" if dropped else "")
         )
+    privacy = report.result.privacy
+    if privacy is not None and (private or report.settings.get("dp_noise_multiplier") is not None):
+        lines.append(_privacy_line(privacy))
+    if report.result.stop_reason is not None:
+        lines.append(f"stopped after {len(rounds)} rounds: {report.result.stop_reason}")
     gains = report.result.personalization
     if gains:
         values = sorted(g.gain for g in gains)
@@ -546,6 +593,29 @@ def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
             f"max {values[-1]:+.4f}"
         )
     return "\n".join(lines)
+
+
+def _epsilon(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
+
+
+def _privacy_line(privacy: Mapping[str, Any]) -> str:
+    """The final model's guarantee, in one line."""
+    epsilon, delta = privacy.get("epsilon"), privacy.get("delta")
+    if epsilon is None:
+        return (
+            "differential privacy: none (a round without DP noise is in the final model's lineage)"
+        )
+    how = [
+        f"{name.replace('_', ' ')} {privacy[name]:g}"
+        for name in ("noise_multiplier", "sampling_rate", "rounds")
+        if isinstance(privacy.get(name), int | float)
+    ]
+    return (
+        f"differential privacy: (epsilon, delta) = ({epsilon:.4g}, "
+        f"{'-' if delta is None else format(delta, '.3g')}) for the final model"
+        + (f" ({', '.join(how)})" if how else "")
+    )
 
 
 # The demo -----------------------------------------------------------------------------------

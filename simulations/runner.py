@@ -58,6 +58,11 @@ def run_engine(
             dropout=Dropout(settings.secagg_dropout, settings.secagg_dropout_stage),
             compression=settings.compression,
             compression_options=_compression_options(settings),
+            dp_noise_multiplier=settings.dp_noise_multiplier,
+            dp_clip=settings.dp_clip,
+            dp_adaptive_clip=settings.dp_adaptive_clip,
+            dp_delta=settings.dp_delta,
+            privacy_budget=settings.privacy_budget,
         ),
         progress=progress,
     )

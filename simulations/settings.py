@@ -21,7 +21,7 @@ from coordinator import RoundConfig
 from fedge.data import TASK_NAMES, Partition, parse_partition
 from fedge.errors import ConfigError
 from fedge.strategy import PRESETS, build_strategy
-from fedge.validation import check_fraction, check_int, check_positive
+from fedge.validation import check_fraction, check_int, check_number, check_positive
 from fedge.weights import Weights
 from simulations.errors import SettingsError
 from simulations.inputs import files
@@ -111,6 +111,17 @@ class Settings:
     """The devices' update codec: none, q8 (8-bit stochastic) or topk (with error feedback)."""
     topk_fraction: float = DEFAULT_TOPK_FRACTION
     """The share of coordinates a topk update keeps."""
+    dp_noise_multiplier: float | None = None
+    """DP-FedAvg's noise multiplier z (the noise of the sum has stddev z * dp_clip); None:
+    no differential privacy. With secure aggregation the devices add the noise."""
+    dp_clip: float = 1.0
+    """The L2 bound C of each client's update (the initial bound when adaptive)."""
+    dp_adaptive_clip: bool = False
+    """Quantile-based adaptive clipping (plain rounds only)."""
+    dp_delta: float | None = None
+    """The delta of the reported (epsilon, delta); None: the coordinator's default."""
+    privacy_budget: float | None = None
+    """The epsilon a round may not take the model's lineage over: the run stops there."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -195,6 +206,7 @@ def check_settings(settings: Settings) -> CheckedInputs:
             fields=("engine", *strategy_fields),
         )
     _check_secure(s)
+    _check_privacy(s)
     if s.store not in STORES:
         raise SettingsError(
             f"store must be one of {list(STORES)}, got {s.store!r}", fields=["store"]
@@ -322,6 +334,62 @@ def _check_secure(s: Settings) -> None:
                 secagg_clip=s.secagg_clip,
                 secagg_degree=s.secagg_degree,
                 secagg_threshold=s.secagg_threshold,
+            )
+
+
+def _check_privacy(s: Settings) -> None:
+    """The differential-privacy options, and that the engine runs them."""
+    if s.dp_noise_multiplier is not None:
+        with about("dp_noise_multiplier"):
+            check_number(s.dp_noise_multiplier, "dp_noise_multiplier", low=0.0)
+    with about("dp_clip"):
+        check_positive(s.dp_clip, "dp_clip")
+    if s.dp_delta is not None:
+        with about("dp_delta"):
+            check_fraction(s.dp_delta, "dp_delta", zero_ok=False, one_ok=False)
+    if s.privacy_budget is not None:
+        with about("privacy_budget"):
+            check_positive(s.privacy_budget, "privacy_budget")
+    dp_only = [
+        name
+        for name, default in (("dp_clip", 1.0), ("dp_adaptive_clip", False), ("dp_delta", None))
+        if getattr(s, name) != default
+    ]
+    if dp_only and s.dp_noise_multiplier is None:
+        raise SettingsError(
+            f"{', '.join(dp_only)} only apply with differential privacy: give a noise multiplier",
+            fields=[*dp_only, "dp_noise_multiplier"],
+        )
+    if s.engine == "tff" and (s.dp_noise_multiplier is not None or s.privacy_budget is not None):
+        raise SettingsError(
+            "the tff reference engine runs plain FedAvg: differential privacy and a privacy "
+            "budget need the native engine",
+            fields=["engine", "dp_noise_multiplier", "privacy_budget"],
+        )
+    if s.dp_noise_multiplier is not None and PRESETS[s.aggregator].aggregator != "fedavg":
+        raise SettingsError(
+            "differential privacy averages clipped updates: it needs the fedavg aggregator "
+            f"(a server optimizer is fine), got {s.aggregator!r}",
+            fields=["dp_noise_multiplier", "aggregator"],
+        )
+    if s.dp_adaptive_clip and s.secure_aggregation:
+        raise SettingsError(
+            "adaptive clipping needs the server to count clipped updates, which secure "
+            "aggregation hides: use a fixed dp_clip",
+            fields=["dp_adaptive_clip", "secure_aggregation"],
+        )
+    if s.dp_noise_multiplier is not None:
+        per_round = max(3, _smallest_round(s) or s.clients)
+        with about("dp_noise_multiplier", "dp_clip", "secagg_clip"):  # the coordinator's rules
+            RoundConfig(
+                clients_per_round=per_round,
+                min_clients=1,
+                secure_aggregation=s.secure_aggregation,
+                secagg_clip=s.secagg_clip,
+                dp_noise_multiplier=s.dp_noise_multiplier,
+                dp_clip=s.dp_clip,
+                dp_adaptive_clip=s.dp_adaptive_clip,
+                dp_delta=s.dp_delta,
             )
 
 
