@@ -1,6 +1,9 @@
 """Alert rules: failed rounds, rejection bursts, per-region accuracy drops, data drift.
 
 - ``round_failed``: a round closed without enough updates (or could not aggregate).
+- ``privacy_budget_exhausted``: a round was not started because its commit would take the
+  production lineage's epsilon over the service's ``privacy_budget``
+  (:mod:`coordinator.privacy`); training stops there.
 - ``rejection_burst``: at least ``rejection_burst_threshold`` rejected updates within
   ``rejection_burst_window_seconds`` (raised at most once per window).
 - ``accuracy_drop``: an EvalReport whose accuracy for a region (a slice, or the client's
@@ -69,6 +72,15 @@ class AlertMonitor:
         return self._raise(
             "round_failed",
             f"round {round_.round_id} failed: {round_.failure_reason}",
+            round_id=round_.round_id,
+            model_version=round_.base_version,
+        )
+
+    def privacy_budget_exhausted(self, round_: RoundRecord, reason: str) -> AlertRecord:
+        return self._raise(
+            "privacy_budget_exhausted",
+            f"round {round_.round_id} not started: {reason}; training stops",
+            severity="critical",
             round_id=round_.round_id,
             model_version=round_.base_version,
         )

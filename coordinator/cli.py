@@ -4,7 +4,7 @@
 
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
-        [--min-cohort N] [--cohort-window SECONDS] [-v|-q]
+        [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
@@ -80,7 +80,7 @@ _LOGGERS = ("coordinator", "fedge")
 _ROUND_FLAGS = {
     "clients_per_round": int, "min_clients": int, "min_available_clients": int,
     "deadline_seconds": float, "epochs": int, "batch_size": int, "learning_rate": float,
-    "norm_bound": float, "max_examples": int,
+    "norm_bound": float, "max_examples": int, "dp_noise_multiplier": float, "dp_clip": float,
 }  # fmt: skip
 
 # Added to the kit's table: the bundle given to ``serve`` is the caller's input (2). An admin
@@ -249,6 +249,21 @@ def _add_serve(sub: Any) -> None:
         help="seconds before a client may be given another task of one kind "
         "(default %(default)s; 0 switches the window off)",
     )
+    dp = serve.add_argument_group(
+        "differential privacy",
+        "--dp-noise-multiplier Z makes rounds DP-FedAvg (updates clipped to L2 --dp-clip, "
+        "Gaussian noise of stddev Z * clip on their sum); every committed version records "
+        "its lineage's (epsilon, delta) from the RDP accountant.",
+    )
+    dp.add_argument(
+        "--privacy-budget",
+        type=float,
+        default=None,
+        metavar="EPSILON",
+        help="stop training before a round whose commit would take the production "
+        "lineage's epsilon over EPSILON (a round without DP is refused outright); the round "
+        "fails with 'privacy budget exhausted' and a privacy_budget_exhausted alert",
+    )
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -390,6 +405,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         min_cohort=args.min_cohort,
         cohort_window_seconds=args.cohort_window,
+        privacy_budget=args.privacy_budget,
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
@@ -537,7 +553,15 @@ def _check_existing_database(db: str) -> None:
         )
 
 
-_MODEL_COLUMNS = ("version", "stage", "parent", "round_id", "participants", "created_at")
+_MODEL_COLUMNS = (
+    "version",
+    "stage",
+    "parent",
+    "round_id",
+    "participants",
+    "epsilon",
+    "created_at",
+)
 _CLIENT_COLUMNS = ("client_id", "region", "registered_at", "revoked_at")
 _ROUND_COLUMNS = (
     "round_id",
@@ -569,7 +593,10 @@ def models_cli(args: argparse.Namespace) -> int:
     backend = _backend(args)
     try:
         if args.verb == "list":
-            _print(backend.list_models(), as_json=args.json, columns=_MODEL_COLUMNS)
+            models = backend.list_models()
+            if not args.json:  # the table shows each version's cumulative epsilon
+                models = [{**m, "epsilon": _epsilon(m.get("privacy"))} for m in models]
+            _print(models, as_json=args.json, columns=_MODEL_COLUMNS)
         elif args.verb == "show":
             _print(backend.show_model(args.version), as_json=args.json)
         elif args.verb == "promote":
@@ -579,6 +606,15 @@ def models_cli(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     return 0
+
+
+def _epsilon(privacy: Any) -> str:
+    """A version's cumulative epsilon for the table (its delta is in ``models show``):
+    ``none`` without a DP guarantee, ``-`` without a privacy record."""
+    if not isinstance(privacy, dict):
+        return "-"
+    epsilon = privacy.get("epsilon")
+    return "none" if epsilon is None else f"{epsilon:.4g}"
 
 
 def rounds_cli(args: argparse.Namespace) -> int:

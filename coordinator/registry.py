@@ -21,6 +21,7 @@ from typing import Any
 
 from coordinator.artifacts import ArtifactStore
 from coordinator.errors import ConflictError, NotFoundError
+from coordinator.privacy import public_privacy
 from coordinator.records import ModelEvent, ModelRecord
 from coordinator.store import Store
 from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, BundleManifest, FileEntry, verify_bundle
@@ -111,7 +112,9 @@ class ModelRegistry:
         """Verify a bundle, store its files, register it (idempotent for the same bundle).
 
         The first version becomes production; a later import is a candidate whose parent
-        is the production version. Lineage comes from ``metadata["training_record"]``.
+        is the production version. Lineage comes from ``metadata["training_record"]``. An
+        imported bundle counts as trained on public data: its privacy record says epsilon 0
+        (:func:`coordinator.privacy.public_privacy`).
         """
         manifest = verify_bundle(directory)
         if manifest.task != task:
@@ -141,6 +144,7 @@ class ModelRegistry:
                 trainer_user=_text(record.get("user")),
                 metrics=_float_map(record.get("metrics")),
                 slice_metrics=_slice_map(record.get("slice_metrics")),
+                privacy=public_privacy(),
             )
             if parent is None:
                 model = self.promote(model.version, detail="first version")

@@ -20,7 +20,17 @@
   optimizer steps from the base version's persisted state, and its metrics aggregation
   summarizes the clients' metrics overall and per region; the new weights, state and
   derived manifest are written before the version is registered.
-- committed: a new registry version (promoted when ``promotes_on_commit``).
+- committed: a new registry version (promoted when ``promotes_on_commit``), with its
+  privacy record (:mod:`coordinator.privacy`): a DP round (``dp_noise_multiplier``) is
+  aggregated by :class:`~fedge.strategy.DPFedAvg` around the round's strategy, its noise
+  drawn from a generator seeded by the OS's CSPRNG, its adaptive clip carried in the server
+  state; the sampling rate and delta are fixed when the round starts (kept in its
+  ``measurements`` as ``dp_sampling_rate``, ``dp_delta`` and ``dp_population``).
+- privacy budget (``privacy_budget``): a round whose commit would take the production
+  lineage's epsilon over the budget, or any round without DP, fails before it starts with
+  "privacy budget exhausted: epsilon would be X, budget Y" and a
+  ``privacy_budget_exhausted`` alert; continuous mode then opens no new round while the
+  production version and the round defaults stay as they are (no loop of failing rounds).
 - failed: too few clients to start, fewer than ``min_clients`` updates by the deadline,
   cancelled by an operator, or any error while aggregating or committing (a non-finite
   result included); the global model is unchanged, the reason recorded and a
@@ -38,18 +48,26 @@ import getpass
 import hashlib
 import logging
 import math
+import secrets
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from coordinator import privacy
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
 from coordinator.codecs import decode_update
 from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError, NotFoundError
-from coordinator.records import ACTIVE_ROUND_STATES, RoundRecord, TaskRecord, UpdateRecord
+from coordinator.records import (
+    ACTIVE_ROUND_STATES,
+    ModelRecord,
+    RoundRecord,
+    TaskRecord,
+    UpdateRecord,
+)
 from coordinator.registry import SERVER_STATE, ModelRegistry
 from coordinator.secagg import SecureOutcome, SecureRounds
 from coordinator.selection import ClientSelector, check_selection
@@ -57,7 +75,7 @@ from coordinator.store import Store
 from fedge.errors import AggregationError, FedgeError
 from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
-from fedge.strategy import ClientMetrics
+from fedge.strategy import ClientMetrics, DPFedAvg, Strategy
 
 __all__ = ["RoundEngine", "train_task_id"]
 
@@ -83,8 +101,10 @@ class RoundEngine:
         now: Callable[[], float],
         rng: np.random.Generator,
         selector: ClientSelector,
+        privacy_budget: float | None = None,
     ) -> None:
         self._store = store
+        self._privacy_budget = privacy_budget
         self._artifacts = artifacts
         self._registry = registry
         self._alerts = alerts
@@ -125,6 +145,8 @@ class RoundEngine:
         for round_ in active:
             self._advance(round_)
         if self._defaults.continuous and not self._store.list_rounds(ACTIVE_ROUND_STATES):
+            if self._budget_spent():
+                return
             self.open()
 
     def cancel(self, round_id: int) -> RoundRecord:
@@ -171,6 +193,14 @@ class RoundEngine:
                 )
             return round_
         base = self._registry.production()
+        population = len(clients)
+        rate = privacy.sampling_rate(config.clients_per_round, population)
+        delta = (
+            config.dp_delta if config.dp_delta is not None else privacy.default_delta(population)
+        )
+        refusal = self._budget_refusal(config, base, rate, delta)
+        if refusal is not None:
+            return self._refuse(dataclasses.replace(round_, base_version=base.version), refusal)
         count = min(config.clients_per_round, len(clients))
         selected = check_selection(
             self._selector.select(round_.round_id, tuple(clients), count, self._rng),
@@ -187,7 +217,11 @@ class RoundEngine:
             batch_size=batch,
             learning_rate=config.learning_rate,
             max_examples=config.max_examples,
-            options={**config.task_options, **config.compression_task_options()},
+            options={
+                **config.task_options,
+                **config.compression_task_options(),
+                **config.dp_task_options(),
+            },
         )
         tasks, secagg = {c: task_config for c in selected}, None
         if config.secure_aggregation:  # see coordinator.secagg
@@ -215,6 +249,11 @@ class RoundEngine:
                 deadline=deadline,
                 selected=selected,
                 secagg=secagg,
+                measurements={
+                    "dp_sampling_rate": rate,
+                    "dp_delta": delta,
+                    "dp_population": float(population),
+                },
             )
             self._store.save_round(started)
             self._registry.mark_deployed(base.version)
@@ -279,7 +318,11 @@ class RoundEngine:
         base = self._registry.get(str(round_.base_version))
         config = round_.config
         weights = self._registry.weights(base)
-        strategy = config.strategy()
+        strategy = self._strategy(config)
+        state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name)
+        if state is None:
+            state = strategy.init_server_state(weights)
+        strategy = strategy.bind_state(state)
         aggregator = strategy.new_aggregator(weights)
         secure: SecureOutcome | None = None
         if round_.secagg is not None:  # one update: the unmasked mean of the secure sum
@@ -289,9 +332,6 @@ class RoundEngine:
             delta = decode_update(body, config.compression, weights, max_bytes=len(body))
             aggregator.add(delta, update.num_examples)
         result = strategy.aggregate(aggregator)
-        state = self._server_state(base.artifacts.get(SERVER_STATE), strategy.server_optimizer_name)
-        if state is None:
-            state = strategy.init_server_state(weights)
         new_weights, new_state = strategy.server_step(state, weights, result)
         new_weights.check_finite()
         client_metrics = self._client_metrics(updates) if secure is None else secure.client_metrics
@@ -313,6 +353,7 @@ class RoundEngine:
                 trainer_user=_user(),
                 metrics=dict(metrics.overall),
                 slice_metrics={region: dict(m) for region, m in metrics.by_region.items()},
+                privacy=self._round_privacy(round_, base),
             )
             if config.promotes_on_commit:
                 model = self._registry.promote(
@@ -324,6 +365,7 @@ class RoundEngine:
                 closed_at=self._now(),
                 result_version=model.version,
                 measurements={
+                    **round_.measurements,
                     **result.measurements,
                     **(secure.measurements if secure is not None else {}),
                 },
@@ -334,6 +376,79 @@ class RoundEngine:
             "round %d committed %s from %d updates", round_.round_id, model.version, len(updates)
         )
         return committed
+
+    def _strategy(self, config: RoundConfig) -> Strategy:
+        """The round's strategy, wrapped in DP-FedAvg when the round is DP."""
+        strategy = config.strategy()
+        dp = config.dp_config()
+        if dp is None:
+            return strategy
+        rng = np.random.default_rng(secrets.randbits(128))  # the noise must be unpredictable
+        return DPFedAvg(strategy, config=dp, rng=rng, secure=config.secure_aggregation)
+
+    def _round_privacy(self, round_: RoundRecord, base: ModelRecord) -> dict[str, Any]:
+        """The new version's privacy record, at the sampling rate and delta fixed when the
+        round started (a round saved by an older coordinator: the population now)."""
+        config = round_.config
+        rate = round_.measurements.get("dp_sampling_rate")
+        delta = round_.measurements.get("dp_delta")
+        if rate is None or delta is None:
+            population = len([c for c in self._store.list_clients() if not c.revoked])
+            rate = privacy.sampling_rate(config.clients_per_round, population)
+            delta = config.dp_delta or privacy.default_delta(population)
+        return privacy.round_privacy(
+            base, noise_multiplier=config.dp_noise_multiplier, rate=rate, delta=delta
+        )
+
+    # The privacy budget -------------------------------------------------------------------
+
+    def _budget_refusal(
+        self, config: RoundConfig, base: ModelRecord, rate: float, delta: float
+    ) -> str | None:
+        """Why the budget refuses a round of ``config`` on ``base``, or None."""
+        budget = self._privacy_budget
+        if budget is None:
+            return None
+        if not config.dp_noise_multiplier:
+            what = "the round has no DP" if config.dp_noise_multiplier is None else "z is 0"
+            return (
+                f"{privacy.BUDGET_EXHAUSTED}: epsilon would be unbounded ({what}), "
+                f"budget {budget:g}"
+            )
+        ledger = privacy.lineage_ledger(base).plus(config.dp_noise_multiplier, rate)
+        epsilon = ledger.epsilon(delta)
+        if epsilon is None:
+            return (
+                f"{privacy.BUDGET_EXHAUSTED}: epsilon would be unbounded (the lineage of "
+                f"{base.version} holds a round without DP), budget {budget:g}"
+            )
+        if epsilon > budget:
+            return f"{privacy.BUDGET_EXHAUSTED}: epsilon would be {epsilon:.4g}, budget {budget:g}"
+        return None
+
+    def _refuse(self, round_: RoundRecord, reason: str) -> RoundRecord:
+        self._alerts.privacy_budget_exhausted(round_, reason)
+        return self._fail(round_, reason)
+
+    def _budget_spent(self) -> bool:
+        """Whether continuous mode must not open a round: the budget refuses the defaults
+        on the production version and a round already failed for it on that version."""
+        if self._privacy_budget is None:
+            return False
+        rounds = self._store.list_rounds(("failed",))
+        last = max(rounds, key=lambda r: r.round_id) if rounds else None
+        if last is None or not (last.failure_reason or "").startswith(privacy.BUDGET_EXHAUSTED):
+            return False
+        base = self._registry.production()
+        if last.base_version != base.version:
+            return False
+        population = len([c for c in self._store.list_clients() if not c.revoked])
+        config = self._defaults
+        rate = privacy.sampling_rate(config.clients_per_round, population)
+        delta = (
+            config.dp_delta if config.dp_delta is not None else privacy.default_delta(population)
+        )
+        return self._budget_refusal(config, base, rate, delta) is not None
 
     def _server_state(self, digest: str | None, optimizer: str) -> ServerState | None:
         """The base version's server state, or None when there is none or it belongs to

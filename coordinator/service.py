@@ -147,6 +147,7 @@ class CoordinatorService:
             now=now,
             rng=rng if rng is not None else np.random.default_rng(config.seed),
             selector=selector if selector is not None else RandomSelector(),
+            privacy_budget=config.privacy_budget,
         )
         self.secagg = SecAggIntake(
             store=store,

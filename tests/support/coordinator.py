@@ -139,6 +139,7 @@ def build_service(
     selector: ClientSelector | None = None,
     min_cohort: int = 1,
     cohort_window_seconds: float = 3600.0,
+    privacy_budget: float | None = None,
     **round_options: Any,
 ) -> CoordinatorService:
     """A service over ``workdir`` (SQLite unless ``store`` is given) with a fake bundle
@@ -158,6 +159,7 @@ def build_service(
             seed=seed,
             min_cohort=min_cohort,
             cohort_window_seconds=cohort_window_seconds,
+            privacy_budget=privacy_budget,
         ),
         now=clock or FakeClock(),
         selector=selector,
