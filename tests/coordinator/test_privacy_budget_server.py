@@ -12,8 +12,8 @@ from pathlib import Path
 
 from dp_accounting import dp_event, rdp
 
+from tests.support import REPO_ROOT
 from tests.support.coordinator import (
-    REPO_ROOT,
     EdgeClient,
     admin_client,
     local_training,
