@@ -20,6 +20,7 @@ strategy from names, as round configs and command lines give them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import statistics
@@ -244,6 +245,14 @@ class StrategyWrapper(Strategy):
     @property
     def inner(self) -> Strategy:
         return self._inner
+
+    def bind_state(self, state: ServerState) -> Strategy:
+        inner = self._inner.bind_state(state)
+        if inner is self._inner:
+            return self
+        bound = copy.copy(self)  # the same wrapper around the bound strategy
+        bound._inner = inner
+        return bound
 
     @property
     def server_optimizer_name(self) -> str:

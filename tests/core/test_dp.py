@@ -22,7 +22,7 @@ from fedge.dp import (
 )
 from fedge.errors import AggregationError, ConfigError
 from fedge.server_optimizers import ServerState
-from fedge.strategy import DPFedAvg, Strategy, build_strategy
+from fedge.strategy import ClippedUpdates, DPFedAvg, Strategy, build_strategy
 from fedge.weights import Weights
 
 FloatArray = npt.NDArray[np.float64]
@@ -260,3 +260,13 @@ def test_dp_fedavg_rejects_a_non_finite_update() -> None:
     bad[3] = np.nan
     with pytest.raises(AggregationError, match="update 0 rejected"):
         aggregator.add(Weights({"w": bad}), 1)
+
+
+def test_a_wrapper_around_dp_fedavg_passes_the_adaptive_clip_through() -> None:
+    _, state, measurements = _dp_round(_dp(0.5, clip=1.0, m=20, adaptive=True), [np.zeros(DIM)])
+    wrapped = ClippedUpdates(_dp(0.5, clip=1.0, m=20, adaptive=True), clip_norm=100.0)
+    bound = wrapped.bind_state(state)
+    assert isinstance(bound, ClippedUpdates)
+    assert isinstance(bound.inner, DPFedAvg)
+    assert bound.inner.clip == pytest.approx(measurements["dp_next_clip"], rel=1e-6)
+    assert bound.clip_norm == 100.0
