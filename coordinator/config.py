@@ -105,16 +105,18 @@ class RoundConfig:
       (any server optimizer), no ``topk`` compression and at least 3 clients per round.
     - ``dp_noise_multiplier`` (``None``: no differential privacy): DP-FedAvg
       (:class:`fedge.strategy.DPFedAvg`, :meth:`dp_config`): each update clipped to L2
-      ``dp_clip`` (with ``dp_adaptive_clip`` a quantile estimate, ``dp_target_quantile``,
-      carried in the server state), summed with weight 1, N(0, (z * clip)^2) per
-      coordinate added, divided by ``clients_per_round``. It needs the ``fedavg``
-      aggregator. In a secure round the clients clip and noise their own updates (the task
-      options ``dp_clip`` and ``dp_noise_stddev`` = z * clip / sqrt(clients_per_round),
-      :meth:`dp_task_options`), every client weighs 1 (``secagg_example_cap`` is 1), the
-      server adds nothing; adaptive clipping is refused there and ``secagg_clip`` (per
-      coordinate) must be >= ``dp_clip`` so that no clipped update is cut again.
-      ``dp_delta`` is the accountant's delta (``None``: 1 / n^1.1 for the n registered
-      clients when the round starts, :mod:`coordinator.privacy`).
+      ``dp_clip``, summed with weight 1, N(0, (z * clip)^2) per coordinate added, divided
+      by ``clients_per_round``; it needs the ``fedavg`` aggregator. With
+      ``dp_adaptive_clip`` the clip follows the ``dp_target_quantile`` of the update norms
+      (a clipped count noised with ``dp_clipped_count_stddev``, default
+      ``clients_per_round`` / 20), carried in the server state. In a secure round the
+      clients clip and noise their own updates (the task options ``dp_clip`` and
+      ``dp_noise_stddev`` = z * clip / sqrt(clients_per_round), :meth:`dp_task_options`),
+      every client weighs 1 (``secagg_example_cap`` is 1) and the server adds nothing;
+      adaptive clipping is refused there and ``secagg_clip`` (per coordinate) must be >=
+      ``dp_clip`` so that no clipped update is cut again. ``dp_delta`` is the accountant's
+      delta (``None``: 1 / n^1.1 for the n registered clients when the round starts,
+      :mod:`coordinator.privacy`).
     """
 
     clients_per_round: int = 10
@@ -147,6 +149,7 @@ class RoundConfig:
     dp_clip: float = 1.0
     dp_adaptive_clip: bool = False
     dp_target_quantile: float = 0.5
+    dp_clipped_count_stddev: float | None = None
     dp_delta: float | None = None
 
     def __post_init__(self) -> None:
@@ -314,6 +317,7 @@ class RoundConfig:
             expected_clients=self.clients_per_round,
             adaptive=self.dp_adaptive_clip,
             target_quantile=self.dp_target_quantile,
+            clipped_count_stddev=self.dp_clipped_count_stddev,
         )
 
     def dp_task_options(self) -> dict[str, float]:
@@ -436,6 +440,11 @@ def _check_dp(config: RoundConfig) -> None:
         raise ConfigError("dp_adaptive_clip must be true or false")
     quantile = check_fraction(config.dp_target_quantile, "dp_target_quantile", zero_ok=False)
     object.__setattr__(config, "dp_target_quantile", quantile)
+    if config.dp_clipped_count_stddev is not None:
+        stddev = check_number(
+            config.dp_clipped_count_stddev, "dp_clipped_count_stddev", low=0.0, high=1e6
+        )
+        object.__setattr__(config, "dp_clipped_count_stddev", stddev)
     if config.dp_delta is not None:
         delta = check_fraction(config.dp_delta, "dp_delta", zero_ok=False)
         object.__setattr__(config, "dp_delta", delta)

@@ -247,6 +247,16 @@ def _dp_config() -> dict[str, Any]:
             "description": "quantile clipping (Andrew et al. 2021); refused in a secure round",
         },
         "dp_target_quantile": {**NUMBER, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "dp_clipped_count_stddev": nullable(
+            {
+                **NUMBER,
+                "minimum": 0,
+                "maximum": 1e6,
+                "description": "noise of the clipped count adaptive clipping uses; null: "
+                "clients_per_round / 20. It must exceed dp_noise_multiplier / 2 (the count "
+                "spends part of the round's privacy)",
+            }
+        ),
         "dp_delta": nullable(
             {
                 **NUMBER,

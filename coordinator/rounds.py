@@ -340,6 +340,7 @@ class RoundEngine:
         for region, by_region in metrics.by_region.items():
             _check_finite_metrics(f"region {region!r} metric", by_region)
         _check_finite_metrics("measurement", result.measurements)
+        record = self._round_privacy(round_, base, secure)
         with self._store.transaction():
             model = self._registry.register_round_version(
                 base,
@@ -353,7 +354,7 @@ class RoundEngine:
                 trainer_user=_user(),
                 metrics=dict(metrics.overall),
                 slice_metrics={region: dict(m) for region, m in metrics.by_region.items()},
-                privacy=self._round_privacy(round_, base),
+                privacy=record,
             )
             if config.promotes_on_commit:
                 model = self._registry.promote(
@@ -386,9 +387,16 @@ class RoundEngine:
         rng = np.random.default_rng(secrets.randbits(128))  # the noise must be unpredictable
         return DPFedAvg(strategy, config=dp, rng=rng, secure=config.secure_aggregation)
 
-    def _round_privacy(self, round_: RoundRecord, base: ModelRecord) -> dict[str, Any]:
+    def _round_privacy(
+        self, round_: RoundRecord, base: ModelRecord, secure: SecureOutcome | None
+    ) -> dict[str, Any]:
         """The new version's privacy record, at the sampling rate and delta fixed when the
-        round started (a round saved by an older coordinator: the population now)."""
+        round started (a round saved by an older coordinator: the population now).
+
+        In a secure round each survivor brought 1/m of the noise's variance, so with s of m
+        survivors the sum holds noise of multiplier z * sqrt(s / m): that is what is
+        accounted. When it takes the lineage over the privacy budget the round fails
+        instead of committing (AggregationError)."""
         config = round_.config
         rate = round_.measurements.get("dp_sampling_rate")
         delta = round_.measurements.get("dp_delta")
@@ -396,9 +404,22 @@ class RoundEngine:
             population = len([c for c in self._store.list_clients() if not c.revoked])
             rate = privacy.sampling_rate(config.clients_per_round, population)
             delta = config.dp_delta or privacy.default_delta(population)
-        return privacy.round_privacy(
-            base, noise_multiplier=config.dp_noise_multiplier, rate=rate, delta=delta
-        )
+        noise = config.dp_noise_multiplier
+        if noise and secure is not None:
+            noise *= math.sqrt(min(1.0, secure.participants / config.clients_per_round))
+        record = privacy.round_privacy(base, noise_multiplier=noise, rate=rate, delta=delta)
+        budget, epsilon = self._privacy_budget, record["epsilon"]
+        if budget is not None and (epsilon is None or epsilon > budget):
+            shown = "unbounded" if epsilon is None else f"{epsilon:.4g}"
+            noised = (
+                f" with the noise of {secure.participants} of {config.clients_per_round} clients"
+                if secure is not None
+                else ""
+            )
+            raise AggregationError(
+                f"{privacy.BUDGET_EXHAUSTED}:{noised} epsilon would be {shown}, budget {budget:g}"
+            )
+        return record
 
     # The privacy budget -------------------------------------------------------------------
 

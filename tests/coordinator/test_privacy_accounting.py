@@ -276,6 +276,57 @@ def test_a_secure_dp_round_commits_the_devices_noised_sum_over_m(tmp_path: Path)
     )
 
 
+def _secure_dp_round_with_two_dropouts(
+    tmp_path: Path, budget: float | None = None
+) -> CoordinatorService:
+    """A secure DP round of 10 devices where two never send their masked input."""
+    make_wide_bundle(tmp_path / "bundle", SHAPES)
+    clock = FakeClock()
+    service = build_service(tmp_path, clock=clock, privacy_budget=budget, **SECURE_DP)
+    devices = []
+    for i in range(10):
+        client = service.authenticate(service.register_client().token)
+        rng = np.random.default_rng(i)
+        vector = privatize(rng.normal(0.0, 0.05, DIMENSION), 0.3, 0.3 / math.sqrt(10), rng=rng)
+        stop = "share" if i in (2, 7) else None
+        devices.append(
+            SecureDevice(ServiceTransport(service, client), vector, 1, seed=i, stop_after=stop)
+        )
+    service.open_round()
+    run_stages(devices, rounds=3)
+    clock.advance(61)  # the mask stage's deadline
+    service.tick()
+    run_stages(devices, rounds=1)
+    return service
+
+
+def test_a_secure_dp_round_accounts_only_the_survivors_noise(tmp_path: Path) -> None:
+    service = _secure_dp_round_with_two_dropouts(tmp_path)
+    round_ = service.get_round(1)
+    assert round_.state == "committed", round_.failure_reason
+    privacy = service.get_model(str(round_.result_version)).privacy
+    assert privacy is not None
+    z = 1.0 * math.sqrt(8 / 10)
+    assert privacy["noise_multiplier"] == pytest.approx(z)
+    assert privacy["epsilon"] == pytest.approx(
+        _direct_epsilon([(z, 1.0, 1)], default_delta(10)), rel=1e-9
+    )
+
+
+def test_dropouts_that_take_a_secure_round_over_the_budget_fail_it(tmp_path: Path) -> None:
+    planned = _direct_epsilon([(1.0, 1.0, 1)], default_delta(10))
+    actual = _direct_epsilon([(math.sqrt(0.8), 1.0, 1)], default_delta(10))
+    budget = (planned + actual) / 2  # the round starts, its survivors' noise is too little
+    service = _secure_dp_round_with_two_dropouts(tmp_path, budget)
+    round_ = service.get_round(1)
+    assert round_.state == "failed"
+    assert round_.failure_reason == (
+        "aggregation failed: privacy budget exhausted: with the noise of 8 of 10 clients "
+        f"epsilon would be {actual:.4g}, budget {budget:g}"
+    )
+    assert [m.version for m in service.store.list_models()] == ["v1"]
+
+
 def masking_config_bound(survivors: int) -> float:
     """The quantization error of a secure sum of ``survivors`` inputs (per coordinate)."""
     return float(masking_config(RoundConfig(**SECURE_DP), DIMENSION).error_bound(survivors))
@@ -294,11 +345,21 @@ def masking_config_bound(survivors: int) -> float:
         ({"dp_noise_multiplier": -1.0}, "dp_noise_multiplier must be >= 0"),
         ({"dp_noise_multiplier": 1.0, "dp_adaptive_clip": True}, "clipped_count_stddev >"),
         ({"dp_delta": 1.0}, "dp_delta must be"),
+        ({"dp_noise_multiplier": 1.0, "dp_clipped_count_stddev": -1.0}, "must be >= 0"),
     ],
 )
 def test_dp_configs_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RoundConfig(**options)
+
+
+def test_more_clipped_count_noise_allows_adaptive_clipping_with_more_update_noise() -> None:
+    config = RoundConfig(
+        dp_noise_multiplier=2.0, dp_adaptive_clip=True, dp_clipped_count_stddev=2.0
+    ).dp_config()
+    assert config is not None
+    # Andrew et al. 2021: (z^-2 - (2 sigma_b)^-2)^-1/2 = (1/4 - 1/16)^-1/2.
+    assert config.update_noise_multiplier == pytest.approx((1 / 4 - 1 / 16) ** -0.5)
 
 
 # The privacy budget --------------------------------------------------------------------------
