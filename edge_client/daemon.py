@@ -327,6 +327,14 @@ class Daemon:
 
     def _work(self, task: Task) -> str:
         if task.task_id in self._answered:
+            refusal = self._last_refusal or {}
+            if refusal.get("task_id") == task.task_id:  # keep the reason in last_error
+                return self._fail(
+                    "policy_refused",
+                    f"task {task.task_id}: refused by the device policy: "
+                    f"{refusal.get('message')}; waiting for it to close",
+                    level=logging.INFO,
+                )
             return self._fail(
                 "answered_before",
                 f"task {task.task_id} was answered before; waiting for it to close",
