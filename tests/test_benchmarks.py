@@ -35,3 +35,40 @@ def test_secagg_benchmark_quick_prints_every_row_side_by_side() -> None:
     for method in ("secagg", "secagg-q8", "secagg-drop"):
         assert 0 < float(rows[method][10]) <= float(rows[method][11]), method
     assert float(rows["plain"][10]) < 1e-6
+
+
+def test_dp_benchmark_quick_prints_each_epsilon_row_and_writes_the_png(tmp_path: Path) -> None:
+    png = tmp_path / "plots" / "dp.png"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "dp.py"),
+            "--quick",
+            "--out",
+            str(png),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["target"])
+    assert lines[header].split()[:4] == ["target", "noise", "z", "epsilon"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :][:4]}
+    assert tuple(rows) == ("none", "8", "3", "1")
+    assert rows["none"][:3] == ["-", "-", "-"]
+    assert rows["none"][4] == "+0.0000"
+    noise = {label: float(rows[label][0]) for label in ("8", "3", "1")}
+    assert 0 < noise["8"] < noise["3"] < noise["1"]  # a smaller epsilon needs more noise
+    for label in ("8", "3", "1"):
+        # the epsilon the run's final model records: at most the target, within 1% of it
+        epsilon = float(rows[label][1])
+        assert 0.99 * float(label) <= epsilon <= float(label), (label, epsilon)
+        assert 0.0 < float(rows[label][3]) <= 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in done.stdout
