@@ -45,8 +45,9 @@ the device sums what it spent (basic composition) against its own ``epsilon_budg
   sum of the noisy label counts, a column's counts are scaled down when they exceed the
   noisy row total, means and variances come from the noisy sums (clamped to the bounds),
   or from the noisy histogram when the spec gives no bounds. Bounds: ``offset + scale *
-  clip`` of the feature spec's normalisation, ``offset + scale * [-4, 4]`` when it has no
-  clip. Min and max are never reported.
+  clip`` of the feature spec's normalisation; without a clip, ``offset + scale * [0, 1]``
+  for min-max normalisation (the training range) and ``offset + scale * [-4, 4]`` for
+  z-scores. Min and max are never reported.
 
 **The unsafe baseline.** With ``privacy: "off"`` none of this runs: features are row-level
 embeddings with true labels, and statistics are :func:`private_stats`, exact apart from
@@ -78,7 +79,7 @@ from edge_client.errors import PolicyRefusal
 from fedge.columns import categorical_codes, numeric_values
 from fedge.data import Dataset
 from fedge.dp import gaussian_sigma
-from fedge.features import CategoricalFeature, FeatureSpec, NumericFeature
+from fedge.features import MINMAX, CategoricalFeature, FeatureSpec, NumericFeature
 from fedge.stats import (
     DEFAULT_HISTOGRAM_EDGES,
     OTHER_CATEGORY,
@@ -245,7 +246,12 @@ def _bounds(feature: NumericFeature | CategoricalFeature | None) -> tuple[float,
     """The raw-value range a numeric feature's normalisation implies (module docstring)."""
     if not isinstance(feature, NumericFeature):
         return None
-    low, high = feature.clip if feature.clip is not None else (-_NO_CLIP_ZSCORE, _NO_CLIP_ZSCORE)
+    if feature.clip is not None:
+        low, high = feature.clip
+    elif feature.normalization == MINMAX:  # scaled from the training min/max to [0, 1]
+        low, high = 0.0, 1.0
+    else:
+        low, high = -_NO_CLIP_ZSCORE, _NO_CLIP_ZSCORE
     ends = (feature.offset + feature.scale * low, feature.offset + feature.scale * high)
     lo, hi = min(ends), max(ends)
     return (lo, hi) if hi > lo else None

@@ -148,6 +148,23 @@ def test_statistics_get_the_stated_noise_per_block() -> None:
     assert _close(float(np.std(labels)), unit, 0.1)
 
 
+def test_a_min_max_feature_is_clipped_to_its_training_range() -> None:
+    rng = np.random.default_rng(6)
+    table, _ = _table(400, rng)
+    spec = FeatureSpec(
+        numeric=(NumericFeature("x", "minmax", offset=-1.0, scale=3.0, fill=0.0),),
+        categorical=(CategoricalFeature("c", ("a",)),),
+    )
+    unit = stats_noise_unit(EPS, DELTA, 5)
+    true_sum = float((np.clip(table.columns["x"], -1.0, 2.0) - 0.5).sum())  # centred on 0.5
+    sums = []
+    for _ in range(600):
+        column = make_noisy_stats(table, spec=spec, epsilon=EPS, delta=DELTA, k=20, rng=rng)
+        x = column.numeric("x")
+        sums.append((x.mean - 0.5) * x.count - true_sum)
+    assert _close(float(np.std(sums)), 1.5 * unit, 0.1)  # half of the range [-1, 2]
+
+
 def test_statistics_suppress_rare_bins_and_categories_and_hide_extremes() -> None:
     rng = np.random.default_rng(5)
     table, spec = _table(400, rng)
