@@ -1,4 +1,5 @@
-"""Fixtures of the hostile tests: real ``fedge-coordinator serve`` processes on loopback."""
+"""Fixtures of the hostile tests: real ``fedge-coordinator serve`` processes on loopback,
+and a real taxi bundle for the attacks on what edge clients send."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.bundles import build_bundle
 from tests.support.coordinator import (
     ServerProcess,
     make_bundle,
@@ -38,3 +40,11 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
     yield start
     for server in started:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def hostile_taxi_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real taxi MLP bundle, for attacks on what real edge clients send (read-only)."""
+    return build_bundle(
+        "taxi", tmp_path_factory.mktemp("hostile-taxi"), batch_size=16, version="taxi-v1"
+    )
