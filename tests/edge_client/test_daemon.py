@@ -4,7 +4,10 @@ be imported, with every byte it sends captured at the transport.
 One module fixture runs the cycle once: register; two train rounds (a data file dropped
 into the data directory between them); then evaluate, stats and features tasks; then
 SIGTERM. The tests judge the coordinator's records, the daemon's files and the capture.
-The local CSV files carry planted canary markers (text and numbers).
+The local CSV files carry planted canary markers (text and numbers). The daemon runs under
+its default privacy policy (no policy file); the fixture has one device, so its
+coordinator runs with ``--min-cohort 1`` (the cohort rule off) to let that one device be
+asked for statistics, features and an evaluation at all.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import numpy as np
 import pytest
 
 from edge_client.local_data import DirectoryData
+from edge_client.model import EdgeModel
 from fedge.bundle import read_manifest
 from fedge.data import read_csv_columns
 from fedge.features import FeatureSpec
+from fedge.messages import FeatureBatch, StatsReport, decode_message
 from tests.support.edge import (
     DaemonProcess,
     admin,
@@ -98,7 +103,8 @@ def cycle(edge_taxi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> C
     token_file, capture, report = workdir / "token", workdir / "capture.jsonl", workdir / "report"
     expected = [_expected_train_rows(data, edge_taxi_bundle)]
     daemon: DaemonProcess | None = None
-    with coordinator(workdir, edge_taxi_bundle, "taxi") as server:
+    # One device is all this fixture has: the cohort rule (ten clients by default) is off.
+    with coordinator(workdir, edge_taxi_bundle, "taxi", "--min-cohort", "1") as server:
         try:
             client_id = register(server.url, token_file, state, capture=capture)
             daemon = start_daemon(
@@ -265,3 +271,66 @@ def test_the_leak_search_finds_what_it_looks_for(cycle: Cycle) -> None:
     assert vector.astype("<f4").tobytes() in sent
     assert TEXT_MARKERS["company"].encode() in sent
     assert float_encodings(NUMBER_MARKERS["fare"])[0] not in sent  # floats travel as text here
+
+
+def _row_embeddings(cycle: Cycle) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
+    """Every local row's int8-backbone embedding, as the device computes it."""
+    model = EdgeModel.load(cycle.bundle)
+    out = []
+    for path in sorted(cycle.data.glob("*.csv")):
+        columns = read_csv_columns(path, schema=model.schema, label="required")
+        out.append(model.embed(model.transform(columns)))
+    return out
+
+
+def _sent_messages(cycle: Cycle, route: str) -> list[Any]:
+    """The JSON messages the daemon posted to ``route`` (e.g. ``/v1/features``)."""
+    return [
+        decode_message(json.loads(base64.b64decode(r["body"])))
+        for r in cycle.capture
+        if r["method"] == "POST" and r["url"].endswith(route)
+    ]
+
+
+def test_no_row_embedding_leaves_the_device(cycle: Cycle) -> None:
+    """Under the default policy a features task sends noised per-class prototypes: no
+    row's embedding travels, as bytes or as a vector within 1e-4 of it."""
+    sent = _sent_bytes(cycle.capture)
+    embeddings = _row_embeddings(cycle)
+    for rows in embeddings:
+        for row in rows:
+            assert row.astype("<f4").tobytes() not in sent
+            assert row.astype("<f8").tobytes() not in sent
+    batches = _sent_messages(cycle, "/v1/features")  # a retry sends the same reply again
+    assert batches
+    every_row = np.concatenate(embeddings)
+    for batch in batches:
+        assert isinstance(batch, FeatureBatch)
+        assert batch.privacy is not None
+        assert batch.privacy.mode == "prototypes"
+        assert len(batch.embeddings) <= 2  # at most one per class of the taxi label
+        for vector in batch.embeddings:
+            nearest = float(np.min(np.max(np.abs(every_row - vector), axis=1)))
+            assert nearest > 1e-4, nearest
+
+
+def test_statistics_sent_are_noised_with_the_default_epsilon(cycle: Cycle) -> None:
+    reports = _sent_messages(cycle, "/v1/stats")
+    assert reports
+    for report in reports:
+        assert isinstance(report, StatsReport)
+        assert report.privacy is not None
+        assert report.privacy.epsilon == pytest.approx(1.0)  # the policy's stats_epsilon
+        for column in report.stats.columns.values():
+            assert getattr(column, "min", None) is None  # no extreme value is ever sent
+            assert getattr(column, "max", None) is None
+
+
+def test_the_embedding_search_finds_a_row_embedding(cycle: Cycle) -> None:
+    """What a row-level features reply would look like in the capture is found."""
+    row = _row_embeddings(cycle)[0][3]
+    data = base64.b64encode(row.astype("<f4").tobytes()).decode()
+    body = base64.b64encode(json.dumps({"embeddings": {"data": data}}).encode()).decode()
+    fake = [{"method": "POST", "url": "http://h/v1/features", "body": body,
+             "headers": {"Content-Type": "application/json"}}]  # fmt: skip
+    assert row.astype("<f4").tobytes() in _sent_bytes(fake)

@@ -399,8 +399,14 @@ def _numeric_features(spec: FeatureSpec) -> dict[str, NumericFeature]:
 
 def _half_width(feature: NumericFeature) -> float:
     """Half the raw range a numeric feature is clipped to before it is summed
-    (edge_client.privacy: offset + scale x clip, or x [-4, 4] without a clip)."""
-    low, high = feature.clip if feature.clip is not None else (-4.0, 4.0)
+    (edge_client.privacy: offset + scale x clip; without a clip x [0, 1] for min-max
+    scaling, x [-4, 4] for z-scores, the taxi features' case)."""
+    if feature.clip is not None:
+        low, high = feature.clip
+    elif feature.normalization == "minmax":
+        low, high = 0.0, 1.0
+    else:
+        low, high = -4.0, 4.0
     return abs(feature.scale) * (high - low) / 2
 
 
