@@ -239,6 +239,14 @@ def build_parser() -> ArgumentParser:
         help="adapt the bound to a quantile of the update norms (plain rounds only)",
     )
     private.add_argument(
+        "--dp-clipped-count-stddev",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --dp-adaptive-clip: the noise on the count of clipped updates, which must "
+        "exceed Z/2 (default: clients per round / 20)",
+    )
+    private.add_argument(
         "--dp-delta",
         type=float,
         default=None,
@@ -408,6 +416,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dp_noise_multiplier=args.dp_noise_multiplier,
         dp_clip=args.dp_clip,
         dp_adaptive_clip=args.dp_adaptive_clip,
+        dp_clipped_count_stddev=args.dp_clipped_count_stddev,
         dp_delta=args.dp_delta,
         privacy_budget=args.privacy_budget,
     )

@@ -136,6 +136,7 @@ class NativeOptions:
     dp_noise_multiplier: float | None = None
     dp_clip: float = 1.0
     dp_adaptive_clip: bool = False
+    dp_clipped_count_stddev: float | None = None
     dp_delta: float | None = None
     """The round config's ``dp_*`` fields (no noise multiplier: no differential privacy)."""
     privacy_budget: float | None = None
@@ -304,6 +305,7 @@ def run_native(
             "dp_noise_multiplier": options.dp_noise_multiplier,
             "dp_clip": options.dp_clip,
             "dp_adaptive_clip": options.dp_adaptive_clip,
+            "dp_clipped_count_stddev": options.dp_clipped_count_stddev,
             "dp_delta": options.dp_delta,
             "privacy_budget": options.privacy_budget,
         },
@@ -413,6 +415,7 @@ class _NativeRun:
                 dp_noise_multiplier=o.dp_noise_multiplier,
                 dp_clip=o.dp_clip,
                 dp_adaptive_clip=o.dp_adaptive_clip,
+                dp_clipped_count_stddev=o.dp_clipped_count_stddev,
                 dp_delta=o.dp_delta,
             )
         return fields
@@ -524,7 +527,9 @@ class _NativeRun:
             secure=self.options.secure_aggregation,
             compression=self.options.compression,
             dropped_clients=tuple(sorted(dropped)),
-            measurements={k: v for k, v in round_.measurements.items() if k.startswith("secagg")},
+            measurements={
+                k: v for k, v in round_.measurements.items() if k.startswith(("secagg", "dp_"))
+            },
             privacy=record.privacy or {},
         )
         if self.progress is not None:

@@ -61,6 +61,7 @@ def run_engine(
             dp_noise_multiplier=settings.dp_noise_multiplier,
             dp_clip=settings.dp_clip,
             dp_adaptive_clip=settings.dp_adaptive_clip,
+            dp_clipped_count_stddev=settings.dp_clipped_count_stddev,
             dp_delta=settings.dp_delta,
             privacy_budget=settings.privacy_budget,
         ),

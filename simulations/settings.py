@@ -118,6 +118,9 @@ class Settings:
     """The L2 bound C of each client's update (the initial bound when adaptive)."""
     dp_adaptive_clip: bool = False
     """Quantile-based adaptive clipping (plain rounds only)."""
+    dp_clipped_count_stddev: float | None = None
+    """Adaptive clipping's noise on the count of clipped updates; None: the coordinator's
+    default (clients per round / 20)."""
     dp_delta: float | None = None
     """The delta of the reported (epsilon, delta); None: the coordinator's default."""
     privacy_budget: float | None = None
@@ -344,6 +347,14 @@ def _check_privacy(s: Settings) -> None:
             check_number(s.dp_noise_multiplier, "dp_noise_multiplier", low=0.0)
     with about("dp_clip"):
         check_positive(s.dp_clip, "dp_clip")
+    if s.dp_clipped_count_stddev is not None:
+        with about("dp_clipped_count_stddev"):
+            check_positive(s.dp_clipped_count_stddev, "dp_clipped_count_stddev")
+        if not s.dp_adaptive_clip:
+            raise SettingsError(
+                "dp_clipped_count_stddev only applies with adaptive clipping",
+                fields=["dp_clipped_count_stddev", "dp_adaptive_clip"],
+            )
     if s.dp_delta is not None:
         with about("dp_delta"):
             check_fraction(s.dp_delta, "dp_delta", zero_ok=False, one_ok=False)
@@ -352,7 +363,12 @@ def _check_privacy(s: Settings) -> None:
             check_positive(s.privacy_budget, "privacy_budget")
     dp_only = [
         name
-        for name, default in (("dp_clip", 1.0), ("dp_adaptive_clip", False), ("dp_delta", None))
+        for name, default in (
+            ("dp_clip", 1.0),
+            ("dp_adaptive_clip", False),
+            ("dp_clipped_count_stddev", None),
+            ("dp_delta", None),
+        )
         if getattr(s, name) != default
     ]
     if dp_only and s.dp_noise_multiplier is None:
@@ -380,7 +396,10 @@ def _check_privacy(s: Settings) -> None:
         )
     if s.dp_noise_multiplier is not None:
         per_round = max(3, _smallest_round(s) or s.clients)
-        with about("dp_noise_multiplier", "dp_clip", "secagg_clip"):  # the coordinator's rules
+        rule_fields = ("dp_noise_multiplier", "dp_clip", "secagg_clip")
+        if s.dp_adaptive_clip:
+            rule_fields = ("dp_noise_multiplier", "dp_adaptive_clip", "dp_clipped_count_stddev")
+        with about(*rule_fields):  # the coordinator's own rules
             RoundConfig(
                 clients_per_round=per_round,
                 min_clients=1,
@@ -389,6 +408,7 @@ def _check_privacy(s: Settings) -> None:
                 dp_noise_multiplier=s.dp_noise_multiplier,
                 dp_clip=s.dp_clip,
                 dp_adaptive_clip=s.dp_adaptive_clip,
+                dp_clipped_count_stddev=s.dp_clipped_count_stddev,
                 dp_delta=s.dp_delta,
             )
 

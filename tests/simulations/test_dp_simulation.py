@@ -11,6 +11,7 @@ report (JSON, CSV, summary) says why.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,10 @@ def test_each_round_reports_the_accountants_cumulative_epsilon(
         assert r.privacy["noise_multiplier"] == Z
         assert r.privacy["sampling_rate"] == PER_ROUND / CLIENTS
         assert r.privacy["rounds"] == r.round
+    # plain rounds: the server noises the sum; secure rounds: the devices did, it adds none
+    expected_stddev = 0.0 if secure else Z * CLIP  # per coordinate of the sum
+    for r in rounds:
+        assert r.measurements["dp_noise_stddev"] == pytest.approx(expected_stddev, rel=1e-9)
     assert rounds[0].epsilon is not None
     assert rounds[2].epsilon is not None
     assert 0 < rounds[0].epsilon < rounds[2].epsilon
@@ -77,6 +82,34 @@ def test_each_round_reports_the_accountants_cumulative_epsilon(
     assert document["privacy"]["delta"] == DELTA
     assert document["stop_reason"] is None
     assert document["rounds"][1]["epsilon"] == rounds[1].epsilon
+
+
+def test_adaptive_clipping_carries_the_clip_from_round_to_round(
+    digits_pretrained: Pretrained, sim_settings: SettingsFactory
+) -> None:
+    report = simulate(
+        sim_settings(
+            clients=CLIENTS,
+            per_round=PER_ROUND,
+            rounds=3,
+            baseline=False,
+            personalization=False,
+            dp_noise_multiplier=Z,
+            dp_clip=CLIP,
+            dp_adaptive_clip=True,
+            dp_clipped_count_stddev=1.0,
+            dp_delta=DELTA,
+        )
+    )
+    rounds = report.result.rounds
+    assert [r.committed for r in rounds] == [True, True, True]
+    assert rounds[0].measurements["dp_clip"] == CLIP
+    for before, after in itertools.pairwise(rounds):
+        assert after.measurements["dp_clip"] == pytest.approx(
+            before.measurements["dp_next_clip"], rel=1e-6
+        )
+    assert rounds[1].measurements["dp_clip"] != CLIP
+    assert rounds[2].epsilon == pytest.approx(_accountant_epsilon(3), rel=1e-9)
 
 
 def test_a_privacy_budget_stops_the_run_and_the_report_says_why(
@@ -136,6 +169,16 @@ def test_a_privacy_budget_stops_the_run_and_the_report_says_why(
             {"dp_noise_multiplier": 1.0, "dp_clip": 2.0, "secure_aggregation": True},
             "secagg_clip",
             ("dp_noise_multiplier", "dp_clip", "secagg_clip"),
+        ),
+        (
+            {"dp_noise_multiplier": 1.0, "dp_clipped_count_stddev": 1.0},
+            "dp_clipped_count_stddev only applies with adaptive clipping",
+            ("dp_clipped_count_stddev", "dp_adaptive_clip"),
+        ),
+        (
+            {"dp_noise_multiplier": 1.1, "dp_adaptive_clip": True},
+            "clipped_count_stddev",
+            ("dp_noise_multiplier", "dp_adaptive_clip", "dp_clipped_count_stddev"),
         ),
         (
             {"dp_noise_multiplier": 1.0, "aggregator": "median"},
