@@ -373,7 +373,8 @@ def _check_privacy(s: Settings) -> None:
     ]
     if dp_only and s.dp_noise_multiplier is None:
         raise SettingsError(
-            f"{', '.join(dp_only)} only apply with differential privacy: give a noise multiplier",
+            f"{', '.join(dp_only)} {'applies' if len(dp_only) == 1 else 'apply'} only with "
+            "differential privacy: give a noise multiplier",
             fields=[*dp_only, "dp_noise_multiplier"],
         )
     if s.engine == "tff" and (s.dp_noise_multiplier is not None or s.privacy_budget is not None):

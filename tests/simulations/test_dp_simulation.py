@@ -147,7 +147,7 @@ def test_a_privacy_budget_stops_the_run_and_the_report_says_why(
     [
         (
             {"dp_clip": 0.5},
-            "dp_clip only apply with differential privacy",
+            "dp_clip applies only with differential privacy: give a noise multiplier",
             ("dp_clip", "dp_noise_multiplier"),
         ),
         (
