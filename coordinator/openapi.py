@@ -226,6 +226,19 @@ def _paths() -> dict[str, Any]:
                 errors="401 403",
             )
         },
+        "/v1/tasks/{task_id}/decline": {
+            "post": _op(
+                "Decline a pending task the device will not do (its owner's policy refuses "
+                "it): the task becomes declined, the client's later tasks are handed out and "
+                "a round stops waiting for it; declining it again answers the same",
+                "declineTask",
+                {"200": _json("TaskDeclined", "Declined")},
+                auth="clientToken",
+                errors="400 401 403 404 409 415",
+                params=[_path_param("task_id", STRING, "A task of the calling client")],
+                body={"required": True, "content": {JSON: {"schema": ref("TaskDecline")}}},
+            )
+        },
         "/v1/tasks": {
             "post": _op(
                 "Ask clients for an evaluation, statistics or embeddings",

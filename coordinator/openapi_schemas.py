@@ -397,10 +397,12 @@ def _records() -> dict[str, Any]:
             created_at=TIME,
             deadline=TIME,
             round_id=nullable(INTEGER),
-            status={"enum": ["pending", "completed", "expired"]},
+            status={"enum": ["pending", "completed", "expired", "declined"]},
             completed_at=nullable(TIME),
         ),
         "TaskList": closed(tasks={"type": "array", "items": ref("TaskRecord")}),
+        "TaskDecline": closed(reason={"type": "string", "minLength": 1, "maxLength": 500}),
+        "TaskDeclined": closed(task_id=STRING, status={"const": "declined"}),
         "UpdateReceipt": closed(
             round_id=INTEGER,
             client_id=STRING,

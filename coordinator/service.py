@@ -44,6 +44,7 @@ from coordinator.intake import (
     check_idempotency_key,
     validate_update,
 )
+from coordinator.logsafe import printable
 from coordinator.records import (
     ACTIVE_ROUND_STATES,
     ClientRecord,
@@ -68,6 +69,8 @@ __all__ = ["CoordinatorService", "Registration", "document_bytes"]
 
 logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
+MAX_DECLINE_REASON = 500
+"""The longest reason a client may give for declining a task."""
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
 
 
@@ -379,6 +382,51 @@ class CoordinatorService:
         except FedgeError as exc:
             self.reject_update(client, submission.round_id, exc)
             raise
+
+    def decline_task(self, client: ClientRecord, task_id: str, reason: str) -> TaskRecord:
+        """The client will not do its pending task ``task_id`` (its owner's policy refuses
+        it, or secure aggregation refused a request): the task becomes ``declined``, so the
+        client's later tasks are handed out and a round stops waiting for it; the reason is
+        recorded as a ``task_declined`` rejection. Declining it again answers the same."""
+        if not isinstance(reason, str) or not 0 < len(reason) <= MAX_DECLINE_REASON:
+            raise CoordinatorError(
+                f"reason must be a text of 1 to {MAX_DECLINE_REASON} characters",
+                code="invalid_reason",
+            )
+        with self._lock:
+            task = self.store.get_task(task_id)
+            if task is None or task.client_id != client.client_id:
+                raise NotFoundError(
+                    f"client {client.client_id} has no task {task_id!r}", code="task_not_found"
+                )
+            if task.status == "declined":
+                return task
+            if task.status != "pending":
+                raise ConflictError(
+                    f"task {task_id} is {task.status}; only a pending task can be declined",
+                    code="task_not_pending",
+                )
+            declined = dataclasses.replace(task, status="declined", completed_at=self.now())
+            with self.store.transaction():
+                self.store.save_task(declined)
+                self.store.add_rejection(
+                    RejectionRecord(
+                        at=self.now(),
+                        reason="task_declined",
+                        detail=f"{task.kind} task {task_id}: {reason}",
+                        client_id=client.client_id,
+                        round_id=task.round_id,
+                    )
+                )
+            logger.info(
+                "client %s declined %s task %s: %s",
+                client.client_id,
+                task.kind,
+                task_id,
+                printable(reason, limit=200),
+            )
+        self.tick()
+        return declined
 
     def reject_update(self, client: ClientRecord, round_id: int | None, error: FedgeError) -> None:
         """Record a refused upload under its code (transports call it for decoding errors)."""

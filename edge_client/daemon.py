@@ -101,6 +101,7 @@ from edge_client.transport import (
     DEFAULT_TIMEOUT,
     Cancellable,
     CoordinatorClient,
+    Decline,
     HttpTransport,
     Transport,
 )
@@ -448,8 +449,9 @@ class Daemon:
 
     def _secagg_refused(self, task: Task, exc: SecAggError) -> str:
         """Never answer ``task``: record and log the refusal (ids and counts only: the
-        protocol's messages name no secret), then back off."""
+        protocol's messages name no secret), decline it, then back off."""
         self._answered.append(task.task_id)
+        self._decline(task, f"secure aggregation refused: {exc}")
         return self._fail(
             "secagg_refused",
             f"task {task.task_id}: secure aggregation refused: {exc}",
@@ -467,11 +469,17 @@ class Daemon:
             "message": str(exc),
             "at": self._clock(),
         }
+        self._decline(task, f"refused by the device policy ({exc.reason})")
         return self._fail(
             "policy_refused",
             f"task {task.task_id}: refused by the device policy: {exc}",
             level=logging.WARNING,
         )
+
+    def _decline(self, task: Task, reason: str) -> None:
+        """Queue the task's decline in the outbox, so the coordinator stops handing it out
+        (and a round stops waiting for it)."""
+        self.state.outbox.put(Decline(task.task_id, task.kind, reason))
 
     @contextlib.contextmanager
     def _interruptible_work(self) -> Iterator[None]:

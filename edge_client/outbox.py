@@ -34,7 +34,9 @@ from edge_client.errors import RequestRejected
 from edge_client.secure import SecureReply
 from edge_client.transport import (
     CoordinatorClient,
+    Decline,
     OutgoingRequest,
+    decline_request,
     reply_request,
     secure_request,
 )
@@ -80,10 +82,13 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._clock = clock
 
-    def put(self, reply: Reply | SecureReply) -> OutboxEntry:
-        """Store ``reply`` durably with a new idempotency key; returns its entry."""
+    def put(self, reply: Reply | SecureReply | Decline) -> OutboxEntry:
+        """Store ``reply`` (or a task's decline) durably with a new idempotency key;
+        returns its entry."""
         key = uuid.uuid4().hex
-        if isinstance(reply, SecureReply):
+        if isinstance(reply, Decline):
+            request = decline_request(reply, key)
+        elif isinstance(reply, SecureReply):
             request = secure_request(reply, key)
         else:
             request = reply_request(reply, key)

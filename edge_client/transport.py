@@ -54,6 +54,7 @@ from fedge.messages import (
 __all__ = [
     "Cancellable",
     "CoordinatorClient",
+    "Decline",
     "FunctionTransport",
     "HttpResponse",
     "HttpTransport",
@@ -61,6 +62,7 @@ __all__ = [
     "OutgoingRequest",
     "Registration",
     "Transport",
+    "decline_request",
     "parse_retry_after",
     "reply_request",
     "secure_request",
@@ -424,6 +426,30 @@ def reply_request(reply: Reply, idempotency_key: str) -> OutgoingRequest:
     headers = {"Content-Type": "application/json", **key}
     return OutgoingRequest(
         path, headers, text.encode("utf-8"), kind, reply.task_id, idempotency_key
+    )
+
+
+@dataclass(frozen=True)
+class Decline:
+    """The device will not do task ``task_id``; ``reason`` says why (no data in it)."""
+
+    task_id: str
+    kind: str
+    reason: str
+
+
+MAX_DECLINE_REASON = 500
+"""The longest reason the coordinator takes."""
+
+
+def decline_request(decline: Decline, idempotency_key: str) -> OutgoingRequest:
+    """The POST that declines a task (``/v1/tasks/{id}/decline``)."""
+    reason = decline.reason[:MAX_DECLINE_REASON] or "declined"
+    text = json.dumps({"reason": reason}, sort_keys=True, separators=(",", ":"))
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+    path = f"/v1/tasks/{quote(decline.task_id, safe='')}/decline"
+    return OutgoingRequest(
+        path, headers, text.encode("utf-8"), "decline", decline.task_id, idempotency_key
     )
 
 

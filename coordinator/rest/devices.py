@@ -76,6 +76,17 @@ def next_task() -> Any:
     return task.to_dict()
 
 
+@devices.post("/v1/tasks/<task_id>/decline")
+def decline(task_id: str) -> Any:
+    body = json_body()
+    refuse_unknown(body, {"reason"})
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        raise CoordinatorError("the body must hold a text reason", code="invalid_reason")
+    task = current_state().service.decline_task(current_client(), task_id, reason)
+    return {"task_id": task.task_id, "status": task.status}
+
+
 @devices.post("/v1/rounds/<int:round_id>/updates")
 def upload(round_id: int) -> Any:
     service, client = current_state().service, current_client()

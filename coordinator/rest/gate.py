@@ -33,6 +33,7 @@ _UPLOAD = re.compile(r"/v1/rounds/[^/]+/updates")
 _SECAGG = re.compile(r"/v1/rounds/[^/]+/secagg/(advertise|share|mask|unmask)")
 _MASKED_INPUT = re.compile(r"/v1/rounds/[^/]+/secagg/mask")
 _REPORTS = frozenset({"/v1/stats", "/v1/evaluations", "/v1/features"})
+_DECLINE = re.compile(r"/v1/tasks/[^/]+/decline")
 _REGISTRATION = "/v1/clients"
 
 
@@ -94,7 +95,12 @@ def _authorize(
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
     token = bearer_token(authorization)
     is_admin = admin_hash is not None and token_matches(token, admin_hash)
-    if _UPLOAD.fullmatch(path) or _SECAGG.fullmatch(path) or path in _REPORTS:
+    if (
+        _UPLOAD.fullmatch(path)
+        or _SECAGG.fullmatch(path)
+        or _DECLINE.fullmatch(path)
+        or path in _REPORTS
+    ):
         if is_admin:
             raise PermissionDeniedError(
                 "this endpoint needs a client token, not the admin token",

@@ -8,6 +8,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -326,7 +327,26 @@ def test_a_daemon_with_too_few_rows_sends_no_update_and_says_why(
             assert status["policy"]["privacy"] == "on"
             assert status["policy"]["epsilon_budget"] == 10.0
             assert store_counts(tmp_path)["updates"] == 0
-            assert round_state(server.url, 1)["state"] == "collecting"
+            # The daemon declined the task: the round stops waiting for it and fails
+            # (its only client sent nothing), instead of holding the device's queue until
+            # the deadline.
+            failed = wait_for(
+                lambda: (r := round_state(server.url, 1))["state"] == "failed" and r, timeout=60
+            )
+            assert "only 0 of the" in failed["failure_reason"]
+            declined = _declined_tasks(tmp_path)
+            assert [(t.kind, t.round_id) for t in declined] == [("train", 1)]
             assert admin(server.url, "GET", "/healthz") is not None  # still answers
         finally:
             assert stop_daemon(daemon) == 0
+
+
+def _declined_tasks(workdir: Path) -> list[Any]:
+    """The coordinator's declined tasks (its database, read directly)."""
+    from coordinator.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(workdir / "state.db")
+    try:
+        return store.list_tasks(status="declined")
+    finally:
+        store.close()
