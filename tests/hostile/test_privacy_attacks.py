@@ -38,6 +38,7 @@ import requests
 
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import DEFAULT_MIN_COHORT
+from coordinator.sqlite_store import SQLiteStore
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel
@@ -149,19 +150,16 @@ def _device(
     return Device(name, client_id, data, state, daemon, list(rows))
 
 
-def _quiet(device: Device, *, until: float | None = None, limit: int = 40) -> None:
-    """Step ``device`` until it has nothing left to do (an idle poll), and, with ``until``
-    (a monotonic time), not before then: a task it refused stays pending at the
-    coordinator, and comes back at every poll, until its deadline."""
+def _quiet(device: Device, *, limit: int = 40) -> None:
+    """Step ``device`` until it has nothing left to do: its replies (and declines)
+    delivered and an idle poll."""
     for _ in range(limit):
         outcome = device.daemon.step()
         device.outcomes.append(outcome)
         if outcome == "policy_refused":
             device.refusals.append(device.status()["policy"]["last_refusal"])
-        if outcome == "idle" and (until is None or time.monotonic() > until):
+        if outcome == "idle":
             return
-        if outcome in ("idle", "answered_before", "policy_refused"):
-            time.sleep(0.2)
     raise AssertionError(f"{device.name} did not settle: {device.outcomes[-10:]}")
 
 
@@ -288,34 +286,25 @@ def protected(
 
 def _everything_once(fleet: Fleet) -> FirstAnswers:
     """One train round over every device, then a stats, a features and an evaluate task
-    for every device. A protected small device refuses each in turn, and a refused task
-    comes back at every poll until its deadline, so the deadlines are staggered a few
-    seconds apart and the small device is stepped until the last has passed."""
+    for every device, each device stepped until it has nothing left to do (a protected
+    small device declines each task in turn)."""
     small = [d for d in fleet.devices if d.name.endswith("small")]
     big = [d for d in fleet.devices if d not in small]
     everyone = [d.client_id for d in fleet.devices]
-    start = time.monotonic()
-    first, gap = 30.0, 2.0
     with admin_client(fleet.url) as admin:
         opened = admin.open_round(
             {
                 "clients_per_round": len(everyone),
                 "min_clients": len(big),
-                "deadline_seconds": first,
+                "deadline_seconds": TASK_DEADLINE,
             }
         )
         tasks = {}
-        for step, kind in enumerate(("stats", "features", "evaluate"), start=1):
-            created = admin.create_tasks(
-                kind, client_ids=everyone, deadline_seconds=first + step * gap
-            )
+        for kind in ("stats", "features", "evaluate"):
+            created = admin.create_tasks(kind, client_ids=everyone, deadline_seconds=TASK_DEADLINE)
             tasks[kind] = {t["task_id"] for t in created}
-    for device in big:
+    for device in fleet.devices:
         _quiet(device)
-    last_deadline = start + first + 3 * gap + 0.5
-    for device in small:
-        protected = device.daemon.config.policy.protected
-        _quiet(device, until=last_deadline if protected else None, limit=400)
     with admin_client(fleet.url) as admin:
         round_ = admin.show_round(opened["round_id"])
     truth = {
@@ -633,3 +622,14 @@ def test_a_device_under_min_rows_sends_nothing_and_its_status_says_why(
     status = small.status()
     assert status["policy"]["last_refusal"]["reason"] == "min_rows"
     assert status["policy"]["epsilon_spent"] == 0
+    # All the coordinator learnt is that the device declined its four tasks (the other
+    # devices answered all of theirs: every decline is the small device's).
+    store = SQLiteStore(protected.workdir / "state.db")
+    try:
+        mine = store.list_tasks(client_id=small.client_id)
+        declines = store.rejection_counts().get("task_declined")
+    finally:
+        store.close()
+    assert sorted(t.kind for t in mine) == ["evaluate", "features", "stats", "train"]
+    assert {t.status for t in mine} == {"declined"}
+    assert declines == 4
