@@ -450,18 +450,11 @@ class Daemon:
     def _secagg_refused(self, task: Task, exc: SecAggError) -> str:
         """Never answer ``task``: record and log the refusal (ids and counts only: the
         protocol's messages name no secret), decline it, then back off."""
-        self._answered.append(task.task_id)
-        self._decline(task, f"secure aggregation refused: {exc}")
-        return self._fail(
-            "secagg_refused",
-            f"task {task.task_id}: secure aggregation refused: {exc}",
-            level=logging.WARNING,
-        )
+        return self._refuse(task, "secagg_refused", f"secure aggregation refused: {exc}")
 
     def _policy_refused(self, task: Task, exc: PolicyRefusal) -> str:
         """Never answer ``task``: the owner's policy refuses it (the reason goes to the
-        status), then back off."""
-        self._answered.append(task.task_id)
+        status; the coordinator hears only the reason's word), then back off."""
         self._last_refusal = {
             "task_id": task.task_id,
             "kind": task.kind,
@@ -469,12 +462,19 @@ class Daemon:
             "message": str(exc),
             "at": self._clock(),
         }
-        self._decline(task, f"refused by the device policy ({exc.reason})")
-        return self._fail(
+        return self._refuse(
+            task,
             "policy_refused",
-            f"task {task.task_id}: refused by the device policy: {exc}",
-            level=logging.WARNING,
+            f"refused by the device policy: {exc}",
+            declined=f"refused by the device policy ({exc.reason})",
         )
+
+    def _refuse(self, task: Task, outcome: str, why: str, *, declined: str | None = None) -> str:
+        """Mark ``task`` answered, queue its decline (``declined``, else ``why``), record
+        ``why`` and back off."""
+        self._answered.append(task.task_id)
+        self._decline(task, declined or why)
+        return self._fail(outcome, f"task {task.task_id}: {why}", level=logging.WARNING)
 
     def _decline(self, task: Task, reason: str) -> None:
         """Queue the task's decline in the outbox, so the coordinator stops handing it out

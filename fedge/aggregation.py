@@ -36,9 +36,22 @@ __all__ = [
     "TrimmedMean",
     "aggregator_options",
     "build_aggregator",
+    "check_delta",
 ]
 
 Float64Array = npt.NDArray[np.float64]
+
+
+def check_delta(delta: object, reference: Weights, index: int) -> Weights:
+    """``delta`` as the ``index``-th update of a round over ``reference``: Weights with
+    exactly its tensors and shapes, finite; else :class:`~fedge.errors.AggregationError`."""
+    if not isinstance(delta, Weights):
+        raise AggregationError(f"update {index}: delta must be Weights, got {type(delta).__name__}")
+    try:
+        delta.validate_against(reference)
+    except WeightsError as exc:
+        raise AggregationError(f"update {index} rejected: {exc}") from exc
+    return delta
 
 
 @dataclass(frozen=True)
@@ -102,14 +115,7 @@ class Aggregator(ABC):
             raise AggregationError(
                 f"update {self._count}: weight must be finite and > 0, got {value}"
             )
-        if not isinstance(delta, Weights):
-            raise AggregationError(
-                f"update {self._count}: delta must be Weights, got {type(delta).__name__}"
-            )
-        try:
-            delta.validate_against(self._reference)
-        except WeightsError as exc:
-            raise AggregationError(f"update {self._count} rejected: {exc}") from exc
+        check_delta(delta, self._reference, self._count)
         self._accumulate(delta, value)
         norm = delta.l2_norm()
         self._count += 1

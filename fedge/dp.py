@@ -18,6 +18,7 @@ The strategy wrapper that applies these is :class:`fedge.strategy.DPFedAvg`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,18 +66,11 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     eps = check_number(epsilon, "epsilon", low=0.0, low_inclusive=False, high=_MAX_EPSILON)
     dlt = check_fraction(delta, "delta", zero_ok=False)
     sens = check_positive(sensitivity, "sensitivity")
-    low, high = 1e-12 * sens, sens
+    high = sens
     while gaussian_delta(high, eps, sens) > dlt:
         high *= 2.0
-    for _ in range(200):  # delta falls as sigma grows: bisect to float precision
-        mid = 0.5 * (low + high)
-        if gaussian_delta(mid, eps, sens) > dlt:
-            low = mid
-        else:
-            high = mid
-        if high - low <= 1e-15 * high:
-            break
-    return high
+    # delta falls as sigma grows
+    return _smallest(lambda sigma: gaussian_delta(sigma, eps, sens) <= dlt, 1e-12 * sens, high)
 
 
 def gaussian_epsilon(sigma: float, delta: float, sensitivity: float) -> float:
@@ -92,12 +86,19 @@ def gaussian_epsilon(sigma: float, delta: float, sensitivity: float) -> float:
         if high >= _MAX_EPSILON:
             return math.inf
         high = min(2.0 * high, _MAX_EPSILON)
-    for _ in range(200):  # delta falls as epsilon grows
+    # delta falls as epsilon grows
+    return _smallest(lambda eps: gaussian_delta(sig, eps, sens) <= dlt, low, high)
+
+
+def _smallest(holds: Callable[[float], bool], low: float, high: float) -> float:
+    """The smallest x in (low, high] where the monotone ``holds`` is true (it is at
+    ``high``), bisected to float precision."""
+    for _ in range(200):
         mid = 0.5 * (low + high)
-        if gaussian_delta(sig, mid, sens) > dlt:
-            low = mid
-        else:
+        if holds(mid):
             high = mid
+        else:
+            low = mid
         if high - low <= 1e-15 * high:
             break
     return high

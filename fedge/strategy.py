@@ -32,9 +32,15 @@ from types import MappingProxyType
 import numpy as np
 
 from fedge import aggregation, server_optimizers
-from fedge.aggregation import AGGREGATOR_NAMES, AggregateResult, AggregatorSpec, RoundAggregator
+from fedge.aggregation import (
+    AGGREGATOR_NAMES,
+    AggregateResult,
+    AggregatorSpec,
+    RoundAggregator,
+    check_delta,
+)
 from fedge.dp import DP_CLIP_SLOT, DPConfig, next_clip
-from fedge.errors import AggregationError, ConfigError, WeightsError
+from fedge.errors import AggregationError, ConfigError
 from fedge.server_optimizers import (
     FedAvgServer,
     ServerOptimizer,
@@ -417,14 +423,7 @@ class _DPAggregator:
         self._norm_max = 0.0
 
     def add(self, delta: Weights, weight: float) -> None:
-        if not isinstance(delta, Weights):
-            raise AggregationError(
-                f"update {self._count}: delta must be Weights, got {type(delta).__name__}"
-            )
-        try:
-            delta.validate_against(self._reference)
-        except WeightsError as exc:
-            raise AggregationError(f"update {self._count} rejected: {exc}") from exc
+        check_delta(delta, self._reference, self._count)
         norm = delta.l2_norm()
         if self._strategy.secure:
             # The survivors' mean, once: their count turns it back into their sum.
