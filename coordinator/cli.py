@@ -8,6 +8,8 @@
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
+    fedge-coordinator enrollment create [--label L] [--expires-in SECONDS] [--uses N] \
+        | list | revoke ID                                   --coordinator URL [--json]
 
 TARGET is ``--coordinator URL`` (a running coordinator, with the admin token) or
 ``--db DB --artifacts DIR`` (an existing database, directly: admin commands never create
@@ -337,6 +339,33 @@ def _add_admin(sub: Any) -> None:
     _admin_verb(verbs, "list", "all clients")
     _admin_verb(verbs, "revoke", "revoke one client").add_argument("client_id")
     clients.set_defaults(handler=clients_cli)
+    enrollment = sub.add_parser(
+        "enrollment",
+        help="create, list and revoke managed enrollment tokens",
+        description="Managed enrollment tokens on a running coordinator: a token registers "
+        "devices until it expires, is used up or is revoked; create shows it once.",
+    )
+    verbs = enrollment.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = _enrollment_verb(verbs, "create", "create a token (printed once)")
+    create.add_argument("--label", help="a name to recognise it by in the list")
+    create.add_argument(
+        "--expires-in", type=float, metavar="SECONDS", help="expire it after SECONDS"
+    )
+    create.add_argument("--uses", type=int, metavar="N", help="let it register N devices")
+    _enrollment_verb(verbs, "list", "all tokens (never their values)")
+    _enrollment_verb(verbs, "revoke", "revoke one token").add_argument("token_id")
+    enrollment.set_defaults(handler=enrollment_cli)
+
+
+def _enrollment_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = verbs.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument(
+        "--coordinator", metavar="URL", required=True, help="URL of a running coordinator"
+    )
+    parser.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
+    return parser
 
 
 def _admin_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -640,6 +669,42 @@ def clients_cli(args: argparse.Namespace) -> int:
             _print(backend.revoke_client(args.client_id), as_json=args.json)
     finally:
         backend.close()
+    return 0
+
+
+_ENROLLMENT_COLUMNS = (
+    "token_id",
+    "label",
+    "uses",
+    "max_uses",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+)
+
+
+def enrollment_cli(args: argparse.Namespace) -> int:
+    token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
+    if token is None:
+        raise UsageError(f"enrollment needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
+    if args.verb == "create":
+        if args.expires_in is not None and not args.expires_in > 0:
+            raise UsageError(f"--expires-in must be above 0 seconds, got {args.expires_in}")
+        if args.uses is not None and args.uses < 1:
+            raise UsageError(f"--uses must be at least 1, got {args.uses}")
+    from coordinator.client import AdminClient
+
+    with AdminClient(args.coordinator, token) as client:
+        if args.verb == "create":
+            created = client.create_enrollment_token(
+                label=args.label, expires_in=args.expires_in, max_uses=args.uses
+            )
+            _print(created, as_json=args.json)
+        elif args.verb == "list":
+            tokens = client.list_enrollment_tokens()
+            _print(tokens, as_json=args.json, columns=_ENROLLMENT_COLUMNS)
+        else:
+            _print(client.revoke_enrollment_token(args.token_id), as_json=args.json)
     return 0
 
 

@@ -155,6 +155,30 @@ class AdminClient:
         pending tasks expire); the client, with ``revoked_at``."""
         return self._document("POST", f"/v1/clients/{quote(client_id, safe='')}/revoke")
 
+    # Enrollment tokens --------------------------------------------------------------------
+
+    def create_enrollment_token(
+        self,
+        *,
+        label: str | None = None,
+        expires_in: float | None = None,
+        max_uses: int | None = None,
+    ) -> dict[str, Any]:
+        """A managed enrollment token: its record and ``token``, the only time it is shown."""
+        body: dict[str, Any] = {}
+        for name, value in (("label", label), ("expires_in", expires_in), ("max_uses", max_uses)):
+            if value is not None:
+                body[name] = value
+        return self._document("POST", "/v1/enrollment-tokens", json=body)
+
+    def list_enrollment_tokens(self) -> list[dict[str, Any]]:
+        """The managed enrollment tokens (never their values)."""
+        return self._listing("/v1/enrollment-tokens", "enrollment_tokens")
+
+    def revoke_enrollment_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke an enrollment token: no client registers with it any more."""
+        return self._document("POST", f"/v1/enrollment-tokens/{quote(token_id, safe='')}/revoke")
+
     def create_tasks(
         self,
         kind: str,

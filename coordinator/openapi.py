@@ -209,6 +209,51 @@ def _paths() -> dict[str, Any]:
                 params=[_path_param("client_id", STRING, "Client id")],
             )
         },
+        "/v1/clients/me/token": {
+            "post": _op(
+                "Rotate the calling client's token: the answer holds a new token and the "
+                "old one stops working at once",
+                "rotateClientToken",
+                {"200": _json("Registration", "The new token")},
+                auth="clientToken",
+                errors="400 401 403 409 415",
+                body={
+                    "required": False,
+                    "content": {JSON: {"schema": ref("TokenRotationRequest")}},
+                },
+            )
+        },
+        "/v1/enrollment-tokens": {
+            "post": _op(
+                "Create a managed enrollment token (the token is shown only in this answer)",
+                "createEnrollmentToken",
+                {"201": _json("IssuedEnrollmentToken", "Created")},
+                auth="adminToken",
+                errors="400 401 403 415",
+                body={
+                    "required": False,
+                    "content": {JSON: {"schema": ref("EnrollmentTokenRequest")}},
+                },
+            ),
+            "get": _op(
+                "List the managed enrollment tokens (never their values)",
+                "listEnrollmentTokens",
+                {"200": _json("EnrollmentTokenList")},
+                auth="adminToken",
+                errors="401 403",
+            ),
+        },
+        "/v1/enrollment-tokens/{token_id}/revoke": {
+            "post": _op(
+                "Revoke a managed enrollment token: no client registers with it any more "
+                "(idempotent)",
+                "revokeEnrollmentToken",
+                {"200": _json("EnrollmentToken")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[_path_param("token_id", STRING, "Enrollment token id")],
+            )
+        },
         "/v1/tasks/next": {
             "get": _op(
                 "Poll for work: 200 with a task, or 204 with Retry-After",
@@ -558,7 +603,13 @@ def build_openapi() -> dict[str, Any]:
                 "adminToken": {**bearer, "description": "The operator's admin token"},
                 "enrollmentToken": {
                     **bearer,
-                    "description": "Required unless the coordinator runs with --open-enrollment",
+                    "description": (
+                        "The static enrollment token, or a managed one (POST "
+                        "/v1/enrollment-tokens); required unless the coordinator runs with "
+                        "--open-enrollment. A managed token that expired, was used up or was "
+                        "revoked is a 401 enrollment_token_expired / enrollment_token_used_up "
+                        "/ enrollment_token_revoked"
+                    ),
                 },
             },
         },

@@ -388,6 +388,49 @@ def _records() -> dict[str, Any]:
             },
         ),
         "ClientList": closed(clients={"type": "array", "items": ref("Client")}),
+        "EnrollmentToken": closed(
+            token_id=STRING,
+            label=nullable(STRING),
+            created_at=TIME,
+            expires_at={**nullable(TIME), "description": "null: it never expires"},
+            max_uses={**nullable(INTEGER), "description": "null: any number of clients"},
+            uses={**INTEGER, "description": "clients registered with it"},
+            revoked_at=nullable(TIME),
+        ),
+        "IssuedEnrollmentToken": closed(
+            token_id=STRING,
+            label=nullable(STRING),
+            created_at=TIME,
+            expires_at=nullable(TIME),
+            max_uses=nullable(INTEGER),
+            uses=INTEGER,
+            revoked_at=nullable(TIME),
+            token={**STRING, "description": "the token, shown only in this answer"},
+        ),
+        "TokenRotationRequest": closed(
+            optional=("token",),
+            token={
+                "type": "string",
+                "pattern": "^fedge_[A-Za-z0-9_-]{43}$",
+                "description": "the new token the device made and stored before asking "
+                "(without it the coordinator makes one); the same token again is a retry",
+            },
+        ),
+        "EnrollmentTokenList": closed(
+            enrollment_tokens={"type": "array", "items": ref("EnrollmentToken")}
+        ),
+        "EnrollmentTokenRequest": closed(
+            optional=("label", "expires_in", "max_uses"),
+            label=nullable(STRING),
+            expires_in={
+                **nullable({"type": "number", "exclusiveMinimum": 0}),
+                "description": "seconds from now until it expires (null: never)",
+            },
+            max_uses={
+                **nullable({"type": "integer", "minimum": 1}),
+                "description": "how many clients it may register (null: any number)",
+            },
+        ),
         "TaskRecord": closed(
             task_id=STRING,
             kind={"enum": list(TASK_KINDS)},

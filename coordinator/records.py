@@ -21,6 +21,7 @@ __all__ = [
     "STAGES",
     "AlertRecord",
     "ClientRecord",
+    "EnrollmentTokenRecord",
     "ModelEvent",
     "ModelRecord",
     "RejectionRecord",
@@ -95,6 +96,26 @@ class ClientRecord(_Record):
 
     def __post_init__(self) -> None:
         self._freeze()
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class EnrollmentTokenRecord(_Record):
+    """A managed enrollment token (only its sha256 is kept): it registers at most
+    ``max_uses`` clients (None: any number), until ``expires_at`` (None: no expiry) or until
+    an operator revokes it."""
+
+    token_id: str
+    token_hash: str
+    created_at: float
+    label: str | None = None
+    expires_at: float | None = None
+    max_uses: int | None = None
+    uses: int = 0
+    revoked_at: float | None = None
 
     @property
     def revoked(self) -> bool:

@@ -48,6 +48,7 @@ from coordinator.logsafe import printable
 from coordinator.records import (
     ACTIVE_ROUND_STATES,
     ClientRecord,
+    EnrollmentTokenRecord,
     ModelEvent,
     ModelRecord,
     RejectionRecord,
@@ -65,12 +66,13 @@ from coordinator.store import Store
 from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
 
-__all__ = ["CoordinatorService", "Registration", "document_bytes"]
+__all__ = ["CoordinatorService", "IssuedEnrollmentToken", "Registration", "document_bytes"]
 
 logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
 MAX_DECLINE_REASON = 500
 """The longest reason a client may give for declining a task."""
+_PROPOSED_TOKEN = re.compile(r"fedge_[A-Za-z0-9_-]{43}")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
 
 
@@ -87,6 +89,14 @@ class Registration:
     token: str = dataclasses.field(repr=False)
     created: bool = True
     """False when a registration key named a client registered before (a retry)."""
+
+
+@dataclass(frozen=True)
+class IssuedEnrollmentToken:
+    """A new managed enrollment token: its record and the token, shown once."""
+
+    record: EnrollmentTokenRecord
+    token: str = dataclasses.field(repr=False)
 
 
 def _replayed_registration(
@@ -179,10 +189,16 @@ class CoordinatorService:
         region: str | None = None,
         metadata: Mapping[str, str] | None = None,
         registration_key: str | None = None,
+        enrollment_token: str | None = None,
     ) -> Registration:
         """A new client; with ``registration_key`` (see
         :func:`coordinator.auth.registration_identity`) the same client and token for every
-        retry with that key and the same region and metadata, never a second client."""
+        retry with that key and the same region and metadata, never a second client.
+
+        With a managed ``enrollment_token`` (:meth:`create_enrollment_token`) the new client
+        counts one use of it, in the transaction that stores the client; a retry that
+        answers an existing client counts none. An expired, used-up or revoked token is an
+        AuthenticationError (``enrollment_token_expired`` / ``_used_up`` / ``_revoked``)."""
         if region is not None and (not isinstance(region, str) or not _LABEL.fullmatch(region)):
             raise CoordinatorError(
                 f"region must be 1-64 characters of letters, digits and ' ._:/-', got {region!r}",
@@ -212,7 +228,10 @@ class CoordinatorService:
             metadata=labels,
         )
         try:
-            self.store.add_client(client)
+            with self._lock, self.store.transaction():
+                if enrollment_token is not None:
+                    self._use_enrollment_token(enrollment_token)
+                self.store.add_client(client)
         except ConflictError:
             existing = self.store.get_client(client_id)
             if registration_key is None or existing is None:
@@ -250,6 +269,124 @@ class CoordinatorService:
                     self.store.save_task(dataclasses.replace(task, status="expired"))
             logger.warning("revoked client %s", client_id)
             return revoked
+
+    def rotate_client_token(self, client: ClientRecord, proposed: str | None = None) -> str:
+        """A new token for ``client`` (``proposed``, a device-made ``fedge_`` + 43 random
+        urlsafe characters, or a random one); its old token stops working at once. A device
+        that proposes its token can store it before it asks, so a crash before the answer
+        is stored leaves it a token that works; proposing the token it calls with again
+        answers that token (a retry)."""
+        if proposed is not None and (
+            not isinstance(proposed, str) or not _PROPOSED_TOKEN.fullmatch(proposed)
+        ):
+            raise CoordinatorError(
+                "token must be 'fedge_' and 43 characters of letters, digits, '_' and '-'",
+                code="invalid_token_proposal",
+            )
+        token = proposed if proposed is not None else new_token()
+        if token_matches(token, client.token_hash):
+            return token
+        with self._lock:
+            self.store.set_client_token(client.client_id, hash_token(token))
+            logger.info("rotated the token of client %s", client.client_id)
+            return token
+
+    # Enrollment tokens --------------------------------------------------------------------
+
+    def create_enrollment_token(
+        self,
+        *,
+        label: str | None = None,
+        expires_in: float | None = None,
+        max_uses: int | None = None,
+    ) -> IssuedEnrollmentToken:
+        """A managed enrollment token; only its hash is stored, the token is shown once."""
+        if label is not None and (not isinstance(label, str) or not _LABEL.fullmatch(label)):
+            raise CoordinatorError(
+                f"label must be 1-64 characters of letters, digits and ' ._:/-', got {label!r}",
+                code="invalid_label",
+            )
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, int | float)
+            or not 0 < expires_in <= 10 * 365 * 86400
+        ):
+            raise CoordinatorError(
+                "expires_in must be a number of seconds above 0 and at most ten years",
+                code="invalid_expiry",
+            )
+        if max_uses is not None and (
+            isinstance(max_uses, bool) or not isinstance(max_uses, int) or not 0 < max_uses <= 10**9
+        ):
+            raise CoordinatorError(
+                "max_uses must be a whole number from 1 to 1000000000", code="invalid_max_uses"
+            )
+        token = new_token()
+        now = self.now()
+        record = EnrollmentTokenRecord(
+            token_id=f"e-{secrets.token_hex(6)}",
+            token_hash=hash_token(token),
+            created_at=now,
+            label=label,
+            expires_at=None if expires_in is None else now + float(expires_in),
+            max_uses=max_uses,
+        )
+        self.store.add_enrollment_token(record)
+        logger.info("created enrollment token %s (label %s)", record.token_id, label)
+        return IssuedEnrollmentToken(record, token)
+
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        return self.store.list_enrollment_tokens()
+
+    def revoke_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord:
+        """Revoke an enrollment token: no client registers with it any more (the clients it
+        registered keep their own tokens)."""
+        with self._lock, self.store.transaction():
+            record = self.store.get_enrollment_token(token_id)
+            if record is None:
+                raise NotFoundError(
+                    f"no enrollment token {token_id!r}", code="enrollment_token_not_found"
+                )
+            if record.revoked:
+                return record
+            revoked = dataclasses.replace(record, revoked_at=self.now())
+            self.store.save_enrollment_token(revoked)
+            logger.warning("revoked enrollment token %s", token_id)
+            return revoked
+
+    def check_enrollment_token(
+        self, token: str, *, uses: bool = True
+    ) -> EnrollmentTokenRecord | None:
+        """The managed enrollment token ``token`` is, or None when it is none; an expired,
+        revoked or (with ``uses``) used-up one is an AuthenticationError. Counts nothing.
+        Without ``uses`` a used-up token passes: a registration retry answers the client it
+        registered without counting a use."""
+        record = self.store.find_enrollment_token(hash_token(token))
+        if record is None or not token_matches(token, record.token_hash):
+            return None
+        if record.revoked:
+            raise AuthenticationError(
+                f"enrollment token {record.token_id} was revoked",
+                code="enrollment_token_revoked",
+            )
+        if record.expires_at is not None and self.now() >= record.expires_at:
+            raise AuthenticationError(
+                f"enrollment token {record.token_id} expired", code="enrollment_token_expired"
+            )
+        if uses and record.max_uses is not None and record.uses >= record.max_uses:
+            raise AuthenticationError(
+                f"enrollment token {record.token_id} was used {record.uses} of "
+                f"{record.max_uses} times",
+                code="enrollment_token_used_up",
+            )
+        return record
+
+    def _use_enrollment_token(self, token: str) -> None:
+        """Count one use of a managed token (inside the caller's transaction)."""
+        record = self.check_enrollment_token(token)
+        if record is None:
+            raise AuthenticationError("unknown enrollment token", code="invalid_token")
+        self.store.save_enrollment_token(dataclasses.replace(record, uses=record.uses + 1))
 
     def next_task(self, client: ClientRecord) -> Task | None:
         """The client's oldest pending, unexpired task, or None (poll again later)."""

@@ -26,6 +26,7 @@ from coordinator.errors import ConflictError, NotFoundError, StateError
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
+    EnrollmentTokenRecord,
     ModelEvent,
     ModelRecord,
     RejectionRecord,
@@ -83,6 +84,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
                                       round_id INTEGER NOT NULL, stage TEXT NOT NULL,
                                       client_id TEXT NOT NULL, doc TEXT NOT NULL,
                                       UNIQUE (round_id, stage, client_id));
+        """,
+    ),
+    (
+        4,
+        """
+        CREATE TABLE enrollment_tokens (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                        token_id TEXT NOT NULL UNIQUE,
+                                        token_hash TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
         """,
     ),
 )
@@ -238,6 +247,57 @@ class SQLiteStore:
             "UPDATE clients SET doc = ? WHERE client_id = ?",
             (_dump(client), client.client_id),
             NotFoundError(f"no client {client.client_id!r}", code="client_not_found"),
+        )
+
+    def set_client_token(self, client_id: str, token_hash: str) -> ClientRecord:
+        with self._tx():
+            client = self.get_client(client_id)
+            if client is None:
+                raise NotFoundError(f"no client {client_id!r}", code="client_not_found")
+            rotated = type(client).from_dict({**client.to_dict(), "token_hash": token_hash})
+            try:
+                self._conn.execute(
+                    "UPDATE clients SET token_hash = ?, doc = ? WHERE client_id = ?",
+                    (token_hash, _dump(rotated), client_id),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(
+                    "that token hash belongs to a client", code="duplicate"
+                ) from exc
+            return rotated
+
+    # enrollment tokens
+    def add_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        self._insert(
+            "INSERT INTO enrollment_tokens (token_id, token_hash, doc) VALUES (?, ?, ?)",
+            (token.token_id, token.token_hash, _dump(token)),
+            ConflictError(f"enrollment token {token.token_id!r} exists", code="duplicate"),
+        )
+
+    def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None:
+        return self._one(
+            EnrollmentTokenRecord,
+            "SELECT doc FROM enrollment_tokens WHERE token_id = ?",
+            (token_id,),
+        )
+
+    def find_enrollment_token(self, token_hash: str) -> EnrollmentTokenRecord | None:
+        return self._one(
+            EnrollmentTokenRecord,
+            "SELECT doc FROM enrollment_tokens WHERE token_hash = ?",
+            (token_hash,),
+        )
+
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        return self._all(EnrollmentTokenRecord, "SELECT doc FROM enrollment_tokens ORDER BY seq")
+
+    def save_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        self._update(
+            "UPDATE enrollment_tokens SET doc = ? WHERE token_id = ?",
+            (_dump(token), token.token_id),
+            NotFoundError(
+                f"no enrollment token {token.token_id!r}", code="enrollment_token_not_found"
+            ),
         )
 
     # rounds

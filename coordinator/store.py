@@ -22,6 +22,7 @@ from coordinator.errors import ConflictError, NotFoundError
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
+    EnrollmentTokenRecord,
     ModelEvent,
     ModelRecord,
     RejectionRecord,
@@ -50,6 +51,19 @@ class Store(Protocol):
     def count_clients(self) -> int: ...
     def save_client(self, client: ClientRecord) -> None:
         """Save over an existing client (its token hash stays what it was)."""
+        ...
+
+    def set_client_token(self, client_id: str, token_hash: str) -> ClientRecord:
+        """Replace a client's token hash (the old token stops matching); the saved client.
+        ConflictError when another client has that hash, NotFoundError without the client."""
+        ...
+
+    def add_enrollment_token(self, token: EnrollmentTokenRecord) -> None: ...
+    def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None: ...
+    def find_enrollment_token(self, token_hash: str) -> EnrollmentTokenRecord | None: ...
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]: ...
+    def save_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        """Save over an existing enrollment token (its hash stays what it was)."""
         ...
 
     def add_round(self, round_: RoundRecord) -> RoundRecord:
@@ -132,6 +146,7 @@ _MISSING: Any = object()
 # Secondary indexes of the memory store: table -> index name -> the record's indexed value.
 _INDEXES: dict[str, dict[str, Callable[[Any], Hashable]]] = {
     "clients": {"token_hash": lambda c: c.token_hash},
+    "enrollment": {"token_hash": lambda e: e.token_hash},
     "tasks": {"client_id": lambda t: t.client_id, "round_id": lambda t: t.round_id},
     "updates": {
         "round_id": lambda u: u.round_id,
@@ -156,7 +171,16 @@ class MemoryStore:
         self._undo: list[Callable[[], None]] | None = None
         self._tables: dict[str, dict[Any, Any]] = {
             name: {}
-            for name in ("clients", "rounds", "tasks", "updates", "models", "reports", "secagg")
+            for name in (
+                "clients",
+                "rounds",
+                "tasks",
+                "updates",
+                "models",
+                "reports",
+                "secagg",
+                "enrollment",
+            )
         }
         self._logs: dict[str, list[Any]] = {"rejections": [], "events": [], "alerts": []}
         self._index: dict[str, dict[str, dict[Hashable, dict[Any, None]]]] = {
@@ -259,6 +283,45 @@ class MemoryStore:
 
     def save_client(self, client: ClientRecord) -> None:
         self._save("clients", client.client_id, client, "client")
+
+    def set_client_token(self, client_id: str, token_hash: str) -> ClientRecord:
+        with self._tx():
+            client = self.get_client(client_id)
+            if client is None:
+                raise NotFoundError(f"no client {client_id!r}", code="client_not_found")
+            if self.find_client(token_hash) is not None:
+                raise ConflictError("that token hash belongs to a client", code="duplicate")
+            rotated = dataclasses.replace(client, token_hash=token_hash)
+            self._put("clients", client_id, rotated)
+            return rotated
+
+    # enrollment tokens
+    def add_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        with self._tx():
+            if token.token_id in self._tables["enrollment"] or self.find_enrollment_token(
+                token.token_hash
+            ):
+                raise ConflictError(f"enrollment token {token.token_id!r} exists", code="duplicate")
+            self._put("enrollment", token.token_id, token)
+
+    def get_enrollment_token(self, token_id: str) -> EnrollmentTokenRecord | None:
+        with self._lock:
+            token: EnrollmentTokenRecord | None = self._tables["enrollment"].get(token_id)
+            return token
+
+    def find_enrollment_token(self, token_hash: str) -> EnrollmentTokenRecord | None:
+        with self._lock:
+            found: list[EnrollmentTokenRecord] = self._lookup(
+                "enrollment", "token_hash", token_hash
+            )
+            return found[0] if found else None
+
+    def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        with self._lock:
+            return list(self._tables["enrollment"].values())
+
+    def save_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        self._save("enrollment", token.token_id, token, "enrollment_token")
 
     # rounds
     def add_round(self, round_: RoundRecord) -> RoundRecord:

@@ -14,6 +14,7 @@ from coordinator.intake import UpdateReceipt
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
+    EnrollmentTokenRecord,
     ModelEvent,
     ModelRecord,
     ReportRecord,
@@ -29,6 +30,7 @@ from fedge.stats import DatasetStats
 __all__ = [
     "alert_document",
     "client_document",
+    "enrollment_token_document",
     "model_document",
     "receipt_document",
     "report_document",
@@ -49,6 +51,19 @@ def client_document(client: ClientRecord) -> dict[str, Any]:
         "metadata": dict(client.metadata),
         "registered_at": _time(client.registered_at),
         "revoked_at": _time(client.revoked_at),
+    }
+
+
+def enrollment_token_document(record: EnrollmentTokenRecord) -> dict[str, Any]:
+    """A managed enrollment token as the API shows it: never its value nor its hash."""
+    return {
+        "token_id": record.token_id,
+        "label": record.label,
+        "created_at": _time(record.created_at),
+        "expires_at": _time(record.expires_at),
+        "max_uses": record.max_uses,
+        "uses": record.uses,
+        "revoked_at": _time(record.revoked_at),
     }
 
 

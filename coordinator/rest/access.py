@@ -18,6 +18,7 @@ from coordinator.rest.state import current_state
 
 __all__ = [
     "current_client",
+    "managed_enrollment_token",
     "reader_client",
     "require_admin",
     "require_client",
@@ -85,8 +86,30 @@ def require_enrollment() -> None:
     if expected is None:
         return
     token = _token()
-    if not (token_matches(token, expected) or _is_admin(token)):
+    if token_matches(token, expected) or _is_admin(token):
+        return
+    if state.service.check_enrollment_token(token, uses=False) is None:
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
+
+
+def managed_enrollment_token() -> str | None:
+    """The managed enrollment token this registration presents (its use is counted when
+    the client is created), or None: no token, the static one, the admin's, or (open
+    enrollment) a token that is no managed one."""
+    state = current_state()
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    try:
+        token = bearer_token(header)
+    except AuthenticationError:
+        return None  # only open enrollment gets here (require_enrollment checked it)
+    expected = state.config.enrollment_token_hash
+    if (expected is not None and token_matches(token, expected)) or _is_admin(token):
+        return None
+    if state.service.check_enrollment_token(token, uses=False) is None:
+        return None
+    return token
 
 
 def reader_client() -> ClientRecord | None:

@@ -14,6 +14,7 @@ from coordinator.rest.state import current_state
 from coordinator.views import (
     alert_document,
     client_document,
+    enrollment_token_document,
     model_document,
     report_listing_document,
     round_document,
@@ -37,6 +38,27 @@ def list_clients() -> Any:
 @admin.post("/v1/clients/<client_id>/revoke")
 def revoke_client(client_id: str) -> Any:
     return client_document(current_state().service.revoke_client(client_id))
+
+
+@admin.post("/v1/enrollment-tokens")
+def create_enrollment_token() -> Any:
+    body = json_body(optional=True)
+    refuse_unknown(body, {"label", "expires_in", "max_uses"})
+    issued = current_state().service.create_enrollment_token(
+        label=body.get("label"), expires_in=body.get("expires_in"), max_uses=body.get("max_uses")
+    )
+    return {**enrollment_token_document(issued.record), "token": issued.token}, 201
+
+
+@admin.get("/v1/enrollment-tokens")
+def list_enrollment_tokens() -> Any:
+    records = current_state().service.list_enrollment_tokens()
+    return {"enrollment_tokens": [enrollment_token_document(r) for r in records]}
+
+
+@admin.post("/v1/enrollment-tokens/<token_id>/revoke")
+def revoke_enrollment_token(token_id: str) -> Any:
+    return enrollment_token_document(current_state().service.revoke_enrollment_token(token_id))
 
 
 @admin.post("/v1/tasks")

@@ -22,6 +22,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.records import ClientRecord, ReportRecord
 from coordinator.rest.access import (
     current_client,
+    managed_enrollment_token,
     reader_client,
     require_client,
     require_enrollment,
@@ -56,6 +57,7 @@ def register() -> Any:
         region=body.get("region"),
         metadata=body.get("metadata"),
         registration_key=request.headers.get("Idempotency-Key"),
+        enrollment_token=managed_enrollment_token(),
     )
     document = {
         "client_id": registration.client_id,
@@ -63,6 +65,17 @@ def register() -> Any:
         "token_type": "Bearer",
     }
     return document, 201 if registration.created else 200
+
+
+@devices.post("/v1/clients/me/token")
+def rotate_token() -> Any:
+    """A new token for the calling client (the one its body proposes, or a random one); the
+    one it called with stops working at once."""
+    body = json_body(optional=True)
+    refuse_unknown(body, {"token"})
+    client = current_client()
+    token = current_state().service.rotate_client_token(client, body.get("token"))
+    return {"client_id": client.client_id, "token": token, "token_type": "Bearer"}
 
 
 @devices.get("/v1/tasks/next")

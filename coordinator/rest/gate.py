@@ -35,6 +35,7 @@ _MASKED_INPUT = re.compile(r"/v1/rounds/[^/]+/secagg/mask")
 _REPORTS = frozenset({"/v1/stats", "/v1/evaluations", "/v1/features"})
 _DECLINE = re.compile(r"/v1/tasks/[^/]+/decline")
 _REGISTRATION = "/v1/clients"
+_TOKEN_ROTATION = "/v1/clients/me/token"  # noqa: S105 (a path)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def _authorize(
             admin_hash is not None and token_matches(token, admin_hash)
         ):
             return None
+        if state.service.check_enrollment_token(token, uses=False) is not None:
+            return None
         raise AuthenticationError("unknown enrollment token", code="invalid_token")
     token = bearer_token(authorization)
     is_admin = admin_hash is not None and token_matches(token, admin_hash)
@@ -100,6 +103,7 @@ def _authorize(
         or _SECAGG.fullmatch(path)
         or _DECLINE.fullmatch(path)
         or path in _REPORTS
+        or path == _TOKEN_ROTATION
     ):
         if is_admin:
             raise PermissionDeniedError(

@@ -19,7 +19,8 @@ from tests.support.coordinator import ADMIN_TOKEN, build_service, submission
 
 # Values for the admin routes' path parameters that name things that exist, so a view that
 # ran would act: round 1 is committed, v2 is a candidate that promote would make production
-# (and the world's first device is a client that revoke would revoke).
+# (and the world's first device is a client that revoke would revoke, its enrollment
+# token one that revoke would revoke).
 PLAUSIBLE: dict[str, Any] = {"round_id": 1, "version": "v2"}
 BODIES: dict[str, dict[str, Any]] = {
     "admin.create_tasks": {"kind": "stats"},
@@ -32,6 +33,7 @@ class World:
     workdir: Path
     device_token: str
     client_id: str
+    token_id: str
 
     def snapshot(self) -> tuple[list[str], list[tuple[str, int]]]:
         """Every row of the database, and every file of the artifact directory."""
@@ -51,10 +53,12 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    """v1 in production, round 1 committed with v2 a candidate, two registered devices."""
+    """v1 in production, round 1 committed with v2 a candidate, two registered devices,
+    an enrollment token."""
     service = build_service(tmp_path, continuous=False, auto_promote=False, min_clients=2,
                             clients_per_round=2)  # fmt: skip
     registrations = [service.register_client(region="north") for _ in range(2)]
+    enrollment = service.create_enrollment_token(label="guard")
     round_ = service.open_round()
     for i, client_id in enumerate(round_.selected):
         client = service.store.get_client(client_id)
@@ -62,7 +66,9 @@ def world(tmp_path: Path) -> World:
         service.submit_update(client, submission(1, client_id, seed=i))
     assert service.get_round(1).state == "committed"
     service.store.close()
-    return World(tmp_path, registrations[0].token, registrations[0].client_id)
+    return World(
+        tmp_path, registrations[0].token, registrations[0].client_id, enrollment.record.token_id
+    )
 
 
 def _app(world: World, config: ApiConfig) -> Flask:
@@ -73,7 +79,7 @@ def _app(world: World, config: ApiConfig) -> Flask:
 def _admin_requests(app: Flask, world: World) -> Iterator[tuple[str, str, str]]:
     """(endpoint, method, URL) of every method of every admin-blueprint rule."""
     adapter = app.url_map.bind("localhost")
-    plausible = {**PLAUSIBLE, "client_id": world.client_id}
+    plausible = {**PLAUSIBLE, "client_id": world.client_id, "token_id": world.token_id}
     for rule in app.url_map.iter_rules():
         if rule.endpoint.partition(".")[0] != "admin":
             continue
