@@ -3,6 +3,7 @@
 ::
 
     fedge-edge register --coordinator URL --token-file F [--state DIR] [--region R]
+    fedge-edge rotate-token --coordinator URL --token-file F
     fedge-edge run      --coordinator URL --token-file F --data DIR --state DIR [options]
     fedge-edge predict  (--bundle DIR | --state DIR) --input FILE [--global] [--json]
     fedge-edge status   --state DIR [--json]
@@ -12,6 +13,11 @@ daemon: it polls the coordinator for train/evaluate/stats/features tasks and ans
 from the data files in DIR until SIGTERM or Ctrl-C, within the owner's privacy policy
 (``--policy FILE``, else ``STATE/policy.json`` when present, else the safe defaults of
 :mod:`edge_client.policy`; a bad policy file exits 2 naming the file and the field).
+``rotate-token`` replaces the device's token: it stores a new random token in
+``F.pending`` (mode 0600), asks the coordinator to switch to it, and only then replaces F
+and removes ``F.pending``; after a crash in between, the pending token is the one that
+works: running ``rotate-token`` again finishes the switch, and ``run`` tries F and then
+``F.pending`` whenever a call is refused 401, so a running daemon keeps working.
 ``predict`` scores a CSV or .npz file with a verified bundle (the personal head when
 ``--state`` holds one for that version, unless ``--global``). ``status`` shows what the
 daemon last did. Every command takes ``-v/-q``; ``fedge-edge --version`` prints the
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -44,13 +51,19 @@ import numpy as np
 
 from edge_client.backoff import BackoffPolicy
 from edge_client.daemon import Daemon, DaemonConfig
+from edge_client.errors import RequestRejected
 from edge_client.handler import ClientConfig
 from edge_client.local_data import read_columns
 from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
 from edge_client.policy import DevicePolicy, load_policy
 from edge_client.state import ClientState, read_token, registration_key, write_token
-from edge_client.transport import CoordinatorClient, HttpTransport, Transport
+from edge_client.transport import (
+    CoordinatorClient,
+    HttpTransport,
+    Transport,
+    pending_token_file,
+)
 from fedge.cli import (
     ArgumentParser,
     add_json_flag,
@@ -59,7 +72,7 @@ from fedge.cli import (
     print_json,
     run_cli,
 )
-from fedge.errors import DataError, FeatureError, UsageError
+from fedge.errors import ConfigError, DataError, FeatureError, UsageError
 from fedge.validation import check_fraction, check_int, check_number, check_positive
 
 __all__ = ["RUN_DESCRIPTION", "build_parser", "main"]
@@ -125,6 +138,13 @@ def build_parser() -> ArgumentParser:
     register.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
     add_json_flag(register)
     register.set_defaults(handler=register_cli)
+
+    rotate = _parser(sub, "rotate-token", "replace this device's client token")
+    rotate.add_argument("--coordinator", required=True, metavar="URL")
+    rotate.add_argument("--token-file", required=True, type=Path, metavar="F")
+    rotate.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
+    add_json_flag(rotate)
+    rotate.set_defaults(handler=rotate_token_cli)
 
     run = _parser(sub, "run", "run the daemon until SIGTERM or Ctrl-C", RUN_DESCRIPTION)
     run.add_argument("--coordinator", required=True, metavar="URL")
@@ -199,6 +219,33 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
         )
     document = {"client_id": registration.client_id, "token_file": str(args.token_file)}
     _print(document, as_json=args.json)
+    return 0
+
+
+def rotate_token_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+    """``rotate-token``: the new token is stored in ``F.pending`` before the coordinator is
+    asked, and replaces F only after it answered (see the module docstring)."""
+    current = read_token(args.token_file)
+    pending = pending_token_file(args.token_file)
+    try:
+        proposed = read_token(pending)  # an earlier rotation that did not finish
+    except ConfigError:
+        proposed = "fedge_" + secrets.token_urlsafe(32)
+        write_token(pending, proposed)
+    client = CoordinatorClient(args.coordinator, transport or _http(args.ca_file), token=current)
+    try:
+        try:
+            client.rotate_token(proposed)
+        except RequestRejected as exc:
+            if exc.status != 401:
+                raise
+            client.token = proposed  # the coordinator switched before the answer was stored
+            client.rotate_token(proposed)
+    finally:
+        client.close()
+    write_token(args.token_file, proposed)
+    pending.unlink(missing_ok=True)
+    _print({"token_file": str(args.token_file), "rotated": True}, as_json=args.json)
     return 0
 
 

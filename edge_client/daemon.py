@@ -180,6 +180,7 @@ class Daemon:
             transport if transport is not None else HttpTransport(),
             token=read_token(config.token_file),
             timeout=config.request_timeout,
+            token_file=config.token_file,
         )
         self.stop_event = threading.Event()
         self._stopped_by: int | None = None  # the signal that stopped run(), if one did

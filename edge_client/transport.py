@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
@@ -64,6 +65,7 @@ __all__ = [
     "Transport",
     "decline_request",
     "parse_retry_after",
+    "pending_token_file",
     "reply_request",
     "secure_request",
 ]
@@ -482,6 +484,12 @@ class Registration:
     token: str
 
 
+def pending_token_file(token_file: Path) -> Path:
+    """Where ``fedge-edge rotate-token`` keeps the token it proposes until the coordinator
+    has answered and the token file holds it."""
+    return token_file.with_name(token_file.name + ".pending")
+
+
 @dataclass(frozen=True)
 class NextTask:
     """The answer to a poll: a task, or how long to wait before polling again."""
@@ -492,13 +500,17 @@ class NextTask:
 
 @dataclass
 class CoordinatorClient:
-    """The coordinator's REST API for one device. ``token`` is its client token."""
+    """The coordinator's REST API for one device. ``token`` is its client token; with
+    ``token_file`` a call refused 401 reads that file (then its ``.pending`` companion, a
+    token ``fedge-edge rotate-token`` proposed) and, when either holds another token,
+    repeats the call once with it, so a running daemon picks up a rotated token."""
 
     base_url: str
     transport: Transport
     token: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     default_retry_after: float = 10.0
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -523,6 +535,14 @@ class CoordinatorClient:
             body=body,
             timeout=self.timeout,
         )
+        if response.status == 401 and self._reload_token():
+            response = self.transport.request(
+                method,
+                self.base_url + path,
+                headers={**self._auth(), **(headers or {})},
+                body=body,
+                timeout=self.timeout,
+            )
         if response.status >= 500 or response.status == 429:
             code, detail = response.error_code()
             raise TransportError(
@@ -537,6 +557,34 @@ class CoordinatorClient:
                 code=code,
             )
         return response
+
+    def _reload_token(self) -> bool:
+        """Take another token from ``token_file`` or its ``.pending`` companion, if one is
+        there; whether the token changed."""
+        if self.token_file is None:
+            return False
+        for path in (self.token_file, pending_token_file(self.token_file)):
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                continue
+            if token and token != self.token:
+                logger.info("the client token changed; using the one in %s", path.name)
+                self.token = token
+                return True
+        return False
+
+    def rotate_token(self, proposed: str) -> str:
+        """``POST /v1/clients/me/token`` proposing ``proposed``: the token the coordinator
+        now holds for this device (its old one stops working at once)."""
+        body = json.dumps({"token": proposed}).encode()
+        headers = {"Content-Type": "application/json"}
+        answer = self._call("POST", "/v1/clients/me/token", headers=headers, body=body).json()
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if token != proposed:
+            raise ProtocolError("unexpected token rotation answer")
+        self.token = proposed
+        return proposed
 
     def register(
         self,
