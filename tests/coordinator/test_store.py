@@ -17,6 +17,7 @@ from coordinator.errors import ConflictError, NotFoundError
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
+    EnrollmentTokenRecord,
     ModelEvent,
     ModelRecord,
     RejectionRecord,
@@ -393,3 +394,40 @@ def test_artifact_store_is_content_addressed(tmp_path: Path) -> None:
         artifacts.get_bytes("00" * 32)
     with pytest.raises(NotFoundError, match="not a sha256"):
         artifacts.path("../../etc/passwd")
+
+
+def test_enrollment_tokens_round_trip_and_are_found_by_hash(store: Store) -> None:
+    token = EnrollmentTokenRecord("e-1", "ehash1", 5.0, label="line 4", expires_at=65.0,
+                                  max_uses=3)  # fmt: skip
+    store.add_enrollment_token(token)
+    store.add_enrollment_token(EnrollmentTokenRecord("e-2", "ehash2", 6.0))
+    with pytest.raises(ConflictError):
+        store.add_enrollment_token(dataclasses.replace(token, token_id="e-3"))  # same hash
+    with pytest.raises(ConflictError):
+        store.add_enrollment_token(dataclasses.replace(token, token_hash="other"))  # same id
+    assert store.get_enrollment_token("e-1") == token
+    assert store.find_enrollment_token("ehash2") == EnrollmentTokenRecord("e-2", "ehash2", 6.0)
+    assert store.find_enrollment_token("nope") is None
+    used = dataclasses.replace(token, uses=2, revoked_at=9.0)
+    store.save_enrollment_token(used)
+    assert [t.token_id for t in store.list_enrollment_tokens()] == ["e-1", "e-2"]
+    assert store.get_enrollment_token("e-1") == used
+    with pytest.raises(NotFoundError):
+        store.save_enrollment_token(EnrollmentTokenRecord("e-9", "ehash9", 1.0))
+
+
+def test_a_client_token_hash_is_replaced_and_the_old_one_no_longer_finds_it(
+    store: Store,
+) -> None:
+    store.add_client(_client(1))
+    store.add_client(_client(2))
+    rotated = store.set_client_token("c1", "hash-new")
+    assert rotated == dataclasses.replace(_client(1), token_hash="hash-new")
+    assert store.find_client("hash1") is None
+    assert store.find_client("hash-new") == rotated
+    assert store.get_client("c1") == rotated
+    with pytest.raises(ConflictError):
+        store.set_client_token("c1", "hash2")  # another client's
+    assert store.get_client("c1") == rotated
+    with pytest.raises(NotFoundError):
+        store.set_client_token("c9", "hash9")
