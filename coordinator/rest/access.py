@@ -73,7 +73,9 @@ def require_reader() -> None:
 
 def require_enrollment() -> None:
     """Registration: rate-limited per source address and overall (429 with Retry-After),
-    then open unless an enrollment token is configured (the admin's works too)."""
+    then open unless an enrollment token is configured (the admin's works too, and so does
+    a managed enrollment token that has not expired nor been revoked: whether it is used
+    up is decided when the client is created, so a registration retry still answers)."""
     state = current_state()
     if state.registrations is not None:
         wait = state.registrations.acquire(request.remote_addr or "unknown")

@@ -1,9 +1,11 @@
 """What devices call, in three blueprints by who may call them:
 
-- ``enrollment``: registration (open, or the enrollment token when one is configured;
-  idempotent with an ``Idempotency-Key``: a retry returns the same client and token, 200);
+- ``enrollment``: registration (open, or the enrollment token when one is configured; a
+  managed enrollment token works too and counts a use; idempotent with an
+  ``Idempotency-Key``: a retry returns the same client and token, 200, and counts no use);
 - ``devices``: polling for work and sending replies, the secure-aggregation stages
-  included (:mod:`coordinator.rest.secagg`) (a client token, never the admin's);
+  included (:mod:`coordinator.rest.secagg`), and rotating the client's own token (a client
+  token, never the admin's);
 - ``downloads``: a model version's manifest, weights and bundle files (a client or the
   admin), with the file's sha256 as ETag so an unchanged file answers 304. A file a client
   downloads counts as ``bytes_down`` of every active round on that version that selected
