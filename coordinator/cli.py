@@ -53,6 +53,12 @@ from coordinator.config import (
     ServiceConfig,
 )
 from coordinator.errors import StateError
+from coordinator.keys import (
+    add_keys_parser,
+    add_signing_arguments,
+    signer_from_args,
+    trusted_bundle_key,
+)
 from coordinator.limits import (
     MAX_JSON_BYTES,
     MAX_REPORT_BYTES,
@@ -298,6 +304,7 @@ def _add_serve(sub: Any) -> None:
         ("--registration-burst-total", int, rate.total_burst, "burst overall"),
     ):
         limits.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    add_signing_arguments(serve)
     add_verbosity_flags(serve)
     serve.set_defaults(handler=serve_cli)
 
@@ -391,6 +398,7 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_admin(sub)
+    add_keys_parser(sub, _EXIT_CODES)
     return parser
 
 
@@ -448,9 +456,14 @@ def serve_cli(args: argparse.Namespace) -> int:
     artifacts = ArtifactStore(args.artifacts)
     if removed := artifacts.clean_temporary():
         logger.info("removed %d temporary file(s) of unfinished artifact writes", removed)
-    service = CoordinatorService(store=_open_store(args.db), artifacts=artifacts, config=config)
+    service = CoordinatorService(
+        store=_open_store(args.db),
+        artifacts=artifacts,
+        config=config,
+        signer=signer_from_args(args),
+    )
     with _database(args.db):
-        model = service.import_bundle(args.bundle)
+        model = service.import_bundle(args.bundle, trusted_key=trusted_bundle_key(args))
     if admin is None:
         logger.warning("no admin token configured: admin endpoints are disabled")
     logger.info("serving task %s; production model %s", args.task, model.version)
@@ -590,6 +603,7 @@ _MODEL_COLUMNS = (
     "participants",
     "epsilon",
     "created_at",
+    "signing_key_id",
 )
 _CLIENT_COLUMNS = ("client_id", "region", "registered_at", "revoked_at")
 _ROUND_COLUMNS = (

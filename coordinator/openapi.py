@@ -163,6 +163,15 @@ def _paths() -> dict[str, Any]:
                 auth=None,
             )
         },
+        "/v1/keys": {
+            "get": _op(
+                "The manifest signing key (Ed25519) and the rotation statements that lead "
+                "from earlier keys to it; no token needed (public keys only)",
+                "signingKeys",
+                {"200": _json("SigningKeys")},
+                auth=None,
+            )
+        },
         "/v1/clients": {
             "post": _op(
                 "Register a client; idempotent with an Idempotency-Key",
@@ -437,7 +446,17 @@ def _paths() -> dict[str, Any]:
                 "getManifest",
                 {
                     **_DOWNLOAD,
-                    "200": {**_DOWNLOAD["200"], "content": {JSON: {"schema": ref("Manifest")}}},
+                    "200": {
+                        **_DOWNLOAD["200"],
+                        "headers": {
+                            **_DOWNLOAD["200"]["headers"],
+                            "X-Fedge-Signature": _response_header(
+                                "<key id>:<base64 Ed25519 signature> over the exact manifest "
+                                "bytes (GET /v1/keys lists the keys)"
+                            ),
+                        },
+                        "content": {JSON: {"schema": ref("Manifest")}},
+                    },
                 },
                 auth="clientToken|adminToken",
                 errors="401 403 404",

@@ -551,6 +551,14 @@ def _records() -> dict[str, Any]:
             promoted_at=nullable(TIME),
             deployed_at=nullable(TIME),
             privacy={"oneOf": [ref("ModelPrivacy"), {"type": "null"}]},
+            signing_key_id={
+                **nullable(STRING),
+                "description": "id of the Ed25519 key that signed this version's manifest",
+            },
+            signature={
+                **nullable(STRING),
+                "description": "<key id>:<base64 Ed25519 signature> over the manifest bytes",
+            },
             artifacts={
                 "type": "object",
                 "description": "file name -> sha256",
@@ -559,6 +567,25 @@ def _records() -> dict[str, Any]:
             events={"type": "array", "items": ref("ModelEvent")},
         ),
         "ModelList": closed(models={"type": "array", "items": ref("Model")}),
+        "SigningKey": closed(
+            key_id={**STRING, "description": "first 16 hex of sha256 of the raw public key"},
+            public_key={**STRING, "description": "raw 32-byte Ed25519 public key, base64"},
+            algorithm={"const": "ed25519"},
+        ),
+        "RotationStatement": closed(
+            key_id=STRING,
+            public_key=STRING,
+            previous_key_id=STRING,
+            signature={
+                **STRING,
+                "description": "the previous key's signature over "
+                "'fedge-key-rotation-v1\\0' + the new raw public key, base64",
+            },
+        ),
+        "SigningKeys": closed(
+            current=ref("SigningKey"),
+            rotations={"type": "array", "items": ref("RotationStatement")},
+        ),
         "ModelPrivacy": {
             **closed(
                 epsilon={
@@ -620,7 +647,16 @@ def build_schemas() -> dict[str, Any]:
                 "additionalProperties": STRING,
             },
         ),
-        "Registration": closed(client_id=STRING, token=STRING, token_type={"const": "Bearer"}),
+        "Registration": closed(
+            optional=("signing_key",),
+            client_id=STRING,
+            token=STRING,
+            token_type={"const": "Bearer"},
+            signing_key={
+                **ref("SigningKey"),
+                "description": "The manifest signing key, for the device to pin (registration)",
+            },
+        ),
         "RegisterRequest": closed(
             optional=("region", "metadata"),
             region=nullable(STRING),

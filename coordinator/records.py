@@ -246,7 +246,9 @@ class ModelRecord(_Record):
     ``artifacts`` holds the bundle files, ``manifest.json`` (the served manifest) and
     ``server_state`` (the server optimizer state after this version). ``privacy`` is the
     version's differential-privacy guarantee (:mod:`coordinator.privacy`; ``None`` in
-    records of older coordinators).
+    records of older coordinators). ``signature`` is the coordinator's Ed25519 signature
+    over the served manifest (``<key id>:<base64>``, :mod:`fedge.signing`) and
+    ``signing_key_id`` the id of the key that made it (``None`` in older records).
     """
 
     version: str
@@ -267,6 +269,8 @@ class ModelRecord(_Record):
     deployed_at: float | None = None
     artifacts: Mapping[str, str] = field(default_factory=dict)
     privacy: Mapping[str, Any] | None = None
+    signing_key_id: str | None = None
+    signature: str | None = None
 
     def __post_init__(self) -> None:
         self._freeze()

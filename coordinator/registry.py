@@ -19,13 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from coordinator.artifacts import ArtifactStore
 from coordinator.errors import ConflictError, NotFoundError
+from coordinator.keys import StaticSigner
 from coordinator.privacy import public_privacy
 from coordinator.records import ModelEvent, ModelRecord
 from coordinator.store import Store
 from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, BundleManifest, FileEntry, verify_bundle
-from fedge.errors import ConfigError
+from fedge.errors import ConfigError, SignatureError
+from fedge.signing import key_id, read_signature_file, verify_manifest
 from fedge.weights import Weights
 
 __all__ = ["SERVER_STATE", "SOURCE_MANIFEST", "ModelRegistry", "iso_time"]
@@ -49,10 +53,17 @@ def _float_map(value: object) -> dict[str, float]:
 class ModelRegistry:
     """Registry operations over a Store and an ArtifactStore."""
 
-    def __init__(self, store: Store, artifacts: ArtifactStore, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        artifacts: ArtifactStore,
+        now: Callable[[], float],
+        signer: StaticSigner | None = None,
+    ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._now = now
+        self.signer = signer if signer is not None else StaticSigner()
         self._cache: OrderedDict[str, Weights] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -87,6 +98,13 @@ class ModelRegistry:
         digest = model.artifacts[name]
         return digest, self._artifacts.path(digest)
 
+    def signature(self, model: ModelRecord) -> str:
+        """The manifest signature of ``model``: the one recorded at registration, or (for a
+        version registered before manifests were signed) one made now with the current key."""
+        if model.signature is not None:
+            return model.signature
+        return self.signer.sign(self._artifacts.get_bytes(model.artifacts[MANIFEST_NAME]))
+
     def file_names(self, model: ModelRecord) -> list[str]:
         return sorted(n for n in model.artifacts if n not in (SERVER_STATE, SOURCE_MANIFEST))
 
@@ -108,18 +126,30 @@ class ModelRegistry:
 
     # Writing ------------------------------------------------------------------------------
 
-    def import_bundle(self, directory: str | Path, *, task: str) -> ModelRecord:
+    def import_bundle(
+        self, directory: str | Path, *, task: str, trusted_key: Ed25519PublicKey | None = None
+    ) -> ModelRecord:
         """Verify a bundle, store its files, register it (idempotent for the same bundle).
 
         The first version becomes production; a later import is a candidate whose parent
         is the production version. Lineage comes from ``metadata["training_record"]``. An
         imported bundle counts as trained on public data: its privacy record says epsilon 0
-        (:func:`coordinator.privacy.public_privacy`).
+        (:func:`coordinator.privacy.public_privacy`). With ``trusted_key`` the bundle's
+        ``manifest.sig`` must verify against that key (ConfigError otherwise).
         """
         manifest = verify_bundle(directory)
         if manifest.task != task:
             raise ConfigError(f"the bundle is for task {manifest.task!r}, not {task!r}")
         root = Path(directory)
+        if trusted_key is not None:
+            try:
+                verify_manifest(
+                    (root / MANIFEST_NAME).read_bytes(),
+                    read_signature_file(root),
+                    {key_id(trusted_key): trusted_key},
+                )
+            except SignatureError as exc:
+                raise ConfigError(f"bundle {root} refused: {exc}") from exc
         source = self._artifacts.put_file(root / MANIFEST_NAME)
         for model in self._store.list_models():
             if model.artifacts.get(SOURCE_MANIFEST) == source:
@@ -190,15 +220,19 @@ class ModelRegistry:
             derived = manifest.derive(
                 model_version=version, files=files, created_at=iso_time(now), metadata=metadata
             )
-            manifest_sha = self._artifacts.put_bytes(derived.to_json().encode("utf-8"))
+            manifest_bytes = derived.to_json().encode("utf-8")
+            manifest_sha = self._artifacts.put_bytes(manifest_bytes)
             artifacts = {n: e.sha256 for n, e in derived.files.items()}
             artifacts.update({MANIFEST_NAME: manifest_sha, **extra_artifacts})
+            key = self.signer.key
             model = ModelRecord(
                 version=version,
                 seq=seq,
                 stage="candidate",
                 created_at=now,
                 artifacts=artifacts,
+                signing_key_id=key.key_id,
+                signature=key.sign(manifest_bytes),
                 **fields,
             )
             self._store.add_model(model)

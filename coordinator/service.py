@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
@@ -44,6 +45,7 @@ from coordinator.intake import (
     check_idempotency_key,
     validate_update,
 )
+from coordinator.keys import StaticSigner
 from coordinator.logsafe import printable
 from coordinator.records import (
     ACTIVE_ROUND_STATES,
@@ -127,7 +129,9 @@ class CoordinatorService:
     """Everything the coordinator does, callable in-process.
 
     ``rng`` defaults to a generator seeded with ``config.seed``; ``selector`` picks each
-    round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``).
+    round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``);
+    ``signer`` signs every registered version's manifest (default: one in-memory key,
+    :class:`coordinator.keys.StaticSigner`).
     """
 
     def __init__(
@@ -139,13 +143,14 @@ class CoordinatorService:
         now: Callable[[], float] = time.time,
         rng: np.random.Generator | None = None,
         selector: ClientSelector | None = None,
+        signer: StaticSigner | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.config = config
         self.now = now
         self._lock = threading.RLock()
-        self.registry = ModelRegistry(store, artifacts, now)
+        self.registry = ModelRegistry(store, artifacts, now, signer)
         self.alerts = AlertMonitor(store, config.alerts, now)
         self.reports = ReportIntake(
             store=store, artifacts=artifacts, registry=self.registry, alerts=self.alerts,
@@ -170,10 +175,20 @@ class CoordinatorService:
             retry_after=config.retry_after_seconds,
         )
 
-    def import_bundle(self, directory: str | Path) -> ModelRecord:
-        """Verify and register a bundle (the first becomes version v1, production)."""
+    def import_bundle(
+        self, directory: str | Path, *, trusted_key: Ed25519PublicKey | None = None
+    ) -> ModelRecord:
+        """Verify and register a bundle (the first becomes version v1, production); with
+        ``trusted_key`` its ``manifest.sig`` must verify against that key."""
         with self._lock:
-            return self.registry.import_bundle(directory, task=self.config.task)
+            return self.registry.import_bundle(
+                directory, task=self.config.task, trusted_key=trusted_key
+            )
+
+    @property
+    def signer(self) -> StaticSigner:
+        """The manifest signer (a key ring, or one in-memory key when none was given)."""
+        return self.registry.signer
 
     def tick(self) -> None:
         """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`)."""

@@ -45,6 +45,7 @@ __all__ = [
     "ProtocolError",
     "SecAggError",
     "ShapeMismatchError",
+    "SignatureError",
     "UnknownTensorError",
     "UsageError",
     "WeightsError",
@@ -133,6 +134,11 @@ class BundleError(FedgeError, ValueError):
     def __init__(self, message: str, *, file: str | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class SignatureError(BundleError):
+    """A manifest's signature is missing, malformed, from an untrusted key or does not
+    verify; or a key rotation statement does not verify (see :mod:`fedge.signing`)."""
 
 
 class SecAggError(FedgeError, ValueError):

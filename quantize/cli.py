@@ -1,4 +1,5 @@
-"""``fedge-quantize``: convert an exported model to TFLite and report, or build its edge bundle.
+"""``fedge-quantize``: convert an exported model to TFLite and report, build its edge bundle,
+or sign a bundle offline (``sign``, :mod:`quantize.signing`).
 
 Thin: it parses arguments, calls :func:`quantize.jobs.quantize_export` or
 :func:`quantize.jobs.bundle_export` (plain functions returning data) and prints. Bad input
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from fedge.cli import (
@@ -33,6 +35,7 @@ from quantize.errors import ConversionError
 from quantize.inputs import DEFAULT_REPRESENTATIVE
 from quantize.jobs import MODES, HeldOutOptions, bundle_export, quantize_export
 from quantize.quiet import capture_native_stderr
+from quantize.signing import sign_bundle
 
 # None of the imports above loads TensorFlow; the jobs import it once the input is checked.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,7 +50,8 @@ _INPUT_ERRORS = (UsageError, ConfigError, DataError, FeatureError, OSError)
 
 _USAGE = f"""\
 {PROG} MODEL --mode MODE --out DIR [options]
-       {PROG} bundle MODEL --out DIR [options]"""
+       {PROG} bundle MODEL --out DIR [options]
+       {PROG} sign --key FILE BUNDLE_DIR"""
 
 _EXIT_CODES = """\
 exit codes:
@@ -222,7 +226,37 @@ def quantize_cli(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda: _quantize(arguments), prog=PROG, debug_tracebacks=True)
 
 
+def build_sign_parser() -> ArgumentParser:
+    """The parser of ``fedge-quantize sign --key FILE BUNDLE_DIR``."""
+    parser = ArgumentParser(
+        prog=f"{PROG} sign",
+        usage=f"{PROG} sign --key FILE BUNDLE_DIR [options]",
+        description="Sign an edge bundle's manifest.json with an Ed25519 private key (PEM): "
+        "writes BUNDLE_DIR/manifest.sig.",
+    )
+    parser.add_version()
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="edge bundle directory")
+    parser.add_argument("--key", required=True, type=Path, metavar="FILE", help="private key")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
+    return parser
+
+
+def _sign(arguments: list[str]) -> int:
+    args = build_sign_parser().parse_args(arguments)
+    configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
+    ident = sign_bundle(args.bundle, args.key)
+    document = {"bundle": str(args.bundle), "signature_file": "manifest.sig", "key_id": ident}
+    if args.json:
+        print_json(document)
+    else:
+        print(f"signed {args.bundle}/manifest.json with key {ident}")
+    return 0
+
+
 def _quantize(arguments: list[str]) -> int:
+    if arguments[:1] == ["sign"]:
+        return _sign(arguments[1:])
     if arguments[:1] == ["bundle"]:
         args = build_bundle_parser().parse_args(arguments[1:])
         job = _bundle_job

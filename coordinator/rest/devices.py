@@ -37,6 +37,7 @@ from coordinator.views import receipt_document, report_document
 from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, check_file_name
 from fedge.errors import BundleError, FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport
+from fedge.signing import SIGNATURE_HEADER
 
 __all__ = ["devices", "downloads", "enrollment"]
 
@@ -65,6 +66,7 @@ def register() -> Any:
         "client_id": registration.client_id,
         "token": registration.token,
         "token_type": "Bearer",
+        "signing_key": current_state().service.signer.document()["current"],
     }
     return document, 201 if registration.created else 200
 
@@ -164,7 +166,12 @@ def _artifact(version: str, name: str, mimetype: str) -> Response:
 
 @downloads.get("/v1/models/<version>/manifest")
 def manifest(version: str) -> Response:
-    return _artifact(version, MANIFEST_NAME, "application/json")
+    """The manifest, with the coordinator's Ed25519 signature over its exact bytes in
+    ``X-Fedge-Signature`` (:mod:`fedge.signing`)."""
+    response = _artifact(version, MANIFEST_NAME, "application/json")
+    service = current_state().service
+    response.headers[SIGNATURE_HEADER] = service.registry.signature(service.get_model(version))
+    return response
 
 
 @downloads.get("/v1/models/<version>/weights")

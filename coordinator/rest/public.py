@@ -1,5 +1,6 @@
-"""Routes open to anyone (``public``: health and the OpenAPI document), and Prometheus
-metrics (``monitoring``: the admin token, since they describe the fleet)."""
+"""Routes open to anyone (``public``: health, the OpenAPI document and the manifest
+signing keys), and Prometheus metrics (``monitoring``: the admin token, since they
+describe the fleet)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def healthz() -> Any:
         "checks": checks,
     }
     return document, 200 if healthy else 503
+
+
+@public.get("/v1/keys")
+def signing_keys() -> Any:
+    """The manifest signing key and its rotation statements (public keys only)."""
+    return current_state().service.signer.document()
 
 
 @monitoring.get("/metrics")

@@ -46,10 +46,12 @@ def test_models_list_table(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["models", "list", *_direct(workdir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["version", "stage", "parent", "round_id", "participants",
-                                "epsilon", "created_at"]  # fmt: skip
+                                "epsilon", "created_at", "signing_key_id"]  # fmt: skip
     # v1 is an imported bundle (public data: epsilon 0); v2's round had no DP.
     assert lines[1].split()[:6] == ["v1", "production", "None", "None", "None", "0"]
     assert lines[2].split()[:6] == ["v2", "candidate", "v1", "1", "2", "none"]
+    # the key that signed each version's manifest (16 hex digits)
+    assert all(len(line.split()[-1]) == 16 for line in lines[1:3])
 
 
 def test_promote_and_rollback_in_direct_mode(
