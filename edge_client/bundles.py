@@ -9,6 +9,11 @@ of downloaded. The version is assembled in a hidden directory, checked once more
 nothing behind (nor does one aborted by a stop signal), so the model in use keeps serving.
 A rejection is a :class:`~edge_client.errors.ModelRejected` naming the version and the
 manifest's sha256, for the daemon to remember.
+
+With a ``verify`` callable (the daemon passes :class:`edge_client.trust.ManifestTrust`) the
+manifest's signature (``X-Fedge-Signature``) is checked before any file it lists is
+fetched; a signature that does not verify rejects the version, and an accepted one is kept
+beside the manifest as ``manifest.sig`` so the stored copy verifies offline too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_client.errors import ModelRejected
@@ -25,8 +31,13 @@ from edge_client.transport import CoordinatorClient
 from fedge.bundle import MANIFEST_NAME, BundleManifest, sha256_file, verify_bundle
 from fedge.errors import BundleError
 from fedge.fileio import publish_directory
+from fedge.signing import SIGNATURE_HEADER, write_signature_file
 
-__all__ = ["BundleStore"]
+ManifestCheck = Callable[[bytes, str | None], str | None]
+"""``(manifest bytes, signature header) -> key id`` (None: not verified); raises
+:class:`~fedge.errors.SignatureError` to refuse."""
+
+__all__ = ["BundleStore", "ManifestCheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +66,9 @@ class BundleStore:
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST_NAME).is_file())
 
-    def fetch(self, client: CoordinatorClient, version: str) -> Path:
+    def fetch(
+        self, client: CoordinatorClient, version: str, *, verify: ManifestCheck | None = None
+    ) -> Path:
         """Download and verify ``version`` unless present; returns its directory."""
         final = self.path(version)
         if self.has(version):
@@ -64,7 +77,7 @@ class BundleStore:
         staging.mkdir()
         seen: dict[str, str] = {}
         try:
-            manifest = self._download(client, version, staging, seen)
+            manifest = self._download(client, version, staging, seen, verify)
             verify_bundle(staging)
             publish_directory(staging, final)
         except BundleError as exc:
@@ -79,7 +92,12 @@ class BundleStore:
         return final
 
     def _download(
-        self, client: CoordinatorClient, version: str, staging: Path, seen: dict[str, str]
+        self,
+        client: CoordinatorClient,
+        version: str,
+        staging: Path,
+        seen: dict[str, str],
+        verify: ManifestCheck | None,
     ) -> BundleManifest:
         response = client.download(version, MANIFEST_NAME)
         claimed = response.headers.get("x-fedge-sha256")
@@ -90,6 +108,9 @@ class BundleStore:
                 f"model {version}: {MANIFEST_NAME} has sha256 {digest}, the server says {claimed}",
                 file=MANIFEST_NAME,
             )
+        signature = response.headers.get(SIGNATURE_HEADER.lower())
+        if verify is not None and verify(response.body, signature) is not None:
+            write_signature_file(staging, str(signature))
         manifest = BundleManifest.from_json(response.body)
         if manifest.model_version != version:
             raise BundleError(

@@ -8,7 +8,8 @@
     fedge-edge predict  (--bundle DIR | --state DIR) --input FILE [--global] [--json]
     fedge-edge status   --state DIR [--json]
 
-``register`` enrolls the device and writes its token to F (mode 0600). ``run`` is the
+``register`` enrolls the device and writes its token to F (mode 0600); with ``--state`` it
+also pins the coordinator's manifest signing key there (:mod:`edge_client.trust`). ``run`` is the
 daemon: it polls the coordinator for train/evaluate/stats/features tasks and answers them
 from the data files in DIR until SIGTERM or Ctrl-C, within the owner's privacy policy
 (``--policy FILE``, else ``STATE/policy.json`` when present, else the safe defaults of
@@ -64,6 +65,7 @@ from edge_client.transport import (
     Transport,
     pending_token_file,
 )
+from edge_client.trust import pin_at_enrollment
 from fedge.cli import (
     ArgumentParser,
     add_json_flag,
@@ -212,6 +214,7 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
         client.close()
     write_token(args.token_file, registration.token)
     if args.state is not None:
+        pin_at_enrollment(ClientState(args.state), registration.signing_key)
         ClientState(args.state).save_client(
             client_id=registration.client_id,
             coordinator=args.coordinator,

@@ -105,6 +105,7 @@ from edge_client.transport import (
     HttpTransport,
     Transport,
 )
+from edge_client.trust import ManifestTrust
 from fedge.errors import (
     BundleError,
     ConfigError,
@@ -134,7 +135,9 @@ class DaemonConfig:
     ``request_timeout`` is the wall-clock budget of one whole request (headers and body);
     ``retry_rejected_after`` is how long a rejected model version is not downloaded again
     while no other version is announced; ``policy`` is the owner's privacy policy (safe
-    defaults unless given).
+    defaults unless given). ``verify_signatures`` False turns off the manifest signature
+    check (:mod:`edge_client.trust`); it exists for tests that show what the check stops,
+    and no command-line option sets it.
     """
 
     coordinator: str
@@ -151,6 +154,7 @@ class DaemonConfig:
     num_threads: int | None = None
     retry_rejected_after: float = 3600.0
     policy: DevicePolicy = field(default_factory=DevicePolicy)
+    verify_signatures: bool = True
 
     def __post_init__(self) -> None:
         check_positive(self.request_timeout, "request_timeout")
@@ -228,7 +232,8 @@ class Daemon:
             self.stop_event.wait(seconds)
 
     def _locate(self, version: str) -> Path:
-        return self.state.bundles.fetch(self.client, version)
+        verify = ManifestTrust(self.state, self.client) if self.config.verify_signatures else None
+        return self.state.bundles.fetch(self.client, version, verify=verify)
 
     def _record_error(self, message: str) -> None:
         self.last_error = {"at": self._clock(), "message": message}

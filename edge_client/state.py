@@ -6,6 +6,7 @@
       client.json           client id, coordinator URL, registration time
       model.json            the model version in use and the one before it
       status.json           what the daemon did last (``fedge-edge status`` reads it)
+      trust.json            the coordinator's pinned manifest signing key, its rotations
       bundles/<version>/    verified bundles (the one in use and the previous one)
       personal/             the personal head (safetensors)
       outbox/               replies not yet acknowledged (and failed/ ones)
@@ -145,6 +146,16 @@ class ClientState:
             "client.json",
             {"client_id": client_id, "coordinator": coordinator, "registered_at": registered_at},
         )
+
+    # Trust ------------------------------------------------------------------------------
+
+    def trust(self) -> dict[str, Any]:
+        """``trust.json``: the pinned signing key and the rotation statements accepted since
+        (:mod:`edge_client.trust`); empty when no key is pinned yet."""
+        return self._read("trust.json")
+
+    def save_trust(self, document: dict[str, Any]) -> None:
+        self._write("trust.json", document)
 
     # Model in use -------------------------------------------------------------------------
 

@@ -480,8 +480,12 @@ def secure_request(reply: SecureReply, idempotency_key: str) -> OutgoingRequest:
 
 @dataclass(frozen=True)
 class Registration:
+    """A registration answer; ``signing_key`` is the coordinator's manifest signing key
+    (``{key_id, public_key, algorithm}``) when it sends one, for the device to pin."""
+
     client_id: str
     token: str
+    signing_key: Mapping[str, Any] | None = None
 
 
 def pending_token_file(token_file: Path) -> Path:
@@ -611,7 +615,12 @@ class CoordinatorClient:
         )
         answer = response.json()
         try:
-            return Registration(str(answer["client_id"]), str(answer["token"]))
+            key = answer.get("signing_key")
+            return Registration(
+                str(answer["client_id"]),
+                str(answer["token"]),
+                key if isinstance(key, dict) else None,
+            )
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"unexpected registration answer: {exc!r}") from exc
 
@@ -629,6 +638,13 @@ class CoordinatorClient:
         else:
             path = f"/v1/models/{quote(version, safe='')}/files/{quote(name, safe='')}"
         return self._call("GET", path)
+
+    def signing_keys(self) -> dict[str, Any]:
+        """``GET /v1/keys``: the coordinator's manifest signing key and rotation statements."""
+        document = self._call("GET", "/v1/keys").json()
+        if not isinstance(document, dict):
+            raise ProtocolError("unexpected /v1/keys answer: not a JSON object")
+        return document
 
     def secagg_payload(self, round_id: int, stage: str) -> dict[str, Any]:
         """The secure-aggregation payload of ``stage`` (share, mask or unmask) of round
