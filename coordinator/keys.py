@@ -166,13 +166,14 @@ class Keyring(StaticSigner):
 def add_signing_arguments(serve: argparse.ArgumentParser) -> None:
     """``serve``'s signing options."""
     group = serve.add_argument_group("manifest signing (Ed25519)")
-    group.add_argument(
+    source = group.add_mutually_exclusive_group()
+    source.add_argument(
         "--keys",
         type=Path,
         metavar="DIR",
         help="key ring directory (default ARTIFACTS/keys; the first key is created there)",
     )
-    group.add_argument(
+    source.add_argument(
         "--signing-key",
         type=Path,
         metavar="FILE",
@@ -188,9 +189,7 @@ def add_signing_arguments(serve: argparse.ArgumentParser) -> None:
 
 def signer_from_args(args: argparse.Namespace) -> StaticSigner:
     """The signer ``serve``'s options name: ``--signing-key``, else the key ring."""
-    if args.signing_key is not None:
-        if args.keys is not None:
-            raise UsageError("give --signing-key or --keys, not both")
+    if args.signing_key is not None:  # argparse refuses it together with a key ring
         return StaticSigner(SigningKey.load(args.signing_key))
     return Keyring.open(args.keys if args.keys is not None else args.artifacts / "keys")
 

@@ -71,7 +71,8 @@ def _sha256(path: Path) -> str:
 
 
 def _check_artifacts(root: Path, models: list[dict[str, Any]]) -> None:
-    files = [p for p in root.rglob("*") if p.is_file()]
+    # The signing key ring (ARTIFACTS/keys) is not content-addressed: it is no artifact.
+    files = [p for p in root.rglob("*") if p.is_file() and "keys" not in p.relative_to(root).parts]
     leftovers = [p for p in files if p.parent.name == "tmp" or p.suffix in (".part", ".tmp")]
     assert leftovers == [], f"temporary files left: {leftovers}"
     stored = {p.name: p for p in files if p.parent.parent.name == "sha256"}
