@@ -7,7 +7,7 @@ LOCKS  := requirements/cloud.lock requirements/dev.lock
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint pytest venv clean
+.PHONY: demo test lint pytest venv clean proto
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): $(LOCKS) pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m simulations.demo --out demo-output
+
+# The gRPC messages (fedge/protocol/fleet_pb2.py[i]) from fleet.proto; checked in, and a
+# test regenerates them and compares.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedge/protocol/fleet.proto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
