@@ -3,17 +3,17 @@ Every problem is a :class:`~coordinator.errors.CoordinatorError` naming what was
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from coordinator import device_api
 from coordinator.codecs import CODEC_HEADER, COMPRESSED_MEDIA_TYPE
+from coordinator.device_api import check_codec, metrics_from_text, parse_count
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
-from fedge.compression import CODEC_NAMES
 from fedge.jsonlimits import loads_bounded
 
 __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
@@ -21,7 +21,6 @@ __all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
 
 _JSON_LIMIT = 64 << 10
 _JSON_DEPTH = 32
-_TASK_ID_LIMIT = 256  # task ids the coordinator issues are far shorter
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:
@@ -82,7 +81,8 @@ def _header(name: str) -> str:
 
 
 def update_submission(round_id: int) -> UpdateSubmission:
-    """An update upload: the body and the ``X-Fedge-*`` headers about it.
+    """An update upload: the body and the ``X-Fedge-*`` headers about it, checked by
+    :func:`coordinator.device_api.update_submission`.
 
     ``application/octet-stream`` is the safetensors delta (codec ``none``);
     ``application/x-fedge-compressed`` is a :mod:`fedge.compression` payload whose codec
@@ -91,12 +91,7 @@ def update_submission(round_id: int) -> UpdateSubmission:
     if request.mimetype == "application/octet-stream":
         codec = "none"
     elif request.mimetype == COMPRESSED_MEDIA_TYPE:
-        codec = _header(CODEC_HEADER)
-        if codec not in CODEC_NAMES:
-            raise CoordinatorError(
-                f"{CODEC_HEADER} must be one of {list(CODEC_NAMES)}, got {codec[:40]!r}",
-                code="invalid_header",
-            )
+        codec = check_codec(_header(CODEC_HEADER))
     else:
         raise UnsupportedMediaTypeError(
             "an update body must be Content-Type application/octet-stream (safetensors) or "
@@ -108,42 +103,16 @@ def update_submission(round_id: int) -> UpdateSubmission:
         raise PayloadTooLargeError(
             f"the update body is over the {request.max_content_length}-byte limit"
         ) from exc
-    text = _header("X-Fedge-Num-Examples")
-    try:
-        num_examples = int(text)
-    except ValueError:
-        raise CoordinatorError(
-            f"X-Fedge-Num-Examples must be an integer, got {text[:40]!r}", code="invalid_header"
-        ) from None
-    metrics: Any = {}
-    if raw_metrics := request.headers.get("X-Fedge-Metrics"):
-        try:
-            metrics = loads_bounded(raw_metrics, max_depth=2, max_bytes=16 << 10)
-        except ValueError as exc:
-            raise CoordinatorError(
-                f"X-Fedge-Metrics must be a JSON object: {exc}", code="invalid_header"
-            ) from exc
-        if not isinstance(metrics, dict):
-            raise CoordinatorError("X-Fedge-Metrics must be a JSON object", code="invalid_header")
-    digest = request.headers.get("X-Fedge-Delta-Sha256")
-    if digest and digest.lower() != hashlib.sha256(body).hexdigest():
-        raise CoordinatorError(
-            "the body does not match X-Fedge-Delta-Sha256 (corrupted in transit?)",
-            code="digest_mismatch",
-        )
-    task_id = _header("X-Fedge-Task-Id")
-    if len(task_id) > _TASK_ID_LIMIT:
-        raise CoordinatorError(
-            f"X-Fedge-Task-Id is {len(task_id)} characters, over the {_TASK_ID_LIMIT}-character "
-            "limit",
-            code="invalid_header",
-        )
-    return UpdateSubmission(
-        round_id=round_id,
-        task_id=task_id,
-        num_examples=num_examples,
-        idempotency_key=request.headers.get("Idempotency-Key", ""),
+    num_examples = parse_count(_header("X-Fedge-Num-Examples"))
+    raw_metrics = request.headers.get("X-Fedge-Metrics")
+    metrics = metrics_from_text(raw_metrics) if raw_metrics else {}
+    return device_api.update_submission(
+        round_id,
         body=body,
-        metrics=metrics,
         codec=codec,
+        num_examples=num_examples,
+        metrics=metrics,
+        delta_sha256=request.headers.get("X-Fedge-Delta-Sha256"),
+        task_id=request.headers.get("X-Fedge-Task-Id"),
+        idempotency_key=request.headers.get("Idempotency-Key", ""),
     )

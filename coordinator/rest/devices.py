@@ -14,17 +14,13 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, request, send_file
 
-from coordinator.errors import CoordinatorError
-from coordinator.records import ClientRecord, ReportRecord
+from coordinator import device_api
 from coordinator.rest.access import (
     current_client,
-    managed_enrollment_token,
     reader_client,
     require_client,
     require_enrollment,
@@ -33,10 +29,8 @@ from coordinator.rest.access import (
 from coordinator.rest.bodies import json_body, refuse_unknown, update_submission
 from coordinator.rest.secagg import register_secagg_routes
 from coordinator.rest.state import current_state
-from coordinator.views import receipt_document, report_document
-from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE, check_file_name
-from fedge.errors import BundleError, FedgeError
-from fedge.messages import EvalReport, FeatureBatch, StatsReport
+from coordinator.views import receipt_document
+from fedge.bundle import MANIFEST_NAME, WEIGHTS_FILE
 from fedge.signing import SIGNATURE_HEADER
 
 __all__ = ["devices", "downloads", "enrollment"]
@@ -56,19 +50,14 @@ downloads.before_request(require_reader)
 def register() -> Any:
     body = json_body(optional=True)
     refuse_unknown(body, {"region", "metadata"})
-    registration = current_state().service.register_client(
+    document, created = device_api.register(
+        current_state(),
         region=body.get("region"),
         metadata=body.get("metadata"),
         registration_key=request.headers.get("Idempotency-Key"),
-        enrollment_token=managed_enrollment_token(),
+        authorization=request.headers.get("Authorization"),
     )
-    document = {
-        "client_id": registration.client_id,
-        "token": registration.token,
-        "token_type": "Bearer",
-        "signing_key": current_state().service.signer.document()["current"],
-    }
-    return document, 201 if registration.created else 200
+    return document, 201 if created else 200
 
 
 @devices.post("/v1/clients/me/token")
@@ -77,9 +66,7 @@ def rotate_token() -> Any:
     one it called with stops working at once."""
     body = json_body(optional=True)
     refuse_unknown(body, {"token"})
-    client = current_client()
-    token = current_state().service.rotate_client_token(client, body.get("token"))
-    return {"client_id": client.client_id, "token": token, "token_type": "Bearer"}
+    return device_api.rotate_token(current_state().service, current_client(), body.get("token"))
 
 
 @devices.get("/v1/tasks/next")
@@ -88,7 +75,7 @@ def next_task() -> Any:
     task = service.next_task(current_client())
     if task is None:
         response = Response(status=204)
-        response.headers["Retry-After"] = str(math.ceil(service.config.retry_after_seconds))
+        response.headers["Retry-After"] = str(device_api.retry_after_seconds(service))
         return response
     return task.to_dict()
 
@@ -97,70 +84,56 @@ def next_task() -> Any:
 def decline(task_id: str) -> Any:
     body = json_body()
     refuse_unknown(body, {"reason"})
-    reason = body.get("reason")
-    if not isinstance(reason, str):
-        raise CoordinatorError("the body must hold a text reason", code="invalid_reason")
-    task = current_state().service.decline_task(current_client(), task_id, reason)
-    return {"task_id": task.task_id, "status": task.status}
+    return device_api.decline(
+        current_state().service, current_client(), task_id, body.get("reason")
+    )
 
 
 @devices.post("/v1/rounds/<int:round_id>/updates")
 def upload(round_id: int) -> Any:
     service, client = current_state().service, current_client()
-    try:
+    with device_api.rejecting(service, client, round_id):
         submission = update_submission(round_id)
-    except FedgeError as exc:
-        service.reject_update(client, round_id, exc)
-        raise
     receipt = service.submit_update(client, submission)
     return receipt_document(receipt), 200 if receipt.duplicate else 201
 
 
-def _report(
-    kind: str,
-    decode: Callable[[Mapping[str, Any]], Any],
-    submit: Callable[[ClientRecord, Any], ReportRecord],
-) -> Any:
+def _report(kind: str) -> Any:
     body = json_body()
-    body.setdefault("type", kind)
-    body.setdefault("version", 1)
-    return report_document(submit(current_client(), decode(body))), 201
+    return device_api.submit_report(current_state().service, current_client(), kind, body), 201
 
 
 @devices.post("/v1/stats")
 def stats() -> Any:
-    return _report("stats_report", StatsReport.from_dict, current_state().service.submit_stats)
+    return _report("stats")
 
 
 @devices.post("/v1/evaluations")
 def evaluations() -> Any:
-    service = current_state().service
-    return _report("eval_report", EvalReport.from_dict, service.submit_evaluation)
+    return _report("evaluation")
 
 
 @devices.post("/v1/features")
 def features() -> Any:
-    service = current_state().service
-    return _report("feature_batch", FeatureBatch.from_dict, service.submit_features)
+    return _report("features")
 
 
 def _artifact(version: str, name: str, mimetype: str) -> Response:
     service = current_state().service
-    model = service.get_model(version)
-    digest, path = service.registry.file(model, name)
+    file = device_api.model_file(service, version, name)
     response = send_file(
-        path,
+        file.path,
         mimetype=mimetype,
         download_name=name,
-        etag=digest,
+        etag=file.sha256,
         conditional=True,
         max_age=0,
     )
-    response.headers["X-Fedge-Sha256"] = digest
-    response.headers["X-Fedge-Model-Version"] = model.version
+    response.headers["X-Fedge-Sha256"] = file.sha256
+    response.headers["X-Fedge-Model-Version"] = file.model.version
     client = reader_client()
     if client is not None and response.status_code in (200, 206) and response.content_length:
-        service.count_download(client, model.version, response.content_length)
+        service.count_download(client, file.model.version, response.content_length)
     return response
 
 
@@ -181,9 +154,6 @@ def weights(version: str) -> Response:
 
 @downloads.get("/v1/models/<version>/files/<path:name>")
 def bundle_file(version: str, name: str) -> Response:
-    try:
-        check_file_name(name)
-    except BundleError as exc:
-        raise CoordinatorError(str(exc), code="invalid_file_name") from exc
+    device_api.check_bundle_file_name(name)
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
     return _artifact(version, name, mimetype)

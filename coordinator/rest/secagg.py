@@ -15,29 +15,25 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
+from coordinator.device_api import (
+    metrics_from_text,
+    rejecting,
+    secagg_receipt_document,
+    submit_secagg,
+)
+from coordinator.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.rest.access import current_client
 from coordinator.rest.bodies import json_body
 from coordinator.rest.state import current_state
 from coordinator.secagg import PAYLOAD_STAGES, SECAGG_STAGES, SecAggReceipt, SecAggStageError
-from fedge.errors import FedgeError
-from fedge.jsonlimits import loads_bounded
 
 __all__ = ["SECAGG_PATH", "register_secagg_routes"]
 
 SECAGG_PATH = "/v1/rounds/<int:round_id>/secagg/{stage}"
-_MAX_METRICS_HEADER = 16 << 10
-_TASK_ID_LIMIT = 256
 
 
 def _receipt(receipt: SecAggReceipt) -> tuple[dict[str, Any], int]:
-    document = {
-        "round_id": receipt.round_id,
-        "stage": receipt.stage,
-        "client_id": receipt.client_id,
-        "duplicate": receipt.duplicate,
-    }
-    return document, 200 if receipt.duplicate else 201
+    return secagg_receipt_document(receipt), 200 if receipt.duplicate else 201
 
 
 def _stage_conflict(exc: SecAggStageError) -> Response:
@@ -49,17 +45,7 @@ def _stage_conflict(exc: SecAggStageError) -> Response:
 
 def _metrics() -> dict[str, Any] | None:
     raw = request.headers.get("X-Fedge-Metrics")
-    if not raw:
-        return None
-    try:
-        metrics = loads_bounded(raw, max_depth=2, max_bytes=_MAX_METRICS_HEADER)
-    except ValueError as exc:
-        raise CoordinatorError(
-            f"X-Fedge-Metrics must be a JSON object: {exc}", code="invalid_header"
-        ) from exc
-    if not isinstance(metrics, dict):
-        raise CoordinatorError("X-Fedge-Metrics must be a JSON object", code="invalid_header")
-    return metrics
+    return metrics_from_text(raw) if raw else None
 
 
 def _binary_body() -> bytes:
@@ -86,29 +72,19 @@ def secagg_payload(round_id: int, stage: str) -> Any:
 
 def secagg_submit(round_id: int, stage: str) -> Any:
     service, client = current_state().service, current_client()
-    try:
+    with rejecting(service, client, round_id):
         if stage == "mask":
             body, document = _binary_body(), None
         else:
             body, document = None, json_body()
         metrics = _metrics()
-    except FedgeError as exc:
-        service.reject_update(client, round_id, exc)
-        raise
-    task_id = request.headers.get("X-Fedge-Task-Id")
-    if not task_id or len(task_id) > _TASK_ID_LIMIT:
-        error = CoordinatorError(
-            f"missing header X-Fedge-Task-Id (at most {_TASK_ID_LIMIT} characters)",
-            code="missing_header",
-        )
-        service.reject_update(client, round_id, error)
-        raise error
     try:
-        receipt = service.submit_secagg(
+        receipt = submit_secagg(
+            service,
             client,
             round_id,
             stage,
-            task_id=task_id,
+            task_id=request.headers.get("X-Fedge-Task-Id"),
             idempotency_key=request.headers.get("Idempotency-Key", ""),
             document=document,
             body=body,
