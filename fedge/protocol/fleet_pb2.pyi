@@ -361,13 +361,13 @@ class ReportReceipt(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
-    report_id: str
+    report_id: int
     kind: str
     client_id: str
     task_id: str
     model_version: str
     received_at: str
-    def __init__(self, report_id: _Optional[str] = ..., kind: _Optional[str] = ..., client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., model_version: _Optional[str] = ..., received_at: _Optional[str] = ...) -> None: ...
+    def __init__(self, report_id: _Optional[int] = ..., kind: _Optional[str] = ..., client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., model_version: _Optional[str] = ..., received_at: _Optional[str] = ...) -> None: ...
 
 class SecAggAdvertiseKeys(_message.Message):
     __slots__ = ("client_id", "encryption_key", "mask_key")
