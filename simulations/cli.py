@@ -38,7 +38,7 @@ from fedge.server_optimizers import SERVER_OPTIMIZER_NAMES
 from fedge.strategy import STRATEGY_NAMES
 from quantize.quiet import capture_native_stderr
 from simulations.errors import SettingsError
-from simulations.native_engine import STORES
+from simulations.native_engine import STORES, TRANSPORTS
 from simulations.report import RoundStats, output_problem, summary_table, write_report
 from simulations.runner import simulate
 from simulations.settings import (
@@ -334,6 +334,13 @@ def build_parser() -> ArgumentParser:
         help="the coordinator's state store (memory; sqlite: durable, slower)",
     )
     out.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="memory",
+        help="how devices reach the coordinator (memory: direct calls; rest: the service "
+        "served on loopback, every poll and reply over HTTP)",
+    )
+    out.add_argument(
         "--out",
         type=Path,
         default=Path("simulation-output"),
@@ -401,6 +408,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         partition_file=args.partition_file,
         schedule_file=args.schedule_file,
         store=args.store,
+        transport=args.transport,
         baseline=not args.no_baseline,
         personalization=not args.no_personalization,
         personalize_epochs=args.personal_epochs,

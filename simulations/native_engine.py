@@ -39,6 +39,13 @@ Every round reports the privacy record of the model version after it (the cumula
 epsilon of its lineage). With a ``privacy_budget`` the service refuses to open a round that
 would exceed it: the run stops there and the result says why (``stop_reason``).
 
+With ``transport`` ``rest`` the service is also served on loopback in this process
+(:mod:`simulations.loopback`) and the devices' side goes over the wire: every task poll
+and every reply goes through the edge client's client for that URL, each device with its
+own token; the engine keeps opening
+rounds, creating tasks and reading records on the service directly (the operator's side).
+Model files still come from the registry mirror (their bytes are counted as above).
+
 Rounds are opened on demand and their versions promoted on commit. Clients visit their rows
 in stored order every epoch unless the hyperparameters shuffle: then every round's train
 tasks carry the task options ``shuffle_seed`` (the scenario's ``Hyperparams.seed``) and
@@ -74,23 +81,27 @@ from coordinator import (
     Store,
     UpdateSubmission,
 )
+from coordinator.codecs import decode_update
 from coordinator.privacy import BUDGET_EXHAUSTED
 from coordinator.records import ClientRecord, RoundRecord
-from edge_client import ModelCache, PersonalizationConfig
+from edge_client import CompressedUpdate, ModelCache, PersonalizationConfig, TransportError
+from edge_client.transport import CoordinatorClient, HttpTransport, OutgoingRequest, reply_request
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
 from fedge.fileio import publish_directory
-from fedge.messages import EvalReport, Task, decode_message
+from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
 from simulations.errors import SimulationError
 from simulations.fleet import FleetData, Job, Outcome, open_fleet
+from simulations.loopback import TRANSPORTS, serve_loopback
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
 from simulations.secure_stages import Dropout, run_secure_round
 
 __all__ = [
     "STORES",
+    "TRANSPORTS",
     "NativeOptions",
     "PlannedSelector",
     "SimulatedClock",
@@ -141,12 +152,23 @@ class NativeOptions:
     """The round config's ``dp_*`` fields (no noise multiplier: no differential privacy)."""
     privacy_budget: float | None = None
     """The service's privacy budget: the run stops at the first round it refuses."""
+    transport: str = "memory"
+    """How the devices reach the service: ``memory`` (direct calls) or ``rest`` (served on
+    loopback in this process; see the module docstring)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an int >= 1, got {self.workers!r}")
         if self.store not in STORES:
             raise ConfigError(f"store must be one of {list(STORES)}, got {self.store!r}")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(
+                f"transport must be one of {list(TRANSPORTS)}, got {self.transport!r}"
+            )
+        if self.transport != "memory" and self.secure_aggregation:
+            raise ConfigError(
+                "secure aggregation runs its stages in memory only: use the memory transport"
+            )
 
 
 class SimulatedClock:
@@ -308,6 +330,7 @@ def run_native(
             "dp_clipped_count_stddev": options.dp_clipped_count_stddev,
             "dp_delta": options.dp_delta,
             "privacy_budget": options.privacy_budget,
+            "transport": options.transport,
         },
     )
 
@@ -394,6 +417,17 @@ class _NativeRun:
             ),
             workers=options.workers,
         )
+        self._serving = contextlib.ExitStack()
+        self._apis: dict[str, CoordinatorClient] = {}
+        self.url: str | None = None
+        if options.transport != "memory":
+            try:
+                urls = self._serving.enter_context(serve_loopback(self.service))
+            except BaseException:
+                self.fleet.close()
+                raise
+            self.url = urls.rest
+            logger.info("devices reach the service over %s at %s", options.transport, self.url)
 
     def _codec_fields(self) -> dict[str, Any]:
         """The round config's secure-aggregation and compression fields (when used)."""
@@ -425,6 +459,11 @@ class _NativeRun:
         return model.transform(self.scenario.test.columns), np.asarray(self.scenario.test.labels)
 
     def close(self) -> None:
+        for api in self._apis.values():
+            with contextlib.suppress(Exception):
+                api.close()
+        with contextlib.suppress(Exception):
+            self._serving.close()
         with contextlib.suppress(Exception):
             self.fleet.close()
         with contextlib.suppress(Exception):
@@ -432,6 +471,31 @@ class _NativeRun:
 
     def _record(self, client: _Client) -> ClientRecord:
         return self.service.authenticate(client.token)
+
+    def _api(self, client: _Client) -> CoordinatorClient:
+        """The device's own client of the served coordinator (rest/grpc transports)."""
+        assert self.url is not None
+        api = self._apis.get(client.sim_id)
+        if api is None:
+            api = CoordinatorClient(self.url, HttpTransport(), token=client.token)
+            self._apis[client.sim_id] = api
+        return api
+
+    def _poll(self, client: _Client) -> Task | None:
+        """The client's next task: asked of the service, or over the transport."""
+        if self.url is None:
+            return self.service.next_task(self._record(client))
+        try:
+            return self._api(client).next_task().task
+        except TransportError as exc:
+            raise SimulationError(f"the loopback coordinator failed: {exc}") from exc
+
+    def _send(self, client: _Client, outgoing: OutgoingRequest) -> None:
+        """Deliver a reply over the transport (a refusal is a FedgeError, as in memory)."""
+        try:
+            self._api(client).send(outgoing)
+        except TransportError as exc:
+            raise SimulationError(f"the loopback coordinator failed: {exc}") from exc
 
     def run(self) -> tuple[list[RoundStats], list[ClientGain], Weights]:
         rounds = []
@@ -553,7 +617,7 @@ class _NativeRun:
         jobs = []
         for client in clients:
             record = self._record(client)
-            task = self.service.next_task(record)
+            task = self._poll(client)
             if task is None or task.kind != kind:
                 raise SimulationError(f"client {client.sim_id} got {task!r}, not a {kind} task")
             self.mirror.ensure(task.model_version)
@@ -569,6 +633,13 @@ class _NativeRun:
         document = outcome.document
         if document is None or document.get("type") != "model_update":
             raise SimulationError(f"client {client.sim_id} answered a train task with {document!r}")
+        if self.url is not None:
+            try:
+                self._send(client, self._update_request(document, outcome.body or b""))
+            except FedgeError as exc:  # the service recorded the rejection under its code
+                self.rejected += 1
+                logger.warning("the service rejected %s's update: %s", client.sim_id, exc)
+            return
         try:
             submission = UpdateSubmission(
                 round_id=round_id,
@@ -586,6 +657,31 @@ class _NativeRun:
         except FedgeError as exc:  # the service recorded the rejection under its code
             self.rejected += 1
             logger.warning("the service rejected %s's update: %s", client.sim_id, exc)
+
+    def _update_request(self, document: Mapping[str, Any], body: bytes) -> OutgoingRequest:
+        """The upload a device makes of the update ``document`` + ``body`` (its encoded
+        reply, as the fleet returns it): the edge client's own request for it."""
+        key = f"sim-{document.get('task_id')}"
+        codec = str(document.get("codec", "none"))
+        if codec == "none":
+            update = decode_message(document, body)
+            if not isinstance(update, ModelUpdate):
+                raise SimulationError(f"not a model update: {document!r}")
+            return reply_request(update, key)
+        round_ = self.service.get_round(int(document["round_id"]))
+        reference = self.service.registry.weights(self.service.get_model(str(round_.base_version)))
+        compressed = CompressedUpdate(
+            task_id=str(document["task_id"]),
+            round_id=round_.round_id,
+            num_examples=int(document["num_examples"]),
+            metrics=dict(document.get("metrics") or {}),
+            delta=decode_update(
+                body, codec, reference, max_bytes=self.service.config.max_update_bytes
+            ),
+            codec=codec,
+            payload=body,
+        )
+        return reply_request(compressed, key)
 
     def _personalization(self) -> list[ClientGain]:
         clients = list(self.clients.values())
@@ -605,7 +701,11 @@ class _NativeRun:
             report = decode_message(outcome.document)
             if not isinstance(report, EvalReport):
                 raise SimulationError(f"client {outcome.client_id} answered with {report!r}")
-            self.service.submit_evaluation(self._record(self.clients[outcome.client_id]), report)
+            owner = self.clients[outcome.client_id]
+            if self.url is None:
+                self.service.submit_evaluation(self._record(owner), report)
+            else:
+                self._send(owner, reply_request(report, f"sim-{report.task_id}"))
             personal = report.personalized_metrics.get("accuracy")
             if report.num_examples and personal is not None:
                 gains.append(

@@ -64,6 +64,7 @@ def run_engine(
             dp_clipped_count_stddev=settings.dp_clipped_count_stddev,
             dp_delta=settings.dp_delta,
             privacy_budget=settings.privacy_budget,
+            transport=settings.transport,
         ),
         progress=progress,
     )

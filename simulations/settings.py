@@ -25,7 +25,7 @@ from fedge.validation import check_fraction, check_int, check_number, check_posi
 from fedge.weights import Weights
 from simulations.errors import SettingsError
 from simulations.inputs import files
-from simulations.native_engine import STORES
+from simulations.native_engine import STORES, TRANSPORTS
 from simulations.pretrain import DEFAULT_PROXY_FRACTION
 from simulations.scenario import DEFAULT_HOLDOUT_FRACTION, split_task_rows
 from simulations.workload import Schedule
@@ -90,6 +90,9 @@ class Settings:
     partition_file: Path | None = None
     schedule_file: Path | None = None
     store: str = "memory"
+    transport: str = "memory"
+    """How the simulated devices reach the coordinator service: memory (direct calls) or
+    rest (the service served on loopback, the edge client's client for each device)."""
     state_dir: Path | None = None
     baseline: bool = True
     personalization: bool = True
@@ -214,6 +217,7 @@ def check_settings(settings: Settings) -> CheckedInputs:
         raise SettingsError(
             f"store must be one of {list(STORES)}, got {s.store!r}", fields=["store"]
         )
+    _check_transport(s)
     if s.data_file is None and s.task not in TASK_NAMES:
         raise SettingsError(
             f"task must be one of {list(TASK_NAMES)} (or give a data file), got {s.task!r}",
@@ -258,6 +262,27 @@ def check_settings(settings: Settings) -> CheckedInputs:
             fields=["rounds", "schedule_file"],
         )
     return CheckedInputs(data=data, partition=partition, schedule=schedule, init=init)
+
+
+def _check_transport(s: Settings) -> None:
+    if s.transport not in TRANSPORTS:
+        raise SettingsError(
+            f"transport must be one of {list(TRANSPORTS)}, got {s.transport!r}",
+            fields=["transport"],
+        )
+    if s.transport == "memory":
+        return
+    if s.engine != "native":
+        raise SettingsError(
+            f"the {s.transport} transport needs the native engine (the tff engine has no "
+            "coordinator to reach)",
+            fields=["transport", "engine"],
+        )
+    if s.secure_aggregation:
+        raise SettingsError(
+            "secure aggregation runs its stages in memory only: use the memory transport",
+            fields=["transport", "secure_aggregation"],
+        )
 
 
 def _check_secure(s: Settings) -> None:

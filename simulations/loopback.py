@@ -1,0 +1,58 @@
+"""The simulation's coordinator service served on loopback, in this process.
+
+With ``fedge-simulate --transport rest`` the native engine does not call the service
+directly for the devices' side: :func:`serve_loopback` serves the same
+:class:`~coordinator.CoordinatorService` over the REST adapter (waitress in a thread), and
+every task poll and reply goes through the edge client's own client, as a deployed
+device's would. Only loopback is ever bound, with no TLS: nothing leaves the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from waitress.server import create_server  # type: ignore[import-untyped]
+
+from coordinator.rest import ApiConfig, create_app
+from coordinator.service import CoordinatorService
+from simulations.errors import SimulationError
+
+__all__ = ["TRANSPORTS", "LoopbackUrls", "serve_loopback"]
+
+TRANSPORTS = ("memory", "rest")
+"""How the simulated devices reach the service: in memory (direct calls) or REST."""
+
+_HOST = "127.0.0.1"
+_JOIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class LoopbackUrls:
+    """Where the service answers."""
+
+    rest: str
+
+
+@contextlib.contextmanager
+def serve_loopback(service: CoordinatorService) -> Iterator[LoopbackUrls]:
+    """``service`` on a loopback port (REST) for the duration of the block."""
+    app = create_app(service, ApiConfig())
+    server = create_server(app, host=_HOST, port=0, threads=4, ident="fedge-coordinator")
+    thread = threading.Thread(target=server.run, name="fedge-sim-rest", daemon=True)
+    thread.start()
+
+    def close_everything() -> None:  # runs in the server's loop thread
+        for dispatcher in list(server._map.values()):
+            dispatcher.close()
+
+    try:
+        yield LoopbackUrls(f"http://{_HOST}:{server.effective_port}")
+    finally:
+        server.trigger.pull_trigger(close_everything)
+        thread.join(timeout=_JOIN_SECONDS)
+        server.task_dispatcher.shutdown()
+        if thread.is_alive():
+            raise SimulationError("the simulation's loopback REST server did not stop")

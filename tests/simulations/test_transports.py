@@ -1,0 +1,93 @@
+"""``fedge-simulate --transport``: the native engine with its devices on REST or gRPC.
+
+The service is served on loopback inside the engine's process and every task poll and
+reply goes through the edge client's own client: the same rounds then give the same model
+and the same accuracy as the in-memory default, and the served routes show the traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+
+from simulations.errors import SettingsError
+from simulations.native_engine import NativeOptions, run_native
+from simulations.preparation import prepare_scenario
+from simulations.pretrain import Pretrained
+from simulations.scenario import Scenario
+from simulations.settings import check_settings
+
+if TYPE_CHECKING:
+    from tests.support.simulation import SettingsFactory
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:non-integer arguments to randrange:DeprecationWarning"
+)
+
+
+def _scenario(sim_settings: SettingsFactory, **changes: object) -> Scenario:
+    settings = sim_settings(**changes)
+    return prepare_scenario(settings, check_settings(settings))
+
+
+@pytest.fixture(scope="module")
+def two_rounds(digits_pretrained: Pretrained, sim_settings: SettingsFactory) -> Scenario:
+    return _scenario(sim_settings, clients=3, rounds=2, partition="iid", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def in_memory(two_rounds: Scenario) -> tuple[float, ...]:
+    result = run_native(two_rounds, NativeOptions(workers=1))
+    return tuple(r.accuracy for r in result.rounds)
+
+
+@pytest.mark.parametrize("transport", ["rest"])
+def test_two_rounds_over_a_transport_reach_the_in_memory_accuracy(
+    transport: str,
+    two_rounds: Scenario,
+    in_memory: tuple[float, ...],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    result = run_native(two_rounds, NativeOptions(workers=1, transport=transport))
+    assert result.details["transport"] == transport
+    assert [r.committed for r in result.rounds] == [True, True]
+    assert [r.version for r in result.rounds] == ["v2", "v3"]
+    assert tuple(r.accuracy for r in result.rounds) == pytest.approx(in_memory, abs=1e-9)
+    assert result.details["rejected_updates"] == 0
+    assert [g.client_id for g in result.personalization] == list(two_rounds.client_ids)
+    served = [r.getMessage() for r in caplog.records]
+    assert any(f"devices reach the service over {transport} at " in m for m in served)
+    if transport == "rest":
+        assert sum("GET /v1/tasks/next -> 200" in m for m in served) == 3 * 2 + 3
+        assert sum("POST /v1/rounds/1/updates -> 201" in m for m in served) == 3
+        assert sum("POST /v1/evaluations -> 201" in m for m in served) == 3
+
+
+def test_a_compressed_round_over_rest_matches_memory(
+    two_rounds: Scenario, digits_pretrained: Pretrained
+) -> None:
+    options = {"workers": 1, "personalization": False, "compression": "q8"}
+    memory = run_native(two_rounds, NativeOptions(**options))  # type: ignore[arg-type]
+    rest = run_native(two_rounds, NativeOptions(transport="rest", **options))  # type: ignore[arg-type]
+    assert rest.details["rejected_updates"] == 0
+    assert rest.final_head.allclose(memory.final_head, rtol=0, atol=1e-6)
+    assert [r.bytes_up for r in rest.rounds] == [r.bytes_up for r in memory.rounds]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"transport": "carrier-pigeon"}, ["transport"]),
+        ({"transport": "rest", "engine": "tff"}, ["transport", "engine"]),
+        ({"transport": "rest", "secure_aggregation": True}, ["transport", "secure_aggregation"]),
+    ],
+)
+def test_an_unusable_transport_is_refused_naming_it(
+    sim_settings: SettingsFactory, changes: dict[str, object], fields: list[str]
+) -> None:
+    with pytest.raises(SettingsError, match="transport") as caught:
+        check_settings(sim_settings(**changes))
+    assert list(caught.value.fields) == fields
