@@ -17,10 +17,15 @@ its error-feedback residual in the context's :class:`FeedbackStore`;
 Secure aggregation's device side is :mod:`edge_client.secure` (``begin`` after training,
 ``step`` for each later stage, over a :class:`SecretStore`).
 
+A device reaches its coordinator with :func:`connect`: REST for ``http(s)://`` URLs, gRPC for
+``grpc(s)://`` ones, both behind the :class:`CoordinatorApi` methods, with TLS (and a
+client certificate for mutual TLS) from a :class:`ClientTls`.
+
 Nothing here imports TensorFlow: a TFLite runtime (tflite-runtime or ai-edge-litert) and
 numpy are all the device needs.
 """
 
+from edge_client.api import CoordinatorApi, connect
 from edge_client.backoff import Backoff, BackoffPolicy
 from edge_client.bundles import BundleStore
 from edge_client.compress import (
@@ -39,6 +44,7 @@ from edge_client.errors import (
     RequestRejected,
     TransportError,
 )
+from edge_client.grpc_client import GrpcCoordinatorClient
 from edge_client.handler import (
     ClientConfig,
     ClientContext,
@@ -68,6 +74,7 @@ from edge_client.secure import (
     SecureReply,
 )
 from edge_client.state import ClientState
+from edge_client.tls import ClientTls
 from edge_client.transport import (
     Cancellable,
     CoordinatorClient,
@@ -90,7 +97,9 @@ __all__ = [
     "ClientConfig",
     "ClientContext",
     "ClientState",
+    "ClientTls",
     "CompressedUpdate",
+    "CoordinatorApi",
     "CoordinatorClient",
     "Daemon",
     "DaemonConfig",
@@ -104,6 +113,7 @@ __all__ = [
     "FileHeadStore",
     "FileSecretStore",
     "FunctionTransport",
+    "GrpcCoordinatorClient",
     "HeadStore",
     "HttpResponse",
     "HttpTransport",
@@ -134,6 +144,7 @@ __all__ = [
     "batch_rng",
     "client_key",
     "compress_update",
+    "connect",
     "fine_tune",
     "handle",
     "load_interpreter",

@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_client.api import CoordinatorApi
 from edge_client.errors import ModelRejected
-from edge_client.transport import CoordinatorClient
 from fedge.bundle import MANIFEST_NAME, BundleManifest, sha256_file, verify_bundle
 from fedge.errors import BundleError
 from fedge.fileio import publish_directory
@@ -67,7 +67,7 @@ class BundleStore:
         return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST_NAME).is_file())
 
     def fetch(
-        self, client: CoordinatorClient, version: str, *, verify: ManifestCheck | None = None
+        self, client: CoordinatorApi, version: str, *, verify: ManifestCheck | None = None
     ) -> Path:
         """Download and verify ``version`` unless present; returns its directory."""
         final = self.path(version)
@@ -93,7 +93,7 @@ class BundleStore:
 
     def _download(
         self,
-        client: CoordinatorClient,
+        client: CoordinatorApi,
         version: str,
         staging: Path,
         seen: dict[str, str],

@@ -2,9 +2,9 @@
 
 ::
 
-    fedge-edge register --coordinator URL --token-file F [--state DIR] [--region R]
-    fedge-edge rotate-token --coordinator URL --token-file F
-    fedge-edge run      --coordinator URL --token-file F --data DIR --state DIR [options]
+    fedge-edge register --coordinator URL --token-file F [--state DIR] [--region R] [TLS]
+    fedge-edge rotate-token --coordinator URL --token-file F [TLS]
+    fedge-edge run      --coordinator URL --token-file F --data DIR --state DIR [options] [TLS]
     fedge-edge predict  (--bundle DIR | --state DIR) --input FILE [--global] [--json]
     fedge-edge status   --state DIR [--json]
 
@@ -23,6 +23,13 @@ works: running ``rotate-token`` again finishes the switch, and ``run`` tries F a
 ``--state`` holds one for that version, unless ``--global``). ``status`` shows what the
 daemon last did. Every command takes ``-v/-q``; ``fedge-edge --version`` prints the
 version.
+
+URL is ``http://`` or ``https://`` (the REST API) or ``grpc://host:port`` or
+``grpcs://host:port`` (the gRPC API); the commands behave the same over either. TLS is
+``--ca-file F`` (the CA that authenticates the coordinator; default the system's roots)
+and ``--cert F --key F`` (the device's certificate and key, for a coordinator that asks for
+client certificates), on every command that contacts the coordinator, for https:// and
+grpcs:// alike.
 
 Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
 coordinator refused or could not be reached, a bundle failed verification); 2 a usage or
@@ -50,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.api import connect
 from edge_client.backoff import BackoffPolicy
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.errors import RequestRejected
@@ -59,12 +67,8 @@ from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
 from edge_client.policy import DevicePolicy, load_policy
 from edge_client.state import ClientState, read_token, registration_key, write_token
-from edge_client.transport import (
-    CoordinatorClient,
-    HttpTransport,
-    Transport,
-    pending_token_file,
-)
+from edge_client.tls import ClientTls
+from edge_client.transport import Transport, pending_token_file
 from edge_client.trust import pin_at_enrollment
 from fedge.cli import (
     ArgumentParser,
@@ -121,6 +125,32 @@ def _parser(
     return parser
 
 
+def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
+    """The coordinator's URL and the TLS files, on every command that contacts it."""
+    parser.add_argument("--coordinator", required=True, metavar="URL",
+                        help="http(s)://HOST:PORT (REST) or grpc(s)://HOST:PORT")  # fmt: skip
+    tls = parser.add_argument_group("TLS (https:// and grpcs://)")
+    tls.add_argument("--ca-file", type=Path, metavar="F",
+                     help="CA bundle that authenticates the coordinator (default: the "
+                     "system's roots)")  # fmt: skip
+    tls.add_argument("--cert", type=Path, metavar="F",
+                     help="this device's certificate (PEM) for mutual TLS")  # fmt: skip
+    tls.add_argument("--key", type=Path, metavar="F",
+                     help="the private key of --cert (PEM)")  # fmt: skip
+
+
+def _tls(args: argparse.Namespace) -> ClientTls | None:
+    """The TLS files the command line names (None: none named)."""
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    for flag, path in (("--ca-file", args.ca_file), ("--cert", args.cert), ("--key", args.key)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path} is not a file")
+    if args.ca_file is None and args.cert is None:
+        return None
+    return ClientTls(ca_file=args.ca_file, cert=args.cert, key=args.key)
+
+
 def build_parser() -> ArgumentParser:
     """The parser of ``fedge-edge`` and its commands."""
     parser = ArgumentParser(
@@ -132,24 +162,22 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     register = _parser(sub, "register", "register this device with a coordinator")
-    register.add_argument("--coordinator", required=True, metavar="URL")
+    _coordinator_flags(register)
     register.add_argument("--token-file", required=True, type=Path, metavar="F")
     register.add_argument("--state", type=Path, metavar="DIR", help="records the client id")
     register.add_argument("--region", help="this device's region (for per-slice metrics)")
     register.add_argument("--enrollment-token-file", type=Path, metavar="F")
-    register.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
     add_json_flag(register)
     register.set_defaults(handler=register_cli)
 
     rotate = _parser(sub, "rotate-token", "replace this device's client token")
-    rotate.add_argument("--coordinator", required=True, metavar="URL")
+    _coordinator_flags(rotate)
     rotate.add_argument("--token-file", required=True, type=Path, metavar="F")
-    rotate.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
     add_json_flag(rotate)
     rotate.set_defaults(handler=rotate_token_cli)
 
     run = _parser(sub, "run", "run the daemon until SIGTERM or Ctrl-C", RUN_DESCRIPTION)
-    run.add_argument("--coordinator", required=True, metavar="URL")
+    _coordinator_flags(run)
     run.add_argument("--token-file", required=True, type=Path, metavar="F")
     run.add_argument("--data", required=True, type=Path, metavar="DIR", help="local data files")
     run.add_argument("--state", required=True, type=Path, metavar="DIR")
@@ -167,7 +195,6 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
                      help="wall-clock budget of one whole request (headers and body)")  # fmt: skip
     run.add_argument("--threads", type=int, metavar="N", help="TFLite interpreter threads")
-    run.add_argument("--ca-file", type=Path, metavar="F", help="CA bundle for https")
     run.add_argument("--policy", type=Path, metavar="FILE",
                      help="the privacy policy (JSON; default STATE/policy.json, else "
                      "safe defaults)")  # fmt: skip
@@ -203,7 +230,7 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
     enrollment = None
     if args.enrollment_token_file is not None:
         enrollment = read_token(args.enrollment_token_file)
-    client = CoordinatorClient(args.coordinator, transport or _http(args.ca_file))
+    client = connect(args.coordinator, tls=_tls(args), transport=transport)
     try:
         registration = client.register(
             region=args.region,
@@ -235,7 +262,7 @@ def rotate_token_cli(args: argparse.Namespace, *, transport: Transport | None = 
     except ConfigError:
         proposed = "fedge_" + secrets.token_urlsafe(32)
         write_token(pending, proposed)
-    client = CoordinatorClient(args.coordinator, transport or _http(args.ca_file), token=current)
+    client = connect(args.coordinator, token=current, tls=_tls(args), transport=transport)
     try:
         try:
             client.rotate_token(proposed)
@@ -290,14 +317,9 @@ def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) 
         request_timeout=args.timeout,
         num_threads=args.threads,
         policy=policy,
+        tls=_tls(args),
     )
-    return Daemon(config, transport=transport or _http(args.ca_file)).run()
-
-
-def _http(ca_file: Path | None) -> HttpTransport:
-    if ca_file is not None and not ca_file.is_file():
-        raise UsageError(f"--ca-file {ca_file} is not a file")
-    return HttpTransport(verify=str(ca_file) if ca_file is not None else True)
+    return Daemon(config, transport=transport).run()
 
 
 def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:

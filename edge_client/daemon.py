@@ -66,7 +66,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_client.api import CoordinatorApi, connect
 from edge_client.backoff import Backoff, BackoffPolicy
 from edge_client.errors import (
     DaemonStopped,
@@ -83,6 +84,7 @@ from edge_client.errors import (
     RequestRejected,
     TransportError,
 )
+from edge_client.grpc_client import Interceptor
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
 from edge_client.local_data import DirectoryData
 from edge_client.model import EdgeModel, ModelCache
@@ -97,14 +99,8 @@ from edge_client.secure import (
 )
 from edge_client.secure import step as secure_step
 from edge_client.state import ClientState, read_token
-from edge_client.transport import (
-    DEFAULT_TIMEOUT,
-    Cancellable,
-    CoordinatorClient,
-    Decline,
-    HttpTransport,
-    Transport,
-)
+from edge_client.tls import ClientTls
+from edge_client.transport import DEFAULT_TIMEOUT, Decline, Transport
 from edge_client.trust import ManifestTrust
 from fedge.errors import (
     BundleError,
@@ -137,7 +133,9 @@ class DaemonConfig:
     while no other version is announced; ``policy`` is the owner's privacy policy (safe
     defaults unless given). ``verify_signatures`` False turns off the manifest signature
     check (:mod:`edge_client.trust`); it exists for tests that show what the check stops,
-    and no command-line option sets it.
+    and no command-line option sets it. ``coordinator`` is an ``http(s)://`` (REST) or
+    ``grpc(s)://`` (gRPC) URL (:func:`edge_client.api.connect`); ``tls`` the CA to trust
+    and the device's certificate for mutual TLS, on either transport.
     """
 
     coordinator: str
@@ -155,6 +153,7 @@ class DaemonConfig:
     retry_rejected_after: float = 3600.0
     policy: DevicePolicy = field(default_factory=DevicePolicy)
     verify_signatures: bool = True
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         check_positive(self.request_timeout, "request_timeout")
@@ -165,7 +164,9 @@ class Daemon:
     """The loop of one device (see the module docstring).
 
     ``sleep`` replaces the interruptible wait between steps (tests pass a recorder); the
-    default waits on :attr:`stop_event`, which :meth:`request_stop` sets.
+    default waits on :attr:`stop_event`, which :meth:`request_stop` sets. ``transport``
+    replaces HTTP under a REST URL; ``grpc_interceptors`` wrap the channel of a gRPC URL
+    (tests record what the device sends).
     """
 
     def __init__(
@@ -176,15 +177,18 @@ class Daemon:
         rng: np.random.Generator | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
+        grpc_interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.config = config
         self.state = ClientState(config.state_dir)
-        self.client = CoordinatorClient(
+        self.client: CoordinatorApi = connect(
             config.coordinator,
-            transport if transport is not None else HttpTransport(),
             token=read_token(config.token_file),
             timeout=config.request_timeout,
             token_file=config.token_file,
+            tls=config.tls,
+            transport=transport,
+            grpc_interceptors=grpc_interceptors,
         )
         self.stop_event = threading.Event()
         self._stopped_by: int | None = None  # the signal that stopped run(), if one did
@@ -216,9 +220,7 @@ class Daemon:
     def request_stop(self) -> None:
         """Stop soon, from any thread: sleeps end and a request in flight is aborted."""
         self.stop_event.set()
-        transport = self.client.transport
-        if isinstance(transport, Cancellable):
-            transport.cancel()
+        self.client.cancel()
 
     @property
     def stopping(self) -> bool:

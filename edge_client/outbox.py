@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_client.api import CoordinatorApi
 from edge_client.errors import RequestRejected
 from edge_client.secure import SecureReply
 from edge_client.transport import (
-    CoordinatorClient,
     Decline,
     OutgoingRequest,
     decline_request,
@@ -124,7 +124,7 @@ class Outbox:
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, self.failed_directory / path.name)
 
-    def deliver(self, client: CoordinatorClient) -> DeliveryReport:
+    def deliver(self, client: CoordinatorApi) -> DeliveryReport:
         """Send every entry, oldest first. TransportError propagates (the entry stays)."""
         delivered: list[str] = []
         dropped: list[str] = []

@@ -41,6 +41,7 @@ from edge_client.backoff import RETRY_AFTER_MAX, RETRY_AFTER_MIN
 from edge_client.compress import CODEC_HEADER, COMPRESSED_MEDIA_TYPE, CompressedUpdate
 from edge_client.errors import RequestCancelled, RequestRejected, TransportError
 from edge_client.secure import SecureReply
+from edge_client.tls import client_ssl_context
 from fedge.errors import ProtocolError
 from fedge.messages import (
     EvalReport,
@@ -67,6 +68,7 @@ __all__ = [
     "parse_retry_after",
     "pending_token_file",
     "reply_request",
+    "rotated_token",
     "secure_request",
 ]
 
@@ -149,13 +151,20 @@ class HttpTransport:
     (before reading, when Content-Length says so). :meth:`cancel` aborts the request in
     flight and every later one (the daemon calls it on SIGTERM) with
     :class:`~edge_client.errors.RequestCancelled`. ``verify`` is the TLS setting: True
-    (system CAs), a CA bundle path, or False (no verification)."""
+    (system CAs), a CA bundle path, or False (no verification); ``client_cert`` is the
+    device's ``(certificate file, key file)``, presented to a server that asks (mutual
+    TLS)."""
 
     def __init__(
-        self, *, max_response_bytes: int = MAX_RESPONSE_BYTES, verify: bool | str = True
+        self,
+        *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        verify: bool | str = True,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         self._max = max_response_bytes
         self._verify = verify
+        self._client_cert = client_cert
         self._ssl: ssl.SSLContext | None = None
         self._cancelled = threading.Event()
         self._lock = threading.RLock()  # cancel() may run in a signal handler of this thread
@@ -220,7 +229,7 @@ class HttpTransport:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if parts.scheme == "https":
             if self._ssl is None:
-                self._ssl = _ssl_context(self._verify)
+                self._ssl = client_ssl_context(self._verify, self._client_cert)
             return (
                 http.client.HTTPSConnection(
                     parts.hostname, parts.port, timeout=timeout, context=self._ssl
@@ -302,17 +311,6 @@ def _category(exc: BaseException) -> str:
     if isinstance(exc, http.client.HTTPException):
         return "BadResponse"
     return "NetworkError"
-
-
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if verify is True:
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=verify)
 
 
 def _shutdown(connection: http.client.HTTPConnection) -> None:
@@ -494,6 +492,20 @@ def pending_token_file(token_file: Path) -> Path:
     return token_file.with_name(token_file.name + ".pending")
 
 
+def rotated_token(token_file: Path, current: str | None) -> str | None:
+    """Another token than ``current`` in ``token_file`` or its ``.pending`` companion (a
+    rotation under way), or None: what a client tries after a call was refused 401."""
+    for path in (token_file, pending_token_file(token_file)):
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if token and token != current:
+            logger.info("the client token changed; using the one in %s", path.name)
+            return token
+    return None
+
+
 @dataclass(frozen=True)
 class NextTask:
     """The answer to a poll: a task, or how long to wait before polling again."""
@@ -567,16 +579,11 @@ class CoordinatorClient:
         there; whether the token changed."""
         if self.token_file is None:
             return False
-        for path in (self.token_file, pending_token_file(self.token_file)):
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError:
-                continue
-            if token and token != self.token:
-                logger.info("the client token changed; using the one in %s", path.name)
-                self.token = token
-                return True
-        return False
+        token = rotated_token(self.token_file, self.token)
+        if token is None:
+            return False
+        self.token = token
+        return True
 
     def rotate_token(self, proposed: str) -> str:
         """``POST /v1/clients/me/token`` proposing ``proposed``: the token the coordinator
@@ -660,6 +667,12 @@ class CoordinatorClient:
     def send(self, outgoing: OutgoingRequest) -> HttpResponse:
         """POST a prepared reply; 2xx returns, 4xx raises RequestRejected."""
         return self._call("POST", outgoing.path, headers=outgoing.headers, body=outgoing.body)
+
+    def cancel(self) -> None:
+        """Abort the request in flight and refuse later ones, when the transport can
+        (:class:`Cancellable`); the daemon's stop calls it."""
+        if isinstance(self.transport, Cancellable):
+            self.transport.cancel()
 
     def close(self) -> None:
         self.transport.close()

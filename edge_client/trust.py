@@ -22,9 +22,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from edge_client.api import CoordinatorApi
 from edge_client.errors import RequestRejected
 from edge_client.state import ClientState
-from edge_client.transport import CoordinatorClient
 from fedge.errors import FedgeError, ProtocolError, SignatureError
 from fedge.signing import (
     RotationStatement,
@@ -48,7 +48,7 @@ def _current_key(document: dict[str, Any]) -> tuple[str, str]:
 
 
 def pin_coordinator_key(
-    state: ClientState, client: CoordinatorClient, *, how: str, clock: Any = time.time
+    state: ClientState, client: CoordinatorApi, *, how: str, clock: Any = time.time
 ) -> str | None:
     """Pin the coordinator's current signing key in ``state``; its key id, or None when the
     coordinator publishes no key (404)."""
@@ -95,7 +95,7 @@ def pin_at_enrollment(state: ClientState, signing_key: Mapping[str, Any] | None)
 class ManifestTrust:
     """Checks manifest signatures against the key pinned in ``state`` (see the module)."""
 
-    def __init__(self, state: ClientState, client: CoordinatorClient) -> None:
+    def __init__(self, state: ClientState, client: CoordinatorApi) -> None:
         self.state = state
         self.client = client
 
