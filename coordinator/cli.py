@@ -4,16 +4,21 @@
 
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
-        [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] [-v|-q]
+        [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] \
+        [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
     fedge-coordinator enrollment create [--label L] [--expires-in SECONDS] [--uses N] \
         | list | revoke ID                                   --coordinator URL [--json]
+    fedge-coordinator certs init --out DIR [--host NAME]... [--device NAME]... [--days N]
+    fedge-coordinator certs device --ca-dir DIR NAME [--days N]
 
-TARGET is ``--coordinator URL`` (a running coordinator, with the admin token) or
+TARGET is ``--coordinator URL`` (a running coordinator, with the admin token; for an
+``https://`` URL, ``--ca-file FILE`` and, for mutual TLS, ``--cert FILE --key FILE``) or
 ``--db DB --artifacts DIR`` (an existing database, directly: admin commands never create
-one, only ``serve`` does).
+one, only ``serve`` does). Without TLS, ``serve`` listens only on a loopback address
+unless ``--insecure`` is given.
 
 Exit codes (the shared kit's, :mod:`fedge.cli`): 0 success; 1 the operation failed (the
 server refused it, a conflict, a missing model, an unreachable coordinator, a ``--db``
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import socket
@@ -36,7 +42,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.admin import AdminBackend, DirectAdmin
 from coordinator.auth import (
@@ -67,6 +73,7 @@ from coordinator.limits import (
     RateLimit,
 )
 from coordinator.store import Store
+from coordinator.tls import TlsFiles
 from fedge.cli import (
     ArgumentParser,
     ExitCode,
@@ -76,9 +83,12 @@ from fedge.cli import (
     print_json,
     run_cli,
 )
-from fedge.errors import BundleError, UsageError
+from fedge.errors import BundleError, ConfigError, UsageError
 from fedge.strategy import STRATEGY_NAMES
 from fedge.validation import check_int, check_positive
+
+if TYPE_CHECKING:
+    from coordinator.client import AdminClient
 
 __all__ = ["build_parser", "main"]
 
@@ -304,6 +314,23 @@ def _add_serve(sub: Any) -> None:
         ("--registration-burst-total", int, rate.total_burst, "burst overall"),
     ):
         limits.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
+    tls = serve.add_argument_group(
+        "TLS",
+        "HTTPS (and gRPC over TLS) with --tls-cert and --tls-key; with --client-ca too, "
+        "mutual TLS: a client must present a certificate of that CA. Without TLS, --host "
+        "must be a loopback address unless --insecure is given.",
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--client-ca", type=Path, metavar="FILE", help="require client certificates of this CA"
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback --host (tokens and updates then travel "
+        "unencrypted: only behind a TLS-terminating proxy)",
+    )
     add_signing_arguments(serve)
     add_verbosity_flags(serve)
     serve.set_defaults(handler=serve_cli)
@@ -370,9 +397,35 @@ def _enrollment_verb(verbs: Any, name: str, help_text: str) -> argparse.Argument
         "--coordinator", metavar="URL", required=True, help="URL of a running coordinator"
     )
     parser.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    _add_client_tls(parser)
     add_json_flag(parser)
     add_verbosity_flags(parser)
     return parser
+
+
+def _add_client_tls(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (an https:// --coordinator)")
+    group.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA of its certificate (else system roots)"
+    )
+    group.add_argument(
+        "--cert", type=Path, metavar="FILE", help="client certificate, for mutual TLS"
+    )
+    group.add_argument("--key", type=Path, metavar="FILE", help="the client certificate's key")
+
+
+def _admin_client(args: argparse.Namespace, token: str) -> AdminClient:
+    """The HTTP admin client of ``--coordinator`` and its TLS flags."""
+    from coordinator.client import AdminClient
+
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    for flag in ("ca_file", "cert", "key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise UsageError(f"--{flag.replace('_', '-')} {path} is not a readable file")
+    cert = None if args.cert is None else (args.cert, args.key)
+    return AdminClient(args.coordinator, token, ca_file=args.ca_file, cert=cert)
 
 
 def _admin_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -384,6 +437,7 @@ def _admin_verb(verbs: Any, name: str, help_text: str) -> argparse.ArgumentParse
     where.add_argument("--db", help="an existing state database (direct mode, with --artifacts)")
     where.add_argument("--artifacts", type=Path, help="artifact directory (direct mode)")
     parser.add_argument("--admin-token-file", type=Path, help=f"else ${ADMIN_TOKEN_ENV}")
+    _add_client_tls(parser)
     add_json_flag(parser)
     add_verbosity_flags(parser)
     return parser
@@ -399,7 +453,73 @@ def build_parser() -> ArgumentParser:
     _add_serve(sub)
     _add_admin(sub)
     add_keys_parser(sub, _EXIT_CODES)
+    _add_certs(sub)
     return parser
+
+
+def _add_certs(sub: Any) -> None:
+    from coordinator.certs import DEFAULT_DAYS
+
+    certs = sub.add_parser(
+        "certs",
+        help="create development TLS certificates (a CA, the server's, devices')",
+        description="Development certificates for serve --tls-cert/--tls-key/--client-ca and "
+        "devices' client certificates (mutual TLS). Keys are written 0600; existing files "
+        "are never overwritten.",
+        epilog=_EXIT_CODES,
+    )
+    verbs = certs.add_subparsers(dest="verb", required=True, metavar="VERB")
+    init = verbs.add_parser(
+        "init",
+        help="a CA, a server certificate and device certificates",
+        description="Write ca.pem/ca.key, server.pem/server.key and devices/NAME.pem/.key in DIR.",
+    )
+    init.add_argument("--out", type=Path, required=True, metavar="DIR")
+    init.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address of the server; repeatable "
+        "(default: localhost and 127.0.0.1)",
+    )
+    init.add_argument("--device", action="append", default=[], metavar="NAME", help="repeatable")
+    init.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help="validity (default %(default)s)"
+    )
+    add_verbosity_flags(init)
+    device = verbs.add_parser(
+        "device",
+        help="one more device certificate from an existing CA",
+        description="Write devices/NAME.pem and devices/NAME.key in DIR, signed by DIR's CA.",
+    )
+    device.add_argument("--ca-dir", type=Path, required=True, metavar="DIR")
+    device.add_argument("name", metavar="NAME")
+    device.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help="validity (default %(default)s)"
+    )
+    add_verbosity_flags(device)
+    certs.set_defaults(handler=certs_cli)
+
+
+def certs_cli(args: argparse.Namespace) -> int:
+    """``certs init`` and ``certs device``: print the files written."""
+    from coordinator.certs import DEFAULT_HOSTS, init_certs, issue_device_cert
+
+    try:
+        if args.verb == "init":
+            made = init_certs(
+                args.out, hosts=args.host or DEFAULT_HOSTS, devices=args.device, days=args.days
+            )
+            written = [made.ca_cert, made.ca_key, made.server_cert, made.server_key]
+            written += [p for pair in made.devices.values() for p in pair]
+        else:
+            written = list(issue_device_cert(args.ca_dir, args.name, days=args.days))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    for path in written:
+        print(path)
+    return 0
 
 
 def _round_config(args: argparse.Namespace) -> RoundConfig:
@@ -434,6 +554,7 @@ def serve_cli(args: argparse.Namespace) -> int:
     if not (args.bundle / "manifest.json").is_file():
         raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
     _check_listener(args)
+    tls = _tls_files(args)
     config = ServiceConfig(
         task=args.task,
         rounds=_round_config(args),
@@ -492,6 +613,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         threads=args.threads,
         tick_seconds=args.tick_seconds,
         limits=_connection_limits(args),
+        tls=tls,
     )
 
 
@@ -526,6 +648,35 @@ def _check_listener(args: argparse.Namespace) -> None:
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise UsageError(f"--host {args.host!r} is not an address to listen on: {exc}") from exc
+    if args.tls_cert is None and not args.insecure and not _is_loopback(args.host, args.port):
+        raise UsageError(
+            f"--host {args.host} is not a loopback address: serve it with --tls-cert and "
+            "--tls-key, or give --insecure to send tokens and updates over plain HTTP"
+        )
+
+
+def _is_loopback(host: str, port: int) -> bool:
+    """Whether every address ``host`` names is a loopback address."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {str(info[4][0]).split("%", 1)[0] for info in found}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files of ``serve``'s flags (usage errors for an incomplete set)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        if args.client_ca is not None:
+            raise UsageError("--client-ca needs --tls-cert and --tls-key")
+        return None
+    try:
+        return TlsFiles(args.tls_cert, args.tls_key, client_ca=args.client_ca)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _sqlite_path(db: str) -> Path | None:
@@ -569,9 +720,7 @@ def _backend(args: argparse.Namespace) -> AdminBackend:
         token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
         if token is None:
             raise UsageError(f"--coordinator needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
-        from coordinator.client import AdminClient
-
-        return AdminClient(args.coordinator, token)
+        return _admin_client(args, token)
     if args.db and args.artifacts:
         _check_existing_database(args.db)
         _check_db_argument(args.db)
@@ -706,9 +855,7 @@ def enrollment_cli(args: argparse.Namespace) -> int:
             raise UsageError(f"--expires-in must be above 0 seconds, got {args.expires_in}")
         if args.uses is not None and args.uses < 1:
             raise UsageError(f"--uses must be at least 1, got {args.uses}")
-    from coordinator.client import AdminClient
-
-    with AdminClient(args.coordinator, token) as client:
+    with _admin_client(args, token) as client:
         if args.verb == "create":
             created = client.create_enrollment_token(
                 label=args.label, expires_in=args.expires_in, max_uses=args.uses

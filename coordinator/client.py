@@ -7,6 +7,10 @@
         admin.show_round(round_["round_id"])["state"]
         admin.promote("v3")
 
+Over HTTPS, ``ca_file`` names the CA that signed the coordinator's certificate (else the
+system's roots), and ``cert=(certificate, key)`` the client certificate a coordinator
+with mutual TLS asks for.
+
 Every method returns the JSON document of the REST API (the same documents
 :mod:`coordinator.views` builds), so it is also an :class:`~coordinator.admin.AdminBackend`.
 Failures are coordinator errors, mapped in :meth:`AdminClient.call` only: an error answer
@@ -19,6 +23,7 @@ becomes the :class:`~coordinator.errors.CoordinatorError` subclass of its status
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -38,7 +43,10 @@ from coordinator.errors import (
     UpdateRejectedError,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "AdminClient", "is_healthy"]
+__all__ = ["DEFAULT_TIMEOUT", "AdminClient", "ClientCert", "is_healthy"]
+
+ClientCert = tuple[str | os.PathLike[str], str | os.PathLike[str]]
+"""A client certificate and its key (PEM files), for mutual TLS."""
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds one request may take (connect and read)."""
@@ -58,10 +66,31 @@ _BY_STATUS: dict[int, type[CoordinatorError]] = {
 }
 
 
-def is_healthy(url: str, *, timeout: float = 2.0) -> bool:
-    """Whether the coordinator at ``url`` answers ``GET /healthz`` with 200 (no token)."""
+def _verify(ca_file: str | os.PathLike[str] | None) -> bool | str:
+    return True if ca_file is None else os.fspath(ca_file)
+
+
+def _cert(cert: ClientCert | None) -> tuple[str, str] | None:
+    return None if cert is None else (os.fspath(cert[0]), os.fspath(cert[1]))
+
+
+def is_healthy(
+    url: str,
+    *,
+    timeout: float = 2.0,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert: ClientCert | None = None,
+) -> bool:
+    """Whether the coordinator at ``url`` answers ``GET /healthz`` with 200 (no token);
+    over HTTPS verified against ``ca_file`` (else the system's roots), presenting ``cert``."""
     with contextlib.suppress(requests.RequestException):
-        return requests.get(url.rstrip("/") + "/healthz", timeout=timeout).status_code == 200
+        response = requests.get(
+            url.rstrip("/") + "/healthz",
+            timeout=timeout,
+            verify=_verify(ca_file),
+            cert=_cert(cert),
+        )
+        return response.status_code == 200
     return False
 
 
@@ -84,14 +113,27 @@ def _refusal(response: requests.Response) -> CoordinatorError:
 class AdminClient:
     """The admin API of the coordinator at ``base_url``, authenticated with ``token``.
 
-    One ``requests.Session`` (connection reuse); :meth:`close` it, or use ``with``.
+    One ``requests.Session`` (connection reuse); :meth:`close` it, or use ``with``. Over
+    HTTPS the coordinator's certificate is verified against ``ca_file`` (else the system's
+    roots) and ``cert`` is presented to a coordinator that requires client certificates.
     """
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert: ClientCert | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
+        # Given with each request: a session's own ``verify`` loses to REQUESTS_CA_BUNDLE.
+        self._verify = _verify(ca_file)
+        self._cert = _cert(cert)
 
     def call(
         self,
@@ -106,7 +148,13 @@ class AdminClient:
         where = f"{method} {path}"
         try:
             response = self._session.request(
-                method, self.base_url + path, json=json, params=params, timeout=self.timeout
+                method,
+                self.base_url + path,
+                json=json,
+                params=params,
+                timeout=self.timeout,
+                verify=self._verify,
+                cert=self._cert,
             )
         except requests.RequestException as exc:
             raise CoordinatorUnavailableError(

@@ -5,8 +5,13 @@ starts a thread that calls ``service.tick()`` every ``tick_seconds`` so deadline
 without traffic, serves until SIGTERM or SIGINT, then closes the socket, stops the timer
 and closes the store. SIGTERM, the normal stop of a service, then returns 0; SIGINT
 (Ctrl-C) raises KeyboardInterrupt once that clean shutdown is done, as Python does for it.
-TLS is terminated in front of it (a reverse proxy or load balancer); waitress speaks plain
-HTTP. gunicorn works too: ``create_app`` is a plain WSGI app factory.
+With ``tls`` (:class:`~coordinator.tls.TlsFiles`) it serves HTTPS itself: every accepted
+socket is wrapped in the server's SSL context and shakes hands without blocking the I/O
+loop; the handshake must finish within ``header_timeout`` s of the connection, and a
+client that does not speak TLS (plain HTTP), or that has no certificate of the client CA
+when one is required, is dropped at the handshake, before any request is read. Without
+``tls`` it speaks plain HTTP (TLS may then be terminated in front of it by a reverse proxy
+or load balancer). gunicorn works too: ``create_app`` is a plain WSGI app factory.
 
 Connections (:class:`ConnectionLimits`): waitress runs one I/O loop (``poll()``, so more
 than 1024 sockets) over up to ``connection_limit`` sockets; only complete requests take a
@@ -25,11 +30,13 @@ authenticated upload can be spooled, up to that size.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import resource
 import signal
 import socket
+import ssl
 import threading
 import time
 from email.utils import formatdate
@@ -41,12 +48,13 @@ from typing import Any
 from flask import Flask
 from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
 from waitress.server import BaseWSGIServer, create_server  # type: ignore[import-untyped]
-from waitress.wasyncore import ExitNow  # type: ignore[import-untyped]
+from waitress.wasyncore import _DISCONNECTED, ExitNow  # type: ignore[import-untyped]
 
 from coordinator.limits import ConnectionLimits
 from coordinator.logsafe import printable
 from coordinator.rest.gate import Refusal, precheck, refusal_for_size
 from coordinator.service import CoordinatorService
+from coordinator.tls import TlsFiles, server_ssl_context
 from fedge.fileio import atomic_write_text
 
 __all__ = ["ConnectionLimits", "Ticker", "run_server"]
@@ -224,6 +232,158 @@ class _GatedChannel(HTTPChannel):  # type: ignore[misc]
         return bool(super().readable())
 
 
+class _TlsChannel(_GatedChannel):
+    """A gated channel over TLS: the handshake runs in the I/O loop without blocking it
+    (within ``header_timeout`` s of the connection, else the connection is closed), then
+    reads and writes go through the SSL socket, tolerating its want-read/want-write
+    answers and reading what the TLS layer has already decrypted (``pending()``), which
+    ``poll()`` cannot see."""
+
+    _handshaking = True
+    _handshake_wants_write = False
+    _read_wants_write = False
+    _write_wants_read = False
+    _accepted = 0.0
+
+    def __init__(self, server: Any, sock: ssl.SSLSocket, addr: Any, adj: Any, map: Any = None):
+        # The SSL object is used by the I/O loop and, for large answers, by the worker
+        # writing them (waitress flushes from the worker under its outbuf lock).
+        self._tls_lock = threading.Lock()
+        self._accepted = time.monotonic()
+        super().__init__(server, sock, addr, adj, map)
+
+    def _peer(self) -> str:
+        return printable(str(self.addr[0] if self.addr else "?"))
+
+    def _handshake(self) -> None:
+        try:
+            with self._tls_lock:
+                self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self._handshake_wants_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._handshake_wants_write = True
+            return
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            logger.info("TLS handshake with %s failed: %s", self._peer(), printable(str(reason)))
+            self.handle_close()
+            return
+        self._handshaking = False
+        self.last_activity = time.time()
+        self.handle_read()  # a request sent right behind the handshake
+
+    def readable(self) -> bool:
+        if self._handshaking:
+            if self.will_close:
+                return False
+            if time.monotonic() - self._accepted > self.limits.header_timeout:
+                logger.info(
+                    "closing a connection from %s: its TLS handshake did not finish within %g s",
+                    self._peer(),
+                    self.limits.header_timeout,
+                )
+                self.will_close = True
+                return False
+            return not self._handshake_wants_write
+        return self._write_wants_read or bool(super().readable())
+
+    def writable(self) -> bool:
+        if self._handshaking and not self.will_close:
+            return self._handshake_wants_write
+        return self._read_wants_write or bool(super().writable())
+
+    def handle_read_event(self) -> None:
+        if self._handshaking:
+            self._handshake()
+            return
+        if self._write_wants_read:
+            self._write_wants_read = False
+            self.handle_write()
+            if self.socket is None:
+                return
+        super().handle_read_event()
+
+    def handle_write_event(self) -> None:
+        if self._handshaking and not self.will_close:
+            self._handshake()
+            return
+        if self._read_wants_write:
+            self._read_wants_write = False
+            self.handle_read()
+            if self.socket is None:
+                return
+        super().handle_write_event()
+
+    def handle_read(self) -> None:
+        chunks: list[bytes] = []
+        try:
+            with self._tls_lock:
+                chunks.append(self.socket.recv(self.adj.recv_bytes))
+                while chunks[-1] and (pending := self.socket.pending()) > 0:
+                    chunks.append(self.socket.recv(pending))
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLWantWriteError:
+            self._read_wants_write = True
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("closing a TLS connection from %s: %s", self._peer(), exc)
+            self.handle_close()
+            return
+        if not chunks:
+            return  # nothing decrypted yet
+        data = b"".join(chunks)
+        if data:
+            self.last_activity = time.time()
+            self.received(data)
+        else:  # the client closed the connection
+            self.handle_close()
+            self.connected = False
+
+    def send(self, data: bytes, do_close: bool = True) -> int:
+        try:
+            with self._tls_lock:
+                sent: int = self.socket.send(data)
+            return sent
+        except ssl.SSLWantWriteError:
+            return 0
+        except ssl.SSLWantReadError:
+            self._write_wants_read = True
+            return 0
+        except ssl.SSLError as exc:
+            logger.info("closing a TLS connection to %s: %s", self._peer(), exc)
+            if do_close:
+                self.handle_close()
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return 0
+            if exc.errno in _DISCONNECTED:
+                if do_close:
+                    self.handle_close()
+                return 0
+            raise
+
+
+def _tls_channel_factory(channel: type[_TlsChannel], context: ssl.SSLContext) -> Any:
+    """waitress's ``channel_class`` for TLS: wraps the accepted socket (no handshake yet:
+    the channel does it in the I/O loop); a socket that cannot be wrapped (the client is
+    already gone) is closed and gets no channel."""
+
+    def accept(server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> Any:
+        try:
+            wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            logger.info("dropping a connection that could not start TLS: %s", exc)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        return channel(server, wrapped, addr, adj, map=map)
+
+    return accept
+
+
 def _raise_file_limit(wanted: int) -> None:
     """Let the process hold ``wanted`` descriptors (up to the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -253,10 +413,13 @@ def run_server(
     tick_seconds: float = 1.0,
     max_request_body_size: int | None = None,
     limits: ConnectionLimits | None = None,
+    tls: TlsFiles | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown on SIGTERM, and raises
-    KeyboardInterrupt after the same clean shutdown on SIGINT."""
+    KeyboardInterrupt after the same clean shutdown on SIGINT. With ``tls``: HTTPS (and
+    mutual TLS when it names a client CA)."""
     limits = limits or ConnectionLimits()
+    context = server_ssl_context(tls) if tls is not None else None
     # Above every route's limit, so that the app's refusal (JSON, counted) answers first.
     body_limit = max_request_body_size or (int(app.config["MAX_CONTENT_LENGTH"]) + (1 << 20))
     _raise_file_limit(limits.connection_limit + threads + 64)
@@ -273,8 +436,12 @@ def run_server(
         cleanup_interval=1,
         backlog=limits.backlog,
         asyncore_use_poll=True,
+        url_scheme="https" if context is not None else "http",
     )
-    channel = type("GatedChannel", (_GatedChannel,), {"limits": limits, "flask_app": app})
+    settings = {"limits": limits, "flask_app": app}
+    channel: Any = type("GatedChannel", (_GatedChannel,), settings)
+    if context is not None:
+        channel = _tls_channel_factory(type("TlsChannel", (_TlsChannel,), settings), context)
     dispatchers = [server, *getattr(server, "map", {}).values(), *server._map.values()]
     for dispatcher in dispatchers:
         if isinstance(dispatcher, BaseWSGIServer):
@@ -288,7 +455,8 @@ def run_server(
         raise _Stop(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    logger.info("fedge coordinator listening on http://%s:%d", host, bound)
+    scheme = "https" if context is not None else "http"
+    logger.info("fedge coordinator listening on %s://%s:%d", scheme, host, bound)
     stopped_by = ""
     try:
         service.tick()
