@@ -41,8 +41,8 @@ would exceed it: the run stops there and the result says why (``stop_reason``).
 
 With ``transport`` ``rest`` the service is also served on loopback in this process
 (:mod:`simulations.loopback`) and the devices' side goes over the wire: every task poll
-and every reply goes through the edge client's client for that URL, each device with its
-own token; the engine keeps opening
+and every reply goes through the edge client's client for that URL
+(:func:`edge_client.connect`), each device with its own token; the engine keeps opening
 rounds, creating tasks and reading records on the service directly (the operator's side).
 Model files still come from the registry mirror (their bytes are counted as above).
 
@@ -84,8 +84,15 @@ from coordinator import (
 from coordinator.codecs import decode_update
 from coordinator.privacy import BUDGET_EXHAUSTED
 from coordinator.records import ClientRecord, RoundRecord
-from edge_client import CompressedUpdate, ModelCache, PersonalizationConfig, TransportError
-from edge_client.transport import CoordinatorClient, HttpTransport, OutgoingRequest, reply_request
+from edge_client import (
+    CompressedUpdate,
+    CoordinatorApi,
+    ModelCache,
+    PersonalizationConfig,
+    TransportError,
+    connect,
+)
+from edge_client.transport import OutgoingRequest, reply_request
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
 from fedge.fileio import publish_directory
@@ -418,7 +425,7 @@ class _NativeRun:
             workers=options.workers,
         )
         self._serving = contextlib.ExitStack()
-        self._apis: dict[str, CoordinatorClient] = {}
+        self._apis: dict[str, CoordinatorApi] = {}
         self.url: str | None = None
         if options.transport != "memory":
             try:
@@ -472,12 +479,12 @@ class _NativeRun:
     def _record(self, client: _Client) -> ClientRecord:
         return self.service.authenticate(client.token)
 
-    def _api(self, client: _Client) -> CoordinatorClient:
+    def _api(self, client: _Client) -> CoordinatorApi:
         """The device's own client of the served coordinator (rest/grpc transports)."""
         assert self.url is not None
         api = self._apis.get(client.sim_id)
         if api is None:
-            api = CoordinatorClient(self.url, HttpTransport(), token=client.token)
+            api = connect(self.url, token=client.token)
             self._apis[client.sim_id] = api
         return api
 
