@@ -1,22 +1,22 @@
-"""Decoding what a request carries: JSON bodies, headers, query numbers and update uploads.
+"""Decoding what a request carries: JSON bodies, headers and update uploads.
 Every problem is a :class:`~coordinator.errors.CoordinatorError` naming what was wrong."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from coordinator import device_api
+from coordinator.admin_api import refuse_unknown
 from coordinator.codecs import CODEC_HEADER, COMPRESSED_MEDIA_TYPE
 from coordinator.device_api import check_codec, metrics_from_text, parse_count
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
 from fedge.jsonlimits import loads_bounded
 
-__all__ = ["float_arg", "json_body", "refuse_unknown", "update_submission"]
+__all__ = ["json_body", "refuse_unknown", "update_submission"]
 
 
 _JSON_LIMIT = 64 << 10
@@ -51,26 +51,6 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
             f"the body must be a JSON object, got {type(document).__name__}", code="invalid_json"
         )
     return document
-
-
-def refuse_unknown(body: dict[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise CoordinatorError(f"unknown fields {unknown}", code="invalid_request")
-
-
-def float_arg(name: str) -> float | None:
-    """The finite number in query parameter ``name``, or None when it is absent."""
-    text = request.args.get(name)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise CoordinatorError(f"query parameter {name} must be a number", code="invalid_query")
-    return value
 
 
 def _header(name: str) -> str:
