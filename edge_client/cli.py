@@ -61,6 +61,7 @@ from edge_client.api import connect
 from edge_client.backoff import BackoffPolicy
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.errors import RequestRejected
+from edge_client.grpc_client import Interceptor
 from edge_client.handler import ClientConfig
 from edge_client.local_data import read_columns
 from edge_client.model import EdgeModel
@@ -226,11 +227,21 @@ def build_parser() -> ArgumentParser:
 # Commands ---------------------------------------------------------------------------------
 
 
-def register_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def register_cli(
+    args: argparse.Namespace,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
     enrollment = None
     if args.enrollment_token_file is not None:
         enrollment = read_token(args.enrollment_token_file)
-    client = connect(args.coordinator, tls=_tls(args), transport=transport)
+    client = connect(
+        args.coordinator,
+        tls=_tls(args),
+        transport=transport,
+        grpc_interceptors=grpc_interceptors,
+    )
     try:
         registration = client.register(
             region=args.region,
@@ -252,7 +263,12 @@ def register_cli(args: argparse.Namespace, *, transport: Transport | None = None
     return 0
 
 
-def rotate_token_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def rotate_token_cli(
+    args: argparse.Namespace,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
     """``rotate-token``: the new token is stored in ``F.pending`` before the coordinator is
     asked, and replaces F only after it answered (see the module docstring)."""
     current = read_token(args.token_file)
@@ -262,7 +278,13 @@ def rotate_token_cli(args: argparse.Namespace, *, transport: Transport | None = 
     except ConfigError:
         proposed = "fedge_" + secrets.token_urlsafe(32)
         write_token(pending, proposed)
-    client = connect(args.coordinator, token=current, tls=_tls(args), transport=transport)
+    client = connect(
+        args.coordinator,
+        token=current,
+        tls=_tls(args),
+        transport=transport,
+        grpc_interceptors=grpc_interceptors,
+    )
     try:
         try:
             client.rotate_token(proposed)
@@ -279,7 +301,12 @@ def rotate_token_cli(args: argparse.Namespace, *, transport: Transport | None = 
     return 0
 
 
-def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def daemon_cli(
+    args: argparse.Namespace,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
     """``run``: 0 once stopped by SIGTERM or ``--max-tasks``; SIGINT ends in
     KeyboardInterrupt (exit 130) after the same clean stop."""
     if args.max_tasks is not None:
@@ -319,10 +346,15 @@ def daemon_cli(args: argparse.Namespace, *, transport: Transport | None = None) 
         policy=policy,
         tls=_tls(args),
     )
-    return Daemon(config, transport=transport).run()
+    return Daemon(config, transport=transport, grpc_interceptors=grpc_interceptors).run()
 
 
-def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def predict_cli(
+    args: argparse.Namespace,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
     state_dir = args.state or args.personal_state
     if not args.input.is_file():
         raise UsageError(f"--input {args.input} is not a file")
@@ -366,7 +398,12 @@ def predict_cli(args: argparse.Namespace, *, transport: Transport | None = None)
     return 0
 
 
-def status_cli(args: argparse.Namespace, *, transport: Transport | None = None) -> int:
+def status_cli(
+    args: argparse.Namespace,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
     if not args.state.is_dir():
         raise UsageError(f"--state {args.state} is not a directory")
     state = ClientState(args.state)
@@ -409,16 +446,29 @@ def _print(document: dict[str, Any], *, as_json: bool) -> None:
 # Entry point -------------------------------------------------------------------------------
 
 
-def _run(argv: Sequence[str] | None, transport: Transport | None) -> int:
+def _run(
+    argv: Sequence[str] | None,
+    transport: Transport | None,
+    grpc_interceptors: Sequence[Interceptor],
+) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
-    code: int = args.handler(args, transport=transport)
+    code: int = args.handler(args, transport=transport, grpc_interceptors=grpc_interceptors)
     return code
 
 
-def main(argv: Sequence[str] | None = None, *, transport: Transport | None = None) -> int:
-    """Run ``fedge-edge``; ``transport`` replaces HTTP (tests capture the bytes sent)."""
-    return run_cli(lambda: _run(argv, transport), prog=PROG, debug_tracebacks=True)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    transport: Transport | None = None,
+    grpc_interceptors: Sequence[Interceptor] = (),
+) -> int:
+    """Run ``fedge-edge``; ``transport`` replaces HTTP under an ``http(s)://`` coordinator
+    URL and ``grpc_interceptors`` wrap the channel of a ``grpc(s)://`` one (tests capture
+    what is sent)."""
+    return run_cli(
+        lambda: _run(argv, transport, grpc_interceptors), prog=PROG, debug_tracebacks=True
+    )
 
 
 if __name__ == "__main__":
