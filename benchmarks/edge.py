@@ -263,7 +263,9 @@ def daemon_peak_rss(
              "--artifacts", str(work / "artifacts"), "--on-demand", "--auto-promote",
              "--enrollment-token-file", str(enrollment),
              "--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1",
-             "--tick-seconds", "0.2", "--quiet"]  # fmt: skip
+             "--tick-seconds", "0.2", "--quiet",
+             # One device answers the evaluate, stats and features tasks: no cohort rule.
+             "--min-cohort", "1"]  # fmt: skip
     coordinator = launch_coordinator(
         serve, port_file=work / "port", log_path=work / "coordinator.log", env=_env(), cwd=REPO
     )
