@@ -5,7 +5,8 @@
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
         [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] \
-        [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] [-v|-q]
+        [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
+        [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -70,6 +72,7 @@ from coordinator.limits import (
     MAX_REPORT_BYTES,
     MIN_FREE_BYTES,
     ConnectionLimits,
+    GrpcLimits,
     RateLimit,
 )
 from coordinator.store import Store
@@ -331,9 +334,61 @@ def _add_serve(sub: Any) -> None:
         help="allow plain HTTP on a non-loopback --host (tokens and updates then travel "
         "unencrypted: only behind a TLS-terminating proxy)",
     )
+    _add_grpc_arguments(serve)
     add_signing_arguments(serve)
     add_verbosity_flags(serve)
     serve.set_defaults(handler=serve_cli)
+
+
+_GRPC_LIMIT_HELP = {
+    "max_receive_message_bytes": "largest message a call may send",
+    "max_send_message_bytes": "largest message the server sends",
+    "chunk_bytes": "chunk size of model file downloads",
+    "stream_seconds": "seconds an update upload stream may take",
+    "max_concurrent_streams": "most calls at once on one connection",
+    "keepalive_seconds": "ping an idle connection this often",
+    "keepalive_timeout_seconds": "drop a connection whose ping is unanswered this long",
+    "min_ping_interval_seconds": "shortest interval between a client's pings",
+    "max_connection_idle_seconds": "close a connection without calls after this long",
+    "workers": "threads running calls",
+}
+
+
+def _add_grpc_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "gRPC",
+        "With --grpc-port, the device and admin APIs are served over gRPC too (fedge.v1.Fleet "
+        "and fedge.v1.Admin), beside REST, over the same state and with the same TLS.",
+    )
+    group.add_argument(
+        "--grpc-port", type=int, metavar="N", help="serve gRPC on this port (0 picks a free one)"
+    )
+    group.add_argument(
+        "--grpc-port-file", type=Path, metavar="FILE", help="write the bound gRPC port here"
+    )
+    defaults = GrpcLimits()
+    for field in dataclasses.fields(GrpcLimits):
+        default = getattr(defaults, field.name)
+        group.add_argument(
+            "--grpc-" + field.name.replace("_", "-"),
+            dest="grpc_" + field.name,
+            type=type(default),
+            default=default,
+            help=f"{_GRPC_LIMIT_HELP[field.name]} (default %(default)s)",
+        )
+
+
+def _grpc_limits(args: argparse.Namespace) -> GrpcLimits:
+    if args.grpc_port is None:
+        if args.grpc_port_file is not None:
+            raise UsageError("--grpc-port-file needs --grpc-port")
+    else:
+        check_int(args.grpc_port, "--grpc-port", low=0, high=65535, error=UsageError)
+    values = {f.name: getattr(args, "grpc_" + f.name) for f in dataclasses.fields(GrpcLimits)}
+    try:
+        return GrpcLimits(**values)
+    except ConfigError as exc:
+        raise UsageError(f"gRPC limits: {exc}") from exc
 
 
 def _add_admin(sub: Any) -> None:
@@ -555,6 +610,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
     _check_listener(args)
     tls = _tls_files(args)
+    grpc_limits = _grpc_limits(args)
     config = ServiceConfig(
         task=args.task,
         rounds=_round_config(args),
@@ -614,6 +670,9 @@ def serve_cli(args: argparse.Namespace) -> int:
         tick_seconds=args.tick_seconds,
         limits=_connection_limits(args),
         tls=tls,
+        grpc_port=args.grpc_port,
+        grpc_port_file=args.grpc_port_file,
+        grpc_limits=grpc_limits,
     )
 
 

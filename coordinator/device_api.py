@@ -74,7 +74,9 @@ and their documents' ``type``."""
 
 
 @contextlib.contextmanager
-def rejecting(service: CoordinatorService, client: ClientRecord, round_id: int) -> Iterator[None]:
+def rejecting(
+    service: CoordinatorService, client: ClientRecord, round_id: int | None
+) -> Iterator[None]:
     """Record any fedge error raised inside as a rejected update of ``client`` in
     ``round_id`` (then re-raise it), as every decoding failure of an upload is."""
     try:

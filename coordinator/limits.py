@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedge.errors import ConfigError
 from fedge.validation import check_int, check_positive
 
-__all__ = ["MAX_JSON_BYTES", "MAX_REPORT_BYTES", "MIN_FREE_BYTES", "ConnectionLimits", "RateLimit"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_REPORT_BYTES",
+    "MIN_FREE_BYTES",
+    "ConnectionLimits",
+    "GrpcLimits",
+    "RateLimit",
+]
 
 MAX_JSON_BYTES = 64 << 10
 """The body limit of a JSON route (registration and the admin's routes)."""
@@ -58,3 +66,54 @@ class RateLimit:
         check_int(self.per_address_burst, "per_address_burst", low=1)
         check_int(self.total_burst, "total_burst", low=1)
         check_int(self.max_addresses, "max_addresses", low=1)
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """The gRPC server's limits (:mod:`coordinator.rpc.server`).
+
+    Messages: at most ``max_receive_message_bytes`` in and ``max_send_message_bytes`` out
+    (model files and updates stream in ``chunk_bytes`` chunks, so neither bounds a file).
+    An upload stream must end within ``stream_seconds`` (REST's body timeout), or it is
+    refused DEADLINE_EXCEEDED and its handler freed. ``workers`` threads run the calls,
+    each connection holds at most ``max_concurrent_streams`` calls at once. Keepalive: the
+    server pings an idle connection every ``keepalive_seconds`` and drops it when no answer
+    comes within ``keepalive_timeout_seconds``; clients may ping every
+    ``min_ping_interval_seconds``; a connection without calls for
+    ``max_connection_idle_seconds`` is closed. The defaults hold 1,000 devices polling and
+    100 concurrent uploads (calls beyond ``workers`` wait for a thread).
+    """
+
+    max_receive_message_bytes: int = 8 << 20
+    max_send_message_bytes: int = 8 << 20
+    chunk_bytes: int = 1 << 20
+    stream_seconds: float = 300.0
+    max_concurrent_streams: int = 256
+    keepalive_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
+    min_ping_interval_seconds: float = 10.0
+    max_connection_idle_seconds: float = 300.0
+    workers: int = 32
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_receive_message_bytes",
+            "max_send_message_bytes",
+            "max_concurrent_streams",
+            "workers",
+        ):
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.chunk_bytes, "chunk_bytes", low=1)
+        for name in (
+            "stream_seconds",
+            "keepalive_seconds",
+            "keepalive_timeout_seconds",
+            "min_ping_interval_seconds",
+            "max_connection_idle_seconds",
+        ):
+            check_positive(getattr(self, name), name)
+        if self.chunk_bytes + 1024 > self.max_send_message_bytes:
+            raise ConfigError(
+                f"chunk_bytes ({self.chunk_bytes}) must leave 1 KiB under "
+                f"max_send_message_bytes ({self.max_send_message_bytes})"
+            )

@@ -50,11 +50,13 @@ from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
 from waitress.server import BaseWSGIServer, create_server  # type: ignore[import-untyped]
 from waitress.wasyncore import _DISCONNECTED, ExitNow  # type: ignore[import-untyped]
 
-from coordinator.limits import ConnectionLimits
+from coordinator.limits import ConnectionLimits, GrpcLimits
 from coordinator.logsafe import printable
 from coordinator.rest.gate import Refusal, precheck, refusal_for_size
+from coordinator.rest.state import EXTENSION
+from coordinator.rpc.server import GrpcServer, start_grpc_server
 from coordinator.service import CoordinatorService
-from coordinator.tls import TlsFiles, server_ssl_context
+from coordinator.tls import TlsFiles, grpc_server_credentials, server_ssl_context
 from fedge.fileio import atomic_write_text
 
 __all__ = ["ConnectionLimits", "Ticker", "run_server"]
@@ -63,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 
 _DRAIN_SECONDS = 2.0
+_GRPC_GRACE_SECONDS = 5.0
+"""How long gRPC calls in flight may take to finish once the server stops."""
 
 
 class _Stop(ExitNow):  # type: ignore[misc]
@@ -414,10 +418,15 @@ def run_server(
     max_request_body_size: int | None = None,
     limits: ConnectionLimits | None = None,
     tls: TlsFiles | None = None,
+    grpc_port: int | None = None,
+    grpc_port_file: Path | None = None,
+    grpc_limits: GrpcLimits | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns 0 after a clean shutdown on SIGTERM, and raises
     KeyboardInterrupt after the same clean shutdown on SIGINT. With ``tls``: HTTPS (and
-    mutual TLS when it names a client CA)."""
+    mutual TLS when it names a client CA). With ``grpc_port`` (0: a free one, written to
+    ``grpc_port_file``) gRPC is served beside it over the app's state, with the same TLS,
+    and stopped with it."""
     limits = limits or ConnectionLimits()
     context = server_ssl_context(tls) if tls is not None else None
     # Above every route's limit, so that the app's refusal (JSON, counted) answers first.
@@ -447,6 +456,21 @@ def run_server(
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = channel
     bound = int(server.effective_port)
+    rpc: GrpcServer | None = None
+    if grpc_port is not None:
+        try:
+            rpc = start_grpc_server(
+                app.extensions[EXTENSION],
+                host=host,
+                port=grpc_port,
+                limits=grpc_limits or GrpcLimits(),
+                credentials=grpc_server_credentials(tls) if tls is not None else None,
+            )
+        except BaseException:
+            server.close()
+            raise
+        if grpc_port_file is not None:
+            _write_port(grpc_port_file, rpc.port)
     if port_file is not None:
         _write_port(port_file, bound)
     ticker = Ticker(service, tick_seconds)
@@ -469,6 +493,8 @@ def run_server(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()
+        if rpc is not None:
+            rpc.stop(_GRPC_GRACE_SECONDS)
         ticker.stop()
         service.store.close()
         logger.info("fedge coordinator stopped")
