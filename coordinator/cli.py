@@ -707,10 +707,16 @@ def _check_listener(args: argparse.Namespace) -> None:
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise UsageError(f"--host {args.host!r} is not an address to listen on: {exc}") from exc
-    if args.tls_cert is None and not args.insecure and not _is_loopback(args.host, args.port):
-        raise UsageError(
-            f"--host {args.host} is not a loopback address: serve it with --tls-cert and "
-            "--tls-key, or give --insecure to send tokens and updates over plain HTTP"
+    if args.tls_cert is None and not _is_loopback(args.host, args.port):
+        if not args.insecure:
+            raise UsageError(
+                f"--host {args.host} is not a loopback address: serve it with --tls-cert and "
+                "--tls-key, or give --insecure to send tokens and updates over plain HTTP"
+            )
+        logger.warning(
+            "--insecure: serving plain HTTP on %s, beyond this machine (tokens and updates "
+            "travel unencrypted unless a TLS proxy is in front)",
+            args.host,
         )
 
 

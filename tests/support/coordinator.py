@@ -25,11 +25,12 @@ from coordinator.artifacts import ArtifactStore
 from coordinator.client import AdminClient
 from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
 from coordinator.intake import UpdateSubmission
-from coordinator.launch import CoordinatorProcess, launch_coordinator
+from coordinator.launch import ClientTlsFiles, CoordinatorProcess, launch_coordinator
 from coordinator.selection import ClientSelector
 from coordinator.service import CoordinatorService
 from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import Store
+from coordinator.tls import TlsFiles
 from fedge.bundle import BundleManifest, write_manifest
 from fedge.errors import ProcessError
 from fedge.features import CategoricalFeature, FeatureSpec, NumericFeature
@@ -238,9 +239,18 @@ def serve_command(workdir: Path, bundle: Path, admin_token_file: Path, *extra: s
     ]  # fmt: skip
 
 
-def start_server(command: list[str], workdir: Path, *, timeout: float = 20.0) -> ServerProcess:
+def start_server(
+    command: list[str],
+    workdir: Path,
+    *,
+    timeout: float = 20.0,
+    tls: TlsFiles | None = None,
+    client_tls: ClientTlsFiles | None = None,
+    grpc: bool = False,
+) -> ServerProcess:
     """Serve with ``command`` (:func:`serve_command`'s arguments) and wait, bounded, until
-    ``/healthz`` answers; AssertionError with the log tail when it does not."""
+    ``/healthz`` answers; AssertionError with the log tail when it does not. ``tls``,
+    ``client_tls`` and ``grpc``: as :func:`coordinator.launch.launch_coordinator`'s."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("FEDGE_ADMIN_TOKEN", None)
     try:
@@ -251,6 +261,9 @@ def start_server(command: list[str], workdir: Path, *, timeout: float = 20.0) ->
             env=env,
             cwd=REPO_ROOT,
             timeout=timeout,
+            tls=tls,
+            client_tls=client_tls,
+            grpc=grpc,
         )
     except ProcessError as exc:
         raise AssertionError(str(exc)) from exc
