@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import pytest
 import requests
 
@@ -23,6 +24,7 @@ from coordinator.client import AdminClient, is_healthy
 from coordinator.launch import launch_coordinator
 from coordinator.tls import TlsFiles
 from fedge.errors import ConfigError
+from fedge.protocol import fleet_pb2 as pb
 from tests.support.coordinator import (
     ADMIN_TOKEN,
     ServerProcess,
@@ -64,14 +66,14 @@ def _serve(
     )
     tls = TlsFiles(pki.server_cert, pki.server_key, client_ca=pki.ca_cert if mutual else None)
     cert, key = pki.devices["pump-1"]
-    return start_server(command, workdir, tls=tls, client_tls=(pki.ca_cert, cert, key))
+    return start_server(command, workdir, tls=tls, client_tls=(pki.ca_cert, cert, key), grpc=True)
 
 
 @pytest.fixture(scope="module")
 def tls_server(
     tmp_path_factory: pytest.TempPathFactory, pki: CertificateSet
 ) -> Iterator[ServerProcess]:
-    """HTTPS without client certificates."""
+    """HTTPS and gRPC over TLS, without client certificates."""
     server = _serve(tmp_path_factory.mktemp("tls"), pki, mutual=False)
     yield server
     stop_server(server)
@@ -81,7 +83,7 @@ def tls_server(
 def mtls_server(
     tmp_path_factory: pytest.TempPathFactory, pki: CertificateSet
 ) -> Iterator[ServerProcess]:
-    """HTTPS requiring a client certificate of ``pki``'s CA."""
+    """HTTPS and gRPC over TLS requiring a client certificate of ``pki``'s CA."""
     server = _serve(tmp_path_factory.mktemp("mtls"), pki, mutual=True)
     yield server
     stop_server(server)
@@ -279,6 +281,82 @@ def test_an_unauthenticated_upload_over_tls_is_refused_before_its_body(
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401 "), received[:200]
     assert json.loads(body)["error"] == "missing_token"
+    _healthy_within(mtls_server, pki, 5.0)
+
+
+# gRPC over TLS ----------------------------------------------------------------------------
+
+
+def _signing_keys(
+    server: ServerProcess,
+    pki: CertificateSet,
+    cert: tuple[Path, Path] | None,
+    *,
+    secure: bool = True,
+) -> pb.SigningKeys:
+    """``GetSigningKeys`` (no token needed) over a channel trusting ``pki``'s CA and
+    presenting ``cert``; ``secure`` False: a plaintext channel."""
+    assert server.coordinator.grpc_url is not None
+    target = server.coordinator.grpc_url.split("://", 1)[1]
+    if secure:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca_cert.read_bytes(),
+            private_key=None if cert is None else cert[1].read_bytes(),
+            certificate_chain=None if cert is None else cert[0].read_bytes(),
+        )
+        channel = grpc.secure_channel(target, credentials)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        call = channel.unary_unary(
+            "/fedge.v1.Fleet/GetSigningKeys",
+            request_serializer=pb.SigningKeysRequest.SerializeToString,
+            response_deserializer=pb.SigningKeys.FromString,
+        )
+        answer: pb.SigningKeys = call(pb.SigningKeysRequest(), timeout=10)
+        return answer
+
+
+def _rest_key_id(server: ServerProcess, pki: CertificateSet) -> str:
+    response = requests.get(
+        f"{server.url}/v1/keys", verify=str(pki.ca_cert), cert=_device_cert(pki), timeout=10
+    )
+    assert response.status_code == 200
+    key_id: str = response.json()["current"]["key_id"]
+    return key_id
+
+
+def test_grpc_over_tls_answers_and_a_plaintext_channel_is_refused(
+    tls_server: ServerProcess, pki: CertificateSet
+) -> None:
+    assert tls_server.coordinator.grpc_url is not None
+    assert tls_server.coordinator.grpc_url.startswith("grpcs://127.0.0.1:")
+    keys = _signing_keys(tls_server, pki, None)
+    assert keys.current.key_id == _rest_key_id(tls_server, pki)
+    with pytest.raises(grpc.RpcError) as refused:
+        _signing_keys(tls_server, pki, None, secure=False)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"gRPC on {tls_server.coordinator.grpc_url}" in tls_server.log()
+
+
+@pytest.mark.parametrize("presented", ["none", "another CA's"])
+def test_grpc_mutual_tls_serves_a_device_certificate_and_refuses_others(
+    mtls_server: ServerProcess,
+    pki: CertificateSet,
+    other_pki: CertificateSet,
+    presented: str,
+) -> None:
+    key_id = _rest_key_id(mtls_server, pki)
+    assert _signing_keys(mtls_server, pki, pki.devices["pump-1"]).current.key_id == key_id
+    cert = None if presented == "none" else other_pki.devices["pump-1"]
+    with pytest.raises(grpc.RpcError) as refused:
+        _signing_keys(mtls_server, pki, cert)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as plaintext:
+        _signing_keys(mtls_server, pki, None, secure=False)
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The server still serves a device with its certificate, on both transports.
+    assert _signing_keys(mtls_server, pki, pki.devices["pump-1"]).current.key_id == key_id
     _healthy_within(mtls_server, pki, 5.0)
 
 
