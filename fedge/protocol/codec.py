@@ -96,7 +96,7 @@ def _fill(message: Message, document: object, path: str) -> None:
         _fill_map(message, descriptor.fields_by_name["values"], document, path)
         return
     if name == _SCALAR:
-        raise ProtocolError(f"{_where(path)}: a Scalar is a value, not a document", field=path)
+        raise ProtocolError(f"{_where(path)}: a Scalar is a value, not a document")
     if not isinstance(document, Mapping):
         raise ProtocolError(
             f"{_where(path)} must be an object, got {_kind(document)}", field=path or None

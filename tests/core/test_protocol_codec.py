@@ -327,3 +327,62 @@ def test_to_document_refuses_a_scalar_without_a_value() -> None:
     with pytest.raises(ProtocolError, match="holds no value") as info:
         to_document(task)
     assert info.value.field == "config.options['empty']"
+
+
+_HOSTILE: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    1.5,
+    float("nan"),
+    2**70,
+    "",
+    "text",
+    "\ud800",
+    [],
+    [1, "a", None],
+    {},
+    {"k": 1},
+    {1: "a"},
+    {"k": [{"x": None}]},
+    b"bytes",
+]
+
+
+def _message_types() -> list[Any]:
+    """Every message of fleet.proto that is a document (a Scalar is a value)."""
+    names = sorted(set(pb.DESCRIPTOR.message_types_by_name) - {"Scalar"})
+    return [getattr(pb, name) for name in names]
+
+
+@pytest.mark.parametrize("message_type", _message_types(), ids=lambda kind: kind.__name__)
+def test_any_value_in_any_field_gives_a_message_or_a_protocol_error(message_type: Any) -> None:
+    """No protobuf, type or value error escapes, whatever a document holds."""
+    outcomes = set()
+    for name in [*message_type.DESCRIPTOR.fields_by_name, "no_such_field"]:
+        for value in _HOSTILE:
+            try:
+                message = to_proto({name: value}, message_type)
+            except ProtocolError as exc:
+                outcomes.add("refused" if exc.field else f"refused without a field: {exc}")
+                continue
+            to_document(message)
+            outcomes.add("accepted")
+    assert "refused" in outcomes
+    assert all(outcome in ("refused", "accepted") for outcome in outcomes), outcomes
+
+
+def test_a_scalar_is_no_document() -> None:
+    with pytest.raises(ProtocolError, match="a Scalar is a value"):
+        to_proto({"text": "a"}, pb.Scalar)
+    with pytest.raises(ProtocolError, match=r"a fedge\.v1\.Scalar is a value"):
+        to_document(pb.Scalar(text="a"))
+
+
+def test_to_document_refuses_a_struct_value_without_a_kind() -> None:
+    request = pb.AdminRequest()
+    request.body.fields["empty"].SetInParent()
+    with pytest.raises(ProtocolError, match="holds no value") as info:
+        to_document(request)
+    assert info.value.field == "body['empty']"
