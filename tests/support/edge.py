@@ -29,7 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.client import AdminClient
+from coordinator.launch import ClientTlsFiles
+from coordinator.tls import TlsFiles
 from tests.support.coordinator import (
+    ADMIN_TOKEN,
+    HTTP_TIMEOUT,
     REPO_ROOT,
     ServerProcess,
     admin_client,
@@ -62,11 +67,20 @@ LAUNCHER = REPO_ROOT / "tests" / "support" / "edge_launcher.py"
 
 
 @contextlib.contextmanager
-def coordinator(workdir: Path, bundle: Path, task: str, *extra: str) -> Iterator[ServerProcess]:
+def coordinator(
+    workdir: Path,
+    bundle: Path,
+    task: str,
+    *extra: str,
+    tls: TlsFiles | None = None,
+    client_tls: ClientTlsFiles | None = None,
+    grpc: bool = False,
+) -> Iterator[ServerProcess]:
     """A coordinator on loopback serving ``bundle``: on-demand rounds of one client,
-    promoted on commit, polled every second."""
+    promoted on commit, polled every second (``tls``, ``client_tls``, ``grpc``: as
+    :func:`coordinator.launch.launch_coordinator`'s)."""
     command = coordinator_command(workdir, bundle, task, *extra)
-    server = start_server(command, workdir)
+    server = start_server(command, workdir, tls=tls, client_tls=client_tls, grpc=grpc)
     try:
         yield server
     finally:
@@ -92,22 +106,37 @@ def restart_coordinator(
     )
 
 
-def admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """``method path`` of the admin API (a coordinator error when it is refused)."""
-    with admin_client(url) as client:
+def admin(
+    url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    tls: ClientTlsFiles | None = None,
+) -> Any:
+    """``method path`` of the admin API (a coordinator error when it is refused); ``tls``:
+    (CA, certificate, key) for an ``https://`` coordinator."""
+    if tls is None:
+        with admin_client(url) as client:
+            return client.call(method, path, json=body)
+    ca, cert, key = tls
+    pair = None if cert is None or key is None else (cert, key)
+    with AdminClient(url, ADMIN_TOKEN, timeout=HTTP_TIMEOUT, ca_file=ca, cert=pair) as client:
         return client.call(method, path, json=body)
 
 
-def round_state(url: str, round_id: int) -> dict[str, Any]:
-    document: dict[str, Any] = admin(url, "GET", f"/v1/rounds/{round_id}")
+def round_state(url: str, round_id: int, *, tls: ClientTlsFiles | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = admin(url, "GET", f"/v1/rounds/{round_id}", tls=tls)
     return document
 
 
-def wait_committed(url: str, round_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+def wait_committed(
+    url: str, round_id: int, *, timeout: float = 60.0, tls: ClientTlsFiles | None = None
+) -> dict[str, Any]:
     """The round once committed (AssertionError if it fails or the wait runs out)."""
 
     def closed() -> dict[str, Any] | None:
-        document = round_state(url, round_id)
+        document = round_state(url, round_id, tls=tls)
         return document if document["state"] in ("committed", "failed") else None
 
     document: dict[str, Any] = wait_for(closed, timeout=timeout, interval=0.2)
@@ -148,11 +177,17 @@ def _env() -> dict[str, str]:
 
 
 def register(
-    url: str, token_file: Path, state: Path, *, capture: Path | None = None, region: str = "north"
+    url: str,
+    token_file: Path,
+    state: Path,
+    *extra: str,
+    capture: Path | None = None,
+    region: str = "north",
 ) -> str:
-    """``fedge-edge register`` in a TensorFlow-free process; returns the client id."""
+    """``fedge-edge register`` (more flags in ``extra``: ``--ca-file``...) in a
+    TensorFlow-free process; returns the client id."""
     args = ["register", "--coordinator", url, "--token-file", str(token_file),
-            "--state", str(state), "--region", region, "--json"]  # fmt: skip
+            "--state", str(state), "--region", region, "--json", *extra]  # fmt: skip
     run = subprocess.run(
         launcher_command(args, capture=capture),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=60, check=False,
