@@ -337,8 +337,8 @@ def build_parser() -> ArgumentParser:
         "--transport",
         choices=TRANSPORTS,
         default="memory",
-        help="how devices reach the coordinator (memory: direct calls; rest: the service "
-        "served on loopback, every poll and reply over HTTP)",
+        help="how devices reach the coordinator (memory: direct calls; rest, grpc: the "
+        "service served on loopback, every poll and reply over that protocol)",
     )
     out.add_argument(
         "--out",

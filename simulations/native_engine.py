@@ -39,7 +39,7 @@ Every round reports the privacy record of the model version after it (the cumula
 epsilon of its lineage). With a ``privacy_budget`` the service refuses to open a round that
 would exceed it: the run stops there and the result says why (``stop_reason``).
 
-With ``transport`` ``rest`` the service is also served on loopback in this process
+With ``transport`` ``rest`` or ``grpc`` the service is also served on loopback in this process
 (:mod:`simulations.loopback`) and the devices' side goes over the wire: every task poll
 and every reply goes through the edge client's client for that URL
 (:func:`edge_client.connect`), each device with its own token; the engine keeps opening
@@ -160,8 +160,8 @@ class NativeOptions:
     privacy_budget: float | None = None
     """The service's privacy budget: the run stops at the first round it refuses."""
     transport: str = "memory"
-    """How the devices reach the service: ``memory`` (direct calls) or ``rest`` (served on
-    loopback in this process; see the module docstring)."""
+    """How the devices reach the service: ``memory`` (direct calls), ``rest`` or ``grpc``
+    (served on loopback in this process; see the module docstring)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -429,11 +429,13 @@ class _NativeRun:
         self.url: str | None = None
         if options.transport != "memory":
             try:
-                urls = self._serving.enter_context(serve_loopback(self.service))
+                urls = self._serving.enter_context(
+                    serve_loopback(self.service, grpc=options.transport == "grpc")
+                )
             except BaseException:
                 self.fleet.close()
                 raise
-            self.url = urls.rest
+            self.url = urls.grpc if options.transport == "grpc" else urls.rest
             logger.info("devices reach the service over %s at %s", options.transport, self.url)
 
     def _codec_fields(self) -> dict[str, Any]:

@@ -91,8 +91,8 @@ class Settings:
     schedule_file: Path | None = None
     store: str = "memory"
     transport: str = "memory"
-    """How the simulated devices reach the coordinator service: memory (direct calls) or
-    rest (the service served on loopback, the edge client's client for each device)."""
+    """How the simulated devices reach the coordinator service: memory (direct calls), rest
+    or grpc (the service served on loopback, the edge client's client for each device)."""
     state_dir: Path | None = None
     baseline: bool = True
     personalization: bool = True

@@ -1,8 +1,9 @@
 """``fedge-simulate --transport``: the native engine with its devices on REST or gRPC.
 
 The service is served on loopback inside the engine's process and every task poll and
-reply goes through the edge client's own client: the same rounds then give the same model
-and the same accuracy as the in-memory default, and the served routes show the traffic.
+reply goes through the edge client's own client (``connect(url)``): the same rounds then
+give the same accuracy as the in-memory default, and the served routes show the traffic
+(the REST access log; over gRPC, REST stays silent).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def in_memory(two_rounds: Scenario) -> tuple[float, ...]:
     return tuple(r.accuracy for r in result.rounds)
 
 
-@pytest.mark.parametrize("transport", ["rest"])
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_two_rounds_over_a_transport_reach_the_in_memory_accuracy(
     transport: str,
     two_rounds: Scenario,
@@ -60,10 +61,15 @@ def test_two_rounds_over_a_transport_reach_the_in_memory_accuracy(
     assert [g.client_id for g in result.personalization] == list(two_rounds.client_ids)
     served = [r.getMessage() for r in caplog.records]
     assert any(f"devices reach the service over {transport} at " in m for m in served)
+    polls = sum("GET /v1/tasks/next -> 200" in m for m in served)
     if transport == "rest":
-        assert sum("GET /v1/tasks/next -> 200" in m for m in served) == 3 * 2 + 3
+        assert polls == 3 * 2 + 3  # two train rounds and the evaluation, three clients
         assert sum("POST /v1/rounds/1/updates -> 201" in m for m in served) == 3
         assert sum("POST /v1/evaluations -> 201" in m for m in served) == 3
+    else:  # REST is served beside gRPC and answers nothing: gRPC carried every call
+        assert any(m.startswith("gRPC on grpc://127.0.0.1:") for m in served)
+        assert polls == 0
+        assert not any(" /v1/" in m for m in served)
 
 
 def test_a_compressed_round_over_rest_matches_memory(
@@ -81,7 +87,7 @@ def test_a_compressed_round_over_rest_matches_memory(
     ("changes", "fields"),
     [
         ({"transport": "carrier-pigeon"}, ["transport"]),
-        ({"transport": "rest", "engine": "tff"}, ["transport", "engine"]),
+        ({"transport": "grpc", "engine": "tff"}, ["transport", "engine"]),
         ({"transport": "rest", "secure_aggregation": True}, ["transport", "secure_aggregation"]),
     ],
 )
