@@ -72,3 +72,52 @@ def test_dp_benchmark_quick_prints_each_epsilon_row_and_writes_the_png(tmp_path:
         assert 0.0 < float(rows[label][3]) <= 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {png}" in done.stdout
+
+
+def test_transport_benchmark_small_runs_a_round_over_rest_and_grpc_side_by_side(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "transport.py"),
+            "--devices",
+            "4",
+            "--parameters",
+            "1000",
+            "--time-limit",
+            "60",
+            "--work",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["metric"])
+    assert lines[header].split() == ["metric", "rest", "grpc"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :] if line.split()}
+    for call in ("register", "next_task", "download", "upload"):
+        for transport in (0, 1):
+            p50 = float(rows[f"{call}_p50_ms"][transport])
+            assert 0 < p50 <= float(rows[f"{call}_p99_ms"][transport]), (call, transport)
+        assert int(rows[f"{call}_calls"][0]) >= 4
+    # 4 manifests + 4 x 3 bundle files each way; one upload per device
+    assert rows["download_calls"] == ["16", "16"]
+    assert rows["upload_calls"] == ["4", "4"]
+    # the relay saw the TLS traffic: more than the 4 weight files down, the 4 deltas up
+    for column in (0, 1):
+        assert int(rows["bytes_down"][column]) > 4 * 4000
+        assert int(rows["bytes_up"][column]) > 4 * 4000
+        assert float(rows["server_cpu_s"][column]) > 0
+    # REST opens a connection per call; each gRPC device keeps one channel
+    assert int(rows["tcp_connections"][0]) >= 4 + 16 + 4 + 4
+    assert int(rows["tcp_connections"][1]) <= 4 * 2
+    assert rows["round"] == ["committed", "committed"]
+    assert rows["updates"] == ["4/4", "4/4"]
+    assert rows["acks_lost"] == ["0", "0"]
+    assert rows["errors"] == ["0", "0"]
