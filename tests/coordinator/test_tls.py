@@ -6,12 +6,15 @@ is served only on a loopback address unless --insecure is given."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -23,15 +26,19 @@ from coordinator.cli import main
 from coordinator.client import AdminClient, is_healthy
 from coordinator.launch import launch_coordinator
 from coordinator.tls import TlsFiles
+from fedge.bundle import BundleManifest
 from fedge.errors import ConfigError
 from fedge.protocol import fleet_pb2 as pb
 from tests.support.coordinator import (
     ADMIN_TOKEN,
     ServerProcess,
+    bearer,
+    delta,
     make_bundle,
     serve_command,
     start_server,
     stop_server,
+    upload_headers,
     wait_for,
     write_admin_token,
 )
@@ -282,6 +289,59 @@ def test_an_unauthenticated_upload_over_tls_is_refused_before_its_body(
     assert head.startswith(b"HTTP/1.1 401 "), received[:200]
     assert json.loads(body)["error"] == "missing_token"
     _healthy_within(mtls_server, pki, 5.0)
+
+
+def test_a_device_registers_polls_downloads_and_uploads_over_mutual_tls(
+    tmp_path: Path, pki: CertificateSet
+) -> None:
+    """A device's calls on one TLS session: the model files' digests intact, an 8 MB body
+    read whole (and refused for what it holds), then a real update accepted."""
+    one = ("--clients-per-round", "1", "--min-clients", "1", "--retry-after", "1")
+    server = _serve(tmp_path, pki, mutual=True, flags=one)
+    session = requests.Session()
+    tls = {"verify": str(pki.ca_cert), "cert": _device_cert(pki), "timeout": 30}
+    try:
+        response = session.post(f"{server.url}/v1/clients", json={"region": "north"}, **tls)
+        assert response.status_code == 201, response.text
+        token = response.json()["token"]
+
+        def poll() -> dict[str, Any] | None:
+            answer = session.get(f"{server.url}/v1/tasks/next", headers=bearer(token), **tls)
+            return answer.json() if answer.status_code == 200 else None
+
+        task = wait_for(poll)
+        assert task["kind"] == "train"
+        session.headers.update(bearer(token))
+        answer = session.get(f"{server.url}/v1/models/v1/manifest", **tls)
+        manifest = BundleManifest.from_json(answer.content)
+        assert manifest.files
+        for name, entry in manifest.files.items():
+            body = session.get(f"{server.url}/v1/models/v1/files/{name}", **tls).content
+            assert hashlib.sha256(body).hexdigest() == entry.sha256
+        garbage = os.urandom(8 << 20)
+        refused = session.post(
+            f"{server.url}/v1/rounds/{task['round_id']}/updates",
+            data=garbage,
+            headers=upload_headers(token, task["task_id"], key="garbage-0001"),
+            **tls,
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "malformed_weights"
+        assert f"only {len(garbage) - 8} follow" in refused.json()["detail"]  # read whole
+        accepted = session.post(
+            f"{server.url}/v1/rounds/{task['round_id']}/updates",
+            data=delta(3).to_bytes(),
+            headers=upload_headers(token, task["task_id"], key="update-0001"),
+            **tls,
+        )
+        assert accepted.status_code == 201, accepted.text
+        rounds = session.get(f"{server.url}/v1/rounds", headers=bearer(ADMIN_TOKEN), **tls)
+        accepted_rounds = [r for r in rounds.json()["rounds"] if r["num_updates"] >= 1]
+        assert accepted_rounds
+        assert accepted_rounds[0]["bytes_up"] >= len(delta(3).to_bytes())
+    finally:
+        session.close()
+        stop_server(server)
 
 
 # gRPC over TLS ----------------------------------------------------------------------------
