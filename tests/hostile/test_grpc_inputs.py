@@ -1,7 +1,8 @@
 """The gRPC API against a hostile caller, on ONE real ``fedge-coordinator serve --grpc-port
 0`` on loopback, with raw channel calls (``fedge.protocol.fleet_pb2``, no edge client):
 oversized and undecodable messages, upload streams that lie about their size, skip, overlap
-or never end, tokens that are missing, malformed, unknown, revoked or of the wrong kind, an
+or never end, update metrics JSON could not carry (NaN, infinities), hostile registrations,
+tokens that are missing, malformed, unknown, revoked, of the wrong kind or sent twice, an
 expired enrollment token, secure-aggregation stages out of order, unknown model versions,
 path traversal in a file name and a method that does not exist.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import threading
 import time
 import uuid
@@ -337,8 +339,15 @@ def _stalled(first: list[pb.UpdateChunk], release: threading.Event) -> Iterator[
     release.wait(60)
 
 
-def test_an_upload_stream_without_its_header_is_refused(world: World) -> None:
-    error = refused(lambda: upload(world.channel, world.attacker.token, _chunks(_body())))
+@pytest.mark.parametrize("shape", ["chunks_only", "empty", "negative_size"])
+def test_an_upload_stream_without_a_valid_header_is_refused(world: World, shape: str) -> None:
+    body = _body()
+    messages = {
+        "chunks_only": _chunks(body),
+        "empty": [],
+        "negative_size": [_header(world.task, body, size=-1), *_chunks(body)],
+    }[shape]
+    error = refused(lambda: upload(world.channel, world.attacker.token, messages))
     assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, "invalid_stream")
     assert_unharmed(world)
 
@@ -354,7 +363,7 @@ def test_an_upload_stream_with_its_header_twice_is_refused(world: World) -> None
 
 @pytest.mark.parametrize(
     "arrangement",
-    ["gap", "overlap", "out_of_order", "repeated"],
+    ["gap", "overlap", "out_of_order", "repeated", "negative_offset"],
 )
 def test_chunks_that_skip_overlap_or_come_out_of_order_are_refused(
     world: World, arrangement: str
@@ -367,6 +376,7 @@ def test_chunks_that_skip_overlap_or_come_out_of_order_are_refused(
         "overlap": [chunks[0], _chunk(CHUNK - 8, body[CHUNK - 8 :])],
         "out_of_order": [chunks[1], chunks[0], *chunks[2:]],
         "repeated": [chunks[0], chunks[0], *chunks[1:]],
+        "negative_offset": [_chunk(-CHUNK, body[:CHUNK]), *chunks],
     }[arrangement]
     messages = [_header(world.task, body), *wrong]
     error = refused(lambda: upload(world.channel, world.attacker.token, messages))
@@ -476,6 +486,56 @@ def test_undecodable_weights_in_a_well_framed_stream_are_refused(world: World) -
     ],
 )
 def test_an_update_header_with_wrong_values_is_refused(
+    world: World, fields: dict[str, Any], code: grpc.StatusCode, fedge_error: str
+) -> None:
+    body = _body()
+    messages = [_header(world.task, body, **fields), *_chunks(body)]
+    error = refused(lambda: upload(world.channel, world.attacker.token, messages))
+    assert_refused(error, code, fedge_error)
+    assert_unharmed(world)
+
+
+def _with_metrics(task: pb.Task, body: bytes, metrics: dict[str, float]) -> pb.UpdateChunk:
+    message = _header(task, body)
+    message.header.metrics.clear()
+    message.header.metrics.update(metrics)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("metrics", "fedge_error", "phrase"),
+    [
+        ({"loss": math.nan}, "bad_message", "must be finite"),
+        ({"loss": -math.inf}, "bad_message", "must be finite"),
+        ({"loss": 1e300}, "invalid_metrics", "magnitude at most"),
+        ({"accuracy": 7.0}, "invalid_metrics", "must be in [0, 1]"),
+        ({f"m{i}": 1.0 for i in range(5000)}, "invalid_header", "at most 16384 bytes"),
+    ],
+)
+def test_update_metrics_json_could_not_carry_are_refused(
+    world: World, metrics: dict[str, float], fedge_error: str, phrase: str
+) -> None:
+    """A protobuf double holds NaN and infinities, which the REST header's JSON cannot:
+    the same checks refuse them."""
+    body = _body()
+    messages = [_with_metrics(world.task, body, metrics), *_chunks(body)]
+    error = refused(lambda: upload(world.channel, world.attacker.token, messages))
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, fedge_error, phrase)
+    assert_unharmed(world)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "fedge_error"),
+    [
+        ({"round_id": 1}, grpc.StatusCode.FAILED_PRECONDITION, "round_closed"),
+        ({"round_id": 0}, grpc.StatusCode.NOT_FOUND, "round_not_found"),
+        ({"round_id": 2**62}, grpc.StatusCode.NOT_FOUND, "round_not_found"),
+        ({"idempotency_key": "k"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_idempotency_key"),
+        ({"idempotency_key": ""}, grpc.StatusCode.INVALID_ARGUMENT, "missing_idempotency_key"),
+        ({"task_id": "t" * 300}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_header"),
+    ],
+)
+def test_an_update_for_a_closed_unknown_or_malformed_target_is_refused(
     world: World, fields: dict[str, Any], code: grpc.StatusCode, fedge_error: str
 ) -> None:
     body = _body()
@@ -652,6 +712,50 @@ def test_a_revoked_client_is_unauthenticated_on_every_call(world: World) -> None
         call = functools.partial(unary, world.channel, method, request, answer)
         error = refused(functools.partial(call, token=world.revoked.token))
         assert_refused(error, grpc.StatusCode.UNAUTHENTICATED, "client_revoked")
+    assert_unharmed(world)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "fedge_error"),
+    [
+        ({"region": "north\n2026-01-01 INFO forged"}, "invalid_region"),
+        ({"region": "r" * 5000}, "invalid_region"),
+        ({"metadata": {f"k{i}": "v" for i in range(5000)}}, "invalid_metadata"),
+        ({"registration_key": "../../etc"}, "invalid_registration_key"),
+    ],
+)
+def test_a_hostile_registration_is_refused_and_creates_nobody(
+    world: World, request_fields: dict[str, Any], fedge_error: str
+) -> None:
+    fields = {"region": "north", "registration_key": uuid.uuid4().hex, **request_fields}
+    clients = len(admin_call(world.url, "GET", "/v1/clients").json()["clients"])
+    error = refused(
+        lambda: unary(
+            world.channel,
+            "Register",
+            pb.RegisterRequest(**fields),
+            pb.Registration,
+            token=ENROLLMENT_TOKEN,
+        )
+    )
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, fedge_error)
+    assert len(admin_call(world.url, "GET", "/v1/clients").json()["clients"]) == clients
+    assert_unharmed(world)
+
+
+def test_a_second_authorization_entry_cannot_smuggle_in_another_token(world: World) -> None:
+    """The admin token first and a client's second: the call is judged on the first."""
+    call = world.channel.unary_unary(
+        "/fedge.v1.Fleet/NextTask",
+        request_serializer=_serialize,
+        response_deserializer=pb.NextTaskResponse.FromString,
+    )
+    metadata = [
+        ("authorization", f"Bearer {ADMIN_TOKEN}"),
+        ("authorization", f"Bearer {world.outsider.token}"),
+    ]
+    error = refused(lambda: call(pb.NextTaskRequest(), metadata=metadata, timeout=CALL_TIMEOUT))
+    assert_refused(error, grpc.StatusCode.PERMISSION_DENIED, "client_token_required")
     assert_unharmed(world)
 
 
