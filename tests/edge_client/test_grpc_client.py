@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import socket
 import ssl
@@ -37,6 +38,7 @@ from edge_client.cli import main as edge_main
 from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.errors import RequestCancelled, RequestRejected, TransportError
 from edge_client.grpc_client import GrpcCoordinatorClient, grpc_target
+from edge_client.policy import DevicePolicy
 from edge_client.state import ClientState, read_token, write_token
 from edge_client.tls import ClientTls
 from edge_client.transport import (
@@ -404,9 +406,19 @@ def test_the_cli_refuses_a_certificate_without_its_key(
 # The daemon over gRPC ----------------------------------------------------------------------
 
 
-def test_a_daemon_with_a_grpc_url_runs_a_round_and_reports(
-    edge_taxi_bundle: Path, tmp_path: Path
+def _step_until(daemon: Daemon, wanted: str, *, limit: int = 20) -> list[str]:
+    outcomes = []
+    for _ in range(limit):
+        outcomes.append(daemon.step())
+        if outcomes[-1] == wanted:
+            return outcomes
+    raise AssertionError(f"no {wanted!r} step in {outcomes}")
+
+
+def test_a_daemon_with_a_grpc_url_runs_a_round_reports_and_declines(
+    edge_taxi_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="edge_client")
     data, state, token = tmp_path / "data", tmp_path / "state", tmp_path / "token"
     data.mkdir()
     write_csv(data / "trips.csv", taxi_rows(0, 200))
@@ -426,14 +438,14 @@ def test_a_daemon_with_a_grpc_url_runs_a_round_and_reports(
             state_dir=state,
             backoff=BackoffPolicy(base=0.05, cap=0.2),
             settle_seconds=0,
+            policy=DevicePolicy(task_kinds=("train", "evaluate", "stats")),
         )
         daemon = Daemon(config, rng=np.random.default_rng(0), grpc_interceptors=[recorder])
         assert isinstance(daemon.client, GrpcCoordinatorClient)
         assert daemon.client.token == read_token(token)
 
         admin(rest, "POST", "/v1/rounds", {})
-        outcomes = [daemon.step() for _ in range(6)]
-        assert "handled" in outcomes, outcomes
+        _step_until(daemon, "handled")
         wait_for(lambda: daemon.step() and not len(daemon.state.outbox), timeout=30)
         committed = wait_committed(rest, 1)
         assert committed["num_updates"] == 1
@@ -451,4 +463,65 @@ def test_a_daemon_with_a_grpc_url_runs_a_round_and_reports(
         status = json.loads((state / "status.json").read_text())
         assert status["tasks"] == {"train": 1, "evaluate": 1, "stats": 1}
         assert status["last_error"] is None
+
+        # A task the owner's policy refuses: its decline goes out over gRPC (DeclineTask)
+        # and the coordinator stops handing it out.
+        admin(rest, "POST", "/v1/tasks", {"kind": "features"})
+        _step_until(daemon, "policy_refused")
+        wait_for(lambda: daemon.step() == "idle" and not len(daemon.state.outbox), timeout=30)
+        assert "delivered decline reply" in caplog.text
+        assert not list((state / "outbox").glob("failed/*"))
+        assert store_counts(tmp_path)["features"] == 0
         daemon.client.close()
+
+
+def test_three_daemons_over_grpc_commit_a_secure_round(
+    edge_taxi_bundle: Path, tmp_path: Path
+) -> None:
+    """Every secure-aggregation stage over gRPC: the payloads (GetSecAggPayload) and the
+    four messages (SubmitSecAgg, the masked vector as bytes) of three devices."""
+    with grpc_coordinator(tmp_path, edge_taxi_bundle) as (rest, url):
+        daemons = []
+        for i in range(3):
+            home = tmp_path / f"device-{i}"
+            (home / "data").mkdir(parents=True)
+            write_csv(home / "data" / "a.csv", taxi_rows(120 * i, 120))
+            args = ["register", "--coordinator", url, "--token-file", str(home / "token"),
+                    "--state", str(home / "state")]  # fmt: skip
+            assert edge_main(args) == 0
+            config = DaemonConfig(
+                coordinator=url,
+                token_file=home / "token",
+                data_dir=home / "data",
+                state_dir=home / "state",
+                backoff=BackoffPolicy(base=0.05, cap=0.2),
+                settle_seconds=0,
+            )
+            daemons.append(Daemon(config, rng=np.random.default_rng(i), sleep=lambda s: None))
+        for daemon in daemons:
+            assert daemon.step() == "idle"
+        admin(rest, "POST", "/v1/rounds",
+              {"secure_aggregation": True, "clients_per_round": 3, "min_clients": 3})  # fmt: skip
+
+        def round_closed() -> bool:
+            for daemon in daemons:
+                daemon.step()
+            state = admin(rest, "GET", "/v1/rounds/1")["state"]
+            return state in ("committed", "failed")
+
+        wait_for(round_closed, timeout=180, interval=0.05)
+        document = wait_committed(rest, 1)
+        assert document["config"]["secure_aggregation"] is True
+        assert document["measurements"]["secagg_survivors"] == 3
+        assert document["num_updates"] == 0  # no plain update was stored
+        for daemon in daemons:
+            daemon.step()  # delivers the unmask answer if still queued
+            assert dict(daemon.counts) == {
+                "train": 1,
+                "secagg_share": 1,
+                "secagg_mask": 1,
+                "secagg_unmask": 1,
+            }
+            assert len(daemon.state.outbox) == 0
+            assert daemon.last_error is None
+            daemon.client.close()
