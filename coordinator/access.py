@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from coordinator.rest.state import RestState
 
 __all__ = [
+    "check_enrollment_token",
     "is_admin",
     "managed_enrollment_token",
     "require_admin",
@@ -81,6 +82,13 @@ def require_enrollment(state: RestState, authorization: str | None, remote_addr:
             raise RateLimitedError(
                 f"too many registrations; retry in {seconds} s", retry_after=seconds
             )
+    check_enrollment_token(state, authorization)
+
+
+def check_enrollment_token(state: RestState, authorization: str | None) -> None:
+    """The token rule of registration alone (no rate limit): none when enrollment is open,
+    else the enrollment token, the admin's, or a managed token that has not expired nor
+    been revoked."""
     expected = state.config.enrollment_token_hash
     if expected is None:
         return

@@ -16,14 +16,8 @@ from dataclasses import dataclass, field
 
 from flask import Flask, request
 
-from coordinator.auth import bearer_token, token_matches
-from coordinator.errors import (
-    AuthenticationError,
-    CoordinatorError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    describe,
-)
+from coordinator.access import check_enrollment_token, require_admin, require_client
+from coordinator.errors import CoordinatorError, PayloadTooLargeError, describe
 from coordinator.records import ClientRecord
 from coordinator.rest.state import EXTENSION, RestState, current_state
 
@@ -79,25 +73,14 @@ def _authorize(
     state: RestState, method: str, path: str, authorization: str | None
 ) -> ClientRecord | None:
     """The token rule of a route that takes a body (every one is a POST), as its blueprint
-    applies it; the client on the device routes. Other methods take no body: their size
-    limit is checked, and their token by their blueprint as usual."""
+    applies it (:mod:`coordinator.access`; registration's rate limit is left to the route);
+    the client on the device routes. Other methods take no body: their size limit is
+    checked, and their token by their blueprint as usual."""
     if method != "POST":
         return None
-    admin_hash = state.config.admin_token_hash
     if path == _REGISTRATION:
-        expected = state.config.enrollment_token_hash
-        if expected is None:
-            return None
-        token = bearer_token(authorization)
-        if token_matches(token, expected) or (
-            admin_hash is not None and token_matches(token, admin_hash)
-        ):
-            return None
-        if state.service.check_enrollment_token(token, uses=False) is not None:
-            return None
-        raise AuthenticationError("unknown enrollment token", code="invalid_token")
-    token = bearer_token(authorization)
-    is_admin = admin_hash is not None and token_matches(token, admin_hash)
+        check_enrollment_token(state, authorization)
+        return None
     if (
         _UPLOAD.fullmatch(path)
         or _SECAGG.fullmatch(path)
@@ -105,20 +88,8 @@ def _authorize(
         or path in _REPORTS
         or path == _TOKEN_ROTATION
     ):
-        if is_admin:
-            raise PermissionDeniedError(
-                "this endpoint needs a client token, not the admin token",
-                code="client_token_required",
-            )
-        return state.service.authenticate(token)
-    if not is_admin:
-        if admin_hash is None:
-            raise PermissionDeniedError(
-                "admin endpoints are disabled: the coordinator was started without an admin token",
-                code="admin_disabled",
-            )
-        state.service.authenticate(token)
-        raise PermissionDeniedError("this endpoint needs the admin token", code="admin_required")
+        return require_client(state, authorization)
+    require_admin(state, authorization)
     return None
 
 
