@@ -298,25 +298,35 @@ class _TlsChannel(_GatedChannel):
             return self._handshake_wants_write
         return self._read_wants_write or bool(super().writable())
 
+    _closed = False
+
+    def handle_close(self) -> None:
+        self._closed = True
+        super().handle_close()
+
     def handle_read_event(self) -> None:
+        if self._closed:
+            return
         if self._handshaking:
             self._handshake()
             return
         if self._write_wants_read:
             self._write_wants_read = False
             self.handle_write()
-            if self.socket is None:
+            if self._closed:
                 return
         super().handle_read_event()
 
     def handle_write_event(self) -> None:
+        if self._closed:
+            return
         if self._handshaking and not self.will_close:
             self._handshake()
             return
         if self._read_wants_write:
             self._read_wants_write = False
             self.handle_read()
-            if self.socket is None:
+            if self._closed:
                 return
         super().handle_write_event()
 
