@@ -208,6 +208,8 @@ def _run(argv: Sequence[str] | None) -> int:
             f"(see {result.out / 'summary.json'})"
         )
     line = f"fedge demo OK: {_figures(result)}"
+    transports = list(result.device_transports.values())
+    line += f"; {transports.count('rest')} devices over REST, {transports.count('grpc')} over gRPC"
     if config.secure_aggregation:
         line += "; secure aggregation was on: the coordinator saw only each round's sum"
     pair = result.personalization()

@@ -1,8 +1,9 @@
 """The demo's side of the coordinator: start ``fedge-coordinator serve``, call its admin API.
 
-:func:`serve_command` is the command line (REST on loopback, SQLite, on-demand rounds that
-promote on commit, so the demo decides how many rounds run); :func:`wait_until_serving`
-waits, bounded, for the port file and ``/healthz`` (:mod:`coordinator.launch`).
+:func:`serve_command` is the command line (REST and gRPC on loopback, SQLite, on-demand
+rounds that promote on commit, so the demo decides how many rounds run);
+:func:`wait_until_serving` waits, bounded, for the port file and ``/healthz``
+(:mod:`coordinator.launch`), and :func:`wait_for_grpc` for the gRPC port file.
 :class:`AdminApi` is the coordinator's admin client (:class:`coordinator.client.AdminClient`,
 whose failures are coordinator errors) with the demo's wait for a round.
 """
@@ -25,7 +26,7 @@ from fedge.fileio import atomic_write_text
 from simulations.demo.tools import tool_command
 from simulations.errors import DemoError
 
-__all__ = ["AdminApi", "CoordinatorPaths", "serve_command", "wait_until_serving"]
+__all__ = ["AdminApi", "CoordinatorPaths", "serve_command", "wait_for_grpc", "wait_until_serving"]
 
 _TIMEOUT = 30.0
 _POLL = 0.1
@@ -48,6 +49,10 @@ class CoordinatorPaths:
     @property
     def port_file(self) -> Path:
         return self.root / "port"
+
+    @property
+    def grpc_port_file(self) -> Path:
+        return self.root / "grpc-port"
 
     @property
     def admin_token_file(self) -> Path:
@@ -84,14 +89,16 @@ def serve_command(
     seed: int,
     secure_aggregation: bool,
 ) -> list[str]:
-    """``fedge-coordinator serve`` for the demo (see the module docstring); with
-    ``secure_aggregation`` every round runs SecAgg+."""
+    """``fedge-coordinator serve`` for the demo (see the module docstring): REST and gRPC
+    (a free port, written to ``paths.grpc_port_file``); with ``secure_aggregation`` every
+    round runs SecAgg+."""
     secure = ["--secure-aggregation"] if secure_aggregation else []
     return [
         *tool_command("fedge-coordinator", "coordinator.cli"), "serve",
         "--task", task, "--bundle", str(bundle),
         "--db", str(paths.db), "--artifacts", str(paths.artifacts),
         "--host", "127.0.0.1", "--port", "0", "--port-file", str(paths.port_file),
+        "--grpc-port", "0", "--grpc-port-file", str(paths.grpc_port_file),
         "--admin-token-file", str(paths.admin_token_file),
         "--enrollment-token-file", str(paths.enrollment_token_file),
         "--on-demand", "--auto-promote",
@@ -111,6 +118,28 @@ def wait_until_serving(process: processes.Child, port_file: Path, *, timeout: fl
         return launch.wait_until_serving(process, port_file, timeout=timeout, log_tail=False)
     except ProcessError as exc:
         raise DemoError(str(exc)) from None
+
+
+def wait_for_grpc(process: processes.Child, port_file: Path, *, timeout: float) -> str:
+    """The coordinator's ``grpc://`` URL once it has written its gRPC port file."""
+    found: list[int] = []
+
+    def written() -> bool:
+        try:
+            text = port_file.read_text().strip()
+        except OSError:
+            return False
+        if text.isdigit():
+            found.append(int(text))
+        return bool(found)
+
+    try:
+        processes.wait_until(
+            written, timeout=timeout, watch=[process], interval=_POLL, what="serving gRPC"
+        )
+    except ProcessError as exc:
+        raise DemoError(str(exc)) from None
+    return f"grpc://127.0.0.1:{found[-1]}"
 
 
 class AdminApi(AdminClient):

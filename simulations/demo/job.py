@@ -3,10 +3,12 @@
 1. ``fedge-train`` trains the task's model on the cloud's proxy share of the training
    split (the rest of it, the pool, exists only on the devices);
 2. ``fedge-quantize bundle`` builds the edge bundle (int8 inference model, trainable head);
-3. ``fedge-coordinator serve`` imports it as ``v1`` (REST on 127.0.0.1, SQLite state);
+3. ``fedge-coordinator serve`` imports it as ``v1`` (REST and gRPC on 127.0.0.1, SQLite
+   state);
 4. the pool is split among the devices (Dirichlet over labels); each device gets its part
    as a data file, ``fedge-edge register`` enrolls it and ``fedge-edge run`` starts its
-   daemon, a separate process with no TensorFlow;
+   daemon, a separate process with no TensorFlow; every second device (edge-2, edge-4...)
+   reaches the coordinator with its ``grpc://`` URL, the others with its ``http://`` one;
 5. the demo opens the rounds one at a time over the admin API; each committed version is
    downloaded and verified like a device would, and scored on the held-out test set with
    the TFLite runtime;
@@ -36,6 +38,7 @@ from simulations.demo.coordinator import (
     AdminApi,
     CoordinatorPaths,
     serve_command,
+    wait_for_grpc,
     wait_until_serving,
 )
 from simulations.demo.data import (
@@ -198,7 +201,9 @@ class _Job:
         assert config.clients_per_round is not None
         assert config.learning_rate is not None
         self.step(
-            3, "starting the coordinator (fedge-coordinator serve: REST on 127.0.0.1, SQLite)"
+            3,
+            "starting the coordinator (fedge-coordinator serve: REST and gRPC on 127.0.0.1, "
+            "SQLite)",
         )
         self.token = self.paths.write_admin_token()
         self.paths.write_enrollment_token()
@@ -216,6 +221,9 @@ class _Job:
         self.coordinator = self.supervisor.start("coordinator", command)
         url = wait_until_serving(self.coordinator, self.paths.port_file, timeout=_START_TIMEOUT)
         self.result.url = url
+        self.result.grpc_url = wait_for_grpc(
+            self.coordinator, self.paths.grpc_port_file, timeout=_START_TIMEOUT
+        )
         self.api = AdminApi(url, self.token)
         self.scorer = VersionScorer(url, self.token, self.work / "registry", data.test)
         production = [m for m in self.api.list_models() if m["stage"] == "production"]
@@ -225,8 +233,8 @@ class _Job:
         score = self.scorer.score(first["version"])
         int8 = "" if score.int8_accuracy is None else f", int8 model {score.int8_accuracy:.3f}"
         self.detail(
-            f"serving at {url}; the bundle is {first['version']} (production), TFLite test "
-            f"accuracy {score.accuracy:.3f}{int8}"
+            f"serving at {url} and {self.result.grpc_url}; the bundle is {first['version']} "
+            f"(production), TFLite test accuracy {score.accuracy:.3f}{int8}"
         )
         self.result.rows.append(
             RoundRow(
@@ -253,13 +261,21 @@ class _Job:
         )
         names = [f"edge-{i + 1}" for i in range(config.devices)]
         roots = {name: self.work / "devices" / name for name in names}
+        # Every second device speaks gRPC, the others REST: both transports in every round.
+        self.result.device_transports = {
+            name: "grpc" if i % 2 else "rest" for i, name in enumerate(names)
+        }
+        urls = {
+            name: self.result.grpc_url if transport == "grpc" else self.api.url
+            for name, transport in self.result.device_transports.items()
+        }
         sizes = write_device_files(data, [roots[n] / "data" for n in names])
         self.result.device_rows = dict(zip(names, sizes, strict=True))
         registering = [
             self.supervisor.start(
                 f"{name}-register",
                 register_command(
-                    self.api.url,
+                    urls[name],
                     token_file=roots[name] / "token",
                     state=roots[name] / "state",
                     enrollment_token_file=self.paths.enrollment_token_file,
@@ -274,7 +290,7 @@ class _Job:
             self.client_ids[name] = json.loads(process.read_stdout())["client_id"]
         for name in names:
             command = daemon_command(
-                self.api.url,
+                urls[name],
                 token_file=roots[name] / "token",
                 data=roots[name] / "data",
                 state=roots[name] / "state",
@@ -283,6 +299,14 @@ class _Job:
             self.daemons.append(self.supervisor.start(name, command))
         rows = ", ".join(f"{n} {s}" for n, s in self.result.device_rows.items())
         self.detail(f"registered {len(names)} devices; examples per device: {rows}")
+        by_transport = {
+            transport: [n for n, t in self.result.device_transports.items() if t == transport]
+            for transport in ("rest", "grpc")
+        }
+        self.detail(
+            f"{_names(by_transport['rest'])} over REST ({self.api.url}), "
+            f"{_names(by_transport['grpc'])} over gRPC ({self.result.grpc_url})"
+        )
 
     def check_alive(self, doing: str) -> Callable[[], None]:
         running = [p for p in [self.coordinator, *self.daemons] if p is not None]
@@ -506,6 +530,10 @@ def run_job(config: DemoConfig, out: Path, *, say: Say) -> DemoResult:
             )
         raise
     return job.result
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "no device"
 
 
 def _mode(config: DemoConfig) -> str:

@@ -33,6 +33,9 @@ class DemoResult:
     processes: list[dict[str, Any]] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     url: str = ""
+    grpc_url: str = ""
+    device_transports: dict[str, str] = field(default_factory=dict)
+    """Each device's transport: ``rest`` or ``grpc``."""
     elapsed: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +69,7 @@ class DemoResult:
             "settings": self.config.to_dict(),
             "data": self.data,
             "coordinator": self.url,
+            "coordinator_grpc": self.grpc_url,
             "pretrained": {"version": self.pretrained.version, **self.pretrained.test.to_dict()},
             "final": {"version": self.final.version, **self.final.test.to_dict()},
             "improvement": self.final.test.accuracy - self.pretrained.test.accuracy,
@@ -87,6 +91,7 @@ class DemoResult:
             {
                 "device": name,
                 "rows": rows,
+                "transport": self.device_transports.get(name),
                 "evaluation": evaluations.get(name),
                 "status": self.device_status.get(name),
             }

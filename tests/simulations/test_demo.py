@@ -48,6 +48,7 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
         assert f"[{step}/6] " in printed.out
     assert "fedge demo OK" in printed.out
     assert "secure aggregation was on" in printed.out
+    assert "2 devices over REST, 1 over gRPC" in printed.out  # edge-2 speaks gRPC
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok"
@@ -76,6 +77,8 @@ def test_demo_runs_every_tool_end_to_end_and_leaves_no_process(
 
     devices = summary["devices"]
     assert [d["device"] for d in devices] == ["edge-1", "edge-2", "edge-3"]
+    assert [d["transport"] for d in devices] == ["rest", "grpc", "rest"]
+    assert summary["coordinator_grpc"].startswith("grpc://127.0.0.1:")
     for device in devices:
         evaluation = device["evaluation"]
         assert evaluation["model_version"] == "v3"
