@@ -504,6 +504,38 @@ def test_incomplete_or_unusable_tls_flags_exit_2(
     assert not (tmp_path / "state.db").exists()
 
 
+def test_the_launcher_serves_plain_grpc_beside_plain_http(tmp_path: Path) -> None:
+    make_bundle(tmp_path / "bundle")
+    command = serve_command(tmp_path, tmp_path / "bundle", write_admin_token(tmp_path))
+    server = start_server(command, tmp_path, grpc=True)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        grpc_url = server.coordinator.grpc_url
+        assert grpc_url is not None
+        assert grpc_url.startswith("grpc://127.0.0.1:")
+        with grpc.insecure_channel(grpc_url.split("://", 1)[1]) as channel:
+            call = channel.unary_unary(
+                "/fedge.v1.Fleet/GetSigningKeys",
+                request_serializer=pb.SigningKeysRequest.SerializeToString,
+                response_deserializer=pb.SigningKeys.FromString,
+            )
+            keys = call(pb.SigningKeysRequest(), timeout=10)
+        rest = requests.get(f"{server.url}/v1/keys", timeout=10).json()
+        assert keys.current.key_id == rest["current"]["key_id"]
+    finally:
+        stop_server(server)
+
+
+def test_the_launcher_owns_the_tls_and_grpc_flags(tmp_path: Path, pki: CertificateSet) -> None:
+    tls = TlsFiles(pki.server_cert, pki.server_key)
+    for args, kwargs in (
+        (["--tls-cert", str(pki.server_cert)], {"tls": tls}),
+        (["--grpc-port", "0"], {"grpc": True}),
+    ):
+        with pytest.raises(ConfigError, match=f"must not hold {args[0]}"):
+            launch_coordinator(args, port_file=tmp_path / "port", **kwargs)
+
+
 def test_the_launcher_needs_a_client_certificate_for_mutual_tls(
     tmp_path: Path, pki: CertificateSet
 ) -> None:
