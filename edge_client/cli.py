@@ -133,7 +133,7 @@ def _coordinator_flags(parser: argparse.ArgumentParser) -> None:
     tls = parser.add_argument_group("TLS (https:// and grpcs://)")
     tls.add_argument("--ca-file", type=Path, metavar="F",
                      help="CA bundle that authenticates the coordinator (default: the "
-                     "system's roots)")  # fmt: skip
+                     "default trusted roots)")  # fmt: skip
     tls.add_argument("--cert", type=Path, metavar="F",
                      help="this device's certificate (PEM) for mutual TLS")  # fmt: skip
     tls.add_argument("--key", type=Path, metavar="F",

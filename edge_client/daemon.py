@@ -23,8 +23,8 @@ What a hostile or broken coordinator cannot do to it:
   passed, an hour by default: a corruption in transit must not shut a device out of its
   fleet for good).
 - **No request outlasts its deadline** (``request_timeout``, the whole request: headers
-  and body, see :class:`~edge_client.transport.HttpTransport`), so a server that trickles
-  its answer cannot hold the daemon.
+  and body, see :class:`~edge_client.transport.HttpTransport`; over gRPC the call's
+  deadline), so a server that trickles its answer cannot hold the daemon.
 - **SIGTERM (or SIGINT) stops it within about a second, at any point**: a sleep ends at
   once; a request in flight (poll, download, upload) is aborted; on-device work (training,
   evaluation, personalization) is interrupted between two interpreter calls. A reply is

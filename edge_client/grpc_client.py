@@ -4,8 +4,8 @@ fleet.proto``) for one device: the same methods and answers as the REST
 store and the key pinning work unchanged over either.
 
 - URLs: ``grpc://host:port`` (plaintext) and ``grpcs://host[:port]`` (TLS, port 443 by
-  default; the CA of :class:`~edge_client.tls.ClientTls` or the system's roots, and the
-  device's certificate for mutual TLS).
+  default; the CA of :class:`~edge_client.tls.ClientTls`, else gRPC's default roots, and
+  the device's certificate for mutual TLS).
 - A model file arrives as a header message and chunks (:meth:`download` assembles them and
   answers with an :class:`~edge_client.transport.HttpResponse` carrying the REST headers the
   bundle store reads: ``x-fedge-sha256``, ``x-fedge-signature``, ``x-fedge-model-version``,
@@ -417,6 +417,7 @@ class GrpcCoordinatorClient:
                     stream.cancel()
                 return self._assemble(where, stream)
             finally:
+                stream.cancel()  # ends a stream left early (nothing for one that finished)
                 with self._lock:
                     self._active.discard(stream)
 

@@ -1,10 +1,11 @@
 """The device's TLS settings, one value for both transports.
 
 :class:`ClientTls` names the files: ``ca_file``, the CA bundle that authenticates the
-coordinator (none: the system's roots), and ``cert``/``key``, the device's own certificate
-and private key (PEM), presented for mutual TLS. REST (``https://``) builds an
-:class:`ssl.SSLContext` from it (:meth:`ClientTls.ssl_context`); gRPC (``grpcs://``)
-channel credentials (:mod:`edge_client.grpc_client`).
+coordinator (none: the default roots, the system's for REST and gRPC's own for gRPC), and
+``cert``/``key``, the device's own certificate and private key (PEM), presented for mutual
+TLS. REST (``https://``) builds an :class:`ssl.SSLContext` from it
+(:meth:`ClientTls.ssl_context`); gRPC (``grpcs://``) channel credentials
+(:mod:`edge_client.grpc_client`).
 """
 
 from __future__ import annotations
