@@ -83,7 +83,12 @@ def test_device_and_server_certificates_verify_against_the_ca_only(tmp_path: Pat
     with pytest.raises(InvalidSignature):
         _cert(other.devices["pump-1"][0]).verify_directly_issued_by(ca)
     # The server's pair loads, and a client context trusting the CA accepts the server cert.
-    server_ssl_context(TlsFiles(made.server_cert, made.server_key, client_ca=made.ca_cert))
+    mutual = server_ssl_context(TlsFiles(made.server_cert, made.server_key, made.ca_cert))
+    assert mutual.verify_mode == ssl.CERT_REQUIRED
+    assert mutual.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert server_ssl_context(TlsFiles(made.server_cert, made.server_key)).verify_mode == (
+        ssl.CERT_NONE
+    )
     client = ssl.create_default_context(cafile=made.ca_cert)
     client.load_cert_chain(*made.devices["pump-1"])
 
