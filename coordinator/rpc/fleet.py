@@ -80,6 +80,11 @@ def _too_large(what: str, size: int, limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"the {what} is {size} bytes, over the {limit}-byte limit")
 
 
+class _StreamBroken(CoordinatorError):
+    """The client's stream ended without a status of its own (cancelled, disconnected):
+    not a rejected update."""
+
+
 class _StreamReader:
     """Messages of a client stream, read by a thread of their own so that the handler can
     stop waiting at a deadline: a stalled stream then ends the call (and with it the read)
@@ -127,7 +132,7 @@ class _StreamReader:
         if isinstance(error, FedgeError):
             raise error
         if error is not None:
-            raise CoordinatorError("the upload stream broke off", code="invalid_stream") from error
+            raise _StreamBroken("the upload stream broke off", code="invalid_stream") from error
         return None if message is self._END else message
 
     def close(self) -> None:
@@ -233,26 +238,29 @@ class FleetServicer:
         reader = _StreamReader(requests, pb.UpdateChunk)
         round_id: int | None = None
         try:
-            with device_api.rejecting(service, client, None):
-                first = reader.next(deadline)
-                if first is None or first.WhichOneof("part") != "header":
-                    raise CoordinatorError(
-                        "an upload stream starts with its header", code="invalid_stream"
-                    )
-                header = first.header
-                round_id = header.round_id
-            with device_api.rejecting(service, client, round_id):
-                body = self._receive(reader, header, deadline)
-                submission = device_api.update_submission(
-                    header.round_id,
-                    body=body,
-                    codec=header.codec or "none",
-                    num_examples=header.num_examples,
-                    metrics=device_api.check_metrics_size(header.metrics),
-                    delta_sha256=header.delta_sha256 or None,
-                    task_id=header.task_id,
-                    idempotency_key=header.idempotency_key,
+            first = reader.next(deadline)
+            if first is None or first.WhichOneof("part") != "header":
+                raise CoordinatorError(
+                    "an upload stream starts with its header", code="invalid_stream"
                 )
+            header = first.header
+            round_id = header.round_id
+            body = self._receive(reader, header, deadline)
+            submission = device_api.update_submission(
+                header.round_id,
+                body=body,
+                codec=header.codec or "none",
+                num_examples=header.num_examples,
+                metrics=device_api.check_metrics_size(header.metrics),
+                delta_sha256=header.delta_sha256 or None,
+                task_id=header.task_id,
+                idempotency_key=header.idempotency_key,
+            )
+        except FedgeError as exc:
+            # A stream the client cancelled or dropped is no rejected update.
+            if not isinstance(exc, _StreamBroken) and context.is_active():
+                service.reject_update(client, round_id, exc)
+            raise
         finally:
             reader.close()
         receipt = service.submit_update(client, submission)

@@ -367,6 +367,25 @@ def test_upload_streams_that_break_the_rules_are_refused_and_recorded(
     )
     assert STREAM_SECONDS - 0.5 <= time.monotonic() - began < STREAM_SECONDS + 5
     assert fleet.next_task(device).HasField("task")
+    # A device that cancels its upload (a daemon stopping) is no rejected update.
+    cancelled = threading.Event()
+
+    def interrupted() -> Iterator[pb.UpdateChunk]:
+        yield header()
+        yield chunk(0, body[:10])
+        cancelled.wait(30)
+
+    stub = fleet.channel.stream_unary(
+        "/fedge.v1.Fleet/UploadUpdate",
+        request_serializer=pb.UpdateChunk.SerializeToString,
+        response_deserializer=pb.UpdateReceipt.FromString,
+    )
+    call = stub.future(interrupted(), metadata=[("authorization", f"Bearer {device}")])
+    time.sleep(0.5)
+    assert call.cancel()
+    cancelled.set()
+    assert call.cancelled()
+    assert fleet.next_task(device).HasField("task")
     assert wait_for(lambda: rejected_total(server) - rejected == len(cases) + 1)
     assert production_digest(server) == digest
     assert round_document(server, 1)["num_updates"] == 0
