@@ -247,6 +247,7 @@ class _TlsChannel(_GatedChannel):
     _handshake_wants_write = False
     _read_wants_write = False
     _write_wants_read = False
+    _closed = False
     _accepted = 0.0
 
     def __init__(self, server: Any, sock: ssl.SSLSocket, addr: Any, adj: Any, map: Any = None):
@@ -297,8 +298,6 @@ class _TlsChannel(_GatedChannel):
         if self._handshaking and not self.will_close:
             return self._handshake_wants_write
         return self._read_wants_write or bool(super().writable())
-
-    _closed = False
 
     def handle_close(self) -> None:
         self._closed = True
