@@ -514,14 +514,19 @@ def plot_personalization(gains: Sequence[ClientGain], path: str | os.PathLike[st
 # The summary table --------------------------------------------------------------------------
 
 
+_TRANSPORT_NAMES = {"rest": "REST", "grpc": "gRPC"}
+
+
 def summary_table(report: RunReport, *, max_rounds: int = 12) -> str:
     """Rounds (the first and last few when there are many), then each figure beside its
     baselines, then traffic, time and personalization."""
     rounds = list(report.result.rounds)
     private = any(r.epsilon is not None for r in rounds)
+    transport = report.settings.get("transport", "memory")
+    over = "" if transport == "memory" else f" (devices over {_TRANSPORT_NAMES[transport]})"
     lines = [
         f"fedge-simulate: {report.settings.get('task', '?')} with the {report.result.engine} "
-        f"engine, {report.settings.get('clients', '?')} clients, {len(rounds)} rounds",
+        f"engine{over}, {report.settings.get('clients', '?')} clients, {len(rounds)} rounds",
         "",
         f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'auc':>6}  {'clients':>7}  "
         f"{'bytes up':>10}  {'bytes down':>10}  {'seconds':>7}  "

@@ -8,7 +8,9 @@ give the same accuracy as the in-memory default, and the served routes show the 
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,7 +23,7 @@ from simulations.scenario import Scenario
 from simulations.settings import check_settings
 
 if TYPE_CHECKING:
-    from tests.support.simulation import SettingsFactory
+    from tests.support.simulation import CliRunner, SettingsFactory
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"
@@ -97,3 +99,17 @@ def test_an_unusable_transport_is_refused_naming_it(
     with pytest.raises(SettingsError, match="transport") as caught:
         check_settings(sim_settings(**changes))
     assert list(caught.value.fields) == fields
+
+
+def test_fedge_simulate_runs_over_grpc_and_says_so(
+    digits_pretrained: Pretrained, sim_cache: Path, fedge_simulate: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["--task", "digits", "--clients", "3", "--rounds", "1", "--workers", "1",
+            "--no-baseline", "--no-personalization", "--transport", "grpc"]  # fmt: skip
+    result = fedge_simulate([*args, "--cache-dir", str(sim_cache), "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "with the native engine (devices over gRPC), 3 clients, 1 rounds" in result.stdout
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["settings"]["transport"] == "grpc"
+    assert document["rounds"][0]["participants"] == 3
