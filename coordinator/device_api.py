@@ -41,7 +41,7 @@ __all__ = [
     "TASK_ID_LIMIT",
     "ModelFile",
     "check_bundle_file_name",
-    "check_codec",
+    "check_compression_codec",
     "check_metrics_size",
     "check_task_id",
     "decline",
@@ -145,9 +145,9 @@ def decline(
 # Updates ------------------------------------------------------------------------------------
 
 
-def check_codec(codec: str) -> str:
-    """``codec`` when it names an update codec (``none`` or a compression codec)."""
-    if codec != "none" and codec not in CODEC_NAMES:
+def check_compression_codec(codec: str) -> str:
+    """``codec`` when it names a compression codec (:data:`fedge.compression.CODEC_NAMES`)."""
+    if codec not in CODEC_NAMES:
         raise CoordinatorError(
             f"{CODEC_HEADER} must be one of {list(CODEC_NAMES)}, got {codec[:40]!r}",
             code="invalid_header",
@@ -216,10 +216,11 @@ def update_submission(
     task_id: str | None,
     idempotency_key: str,
 ) -> UpdateSubmission:
-    """An update as both transports check it: a known codec, a body that matches
-    ``delta_sha256`` (when given) and a task id of at most :data:`TASK_ID_LIMIT`
-    characters."""
-    check_codec(codec)
+    """An update as both transports check it: codec ``none`` (a safetensors delta) or a
+    compression codec, a body that matches ``delta_sha256`` (when given) and a task id of at
+    most :data:`TASK_ID_LIMIT` characters."""
+    if codec != "none":
+        check_compression_codec(codec)
     if delta_sha256 and delta_sha256.lower() != hashlib.sha256(body).hexdigest():
         raise CoordinatorError(
             "the body does not match X-Fedge-Delta-Sha256 (corrupted in transit?)",

@@ -11,7 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from coordinator import device_api
 from coordinator.admin_api import refuse_unknown
 from coordinator.codecs import CODEC_HEADER, COMPRESSED_MEDIA_TYPE
-from coordinator.device_api import check_codec, metrics_from_text, parse_count
+from coordinator.device_api import check_compression_codec, metrics_from_text, parse_count
 from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
 from coordinator.intake import UpdateSubmission
 from fedge.jsonlimits import loads_bounded
@@ -71,7 +71,7 @@ def update_submission(round_id: int) -> UpdateSubmission:
     if request.mimetype == "application/octet-stream":
         codec = "none"
     elif request.mimetype == COMPRESSED_MEDIA_TYPE:
-        codec = check_codec(_header(CODEC_HEADER))
+        codec = check_compression_codec(_header(CODEC_HEADER))
     else:
         raise UnsupportedMediaTypeError(
             "an update body must be Content-Type application/octet-stream (safetensors) or "
