@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -55,8 +56,9 @@ _SECAGG_MESSAGES = {"advertise": "advertise", "share": "share", "unmask": "unmas
 
 def peer_address(peer: str) -> str:
     """The caller's address in gRPC's ``context.peer()`` form (``ipv4:1.2.3.4:5``,
-    ``ipv6:[::1]:5``), as REST's ``remote_addr`` reads (``1.2.3.4``, ``::1``)."""
-    kind, _, rest = peer.partition(":")
+    ``ipv6:[::1]:5``, percent-encoded or not), as REST's ``remote_addr`` reads
+    (``1.2.3.4``, ``::1``)."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         return rest.rpartition(":")[0] or rest
     if kind == "ipv6":

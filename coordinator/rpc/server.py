@@ -110,6 +110,7 @@ class GrpcServer:
         while not stopped.wait(0.05):
             if self._pool.idle():
                 self._server.stop(None)
+                break
         stopped.wait()
         self._pool.shutdown(wait=False)
 

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from coordinator.cli import main as coordinator_main
+from coordinator.rpc.fleet import peer_address
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, encode_message
 from fedge.protocol import fleet_pb2 as pb
 from fedge.protocol.codec import to_document, to_proto
@@ -666,6 +667,19 @@ def test_a_secure_round_runs_its_stages_over_grpc(tmp_path: Path) -> None:
     finally:
         fleet.close()
         stop_server(server)
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.1:50123", "127.0.0.1"),
+        ("ipv6:[::1]:50123", "::1"),
+        ("ipv6:%5B::1%5D:50123", "::1"),
+        ("unix:/tmp/socket", "unix:/tmp/socket"),
+    ],
+)
+def test_the_registration_limit_keys_a_grpc_caller_by_its_address(peer: str, address: str) -> None:
+    assert peer_address(peer) == address
 
 
 # The serve flags -------------------------------------------------------------------------
