@@ -20,7 +20,9 @@ anything else           INTERNAL
 The status details are the REST ``detail``; the trailing metadata carries
 ``fedge-error`` (the REST code), ``fedge-status`` (the REST status) and, when the caller
 should wait (rate limits, a secure-aggregation stage not reached yet), ``retry-after`` in
-seconds. Any other exception is logged with its traceback and answered INTERNAL
+seconds. A refusal is logged (INFO: the handler, the gRPC code and the REST code, as the
+REST access log shows a refused request). Any other exception is logged with its traceback
+and answered INTERNAL
 ``internal_error`` without details. Every handler of both services is wrapped by
 :func:`unary_errors` or :func:`stream_errors`.
 """
@@ -128,7 +130,9 @@ def abort(context: grpc.ServicerContext, failure: RpcFailure) -> NoReturn:
 
 def _failure(exc: Exception, name: str) -> RpcFailure:
     if isinstance(exc, FedgeError):
-        return rpc_failure(exc)
+        failure = rpc_failure(exc)
+        logger.info("gRPC %s -> %s %s", name, failure.code.name, failure.error)
+        return failure
     logger.exception("unhandled error in %s", name)
     return _INTERNAL
 

@@ -536,6 +536,10 @@ def test_refusals_carry_the_rest_error_code_status_and_detail(
         garbage(b"\xff\xff\xff", metadata=[("authorization", f"Bearer {device}")], timeout=5)
     assert undecodable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not fleet.next_task(device).HasField("task")  # the server still answers
+    log = server.log()
+    assert "gRPC next_task -> PERMISSION_DENIED client_token_required" in log
+    assert "gRPC download_file -> INVALID_ARGUMENT invalid_file_name" in log
+    assert device not in log
 
 
 def test_the_registration_rate_limit_is_shared_with_rest(tmp_path: Path) -> None:
