@@ -22,7 +22,10 @@ import pytest
 import requests
 
 from coordinator.cli import main as coordinator_main
+from coordinator.limits import GrpcLimits
+from coordinator.rest import ApiConfig, create_app
 from coordinator.rpc.fleet import peer_address
+from coordinator.rpc.server import start_grpc_server
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, encode_message
 from fedge.protocol import fleet_pb2 as pb
 from fedge.protocol.codec import to_document, to_proto
@@ -33,6 +36,7 @@ from tests.support.coordinator import (
     ServerProcess,
     admin_call,
     bearer,
+    build_service,
     local_training,
     make_bundle,
     serve_command,
@@ -564,6 +568,49 @@ def test_the_registration_rate_limit_is_shared_with_rest(tmp_path: Path) -> None
     finally:
         fleet.close()
         stop_server(server)
+
+
+def test_stalled_upload_streams_free_their_workers(tmp_path: Path) -> None:
+    """Two workers, four uploads that stall after their header: each ends at the stream
+    limit (the last two once the first two freed the workers), and then the server answers
+    and holds no thread for them."""
+    service = build_service(tmp_path)
+    app = create_app(service, ApiConfig())
+    limits = GrpcLimits(workers=2, stream_seconds=1)
+    server = start_grpc_server(app.extensions["fedge"], host="127.0.0.1", port=0, limits=limits)
+    fleet = Fleet(f"grpc://127.0.0.1:{server.port}")
+    release = threading.Event()
+    try:
+        token = fleet.register()["token"]
+
+        def stalled() -> Iterator[pb.UpdateChunk]:
+            yield pb.UpdateChunk(header=pb.UpdateHeader(round_id=1, task_id="t", size=10))
+            release.wait(30)
+
+        stub = fleet.channel.stream_unary(
+            "/fedge.v1.Fleet/UploadUpdate",
+            request_serializer=pb.UpdateChunk.SerializeToString,
+            response_deserializer=pb.UpdateReceipt.FromString,
+        )
+        began = time.monotonic()
+        calls = [
+            stub.future(stalled(), metadata=[("authorization", f"Bearer {token}")])
+            for _ in range(4)
+        ]
+        for call in calls:
+            error = call.exception(timeout=15)
+            assert isinstance(error, grpc.RpcError)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert dict(error.trailing_metadata())["fedge-error"] == "stream_timeout"
+        assert time.monotonic() - began < 10
+        assert not fleet.next_task(token).HasField("task")
+        assert wait_for(
+            lambda: not any(t.name == "fedge-grpc-stream" for t in threading.enumerate())
+        )
+    finally:
+        release.set()
+        fleet.close()
+        server.stop(None)
 
 
 # Secure aggregation ----------------------------------------------------------------------
