@@ -12,6 +12,9 @@ client that does not speak TLS (plain HTTP), or that has no certificate of the c
 when one is required, is dropped at the handshake, before any request is read. Without
 ``tls`` it speaks plain HTTP (TLS may then be terminated in front of it by a reverse proxy
 or load balancer). gunicorn works too: ``create_app`` is a plain WSGI app factory.
+With ``grpc_port`` it also serves gRPC (:func:`coordinator.rpc.server.start_grpc_server`,
+the same TLS) over the app's state, and stops it with the REST server: calls in flight get
+a few seconds to finish.
 
 Connections (:class:`ConnectionLimits`): waitress runs one I/O loop (``poll()``, so more
 than 1024 sockets) over up to ``connection_limit`` sockets; only complete requests take a
