@@ -26,7 +26,15 @@ from edge_client.model import EdgeModel
 from fedge.bundle import read_manifest
 from fedge.data import read_csv_columns
 from fedge.features import FeatureSpec
-from fedge.messages import FeatureBatch, StatsReport, decode_message
+from fedge.messages import FeatureBatch, StatsReport
+from tests.support.canary import (
+    NUMBER_MARKERS,
+    TEXT_MARKERS,
+    plant_markers,
+    read_capture,
+    sent_bytes,
+    sent_reports,
+)
 from tests.support.edge import (
     DaemonProcess,
     admin,
@@ -47,12 +55,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"  # inside Keras' fit
 )
 
-TEXT_MARKERS = {
-    "company": "CANARY-CO-5f1e9b2d",
-    "payment_type": "CANARY-PAY-a8c3e1",
-    "pickup_community_area": "CANARY-AREA-77b1",
-}
-NUMBER_MARKERS = {"fare": 98765.4321, "trip_miles": 4321.98765, "trip_seconds": 7654321.0}
 BLOCKED = {"tensorflow", "keras", "tf_keras", "tensorflow_federated", "flask", "coordinator",
            "cloud_trainer", "quantize", "simulations"}  # fmt: skip
 
@@ -74,12 +76,6 @@ class Cycle:
     status: dict[str, Any]
 
 
-def _plant_markers(rows: list[dict[str, str]]) -> None:
-    marked = rows[3]
-    marked.update(TEXT_MARKERS)
-    marked.update({name: repr(value) for name, value in NUMBER_MARKERS.items()})
-
-
 def _local_data(data: Path, bundle: Path) -> DirectoryData:
     """The daemon's view of ``data``: the same files, split into train and holdout alike."""
     local = DirectoryData(data, read_manifest(bundle).schema, settle_seconds=0)
@@ -97,7 +93,7 @@ def cycle(edge_taxi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> C
     data, state = workdir / "data", workdir / "state"
     data.mkdir()
     first = taxi_rows(0, 150)
-    _plant_markers(first)
+    plant_markers(first)
     write_csv(data / "a.csv", first)
     write_csv(data / "b.csv", taxi_rows(150, 150))
     token_file, capture, report = workdir / "token", workdir / "capture.jsonl", workdir / "report"
@@ -140,7 +136,7 @@ def cycle(edge_taxi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> C
         exit_code=exit_code,
         daemon_log=daemon.log(),
         report=json.loads(report.read_text()),
-        capture=[json.loads(line) for line in capture.read_text().splitlines()],
+        capture=read_capture(capture),
         status=json.loads((state / "status.json").read_text()),
     )
 
@@ -203,32 +199,6 @@ def test_sigterm_stops_the_daemon_cleanly_with_state_flushed(cycle: Cycle) -> No
 # Acceptance 2: the canary --------------------------------------------------------------------
 
 
-def _sent_bytes(capture: list[dict[str, Any]]) -> bytes:
-    """Everything sent (URLs, headers, bodies), plus the decoded base64 strings inside JSON
-    bodies (FeatureBatch embeddings travel as base64)."""
-    parts: list[bytes] = []
-    for record in capture:
-        body = base64.b64decode(record["body"])
-        parts += [record["method"].encode(), record["url"].encode(), body]
-        parts += [f"{k}: {v}".encode() for k, v in record["headers"].items()]
-        if record["headers"].get("Content-Type") == "application/json" and body:
-            parts += _decoded_strings(json.loads(body))
-    return b"\n".join(parts)
-
-
-def _decoded_strings(document: Any) -> list[bytes]:
-    if isinstance(document, dict):
-        return [b for value in document.values() for b in _decoded_strings(value)]
-    if isinstance(document, list):
-        return [b for value in document for b in _decoded_strings(value)]
-    if isinstance(document, str) and len(document) >= 8:
-        try:
-            return [base64.b64decode(document, validate=True)]
-        except ValueError:
-            return []
-    return []
-
-
 def test_capture_saw_every_kind_of_request(cycle: Cycle) -> None:
     paths = {r["url"].split("/v1/", 1)[1].split("/")[0] for r in cycle.capture}
     assert {"clients", "tasks", "models", "rounds", "stats", "evaluations", "features"} <= paths
@@ -236,7 +206,7 @@ def test_capture_saw_every_kind_of_request(cycle: Cycle) -> None:
 
 
 def test_no_marker_raw_row_or_feature_vector_leaves_the_device(cycle: Cycle) -> None:
-    sent = _sent_bytes(cycle.capture)
+    sent = sent_bytes(cycle.capture)
     assert len(sent) > 10_000
     for marker in TEXT_MARKERS.values():
         assert marker.encode() not in sent, marker
@@ -267,7 +237,7 @@ def test_the_leak_search_finds_what_it_looks_for(cycle: Cycle) -> None:
     body = base64.b64encode(json.dumps(leak).encode()).decode()
     fake = [{"method": "POST", "url": "http://h/v1/x", "body": body,
              "headers": {"Content-Type": "application/json"}}]  # fmt: skip
-    sent = _sent_bytes(fake)
+    sent = sent_bytes(fake)
     assert vector.astype("<f4").tobytes() in sent
     assert TEXT_MARKERS["company"].encode() in sent
     assert float_encodings(NUMBER_MARKERS["fare"])[0] not in sent  # floats travel as text here
@@ -283,25 +253,16 @@ def _row_embeddings(cycle: Cycle) -> list[np.ndarray[Any, np.dtype[np.float32]]]
     return out
 
 
-def _sent_messages(cycle: Cycle, route: str) -> list[Any]:
-    """The JSON messages the daemon posted to ``route`` (e.g. ``/v1/features``)."""
-    return [
-        decode_message(json.loads(base64.b64decode(r["body"])))
-        for r in cycle.capture
-        if r["method"] == "POST" and r["url"].endswith(route)
-    ]
-
-
 def test_no_row_embedding_leaves_the_device(cycle: Cycle) -> None:
     """Under the default policy a features task sends noised per-class prototypes: no
     row's embedding travels, as bytes or as a vector within 1e-4 of it."""
-    sent = _sent_bytes(cycle.capture)
+    sent = sent_bytes(cycle.capture)
     embeddings = _row_embeddings(cycle)
     for rows in embeddings:
         for row in rows:
             assert row.astype("<f4").tobytes() not in sent
             assert row.astype("<f8").tobytes() not in sent
-    batches = _sent_messages(cycle, "/v1/features")  # a retry sends the same reply again
+    batches = sent_reports(cycle.capture, "features")  # a retry sends the same reply again
     assert batches
     every_row = np.concatenate(embeddings)
     for batch in batches:
@@ -315,7 +276,7 @@ def test_no_row_embedding_leaves_the_device(cycle: Cycle) -> None:
 
 
 def test_statistics_sent_are_noised_with_the_default_epsilon(cycle: Cycle) -> None:
-    reports = _sent_messages(cycle, "/v1/stats")
+    reports = sent_reports(cycle.capture, "stats")
     assert reports
     for report in reports:
         assert isinstance(report, StatsReport)
@@ -333,4 +294,4 @@ def test_the_embedding_search_finds_a_row_embedding(cycle: Cycle) -> None:
     body = base64.b64encode(json.dumps({"embeddings": {"data": data}}).encode()).decode()
     fake = [{"method": "POST", "url": "http://h/v1/features", "body": body,
              "headers": {"Content-Type": "application/json"}}]  # fmt: skip
-    assert row.astype("<f4").tobytes() in _sent_bytes(fake)
+    assert row.astype("<f4").tobytes() in sent_bytes(fake)
