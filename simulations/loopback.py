@@ -24,10 +24,7 @@ from coordinator.rpc.server import GrpcServer, start_grpc_server
 from coordinator.service import CoordinatorService
 from simulations.errors import SimulationError
 
-__all__ = ["TRANSPORTS", "LoopbackUrls", "serve_loopback"]
-
-TRANSPORTS = ("memory", "rest", "grpc")
-"""How the simulated devices reach the service: in memory (direct calls), REST or gRPC."""
+__all__ = ["LoopbackUrls", "serve_loopback"]
 
 _HOST = "127.0.0.1"
 _JOIN_SECONDS = 10.0

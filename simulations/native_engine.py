@@ -101,7 +101,6 @@ from fedge.weights import Weights
 from simulations.baseline import evaluate_head
 from simulations.errors import SimulationError
 from simulations.fleet import FleetData, Job, Outcome, open_fleet
-from simulations.loopback import TRANSPORTS, serve_loopback
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
 from simulations.secure_stages import Dropout, run_secure_round
@@ -118,6 +117,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STORES = ("memory", "sqlite")
+TRANSPORTS = ("memory", "rest", "grpc")
+"""How the simulated devices reach the service: in memory (direct calls), REST or gRPC."""
 _START_TIME = 1_700_000_000.0
 _ROUND_DEADLINE = 3600.0
 
@@ -428,6 +429,9 @@ class _NativeRun:
         self._apis: dict[str, CoordinatorApi] = {}
         self.url: str | None = None
         if options.transport != "memory":
+            # Flask, waitress and the gRPC server load only for a run that serves.
+            from simulations.loopback import serve_loopback
+
             try:
                 urls = self._serving.enter_context(
                     serve_loopback(self.service, grpc=options.transport == "grpc")
