@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from fedge.weights import Weights
 from simulations.errors import SettingsError
 from simulations.native_engine import NativeOptions, run_native
 from simulations.preparation import prepare_scenario
@@ -83,6 +84,18 @@ def test_a_compressed_round_over_rest_matches_memory(
     assert rest.details["rejected_updates"] == 0
     assert rest.final_head.allclose(memory.final_head, rtol=0, atol=1e-6)
     assert [r.bytes_up for r in rest.rounds] == [r.bytes_up for r in memory.rounds]
+
+
+def test_updates_the_service_refuses_over_grpc_are_counted_and_keep_the_model(
+    two_rounds: Scenario, digits_pretrained: Pretrained
+) -> None:
+    options = NativeOptions(workers=1, norm_bound=1e-9, personalization=False, transport="grpc")
+    result = run_native(two_rounds, options)
+    assert [r.committed for r in result.rounds] == [False, False]
+    assert [r.version for r in result.rounds] == ["v1", "v1"]
+    assert result.details["rejected_updates"] == 6
+    start = Weights.from_bytes((digits_pretrained.bundle_dir / "weights.safetensors").read_bytes())
+    assert result.final_head.equal(start)
 
 
 @pytest.mark.parametrize(
