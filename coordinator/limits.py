@@ -74,8 +74,12 @@ class GrpcLimits:
 
     Messages: at most ``max_receive_message_bytes`` in and ``max_send_message_bytes`` out
     (model files and updates stream in ``chunk_bytes`` chunks, so neither bounds a file).
-    An upload stream must end within ``stream_seconds`` (REST's body timeout), or it is
-    refused DEADLINE_EXCEEDED and its handler freed. ``workers`` threads run the calls,
+    An upload stream must end within ``stream_seconds`` (REST's body timeout) and send each
+    message within ``chunk_seconds`` of the one before, or it is refused DEADLINE_EXCEEDED
+    and its handler freed. An upload holds a worker while it streams, so at most
+    ``max_uploads`` run at once (fewer than ``workers``: the rest stay free for polls and
+    downloads) and at most ``max_uploads_per_client`` for one client; one more is refused
+    RESOURCE_EXHAUSTED with a retry-after. ``workers`` threads run the calls,
     each connection holds at most ``max_concurrent_streams`` calls at once. Keepalive: the
     server pings an idle connection every ``keepalive_seconds`` and drops it when no answer
     comes within ``keepalive_timeout_seconds``; clients may ping every
@@ -88,6 +92,9 @@ class GrpcLimits:
     max_send_message_bytes: int = 8 << 20
     chunk_bytes: int = 1 << 20
     stream_seconds: float = 300.0
+    chunk_seconds: float = 30.0
+    max_uploads: int = 16
+    max_uploads_per_client: int = 2
     max_concurrent_streams: int = 256
     keepalive_seconds: float = 30.0
     keepalive_timeout_seconds: float = 10.0
@@ -101,17 +108,25 @@ class GrpcLimits:
             "max_send_message_bytes",
             "max_concurrent_streams",
             "workers",
+            "max_uploads",
+            "max_uploads_per_client",
         ):
             check_int(getattr(self, name), name, low=1)
         check_int(self.chunk_bytes, "chunk_bytes", low=1)
         for name in (
             "stream_seconds",
+            "chunk_seconds",
             "keepalive_seconds",
             "keepalive_timeout_seconds",
             "min_ping_interval_seconds",
             "max_connection_idle_seconds",
         ):
             check_positive(getattr(self, name), name)
+        if self.max_uploads >= self.workers:
+            raise ConfigError(
+                f"max_uploads ({self.max_uploads}) must be below workers ({self.workers}): "
+                "uploads hold a worker while they stream, and other calls need one too"
+            )
         if self.chunk_bytes + 1024 > self.max_send_message_bytes:
             raise ConfigError(
                 f"chunk_bytes ({self.chunk_bytes}) must leave 1 KiB under "

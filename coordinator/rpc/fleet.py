@@ -10,8 +10,12 @@ Streams: ``DownloadFile`` sends a :class:`FileHeader` (with the manifest's signa
 the file in chunks of :attr:`GrpcLimits.chunk_bytes` (none when ``if_none_match`` is the
 file's sha256). ``UploadUpdate`` takes an :class:`UpdateHeader`, then chunks at exactly the
 offsets received so far adding up to the header's size; the stream must end within
-:attr:`GrpcLimits.stream_seconds`, and a size over the service's ``max_update_bytes`` is
-refused as soon as it is announced or reached. Any refusal of an upload is recorded as a
+:attr:`GrpcLimits.stream_seconds` with at most :attr:`GrpcLimits.chunk_seconds` between two
+messages, and a size over the service's ``max_update_bytes`` is refused as soon as it is
+announced or reached. An upload holds a worker while it streams, so at most
+:attr:`GrpcLimits.max_uploads` stream at once (``max_uploads_per_client`` per client):
+one more is refused RESOURCE_EXHAUSTED ``too_many_uploads`` with a retry-after, and the
+other workers stay free for polls and downloads. Any refusal of an upload is recorded as a
 rejected update, as REST records it.
 """
 
@@ -29,7 +33,12 @@ from google.protobuf.message import DecodeError, Message
 
 from coordinator import device_api
 from coordinator.access import require_client, require_enrollment, require_reader
-from coordinator.errors import CoordinatorError, PayloadTooLargeError, UnsupportedMediaTypeError
+from coordinator.errors import (
+    CoordinatorError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnsupportedMediaTypeError,
+)
 from coordinator.limits import GrpcLimits
 from coordinator.records import ClientRecord
 from coordinator.rpc.errors import StreamTimeoutError, metadata_value, stream_errors, unary_errors
@@ -94,9 +103,12 @@ class _StreamReader:
 
     _END = object()
 
-    def __init__(self, messages: Iterator[bytes], message_type: type[Message]) -> None:
+    def __init__(
+        self, messages: Iterator[bytes], message_type: type[Message], gap_seconds: float
+    ) -> None:
         self._messages = messages
         self._type = message_type
+        self._gap = gap_seconds
         self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=2)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fedge-grpc-stream", daemon=True)
@@ -123,14 +135,18 @@ class _StreamReader:
 
     def next(self, deadline: float) -> Any | None:
         """The next message, None at the stream's end; StreamTimeoutError at ``deadline``
-        (a ``time.monotonic()`` value)."""
-        wait = deadline - time.monotonic()
+        (a ``time.monotonic()`` value) or when no message comes within the gap."""
+        left = deadline - time.monotonic()
         try:
-            if wait <= 0:
+            if left <= 0:
                 raise queue.Empty
-            message, error = self._queue.get(timeout=wait)
+            message, error = self._queue.get(timeout=min(left, self._gap))
         except queue.Empty:
-            raise StreamTimeoutError("the upload stream did not end in time") from None
+            if left <= self._gap:
+                raise StreamTimeoutError("the upload stream did not end in time") from None
+            raise StreamTimeoutError(
+                f"the upload stream sent nothing for {self._gap:g} s"
+            ) from None
         if isinstance(error, FedgeError):
             raise error
         if error is not None:
@@ -141,6 +157,45 @@ class _StreamReader:
         self._closed.set()
 
 
+_UPLOAD_RETRY_SECONDS = 5
+
+
+class _UploadSlots:
+    """Counts the upload streams running, overall and per client (see the module
+    docstring)."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self._total = total
+        self._per_client = per_client
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}
+
+    def acquire(self, client_id: str) -> None:
+        """Take a slot for ``client_id``, or RateLimitedError when none is free."""
+        with self._lock:
+            mine = self._running.get(client_id, 0)
+            if mine >= self._per_client:
+                detail = f"this client already has {mine} upload streams running"
+            elif sum(self._running.values()) >= self._total:
+                detail = f"{self._total} upload streams are running"
+            else:
+                self._running[client_id] = mine + 1
+                return
+        raise RateLimitedError(
+            f"{detail}; retry in {_UPLOAD_RETRY_SECONDS} s",
+            retry_after=_UPLOAD_RETRY_SECONDS,
+            code="too_many_uploads",
+        )
+
+    def release(self, client_id: str) -> None:
+        with self._lock:
+            left = self._running.get(client_id, 0) - 1
+            if left > 0:
+                self._running[client_id] = left
+            else:
+                self._running.pop(client_id, None)
+
+
 class FleetServicer:
     """The Fleet handlers over ``state`` (the REST app's
     :class:`~coordinator.rest.state.RestState`) with ``limits``."""
@@ -148,6 +203,7 @@ class FleetServicer:
     def __init__(self, state: RestState, limits: GrpcLimits) -> None:
         self._state = state
         self._limits = limits
+        self._uploads = _UploadSlots(limits.max_uploads, limits.max_uploads_per_client)
 
     @property
     def _service(self) -> CoordinatorService:
@@ -235,9 +291,18 @@ class FleetServicer:
 
     def upload_update(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         client = self._client(context)
+        self._uploads.acquire(client.client_id)
+        try:
+            return self._upload(client, requests, context)
+        finally:
+            self._uploads.release(client.client_id)
+
+    def _upload(
+        self, client: ClientRecord, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Any:
         service = self._service
         deadline = time.monotonic() + self._limits.stream_seconds
-        reader = _StreamReader(requests, pb.UpdateChunk)
+        reader = _StreamReader(requests, pb.UpdateChunk, self._limits.chunk_seconds)
         round_id: int | None = None
         try:
             first = reader.next(deadline)

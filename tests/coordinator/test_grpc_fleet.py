@@ -571,12 +571,12 @@ def test_the_registration_rate_limit_is_shared_with_rest(tmp_path: Path) -> None
 
 
 def test_stalled_upload_streams_free_their_workers(tmp_path: Path) -> None:
-    """Two workers, four uploads that stall after their header: each ends at the stream
-    limit (the last two once the first two freed the workers), and then the server answers
-    and holds no thread for them."""
+    """Two workers, one upload slot, four uploads that stall after their header: one
+    holds the slot until the stream limit, the other three are refused at once (the second
+    worker stays free), and then the server answers and holds no thread for them."""
     service = build_service(tmp_path)
     app = create_app(service, ApiConfig())
-    limits = GrpcLimits(workers=2, stream_seconds=1)
+    limits = GrpcLimits(workers=2, max_uploads=1, stream_seconds=1)
     server = start_grpc_server(app.extensions["fedge"], host="127.0.0.1", port=0, limits=limits)
     fleet = Fleet(f"grpc://127.0.0.1:{server.port}")
     release = threading.Event()
@@ -597,11 +597,15 @@ def test_stalled_upload_streams_free_their_workers(tmp_path: Path) -> None:
             stub.future(stalled(), metadata=[("authorization", f"Bearer {token}")])
             for _ in range(4)
         ]
-        for call in calls:
-            error = call.exception(timeout=15)
-            assert isinstance(error, grpc.RpcError)
-            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert dict(error.trailing_metadata())["fedge-error"] == "stream_timeout"
+        errors = [call.exception(timeout=15) for call in calls]
+        assert all(isinstance(error, grpc.RpcError) for error in errors)
+        outcomes = sorted(
+            (error.code().name, dict(error.trailing_metadata())["fedge-error"]) for error in errors
+        )
+        assert outcomes == [
+            ("DEADLINE_EXCEEDED", "stream_timeout"),
+            *[("RESOURCE_EXHAUSTED", "too_many_uploads")] * 3,
+        ]
         assert time.monotonic() - began < 10
         assert not fleet.next_task(token).HasField("task")
         assert wait_for(

@@ -54,7 +54,9 @@ pytestmark = pytest.mark.timeout(120)
 StartServer = Callable[..., ServerProcess]
 ENROLLMENT_TOKEN = "enroll-" + "fedcba9876543210" * 2
 STREAM_SECONDS = 2.0
+CHUNK_SECONDS = 1.0
 GRPC_WORKERS = 4
+MAX_UPLOADS = 3  # below the workers: one stays free for other calls
 MAX_UPLOAD_BYTES = 4096
 CHUNK = 32
 CALL_TIMEOUT = 10.0
@@ -253,6 +255,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "--max-upload-bytes", str(MAX_UPLOAD_BYTES),
         "--grpc-stream-seconds", str(STREAM_SECONDS),
         "--grpc-workers", str(GRPC_WORKERS),
+        "--grpc-max-uploads", str(MAX_UPLOADS),
+        "--grpc-chunk-seconds", str(CHUNK_SECONDS),
         *grpc_flags(port_file),
     )  # fmt: skip
     server = start_server(command, workdir)
@@ -440,25 +444,77 @@ def test_a_chunk_over_the_message_size_limit_is_refused_by_the_runtime(world: Wo
 def test_upload_streams_that_never_end_are_cut_at_the_deadline_and_free_their_workers(
     world: World,
 ) -> None:
-    """As many stalled streams as the server has workers: each ends DEADLINE_EXCEEDED
-    ``stream_timeout`` after the stream limit, and then a new call answers at once."""
+    """Stalled streams from every device at once: at most ``--grpc-max-uploads`` hold a
+    worker (two per device), each cut DEADLINE_EXCEEDED ``stream_timeout`` when it has sent
+    nothing for ``--grpc-chunk-seconds``; the others are refused at once
+    RESOURCE_EXHAUSTED ``too_many_uploads`` with a retry-after; a poll answers meanwhile."""
     body = _body()
     release = threading.Event()
+    devices = [*world.selected, world.outsider]
+    tokens = [device.token for device in devices for _ in range(2)]
 
-    def stall(_: int) -> tuple[grpc.RpcError, float]:
+    def stall(token: str) -> tuple[grpc.RpcError, float]:
         messages = _stalled([_header(world.task, body), *_chunks(body)[:1]], release)
         started = time.monotonic()
-        error = refused(lambda: upload(world.channel, world.attacker.token, messages, timeout=60))
+        error = refused(lambda: upload(world.channel, token, messages, timeout=60))
         return error, time.monotonic() - started
 
     try:
-        with ThreadPoolExecutor(max_workers=GRPC_WORKERS) as pool:
-            outcomes = list(pool.map(stall, range(GRPC_WORKERS)))
+        with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
+            running = [pool.submit(stall, token) for token in tokens]
+            time.sleep(CHUNK_SECONDS / 2)
+            started = time.monotonic()
+            unary(
+                world.channel,
+                "NextTask",
+                pb.NextTaskRequest(),
+                pb.NextTaskResponse,
+                token=world.outsider.token,
+            )
+            poll_seconds = time.monotonic() - started
+            outcomes = [future.result() for future in running]
     finally:
         release.set()
-    for error, seconds in outcomes:
-        assert_refused(error, grpc.StatusCode.DEADLINE_EXCEEDED, "stream_timeout")
-        assert STREAM_SECONDS * 0.9 <= seconds < STREAM_SECONDS + 5.0, seconds
+    assert poll_seconds < CHUNK_SECONDS, poll_seconds
+    cut = [(e, s) for e, s in outcomes if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED]
+    turned_away = [e for e, _ in outcomes if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert 1 <= len(cut) <= MAX_UPLOADS, [e.code() for e, _ in outcomes]
+    for error, seconds in cut:
+        assert_refused(error, grpc.StatusCode.DEADLINE_EXCEEDED, "stream_timeout", "nothing")
+        assert CHUNK_SECONDS * 0.9 <= seconds < STREAM_SECONDS + 5.0, seconds
+    assert len(turned_away) == len(tokens) - len(cut)
+    for error in turned_away:
+        metadata = assert_refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_uploads")
+        assert float(metadata["retry-after"]) > 0
+    assert_unharmed(world)
+
+
+def test_one_device_holds_at_most_two_upload_streams(world: World) -> None:
+    """A third stream from a device with two streaming is refused at once."""
+    body = _body()
+    release = threading.Event()
+    messages = [_header(world.task, body), *_chunks(body)[:1]]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            holding = [
+                pool.submit(
+                    refused,
+                    lambda: upload(
+                        world.channel, world.attacker.token, _stalled(messages, release)
+                    ),
+                )
+                for _ in range(2)
+            ]
+            time.sleep(CHUNK_SECONDS / 2)
+            third = refused(
+                lambda: upload(world.channel, world.attacker.token, _stalled(messages, release))
+            )
+            release.set()
+            for future in holding:
+                future.result()
+    finally:
+        release.set()
+    assert_refused(third, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_uploads", "2 upload")
     assert_unharmed(world)
 
 
