@@ -31,8 +31,19 @@ VALIDATORS = frozenset({"check_int", "check_number", "check_positive", "check_fr
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 ALLOWED = {
-    # About the argv list the caller passes (serve_args), not a flag of the caller's CLI.
-    ("coordinator/launch.py", "serve_args must not hold --port-file: the launcher sets it"),
+    # About the argv list the caller passes (serve_args), not a flag of the caller's CLI:
+    # the launcher refuses serve_args holding a flag it sets itself.
+    *(
+        ("coordinator/launch.py", flag)
+        for flag in (
+            "--port-file",
+            "--grpc-port",
+            "--grpc-port-file",
+            "--tls-cert",
+            "--tls-key",
+            "--client-ca",
+        )
+    ),
 }
 
 
