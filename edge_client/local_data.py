@@ -1,15 +1,16 @@
 """The device's own labelled data: a directory of files, read with the bundle's schema.
 
 Every file is a *span*. CSV files (``.csv`` or ``.csv.gz``, a header row, the schema's raw
-columns including the label, e.g. taxi-style columns with ``big_tipper``) are read with
-:func:`fedge.data.read_csv_columns`; ``.npz`` files hold one array per column (numeric
-columns as numbers, shaped ``(n, *shape)`` or flat; categorical ones as strings, ``""`` for
-missing) plus the label. Files that appear later are picked up by :meth:`DirectoryData.
-refresh` as new spans (the daemon refreshes before every task); a file whose size or mtime
-changes is read again; a removed file's span is dropped. Hidden files (``.name``) and names
-ending in ``.tmp``/``.part`` are ignored, so writing ``.name.tmp`` and renaming it is the
-safe way to drop a file in; a file modified less than ``settle_seconds`` ago waits for a
-later refresh in case it is still being written.
+columns including the label, e.g. taxi-style columns with ``big_tipper``, or the task's own
+format whose label is derived from other columns, e.g. ``tips`` and ``fare`` for taxi: see
+:mod:`fedge.data.derived`) are read with :func:`fedge.data.read_csv_columns`; ``.npz`` files
+hold one array per column (numeric columns as numbers, shaped ``(n, *shape)`` or flat;
+categorical ones as strings, ``""`` for missing) plus the label. Files that appear later are
+picked up by :meth:`DirectoryData.refresh` as new spans (the daemon refreshes before every
+task); a file whose size or mtime changes is read again; a removed file's span is dropped.
+Hidden files (``.name``) and names ending in ``.tmp``/``.part`` are ignored, so writing
+``.name.tmp`` and renaming it is the safe way to drop a file in; a file modified less than
+``settle_seconds`` ago waits for a later refresh in case it is still being written.
 
 Each span is split into train and holdout rows on its own, with a generator seeded from
 ``(seed, span name)``, so the split is deterministic and a new span never reshuffles the
@@ -20,6 +21,8 @@ in-memory simulation). Raw rows stay in this module's objects: replies only carr
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import logging
 import time
@@ -31,7 +34,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from fedge.data import Dataset, LabelPolicy, canonical_category, read_csv_columns
+from fedge.data import ColumnKind, Dataset, LabelPolicy, canonical_category, read_csv_columns
+from fedge.data.derived import derive_label, derived_label_sources
 from fedge.errors import ConfigError, DataError, FedgeError
 from fedge.schema import Schema
 
@@ -114,7 +118,36 @@ def read_columns(
         return _read_npz(path, schema, label=label)
     if not path.name.endswith((".csv", ".csv.gz")):
         raise DataError(f"{path.name}: expected a .csv, .csv.gz or .npz file")
+    if label == "required":
+        sources = derived_label_sources(schema.label, frozenset(_csv_header(path)))
+        if sources:  # a file in the task's own format (taxi: tips and fare, no big_tipper)
+            kept = frozenset(schema.numeric) | {schema.timestamp or ""}
+            extra: dict[str, ColumnKind] = {s: "numeric" for s in sources if s not in kept}
+            columns = read_csv_columns(path, schema=schema, extra=extra, label="ignore")
+            labelled, dropped = derive_label(schema.label, columns, keep_sources=kept)
+            if dropped:
+                logger.info(
+                    "%s: %d rows without %s cannot be labelled; skipped",
+                    path.name,
+                    dropped,
+                    " or ".join(sources),
+                )
+            return labelled
     return read_csv_columns(path, schema=schema, label=label)
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header row of a CSV file (``.gz`` decompressed)."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8", newline="") as stream:
+                row = next(csv.reader(stream), [])
+        else:
+            with open(path, encoding="utf-8", newline="") as stream:
+                row = next(csv.reader(stream), [])
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return [name.strip() for name in row]
 
 
 def _read_npz(path: Path, schema: Schema, *, label: LabelPolicy) -> dict[str, NDArray[Any]]:

@@ -148,3 +148,45 @@ def test_memory_data_serves_fixed_tables() -> None:
     data = MemoryData(DIGITS.take(np.arange(10)), DIGITS.take(np.arange(10, 14)))
     assert data.refresh() == []
     assert (len(data.train()), len(data.holdout()), len(data.everything())) == (10, 4, 14)
+
+
+def test_taxi_csv_in_the_projects_own_format_is_labelled_like_the_cloud_loader(
+    tmp_path: Path,
+) -> None:
+    """The bundled taxi CSV has ``tips`` and ``fare`` but no ``big_tipper``: the daemon's
+    reader labels it as ``load_taxi`` does (and predict, which needs no label, reads it too)."""
+    import gzip
+    from importlib import resources
+
+    from edge_client.local_data import read_columns
+    from fedge.data import load_taxi
+
+    bundled = resources.files("fedge").joinpath("datasets", "taxi.csv").read_text()
+    head = "\n".join(bundled.splitlines()[:301]) + "\n"
+    (tmp_path / "trips.csv").write_text(head)
+    with gzip.open(tmp_path / "more.csv.gz", "wt") as stream:
+        stream.write(head)
+    data = DirectoryData(tmp_path, TAXI_SCHEMA, holdout_fraction=0.2, settle_seconds=0)
+    assert data.refresh() == ["more.csv.gz", "trips.csv"]
+    table = read_table(tmp_path / "trips.csv", TAXI_SCHEMA)
+    reference = load_taxi(tmp_path / "trips.csv")
+    assert len(table) == len(reference) == 300
+    np.testing.assert_array_equal(table.labels, reference.labels)
+    assert set(table.columns) == set(reference.columns)
+    assert len(data.train()) + len(data.holdout()) == 600
+    unlabelled = read_columns(tmp_path / "trips.csv", TAXI_SCHEMA, label="optional")
+    assert TAXI_SCHEMA.label not in unlabelled
+    assert len(unlabelled["fare"]) == 300
+
+
+def test_taxi_rows_missing_tips_are_skipped_not_the_file(tmp_path: Path) -> None:
+    bundled = (Path(__file__).parents[2] / "fedge" / "datasets" / "taxi.csv").read_text()
+    lines = bundled.splitlines()[:51]
+    header = lines[0].split(",")
+    tips = header.index("tips")
+    broken = lines[1].split(",")
+    broken[tips] = ""
+    (tmp_path / "trips.csv").write_text("\n".join([lines[0], ",".join(broken), *lines[2:]]) + "\n")
+    table = read_table(tmp_path / "trips.csv", TAXI_SCHEMA)
+    assert len(table) == 49
+    assert set(np.unique(table.labels)) <= {0, 1}
