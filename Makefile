@@ -23,10 +23,11 @@ $(STAMP): $(LOCKS) pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m simulations.demo --out demo-output
 
-# The gRPC messages (fedge/protocol/fleet_pb2.py[i]) from fleet.proto; checked in, and a
+# The gRPC messages (fedge/protocol/fleet_pb2.py[i]) from fleet.proto and the TFRecord
+# example messages (example_pb2.py[i]) from example.proto; checked in, and a
 # test regenerates them and compares.
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedge/protocol/fleet.proto
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedge/protocol/fleet.proto fedge/protocol/example.proto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,11 +23,20 @@ from fedge.data.tables import (
 )
 from fedge.data.tasks import TASK_NAMES, load_task
 from fedge.data.taxi import BIG_TIP_FRACTION, TAXI_SCHEMA, big_tipper, load_taxi
+from fedge.data.user_table import (
+    SCHEMA_FILE,
+    UserTable,
+    infer_table,
+    load_schema_json,
+    read_table,
+    save_schema_json,
+)
 
 __all__ = [
     "BIG_TIP_FRACTION",
     "DIGITS_SCHEMA",
     "PARTITION_FORMAT",
+    "SCHEMA_FILE",
     "TASK_NAMES",
     "TAXI_SCHEMA",
     "ClientSplit",
@@ -38,16 +47,21 @@ __all__ = [
     "LabelPolicy",
     "Partition",
     "PartitionScheme",
+    "UserTable",
     "big_tipper",
     "by_key",
     "canonical_category",
     "dirichlet",
     "flat_field_names",
     "iid",
+    "infer_table",
     "load_digits",
+    "load_schema_json",
     "load_task",
     "load_taxi",
     "parse_partition",
     "read_csv_columns",
+    "read_table",
+    "save_schema_json",
     "train_test_split",
 ]

@@ -16,7 +16,7 @@ from fedge.protocol import fleet_pb2 as pb
 from fedge.protocol.codec import HEADERS, OMITTED_WHEN_UNSET
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO = "fedge/protocol/fleet.proto"
+PROTOS = ("fedge/protocol/fleet.proto", "fedge/protocol/example.proto")
 
 PAIRS: dict[str, Any] = {
     "Task": pb.Task,
@@ -60,10 +60,10 @@ def schemas() -> dict[str, Any]:
 
 def test_checked_in_code_is_what_protoc_generates(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "grpc_tools.protoc", "-I", "."]
-    command += [f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", PROTO]
+    command += [f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", *PROTOS]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    for name in ("fleet_pb2.py", "fleet_pb2.pyi"):
+    for name in ("fleet_pb2.py", "fleet_pb2.pyi", "example_pb2.py", "example_pb2.pyi"):
         generated = (tmp_path / "fedge" / "protocol" / name).read_bytes()
         assert generated == (ROOT / "fedge" / "protocol" / name).read_bytes(), (
             f"{name} is stale: run make proto"
