@@ -224,6 +224,9 @@ def _user_scenario(
         )
         spec = build_feature_spec(rows.proxy)
         details["data"] = f"built-in task {task} (feature spec from the proxy share)"
+    if model.feature_spec is not None:  # a fedge-train export reads columns its own way
+        spec = model.feature_spec
+        details["feature_spec"] = "the export's feature_spec.json"
     schedule = _schedule(settings, inputs, list(partition))
     if tuple(model.input_shape) != spec.output_shape:
         raise SettingsError(

@@ -2,7 +2,9 @@
 devices.
 
 The layers the user left trainable are the part devices train; everything below them is
-the frozen backbone. A model is refused, with the layer named, when:
+the frozen backbone. A ``fedge-train`` export directory (``saved_model/`` inside) is accepted
+as is: its ``backbone_*`` layers are frozen and its ``head_*`` layers trained, as
+``fedge-quantize bundle`` splits it. A model is refused, with the layer named, when:
 
 - it has no trainable layer, or no frozen layer below the trainable part;
 - a trainable layer is not ``Dense`` (only Dense gradients are TFLite builtins);
@@ -52,6 +54,11 @@ _CACHE_FORMAT = 1
 _REPRESENTATIVE = 200
 SAVED_MODEL = "saved_model"
 BUNDLE = "bundle"
+EXPORT_SAVED_MODEL = "saved_model"
+"""The SavedModel inside a ``fedge-train`` export directory."""
+EXPORT_FEATURE_SPEC = "feature_spec.json"
+BACKBONE_PREFIX = "backbone_"
+HEAD_PREFIX = "head_"
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +71,9 @@ class UserModel:
     """sha256 over the model file(s) and the initial weights."""
     input_shape: tuple[int, ...]
     num_classes: int
+    feature_spec: FeatureSpec | None = None
+    """The export's ``feature_spec.json`` (a ``fedge-train`` export): how it was trained to
+    read raw columns, used instead of a spec built from the simulation's rows."""
 
     @property
     def head(self) -> Weights:
@@ -87,14 +97,16 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
     what = f"model file {os.fspath(path)}"
     if not source.exists():
         raise ConfigError(f"{what}: no such file or directory")
+    saved = source / EXPORT_SAVED_MODEL if (source / EXPORT_SAVED_MODEL).is_dir() else source
     try:
-        model = tf.keras.models.load_model(source, compile=False)
+        model = tf.keras.models.load_model(saved, compile=False)
     except Exception as exc:  # anything from OSError to a protobuf DecodeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{what}: cannot load a Keras model: {first}") from exc
     if not isinstance(model, tf.keras.Model):
         raise ConfigError(f"{what}: holds a {type(model).__name__}, not a Keras model")
     input_shape, num_classes = _check_io(model, what)
+    _freeze_fedge_backbone(model)
     split = _check_layers(model, what)
     if init is not None:
         _apply_init(model, init, os.fspath(path))
@@ -105,7 +117,33 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
         digest=_digest(source, init),
         input_shape=input_shape,
         num_classes=num_classes,
+        feature_spec=_export_spec(source, what),
     )
+
+
+def _export_spec(source: Path, what: str) -> FeatureSpec | None:
+    path = source / EXPORT_FEATURE_SPEC
+    if not source.is_dir() or not path.is_file():
+        return None
+    try:
+        return FeatureSpec.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, FedgeError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read {EXPORT_FEATURE_SPEC}: {exc}") from exc
+
+
+def _freeze_fedge_backbone(model: tf.keras.Model) -> None:
+    """A model with fedge's layer names (a ``fedge-train`` export: ``backbone_*`` and
+    ``head_*``) trains its head on the devices, as ``fedge-quantize bundle`` bundles it:
+    its backbone is frozen here. Other models keep the trainability their author set."""
+    names = [layer.name for layer in _layers(model)]
+    if any(n.startswith(BACKBONE_PREFIX) for n in names) and any(
+        n.startswith(HEAD_PREFIX) for n in names
+    ):
+        for layer in _layers(model):
+            if layer.name.startswith(BACKBONE_PREFIX):
+                layer.trainable = False
+            elif layer.name.startswith(HEAD_PREFIX):
+                layer.trainable = True
 
 
 def _check_io(model: tf.keras.Model, what: str) -> tuple[tuple[int, ...], int]:
@@ -200,9 +238,11 @@ def _prepare(model: tf.keras.Model, start: int, what: str) -> tf.keras.Model:
         if i == start - 1:
             names[layer.name] = "backbone_embedding"
         elif i < start:
-            names[layer.name] = f"backbone_{layer.name}"
+            prefixed = layer.name.startswith(BACKBONE_PREFIX)
+            names[layer.name] = layer.name if prefixed else f"{BACKBONE_PREFIX}{layer.name}"
         else:
-            names[layer.name] = f"head_{layer.name}"
+            prefixed = layer.name.startswith(HEAD_PREFIX)
+            names[layer.name] = layer.name if prefixed else f"{HEAD_PREFIX}{layer.name}"
     taken = [n for n in names.values()]
     for old, new in list(names.items()):
         if taken.count(new) > 1 and new != "backbone_embedding":
