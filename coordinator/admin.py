@@ -15,7 +15,7 @@ from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig, ServiceConfig
 from coordinator.errors import CoordinatorError
 from coordinator.service import CoordinatorService
-from coordinator.store import open_store
+from coordinator.store import Store, open_store
 from coordinator.views import client_document, model_document, round_document
 
 __all__ = ["AdminBackend", "DirectAdmin"]
@@ -60,6 +60,16 @@ class DirectAdmin:
     def rollback(self) -> dict[str, Any]:
         model = self._service.rollback()
         return model_document(model, self._service.model_events(model.version))
+
+    def register_candidate(self, bundle: str | Path) -> dict[str, Any]:
+        """Register ``bundle`` as a candidate version (never promoted here)."""
+        model = self._service.registry.register_candidate(bundle)
+        return model_document(model, self._service.model_events(model.version))
+
+    @property
+    def store(self) -> Store:
+        """The database this admin works on."""
+        return self._service.store
 
     def list_rounds(self) -> list[dict[str, Any]]:
         store = self._service.store

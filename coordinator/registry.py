@@ -127,12 +127,18 @@ class ModelRegistry:
     # Writing ------------------------------------------------------------------------------
 
     def import_bundle(
-        self, directory: str | Path, *, task: str, trusted_key: Ed25519PublicKey | None = None
+        self,
+        directory: str | Path,
+        *,
+        task: str,
+        trusted_key: Ed25519PublicKey | None = None,
+        candidate: bool = False,
     ) -> ModelRecord:
         """Verify a bundle, store its files, register it (idempotent for the same bundle).
 
-        The first version becomes production; a later import is a candidate whose parent
-        is the production version. Lineage comes from ``metadata["training_record"]``. An
+        The first version becomes production (unless ``candidate``: then it stays a
+        candidate until promoted); a later import is a candidate whose parent is the
+        production version. Lineage comes from ``metadata["training_record"]``. An
         imported bundle counts as trained on public data: its privacy record says epsilon 0
         (:func:`coordinator.privacy.public_privacy`). With ``trusted_key`` the bundle's
         ``manifest.sig`` must verify against that key (ConfigError otherwise).
@@ -176,10 +182,29 @@ class ModelRegistry:
                 slice_metrics=_slice_map(record.get("slice_metrics")),
                 privacy=public_privacy(),
             )
-            if parent is None:
+            if parent is None and not candidate:
                 model = self.promote(model.version, detail="first version")
         logger.info("registered bundle %s as %s (%s)", root, model.version, model.stage)
         return model
+
+    def register_candidate(
+        self, directory: str | Path, *, trusted_key: Ed25519PublicKey | None = None
+    ) -> ModelRecord:
+        """Register a bundle as a candidate version, never promoted (not even the first).
+
+        The bundle's task must be the production version's task when there is one
+        (ConfigError otherwise); its parent is the production version, if any.
+        """
+        task = verify_bundle(directory).task
+        models = self._store.list_models(stage="production")
+        if models:
+            expected = self.manifest(models[-1]).task
+            if task != expected:
+                raise ConfigError(
+                    f"the bundle is for task {task!r}, but production {models[-1].version} "
+                    f"is for {expected!r}"
+                )
+        return self.import_bundle(directory, task=task, trusted_key=trusted_key, candidate=True)
 
     def register_round_version(
         self,
