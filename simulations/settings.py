@@ -234,7 +234,11 @@ def check_settings(settings: Settings) -> CheckedInputs:
     data = None
     if s.data_file is not None:
         with about("data_file"):
-            data = files.load_data(s.data_file, label_column=s.label_column)
+            data = files.load_data(
+                s.data_file,
+                label_column=s.label_column,
+                schema_file=files.model_schema_file(s.model_file),
+            )
     init = None
     if s.init_file is not None:
         with about("init_file"):

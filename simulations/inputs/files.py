@@ -5,8 +5,15 @@ Every loader here reads and checks one file without TensorFlow and fails with a
 and what is wrong, so ``fedge-simulate`` refuses bad input before any training:
 
 - the data file (``Settings.data_file``): a ``.npz`` with arrays ``x`` (model-ready float
-  inputs, ``[n, ...]``) and ``y`` (integer class ids), or a CSV with a header, the label
-  column and only numeric feature columns (z-scored with statistics of the clients' rows);
+  inputs, ``[n, ...]``) and ``y`` (integer class ids), or a table (``.csv``, ``.csv.gz``,
+  ``.tfrecord``, ``.tfrecord.gz``) with a label column and numeric and categorical feature
+  columns, empty fields as missing values (:mod:`fedge.data.user_table`). With a
+  ``fedge-train --data`` export as the model, the table is read against the export's
+  ``schema.json`` (its columns and label classes); otherwise the kinds and classes are
+  inferred (labels that are all class ids keep their ids) and each column is transformed
+  with statistics of the clients' rows (z-scored numbers, vocabularies with an
+  out-of-vocabulary bucket). What looks wrong (empty or constant columns, empty fields,
+  unscaled numbers) is logged as a warning;
 - the init file: safetensors weights of the trainable part (names as the model's
   trainable variables, e.g. ``dense_1/kernel``);
 - the partition file: JSON ``{client_id: [row indices]}`` (non-empty, in range,
@@ -20,10 +27,12 @@ Initial weights on a built-in model become a bundle of their own (:func:`bundle_
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -36,7 +45,15 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.bundle import WEIGHTS_FILE, read_manifest, write_manifest
-from fedge.data import Dataset, Partition, read_csv_columns
+from fedge.data import Dataset, Partition
+from fedge.data.user_table import (
+    SCHEMA_FILE,
+    TABLE_SUFFIXES,
+    infer_table,
+    load_schema_json,
+    read_table,
+    table_format,
+)
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec, NumericFeature
 from fedge.fileio import publish_directory
@@ -54,6 +71,7 @@ __all__ = [
     "load_init",
     "load_partition",
     "load_schedule_file",
+    "model_schema_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +81,7 @@ CUSTOM_TASK = "custom"
 _FEATURES = "x"
 _LABEL = "y"
 _MAX_CLASSES = 1 << 20
+_CLASS_ID = re.compile(r"0|[1-9][0-9]{0,6}")
 
 
 # Data ---------------------------------------------------------------------------------------
@@ -70,13 +89,17 @@ _MAX_CLASSES = 1 << 20
 
 @dataclass(frozen=True, eq=False)
 class UserData:
-    """The rows of the data file: raw feature columns (float64) and int64 labels."""
+    """The rows of the data file: raw feature columns and int64 labels."""
 
     path: Path
-    kind: Literal["npz", "csv"]
-    columns: dict[str, npt.NDArray[np.float64]]
+    kind: Literal["npz", "csv", "tfrecord"]
+    columns: dict[str, npt.NDArray[Any]]
     labels: npt.NDArray[np.int64]
     label: str
+    table_schema: Schema | None = None
+    """The columns' kinds (numeric, categorical) of a CSV or TFRecord file."""
+    warnings: tuple[str, ...] = ()
+    """What looked wrong in the data (empty or constant columns, gaps, unscaled numbers)."""
 
     def __len__(self) -> int:
         return int(self.labels.size)
@@ -86,6 +109,8 @@ class UserData:
         return max(2, int(self.labels.max()) + 1)
 
     def schema(self, num_classes: int) -> Schema:
+        if self.table_schema is not None:
+            return dataclasses.replace(self.table_schema, num_classes=num_classes)
         shapes = {name: tuple(c.shape[1:]) for name, c in self.columns.items() if c.ndim > 1}
         return Schema(
             numeric=tuple(self.columns),
@@ -104,8 +129,10 @@ class UserData:
         )
 
     def feature_spec(self, rows: Dataset) -> FeatureSpec:
-        """``.npz`` inputs are model-ready (identity); CSV columns are z-scored with the
-        statistics of ``rows`` (the clients' rows, as their merged statistics would give)."""
+        """``.npz`` inputs are model-ready (identity); CSV and TFRecord columns get the
+        feature spec of the statistics of ``rows`` (the clients' rows, as their merged
+        statistics would give): numeric columns z-scored, categorical ones a vocabulary
+        with an out-of-vocabulary bucket, missing values filled."""
         if self.kind == "npz":
             column = self.columns[_FEATURES]
             return FeatureSpec(
@@ -125,8 +152,23 @@ class UserData:
         return build_feature_spec(rows)
 
 
-def load_data(path: str | os.PathLike[str], *, label_column: str = "label") -> UserData:
-    """Read and check a data file (see the module docstring)."""
+def model_schema_file(model_file: str | os.PathLike[str] | None) -> Path | None:
+    """The ``schema.json`` of a ``fedge-train --data`` export (or an edge bundle) given as
+    the model: the columns and label classes the model was trained on; None without one."""
+    if model_file is None:
+        return None
+    candidate = Path(model_file) / SCHEMA_FILE
+    return candidate if candidate.is_file() else None
+
+
+def load_data(
+    path: str | os.PathLike[str],
+    *,
+    label_column: str = "label",
+    schema_file: Path | None = None,
+) -> UserData:
+    """Read and check a data file (see the module docstring). With ``schema_file`` (the
+    model's ``schema.json``) a CSV or TFRecord file is read against that schema."""
     source = Path(path)
     what = f"data file {os.fspath(path)}"
     if not source.is_file():
@@ -134,14 +176,16 @@ def load_data(path: str | os.PathLike[str], *, label_column: str = "label") -> U
     name = source.name.lower()
     if name.endswith(".npz"):
         data = _load_npz(source, what)
-    elif name.endswith((".csv", ".csv.gz")):
-        data = _load_csv(source, what, label_column)
+    elif name.endswith(TABLE_SUFFIXES):
+        data = _load_table(source, what, label_column, schema_file)
     else:
-        raise ConfigError(f"{what}: expected a .npz (arrays x and y) or a .csv file")
+        raise ConfigError(f"{what}: expected a .npz (arrays x and y), a .tfrecord or a .csv file")
     if len(data) < 2:
         raise ConfigError(f"{what}: needs at least 2 rows, found {len(data)}")
     if int(data.labels.max()) >= _MAX_CLASSES:
         raise ConfigError(f"{what}: class ids must be below {_MAX_CLASSES}")
+    for warning in data.warnings:
+        logger.warning("%s: %s", what, warning)
     return data
 
 
@@ -181,7 +225,64 @@ def _labels(y: npt.NDArray[Any], rows: int, what: str) -> npt.NDArray[np.int64]:
     return y.astype(np.int64)
 
 
-def _load_csv(source: Path, what: str, label: str) -> UserData:
+def _load_table(source: Path, what: str, label: str, schema_file: Path | None) -> UserData:
+    kind: Literal["csv", "tfrecord"] = table_format(source)
+    if schema_file is not None:
+        try:
+            schema, names = load_schema_json(schema_file)
+            dataset = read_table(source, schema, names)
+        except FedgeError as exc:
+            raise ConfigError(f"{what}: {exc} (read with the model's {schema_file})") from exc
+        columns = dict(dataset.columns)
+        warnings = tuple(_column_warnings(dataset))
+        return UserData(
+            source, kind, columns, dataset.labels, schema.label, schema, warnings=warnings
+        )
+    if kind == "csv":
+        header = _csv_header(source, what)
+        if label not in header:
+            raise SettingsError(
+                f"{what}: no label column {label!r} (set label_column); the header has "
+                f"{header[:20]}",
+                fields=["label_column", "data_file"],
+            )
+    try:
+        table = infer_table(source, label_column=label)
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+    labels = table.dataset.labels
+    if all(_CLASS_ID.fullmatch(n) for n in table.label_names):
+        # labels written as class ids keep their ids (a model's output k is class k)
+        ids = np.asarray([int(n) for n in table.label_names], dtype=np.int64)
+        labels = ids[labels]
+    return UserData(
+        source,
+        kind,
+        dict(table.dataset.columns),
+        labels,
+        label,
+        table.schema,
+        warnings=table.warnings,
+    )
+
+
+def _column_warnings(dataset: Dataset) -> list[str]:
+    """Warnings about columns read against a known schema: empty in every row, or gaps."""
+    out: list[str] = []
+    for name in dataset.schema.features:
+        column = dataset.columns[name]
+        if column.dtype.kind == "f":
+            missing = np.isnan(column.reshape(len(column), -1)).any(axis=1)
+        else:
+            missing = np.asarray([v is None for v in column], dtype=bool)
+        if len(column) and missing.all():
+            out.append(f"column {name!r} is empty in every row")
+        elif missing.any():
+            out.append(f"column {name!r} is empty in {int(missing.sum())} of {len(column)} rows")
+    return out
+
+
+def _csv_header(source: Path, what: str) -> list[str]:
     import csv
     import gzip
 
@@ -197,21 +298,7 @@ def _load_csv(source: Path, what: str, label: str) -> UserData:
     header = [h.strip() for h in header]
     if not header:
         raise ConfigError(f"{what}: the file is empty (no header row)")
-    if label not in header:
-        raise SettingsError(
-            f"{what}: no label column {label!r} (set label_column); the header has {header[:20]}",
-            fields=["label_column", "data_file"],
-        )
-    features = tuple(h for h in header if h != label)
-    if not features:
-        raise ConfigError(f"{what}: no feature columns besides the label {label!r}")
-    schema = Schema(numeric=features, categorical=(), label=label, num_classes=_MAX_CLASSES)
-    try:
-        columns = read_csv_columns(source, schema=schema, label="required")
-    except FedgeError as exc:
-        raise ConfigError(f"{what}: {exc} (feature columns must be numeric)") from exc
-    labels = columns.pop(label)
-    return UserData(source, "csv", columns, labels, label)
+    return header
 
 
 # Weights, partition, schedule ---------------------------------------------------------------

@@ -176,7 +176,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("data_file", _npz(x=_X, y=np.arange(10) - 1), r"class ids must be >= 0"),
     ("data_file", _npz(x=_X, y=np.zeros(9, int)), r"y must be 10 labels"),
     ("data_file", _write("d.csv", "a,b\n1,2\n3,4\n"), r"no label column 'label'"),
-    ("data_file", _write("d.csv", "a,label\n1,0\nx,1\n"), r"'x' is not a number"),
+    ("data_file", _write("d.csv", "a,label\n1,0\nx,0\n"), r"needs at least 2 distinct values"),
     ("init_file", _write("init.safetensors", b"not weights"), r"init file .*: not usable"),
     ("partition_file", _write("p.json", "{nope"), r"partition file .*: not valid JSON"),
     ("partition_file", _write("p.json", "{}"), r"expected a non-empty object"),
