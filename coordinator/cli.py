@@ -14,6 +14,7 @@
         | list | revoke ID                                   --coordinator URL [--json]
     fedge-coordinator certs init --out DIR [--host NAME]... [--device NAME]... [--days N]
     fedge-coordinator certs device --ca-dir DIR NAME [--days N]
+    fedge-coordinator data stats|infer-schema|anomalies ...  (see coordinator.dataval.cli)
 
 TARGET is ``--coordinator URL`` (a running coordinator, with the admin token; for an
 ``https://`` URL, ``--ca-file FILE`` and, for mutual TLS, ``--cert FILE --key FILE``) or
@@ -60,6 +61,7 @@ from coordinator.config import (
     RoundConfig,
     ServiceConfig,
 )
+from coordinator.dataval.cli import add_data_parser
 from coordinator.errors import StateError
 from coordinator.keys import (
     add_keys_parser,
@@ -512,6 +514,7 @@ def build_parser() -> ArgumentParser:
     _add_admin(sub)
     add_keys_parser(sub, _EXIT_CODES)
     _add_certs(sub)
+    add_data_parser(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ when the caller counted zeros on raw data (:func:`dataset_statistics` does).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,14 @@ def to_tfmd(
     *,
     name: str,
     label: str | None = None,
+    label_names: Sequence[str] | None = None,
     num_zeros: Mapping[str, int] | None = None,
 ) -> statistics_pb2.DatasetFeatureStatisticsList:
     """One dataset named ``name`` holding every column of ``stats``, in their order.
 
-    With ``label`` and label counts in ``stats``, the class ids are a ``STRING`` feature of
-    that name too (``"0"``, ``"1"``, ...). ``num_zeros`` gives counted zeros per numeric
-    column.
+    With ``label`` and label counts in ``stats``, the classes are a ``STRING`` feature of
+    that name too (``label_names[c]`` for class ``c``, else ``"0"``, ``"1"``, ...).
+    ``num_zeros`` gives counted zeros per numeric column.
     """
     result = statistics_pb2.DatasetFeatureStatisticsList()
     dataset = result.datasets.add()
@@ -139,7 +140,12 @@ def to_tfmd(
     if label is not None and stats.label_counts is not None:
         if label in stats.columns:
             raise FeatureError(f"the label {label!r} is also a column of the statistics")
-        counts = {str(c): n for c, n in enumerate(stats.label_counts) if n}
+        if label_names is not None and len(label_names) != len(stats.label_counts):
+            raise FeatureError(
+                f"{len(label_names)} label names for {len(stats.label_counts)} classes"
+            )
+        names = list(label_names) if label_names is not None else None
+        counts = {(names[c] if names else str(c)): n for c, n in enumerate(stats.label_counts) if n}
         feature = dataset.features.add()
         feature.path.step.append(label)
         _categorical(
@@ -151,7 +157,11 @@ def to_tfmd(
 
 
 def dataset_statistics(
-    dataset: Dataset, *, name: str | None = None, label: str | None = None
+    dataset: Dataset,
+    *,
+    name: str | None = None,
+    label: str | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> statistics_pb2.DatasetFeatureStatisticsList:
     """Statistics of a table the cloud holds: fedge's exact statistics plus zero counts."""
     stats = compute_stats(
@@ -161,7 +171,9 @@ def dataset_statistics(
         column: int(np.count_nonzero(np.asarray(dataset.columns[column], dtype=np.float64) == 0))
         for column in dataset.schema.numeric
     }
-    return to_tfmd(stats, name=name or dataset.name, label=label, num_zeros=zeros)
+    return to_tfmd(
+        stats, name=name or dataset.name, label=label, label_names=label_names, num_zeros=zeros
+    )
 
 
 def merge_reports(documents: Iterable[Mapping[str, Any]]) -> DatasetStats:
