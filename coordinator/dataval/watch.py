@@ -147,6 +147,7 @@ class Watcher:
         self._load_schema = load_schema
         self._now = now
         self._seen: dict[str, tuple[int, int]] = {}
+        self._waiting: list[Path] = []
         config.workdir.mkdir(parents=True, exist_ok=True)
         self._state_path = config.workdir / STATE_FILE
         self._state = self._read_state()
@@ -199,7 +200,7 @@ class Watcher:
     def scan(self) -> list[dict[str, Any]]:
         """Handle every ready span; the state entries of the spans handled now."""
         self._resume()
-        ready, _ = self.ready()
+        ready, self._waiting = self.ready()
         handled = []
         for path in ready:
             key = f"{path.name}@{_sha256(path)[:16]}"
@@ -213,8 +214,7 @@ class Watcher:
         """Scan every ``interval`` seconds (``once``: until nothing is waiting to settle)."""
         handled = self.scan()
         while True:
-            waiting = self.ready()[1] if once else []
-            if once and not waiting:
+            if once and not self._waiting:
                 return handled
             time.sleep(interval)
             handled += self.scan()

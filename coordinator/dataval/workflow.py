@@ -8,9 +8,11 @@ command group; their handlers return the exit code.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from coordinator.dataval.edit import COMPARATOR_KINDS, EDITS
 from coordinator.dataval.watch import SpanCheck, WatchConfig, Watcher, unreadable
+from fedge.cli import add_json_flag, add_verbosity_flags
 from fedge.errors import FedgeError, UsageError
 
 __all__ = ["add_schema_parser", "add_watch_parser", "check_span", "schema_cli", "watch_cli"]
@@ -66,6 +69,7 @@ def add_schema_parser(verbs: Any) -> argparse.ArgumentParser:
                 choices=COMPARATOR_KINDS,
                 help="the comparator (default: from the feature's type)",
             )
+    add_verbosity_flags(parser)
     parser.set_defaults(handler=schema_cli)
     return parser
 
@@ -122,7 +126,8 @@ def add_watch_parser(verbs: Any) -> argparse.ArgumentParser:
     train.add_argument(
         "--representative", type=int, metavar="N", help="fedge-quantize bundle --representative"
     )
-    parser.add_argument("--json", action="store_true", help="print the spans handled as JSON")
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
     parser.set_defaults(handler=watch_cli)
     return parser
 
@@ -144,8 +149,11 @@ def check_span(
 
     try:
         table = infer_table(path, label_column=label_column, **(columns or {}))
-        stats = dataset_statistics(table.dataset, name=path.name, label=label_column)
-    except (FedgeError, OSError, UnicodeDecodeError) as exc:
+        stats = dataset_statistics(
+            table.dataset, name=path.name, label=label_column, label_names=table.label_names
+        )
+    except (FedgeError, OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        # A truncated or corrupt file surfaces as whatever its decoder raises.
         logger.warning("span %s cannot be read: %s", path.name, exc)
         return SpanCheck(None, unreadable(exc))
     return SpanCheck(stats, validate(stats, schema, previous=previous))
