@@ -19,7 +19,7 @@ from the data files in DIR until SIGTERM or Ctrl-C, within the owner's privacy p
 and removes ``F.pending``; after a crash in between, the pending token is the one that
 works: running ``rotate-token`` again finishes the switch, and ``run`` tries F and then
 ``F.pending`` whenever a call is refused 401, so a running daemon keeps working.
-``predict`` scores a CSV or .npz file with a verified bundle (the personal head when
+``predict`` scores a CSV, TFRecord or .npz file with a verified bundle (the personal head when
 ``--state`` holds one for that version, unless ``--global``). ``status`` shows what the
 daemon last did. Every command takes ``-v/-q``; ``fedge-edge --version`` prints the
 version.
@@ -63,7 +63,7 @@ from edge_client.daemon import Daemon, DaemonConfig
 from edge_client.errors import RequestRejected
 from edge_client.grpc_client import Interceptor
 from edge_client.handler import ClientConfig
-from edge_client.local_data import read_columns
+from edge_client.local_data import bundle_label_names, read_columns
 from edge_client.model import EdgeModel
 from edge_client.personalize import PersonalizationConfig
 from edge_client.policy import DevicePolicy, load_policy
@@ -205,7 +205,7 @@ def build_parser() -> ArgumentParser:
     personal.add_argument("--personal-learning-rate", type=float, default=0.05, metavar="R")
     run.set_defaults(handler=daemon_cli)
 
-    predict = _parser(sub, "predict", "score a CSV or .npz file with a bundle")
+    predict = _parser(sub, "predict", "score a CSV, TFRecord or .npz file with a bundle")
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", type=Path, metavar="DIR", help="a bundle directory")
     source.add_argument("--state", type=Path, metavar="DIR", help="the daemon's model in use")
@@ -369,7 +369,8 @@ def predict_cli(
         bundle = found
     model = EdgeModel.load(bundle)
     try:
-        columns = read_columns(args.input, model.schema, label="optional")
+        names = bundle_label_names(model.directory, model.manifest)
+        columns = read_columns(args.input, model.schema, label="optional", label_names=names)
         x = model.transform(columns)
     except (DataError, FeatureError) as exc:
         raise UsageError(f"{args.input}: {exc}") from exc
@@ -383,10 +384,13 @@ def predict_cli(
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     classes = probabilities.argmax(axis=1)
     used = "personal" if head is not None else ("int8" if model.int8_current else "global")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"class": int(c), "probability": round(float(p[c]), 6)}
         for c, p in zip(classes, probabilities, strict=True)
     ]
+    if names is not None:  # a fedge-train --data model: the label texts too
+        for row in rows:
+            row["label"] = names[row["class"]]
     if args.json:
         document = {"model_version": model.version, "head": used, "count": len(rows),
                     "predictions": rows}  # fmt: skip
@@ -394,7 +398,8 @@ def predict_cli(
     else:
         print(f"# model {model.version}, {used} head, {len(rows)} rows: row class probability")
         for i, row in enumerate(rows):
-            print(f"{i}\t{row['class']}\t{row['probability']:.4f}")
+            label = f"\t{row['label']}" if "label" in row else ""
+            print(f"{i}\t{row['class']}\t{row['probability']:.4f}{label}")
     return 0
 
 

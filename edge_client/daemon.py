@@ -86,7 +86,7 @@ from edge_client.errors import (
 )
 from edge_client.grpc_client import Interceptor
 from edge_client.handler import ClientConfig, ClientContext, handle, personal_head
-from edge_client.local_data import DirectoryData
+from edge_client.local_data import DirectoryData, bundle_label_names
 from edge_client.model import EdgeModel, ModelCache
 from edge_client.policy import DevicePolicy
 from edge_client.secure import (
@@ -522,13 +522,19 @@ class Daemon:
 
     def _context_for(self, model: EdgeModel) -> ClientContext:
         context = self._context
-        if context is None or context.data.schema.to_dict() != model.schema.to_dict():
+        names = bundle_label_names(model.directory, model.manifest)
+        if (
+            context is None
+            or context.data.schema.to_dict() != model.schema.to_dict()
+            or getattr(context.data, "label_names", None) != names
+        ):
             data = DirectoryData(
                 self.config.data_dir,
                 model.schema,
                 holdout_fraction=self.config.holdout_fraction,
                 seed=self.config.seed,
                 settle_seconds=self.config.settle_seconds,
+                label_names=names,
             )
             client_id = str(self.state.client().get("client_id", "local"))
             context = ClientContext(

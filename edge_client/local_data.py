@@ -34,8 +34,11 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from fedge.bundle import BundleManifest
 from fedge.data import ColumnKind, Dataset, LabelPolicy, canonical_category, read_csv_columns
 from fedge.data.derived import derive_label, derived_label_sources
+from fedge.data.user_table import SCHEMA_FILE, load_schema_json
+from fedge.data.user_table import read_table as read_user_table
 from fedge.errors import ConfigError, DataError, FedgeError
 from fedge.schema import Schema
 
@@ -45,6 +48,7 @@ __all__ = [
     "LocalData",
     "MemoryData",
     "Span",
+    "bundle_label_names",
     "concat_tables",
     "empty_table",
     "read_columns",
@@ -53,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".csv", ".csv.gz", ".npz")
+DATA_SUFFIXES = (".csv", ".csv.gz", ".npz", ".tfrecord", ".tfrecord.gz")
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
 
 
@@ -103,21 +107,44 @@ def concat_tables(schema: Schema, tables: Sequence[Dataset], name: str = "local"
     return Dataset(name=name, schema=schema, columns=columns, labels=labels)
 
 
-def read_table(path: Path, schema: Schema) -> Dataset:
+def bundle_label_names(directory: Path, manifest: BundleManifest) -> tuple[str, ...] | None:
+    """The label names of a bundle that carries ``schema.json`` (a model trained with
+    ``fedge-train --data``: labels in its files are these texts); None without one."""
+    if SCHEMA_FILE not in manifest.files:
+        return None
+    schema, names = load_schema_json(directory / SCHEMA_FILE)
+    if schema.to_dict() != manifest.schema.to_dict():
+        raise DataError(f"{directory / SCHEMA_FILE} disagrees with the bundle's manifest schema")
+    return names
+
+
+def read_table(path: Path, schema: Schema, label_names: Sequence[str] | None = None) -> Dataset:
     """One data file as a labelled data set; DataError when unreadable or unlabelled."""
-    columns = read_columns(path, schema, label="required")
+    columns = read_columns(path, schema, label="required", label_names=label_names)
     return Dataset.from_columns(name=path.name, schema=schema, columns=columns)
 
 
 def read_columns(
-    path: Path, schema: Schema, *, label: LabelPolicy = "optional"
+    path: Path,
+    schema: Schema,
+    *,
+    label: LabelPolicy = "optional",
+    label_names: Sequence[str] | None = None,
 ) -> dict[str, NDArray[Any]]:
-    """The raw columns of one CSV or ``.npz`` file (the label under ``schema.label`` when
-    read: see :func:`fedge.data.read_csv_columns` for ``label``)."""
+    """The raw columns of one CSV, TFRecord or ``.npz`` file (the label under
+    ``schema.label`` when read: see :func:`fedge.data.read_csv_columns` for ``label``).
+
+    With ``label_names`` (the bundle's ``schema.json``) CSV labels are those texts, and
+    CSV and TFRecord files are read with :func:`fedge.data.user_table.read_table`; without,
+    TFRecord labels are class ids."""
     if path.name.endswith(".npz"):
         return _read_npz(path, schema, label=label)
+    if path.name.endswith((".tfrecord", ".tfrecord.gz")) or (
+        label_names is not None and path.name.endswith((".csv", ".csv.gz"))
+    ):
+        return _read_user_table(path, schema, label=label, label_names=label_names)
     if not path.name.endswith((".csv", ".csv.gz")):
-        raise DataError(f"{path.name}: expected a .csv, .csv.gz or .npz file")
+        raise DataError(f"{path.name}: expected a .csv, .csv.gz, .tfrecord(.gz) or .npz file")
     if label == "required":
         sources = derived_label_sources(schema.label, frozenset(_csv_header(path)))
         if sources:  # a file in the task's own format (taxi: tips and fare, no big_tipper)
@@ -134,6 +161,24 @@ def read_columns(
                 )
             return labelled
     return read_csv_columns(path, schema=schema, label=label)
+
+
+def _read_user_table(
+    path: Path, schema: Schema, *, label: LabelPolicy, label_names: Sequence[str] | None
+) -> dict[str, NDArray[Any]]:
+    names = tuple(label_names or (str(k) for k in range(schema.num_classes)))
+    with_label = label == "required"
+    if label == "optional":
+        try:
+            read_user_table(path, schema, names, with_label=True)
+            with_label = True
+        except DataError:
+            with_label = False  # no label column (or unusable labels): features only
+    dataset = read_user_table(path, schema, names, with_label=with_label)
+    columns = dict(dataset.columns)
+    if with_label:
+        columns[schema.label] = dataset.labels
+    return columns
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -230,6 +275,7 @@ class DirectoryData:
         seed: int = 0,
         settle_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         if not (isinstance(holdout_fraction, int | float) and 0 <= holdout_fraction < 1):
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction!r}")
@@ -237,6 +283,7 @@ class DirectoryData:
             raise ConfigError(f"settle_seconds must be >= 0, got {settle_seconds!r}")
         self.directory = Path(directory)
         self._schema = schema
+        self.label_names = None if label_names is None else tuple(label_names)
         self.holdout_fraction = float(holdout_fraction)
         self.seed = seed
         self.settle_seconds = float(settle_seconds)
@@ -280,7 +327,7 @@ class DirectoryData:
             if now - stat.st_mtime_ns / 1e9 < self.settle_seconds:
                 continue  # may still be being written; take it on a later refresh
             try:
-                table = read_table(path, self._schema)
+                table = read_table(path, self._schema, self.label_names)
             except FedgeError as exc:
                 self._failed[name] = identity
                 logger.warning("skipping data file %s: %s", name, exc)

@@ -11,6 +11,7 @@ import pytest
 from edge_client.local_data import DirectoryData, MemoryData, read_table
 from fedge.data import DIGITS_SCHEMA, TAXI_SCHEMA, flat_field_names, load_digits
 from fedge.errors import DataError
+from fedge.schema import Schema
 from tests.support.edge import taxi_rows, write_csv
 
 DIGITS = load_digits()
@@ -190,3 +191,38 @@ def test_taxi_rows_missing_tips_are_skipped_not_the_file(tmp_path: Path) -> None
     table = read_table(tmp_path / "trips.csv", TAXI_SCHEMA)
     assert len(table) == 49
     assert set(np.unique(table.labels)) <= {0, 1}
+
+
+_USER_SCHEMA = Schema(numeric=("size",), categorical=("colour",), label="verdict", num_classes=2)
+
+
+def test_tfrecord_and_text_labelled_csv_spans_read_with_the_bundles_label_names(
+    tmp_path: Path,
+) -> None:
+    from fedge.tfrecord import write_examples
+
+    names = ("no", "yes")
+    rows = [(1.5, "red", "yes"), (None, "blue", "no"), (3.0, None, "yes"), (0.5, "red", "no")]
+    examples = []
+    for size, colour, verdict in rows:
+        example: dict[str, object] = {"verdict": [verdict]}
+        if size is not None:
+            example["size"] = [size]
+        if colour is not None:
+            example["colour"] = [colour]
+        examples.append(example)
+    write_examples(tmp_path / "a.tfrecord", examples)  # type: ignore[arg-type]
+    lines = ["size,colour,verdict"] + [
+        f"{'' if s is None else s},{c or ''},{v}" for s, c, v in rows
+    ]
+    (tmp_path / "b.csv").write_text("\n".join(lines) + "\n")
+    data = DirectoryData(
+        tmp_path, _USER_SCHEMA, holdout_fraction=0.0, settle_seconds=0, label_names=names
+    )
+    assert data.refresh() == ["a.tfrecord", "b.csv"]
+    train = data.train()
+    np.testing.assert_array_equal(train.labels, [1, 0, 1, 0] * 2)
+    assert list(train.columns["colour"]) == ["red", "blue", None, "red"] * 2
+    assert np.isnan(train.columns["size"][1])
+    without = DirectoryData(tmp_path, _USER_SCHEMA, settle_seconds=0)
+    assert without.refresh() == []  # text labels need the bundle's label names
