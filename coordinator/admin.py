@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from coordinator.admin_api import model_detail
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig, ServiceConfig
 from coordinator.errors import CoordinatorError
@@ -50,16 +51,13 @@ class DirectAdmin:
         return [model_document(m) for m in self._service.store.list_models()]
 
     def show_model(self, version: str) -> dict[str, Any]:
-        model = self._service.registry.resolve(version)
-        return model_document(model, self._service.model_events(model.version))
+        return model_detail(self._service, self._service.registry.resolve(version))
 
     def promote(self, version: str) -> dict[str, Any]:
-        model = self._service.promote(version)
-        return model_document(model, self._service.model_events(model.version))
+        return model_detail(self._service, self._service.promote(version))
 
     def rollback(self) -> dict[str, Any]:
-        model = self._service.rollback()
-        return model_document(model, self._service.model_events(model.version))
+        return model_detail(self._service, self._service.rollback())
 
     def register_candidate(self, bundle: str | Path) -> dict[str, Any]:
         """Register ``bundle`` as a candidate version (never promoted here)."""

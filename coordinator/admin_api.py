@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from coordinator.errors import CoordinatorError, NotFoundError
+from coordinator.predictions import drift_document, version_drift
+from coordinator.records import ModelRecord
 from coordinator.service import CoordinatorService
 from coordinator.views import (
     alert_document,
@@ -39,6 +41,7 @@ __all__ = [
     "list_models",
     "list_reports",
     "list_rounds",
+    "model_detail",
     "open_round",
     "promote",
     "refuse_unknown",
@@ -164,19 +167,26 @@ def list_models(service: CoordinatorService) -> Document:
     return {"models": [model_document(m) for m in service.list_models()]}
 
 
+def model_detail(service: CoordinatorService, model: ModelRecord) -> Document:
+    """One version's document: its events and its ``predictions`` section (prediction and
+    label drift from the evaluation reports, :mod:`coordinator.predictions`)."""
+    drift = version_drift(service.store, model.version, service.config.alerts)
+    return {
+        **model_document(model, service.model_events(model.version)),
+        "predictions": drift_document(drift),
+    }
+
+
 def show_model(service: CoordinatorService, version: str) -> Document:
-    model = service.get_model(version)
-    return model_document(model, service.model_events(model.version))
+    return model_detail(service, service.get_model(version))
 
 
 def promote(service: CoordinatorService, version: str) -> Document:
-    model = service.promote(version)
-    return model_document(model, service.model_events(model.version))
+    return model_detail(service, service.promote(version))
 
 
 def rollback(service: CoordinatorService) -> Document:
-    model = service.rollback()
-    return model_document(model, service.model_events(model.version))
+    return model_detail(service, service.rollback())
 
 
 # Alerts and reports ---------------------------------------------------------------------------

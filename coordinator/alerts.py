@@ -17,6 +17,10 @@
   shift above ``drift_mean_shift_threshold`` training standard deviations. Training
   statistics come from the bundle manifest's ``metadata["training_stats"]``; without
   them the mean and scale of z-scored features in the feature spec are the reference.
+- ``prediction_drift``: the summed per-class counts of a version's evaluation reports
+  (predictions or labels) are farther than ``prediction_drift_threshold`` in L-infinity
+  distance from the previous version's (:mod:`coordinator.predictions`); raised once per
+  version, when one of its reports arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordinator.config import AlertConfig
+from coordinator.predictions import version_drift
 from coordinator.records import AlertRecord, ClientRecord, ModelRecord, RoundRecord
 from coordinator.store import Store
 from fedge.bundle import BundleManifest
@@ -130,6 +135,31 @@ class AlertMonitor:
                     )
                 )
         return alerts
+
+    def prediction_drift(self, version: str) -> AlertRecord | None:
+        """The ``prediction_drift`` alert of ``version``, when it drifted and has none yet."""
+        drift = version_drift(self._store, version, self._config)
+        if not drift.drifted or drift.previous is None:
+            return None
+        raised = self._store.list_alerts(kind="prediction_drift")
+        if any(alert.model_version == version for alert in raised):
+            return None
+        distances = {"predictions": drift.prediction_drift, "labels": drift.label_drift}
+        over = [name for name, d in distances.items() if d is not None and d > drift.threshold]
+        described = ", ".join(f"{name} {distances[name]:.3f}" for name in over)
+        return self._raise(
+            "prediction_drift",
+            f"the class distribution of {version}'s evaluations moved from "
+            f"{drift.previous.version}'s by L-infinity {described} "
+            f"(threshold {drift.threshold:g})",
+            model_version=version,
+            details={
+                "compared_with": drift.previous.version,
+                "prediction_drift": drift.prediction_drift,
+                "label_drift": drift.label_drift,
+                "threshold": drift.threshold,
+            },
+        )
 
     def statistics(
         self, stats: DatasetStats, manifest: BundleManifest, *, client_id: str

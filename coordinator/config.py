@@ -475,7 +475,8 @@ def _check_dp(config: RoundConfig) -> None:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    """Thresholds of the alert rules (see :mod:`coordinator.alerts`)."""
+    """Thresholds of the alert rules (see :mod:`coordinator.alerts`; the prediction drift
+    ones: :mod:`coordinator.predictions`)."""
 
     rejection_burst_threshold: int = 20
     rejection_burst_window_seconds: float = 60.0
@@ -484,6 +485,8 @@ class AlertConfig:
     drift_psi_threshold: float = 0.25
     drift_mean_shift_threshold: float = 1.0
     drift_min_rows: int = 30
+    prediction_drift_threshold: float = 0.1
+    prediction_drift_min_examples: int = 100
 
     def __post_init__(self) -> None:
         check_int(self.rejection_burst_threshold, "rejection_burst_threshold", low=1)
@@ -492,6 +495,8 @@ class AlertConfig:
         check_positive(self.drift_psi_threshold, "drift_psi_threshold")
         check_positive(self.drift_mean_shift_threshold, "drift_mean_shift_threshold")
         check_int(self.drift_min_rows, "drift_min_rows", low=1)
+        check_number(self.prediction_drift_threshold, "prediction_drift_threshold", low=0, high=1)
+        check_int(self.prediction_drift_min_examples, "prediction_drift_min_examples", low=1)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ OBJECT: dict[str, Any] = {"type": "object"}
 METRICS: dict[str, Any] = {"type": "object", "additionalProperties": NUMBER}
 SLICE_METRICS: dict[str, Any] = {"type": "object", "additionalProperties": METRICS}
 SCALAR: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+CLASS_COUNTS: dict[str, Any] = {
+    "type": "array",
+    "items": {**INTEGER, "minimum": 0},
+    "minItems": 1,
+}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -115,7 +120,15 @@ def _messages() -> dict[str, Any]:
             privacy=ref("PrivacyNote"),
         ),
         "EvalReport": closed(
-            optional=("type", "version", "personalized_metrics", "slice_metrics"),
+            optional=(
+                "type",
+                "version",
+                "personalized_metrics",
+                "slice_metrics",
+                "prediction_counts",
+                "label_counts",
+                "privacy",
+            ),
             type=_message("eval_report"),
             version=INTEGER,
             task_id=STRING,
@@ -124,6 +137,17 @@ def _messages() -> dict[str, Any]:
             metrics=METRICS,
             personalized_metrics=METRICS,
             slice_metrics=SLICE_METRICS,
+            prediction_counts={
+                **CLASS_COUNTS,
+                "description": "per class id: how many evaluated rows the global model "
+                "predicted as that class (noised when privacy says so)",
+            },
+            label_counts={
+                **CLASS_COUNTS,
+                "description": "per class id: how many evaluated rows carry that label "
+                "(noised when privacy says so)",
+            },
+            privacy=ref("PrivacyNote"),
         ),
         "FeatureBatch": closed(
             optional=("type", "version", "privacy", "counts"),
@@ -534,6 +558,7 @@ def _records() -> dict[str, Any]:
             detail=STRING,
         ),
         "Model": closed(
+            optional=("predictions",),
             version=STRING,
             seq=INTEGER,
             stage={"enum": ["candidate", "production", "archived"]},
@@ -565,8 +590,50 @@ def _records() -> dict[str, Any]:
                 "additionalProperties": STRING,
             },
             events={"type": "array", "items": ref("ModelEvent")},
+            predictions={
+                **ref("ModelPredictions"),
+                "description": "one version's document only (not in lists)",
+            },
         ),
         "ModelList": closed(models={"type": "array", "items": ref("Model")}),
+        "ClassDistribution": {
+            **closed(
+                model_version=STRING,
+                reports={**INTEGER, "minimum": 1, "description": "reports with counts"},
+                prediction_counts={"type": "array", "items": {**INTEGER, "minimum": 0}},
+                label_counts={"type": "array", "items": {**INTEGER, "minimum": 0}},
+                prediction_distribution=nullable({"type": "array", "items": NUMBER}),
+                label_distribution=nullable({"type": "array", "items": NUMBER}),
+            ),
+            "description": "the summed per-class counts of a version's evaluation reports "
+            "(as the devices sent them: noised under their policy) and their proportions",
+        },
+        "ModelPredictions": {
+            **closed(
+                distribution={"oneOf": [ref("ClassDistribution"), {"type": "null"}]},
+                compared_with={
+                    **nullable(STRING),
+                    "description": "the latest earlier version whose reports carry counts",
+                },
+                previous_distribution={"oneOf": [ref("ClassDistribution"), {"type": "null"}]},
+                prediction_drift={
+                    **nullable({**NUMBER, "minimum": 0, "maximum": 1}),
+                    "description": "L-infinity distance of the prediction distributions",
+                },
+                label_drift={
+                    **nullable({**NUMBER, "minimum": 0, "maximum": 1}),
+                    "description": "L-infinity distance of the label distributions",
+                },
+                threshold=NUMBER,
+                min_examples=INTEGER,
+                drifted={
+                    **BOOLEAN,
+                    "description": "a distance above threshold, both versions counting at "
+                    "least min_examples rows (a prediction_drift alert is raised)",
+                },
+            ),
+            "description": "prediction and label drift from the devices' evaluation reports",
+        },
         "SigningKey": closed(
             key_id={**STRING, "description": "first 16 hex of sha256 of the raw public key"},
             public_key={**STRING, "description": "raw 32-byte Ed25519 public key, base64"},

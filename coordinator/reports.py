@@ -7,7 +7,10 @@ of magnitude at most :data:`~coordinator.intake.METRIC_BOUND` with accuracies in
 (400 otherwise). Statistics count at most the task's example limit per column and carry
 values of magnitude at most :data:`STATS_VALUE_BOUND` (``m2``, a sum of squares, at most
 :data:`STATS_M2_BOUND`). It is stored (embeddings as an artifact), the task completes, and the
-alert rules run (drift for statistics, per-region accuracy for evaluations).
+alert rules run (drift for statistics, per-region accuracy for evaluations). An evaluation's
+per-class counts of predictions and labels, when present, must number the model's classes,
+each within the example limit; the version's prediction drift is then checked
+(:mod:`coordinator.predictions`).
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ def _check_stats(document: Any, task: TaskRecord, path: str = "stats") -> None:
         )
 
 
-def _check_evaluation(report: EvalReport, task: TaskRecord) -> None:
-    """An evaluation answers its task: the task's model version, bounded counts and metrics."""
+def _check_evaluation(report: EvalReport, task: TaskRecord, num_classes: int) -> None:
+    """An evaluation answers its task: the task's model version, bounded counts and metrics,
+    class counts (when present) of the model's ``num_classes`` classes."""
     if report.model_version != task.model_version:
         raise ConflictError(
             f"task {task.task_id!r} asked for an evaluation of {task.model_version}, "
@@ -88,6 +92,16 @@ def _check_evaluation(report: EvalReport, task: TaskRecord) -> None:
     check_metric_bounds(report.personalized_metrics, "personalized_metrics", _report_error)
     for name, values in report.slice_metrics.items():
         check_metric_bounds(values, f"slice_metrics[{name!r}]", _report_error)
+    for name in ("prediction_counts", "label_counts"):
+        counts = getattr(report, name)
+        if counts is None:
+            continue
+        if len(counts) != num_classes:
+            raise _report_error(
+                f"{name} holds {len(counts)} counts; model {report.model_version} has "
+                f"{num_classes} classes"
+            )
+        _check_count(max(counts), task, f"rows of one class in {name}")
 
 
 def complete_task(store: Store, task_id: str, now: float) -> None:
@@ -162,10 +176,12 @@ class ReportIntake:
 
     def submit_evaluation(self, client: ClientRecord, report: EvalReport) -> ReportRecord:
         task = self._task(client, report.task_id, "evaluate")
-        _check_evaluation(report, task)
-        model = self._registry.get(report.model_version)
+        model = self._registry.get(task.model_version)
+        _check_evaluation(report, task, self._registry.manifest(model).num_classes)
         stored = self._save(client, task, "evaluation", report.to_dict(), model.version)
         self._alerts.evaluation(report, client, model)
+        if report.prediction_counts is not None or report.label_counts is not None:
+            self._alerts.prediction_drift(model.version)
         return stored
 
     def submit_features(self, client: ClientRecord, batch: FeatureBatch) -> ReportRecord:

@@ -23,7 +23,9 @@ The task kinds and their replies:
   a :class:`~edge_client.compress.CompressedUpdate` (top-k's residual in the context's
   ``feedback`` store);
 - ``evaluate``: global and personalized ``{accuracy, loss}`` on the local holdout, per
-  region slice where the schema has a region column -> :class:`~fedge.messages.EvalReport`;
+  region slice where the schema has a region column, and the per-class counts of the
+  global model's predictions and of the labels (noised under the policy, see
+  :mod:`edge_client.privacy`) -> :class:`~fedge.messages.EvalReport`;
 - ``stats``: :func:`~edge_client.privacy.noisy_stats` of every local row (with the policy
   off, the exact :func:`~edge_client.privacy.private_stats`) ->
   :class:`~fedge.messages.StatsReport`;
@@ -52,8 +54,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge_client.compress import FeedbackStore, MemoryFeedbackStore, compress_update
 from edge_client.errors import PolicyRefusal
@@ -69,7 +73,9 @@ from edge_client.personalize import (
 from edge_client.policy import UNPROTECTED, DevicePolicy, LedgerStore, MemoryLedgerStore
 from edge_client.privacy import (
     DEFAULT_MIN_COUNT,
+    class_counts,
     noisy_stats,
+    private_class_counts,
     private_prototypes,
     private_rows,
     private_stats,
@@ -290,6 +296,7 @@ def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
             if personal_logits is not None:
                 values["personalized_accuracy"] = accuracy(personal_logits[rows], y[rows])
             slices[name] = values
+    predictions, labels, note = _class_distributions(np.argmax(logits, axis=1), y, model, context)
     return EvalReport(
         task_id=task.task_id,
         model_version=model.version,
@@ -297,7 +304,40 @@ def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
         metrics=metrics,
         personalized_metrics=personalized,
         slice_metrics=slices,
+        prediction_counts=predictions,
+        label_counts=labels,
+        privacy=note,
     )
+
+
+def _class_distributions(
+    predicted: NDArray[np.int64], labels: NDArray[Any], model: EdgeModel, context: ClientContext
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, PrivacyNote | None]:
+    """The per-class counts of the global model's predictions and of the labels: exact
+    with the policy off, noised under it (:func:`~edge_client.privacy.private_class_counts`)
+    while the budget pays, else none."""
+    classes = model.schema.num_classes
+    policy = context.policy
+    if not policy.protected:
+        return class_counts(predicted, classes), class_counts(labels, classes), None
+    epsilon = policy.evaluation_epsilon
+    if not policy.affords(epsilon, context.ledger.load()):
+        logger.info(
+            "the privacy budget cannot pay for an evaluation's class counts "
+            "(epsilon %g): sending the metrics alone",
+            epsilon,
+        )
+        return None, None, None
+    predictions, truth = private_class_counts(
+        predicted,
+        labels,
+        num_classes=classes,
+        epsilon=epsilon,
+        delta=policy.delta,
+        k=policy.min_class_rows,
+        rng=context.noise_rng,
+    )
+    return predictions, truth, PrivacyNote("gaussian", epsilon, policy.delta, "statistics")
 
 
 def _stats(task: Task, model: EdgeModel, context: ClientContext) -> Reply:

@@ -17,8 +17,14 @@ Every key is optional; an unknown key or a value out of range is refused with a
       "features_epsilon": 1.0,
       "features_clip": 1.0,            # L2 bound of one embedding
       "stats_epsilon": 1.0,
+      "evaluation_epsilon": 0.5,       # the class counts an evaluation reply carries
       "min_class_rows": 20             # k: rows behind a prototype, a bin or a category
     }
+
+An evaluation reply carries the noised per-class counts of the global model's predictions
+and of the labels (:func:`edge_client.privacy.private_class_counts`) at
+``evaluation_epsilon`` while the budget can pay for it; once it cannot, the reply carries
+its metrics alone (an evaluation is never refused for the budget).
 
 ``min_interval_seconds`` names only the kinds it changes (train and the secure-aggregation
 stages default to 0). The :class:`PolicyLedger` remembers the epsilon and delta spent
@@ -99,6 +105,7 @@ class DevicePolicy:
     features_clip: float = 1.0
     stats_epsilon: float = 1.0
     min_class_rows: int = 20
+    evaluation_epsilon: float = 0.5
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -122,7 +129,7 @@ class DevicePolicy:
         set_(self, "delta", _number(self.delta, "delta", low=0, high=0.01))
         if self.delta <= 0:
             raise ConfigError(f"field delta: expected a number in (0, 0.01], got {self.delta!r}")
-        for name in ("features_epsilon", "features_clip", "stats_epsilon"):
+        for name in ("features_epsilon", "features_clip", "stats_epsilon", "evaluation_epsilon"):
             value = _number(getattr(self, name), name, low=0)
             if value <= 0:
                 raise ConfigError(f"field {name}: expected a number > 0, got {value!r}")
@@ -174,15 +181,22 @@ class DevicePolicy:
             "features_clip": self.features_clip,
             "stats_epsilon": self.stats_epsilon,
             "min_class_rows": self.min_class_rows,
+            "evaluation_epsilon": self.evaluation_epsilon,
         }
 
     # The checks ---------------------------------------------------------------------------
 
     def epsilon_for(self, kind: str) -> float:
-        """The epsilon one answer of ``kind`` costs (0 when it adds no noise here)."""
+        """The epsilon an answer of ``kind`` must find in the budget to be admitted (0 when
+        it adds no noise here; an evaluation's class counts are paid only when
+        :meth:`affords` them)."""
         if not self.protected:
             return 0.0
         return {"stats": self.stats_epsilon, "features": self.features_epsilon}.get(kind, 0.0)
+
+    def affords(self, epsilon: float, ledger: PolicyLedger) -> bool:
+        """Whether ``ledger``'s spending plus ``epsilon`` stays within the budget."""
+        return ledger.epsilon_spent + epsilon <= self.epsilon_budget + 1e-12
 
     def admit(self, kind: str, ledger: PolicyLedger, *, now: float) -> None:
         """Raise :class:`PolicyRefusal` unless a task of ``kind`` may be answered at ``now``:

@@ -49,6 +49,14 @@ the device sums what it spent (basic composition) against its own ``epsilon_budg
   for min-max normalisation (the training range) and ``offset + scale * [-4, 4]`` for
   z-scores. Min and max are never reported.
 
+- **Evaluation class counts** (:func:`private_class_counts`): per class of the schema's
+  fixed label set, how many holdout rows the global model predicts as that class and how
+  many carry that label. One row moves the pair of count vectors by at most ``sqrt(2)`` in
+  L2, so both get N(0, s^2) noise with ``s = gaussian_sigma(evaluation_epsilon, delta,
+  sqrt(2))``; then, as post-processing, counts are rounded, clamped at 0, and set to 0 under
+  ``k = min_class_rows``. The reply's privacy note says ``statistics`` at
+  ``evaluation_epsilon``; a device whose budget cannot pay sends its metrics without them.
+
 **The unsafe baseline.** With ``privacy: "off"`` none of this runs: features are row-level
 embeddings with true labels, and statistics are :func:`private_stats`, exact apart from
 these deterministic rules (which alone do not stop differencing two reports):
@@ -59,9 +67,9 @@ these deterministic rules (which alone do not stop differencing two reports):
   column with fewer than ``k`` present values is reported as all missing, because its mean
   would otherwise *be* the value when only one is present.
 
-Evaluation slices (e.g. per region) are named only when they hold ``k`` rows; smaller ones
-are pooled into ``__other__``, itself dropped when under ``k`` (:func:`slice_groups`).
-Histograms use the fixed, data-independent edges of ``fedge.stats``.
+Evaluation class counts are exact. Evaluation slices (e.g. per region) are named only when
+they hold ``k`` rows; smaller ones are pooled into ``__other__``, itself dropped when under
+``k`` (:func:`slice_groups`). Histograms use the fixed, data-independent edges of ``fedge.stats``.
 """
 
 from __future__ import annotations
@@ -95,8 +103,10 @@ from fedge.validation import check_int
 __all__ = [
     "DEFAULT_MIN_COUNT",
     "PrototypeRelease",
+    "class_counts",
     "clip_rows",
     "noisy_stats",
+    "private_class_counts",
     "private_prototypes",
     "private_rows",
     "private_stats",
@@ -237,6 +247,37 @@ def private_rows(
     # a flipped label is uniform over the K - 1 other classes
     other = (truth + rng.integers(1, num_classes, size=truth.shape)) % num_classes
     return noisy.astype(np.float32), np.where(flip, other, truth).astype(np.int64)
+
+
+# Evaluation class counts ----------------------------------------------------------------------
+
+
+def class_counts(classes: NDArray[Any], num_classes: int) -> tuple[int, ...]:
+    """How many of ``classes`` (class ids) fall on each of ``num_classes`` ids."""
+    counts = np.bincount(np.asarray(classes, dtype=np.int64), minlength=num_classes)
+    return tuple(int(c) for c in counts[:num_classes])
+
+
+def private_class_counts(
+    predictions: NDArray[Any],
+    labels: NDArray[Any],
+    *,
+    num_classes: int,
+    epsilon: float,
+    delta: float,
+    k: int,
+    rng: np.random.Generator,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(epsilon, delta)-DP per-class counts of ``predictions`` and ``labels`` (module
+    docstring): one Gaussian mechanism at L2 sensitivity sqrt(2) over both vectors."""
+    check_int(k, "the minimum count k", low=1)
+    std = gaussian_sigma(epsilon, delta, _SQRT2)
+    released = []
+    for values in (predictions, labels):
+        exact = np.asarray(class_counts(values, num_classes), dtype=np.float64)
+        noisy = _noisy_counts(exact, std, rng)
+        released.append(tuple(int(c) for c in np.where(noisy < k, 0, noisy)))
+    return released[0], released[1]
 
 
 # Differentially private statistics -------------------------------------------------------------

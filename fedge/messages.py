@@ -42,6 +42,7 @@ from fedge.validation import ErrorFactory, check_int, check_number, check_positi
 from fedge.weights import Weights
 
 __all__ = [
+    "MAX_CLASSES",
     "MAX_FEATURE_VALUES",
     "MAX_METRICS",
     "MESSAGE_TYPES",
@@ -319,7 +320,13 @@ class ModelUpdate:
 @dataclass(frozen=True)
 class EvalReport:
     """Metrics of ``model_version`` on a client's data: global model, personalized model,
-    and per slice (e.g. per region: ``{"north": {"accuracy": 0.9}}``)."""
+    and per slice (e.g. per region: ``{"north": {"accuracy": 0.9}}``).
+
+    ``prediction_counts`` and ``label_counts`` (optional) are the distribution of the global
+    model's predicted classes and of the true labels over the evaluated rows: one count per
+    class id, never a row. A device whose policy noises statistics noises them and says how
+    in ``privacy``. Reports without them stay valid.
+    """
 
     task_id: str
     model_version: str
@@ -327,6 +334,10 @@ class EvalReport:
     metrics: Mapping[str, float]
     personalized_metrics: Mapping[str, float] = field(default_factory=dict)
     slice_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    prediction_counts: tuple[int, ...] | None = None
+    label_counts: tuple[int, ...] | None = None
+    privacy: PrivacyNote | None = None
+    """How the class counts were noised on the device; None: exact (or no counts)."""
 
     def __post_init__(self) -> None:
         _identifier(self.task_id, "task_id")
@@ -352,9 +363,19 @@ class EvalReport:
                 raise ProtocolError(f"slice names must be 1-128 characters, got {name!r}")
             slices[name] = _metrics(values, f"slice_metrics[{name!r}]")
         object.__setattr__(self, "slice_metrics", MappingProxyType(slices))
+        for name in ("prediction_counts", "label_counts"):
+            object.__setattr__(self, name, _class_counts(getattr(self, name), name))
+        counts = (self.prediction_counts, self.label_counts)
+        if None not in counts and len(counts[0] or ()) != len(counts[1] or ()):
+            raise ProtocolError(
+                f"prediction_counts has {len(counts[0] or ())} classes, label_counts "
+                f"{len(counts[1] or ())}: one count per class in both",
+                field="label_counts",
+            )
+        _privacy(self.privacy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             **_header("eval_report"),
             "task_id": self.task_id,
             "model_version": self.model_version,
@@ -363,11 +384,20 @@ class EvalReport:
             "personalized_metrics": dict(self.personalized_metrics),
             "slice_metrics": {k: dict(v) for k, v in self.slice_metrics.items()},
         }
+        if self.prediction_counts is not None:
+            doc["prediction_counts"] = list(self.prediction_counts)
+        if self.label_counts is not None:
+            doc["label_counts"] = list(self.label_counts)
+        if self.privacy is not None:
+            doc["privacy"] = self.privacy.to_dict()
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
         required = {"task_id", "model_version", "num_examples", "metrics"}
-        _check_keys(data, "eval_report", required, {"personalized_metrics", "slice_metrics"})
+        optional = {"personalized_metrics", "slice_metrics", *_EVAL_DISTRIBUTION_KEYS}
+        _check_keys(data, "eval_report", required, optional)
+        privacy = data.get("privacy")
         return cls(
             task_id=data["task_id"],
             model_version=data["model_version"],
@@ -375,7 +405,27 @@ class EvalReport:
             metrics=data["metrics"],
             personalized_metrics=data.get("personalized_metrics", {}),
             slice_metrics=data.get("slice_metrics", {}),
+            prediction_counts=data.get("prediction_counts"),
+            label_counts=data.get("label_counts"),
+            privacy=None if privacy is None else PrivacyNote.from_dict(privacy),
         )
+
+
+_EVAL_DISTRIBUTION_KEYS = ("prediction_counts", "label_counts", "privacy")
+MAX_CLASSES = 1 << 16
+"""Most classes one distribution of an :class:`EvalReport` may count."""
+
+
+def _class_counts(value: object, what: str) -> tuple[int, ...] | None:
+    """None, or 1..MAX_CLASSES non-negative integer counts (one per class id)."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list) or not 0 < len(value) <= MAX_CLASSES:
+        raise ProtocolError(
+            f"{what} must be a list of 1-{MAX_CLASSES} counts (one per class), got {value!r}",
+            field=what,
+        )
+    return tuple(check_int(c, f"a count of {what}", low=0, error=_field_error(what)) for c in value)
 
 
 PRIVACY_MODES: tuple[str, ...] = ("prototypes", "rows", "statistics")

@@ -57,7 +57,12 @@ HEADERS: Mapping[str, tuple[str, int | None]] = MappingProxyType(
 has no ``version``, as :mod:`fedge.secagg.codec` writes them)."""
 
 OMITTED_WHEN_UNSET: frozenset[str] = frozenset(
-    {"fedge.v1.FeatureBatch.counts", "fedge.v1.RotateTokenRequest.token"}
+    {
+        "fedge.v1.FeatureBatch.counts",
+        "fedge.v1.RotateTokenRequest.token",
+        "fedge.v1.EvalReport.prediction_counts",
+        "fedge.v1.EvalReport.label_counts",
+    }
 )
 """Fields whose REST key is absent (not null, not an empty list) when the proto holds no
 value: an ``optional`` scalar or a ``repeated`` field the REST schema makes optional."""

@@ -295,7 +295,7 @@ class Metrics(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class EvalReport(_message.Message):
-    __slots__ = ("task_id", "model_version", "num_examples", "metrics", "personalized_metrics", "slice_metrics")
+    __slots__ = ("task_id", "model_version", "num_examples", "metrics", "personalized_metrics", "slice_metrics", "prediction_counts", "label_counts", "privacy")
     class SliceMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -309,13 +309,19 @@ class EvalReport(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZED_METRICS_FIELD_NUMBER: _ClassVar[int]
     SLICE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     model_version: str
     num_examples: int
     metrics: Metrics
     personalized_metrics: Metrics
     slice_metrics: _containers.MessageMap[str, Metrics]
-    def __init__(self, task_id: _Optional[str] = ..., model_version: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., personalized_metrics: _Optional[_Union[Metrics, _Mapping]] = ..., slice_metrics: _Optional[_Mapping[str, Metrics]] = ...) -> None: ...
+    prediction_counts: _containers.RepeatedScalarFieldContainer[int]
+    label_counts: _containers.RepeatedScalarFieldContainer[int]
+    privacy: PrivacyNote
+    def __init__(self, task_id: _Optional[str] = ..., model_version: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., personalized_metrics: _Optional[_Union[Metrics, _Mapping]] = ..., slice_metrics: _Optional[_Mapping[str, Metrics]] = ..., prediction_counts: _Optional[_Iterable[int]] = ..., label_counts: _Optional[_Iterable[int]] = ..., privacy: _Optional[_Union[PrivacyNote, _Mapping]] = ...) -> None: ...
 
 class Embeddings(_message.Message):
     __slots__ = ("dtype", "shape", "data")

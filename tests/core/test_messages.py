@@ -281,6 +281,7 @@ def test_no_message_type_has_a_field_for_raw_examples() -> None:
         "task_id", "kind", "round_id", "model_version", "config", "deadline",  # Task
         "num_examples", "metrics", "delta",  # ModelUpdate
         "personalized_metrics", "slice_metrics",  # EvalReport
+        "prediction_counts", "label_counts",  # EvalReport: per-class counts, never rows
         "stats",  # StatsReport (aggregates)
         "embeddings", "labels",  # FeatureBatch (backbone activations)
         "privacy", "counts",  # how a reply was noised; prototypes' noised support
