@@ -14,7 +14,7 @@
         | list | revoke ID                                   --coordinator URL [--json]
     fedge-coordinator certs init --out DIR [--host NAME]... [--device NAME]... [--days N]
     fedge-coordinator certs device --ca-dir DIR NAME [--days N]
-    fedge-coordinator data stats|infer-schema|anomalies ...  (see coordinator.dataval.cli)
+    fedge-coordinator data stats|infer-schema|anomalies|schema|watch ...  (coordinator.dataval.cli)
 
 TARGET is ``--coordinator URL`` (a running coordinator, with the admin token; for an
 ``https://`` URL, ``--ca-file FILE`` and, for mutual TLS, ``--cert FILE --key FILE``) or

@@ -8,6 +8,10 @@
     fedge-coordinator data infer-schema --stats S --out schema.pbtxt [--max-domain-size N]
     fedge-coordinator data anomalies --stats S --schema SCHEMA [--previous S] [--serving S] \\
         [--out anomalies.pbtxt] [--plots DIR] [--json]
+    fedge-coordinator data schema SCHEMA add-domain-value|set-min-domain-mass|set-drift|\\
+        set-skew|set-presence FEATURE VALUE     (coordinator.dataval.workflow)
+    fedge-coordinator data watch --dir DIR --schema SCHEMA --label-column C --workdir W \\
+        --db DB --artifacts A [--once] [--interval S] [trainer flags]
 
 ``data anomalies`` exits 1 when it finds an anomaly (so a pipeline step can gate on it), 0
 when there is none. Heavy imports (tensorflow-metadata, matplotlib, the table readers) wait

@@ -2,7 +2,8 @@
 location of spans: validate, then retrain a candidate or quarantine).
 
 :func:`add_schema_parser` and :func:`add_watch_parser` add the two commands to the ``data``
-command group; their handlers return the exit code.
+command group; their handlers return the exit code. tensorflow-metadata and the watcher are
+imported when a command runs, not when the parser is built.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import logging
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
-
-from coordinator.dataval.edit import COMPARATOR_KINDS, EDITS
-from coordinator.dataval.watch import SpanCheck, WatchConfig, Watcher, unreadable
 from fedge.cli import add_json_flag, add_verbosity_flags
 from fedge.errors import FedgeError, UsageError
+
+if TYPE_CHECKING:
+    from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
+
+    from coordinator.dataval.watch import SpanCheck
+
+_COMPARATOR_KINDS = ("infinity_norm", "jensen_shannon_divergence")  # edit.COMPARATOR_KINDS
 
 __all__ = ["add_schema_parser", "add_watch_parser", "check_span", "schema_cli", "watch_cli"]
 
@@ -66,7 +70,7 @@ def add_schema_parser(verbs: Any) -> argparse.ArgumentParser:
         if name in ("set-drift", "set-skew"):
             edit.add_argument(
                 "--kind",
-                choices=COMPARATOR_KINDS,
+                choices=_COMPARATOR_KINDS,
                 help="the comparator (default: from the feature's type)",
             )
     add_verbosity_flags(parser)
@@ -75,6 +79,7 @@ def add_schema_parser(verbs: Any) -> argparse.ArgumentParser:
 
 
 def schema_cli(args: argparse.Namespace) -> int:
+    from coordinator.dataval.edit import EDITS
     from coordinator.dataval.schema import load_schema, save_schema
 
     schema = load_schema(args.schema_path)
@@ -145,6 +150,7 @@ def check_span(
     the ``numeric``/``categorical``/``exclude`` overrides of :func:`infer_table`."""
     from coordinator.dataval.anomalies import validate
     from coordinator.dataval.statistics import dataset_statistics
+    from coordinator.dataval.watch import SpanCheck, unreadable
     from fedge.data.user_table import infer_table
 
     try:
@@ -161,6 +167,7 @@ def check_span(
 
 def watch_cli(args: argparse.Namespace) -> int:
     from coordinator.dataval.schema import load_schema
+    from coordinator.dataval.watch import WatchConfig, Watcher
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be > 0, got {args.interval!r}")

@@ -207,3 +207,10 @@ def test_reported_anomalies_become_none_after_schema_edits_by_cli(tmp_path: Path
     }
     assert main(["data", "schema", str(schema), "set-skew", "fare", "0.9"]) == 0
     assert _anomalies(tmp_path, train, schema, "--serving", str(serving)) == {}
+
+
+def test_the_cli_offers_every_edit_and_comparator_kind() -> None:
+    from coordinator.dataval import workflow
+
+    assert workflow._COMPARATOR_KINDS == edit.COMPARATOR_KINDS
+    assert set(workflow._EDIT_HELP) == set(edit.EDITS)
