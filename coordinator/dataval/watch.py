@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from coordinator.admin import DirectAdmin
@@ -233,7 +234,7 @@ class Watcher:
         self._record(key, file=path.name, status="validating")
         schema = self._load_schema(self._config.schema)
         check = self._validator(path, schema, self._reference())
-        (work / "anomalies.pbtxt").write_text(str(check.anomalies), encoding="utf-8")
+        atomic_write_text(work / "anomalies.pbtxt", str(check.anomalies))
         found = anomaly_summary(check.anomalies)
         if found:
             self._record(key, status="quarantining", anomalies=found)
@@ -254,15 +255,15 @@ class Watcher:
         stats.ParseFromString(Path(reference).read_bytes())
         return stats
 
-    def _quarantine(self, path: Path, key: str, anomalies: anomalies_pb2.Anomalies) -> None:
+    def _quarantine(
+        self, path: Path, key: str, anomalies: anomalies_pb2.Anomalies, *, move: bool = True
+    ) -> None:
         target = self._config.directory / QUARANTINE / key.replace("@", "-")
         target.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target / "anomalies.pbtxt", str(anomalies))
-        if path.exists():
+        if move:
             os.replace(path, target / path.name)
-        marker = path.with_name(path.name + DONE_SUFFIX)
-        if marker.exists():
-            marker.unlink()
+            path.with_name(path.name + DONE_SUFFIX).unlink(missing_ok=True)
         self._alert(key, target / path.name)
         self._record(key, status="quarantined", quarantine=str(target))
 
@@ -348,10 +349,10 @@ class Watcher:
             if entry.get("status") != "quarantining":
                 continue
             path = self._config.directory / entry["file"]
+            # Moved already, or another file has taken its name since: nothing to move.
+            ours = path.exists() and key.endswith("@" + _sha256(path)[:16])
             anomalies = anomalies_pb2.Anomalies()
-            from google.protobuf import text_format
-
             text_format.Parse(
                 (self._span_dir(key) / "anomalies.pbtxt").read_text(encoding="utf-8"), anomalies
             )
-            self._quarantine(path, key, anomalies)
+            self._quarantine(path, key, anomalies, move=ours)
