@@ -13,9 +13,11 @@ _EXPORTS: dict[str, str] = {
     # config / data / records (no TensorFlow)
     "DEFAULT_TEST_FRACTION": "config",
     "STRATEGY_NAMES": "config",
+    "TABLE_TASK": "config",
     "TrainConfig": "config",
     "TaskData": "data",
     "build_feature_spec": "data",
+    "prepare_table_data": "data",
     "prepare_task_data": "data",
     "split_task": "data",
     "RECORD_FILE": "record",
@@ -32,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "logit_metrics": "evaluation",
     "slice_metrics": "evaluation",
     # TensorFlow
+    "ABLATION_FILE": "ablation",
+    "run_ablation": "ablation",
     "backbone_layer_names": "models",
     "build_model": "models",
     "compile_model": "models",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import IO, Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cloud_trainer.cluster import TF_CONFIG, cluster_role
-from cloud_trainer.config import STRATEGY_NAMES, TrainConfig
+from cloud_trainer.config import STRATEGY_NAMES, TABLE_TASK, TrainConfig
 from cloud_trainer.launcher import WorkerOutcome, launch_local_cluster, watch_launcher
 from cloud_trainer.record import TrainingRecord, load_training_record, prepare_out_dir
 from fedge.cli import (
@@ -36,6 +37,7 @@ from fedge.cli import (
     run_cli,
 )
 from fedge.data import TASK_NAMES
+from fedge.data.user_table import table_format
 from fedge.errors import ConfigError, UsageError
 
 __all__ = ["RunOutcome", "build_parser", "main", "run_training", "train_cli"]
@@ -54,8 +56,18 @@ strategies:
                 this process joins that cluster
 
 OUT receives saved_model/, feature_spec.json, training_record.json, checkpoints/ and logs/
-(TensorBoard), written by the chief only. A killed run restarted with the same arguments
-resumes after its last completed epoch (state in OUT/backup).
+(TensorBoard), written by the chief only; with --data also schema.json (the inferred
+columns and label names every later tool reads) and, with --ablation, ablation.json.
+
+--data FILE trains on your own table instead of a bundled --task: .csv, .csv.gz (a header
+row) or .tfrecord, .tfrecord.gz (tf.train.Example records). A column whose values are all
+numbers is numeric (z-scored), any other categorical (one-hot with an out-of-vocabulary
+bucket); --numeric/--categorical/--exclude override. The label column's distinct values,
+sorted, are the classes; rows without a label are dropped. Warnings about the data (empty
+or constant columns, empty fields, unscaled numbers) go to stderr.
+
+A killed run restarted with the same arguments resumes after its last completed epoch
+(state in OUT/backup).
 
 Ctrl-C (SIGINT) stops training, kills any local workers and removes what the run created:
 OUT (when it did not exist before, or was empty) and the --to-tfrecord file. SIGTERM stops
@@ -76,13 +88,18 @@ class RunOutcome:
     out_dir: str
     record: TrainingRecord
     workers: tuple[WorkerOutcome, ...] = field(default=())
+    ablation: dict[str, Any] | None = None
+    """The ``ablation.json`` report of an ``--ablation`` run."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "out_dir": self.out_dir,
             "record": self.record.to_dict(),
             "workers": [asdict(w) for w in self.workers],
         }
+        if self.ablation is not None:
+            doc["ablation"] = self.ablation
+        return doc
 
 
 def build_parser() -> ArgumentParser:
@@ -93,7 +110,26 @@ def build_parser() -> ArgumentParser:
         epilog=_EPILOG,
     )
     parser.add_version()
-    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help=f"a bundled task: one of {', '.join(TASK_NAMES)}")
+    source.add_argument("--data", metavar="FILE", help="your own table (.csv[.gz], .tfrecord[.gz])")
+    parser.add_argument("--label-column", metavar="COL", help="the label column of --data")
+    for kind in ("numeric", "categorical"):
+        parser.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar="COL",
+            help=f"treat COL of --data as {kind} (repeatable)",
+        )
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="COL", help="leave COL out (repeatable)"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="with --data: also retrain without each feature and report the accuracy drop",
+    )
     parser.add_argument(
         "--strategy", default="default", help=f"one of {', '.join(STRATEGY_NAMES)} (default)"
     )
@@ -155,7 +191,13 @@ def run_training(
 
     tf.get_logger().setLevel(logging.ERROR)
     result = train(config)
-    return RunOutcome(out_dir=result.out_dir, record=result.record)
+    ablation = None
+    if config.ablation:
+        from cloud_trainer.ablation import ABLATION_FILE
+
+        with open(os.path.join(result.out_dir, ABLATION_FILE), encoding="utf-8") as stream:
+            ablation = json.load(stream)
+    return RunOutcome(out_dir=result.out_dir, record=result.record, ablation=ablation)
 
 
 def _launch(
@@ -181,8 +223,14 @@ def _launch(
 
 
 def _worker_args(config: TrainConfig, out: str, verbose: int = 0) -> list[str]:
-    args = [
-        f"--task={config.task}",
+    if config.data_path is not None:
+        args = [f"--data={os.path.abspath(config.data_path)}"]
+        args.append(f"--label-column={config.label_column}")
+        for kind in ("numeric", "categorical", "exclude"):
+            args += [f"--{kind}={name}" for name in getattr(config, kind)]
+    else:
+        args = [f"--task={config.task}"]
+    args += [
         f"--strategy={config.strategy}",
         f"--workers={config.workers}",
         f"--epochs={config.epochs}",
@@ -210,8 +258,27 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
 def _train(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet, loggers=_LOGGERS)
+    if args.data is None and (
+        args.label_column or args.numeric or args.categorical or args.exclude or args.ablation
+    ):
+        raise UsageError(
+            "--label-column, --numeric, --categorical, --exclude and --ablation need --data"
+        )
+    if args.data is not None and not args.label_column:
+        raise UsageError("--data needs --label-column")
+    if args.data is not None:
+        # Checked before TensorFlow loads; the columns are checked when the file is read.
+        table_format(args.data)
+        if not os.path.isfile(args.data):
+            raise UsageError(f"--data {args.data}: no such file")
     config = TrainConfig(
-        task=args.task,
+        task=TABLE_TASK if args.data is not None else args.task,
+        data_path=args.data,
+        label_column=args.label_column,
+        numeric=tuple(args.numeric),
+        categorical=tuple(args.categorical),
+        exclude=tuple(args.exclude),
+        ablation=args.ablation,
         out_dir=args.out,
         strategy=args.strategy,
         epochs=args.epochs,
@@ -257,10 +324,19 @@ def _print(outcome: RunOutcome, *, as_json: bool) -> None:
     metrics = " ".join(
         f"{k}={'n/a' if v is None else f'{v:.4f}'}" for k, v in sorted(record.metrics.items())
     )
+    what = record.data_file or record.task
     print(
-        f"trained {record.task} ({record.strategy}, {record.workers} worker(s), "
+        f"trained {what} ({record.strategy}, {record.workers} worker(s), "
         f"{record.replicas} replica(s), {record.epochs} epochs): {metrics} -> {outcome.out_dir}"
     )
+    if outcome.ablation is not None:
+        report = outcome.ablation
+        print(f"ablation ({report['metric']}, all features {report['all_features']:.4f}):")
+        for row in report["features"]:
+            print(
+                f"  {row['feature']}: {row[report['metric']]:.4f} without it, "
+                f"drop {row['drop']:+.4f}"
+            )
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud_trainer.config import DEFAULT_TEST_FRACTION
-from fedge.data import Dataset, load_task, train_test_split
+from cloud_trainer.config import DEFAULT_TEST_FRACTION, TABLE_TASK
+from fedge.data import Dataset, UserTable, infer_table, load_task, train_test_split
 from fedge.errors import ConfigError
 from fedge.features import MINMAX, FeatureSpec
 from fedge.stats import compute_stats
@@ -26,6 +26,7 @@ __all__ = [
     "NORMALIZATION",
     "TaskData",
     "build_feature_spec",
+    "prepare_table_data",
     "prepare_task_data",
     "split_task",
 ]
@@ -79,12 +80,37 @@ def split_task(
     return train, dataset.take(test_idx)
 
 
-def build_feature_spec(train: Dataset) -> FeatureSpec:
-    """The feature spec of ``train``'s schema from ``train``'s statistics only."""
+def build_feature_spec(train: Dataset, *, task: str | None = None) -> FeatureSpec:
+    """The feature spec of ``train``'s schema from ``train``'s statistics only, with the
+    normalization overrides of ``task`` (``train.name`` by default)."""
     stats = compute_stats(train.columns, schema=train.schema, labels=train.labels)
     return FeatureSpec.from_stats(
-        stats, schema=train.schema, normalization=NORMALIZATION.get(train.name, {})
+        stats, schema=train.schema, normalization=NORMALIZATION.get(task or train.name, {})
     )
+
+
+def prepare_table_data(
+    path: str,
+    *,
+    label_column: str,
+    numeric: tuple[str, ...] = (),
+    categorical: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    seed: int,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    data_fraction: float = 1.0,
+) -> tuple[TaskData, UserTable]:
+    """A user's file as :func:`prepare_task_data` prepares a task: inferred schema, seeded
+    split, z-scored numbers and one-hot categories from the training split's statistics.
+
+    The task is :data:`~cloud_trainer.config.TABLE_TASK`; the same split comes back from
+    ``fedge.data.read_table(path, schema, label_names)`` and :func:`split_task`.
+    """
+    check_fraction(test_fraction, "test_fraction", zero_ok=False)
+    table = infer_table(
+        path, label_column=label_column, numeric=numeric, categorical=categorical, exclude=exclude
+    )
+    return _task_data(TABLE_TASK, table.dataset, seed, test_fraction, data_fraction), table
 
 
 def prepare_task_data(
@@ -96,11 +122,16 @@ def prepare_task_data(
 ) -> TaskData:
     """Load ``task``, split it, build the spec from the training part, transform both parts."""
     check_fraction(test_fraction, "test_fraction", zero_ok=False)
-    dataset = load_task(task)
+    return _task_data(task, load_task(task), seed, test_fraction, data_fraction)
+
+
+def _task_data(
+    task: str, dataset: Dataset, seed: int, test_fraction: float, data_fraction: float
+) -> TaskData:
     train, test = split_task(
         dataset, test_fraction=test_fraction, seed=seed, data_fraction=data_fraction
     )
-    spec = build_feature_spec(train)
+    spec = build_feature_spec(train, task=task)
     return TaskData(
         task=task,
         spec=spec,

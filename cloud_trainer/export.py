@@ -5,6 +5,8 @@
     OUT/
     ├── saved_model/           Keras SavedModel (logits); loads with no custom objects
     ├── feature_spec.json      FeatureSpec.to_json() of the training split
+    ├── schema.json            a run on a user's file only: its schema and label names
+    ├── ablation.json          fedge-train --ablation only: the leave-one-feature-out report
     ├── training_record.json   TrainingRecord, written last: its presence marks a complete export
     ├── checkpoints/           per-epoch weights (chief only)
     ├── logs/                  TensorBoard event files (chief only)
@@ -27,11 +29,14 @@ from cloud_trainer.record import (
     FEATURE_SPEC_FILE,
     RECORD_FILE,
     SAVED_MODEL_DIR,
+    SCHEMA_FILE,
     TrainingRecord,
 )
+from fedge.data import save_schema_json
 from fedge.errors import DataError
 from fedge.features import FeatureSpec
 from fedge.fileio import atomic_write_text, publish_directory
+from fedge.schema import Schema
 
 __all__ = [
     "BACKUP_DIR",
@@ -39,6 +44,7 @@ __all__ = [
     "FEATURE_SPEC_FILE",
     "LOG_DIR",
     "SAVED_MODEL_DIR",
+    "SCHEMA_FILE",
     "load_exported_model",
     "load_feature_spec",
     "write_export",
@@ -58,8 +64,10 @@ def write_export(
     spec: FeatureSpec,
     record: TrainingRecord,
     role: ClusterRole,
+    table: tuple[Schema, tuple[str, ...]] | None = None,
 ) -> None:
-    """Save ``model``, then (chief only) the feature spec, then the training record."""
+    """Save ``model``, then (chief only) the feature spec, ``table``'s schema and label names
+    as ``schema.json`` if given, then the training record."""
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
     final = os.path.join(out, SAVED_MODEL_DIR)
@@ -73,6 +81,8 @@ def write_export(
     shutil.rmtree(final, ignore_errors=True)
     publish_directory(staging, final)
     atomic_write_text(os.path.join(out, FEATURE_SPEC_FILE), spec.to_json() + "\n")
+    if table is not None:
+        save_schema_json(os.path.join(out, SCHEMA_FILE), *table)
     atomic_write_text(os.path.join(out, RECORD_FILE), record.to_json() + "\n")
     logger.info(
         "exported %s, %s and %s to %s", SAVED_MODEL_DIR, FEATURE_SPEC_FILE, RECORD_FILE, out

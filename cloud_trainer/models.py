@@ -22,6 +22,7 @@ __all__ = [
     "backbone_layer_names",
     "build_digits_model",
     "build_model",
+    "build_table_model",
     "build_taxi_model",
     "compile_model",
     "embedding_model",
@@ -66,8 +67,16 @@ def build_taxi_model(input_shape: tuple[int, ...], *, num_classes: int = 2) -> t
     return tf.keras.Model(inputs, outputs, name="taxi_mlp")
 
 
+def build_table_model(input_shape: tuple[int, ...], *, num_classes: int = 2) -> tf.keras.Model:
+    """The taxi MLP over a user's transformed table (``fedge-train --data``)."""
+    _check_shape(input_shape, rank=1, what="table")
+    model = build_taxi_model(input_shape, num_classes=num_classes)
+    return tf.keras.Model(model.inputs, model.outputs, name="table_mlp")
+
+
 _BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
     "digits": build_digits_model,
+    "table": build_table_model,
     "taxi": build_taxi_model,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))

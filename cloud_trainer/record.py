@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from fedge.data import SCHEMA_FILE
 from fedge.errors import ConfigError, DataError
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RECORD_FORMAT",
     "RECORD_VERSION",
     "SAVED_MODEL_DIR",
+    "SCHEMA_FILE",
     "TrainingRecord",
     "load_training_record",
     "prepare_out_dir",
@@ -75,6 +77,11 @@ class TrainingRecord:
     finished_at: str
     tensorflow_version: str
     training_job: str = ""
+    data_file: str = ""
+    """A run on a user's file (task ``table``): its absolute path; empty for a bundled task."""
+    data_sha256: str = ""
+    """That file's sha256 (hex) when training started."""
+    label_column: str = ""
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     slice_metrics: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     artifacts: Mapping[str, str] = field(default_factory=dict)

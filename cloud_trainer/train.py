@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -24,9 +26,10 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from cloud_trainer.ablation import ABLATION_FILE, run_ablation
 from cloud_trainer.cluster import ClusterRole, cluster_role
 from cloud_trainer.config import TrainConfig
-from cloud_trainer.data import TaskData, prepare_task_data
+from cloud_trainer.data import TaskData, prepare_table_data, prepare_task_data
 from cloud_trainer.errors import TrainingError
 from cloud_trainer.evaluation import logit_metrics, slice_metrics
 from cloud_trainer.export import (
@@ -35,6 +38,7 @@ from cloud_trainer.export import (
     FEATURE_SPEC_FILE,
     LOG_DIR,
     SAVED_MODEL_DIR,
+    SCHEMA_FILE,
     write_export,
 )
 from cloud_trainer.models import (
@@ -46,7 +50,10 @@ from cloud_trainer.models import (
 from cloud_trainer.pipelines import array_dataset, write_tfrecord
 from cloud_trainer.record import TrainingRecord, prepare_out_dir
 from cloud_trainer.strategies import build_strategy
+from fedge.errors import DataError
 from fedge.features import FeatureSpec
+from fedge.fileio import atomic_write_text
+from fedge.schema import Schema
 
 __all__ = ["TrainResult", "TrainingError", "backup_epoch", "predict_logits", "train"]
 
@@ -79,12 +86,33 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
     out = prepare_out_dir(config.out_dir)
     started_at = _utc_now()
     job = f"fedge-train-{config.task}-{uuid.uuid4().hex[:12]}"
-    data = prepare_task_data(
-        config.task,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        data_fraction=config.data_fraction,
-    )
+    table: tuple[Schema, tuple[str, ...]] | None = None
+    data_file = data_sha256 = ""
+    if config.data_path is not None:
+        assert config.label_column is not None  # TrainConfig checks it
+        data_file = os.path.abspath(config.data_path)
+        data_sha256 = _file_sha256(data_file)
+        data, user_table = prepare_table_data(
+            data_file,
+            label_column=config.label_column,
+            numeric=config.numeric,
+            categorical=config.categorical,
+            exclude=config.exclude,
+            seed=config.seed,
+            test_fraction=config.test_fraction,
+            data_fraction=config.data_fraction,
+        )
+        table = (user_table.schema, user_table.label_names)
+        if role.is_chief:
+            for warning in user_table.warnings:
+                logger.warning("%s: %s", os.path.basename(data_file), warning)
+    else:
+        data = prepare_task_data(
+            config.task,
+            seed=config.seed,
+            test_fraction=config.test_fraction,
+            data_fraction=config.data_fraction,
+        )
     if config.tfrecord_path and role.is_chief:
         write_tfrecord(config.tfrecord_path, data.x_train, data.y_train)
     replicas = int(strategy.num_replicas_in_sync)
@@ -155,6 +183,25 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
     metrics = {f"train_{k}": v for k, v in train_metrics.items() if k != "auc"}
     metrics.update({f"test_{k}": v for k, v in test_metrics.items()})
     initial_epoch = tracker.first_epoch if tracker.first_epoch is not None else (resumed or 0)
+    artifacts = {
+        "saved_model": SAVED_MODEL_DIR,
+        "feature_spec": FEATURE_SPEC_FILE,
+        "checkpoints": CHECKPOINT_DIR,
+        "logs": LOG_DIR,
+    }
+    if table is not None:
+        artifacts["schema"] = SCHEMA_FILE
+    if config.ablation and role.is_chief:
+        report = run_ablation(
+            data,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            learning_rate=config.learning_rate,
+        )
+        text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        atomic_write_text(os.path.join(out, ABLATION_FILE), text)
+        artifacts["ablation"] = ABLATION_FILE
     record = TrainingRecord(
         task=config.task,
         model=model.name,
@@ -183,16 +230,14 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
         finished_at=_utc_now(),
         tensorflow_version=tf.__version__,
         training_job=job,
+        data_file=data_file,
+        data_sha256=data_sha256,
+        label_column=config.label_column or "",
         metrics=metrics,
         slice_metrics=slices,
-        artifacts={
-            "saved_model": SAVED_MODEL_DIR,
-            "feature_spec": FEATURE_SPEC_FILE,
-            "checkpoints": CHECKPOINT_DIR,
-            "logs": LOG_DIR,
-        },
+        artifacts=artifacts,
     )
-    write_export(out, model=model, spec=data.spec, record=record, role=role)
+    write_export(out, model=model, spec=data.spec, record=record, role=role, table=table)
     return TrainResult(
         record=record, model=model, spec=data.spec, data=data, out_dir=out, is_chief=role.is_chief
     )
@@ -286,6 +331,17 @@ def _barrier(strategy: tf.distribute.Strategy) -> None:
 def _remove_if_empty(path: str) -> None:
     with contextlib.suppress(OSError):
         os.rmdir(path)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return digest.hexdigest()
 
 
 def _user() -> str:

@@ -671,7 +671,7 @@ def test_workers_exit_when_their_launcher_is_killed(
         (["--task=digits", "--epochs=1", "--batch-size=-3"], "batch_size must be"),
         (["--task=digits", "--epochs=1", "--workers=2"], "workers applies to"),
         (["--task=digits"], "the following arguments are required: --epochs"),
-        (["--task=digits", "--epochs=1", "--data", "0.5"], "unrecognized arguments: --data 0.5"),
+        (["--task=digits", "--epochs=1", "--data", "0.5"], "--data: not allowed with argument"),
         (["--task=digits", "--epochs=1", "--lr=0.1"], "unrecognized arguments: --lr=0.1"),
         (["--task=digits", "--epochs=1", "--worker-timeout=0"], "--worker-timeout must be > 0"),
     ],
