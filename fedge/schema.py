@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -97,3 +98,18 @@ class Schema:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a valid schema document: {exc}") from exc
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text (keys sorted)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        """The schema of :meth:`to_json`'s text; ConfigError when it is not one."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"not a valid schema document: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError("not a valid schema document: expected a JSON object")
+        return cls.from_dict(data)

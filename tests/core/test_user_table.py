@@ -142,6 +142,9 @@ def test_schema_json_round_trips(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     assert document["label_names"] == ["no", "yes"]
     assert document["schema"]["shapes"] == {"v": [3]}
+    assert Schema.from_json(schema.to_json()) == schema
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        Schema.from_json("[1]")
     path.write_text(json.dumps({**document, "label_names": ["a"]}))
     with pytest.raises(DataError, match="1 label names for 2 classes"):
         load_schema_json(path)
