@@ -20,8 +20,9 @@ TensorFlow Data Validation's anomaly types and short descriptions:
   ``drift_comparator`` / ``skew_comparator`` ``infinity_norm.threshold``;
 - ``COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH`` the same for a numeric feature: the
   Jensen-Shannon divergence (base-2 logarithms, so in [0, 1]) of the two histograms above
-  ``jensen_shannon_divergence.threshold``. Histograms with different buckets are first
-  re-bucketed onto the union of their boundaries, each bucket's count spread uniformly.
+  ``jensen_shannon_divergence.threshold``. Histograms are aligned as TFDV aligns them
+  (finite buckets re-bucketed onto the union of their boundaries, each count spread
+  uniformly; point masses and infinite buckets kept apart).
 
 A feature with no comparator is not compared. Every computed distance is recorded in
 ``drift_skew_info``, above its threshold or not.
@@ -54,6 +55,8 @@ _STATS_TYPE = {
     _Stats.STRUCT: "STRUCT",
 }
 _DEPRECATED = (schema_pb2.DEPRECATED, schema_pb2.DISABLED)
+_Buckets = list[tuple[float, float, float]]
+_Vector = np.ndarray[Any, np.dtype[np.float64]]
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,12 @@ def infinity_norm(a: dict[str, float], b: dict[str, float]) -> tuple[float, str]
     for value in sorted(set(a) | set(b)):
         pa = a.get(value, 0.0) / total_a if total_a else 0.0
         pb = b.get(value, 0.0) / total_b if total_b else 0.0
-        if abs(pa - pb) > best:
+        if abs(pa - pb) >= best:
             best, where = abs(pa - pb), value
     return best, where
 
 
-def _histogram(stat: Any) -> list[tuple[float, float, float]]:
+def _histogram(stat: Any) -> _Buckets:
     histograms = stat.num_stats.histograms
     chosen = next(
         (h for h in histograms if h.type == statistics_pb2.Histogram.STANDARD),
@@ -109,45 +112,58 @@ def _histogram(stat: Any) -> list[tuple[float, float, float]]:
     return [(b.low_value, b.high_value, b.sample_count) for b in chosen.buckets]
 
 
-def _rebucket(
-    histogram: Sequence[tuple[float, float, float]], bounds: Sequence[float]
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Counts on ``bounds``' intervals, each bucket spread uniformly over its range (a
-    zero-width bucket goes whole to the interval holding its point)."""
-    out = np.zeros(max(len(bounds) - 1, 1))
+def _rebucket(histogram: _Buckets, bounds: Sequence[float]) -> _Vector:
+    """Counts on the intervals between ``bounds`` (which hold every bucket edge), each
+    bucket's count spread uniformly over its range."""
+    out = np.zeros(max(len(bounds) - 1, 0))
     for low, high, count in histogram:
-        if high <= low:
-            index = int(np.searchsorted(bounds, low, side="right")) - 1
-            out[min(max(index, 0), len(out) - 1)] += count
-            continue
-        for i in range(len(out)):
-            overlap = min(high, bounds[i + 1]) - max(low, bounds[i])
-            if overlap > 0:
-                out[i] += count * overlap / (high - low)
+        first = int(np.searchsorted(bounds, low))
+        last = int(np.searchsorted(bounds, high))
+        for i in range(first, last):
+            out[i] += count * (bounds[i + 1] - bounds[i]) / (high - low)
     return out
 
 
-def _aligned(
-    a: list[tuple[float, float, float]], b: list[tuple[float, float, float]]
-) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float64]]]:
-    inner_a = [x[1] for x in a[:-1]] + [x[0] for x in a[1:]]
-    inner_b = [x[1] for x in b[:-1]] + [x[0] for x in b[1:]]
-    if len(a) == len(b) and inner_a == inner_b:
-        return np.array([x[2] for x in a]), np.array([x[2] for x in b])
-    finite = sorted({v for x in (*a, *b) for v in x[:2] if math.isfinite(v)})
-    if not finite:
-        return np.array([sum(x[2] for x in a)]), np.array([sum(x[2] for x in b)])
-
-    def clamp(h: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
-        return [(max(lo, finite[0]), min(hi, finite[-1]), c) for lo, hi, c in h]
-
-    return _rebucket(clamp(a), finite), _rebucket(clamp(b), finite)
+def _split(histogram: _Buckets) -> tuple[_Buckets, dict[float, float], float]:
+    """Finite buckets, point masses (zero-width buckets) and the mass of infinite buckets."""
+    finite: _Buckets = []
+    points: dict[float, float] = {}
+    infinite = 0.0
+    for low, high, count in histogram:
+        if not (math.isfinite(low) and math.isfinite(high)):
+            infinite += count
+        elif low == high:
+            points[low] = points.get(low, 0.0) + count
+        else:
+            finite.append((low, high, count))
+    return finite, points, infinite
 
 
-def jensen_shannon_divergence(
-    a: list[tuple[float, float, float]], b: list[tuple[float, float, float]]
-) -> float:
-    """JS divergence (log base 2) of two histograms given as (low, high, count) buckets."""
+def _aligned(a: _Buckets, b: _Buckets) -> tuple[_Vector, _Vector]:
+    """Both histograms on common buckets, as TFDV aligns them: finite buckets re-bucketed
+    onto the union of their boundaries (when those differ), then one bucket per point mass,
+    then the infinite buckets' masses as buckets the other side has empty."""
+    (fa, pa, ia), (fb, pb, ib) = _split(a), _split(b)
+    edges_a = {v for x in fa for v in x[:2]}
+    edges_b = {v for x in fb for v in x[:2]}
+    if edges_a == edges_b:
+        va, vb = np.array([x[2] for x in fa]), np.array([x[2] for x in fb])
+    else:
+        bounds = sorted(edges_a | edges_b)
+        va, vb = _rebucket(fa, bounds), _rebucket(fb, bounds)
+    points = sorted(set(pa) | set(pb))
+    extra_a = [pa.get(p, 0.0) for p in points]
+    extra_b = [pb.get(p, 0.0) for p in points]
+    if ia:
+        extra_a, extra_b = [*extra_a, ia], [*extra_b, 0.0]
+    if ib:
+        extra_a, extra_b = [*extra_a, 0.0], [*extra_b, ib]
+    return np.concatenate([va, extra_a]), np.concatenate([vb, extra_b])
+
+
+def jensen_shannon_divergence(a: _Buckets, b: _Buckets) -> float:
+    """JS divergence (log base 2, at most 1) of two histograms of (low, high, count)
+    buckets; 0.0 when either is empty."""
     pa, pb = _aligned(a, b)
     if pa.sum() <= 0 or pb.sum() <= 0:
         return 0.0
@@ -158,7 +174,7 @@ def jensen_shannon_divergence(
         keep = p > 0
         return float(np.sum(p[keep] * np.log2(p[keep] / m[keep])))
 
-    return max(0.0, (kl(pa) + kl(pb)) / 2)
+    return min(max(0.0, (kl(pa) + kl(pb)) / 2), 1.0)
 
 
 def _domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> Any | None:

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
-from coordinator.dataval.anomalies import validate
+from coordinator.dataval.anomalies import infinity_norm, jensen_shannon_divergence, validate
 from coordinator.dataval.schema import infer_schema, load_schema, save_schema
 from coordinator.dataval.statistics import (
     dataset_statistics,
@@ -386,3 +386,25 @@ def test_new_column_and_type_mismatch() -> None:
     assert set(validate(stats, schema).anomaly_info) == {"x"}
     words = _small([1.0, 2.0], ["one", "2"])
     assert _types(validate(words, schema))["color"] == ["UNEXPECTED_DATA_TYPE"]
+
+
+def test_jensen_shannon_divergence_aligns_histograms_as_tfdv() -> None:
+    assert jensen_shannon_divergence([(0, 1, 10), (1, 2, 10)], [(0, 2, 20)]) == 0.0
+    assert jensen_shannon_divergence([(0, 1, 4)], [(1, 2, 4)]) == pytest.approx(1.0)
+    # An infinite bucket's mass is a bucket of its own: (1/2, 1/2) against (1, 0).
+    mixed = jensen_shannon_divergence([(0, 1, 5), (-math.inf, 0, 5)], [(0, 1, 10)])
+    m = np.array([0.75, 0.25])
+    expected = (0.5 * np.log2(0.5 / m[0]) + 0.5 * np.log2(0.5 / m[1]) + np.log2(1 / m[0])) / 2
+    assert mixed == pytest.approx(expected, abs=1e-12)
+    # Point masses line up by value, apart from the finite buckets.
+    assert jensen_shannon_divergence([(3, 3, 2), (0, 1, 2)], [(0, 1, 2), (3, 3, 2)]) == 0.0
+    assert jensen_shannon_divergence([], [(0, 1, 1)]) == 0.0
+
+
+def test_infinity_norm_names_the_value_of_the_largest_difference() -> None:
+    value, where = infinity_norm({"a": 3, "b": 1}, {"a": 1, "b": 3})
+    assert value == pytest.approx(0.5)
+    assert where == "b"  # a tie goes to the last value in sorted order, as in TFDV
+    value, where = infinity_norm({"a": 8, "b": 2}, {"a": 1, "b": 1, "c": 2})
+    assert value == pytest.approx(0.8 - 0.25)
+    assert where == "a"
