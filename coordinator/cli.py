@@ -5,9 +5,11 @@
     fedge-coordinator serve --task taxi --bundle DIR --db state.db --artifacts DIR \\
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
         [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] \
+        [--prediction-drift-threshold X] [--prediction-drift-min-examples N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
+    fedge-coordinator models predictions [V]                 TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
     fedge-coordinator enrollment create [--label L] [--expires-in SECONDS] [--uses N] \
@@ -58,6 +60,7 @@ from coordinator.auth import (
 from coordinator.config import (
     DEFAULT_COHORT_WINDOW_SECONDS,
     DEFAULT_MIN_COHORT,
+    AlertConfig,
     RoundConfig,
     ServiceConfig,
 )
@@ -287,6 +290,28 @@ def _add_serve(sub: Any) -> None:
         "lineage's epsilon over EPSILON (a round without DP is refused outright); the round "
         "fails with 'privacy budget exhausted' and a privacy_budget_exhausted alert",
     )
+    alert_defaults = AlertConfig()
+    alerts = serve.add_argument_group(
+        "prediction drift",
+        "Per model version the coordinator sums the per-class counts of predictions and "
+        "labels in the devices' evaluation reports and compares them with the previous "
+        "version's (L-infinity distance; `models predictions` shows them); a distance above "
+        "the threshold raises a prediction_drift alert.",
+    )
+    alerts.add_argument(
+        "--prediction-drift-threshold",
+        type=float,
+        default=alert_defaults.prediction_drift_threshold,
+        metavar="X",
+        help="L-infinity distance in [0, 1] above which a version drifts (default %(default)s)",
+    )
+    alerts.add_argument(
+        "--prediction-drift-min-examples",
+        type=int,
+        default=alert_defaults.prediction_drift_min_examples,
+        metavar="N",
+        help="rows both versions must count before they are compared (default %(default)s)",
+    )
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -408,6 +433,13 @@ def _add_admin(sub: Any) -> None:
     _admin_verb(verbs, "show", "one version").add_argument("version")
     _admin_verb(verbs, "promote", "make production").add_argument("version")
     _admin_verb(verbs, "rollback", "restore the previous production")
+    _admin_verb(
+        verbs,
+        "predictions",
+        "per version: the class distribution of the devices' predictions and labels in "
+        "their evaluation reports, and its L-infinity drift from the previous version "
+        "(drifted: by the server's thresholds; with --db, the defaults)",
+    ).add_argument("version", nargs="?", help="one version (default: every version)")
     models.set_defaults(handler=models_cli)
     rounds = sub.add_parser(
         "rounds",
@@ -626,6 +658,10 @@ def serve_cli(args: argparse.Namespace) -> int:
         min_cohort=args.min_cohort,
         cohort_window_seconds=args.cohort_window,
         privacy_budget=args.privacy_budget,
+        alerts=AlertConfig(
+            prediction_drift_threshold=args.prediction_drift_threshold,
+            prediction_drift_min_examples=args.prediction_drift_min_examples,
+        ),
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
@@ -862,6 +898,8 @@ def models_cli(args: argparse.Namespace) -> int:
             _print(models, as_json=args.json, columns=_MODEL_COLUMNS)
         elif args.verb == "show":
             _print(backend.show_model(args.version), as_json=args.json)
+        elif args.verb == "predictions":
+            _print_predictions(backend, args.version, as_json=args.json)
         elif args.verb == "promote":
             _print(backend.promote(args.version), as_json=args.json)
         else:
@@ -869,6 +907,58 @@ def models_cli(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     return 0
+
+
+_PREDICTION_COLUMNS = (
+    "version",
+    "stage",
+    "reports",
+    "predictions",
+    "labels",
+    "compared_with",
+    "prediction_drift",
+    "label_drift",
+    "drifted",
+)
+
+
+def _shares(values: list[float] | None) -> str:
+    return "-" if not values else " ".join(f"{v:.3f}" for v in values)
+
+
+def _distance(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _print_predictions(backend: AdminBackend, version: str | None, *, as_json: bool) -> None:
+    """``models predictions``: each version's ``predictions`` section (from its document),
+    as JSON or as a table of distributions and drifts."""
+    versions = [m["version"] for m in backend.list_models()] if version is None else [version]
+    documents = [backend.show_model(v) for v in versions]
+    if as_json:
+        _print(
+            [{"version": d["version"], "predictions": d["predictions"]} for d in documents],
+            as_json=True,
+        )
+        return
+    rows = []
+    for document in documents:
+        section = document["predictions"]
+        current = section["distribution"] or {}
+        rows.append(
+            {
+                "version": document["version"],
+                "stage": document["stage"],
+                "reports": current.get("reports", 0),
+                "predictions": _shares(current.get("prediction_distribution")),
+                "labels": _shares(current.get("label_distribution")),
+                "compared_with": section["compared_with"] or "-",
+                "prediction_drift": _distance(section["prediction_drift"]),
+                "label_drift": _distance(section["label_drift"]),
+                "drifted": "yes" if section["drifted"] else "no",
+            }
+        )
+    _print(rows, as_json=False, columns=_PREDICTION_COLUMNS)
 
 
 def _epsilon(privacy: Any) -> str:
