@@ -105,13 +105,16 @@ def _bad_command_lines(tmp: Path) -> dict[str, dict[str, tuple[list[str], str]]]
     return {
         "fedge-train": {
             "unknown-flag": ([*train, "--no-such-flag"], "--no-such-flag"),
-            # fedge-train reads no input file (its data are the built-in tasks): its one path
-            # is OUT, here below a regular file.
+            # With a built-in task fedge-train reads no input file: its one path is OUT, here
+            # below a regular file.
             "missing-input": (
                 ["--task=digits", "--epochs=1", f"--out={blocker / 'out'}"],
                 str(blocker / "out"),
             ),
-            "flag-prefix": ([*train, "--data", "0.5"], "unrecognized arguments: --data 0.5"),
+            "flag-prefix": (
+                [*train, "--data-frac", "0.5"],
+                "unrecognized arguments: --data-frac 0.5",
+            ),
         },
         "fedge-quantize": {
             "unknown-flag": ([*convert, "--no-such-flag"], "--no-such-flag"),
