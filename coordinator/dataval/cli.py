@@ -4,7 +4,9 @@
 
     fedge-coordinator data stats (--data FILE --label-column C [--numeric C]... \\
         [--categorical C]... [--exclude C]... | --task taxi [--data FILE] \\
-        | --db DB [--model-version V]) --out stats.pb|stats.pbtxt [--name NAME] [--json]
+        | --db DB [--model-version V] | --coordinator URL [--model-version V] \\
+        [--admin-token-file F] [--ca-file F] [--cert F --key F]) --out stats.pb|stats.pbtxt \\
+        [--name NAME] [--json]
     fedge-coordinator data infer-schema --stats S --out schema.pbtxt [--max-domain-size N]
     fedge-coordinator data anomalies --stats S --schema SCHEMA [--previous S] [--serving S] \\
         [--out anomalies.pbtxt] [--plots DIR] [--json]
@@ -25,6 +27,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coordinator.auth import ADMIN_TOKEN_ENV, load_secret
 from coordinator.dataval.workflow import add_schema_parser, add_watch_parser
 from fedge.cli import ExitCode, add_json_flag, add_verbosity_flags, print_json
 from fedge.errors import DataError, UsageError
@@ -39,8 +42,9 @@ _LOG = logging.getLogger(__name__)
 _DATA_EPILOG = """\
 exit codes:
   0    success (anomalies: none found)
-  1    the operation failed (anomalies: at least one anomaly found; stats --db: no
-       statistics reports to merge, or a database that cannot be read)
+  1    the operation failed (anomalies: at least one anomaly found; stats --db or
+       --coordinator: no statistics reports to merge, a database that cannot be read, a
+       coordinator that refused or could not be reached)
   2    usage or input error: unknown flag, unreadable data, statistics or schema file
   130  interrupted (Ctrl-C)"""
 
@@ -81,7 +85,8 @@ def _add_stats(verbs: Any) -> None:
         "statistics of a table or of the devices' reports",
         "Compute the statistics of a CSV or TFRecord table (--data with --label-column; "
         "--task taxi for the taxi format, the bundled sample without --data), or merge the "
-        "devices' statistics reports stored in a coordinator database (--db), and write them "
+        "devices' statistics reports of a coordinator (its database --db, or a running one "
+        "--coordinator with the admin token), and write them "
         "as a tensorflow-metadata DatasetFeatureStatisticsList: a text proto for .pbtxt/.txt, "
         "binary otherwise.",
     )
@@ -89,7 +94,19 @@ def _add_stats(verbs: Any) -> None:
     parser.add_argument("--label-column", metavar="C", help="the label column of --data")
     parser.add_argument("--task", choices=("taxi",), help="read --data in the taxi task's format")
     parser.add_argument("--db", help="a coordinator state database: merge its stats reports")
-    parser.add_argument("--model-version", metavar="V", help="with --db: reports for V only")
+    parser.add_argument(
+        "--coordinator", metavar="URL", help="a running coordinator: merge its stats reports"
+    )
+    parser.add_argument(
+        "--model-version", metavar="V", help="with --db or --coordinator: reports for V only"
+    )
+    parser.add_argument(
+        "--admin-token-file", type=Path, help=f"with --coordinator (else ${ADMIN_TOKEN_ENV})"
+    )
+    tls = parser.add_argument_group("TLS (an https:// --coordinator)")
+    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="CA of its certificate")
+    tls.add_argument("--cert", type=Path, metavar="FILE", help="client certificate (mutual TLS)")
+    tls.add_argument("--key", type=Path, metavar="FILE", help="the client certificate's key")
     for flag, text in (
         ("--numeric", "read C as numeric"),
         ("--categorical", "read C as categorical"),
@@ -199,16 +216,55 @@ def _report_statistics(args: argparse.Namespace) -> statistics_pb2.DatasetFeatur
     return to_tfmd(merged, name=args.name or "devices")
 
 
+def _remote_statistics(args: argparse.Namespace) -> statistics_pb2.DatasetFeatureStatisticsList:
+    from coordinator.client import AdminClient
+    from coordinator.dataval.statistics import merge_reports, to_tfmd
+    from coordinator.errors import CoordinatorError
+    from fedge.messages import StatsReport, decode_message
+
+    token = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
+    if token is None:
+        raise UsageError(f"--coordinator needs --admin-token-file or ${ADMIN_TOKEN_ENV}")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    for flag in ("ca_file", "cert", "key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise UsageError(f"--{flag.replace('_', '-')} {path} is not a readable file")
+    cert = None if args.cert is None else (args.cert, args.key)
+    with AdminClient(args.coordinator, token, ca_file=args.ca_file, cert=cert) as client:
+        reports = client.list_reports("stats", model_version=args.model_version)
+    documents = []
+    for report in reports:
+        message = decode_message(report["document"])
+        if not isinstance(message, StatsReport):
+            raise CoordinatorError(f"report {report.get('report_id')} is not a stats report")
+        documents.append(message.stats.to_dict())
+    try:
+        merged = merge_reports(documents)
+    except DataError as exc:
+        raise CoordinatorError(f"--coordinator {args.coordinator}: {exc}") from exc
+    _LOG.info("merged %d device statistics reports", len(documents))
+    return to_tfmd(merged, name=args.name or "devices")
+
+
 def stats_cli(args: argparse.Namespace) -> int:
     from coordinator.dataval.statistics import save_statistics
 
-    if args.db is not None:
+    if args.db is not None and args.coordinator is not None:
+        raise UsageError("give either --db or --coordinator, not both")
+    remote_flags = ("admin_token_file", "ca_file", "cert", "key")
+    if args.coordinator is None and any(getattr(args, f) is not None for f in remote_flags):
+        raise UsageError("--admin-token-file, --ca-file, --cert and --key go with --coordinator")
+    if args.db is not None or args.coordinator is not None:
         if args.data is not None or args.task is not None or args.label_column:
-            raise UsageError("--db merges device reports: no --data, --task or --label-column")
-        stats = _report_statistics(args)
+            raise UsageError(
+                "--db/--coordinator merge device reports: no --data, --task or --label-column"
+            )
+        stats = _report_statistics(args) if args.db else _remote_statistics(args)
     else:
         if args.model_version is not None:
-            raise UsageError("--model-version goes with --db")
+            raise UsageError("--model-version goes with --db or --coordinator")
         stats = _table_statistics(args)
     save_statistics(stats, args.out)
     summary = _stats_summary(stats)

@@ -13,11 +13,21 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
+from coordinator.auth import hash_token
 from coordinator.cli import main
 from coordinator.records import ReportRecord
+from coordinator.rest import ApiConfig, create_app
 from coordinator.store import open_store
 from fedge.data.taxi import TAXI_SCHEMA, load_taxi
-from fedge.stats import compute_stats
+from fedge.messages import StatsReport
+from fedge.stats import DatasetStats, compute_stats
+from tests.support.coordinator import (
+    ADMIN_TOKEN,
+    build_service,
+    serving_in_thread,
+    training_stats,
+    write_admin_token,
+)
 
 TAXI_CSV = Path(__file__).parents[2] / "fedge" / "datasets" / "taxi.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -164,6 +174,37 @@ def test_stats_merge_the_device_reports_of_a_database(
         f"fedge-coordinator: error: --db {tmp_path / 'state.db'}: "
         "there are no device statistics reports to merge"
     )
+
+
+def test_stats_merge_the_device_reports_of_a_running_coordinator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = build_service(tmp_path, clients_per_round=5, min_clients=5)
+    sent: list[DatasetStats] = []
+    for seed in (1, 2):
+        client = service.authenticate(service.register_client(region="north").token)
+        (task,) = service.create_tasks("stats", client_ids=[client.client_id])
+        assert service.next_task(client) is not None
+        sent.append(training_stats(seed, fare_mean=10.0 + seed))
+        service.submit_stats(client, StatsReport(task.task_id, sent[-1]))
+    token_file = write_admin_token(tmp_path)
+    out = tmp_path / "devices.pb"
+    app = create_app(service, ApiConfig(admin_token_hash=hash_token(ADMIN_TOKEN)))
+    with serving_in_thread(app) as url:
+        argv = ["data", "stats", "--coordinator", url, "--admin-token-file", str(token_file)]
+        assert main([*argv, "--out", str(out), "--json"]) == 0
+        assert main([*argv, "--model-version", "v9", "--out", str(tmp_path / "none.pb")]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_examples"] == 800
+    assert captured.err.strip().splitlines()[-1] == (  # after the server's access log
+        f"fedge-coordinator: error: --coordinator {url}: "
+        "there are no device statistics reports to merge"
+    )
+    merged = sent[0].merge(sent[1])
+    fare = _features(out)["fare"].num_stats
+    assert fare.mean == pytest.approx(merged.numeric("fare").mean, rel=1e-12)
+    assert fare.common_stats.num_non_missing == merged.numeric("fare").count
+    assert not (tmp_path / "none.pb").exists()
 
 
 @pytest.mark.parametrize(
