@@ -97,7 +97,9 @@ def _categorical(feature: Any, stats: CategoricalStats, *, rows: int) -> None:
 
 
 def _common(common: Any, count: int, missing: int, *, width: int, rows: int) -> None:
-    """Per-example counts: a row of a shaped column is present when any element is."""
+    """Per-example counts. A shaped column counts elements: its missing rows are the
+    missing elements over the row width, rounded down (exact when a row's elements are
+    missing together, as fedge's readers leave them)."""
     present_rows = rows - missing // width if width else rows
     common.num_non_missing = present_rows
     common.num_missing = rows - present_rows
