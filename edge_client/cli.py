@@ -396,7 +396,8 @@ def predict_cli(
                     "predictions": rows}  # fmt: skip
         print_json(document)
     else:
-        print(f"# model {model.version}, {used} head, {len(rows)} rows: row class probability")
+        columns_line = "row class probability" + (" label" if names is not None else "")
+        print(f"# model {model.version}, {used} head, {len(rows)} rows: {columns_line}")
         for i, row in enumerate(rows):
             label = f"\t{row['label']}" if "label" in row else ""
             print(f"{i}\t{row['class']}\t{row['probability']:.4f}{label}")

@@ -10,6 +10,8 @@
                            get_weights, set_weights over the head; backbone frozen
     weights.safetensors    the head's weights (fedge Weights, names in Keras order)
     backbone.tflite        int8 backbone -> embedding, for ``features`` tasks (extra file)
+    schema.json            a model of a user's table (``fedge-train --data``): its schema and
+                           label names, as the export's (extra file)
 
 The backbone is frozen on a clone (``freeze_backbone``), so the caller's model is unchanged.
 Before the manifest is written the bundle is checked against Keras: the trainable model's
@@ -33,6 +35,7 @@ from numpy.typing import NDArray
 
 from cloud_trainer.record import TrainingRecord
 from fedge.bundle import WEIGHTS_FILE, BundleManifest, verify_bundle, write_manifest
+from fedge.data.user_table import SCHEMA_FILE, save_schema_json
 from fedge.errors import BundleError, ConfigError
 from fedge.weights import Weights
 from quantize.errors import ConversionError
@@ -179,6 +182,10 @@ def write_bundle(
     (directory / TRAINABLE_FILE).write_bytes(trainable)
     (directory / BACKBONE_FILE).write_bytes(backbone)
     (directory / WEIGHTS_FILE).write_bytes(weights.to_bytes())
+    extra = [BACKBONE_FILE]
+    if arrays.label_names is not None:  # a model of a user's table: its columns and classes
+        save_schema_json(directory / SCHEMA_FILE, arrays.schema, arrays.label_names)
+        extra.append(SCHEMA_FILE)
     metadata: dict[str, Any] = {
         "training_record": None if training_record is None else dict(training_record),
         "quantization": _quantization_metadata(agreement, trainable_gap),
@@ -194,7 +201,7 @@ def write_bundle(
         created_at=created_at,
         head=list(weights.names),
         metadata=metadata,
-        extra_files=[BACKBONE_FILE],
+        extra_files=extra,
     )
     try:
         manifest = verify_bundle(directory)

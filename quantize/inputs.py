@@ -3,12 +3,15 @@
 :func:`resolve_model` and :func:`load_task_arrays` import no TensorFlow, so a command can
 refuse a bad path or a wrong-shape sample in a fraction of a second; :func:`load_keras_model`
 is the only TensorFlow entry. The held-out split is rebuilt from ``training_record.json``
-(task, seed, test_fraction, data_fraction) exactly as ``cloud_trainer`` made it, and
-transformed with the exported feature spec, the one the model was trained with.
+(task, seed, test_fraction, data_fraction) exactly as ``cloud_trainer`` made it (for a
+``fedge-train --data`` model, from the recorded file read against the export's
+``schema.json``), and transformed with the exported feature spec, the one the model was
+trained with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -27,7 +30,8 @@ from cloud_trainer.record import (
     TrainingRecord,
     load_training_record,
 )
-from fedge.data import load_task
+from fedge.data import Dataset, load_task
+from fedge.data.user_table import SCHEMA_FILE, load_schema_json, read_table
 from fedge.errors import ConfigError, DataError, FeatureError
 from fedge.features import FeatureSpec
 from fedge.schema import Schema
@@ -104,6 +108,9 @@ class TaskArrays:
     y_train: NDArray[np.int64]
     x_test: NDArray[np.float32]
     y_test: NDArray[np.int64]
+    label_names: tuple[str, ...] | None = None
+    """The class texts of a model trained on a user's table (``schema.json``); None for a
+    bundled task, whose labels are class ids."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -184,7 +191,12 @@ def load_task_arrays(
         seed = 0 if seed is None else seed
         test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
         data_fraction = 1.0
-    dataset = load_task(task)
+    label_names: tuple[str, ...] | None = None
+    data_file = "" if record is None else record.data_file
+    if data_file:
+        dataset, label_names = _user_table(source, record, data_file)
+    else:
+        dataset = load_task(task)
     train, test = split_task(
         dataset, test_fraction=test_fraction, seed=seed, data_fraction=data_fraction
     )
@@ -223,7 +235,41 @@ def load_task_arrays(
         y_train=np.asarray(train.labels, dtype=np.int64),
         x_test=x_test,
         y_test=np.asarray(test.labels, dtype=np.int64),
+        label_names=label_names,
     )
+
+
+def _user_table(
+    source: ModelSource, record: TrainingRecord | None, data_file: str
+) -> tuple[Dataset, tuple[str, ...]]:
+    """The table a ``fedge-train --data`` model was trained on, read against the export's
+    ``schema.json`` (the same rows and classes as in training)."""
+    assert record is not None
+    assert source.export_dir is not None
+    schema_path = source.export_dir / SCHEMA_FILE
+    if not schema_path.is_file():
+        raise DataError(
+            f"{source.export_dir} was trained on {data_file} but holds no {SCHEMA_FILE}"
+        )
+    schema, names = load_schema_json(schema_path)
+    if not os.path.isfile(data_file):
+        raise DataError(
+            f"the model was trained on {data_file}, which is gone: the held-out rows cannot "
+            "be rebuilt"
+        )
+    digest = hashlib.sha256()
+    with open(data_file, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    if record.data_sha256 and digest.hexdigest() != record.data_sha256:
+        logger.warning(
+            "%s changed since training (sha256 %s, record %s): held-out figures may not "
+            "compare with the training run",
+            data_file,
+            digest.hexdigest()[:12],
+            record.data_sha256[:12],
+        )
+    return read_table(data_file, schema, names), names
 
 
 def representative_sample(

@@ -49,6 +49,7 @@ from fedge.data import Dataset, Partition
 from fedge.data.user_table import (
     SCHEMA_FILE,
     TABLE_SUFFIXES,
+    UNSCALED_RANGE,
     infer_table,
     load_schema_json,
     read_table,
@@ -267,18 +268,29 @@ def _load_table(source: Path, what: str, label: str, schema_file: Path | None) -
 
 
 def _column_warnings(dataset: Dataset) -> list[str]:
-    """Warnings about columns read against a known schema: empty in every row, or gaps."""
+    """Warnings about columns read against a known schema: empty in every row, empty fields,
+    numbers on a large scale (the export's feature spec standardizes them)."""
     out: list[str] = []
     for name in dataset.schema.features:
         column = dataset.columns[name]
-        if column.dtype.kind == "f":
-            missing = np.isnan(column.reshape(len(column), -1)).any(axis=1)
+        if name in dataset.schema.numeric:
+            flat = column.reshape(len(column), -1)
+            missing = np.isnan(flat).any(axis=1)
         else:
+            flat = None
             missing = np.asarray([v is None for v in column], dtype=bool)
         if len(column) and missing.all():
             out.append(f"column {name!r} is empty in every row")
-        elif missing.any():
+            continue
+        if missing.any():
             out.append(f"column {name!r} is empty in {int(missing.sum())} of {len(column)} rows")
+        if flat is not None and len(column):
+            low, high = float(np.nanmin(flat)), float(np.nanmax(flat))
+            if high - low > UNSCALED_RANGE:
+                out.append(
+                    f"column {name!r} spans {low:g}..{high:g} (unscaled); the model's feature "
+                    "spec standardizes it before the model sees it"
+                )
     return out
 
 

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from fedge.bundle import MANIFEST_NAME
 from fedge.data import Dataset
+from fedge.data.user_table import SCHEMA_FILE, load_schema_json
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec
 from fedge.fileio import publish_directory
@@ -74,6 +75,9 @@ class UserModel:
     feature_spec: FeatureSpec | None = None
     """The export's ``feature_spec.json`` (a ``fedge-train`` export): how it was trained to
     read raw columns, used instead of a spec built from the simulation's rows."""
+    label_names: tuple[str, ...] | None = None
+    """The export's ``schema.json`` label names (a ``fedge-train --data`` export); the
+    bundle carries that file too."""
 
     @property
     def head(self) -> Weights:
@@ -118,7 +122,18 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
         input_shape=input_shape,
         num_classes=num_classes,
         feature_spec=_export_spec(source, what),
+        label_names=_export_label_names(source, what),
     )
+
+
+def _export_label_names(source: Path, what: str) -> tuple[str, ...] | None:
+    path = source / SCHEMA_FILE
+    if not source.is_dir() or not path.is_file():
+        return None
+    try:
+        return load_schema_json(path)[1]
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
 
 
 def _export_spec(source: Path, what: str) -> FeatureSpec | None:
@@ -329,6 +344,7 @@ def bundle_user_model(
         y_train=y_test[chosen],
         x_test=x_test,
         y_test=y_test,
+        label_names=user.label_names,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.partial"
