@@ -159,6 +159,14 @@ def _add_anomalies(verbs: Any) -> None:
 # Handlers ---------------------------------------------------------------------------------
 
 
+def _make_parent(path: Path) -> None:
+    """An output's folder is created, as ``--plots DIR`` is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot create its folder: {exc.strerror or exc}") from exc
+
+
 def _table_statistics(args: argparse.Namespace) -> statistics_pb2.DatasetFeatureStatisticsList:
     from coordinator.dataval.statistics import dataset_statistics
 
@@ -266,6 +274,7 @@ def stats_cli(args: argparse.Namespace) -> int:
         if args.model_version is not None:
             raise UsageError("--model-version goes with --db or --coordinator")
         stats = _table_statistics(args)
+    _make_parent(args.out)
     save_statistics(stats, args.out)
     summary = _stats_summary(stats)
     if args.json:
@@ -317,6 +326,7 @@ def infer_schema_cli(args: argparse.Namespace) -> int:
     if args.max_domain_size < 0:
         raise UsageError(f"--max-domain-size must be >= 0, got {args.max_domain_size}")
     schema = infer_schema(load_statistics(args.stats), max_string_domain_size=args.max_domain_size)
+    _make_parent(args.out)
     save_schema(schema, args.out)
     print(f"{len(schema.feature)} features, {len(schema.string_domain)} string domains -> "
           f"{args.out}")  # fmt: skip
@@ -337,6 +347,7 @@ def anomalies_cli(args: argparse.Namespace) -> int:
     serving = load_statistics(args.serving) if args.serving else None
     anomalies = validate(stats, load_schema(args.schema), previous=previous, serving=serving)
     if args.out is not None:
+        _make_parent(args.out)
         atomic_write_text(args.out, text_format.MessageToString(anomalies))
     if args.plots is not None:
         from coordinator.dataval.plots import plot_distances, plot_features

@@ -89,7 +89,7 @@ def test_stats_infer_schema_and_anomalies_report_drift_by_cli(
         fare[np.asarray(taxi.columns["payment_type"]) != "Cash"].mean() * 1.5, rel=1e-12
     )
 
-    schema = tmp_path / "schema.pbtxt"
+    schema = tmp_path / "new" / "schema.pbtxt"  # --out's folder is created
     assert main(["data", "infer-schema", "--stats", str(base), "--out", str(schema)]) == 0
     assert "15 features" in capsys.readouterr().out
     _with_comparators(schema)
