@@ -64,7 +64,9 @@ def test_a_candidate_keeps_production_and_must_match_its_task(tmp_path: Path) ->
 # The watched location --------------------------------------------------------------------
 
 
-def _write_span(path: Path, *, seed: int, rows: int = 240, corrupt: bool = False) -> None:
+def _write_span(
+    path: Path, *, seed: int, rows: int = 240, corrupt: bool = False, fare_scale: float = 1.0
+) -> None:
     """A span of a small tipping table; ``corrupt``: fares turned into text and the
     payment column gone (what a broken export looks like)."""
     rng = np.random.default_rng(seed)
@@ -75,7 +77,7 @@ def _write_span(path: Path, *, seed: int, rows: int = 240, corrupt: bool = False
         writer.writerow(header)
         for i in range(rows):
             miles = float(rng.gamma(2.0, 1.5))
-            fare = "n/a" if corrupt and i % 3 == 0 else f"{3.25 + 2.1 * miles:.2f}"
+            fare = "n/a" if corrupt and i % 3 == 0 else f"{(3.25 + 2.1 * miles) * fare_scale:.2f}"
             payment = payments[int(rng.integers(0, 2))]
             tipped = "yes" if payment == "Credit Card" and rng.random() < 0.8 else "no"
             row = [fare, f"{miles:.2f}", companies[i % 3], tipped]
@@ -221,3 +223,51 @@ def test_a_quarantine_cut_short_is_finished_by_the_next_run(watched: dict[str, P
     assert (folder / "span-005.csv").exists()
     assert (folder / "anomalies.pbtxt").exists()
 
+
+def test_a_valid_span_becomes_a_candidate_and_a_corrupted_one_is_quarantined(
+    watched: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Acceptance: a valid span -> fedge-train --data + fedge-quantize bundle + a registered
+    candidate (not promoted); a corrupted span -> quarantined + alert + no candidate."""
+    valid = watched["dir"] / "span-001.csv"
+    _write_span(valid, seed=1)
+    (watched["dir"] / "span-001.csv.done").write_text("")
+    assert _watch(watched, "--seed", "3") == 0
+    assert "span-001.csv: candidate v1" in capsys.readouterr().out
+    models, alerts = _store_view(watched)
+    assert models == [("v1", "candidate")]
+    assert alerts == []
+    [entry] = _state(watched).values()
+    assert entry["status"] == "candidate"
+    assert entry["version"] == "v1"
+    bundle = Path(str(entry["bundle"]))
+    assert (bundle / "manifest.json").exists()
+    assert (bundle / "inference.tflite").exists()
+    assert valid.exists()  # an accepted span stays where it was dropped
+
+    _write_span(watched["dir"] / "span-002.csv", seed=2, corrupt=True)
+    (watched["dir"] / "span-002.csv.done").write_text("")
+    assert _watch(watched, "--seed", "3") == 0
+    assert "span-002.csv: quarantined" in capsys.readouterr().out
+    models, alerts = _store_view(watched)
+    assert models == [("v1", "candidate")]  # no second candidate
+    assert len(alerts) == 1
+    assert "span-002.csv" in str(alerts[0]["file"])
+    assert (watched["dir"] / "quarantine").is_dir()
+    assert not (watched["dir"] / "span-002.csv").exists()
+    statuses = sorted(str(e["status"]) for e in _state(watched).values())
+    assert statuses == ["candidate", "quarantined"]
+
+    # Drift is measured against the last accepted span (span-001), once the schema has a
+    # comparator: fares x3 are quarantined for it.
+    schema = str(watched["schema"])
+    assert main(["data", "schema", schema, "set-drift", "fare", "0.05"]) == 0
+    _write_span(watched["dir"] / "span-003.csv", seed=3, fare_scale=3.0)
+    (watched["dir"] / "span-003.csv.done").write_text("")
+    assert _watch(watched, "--seed", "3") == 0
+    drifted = next(e for e in _state(watched).values() if e["file"] == "span-003.csv")
+    assert drifted["status"] == "quarantined"
+    assert drifted["anomalies"] == {
+        "fare": ["High approximate Jensen-Shannon divergence between current and previous"]
+    }
+    assert _store_view(watched)[0] == [("v1", "candidate")]
