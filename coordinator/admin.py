@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coordinator.admin_api import model_detail
+from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig, ServiceConfig
 from coordinator.errors import CoordinatorError
 from coordinator.service import CoordinatorService
-from coordinator.store import Store, open_store
+from coordinator.store import open_store
 from coordinator.views import client_document, model_document, round_document
 
 __all__ = ["AdminBackend", "DirectAdmin"]
@@ -65,9 +66,9 @@ class DirectAdmin:
         return model_document(model, self._service.model_events(model.version))
 
     @property
-    def store(self) -> Store:
-        """The database this admin works on."""
-        return self._service.store
+    def alerts(self) -> AlertMonitor:
+        """The alert rules over this database (for alerts raised outside the server)."""
+        return self._service.alerts
 
     def list_rounds(self) -> list[dict[str, Any]]:
         store = self._service.store

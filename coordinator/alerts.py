@@ -21,6 +21,9 @@
   (predictions or labels) are farther than ``prediction_drift_threshold`` in L-infinity
   distance from the previous version's (:mod:`coordinator.predictions`); raised once per
   version, when one of its reports arrives.
+- ``data_quarantined``: a span dropped in a watched folder failed validation against the
+  schema (or could not be read) and was quarantined (:mod:`coordinator.dataval.watch`);
+  raised once per span.
 """
 
 from __future__ import annotations
@@ -79,6 +82,27 @@ class AlertMonitor:
             f"round {round_.round_id} failed: {round_.failure_reason}",
             round_id=round_.round_id,
             model_version=round_.base_version,
+        )
+
+    def data_quarantined(
+        self, span: str, file: str, anomalies: Mapping[str, Sequence[str]]
+    ) -> AlertRecord | None:
+        """The alert of quarantined ``span`` (moved to ``file``), unless it has one already.
+        ``anomalies``: short descriptions per feature (``""`` for the whole dataset)."""
+        if any(
+            a.details.get("span") == span for a in self._store.list_alerts(kind="data_quarantined")
+        ):
+            return None
+        name = file.rsplit("/", 1)[-1]
+        features = ", ".join(f or "<dataset>" for f in anomalies) or "none"
+        return self._raise(
+            "data_quarantined",
+            f"span {name} quarantined: anomalies on {features}",
+            details={
+                "span": span,
+                "file": file,
+                "anomalies": {k: list(v) for k, v in anomalies.items()},
+            },
         )
 
     def privacy_budget_exhausted(self, round_: RoundRecord, reason: str) -> AlertRecord:

@@ -43,7 +43,6 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from coordinator.admin import DirectAdmin
-from coordinator.records import AlertRecord
 from fedge.errors import ConfigError, FedgeError
 from fedge.fileio import atomic_write_bytes, atomic_write_text
 
@@ -271,26 +270,10 @@ class Watcher:
         entry = self.spans[key]
         admin = DirectAdmin(self._config.db, self._config.artifacts)
         try:
-            store = admin.store
-            if any(
-                a.details.get("span") == key for a in store.list_alerts(kind="data_quarantined")
-            ):
-                return
-            found = entry.get("anomalies", {})
-            features = ", ".join(f or "<dataset>" for f in found) or "none"
-            store.add_alert(
-                AlertRecord(
-                    0,
-                    "data_quarantined",
-                    "warning",
-                    f"span {entry['file']} quarantined: anomalies on {features}",
-                    self._now(),
-                    details={"span": key, "file": str(moved), "anomalies": found},
-                )
-            )
-            logger.warning("span %s quarantined in %s: %s", entry["file"], moved.parent, found)
+            admin.alerts.data_quarantined(key, str(moved), entry.get("anomalies", {}))
         finally:
             admin.close()
+        logger.warning("span %s quarantined in %s", entry["file"], moved.parent)
 
     def _run_tool(self, command: Sequence[str], log: Path) -> None:
         logger.info("running %s", " ".join(command))
