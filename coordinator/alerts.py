@@ -162,11 +162,11 @@ class AlertMonitor:
 
     def prediction_drift(self, version: str) -> AlertRecord | None:
         """The ``prediction_drift`` alert of ``version``, when it drifted and has none yet."""
-        drift = version_drift(self._store, version, self._config)
-        if not drift.drifted or drift.previous is None:
-            return None
         raised = self._store.list_alerts(kind="prediction_drift")
         if any(alert.model_version == version for alert in raised):
+            return None
+        drift = version_drift(self._store, version, self._config)
+        if not drift.drifted or drift.previous is None:
             return None
         distances = {"predictions": drift.prediction_drift, "labels": drift.label_drift}
         over = [name for name, d in distances.items() if d is not None and d > drift.threshold]
