@@ -271,3 +271,48 @@ def test_a_valid_span_becomes_a_candidate_and_a_corrupted_one_is_quarantined(
         "fare": ["High approximate Jensen-Shannon divergence between current and previous"]
     }
     assert _store_view(watched)[0] == [("v1", "candidate")]
+
+
+def test_a_span_whose_retraining_fails_is_recorded_and_not_retried(
+    watched: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_span(watched["dir"] / "span-006.csv", seed=6)
+    (watched["dir"] / "span-006.csv.done").write_text("")
+    assert _watch(watched, "--epochs", "0") == 1
+    out = capsys.readouterr().out
+    assert out.startswith("span-006.csv: failed cloud_trainer.cli exited with 2")
+    [entry] = _state(watched).values()
+    assert entry["status"] == "failed"
+    assert "epochs" in str(entry["error"])
+    assert _store_view(watched) == ([], [])
+    assert _watch(watched) == 0  # not retried: nothing handled
+    assert capsys.readouterr().out == ""
+    assert [e["status"] for e in _state(watched).values()] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"db": "missing.db"}, "no such database file"),
+        ({"artifacts": "missing-dir"}, "is not a directory"),
+        ({"interval": "0"}, "--interval must be > 0"),
+    ],
+)
+def test_watch_usage_errors_create_nothing(
+    watched: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str],
+    message: str,
+) -> None:
+    paths = {k: str(v) for k, v in watched.items()}
+    paths.update({k: str(watched["dir"].parent / v) for k, v in change.items() if k != "interval"})
+    argv = [
+        "data", "watch", "--dir", paths["dir"], "--schema", paths["schema"],
+        "--label-column", LABEL, "--workdir", paths["workdir"], "--db", paths["db"],
+        "--artifacts", paths["artifacts"], "--once", "--interval", change.get("interval", "1"),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedge-coordinator: error:")
+    assert message in err
+    assert not watched["workdir"].exists()
