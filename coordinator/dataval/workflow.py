@@ -102,7 +102,8 @@ def add_watch_parser(verbs: Any) -> argparse.ArgumentParser:
         "--data), bundled (fedge-quantize bundle) and registered as a candidate version, "
         "never promoted; an invalid one is moved to DIR/quarantine/ with anomalies.pbtxt "
         "and a data_quarantined alert is stored. WORKDIR/state.json remembers every span, "
-        "so a restarted watcher resumes where it stopped.",
+        "so a restarted watcher resumes where it stopped. Exit 1 when a span's retraining "
+        "failed (recorded as failed, not retried).",
     )
     parser.add_argument("--dir", type=Path, required=True, help="the watched folder")
     parser.add_argument("--schema", type=Path, required=True, help="schema.pbtxt")
