@@ -150,12 +150,16 @@ def _user_scenario(
     settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
 ) -> Scenario:
     """The scenario of a run with the user's model (and possibly the user's data)."""
-    from simulations.inputs.model import bundle_user_model, load_user_model
+    from simulations.inputs.model import UserModel, bundle_user_model, load_user_model
 
     assert settings.model_file is not None
     step(f"loading your model {settings.model_file}")
+    model: files.BundledModel | UserModel
     with about("model_file"):
-        model = load_user_model(settings.model_file, init=inputs.init)
+        if files.is_bundle(settings.model_file):
+            model = files.load_bundled_model(settings.model_file)
+        else:
+            model = load_user_model(settings.model_file, init=inputs.init)
     details: dict[str, Any] = {"model": str(settings.model_file)}
     if inputs.data is not None:
         data = inputs.data
@@ -233,6 +237,30 @@ def _user_scenario(
             f"your model takes inputs of shape {tuple(model.input_shape)}, the data give "
             f"{spec.output_shape}",
             fields=["model_file", "data_file" if inputs.data is not None else "task"],
+        )
+    if isinstance(model, files.BundledModel):
+        # the devices train the bundle as it is (the native engine needs no Keras model)
+        bundle = saved_model = model.source
+        if inputs.init is not None:
+            with about("init_file"):
+                bundle = files.bundle_with_head(bundle, inputs.init, Path(settings.cache_dir))
+        details.update({"task": task, "source": "your bundle", "bundle": str(bundle)})
+        details.update({"pool_examples": len(pool), "test_examples": len(test)})
+        return Scenario(
+            task=task,
+            bundle_dir=bundle,
+            keras_model=saved_model,
+            pool=pool,
+            partition=partition,
+            test=test,
+            schedule=schedule,
+            hyperparams=Hyperparams(
+                epochs=settings.epochs,
+                batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+            ),
+            seed=settings.seed,
+            details=details,
         )
     with about("model_file"):
         bundle, saved_model = bundle_user_model(

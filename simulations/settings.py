@@ -223,6 +223,12 @@ def check_settings(settings: Settings) -> CheckedInputs:
             f"task must be one of {list(TASK_NAMES)} (or give a data file), got {s.task!r}",
             fields=["task"],
         )
+    if s.engine == "tff" and files.is_bundle(s.model_file):
+        raise SettingsError(
+            "the tff reference engine needs a Keras model: give the fedge-train export, not "
+            "its edge bundle",
+            fields=["engine", "model_file"],
+        )
     if s.data_file is not None and s.model_file is None:
         raise SettingsError(
             "a data file needs a model file: there is no built-in model for your data",

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from fedge.bundle import WEIGHTS_FILE, read_manifest, write_manifest
+from fedge.bundle import WEIGHTS_FILE, read_manifest, verify_bundle, write_manifest
 from fedge.data import Dataset, Partition
 from fedge.data.user_table import (
     SCHEMA_FILE,
@@ -65,9 +65,12 @@ from simulations.workload import Schedule, load_schedule
 
 __all__ = [
     "CUSTOM_TASK",
+    "BundledModel",
     "UserData",
     "bundle_with_head",
     "check_init",
+    "is_bundle",
+    "load_bundled_model",
     "load_data",
     "load_init",
     "load_partition",
@@ -395,6 +398,40 @@ def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
 
 
 # Bundles and models -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BundledModel:
+    """An edge bundle given as the model (``fedge-quantize bundle`` output): the devices
+    train its head as it is; its feature spec reads the rows."""
+
+    source: Path
+    num_classes: int
+    input_shape: tuple[int, ...]
+    feature_spec: FeatureSpec
+    schema: Schema
+
+
+def is_bundle(path: str | os.PathLike[str] | None) -> bool:
+    """Whether ``path`` is an edge bundle directory (a ``manifest.json`` inside)."""
+    return path is not None and (Path(path) / "manifest.json").is_file()
+
+
+def load_bundled_model(path: str | os.PathLike[str]) -> BundledModel:
+    """An edge bundle as the model, every file's sha256 verified."""
+    what = f"model file {os.fspath(path)}"
+    try:
+        manifest = verify_bundle(path)
+        spec = FeatureSpec.from_dict(manifest.feature_spec)
+    except FedgeError as exc:
+        raise ConfigError(f"{what}: not a usable edge bundle: {exc}") from exc
+    return BundledModel(
+        source=Path(path),
+        num_classes=manifest.schema.num_classes,
+        input_shape=tuple(spec.output_shape),
+        feature_spec=spec,
+        schema=manifest.schema,
+    )
 
 
 def check_init(init: Weights, reference: Weights) -> None:

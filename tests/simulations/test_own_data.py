@@ -161,6 +161,16 @@ def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
     assert len(metrics["rounds"]) == 2
     assert all(r["committed"] for r in metrics["rounds"])
 
+    # the bundle as the model: the devices train it as it is, with the same result
+    _cli(
+        "simulations.cli", "--model", str(bundle), "--data", str(data),
+        "--rounds", "2", "--clients", "3", "--epochs", "1",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sim-bundle"),
+    )  # fmt: skip
+    again = json.loads((tmp_path / "sim-bundle" / "metrics.json").read_text())
+    assert again["settings"]["source"] == "your bundle"
+    assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in metrics["rounds"]]
+
     predicted = _cli(
         "edge_client.cli", "predict", "--bundle", str(bundle), "--input", str(data), "--json"
     )
@@ -171,3 +181,16 @@ def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
     truth = [row["churned"] for row in table]
     accuracy = float(np.mean([a == b for a, b in zip(labels, truth, strict=True)]))
     assert accuracy > 0.6  # better than the majority class guessed blindly
+
+
+def test_the_tff_engine_refuses_a_bundle_as_the_model(tmp_path: Path) -> None:
+    from simulations.errors import SettingsError
+    from simulations.settings import check_settings
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    settings = Settings(task="taxi", model_file=bundle, engine="tff", cache_dir=tmp_path)
+    with pytest.raises(SettingsError, match="needs a Keras model") as caught:
+        check_settings(settings)
+    assert caught.value.fields == ("engine", "model_file")
