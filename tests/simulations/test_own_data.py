@@ -9,7 +9,6 @@ predict`` on it, each as a separate process, with no model written by hand.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -19,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedge.tfrecord import write_examples
 from simulations.inputs.model import load_user_model
 from simulations.runner import simulate
 from simulations.settings import Settings
 from tests.support import REPO_ROOT
 from tests.support.trained_models import train_export
+from tests.support.user_tables import LABELS, write_user_table, write_user_tfrecord
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"
@@ -68,48 +67,6 @@ def test_simulate_trains_a_fedge_train_export_on_a_built_in_task(
     assert all(name.startswith("head_") for name in report.result.final_head.names)
 
 
-LABELS = ("left", "stayed")
-
-
-def _write_table(path: Path, rows: int = 300, seed: int = 7) -> list[dict[str, str]]:
-    """A churn table: age (numeric), income (numeric, unscaled, 10% empty), city
-    (categorical, 10% empty), plan (categorical) and the text label ``churned``, which
-    depends on age and plan."""
-    rng = np.random.default_rng(seed)
-    table = []
-    for _ in range(rows):
-        age = int(rng.integers(18, 80))
-        plan = str(rng.choice(["basic", "pro"]))
-        score = (age - 45) / 15 + (1.5 if plan == "pro" else -1.0) + rng.normal(0, 0.5)
-        row = {
-            "age": str(age),
-            "income": f"{rng.normal(50_000, 15_000):.2f}" if rng.random() > 0.1 else "",
-            "city": str(rng.choice(["Lyon", "Oslo", "Quito"])) if rng.random() > 0.1 else "",
-            "plan": plan,
-            "churned": LABELS[int(score > 0)],
-        }
-        table.append(row)
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    return table
-
-
-def _write_tfrecord(path: Path, table: list[dict[str, str]]) -> None:
-    """The same rows as ``tf.train.Example`` records; an empty field is an absent feature."""
-    examples = []
-    for row in table:
-        example: dict[str, list[float] | list[str]] = {}
-        for name, value in row.items():
-            if value and name in ("age", "income"):
-                example[name] = [float(value)]
-            elif value:
-                example[name] = [value]
-        examples.append(example)
-    write_examples(path, examples)  # type: ignore[arg-type]
-
-
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
@@ -128,10 +85,10 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
     tmp_path: Path, suffix: str
 ) -> None:
-    table = _write_table(tmp_path / "users.csv")
+    table = write_user_table(tmp_path / "users.csv")
     data = tmp_path / f"users{suffix}"
     if suffix == ".tfrecord":
-        _write_tfrecord(data, table)
+        write_user_tfrecord(data, table)
     export, bundle = tmp_path / "export", tmp_path / "bundle"
 
     trained = _cli(
