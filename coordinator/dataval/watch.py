@@ -141,7 +141,7 @@ class Watcher:
         now: Callable[[], float] = time.time,
     ) -> None:
         if not config.directory.is_dir():
-            raise ConfigError(f"--dir {config.directory} is not a directory")
+            raise ConfigError(f"watched directory {config.directory} is not a directory")
         self._config = config
         self._validator = validator
         self._load_schema = load_schema

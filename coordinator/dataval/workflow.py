@@ -171,12 +171,12 @@ def watch_cli(args: argparse.Namespace) -> int:
     from coordinator.dataval.watch import WatchConfig, Watcher
 
     if args.interval <= 0:
-        raise UsageError(f"--interval must be > 0, got {args.interval!r}")
+        raise UsageError(f"the scan interval must be > 0 seconds, got {args.interval!r}")
     if not args.artifacts.is_dir():
-        raise UsageError(f"--artifacts {args.artifacts} is not a directory")
+        raise UsageError(f"artifact directory {args.artifacts} is not a directory")
     db = Path(args.db[len("sqlite:///") :] if args.db.startswith("sqlite:///") else args.db)
     if ("://" not in args.db or args.db.startswith("sqlite:///")) and not db.is_file():
-        raise UsageError(f"--db {args.db}: no such database file (serve creates one)")
+        raise UsageError(f"database {args.db}: no such database file (serve creates one)")
     load_schema(args.schema)  # a bad schema fails now, not at the first span
     train_args = [f"--epochs={args.epochs}"]
     for flag in ("seed", "learning_rate"):

@@ -369,7 +369,7 @@ def _infer_kind(
     if len(lengths) > 1:
         raise DataError(
             f"column {name!r} holds lists of different lengths {sorted(lengths)[:5]}; "
-            f"leave it out with --exclude {name}"
+            "exclude the column to leave it out"
         )
     length = lengths.pop()
     flat = [x for v in present for x in (v if isinstance(v, tuple) else (v,))]
@@ -378,8 +378,8 @@ def _infer_kind(
         if forced == "categorical" or not is_number:
             raise DataError(
                 f"column {name!r} holds lists of {length} values; only lists of numbers are "
-                f"supported (a numeric column of shape ({length},)); leave it out with "
-                f"--exclude {name}"
+                f"supported (a numeric column of shape ({length},)); exclude the column to leave "
+                "it out"
             )
         return "numeric", (length,)
     if forced == "numeric" and not is_number:

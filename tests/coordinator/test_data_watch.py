@@ -295,7 +295,7 @@ def test_a_span_whose_retraining_fails_is_recorded_and_not_retried(
     [
         ({"db": "missing.db"}, "no such database file"),
         ({"artifacts": "missing-dir"}, "is not a directory"),
-        ({"interval": "0"}, "--interval must be > 0"),
+        ({"interval": "0"}, "scan interval must be > 0"),
     ],
 )
 def test_watch_usage_errors_create_nothing(
