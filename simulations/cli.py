@@ -80,9 +80,13 @@ bring your own:
   --model FILE        a Keras model (.keras, .h5 or a SavedModel directory). The layers
                       left trainable are the part devices train (Dense only; relu is
                       rewritten for the device); the frozen layers below are the backbone.
+                      Or a fedge-train export (its head_* layers train, its feature spec
+                      and schema.json read the data), or its edge bundle (native engine).
   --init FILE         safetensors weights of that trainable part (its variable names).
-  --data FILE         .npz with arrays x (model-ready inputs) and y (class ids), or a CSV
-                      with numeric feature columns and --label-column.
+  --data FILE         .npz with arrays x (model-ready inputs) and y (class ids), or a
+                      table (.csv[.gz], .tfrecord[.gz]) with numeric and categorical columns,
+                      empty fields as missing, and --label-column (the model's schema.json
+                      when it has one); warnings about the data on stderr.
   --partition-file F  JSON {"client id": [row indices], ...}: rows of --data (or, with a
                       built-in task, of its client pool); non-empty, in range, disjoint.
   --schedule-file F   JSON {"rounds": [["client id", ...], ...]}: who trains each round.

@@ -3,7 +3,8 @@
 For a built-in task the cloud pretrains the zoo model on the proxy share (cached, see
 :mod:`simulations.pretrain`), with the init weights applied to its head when given; with the
 user's model (:mod:`simulations.inputs.model`) the model is checked, prepared and
-bundled, over the user's data or a built-in task's rows.
+bundled, over the user's data or a built-in task's rows; a user's edge bundle is trained as
+it is.
 """
 
 from __future__ import annotations
