@@ -137,7 +137,8 @@ def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
     assert set(labels) <= set(LABELS)
     truth = [row["churned"] for row in table]
     accuracy = float(np.mean([a == b for a, b in zip(labels, truth, strict=True)]))
-    assert accuracy > 0.6  # better than the majority class guessed blindly
+    majority = max(truth.count(label) for label in LABELS) / len(truth)  # 0.58 here
+    assert accuracy > majority + 0.15, (accuracy, majority)  # the model learned the rule
 
 
 def test_the_tff_engine_refuses_a_bundle_as_the_model(tmp_path: Path) -> None:
