@@ -307,9 +307,12 @@ def serving_in_thread(app: Flask) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
+        # The worker threads first: one still finishing an answer pulls the trigger, whose
+        # pipe must then still be open (closed under it, the write fails with EBADF, or
+        # lands in whatever file reused the descriptor).
+        server.task_dispatcher.shutdown(timeout=10)
         server.trigger.pull_trigger(close_everything)
         thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
         assert not thread.is_alive(), "the test server did not stop"
 
 
