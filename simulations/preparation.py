@@ -245,37 +245,22 @@ def _user_scenario(
         if inputs.init is not None:
             with about("init_file"):
                 bundle = files.bundle_with_head(bundle, inputs.init, Path(settings.cache_dir))
-        details.update({"task": task, "source": "your bundle", "bundle": str(bundle)})
-        details.update({"pool_examples": len(pool), "test_examples": len(test)})
-        return Scenario(
-            task=task,
-            bundle_dir=bundle,
-            keras_model=saved_model,
-            pool=pool,
-            partition=partition,
-            test=test,
-            schedule=schedule,
-            hyperparams=Hyperparams(
-                epochs=settings.epochs,
+        source = "your bundle"
+    else:
+        with about("model_file"):
+            bundle, saved_model = bundle_user_model(
+                model,
+                task=task,
+                spec=spec,
+                schema=pool.schema,
+                test=test,
                 batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate,
-            ),
-            seed=settings.seed,
-            details=details,
-        )
-    with about("model_file"):
-        bundle, saved_model = bundle_user_model(
-            model,
-            task=task,
-            spec=spec,
-            schema=pool.schema,
-            test=test,
-            batch_size=settings.batch_size,
-            seed=settings.seed,
-            cache_dir=Path(settings.cache_dir),
-            step=step,
-        )
-    details.update({"task": task, "source": "your model", "bundle": str(bundle)})
+                seed=settings.seed,
+                cache_dir=Path(settings.cache_dir),
+                step=step,
+            )
+        source = "your model"
+    details.update({"task": task, "source": source, "bundle": str(bundle)})
     details.update({"pool_examples": len(pool), "test_examples": len(test)})
     return Scenario(
         task=task,

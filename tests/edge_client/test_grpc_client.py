@@ -186,10 +186,14 @@ def test_download_verifies_through_the_bundle_store(
 def test_an_update_goes_up_in_chunks_and_a_retry_is_a_duplicate(tmp_path: Path) -> None:
     make_bundle(tmp_path / "fake-bundle")
     with grpc_coordinator(tmp_path, tmp_path / "fake-bundle") as (rest, url):
-        _upload_once_and_again(rest, url)
+        receipt, document = _upload_once_and_again(rest, url)
+    assert receipt["duplicate"] is False
+    assert document["num_updates"] == 1  # the retry with the same key added no update
 
 
-def _upload_once_and_again(rest: str, url: str) -> None:
+def _upload_once_and_again(rest: str, url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Upload one update in 100-byte chunks and again with the same key; the first
+    receipt and the committed round's document."""
     recorder = ChunkRecorder()
     client = _registered(url, interceptors=[recorder], chunk_bytes=100)
     opened = admin(rest, "POST", "/v1/rounds", {})
@@ -213,8 +217,8 @@ def _upload_once_and_again(rest: str, url: str) -> None:
 
     assert client.send(outgoing).status == 200  # the same key again: one update
     document = wait_committed(rest, opened["round_id"])
-    assert document["num_updates"] == 1
     client.close()
+    return receipt, document
 
 
 def test_a_rotated_token_is_read_back_after_unauthenticated(
