@@ -198,9 +198,21 @@ class UpdateRecord(_Record):
     l2_norm: float
     received_at: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    quarantine: str | None = None
+    """Why the update was held out of aggregation (its client's latest statistics showed
+    anomalies, :mod:`coordinator.quarantine`); None when it never was. Its artifact and
+    this record stay."""
+    released_at: float | None = None
+    """When an operator released the quarantined update; it keeps its reason and counts
+    again (in its round, while that round still collects)."""
 
     def __post_init__(self) -> None:
         self._freeze()
+
+    @property
+    def quarantined(self) -> bool:
+        """Held out of aggregation: quarantined and not released."""
+        return self.quarantine is not None and self.released_at is None
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
                                         token_hash TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
         """,
     ),
+    (
+        5,
+        """
+        ALTER TABLE updates ADD COLUMN quarantine TEXT;
+        CREATE INDEX updates_by_quarantine ON updates (quarantine, client_id);
+        """,
+    ),
 )
 
 
 def _dump(record: Any) -> str:
     return json.dumps(record.to_dict(), sort_keys=True, allow_nan=False)
+
+
+def _quarantine(update: UpdateRecord) -> str | None:
+    """The ``updates.quarantine`` column: held, released, or NULL (never quarantined)."""
+    if update.quarantine is None:
+        return None
+    return "held" if update.released_at is None else "released"
 
 
 class SQLiteStore:
@@ -380,9 +394,15 @@ class SQLiteStore:
                     code="duplicate_update",
                 )
             self._insert(
-                "INSERT INTO updates (round_id, client_id, idempotency_key, doc) "
-                "VALUES (?, ?, ?, ?)",
-                (update.round_id, update.client_id, update.idempotency_key, _dump(update)),
+                "INSERT INTO updates (round_id, client_id, idempotency_key, quarantine, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    update.round_id,
+                    update.client_id,
+                    update.idempotency_key,
+                    _quarantine(update),
+                    _dump(update),
+                ),
                 ConflictError("idempotency key already used", code="idempotency_conflict"),
             )
 
@@ -410,6 +430,26 @@ class SQLiteStore:
         with self._lock:
             row = self._conn.execute(f"SELECT COUNT(*) FROM updates{where}", params).fetchone()  # noqa: S608
         return int(row[0])
+
+    def save_update(self, update: UpdateRecord) -> None:
+        self._update(
+            "UPDATE updates SET quarantine = ?, doc = ? WHERE round_id = ? AND client_id = ?",
+            (_quarantine(update), _dump(update), update.round_id, update.client_id),
+            NotFoundError(
+                f"no update of client {update.client_id!r} in round {update.round_id}",
+                code="update_not_found",
+            ),
+        )
+
+    def list_quarantined_updates(
+        self, client_id: str | None = None, *, released: bool = False
+    ) -> list[UpdateRecord]:
+        states = ("held", "released") if released else ("held",)
+        sql = "SELECT doc FROM updates WHERE quarantine IN (?, ?)"
+        params: tuple[Any, ...] = (states[0], states[-1])
+        if client_id is not None:
+            sql, params = sql + " AND client_id = ?", (*params, client_id)
+        return self._all(UpdateRecord, sql + " ORDER BY seq", params)
 
     # secure-aggregation messages
     def add_secagg(self, record: SecAggRecord) -> None:

@@ -101,6 +101,18 @@ class Store(Protocol):
         """Updates in ``round_id`` (every round's when None), without reading them."""
         ...
 
+    def save_update(self, update: UpdateRecord) -> None:
+        """Save over the update of ``(round_id, client_id)`` (its quarantine and release;
+        NotFoundError when there is none)."""
+        ...
+
+    def list_quarantined_updates(
+        self, client_id: str | None = None, *, released: bool = False
+    ) -> list[UpdateRecord]:
+        """Updates held in quarantine (of ``client_id`` when given), oldest first; with
+        ``released`` the released ones too."""
+        ...
+
     def add_secagg(self, record: SecAggRecord) -> None:
         """Store a client's message of a secure-aggregation stage; ConflictError when the
         client already has one for that round and stage."""
@@ -151,6 +163,7 @@ _INDEXES: dict[str, dict[str, Callable[[Any], Hashable]]] = {
     "updates": {
         "round_id": lambda u: u.round_id,
         "idempotency_key": lambda u: (u.client_id, u.idempotency_key),
+        "quarantine": lambda u: u.quarantine is not None,
     },
     "secagg": {"round_stage": lambda m: (m.round_id, m.stage)},
 }
@@ -443,6 +456,20 @@ class MemoryStore:
             if round_id is None:
                 return len(self._tables["updates"])
             return len(self._index["updates"]["round_id"].get(round_id, ()))
+
+    def save_update(self, update: UpdateRecord) -> None:
+        self._save("updates", (update.round_id, update.client_id), update, "update")
+
+    def list_quarantined_updates(
+        self, client_id: str | None = None, *, released: bool = False
+    ) -> list[UpdateRecord]:
+        with self._lock:
+            found: list[UpdateRecord] = self._lookup("updates", "quarantine", True)
+            return [
+                u
+                for u in found
+                if (client_id is None or u.client_id == client_id) and (released or u.quarantined)
+            ]
 
     # rejections
     def add_rejection(self, rejection: RejectionRecord) -> None:

@@ -204,6 +204,40 @@ def test_updates_are_unique_per_round_client_and_key(store: Store) -> None:
     assert store.find_update("c2", "k1") is None
 
 
+def test_saved_quarantine_is_listed_until_released(store: Store) -> None:
+    for round_id, client, key in [(1, "c1", "k1"), (1, "c2", "k2"), (2, "c1", "k3")]:
+        store.add_update(_update(round_id, client, key))
+    assert store.list_quarantined_updates() == []
+    held = dataclasses.replace(_update(1, "c1", "k1"), quarantine="anomalies in pixels")
+    later = dataclasses.replace(_update(2, "c1", "k3"), quarantine="anomalies in fare")
+    other = dataclasses.replace(_update(1, "c2", "k2"), quarantine="anomalies in miles")
+    for update in (held, other, later):
+        store.save_update(update)
+    assert store.get_update(1, "c1") == held
+    assert store.list_quarantined_updates() == [held, other, later]
+    assert store.list_quarantined_updates("c1") == [held, later]
+    released = dataclasses.replace(held, released_at=9.0)
+    store.save_update(released)
+    assert not released.quarantined and later.quarantined
+    assert store.list_quarantined_updates("c1") == [later]
+    assert store.list_quarantined_updates("c1", released=True) == [released, later]
+    assert store.find_update("c1", "k1") == released
+    assert [u.client_id for u in store.list_updates(1)] == ["c1", "c2"]
+    with pytest.raises(NotFoundError) as missing:
+        store.save_update(_update(3, "c1", "k9"))
+    assert missing.value.code == "update_not_found"
+    assert store.count_updates() == 3
+
+
+def test_a_failed_transaction_keeps_the_quarantine_unchanged(store: Store) -> None:
+    store.add_update(_update(1, "c1", "k1"))
+    with pytest.raises(RuntimeError), store.transaction():
+        store.save_update(dataclasses.replace(_update(1, "c1", "k1"), quarantine="bad"))
+        raise RuntimeError("abort")
+    assert store.get_update(1, "c1") == _update(1, "c1", "k1")
+    assert store.list_quarantined_updates(released=True) == []
+
+
 def test_rejection_counts_by_reason_and_time(store: Store) -> None:
     for at, reason in [(1.0, "non_finite"), (2.0, "norm_exceeded"), (3.0, "non_finite")]:
         store.add_rejection(RejectionRecord(at=at, reason=reason, detail="d", client_id="c1"))
