@@ -218,7 +218,8 @@ def test_saved_quarantine_is_listed_until_released(store: Store) -> None:
     assert store.list_quarantined_updates("c1") == [held, later]
     released = dataclasses.replace(held, released_at=9.0)
     store.save_update(released)
-    assert not released.quarantined and later.quarantined
+    assert not released.quarantined
+    assert later.quarantined
     assert store.list_quarantined_updates("c1") == [later]
     assert store.list_quarantined_updates("c1", released=True) == [released, later]
     assert store.find_update("c1", "k1") == released
@@ -231,9 +232,14 @@ def test_saved_quarantine_is_listed_until_released(store: Store) -> None:
 
 def test_a_failed_transaction_keeps_the_quarantine_unchanged(store: Store) -> None:
     store.add_update(_update(1, "c1", "k1"))
-    with pytest.raises(RuntimeError), store.transaction():
-        store.save_update(dataclasses.replace(_update(1, "c1", "k1"), quarantine="bad"))
-        raise RuntimeError("abort")
+
+    def abort() -> None:
+        with store.transaction():
+            store.save_update(dataclasses.replace(_update(1, "c1", "k1"), quarantine="bad"))
+            raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        abort()
     assert store.get_update(1, "c1") == _update(1, "c1", "k1")
     assert store.list_quarantined_updates(released=True) == []
 
