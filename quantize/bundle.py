@@ -10,14 +10,18 @@
                            get_weights, set_weights over the head; backbone frozen
     weights.safetensors    the head's weights (fedge Weights, names in Keras order)
     backbone.tflite        int8 backbone -> embedding, for ``features`` tasks (extra file)
+    head.tflite            float32, builtin ops only: the four signatures of trainable.tflite
+                           over the head alone, whose input is the embedding (extra file;
+                           only for a head that is a chain of layers after the embedding)
     schema.json            a model of a user's table (``fedge-train --data``): its schema and
                            label names, as the export's (extra file)
 
 The backbone is frozen on a clone (``freeze_backbone``), so the caller's model is unchanged.
 Before the manifest is written the bundle is checked against Keras: the trainable model's
 ``infer`` must match the Keras logits, its ``get_weights`` must equal ``weights.safetensors``
-bit for bit, and the int8 model's accuracy and argmax agreement are measured on the held-out
-split and recorded in the manifest's metadata; finally ``verify_bundle`` re-reads it all.
+bit for bit (and the same for ``head.tflite`` on the float backbone's embeddings), and the
+int8 model's accuracy and argmax agreement are measured on the held-out split and recorded
+in the manifest's metadata; finally ``verify_bundle`` re-reads it all.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKBONE_FILE",
+    "HEAD_FILE",
     "INFERENCE_FILE",
     "TRAINABLE_FILE",
     "BundleResult",
@@ -61,6 +66,7 @@ logger = logging.getLogger(__name__)
 INFERENCE_FILE = "inference.tflite"
 TRAINABLE_FILE = "trainable.tflite"
 BACKBONE_FILE = "backbone.tflite"
+HEAD_FILE = "head.tflite"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 # float32 TFLite and Keras differ by summation order only.
 _TRAINABLE_LOGIT_TOLERANCE = 1e-3
@@ -77,9 +83,13 @@ class BundleResult:
     """The int8 inference model against Keras on the held-out split."""
     trainable_max_abs_logit_diff: float
     embedding_dim: int
+    head_max_abs_logit_diff: float | None = None
+    """``head.tflite`` on the float embeddings against Keras; None when it was not built."""
 
     def quantization_metadata(self) -> dict[str, Any]:
-        return _quantization_metadata(self.inference, self.trainable_max_abs_logit_diff)
+        return _quantization_metadata(
+            self.inference, self.trainable_max_abs_logit_diff, self.head_max_abs_logit_diff
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,13 +174,21 @@ def write_bundle(
     except ConfigError as exc:
         raise ConversionError(str(exc)) from exc
     weights = Weights.from_pairs(list(head.items()))
+    step("building the head model")
+    head_flatbuffer = _build_head(frozen, embedding_dim, batch_size, arrays.num_classes, weights)
 
     step("checking the bundle against Keras")
     reference = keras_logits(model, arrays.x_test)
+    head_gap: float | None = None
     try:
         int8_logits = TFLiteRunner(inference).logits(arrays.x_test)
         trainable_gap = _check_trainable(trainable, weights, arrays.x_test, reference)
         _check_backbone(backbone, arrays.x_test[:8], embedding_dim)
+        if head_flatbuffer is not None:
+            embeddings = keras_logits(embedder, arrays.x_test)
+            head_gap = _check_trainable(
+                head_flatbuffer, weights, embeddings, reference, what=HEAD_FILE
+            )
     except ConversionError:
         raise
     except (ConfigError, ValueError, RuntimeError) as exc:  # the runtime refused a model
@@ -183,12 +201,15 @@ def write_bundle(
     (directory / BACKBONE_FILE).write_bytes(backbone)
     (directory / WEIGHTS_FILE).write_bytes(weights.to_bytes())
     extra = [BACKBONE_FILE]
+    if head_flatbuffer is not None:
+        (directory / HEAD_FILE).write_bytes(head_flatbuffer)
+        extra.append(HEAD_FILE)
     if arrays.label_names is not None:  # a model of a user's table: its columns and classes
         save_schema_json(directory / SCHEMA_FILE, arrays.schema, arrays.label_names)
         extra.append(SCHEMA_FILE)
     metadata: dict[str, Any] = {
         "training_record": None if training_record is None else dict(training_record),
-        "quantization": _quantization_metadata(agreement, trainable_gap),
+        "quantization": _quantization_metadata(agreement, trainable_gap, head_gap),
         **(extra_metadata or {}),
     }
     write_manifest(
@@ -212,6 +233,7 @@ def write_bundle(
         inference=agreement,
         trainable_max_abs_logit_diff=trainable_gap,
         embedding_dim=embedding_dim,
+        head_max_abs_logit_diff=head_gap,
     )
 
 
@@ -230,11 +252,42 @@ def _frozen_copy(
     return freeze(clone)
 
 
+def _build_head(
+    frozen: tf.keras.Model,
+    embedding_dim: int,
+    batch_size: int,
+    num_classes: int,
+    weights: Weights,
+) -> bytes | None:
+    """``head.tflite``: the trainable signatures over the head alone (input: the embedding),
+    or None with a warning when the head is not a chain of layers after the embedding."""
+    from quantize.trainable import build_trainable, head_model, trainable_weight_names
+
+    head = head_model(frozen, embedding_dim)
+    if head is None:
+        return None
+    names = trainable_weight_names(head)
+    if names != list(weights.names):
+        logger.warning(
+            "no %s: the head model's weights %s are not the bundle's head %s",
+            HEAD_FILE,
+            names,
+            list(weights.names),
+        )
+        return None
+    try:
+        return build_trainable(head, batch_size=batch_size, num_classes=num_classes)
+    except ConfigError as exc:
+        raise ConversionError(f"the head model cannot be built: {exc}") from exc
+
+
 def _check_trainable(
     trainable: bytes,
     weights: Weights,
     x: NDArray[np.float32],
     reference: NDArray[np.float32],
+    *,
+    what: str = TRAINABLE_FILE,
 ) -> float:
     """The largest |logit| gap of ``infer`` against Keras; ConversionError if the device
     model's weights or outputs are not the Keras model's."""
@@ -243,7 +296,7 @@ def _check_trainable(
     if set(on_device) != set(weights.names) or not all(
         np.array_equal(np.asarray(on_device[name]), weights[name]) for name in weights.names
     ):
-        raise ConversionError(f"the trainable model's initial weights differ from {WEIGHTS_FILE}")
+        raise ConversionError(f"the initial weights of {what} differ from {WEIGHTS_FILE}")
     infer = interpreter.get_signature_runner("infer")
     logits = np.concatenate(
         [infer(x=np.ascontiguousarray(x[i : i + 256]))["logits"] for i in range(0, len(x), 256)]
@@ -251,7 +304,7 @@ def _check_trainable(
     gap = float(np.abs(logits - reference).max())
     if not gap <= _TRAINABLE_LOGIT_TOLERANCE:
         raise ConversionError(
-            f"the trainable model's logits differ from Keras by up to {gap:.3g} "
+            f"the logits of {what} differ from Keras by up to {gap:.3g} "
             f"(tolerance {_TRAINABLE_LOGIT_TOLERANCE})"
         )
     return gap
@@ -265,7 +318,10 @@ def _check_backbone(backbone: bytes, x: NDArray[np.float32], embedding_dim: int)
         )
 
 
-def _quantization_metadata(inference: Agreement, trainable_gap: float) -> dict[str, Any]:
+def _quantization_metadata(
+    inference: Agreement, trainable_gap: float, head_gap: float | None
+) -> dict[str, Any]:
+    extra = {} if head_gap is None else {"head_max_abs_logit_diff": head_gap}
     return {
         "inference_int8": {
             "keras": inference.reference.to_dict(),
@@ -275,4 +331,5 @@ def _quantization_metadata(inference: Agreement, trainable_gap: float) -> dict[s
             "auc_drop": inference.auc_drop,
         },
         "trainable_max_abs_logit_diff": trainable_gap,
+        **extra,
     }

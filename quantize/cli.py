@@ -95,6 +95,8 @@ DIR receives the edge bundle:
                         get_weights, set_weights over the head (the backbone is frozen)
   weights.safetensors   the head's weights
   backbone.tflite       int8 backbone -> embedding (for features tasks)
+  head.tflite           float32, the four trainable signatures over the head alone (input:
+                        the embedding), for int8-backbone serving and fast personalization
 The bundle is checked against the Keras model and verified before success is reported.
 Its version is --model-version, or <task>-<data fingerprint>-<training end time, UTC>.
 

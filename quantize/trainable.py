@@ -39,7 +39,13 @@ from numpy.typing import NDArray
 from fedge.errors import ConfigError
 from quantize.convert import op_list
 
-__all__ = ["SIGNATURES", "build_trainable", "trainable_weight_names", "trainable_weights"]
+__all__ = [
+    "SIGNATURES",
+    "build_trainable",
+    "head_model",
+    "trainable_weight_names",
+    "trainable_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,57 @@ def trainable_weights(model: tf.keras.Model) -> dict[str, NDArray[np.float32]]:
         name: np.asarray(variable.numpy(), dtype=np.float32)
         for name, variable in zip(names, model.trainable_variables, strict=True)
     }
+
+
+def head_model(model: tf.keras.Model, embedding_dim: int) -> tf.keras.Model | None:
+    """The head of ``model`` alone: ``Input(shape=(embedding_dim,))`` followed by copies of its
+    ``head_*`` layers (same configs and weights) in order.
+
+    None, with a warning, when the head is not a chain after the embedding layer (each head
+    layer called once on the previous layer's output, the last one the model's output): such
+    a head has no model of its own that takes the embedding.
+    """
+    from cloud_trainer.models import EMBEDDING_LAYER, HEAD_PREFIX
+
+    reason = _not_a_chain(model, EMBEDDING_LAYER, HEAD_PREFIX)
+    if reason is not None:
+        logger.warning("no head-only model for %r: %s", model.name, reason)
+        return None
+    head_layers = [layer for layer in model.layers if layer.name.startswith(HEAD_PREFIX)]
+    inputs = tf.keras.Input(shape=(embedding_dim,), name="embedding")
+    x = inputs
+    for layer in head_layers:
+        try:
+            copy = type(layer).from_config(layer.get_config())
+            x = copy(x)
+            copy.set_weights(layer.get_weights())
+        except Exception as exc:  # a custom layer without a round-tripping config
+            logger.warning("no head-only model for %r: layer %r: %s", model.name, layer.name, exc)
+            return None
+        copy.trainable = layer.trainable
+    return tf.keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def _not_a_chain(model: tf.keras.Model, embedding_layer: str, head_prefix: str) -> str | None:
+    """Why the layers after ``embedding_layer`` are not a chain of ``head_prefix`` layers."""
+    layers = list(getattr(model, "layers", []))
+    if not _is_graph_network(model):
+        return "it is a subclassed model"
+    names = [layer.name for layer in layers]
+    if embedding_layer not in names:
+        return f"it has no layer {embedding_layer!r}"
+    after = layers[names.index(embedding_layer) + 1 :]
+    if not after or any(not layer.name.startswith(head_prefix) for layer in after):
+        return f"the layers after {embedding_layer!r} are not all {head_prefix!r}* layers"
+    previous = layers[names.index(embedding_layer)]
+    for layer in after:
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if len(nodes) != 1 or nodes[0].inbound_layers is not previous:
+            return f"layer {layer.name!r} is not applied once to the output of {previous.name!r}"
+        previous = layer
+    if len(model.outputs) != 1 or model.outputs[0] is not previous.output:
+        return f"the model's output is not the output of {previous.name!r}"
+    return None
 
 
 def build_trainable(model: tf.keras.Model, *, batch_size: int, num_classes: int) -> bytes:

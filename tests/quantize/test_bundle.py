@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 HEAD = ["head_hidden/kernel", "head_hidden/bias", "head_out/kernel", "head_out/bias"]
 BUNDLE_FILES = [
     "backbone.tflite",
+    "head.tflite",
     "inference.tflite",
     "manifest.json",
     "trainable.tflite",
@@ -201,6 +202,62 @@ def test_trainable_model_is_builtin_only_with_a_static_train_batch(
             model = InferenceModel(bundle / name)
             assert model.input_dtype == np.int8
             assert model.output_dtype == np.int8
+
+
+@pytest.mark.parametrize("task", ["digits", "taxi"])
+def test_head_model_takes_float_embeddings_to_the_keras_logits_with_the_bundle_head(
+    task: str, request: pytest.FixtureRequest
+) -> None:
+    from cloud_trainer.models import embedding_model
+    from edge_client.runtime import TrainableModel, load_interpreter
+    from fedge.bundle import verify_bundle
+    from fedge.weights import Weights
+    from quantize.convert import op_list
+
+    bundle = request.getfixturevalue(f"{task}_bundle")
+    reference = _keras_reference(request.getfixturevalue(f"{task}_export"))
+    manifest = verify_bundle(bundle)
+    assert "head.tflite" in manifest.files
+    flatbuffer = (bundle / "head.tflite").read_bytes()
+    assert not [op for op in op_list(flatbuffer) if op.startswith("CUSTOM")]
+    assert set(load_interpreter(flatbuffer).get_signature_list()) == {
+        "infer", "train_step", "get_weights", "set_weights",
+    }  # fmt: skip
+    head = TrainableModel(flatbuffer)
+    assert head.batch_size == manifest.train_batch_size
+    assert head.weight_names == tuple(sorted(manifest.head))
+    shipped = Weights.from_bytes((bundle / "weights.safetensors").read_bytes())
+    on_device = head.get_weights()
+    assert all(on_device[n].tobytes() == shipped[n].tobytes() for n in manifest.head)
+
+    from tests.support.trained_models import load_model
+
+    model = load_model(request.getfixturevalue(f"{task}_export"))
+    embeddings = embedding_model(model).predict(reference["x_test"], verbose=0)
+    assert head.input_shape == (embeddings.shape[1],)
+    gap = np.abs(head.logits(embeddings) - reference["keras_logits"]).max()
+    assert gap <= 1e-3
+    assert manifest.metadata["quantization"]["head_max_abs_logit_diff"] <= 1e-3
+
+
+def test_a_head_that_is_not_a_chain_gets_no_head_model_and_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import tensorflow as tf
+
+    from quantize.trainable import head_model
+
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((4,), name="backbone_input")
+    embedding = layers.Dense(8, name="backbone_embedding")(inputs)
+    left = layers.Dense(3, name="head_left")(embedding)
+    right = layers.Dense(3, name="head_right")(embedding)
+    model = tf.keras.Model(inputs, layers.Add(name="head_sum")([left, right]), name="forked")
+
+    with caplog.at_level("WARNING", logger="quantize.trainable"):
+        assert head_model(model, 8) is None
+    assert "no head-only model for 'forked'" in caplog.text
+    assert "'head_right' is not applied once to the output of 'head_left'" in caplog.text
 
 
 def test_bundle_exits_1_and_leaves_nothing_when_the_head_cannot_train_on_device(
