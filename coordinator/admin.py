@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from coordinator import admin_api
 from coordinator.admin_api import model_detail
 from coordinator.alerts import AlertMonitor
 from coordinator.artifacts import ArtifactStore
@@ -27,7 +28,7 @@ class AdminBackend(Protocol):
     def list_models(self) -> list[dict[str, Any]]: ...
     def show_model(self, version: str) -> dict[str, Any]: ...
     def promote(self, version: str) -> dict[str, Any]: ...
-    def rollback(self) -> dict[str, Any]: ...
+    def rollback(self, *, before: str | None = None) -> dict[str, Any]: ...
     def list_rounds(self) -> list[dict[str, Any]]: ...
     def show_round(self, round_id: int) -> dict[str, Any]: ...
     def cancel_round(self, round_id: int) -> dict[str, Any]: ...
@@ -57,8 +58,8 @@ class DirectAdmin:
     def promote(self, version: str) -> dict[str, Any]:
         return model_detail(self._service, self._service.promote(version))
 
-    def rollback(self) -> dict[str, Any]:
-        return model_detail(self._service, self._service.rollback())
+    def rollback(self, *, before: str | None = None) -> dict[str, Any]:
+        return admin_api.rollback(self._service, {} if before is None else {"before": before})
 
     def register_candidate(self, bundle: str | Path) -> dict[str, Any]:
         """Register ``bundle`` as a candidate version (never promoted here)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.errors import CoordinatorError, NotFoundError
@@ -43,6 +44,7 @@ __all__ = [
     "list_rounds",
     "model_detail",
     "open_round",
+    "parse_instant",
     "promote",
     "refuse_unknown",
     "revoke_client",
@@ -78,6 +80,24 @@ def float_query(name: str, text: str | None) -> float | None:
     if not math.isfinite(value):
         raise CoordinatorError(f"query parameter {name} must be a number", code="invalid_query")
     return value
+
+
+def parse_instant(text: object, what: str = "before") -> float:
+    """Seconds since the epoch of an ISO 8601 time (``2026-11-30T04:00:00Z``; UTC unless it
+    names its offset); 400 ``invalid_time`` naming ``what`` otherwise."""
+    if isinstance(text, str):
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.timestamp()
+    raise CoordinatorError(
+        f"{what} must be an ISO 8601 time such as 2026-11-30T04:00:00Z, got {text!r}",
+        code="invalid_time",
+    )
 
 
 def round_id_from_text(text: str) -> int:
@@ -185,8 +205,13 @@ def promote(service: CoordinatorService, version: str) -> Document:
     return model_detail(service, service.promote(version))
 
 
-def rollback(service: CoordinatorService) -> Document:
-    return model_detail(service, service.rollback())
+def rollback(service: CoordinatorService, body: Mapping[str, Any]) -> Document:
+    """Body ``{}``: the previous production version back; ``{"before": TIME}`` (ISO 8601):
+    the version that was production at that time back."""
+    refuse_unknown(body, {"before"})
+    if body.get("before") is None:
+        return model_detail(service, service.rollback())
+    return model_detail(service, service.rollback_before(parse_instant(body["before"])))
 
 
 # Alerts and reports ---------------------------------------------------------------------------

@@ -10,7 +10,12 @@
   registered region for its global metrics) is below the registry's reference for that
   model by more than ``accuracy_drop_threshold`` (absolute). The reference is the
   version's per-slice metric (slice ``north`` or ``area=north``), else its overall
-  metric; ``accuracy`` also matches the trainer's ``test_accuracy``.
+  metric; ``accuracy`` also matches the trainer's ``test_accuracy``. With the rollback
+  policy on (``rollback_on_accuracy_drop``) an alert for the production version rolls
+  production back to the previous version once ``rollback_min_clients`` distinct clients
+  reported a drop of that version in that region: the alert's ``details["rollback"]``
+  records it (``from``, ``to``; or ``waiting`` with the count so far, or ``failed`` with
+  the reason), and the registry's ``rolled_back`` event names the alert.
 - ``data_drift``: a StatsReport whose numeric or categorical distribution departs from the
   training statistics: population stability index (PSI, Siddiqi 2006, "Credit Risk
   Scorecards") over the shared histogram bins above ``drift_psi_threshold``, or a mean
@@ -34,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordinator.config import AlertConfig
+from coordinator.errors import ConflictError
 from coordinator.predictions import version_drift
 from coordinator.records import AlertRecord, ClientRecord, ModelRecord, RoundRecord
 from coordinator.store import Store
@@ -42,10 +48,14 @@ from fedge.errors import FeatureError
 from fedge.messages import EvalReport
 from fedge.stats import CategoricalStats, DatasetStats, NumericStats
 
-__all__ = ["AlertMonitor", "population_stability_index"]
+__all__ = ["AlertMonitor", "RollbackHook", "population_stability_index"]
 
 logger = logging.getLogger(__name__)
 _EPSILON = 1e-4
+
+RollbackHook = Callable[[str, str], ModelRecord | None]
+"""``(version, reason) -> restored``: roll production back from ``version`` for ``reason``;
+None when ``version`` is no longer production (someone else changed it first)."""
 
 
 def population_stability_index(expected: Sequence[float], actual: Sequence[float]) -> float:
@@ -62,12 +72,21 @@ def population_stability_index(expected: Sequence[float], actual: Sequence[float
 
 
 class AlertMonitor:
-    """Evaluates the rules and stores alerts."""
+    """Evaluates the rules and stores alerts; ``rollback`` is the rollback policy's action
+    (the service's: the registry's rollback and failing the rounds it superseded)."""
 
-    def __init__(self, store: Store, config: AlertConfig, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: AlertConfig,
+        now: Callable[[], float],
+        *,
+        rollback: RollbackHook | None = None,
+    ) -> None:
         self._store = store
         self._config = config
         self._now = now
+        self._rollback = rollback
 
     def _raise(self, kind: str, message: str, **fields: Any) -> AlertRecord:
         alert = self._store.add_alert(
@@ -143,22 +162,55 @@ class AlertMonitor:
                 continue
             drop = reference - value
             if drop > self._config.accuracy_drop_threshold:
+                message = (
+                    f"{metric} of {model.version} in region {region!r} is {value:.3f}, "
+                    f"{drop:.3f} below the reference {reference:.3f}"
+                )
+                details: dict[str, Any] = {
+                    "region": region,
+                    "metric": metric,
+                    "value": value,
+                    "reference": reference,
+                    "client_id": client.client_id,
+                }
+                rollback = self._apply_policy(model, region, client.client_id, message)
+                if rollback is not None:
+                    details["rollback"] = rollback
+                    if "to" in rollback:
+                        message += f"; production rolled back to {rollback['to']}"
                 alerts.append(
                     self._raise(
-                        "accuracy_drop",
-                        f"{metric} of {model.version} in region {region!r} is {value:.3f}, "
-                        f"{drop:.3f} below the reference {reference:.3f}",
-                        model_version=model.version,
-                        details={
-                            "region": region,
-                            "metric": metric,
-                            "value": value,
-                            "reference": reference,
-                            "client_id": client.client_id,
-                        },
+                        "accuracy_drop", message, model_version=model.version, details=details
                     )
                 )
         return alerts
+
+    def _apply_policy(
+        self, model: ModelRecord, region: str, client_id: str, message: str
+    ) -> dict[str, Any] | None:
+        """The rollback policy on an accuracy drop of ``model`` in ``region``: what it did,
+        or None when it does not apply (off, or ``model`` is not production)."""
+        if not self._config.rollback_on_accuracy_drop or self._rollback is None:
+            return None
+        if model.stage != "production":
+            return None
+        earlier = self._store.list_alerts(kind="accuracy_drop")
+        clients = {client_id} | {
+            str(a.details.get("client_id"))
+            for a in earlier
+            if a.model_version == model.version and a.details.get("region") == region
+        }
+        needed = self._config.rollback_min_clients
+        if len(clients) < needed:
+            return {"status": "waiting", "clients": len(clients), "needed": needed}
+        try:
+            restored = self._rollback(model.version, f"accuracy_drop alert: {message}")
+        except ConflictError as exc:
+            logger.warning("rollback policy: %s", exc)
+            return {"status": "failed", "reason": str(exc)}
+        if restored is None:
+            return None
+        return {"status": "rolled_back", "from": model.version, "to": restored.version}
 
     def prediction_drift(self, version: str) -> AlertRecord | None:
         """The ``prediction_drift`` alert of ``version``, when it drifted and has none yet."""

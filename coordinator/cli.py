@@ -6,9 +6,10 @@
         [--host 127.0.0.1] [--port 8080] [--admin-token-file FILE] [round options] \
         [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] \
         [--prediction-drift-threshold X] [--prediction-drift-min-examples N] \
+        [--accuracy-drop-threshold X] [--rollback-on-accuracy-drop [--rollback-min-clients N]] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
-    fedge-coordinator models list|show V|promote V|rollback  TARGET [--json]
+    fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
     fedge-coordinator models predictions [V]                 TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
@@ -312,6 +313,34 @@ def _add_serve(sub: Any) -> None:
         metavar="N",
         help="rows both versions must count before they are compared (default %(default)s)",
     )
+    policy = serve.add_argument_group(
+        "accuracy drop and rollback",
+        "An evaluation report whose accuracy in a region (a slice, or the device's registered "
+        "region) is more than the threshold below the version's reference raises an "
+        "accuracy_drop alert; with --rollback-on-accuracy-drop, an alert for the production "
+        "version also rolls production back to the previous version (the alert and the "
+        "rolled_back event record it; rounds on the old version fail).",
+    )
+    policy.add_argument(
+        "--accuracy-drop-threshold",
+        type=float,
+        default=alert_defaults.accuracy_drop_threshold,
+        metavar="X",
+        help="absolute accuracy below the reference that raises the alert (default %(default)s)",
+    )
+    policy.add_argument(
+        "--rollback-on-accuracy-drop",
+        action="store_true",
+        help="roll production back on an accuracy_drop alert for it (default: alert only)",
+    )
+    policy.add_argument(
+        "--rollback-min-clients",
+        type=int,
+        default=alert_defaults.rollback_min_clients,
+        metavar="N",
+        help="distinct devices that must report the drop in one region before the rollback "
+        "(default %(default)s)",
+    )
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -432,7 +461,15 @@ def _add_admin(sub: Any) -> None:
     _admin_verb(verbs, "list", "all versions")
     _admin_verb(verbs, "show", "one version").add_argument("version")
     _admin_verb(verbs, "promote", "make production").add_argument("version")
-    _admin_verb(verbs, "rollback", "restore the previous production")
+    _admin_verb(
+        verbs, "rollback", "restore the previous production (or, --before, an earlier one)"
+    ).add_argument(
+        "--before",
+        metavar="TIME",
+        help="restore the version that was production at TIME (ISO 8601, e.g. "
+        "2026-11-30T04:00:00Z; UTC unless it names its offset): the state before a data "
+        "corruption",
+    )
     _admin_verb(
         verbs,
         "predictions",
@@ -661,6 +698,9 @@ def serve_cli(args: argparse.Namespace) -> int:
         alerts=AlertConfig(
             prediction_drift_threshold=args.prediction_drift_threshold,
             prediction_drift_min_examples=args.prediction_drift_min_examples,
+            accuracy_drop_threshold=args.accuracy_drop_threshold,
+            rollback_on_accuracy_drop=args.rollback_on_accuracy_drop,
+            rollback_min_clients=args.rollback_min_clients,
         ),
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
@@ -903,7 +943,9 @@ def models_cli(args: argparse.Namespace) -> int:
         elif args.verb == "promote":
             _print(backend.promote(args.version), as_json=args.json)
         else:
-            _print(backend.rollback(), as_json=args.json)
+            if args.before is not None:
+                _check_time(args.before)
+            _print(backend.rollback(before=args.before), as_json=args.json)
     finally:
         backend.close()
     return 0
@@ -959,6 +1001,16 @@ def _print_predictions(backend: AdminBackend, version: str | None, *, as_json: b
             }
         )
     _print(rows, as_json=False, columns=_PREDICTION_COLUMNS)
+
+
+def _check_time(text: str) -> None:
+    from coordinator.admin_api import parse_instant
+    from coordinator.errors import CoordinatorError
+
+    try:
+        parse_instant(text)
+    except CoordinatorError as exc:
+        raise UsageError(f"--before: {exc}") from exc
 
 
 def _epsilon(privacy: Any) -> str:

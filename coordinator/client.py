@@ -276,9 +276,11 @@ class AdminClient:
         """Make ``version`` production; the promoted version."""
         return self._document("POST", f"/v1/models/{quote(version, safe='')}/promote")
 
-    def rollback(self) -> dict[str, Any]:
-        """Make the previous production version production again; that version."""
-        return self._document("POST", "/v1/models/rollback")
+    def rollback(self, *, before: str | None = None) -> dict[str, Any]:
+        """Make the previous production version production again, or with ``before`` (an
+        ISO 8601 time) the version that was production then; that version."""
+        body = None if before is None else {"before": before}
+        return self._document("POST", "/v1/models/rollback", json=body)
 
     # Monitoring ---------------------------------------------------------------------------
 

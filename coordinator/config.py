@@ -476,7 +476,12 @@ def _check_dp(config: RoundConfig) -> None:
 @dataclass(frozen=True)
 class AlertConfig:
     """Thresholds of the alert rules (see :mod:`coordinator.alerts`; the prediction drift
-    ones: :mod:`coordinator.predictions`)."""
+    ones: :mod:`coordinator.predictions`).
+
+    ``rollback_on_accuracy_drop``: an ``accuracy_drop`` alert for the production version
+    rolls production back to the previous version, once ``rollback_min_clients`` distinct
+    clients reported a drop of that version in one region (off by default).
+    """
 
     rejection_burst_threshold: int = 20
     rejection_burst_window_seconds: float = 60.0
@@ -487,8 +492,16 @@ class AlertConfig:
     drift_min_rows: int = 30
     prediction_drift_threshold: float = 0.1
     prediction_drift_min_examples: int = 100
+    rollback_on_accuracy_drop: bool = False
+    rollback_min_clients: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rollback_on_accuracy_drop, bool):
+            raise ConfigError(
+                "rollback_on_accuracy_drop must be true or false, "
+                f"got {self.rollback_on_accuracy_drop!r}"
+            )
+        check_int(self.rollback_min_clients, "rollback_min_clients", low=1)
         check_int(self.rejection_burst_threshold, "rejection_burst_threshold", low=1)
         check_positive(self.rejection_burst_window_seconds, "rejection_burst_window_seconds")
         check_positive(self.accuracy_drop_threshold, "accuracy_drop_threshold")

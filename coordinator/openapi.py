@@ -413,11 +413,22 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/models/rollback": {
             "post": _op(
-                "Make the previous production version production again",
+                "Make the previous production version production again, or (with before) "
+                "the version that was production at that time; rounds on the superseded "
+                "version fail",
                 "rollbackModel",
-                {"200": _json("Model")},
+                {
+                    "200": _json("Model"),
+                    "409": {
+                        "description": "no_previous_version: production has no previous "
+                        "version; no_version_before: no version was production before that "
+                        "time",
+                        "content": {JSON: {"schema": ref("Error")}},
+                    },
+                },
                 auth="adminToken",
-                errors="401 403 404 409",
+                errors="400 401 403 404 415",
+                body={"required": False, "content": {JSON: {"schema": ref("RollbackRequest")}}},
             )
         },
         "/v1/models/{version}": {

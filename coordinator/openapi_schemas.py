@@ -696,6 +696,16 @@ def _records() -> dict[str, Any]:
             details=OBJECT,
         ),
         "AlertList": closed(alerts={"type": "array", "items": ref("Alert")}),
+        "RollbackRequest": closed(
+            optional=("before",),
+            before={
+                **nullable(STRING),
+                "description": "an ISO 8601 time (UTC unless it names its offset): the "
+                "version that was production then becomes production again (absent or "
+                "null: the previous production version)",
+                "examples": ["2026-11-30T04:00:00Z"],
+            },
+        ),
     }
 
 

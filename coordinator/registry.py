@@ -3,7 +3,8 @@
 Version ids are ``v1``, ``v2``... in registration order. Exactly one version is in stage
 ``production`` once the first is registered: it is the base of the next round and what
 ``/v1/models/current`` serves. :meth:`ModelRegistry.promote` and
-:meth:`ModelRegistry.rollback` are one call each, atomic, and recorded as events.
+:meth:`ModelRegistry.rollback` (and :meth:`ModelRegistry.rollback_before`, to the version
+that was production at a given time) are one call each, atomic, and recorded as events.
 Every version's served ``manifest.json`` is derived from the imported bundle's: same
 schema, feature spec and .tflite files (same sha256), its own weights and version id.
 """
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 SERVER_STATE = "server_state"
 SOURCE_MANIFEST = "source_manifest"
 _CACHE_SIZE = 8
+_PRODUCTION_CHANGES = ("promoted", "rolled_back")
+"""The events that name the version that became production."""
 
 
 def iso_time(seconds: float) -> str:
@@ -283,8 +286,9 @@ class ModelRegistry:
             logger.info("promoted %s (previous production: %s)", version, previous)
             return promoted
 
-    def rollback(self) -> ModelRecord:
-        """Make the version that was production before the current one production again."""
+    def rollback(self, *, reason: str = "") -> ModelRecord:
+        """Make the version that was production before the current one production again;
+        ``reason`` (e.g. the alert that asked for it) is added to the event's detail."""
         with self._store.transaction():
             current = self.production()
             promotions = [e for e in self.events(current.version) if e.kind == "promoted"]
@@ -294,23 +298,48 @@ class ModelRegistry:
                     f"{current.version} has no previous production version to roll back to",
                     code="no_previous_version",
                 )
-            target = self.get(previous)
-            now = self._now()
-            self._store.save_model(dataclasses.replace(current, stage="archived"))
-            restored = dataclasses.replace(target, stage="production", promoted_at=now)
-            self._store.save_model(restored)
-            self._store.add_model_event(
-                ModelEvent(
-                    0,
-                    previous,
-                    "rolled_back",
-                    now,
-                    previous=current.version,
-                    detail=f"rolled back from {current.version}",
-                )
+            detail = f"rolled back from {current.version}"
+            return self._restore(current, self.get(previous), _joined(detail, reason))
+
+    def rollback_before(self, when: float, *, reason: str = "") -> ModelRecord:
+        """Make production the version that was production at ``when`` (seconds since the
+        epoch): the one the last promotion or rollback before ``when`` made production (a
+        change at exactly ``when`` is not before it). ConflictError ``no_version_before``
+        when no version was production then. When that version is production now, nothing
+        changes and no event is recorded."""
+        with self._store.transaction():
+            changes = sorted(
+                (e for e in self.events() if e.kind in _PRODUCTION_CHANGES and e.at < when),
+                key=lambda e: (e.at, e.seq),
             )
-            logger.warning("rolled back from %s to %s", current.version, previous)
-            return restored
+            if not changes:
+                raise ConflictError(
+                    f"no version was production before {iso_time(when)}",
+                    code="no_version_before",
+                )
+            current = self.production()
+            target = self.get(changes[-1].version)
+            if target.version == current.version:
+                return current
+            detail = (
+                f"rolled back from {current.version} to the production version of {iso_time(when)}"
+            )
+            return self._restore(current, target, _joined(detail, reason))
+
+    def _restore(self, current: ModelRecord, target: ModelRecord, detail: str) -> ModelRecord:
+        """``target`` becomes production in place of ``current`` (a ``rolled_back`` event);
+        the caller holds a store transaction."""
+        now = self._now()
+        self._store.save_model(dataclasses.replace(current, stage="archived"))
+        restored = dataclasses.replace(target, stage="production", promoted_at=now)
+        self._store.save_model(restored)
+        self._store.add_model_event(
+            ModelEvent(
+                0, target.version, "rolled_back", now, previous=current.version, detail=detail
+            )
+        )
+        logger.warning("rolled back from %s to %s", current.version, target.version)
+        return restored
 
     def mark_deployed(self, version: str) -> None:
         """Record the first time a version was handed to clients (its first round)."""
@@ -318,6 +347,10 @@ class ModelRegistry:
             model = self.get(version)
             if model.deployed_at is None:
                 self._store.save_model(dataclasses.replace(model, deployed_at=self._now()))
+
+
+def _joined(detail: str, reason: str) -> str:
+    return f"{detail}: {reason}" if reason else detail
 
 
 def _slice_map(value: object) -> dict[str, dict[str, float]]:

@@ -151,7 +151,7 @@ class CoordinatorService:
         self.now = now
         self._lock = threading.RLock()
         self.registry = ModelRegistry(store, artifacts, now, signer)
-        self.alerts = AlertMonitor(store, config.alerts, now)
+        self.alerts = AlertMonitor(store, config.alerts, now, rollback=self._rollback_on_alert)
         self.reports = ReportIntake(
             store=store, artifacts=artifacts, registry=self.registry, alerts=self.alerts,
             now=now, lock=self._lock,
@@ -865,5 +865,24 @@ class CoordinatorService:
     def rollback(self) -> ModelRecord:
         with self._lock:
             model = self.registry.rollback()
+            self.rounds.fail_superseded(model.version)
+            return model
+
+    def rollback_before(self, when: float) -> ModelRecord:
+        """Production becomes the version that was production at ``when`` (seconds since
+        the epoch; :meth:`ModelRegistry.rollback_before`), e.g. the state before a data
+        corruption; rounds on the superseded version fail."""
+        with self._lock:
+            model = self.registry.rollback_before(when)
+            self.rounds.fail_superseded(model.version)
+            return model
+
+    def _rollback_on_alert(self, version: str, reason: str) -> ModelRecord | None:
+        """The rollback policy's action (:class:`~coordinator.alerts.AlertMonitor`): the
+        previous production version back, while ``version`` is still production."""
+        with self._lock:
+            if self.registry.production().version != version:
+                return None
+            model = self.registry.rollback(reason=reason)
             self.rounds.fail_superseded(model.version)
             return model

@@ -88,7 +88,7 @@ def promote(version: str) -> Any:
 
 @admin.post("/v1/models/rollback")
 def rollback() -> Any:
-    return admin_api.rollback(current_state().service)
+    return admin_api.rollback(current_state().service, json_body(optional=True))
 
 
 @admin.get("/v1/alerts")

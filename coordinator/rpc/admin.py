@@ -81,7 +81,7 @@ ADMIN_METHODS: Mapping[str, _Method] = {
     "ListModels": _Method(lambda s, c: admin_api.list_models(s)),
     "GetModel": _Method(lambda s, c: admin_api.show_model(s, c.id), id="a model version"),
     "PromoteModel": _Method(lambda s, c: admin_api.promote(s, c.id), id="a model version"),
-    "Rollback": _Method(lambda s, c: admin_api.rollback(s)),
+    "Rollback": _Method(lambda s, c: admin_api.rollback(s, c.body), body=True),
     "ListAlerts": _Method(
         lambda s, c: admin_api.list_alerts(s, c.query), query=frozenset({"kind", "since"})
     ),
