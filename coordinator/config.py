@@ -101,6 +101,14 @@ class RoundConfig:
       :attr:`secagg_cap`). ``secagg_degree`` and
       ``secagg_threshold`` set the neighbourhood size k and the shares t needed (``None``:
       the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
+    - ``quarantine``: when the round closes, an update whose client's latest statistics
+      report shows anomalies against the base version's training statistics (and the
+      service's schema) is quarantined: kept, not aggregated (:mod:`coordinator.quarantine`).
+      The skew thresholds of an inferred schema are ``quarantine_numeric_threshold``
+      (Jensen-Shannon divergence of a numeric feature's histogram) and
+      ``quarantine_categorical_threshold`` (L-infinity distance of a categorical feature's
+      value shares). ``stats_every_round``: the round also gives each selected client a
+      ``stats`` task (before its train task), so every update has fresh statistics.
       after the first (``None``: ``deadline_seconds``). It needs the ``fedavg`` aggregator
       (any server optimizer), no ``topk`` compression and at least 3 clients per round.
     - ``dp_noise_multiplier`` (``None``: no differential privacy): DP-FedAvg
@@ -154,6 +162,10 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
+    quarantine: bool = True
+    quarantine_numeric_threshold: float = 0.3
+    quarantine_categorical_threshold: float = 0.3
+    stats_every_round: bool = False
         check_int(self.min_clients, "min_clients", low=1, high=int(limit["min_clients"]))
         check_int(
             self.clients_per_round,
@@ -208,7 +220,7 @@ class RoundConfig:
         object.__setattr__(self, "norm_bound", norm)
         check_int(self.max_examples, "max_examples", low=1, high=int(limit["max_examples"]))
         self._check_compression()
-        for name in ("continuous",):
+        for name in ("continuous", "quarantine", "stats_every_round"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
@@ -233,6 +245,8 @@ class RoundConfig:
             options["fraction"] = check_fraction(
                 options["fraction"], "compression_options['fraction']", zero_ok=False, one_ok=True
             )
+        for name in ("quarantine_numeric_threshold", "quarantine_categorical_threshold"):
+            object.__setattr__(self, name, check_number(getattr(self, name), name, low=0, high=1))
         if "block" in options:
             check_int(options["block"], "compression_options['block']", low=1, high=_MAX_Q8_BLOCK)
         object.__setattr__(self, "compression_options", MappingProxyType(options))

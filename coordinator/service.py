@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,7 @@ from coordinator.intake import (
 from coordinator.keys import StaticSigner
 from coordinator.logsafe import printable
 from coordinator.records import (
+from coordinator.quarantine import Quarantine
     ACTIVE_ROUND_STATES,
     ClientRecord,
     EnrollmentTokenRecord,
@@ -69,6 +70,9 @@ from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
 
 __all__ = ["CoordinatorService", "IssuedEnrollmentToken", "Registration", "document_bytes"]
+if TYPE_CHECKING:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
 
 logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
@@ -128,6 +132,8 @@ def _replayed_registration(
 class CoordinatorService:
     """Everything the coordinator does, callable in-process.
 
+    ``quarantine_schema`` is the schema client statistics are validated against before
+    their updates are aggregated (None: inferred, :mod:`coordinator.quarantine`).
     ``rng`` defaults to a generator seeded with ``config.seed``; ``selector`` picks each
     round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``);
     ``signer`` signs every registered version's manifest (default: one in-memory key,
@@ -146,6 +152,7 @@ class CoordinatorService:
         signer: StaticSigner | None = None,
     ) -> None:
         self.store = store
+        quarantine_schema: schema_pb2.Schema | None = None,
         self.artifacts = artifacts
         self.config = config
         self.now = now
@@ -182,6 +189,7 @@ class CoordinatorService:
         ``trusted_key`` its ``manifest.sig`` must verify against that key."""
         with self._lock:
             return self.registry.import_bundle(
+            quarantine=self._judge_quarantine,
                 directory, task=self.config.task, trusted_key=trusted_key
             )
 
@@ -192,6 +200,9 @@ class CoordinatorService:
 
     def tick(self) -> None:
         """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`)."""
+        self.quarantine = Quarantine(
+            store=store, registry=self.registry, now=now, schema=quarantine_schema
+        )
         with self._lock:
             if self.store.list_models(stage="production"):
                 self.rounds.tick()
@@ -841,6 +852,34 @@ class CoordinatorService:
         return self._round(round_id)
 
     def list_rounds(self) -> list[RoundRecord]:
+    # Quarantine ---------------------------------------------------------------------------
+
+    def list_quarantined(self, client_id: str | None = None) -> list[UpdateRecord]:
+        """The updates held in quarantine (of ``client_id`` when given), oldest first, each
+        with its reason (``UpdateRecord.quarantine``); NotFoundError for an unknown client."""
+        if client_id is not None:
+            self._client(client_id)
+        return self.store.list_quarantined_updates(client_id)
+
+    def release_quarantine(self, client_id: str) -> list[UpdateRecord]:
+        """Release the client's quarantined updates (:meth:`Quarantine.release`): they count
+        again, in their round when it is still to be aggregated, and the client's later
+        updates are judged by its next statistics. Returns the released updates."""
+        with self._lock:
+            self._client(client_id)
+            released = self.quarantine.release(client_id)
+        self.tick()
+        return released
+
+    def _client(self, client_id: str) -> ClientRecord:
+        client = self.store.get_client(client_id)
+        if client is None:
+            raise NotFoundError(f"no client {client_id!r}", code="client_not_found")
+        return client
+
+    def _judge_quarantine(self, round_: RoundRecord) -> list[UpdateRecord]:
+        return self.quarantine.judge(round_)
+
         self.tick()
         return self.store.list_rounds()
 
