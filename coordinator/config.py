@@ -94,13 +94,6 @@ class RoundConfig:
     - ``auto_promote``: a committed round's version becomes production at once; ``None``
       means "when continuous" (a continuous deployment keeps serving its newest model, an
       on-demand one leaves promotion to an operator).
-    - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
-      coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
-      quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
-      the example counts (each capped at ``secagg_example_cap``; with ``q8`` at most 255,
-      :attr:`secagg_cap`). ``secagg_degree`` and
-      ``secagg_threshold`` set the neighbourhood size k and the shares t needed (``None``:
-      the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
     - ``quarantine``: when the round closes, an update whose client's latest statistics
       report shows anomalies against the base version's training statistics (and the
       service's schema) is quarantined: kept, not aggregated (:mod:`coordinator.quarantine`).
@@ -109,6 +102,13 @@ class RoundConfig:
       ``quarantine_categorical_threshold`` (L-infinity distance of a categorical feature's
       value shares). ``stats_every_round``: the round also gives each selected client a
       ``stats`` task (before its train task), so every update has fresh statistics.
+    - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
+      coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
+      quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
+      the example counts (each capped at ``secagg_example_cap``; with ``q8`` at most 255,
+      :attr:`secagg_cap`). ``secagg_degree`` and
+      ``secagg_threshold`` set the neighbourhood size k and the shares t needed (``None``:
+      the defaults of :mod:`fedge.secagg.graph`); ``secagg_stage_seconds`` bounds each stage
       after the first (``None``: ``deadline_seconds``). It needs the ``fedavg`` aggregator
       (any server optimizer), no ``topk`` compression and at least 3 clients per round.
     - ``dp_noise_multiplier`` (``None``: no differential privacy): DP-FedAvg
@@ -146,6 +146,10 @@ class RoundConfig:
     compression_options: Mapping[str, float] = field(default_factory=dict)
     continuous: bool = True
     auto_promote: bool | None = None
+    quarantine: bool = True
+    quarantine_numeric_threshold: float = 0.3
+    quarantine_categorical_threshold: float = 0.3
+    stats_every_round: bool = False
     secure_aggregation: bool = False
     secagg_clip: float = 1.0
     secagg_quantization_bits: int = 16
@@ -162,10 +166,6 @@ class RoundConfig:
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
-    quarantine: bool = True
-    quarantine_numeric_threshold: float = 0.3
-    quarantine_categorical_threshold: float = 0.3
-    stats_every_round: bool = False
         check_int(self.min_clients, "min_clients", low=1, high=int(limit["min_clients"]))
         check_int(
             self.clients_per_round,
@@ -223,6 +223,8 @@ class RoundConfig:
         for name in ("continuous", "quarantine", "stats_every_round"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
+        for name in ("quarantine_numeric_threshold", "quarantine_categorical_threshold"):
+            object.__setattr__(self, name, check_number(getattr(self, name), name, low=0, high=1))
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
         _check_secure(self)
@@ -245,8 +247,6 @@ class RoundConfig:
             options["fraction"] = check_fraction(
                 options["fraction"], "compression_options['fraction']", zero_ok=False, one_ok=True
             )
-        for name in ("quarantine_numeric_threshold", "quarantine_categorical_threshold"):
-            object.__setattr__(self, name, check_number(getattr(self, name), name, low=0, high=1))
         if "block" in options:
             check_int(options["block"], "compression_options['block']", low=1, high=_MAX_Q8_BLOCK)
         object.__setattr__(self, "compression_options", MappingProxyType(options))

@@ -294,6 +294,37 @@ def _dp_config() -> dict[str, Any]:
     }
 
 
+def _quarantine_config() -> dict[str, Any]:
+    """The quarantine settings of a round config (coordinator.quarantine)."""
+    return {
+        "quarantine": {
+            **BOOLEAN,
+            "description": "when the round closes, hold back (keep, not aggregate) the "
+            "updates of clients whose latest statistics report shows anomalies against the "
+            "base version's training statistics and schema",
+        },
+        "quarantine_numeric_threshold": {
+            **NUMBER,
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Jensen-Shannon divergence of a numeric feature's histogram above "
+            "which an inferred schema's skew comparator flags it",
+        },
+        "quarantine_categorical_threshold": {
+            **NUMBER,
+            "minimum": 0,
+            "maximum": 1,
+            "description": "L-infinity distance of a categorical feature's value shares "
+            "above which an inferred schema's skew comparator flags it",
+        },
+        "stats_every_round": {
+            **BOOLEAN,
+            "description": "give each selected client a stats task with its train task "
+            "(not in a secure round), so every update is judged by fresh statistics",
+        },
+    }
+
+
 def _secure_config() -> dict[str, Any]:
     """The secure-aggregation settings of a round config (coordinator.secagg)."""
     return {
@@ -336,37 +367,6 @@ def _secagg() -> dict[str, Any]:
         client_id={**INTEGER, "minimum": 0},
         encryption_key={**STRING, "description": "base64 X25519 public key"},
         mask_key={**STRING, "description": "base64 X25519 public key"},
-def _quarantine_config() -> dict[str, Any]:
-    """The quarantine settings of a round config (coordinator.quarantine)."""
-    return {
-        "quarantine": {
-            **BOOLEAN,
-            "description": "when the round closes, hold back (keep, not aggregate) the "
-            "updates of clients whose latest statistics report shows anomalies against the "
-            "base version's training statistics and schema",
-        },
-        "quarantine_numeric_threshold": {
-            **NUMBER,
-            "minimum": 0,
-            "maximum": 1,
-            "description": "Jensen-Shannon divergence of a numeric feature's histogram above "
-            "which an inferred schema's skew comparator flags it",
-        },
-        "quarantine_categorical_threshold": {
-            **NUMBER,
-            "minimum": 0,
-            "maximum": 1,
-            "description": "L-infinity distance of a categorical feature's value shares "
-            "above which an inferred schema's skew comparator flags it",
-        },
-        "stats_every_round": {
-            **BOOLEAN,
-            "description": "give each selected client a stats task with its train task "
-            "(not in a secure round), so every update is judged by fresh statistics",
-        },
-    }
-
-
     )
     return {
         "SecAggAdvertiseKeys": advertise,
@@ -536,6 +536,7 @@ def _records() -> dict[str, Any]:
         "ReportList": closed(reports={"type": "array", "items": ref("Report")}),
         "RoundConfig": _round_config(),
         "RoundUpdate": closed(
+            round_id=INTEGER,
             client_id=STRING,
             task_id=STRING,
             num_examples=INTEGER,
@@ -543,6 +544,16 @@ def _records() -> dict[str, Any]:
             sha256=STRING,
             received_at=TIME,
             metrics=METRICS,
+            quarantine={
+                **nullable(STRING),
+                "description": "why the update is held out of aggregation (its client's "
+                "latest statistics showed anomalies); null: it never was",
+            },
+            released_at={
+                **nullable(TIME),
+                "description": "when an operator released the quarantined update (it counts "
+                "again); null: not released",
+            },
         ),
         "Round": closed(
             optional=("updates",),
@@ -611,7 +622,6 @@ def _records() -> dict[str, Any]:
             signing_key_id={
                 **nullable(STRING),
                 "description": "id of the Ed25519 key that signed this version's manifest",
-            round_id=INTEGER,
             },
             signature={
                 **nullable(STRING),
@@ -619,16 +629,6 @@ def _records() -> dict[str, Any]:
             },
             artifacts={
                 "type": "object",
-            quarantine={
-                **nullable(STRING),
-                "description": "why the update is held out of aggregation (its client's "
-                "latest statistics showed anomalies); null: it never was",
-            },
-            released_at={
-                **nullable(TIME),
-                "description": "when an operator released the quarantined update (it counts "
-                "again); null: not released",
-            },
                 "description": "file name -> sha256",
                 "additionalProperties": STRING,
             },

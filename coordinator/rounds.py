@@ -92,6 +92,11 @@ def train_task_id(round_id: int, client_id: str) -> str:
     return f"r{round_id}-{client_id}"
 
 
+def stats_task_id(round_id: int, client_id: str) -> str:
+    """The id of a round's statistics task (``RoundConfig.stats_every_round``)."""
+    return f"r{round_id}-{client_id}-stats"
+
+
 class RoundEngine:
     """Drives rounds through their states; every public method is called under the
     service's lock."""
@@ -99,11 +104,6 @@ class RoundEngine:
     def __init__(
         self,
         *,
-def stats_task_id(round_id: int, client_id: str) -> str:
-    """The id of a round's statistics task (``RoundConfig.stats_every_round``)."""
-    return f"r{round_id}-{client_id}-stats"
-
-
         store: Store,
         artifacts: ArtifactStore,
         registry: ModelRegistry,
@@ -112,6 +112,7 @@ def stats_task_id(round_id: int, client_id: str) -> str:
         now: Callable[[], float],
         rng: np.random.Generator,
         selector: ClientSelector,
+        quarantine: Callable[[RoundRecord], list[UpdateRecord]] | None = None,
         privacy_budget: float | None = None,
     ) -> None:
         self._store = store
@@ -119,11 +120,11 @@ def stats_task_id(round_id: int, client_id: str) -> str:
         self._artifacts = artifacts
         self._registry = registry
         self._alerts = alerts
-        quarantine: Callable[[RoundRecord], list[UpdateRecord]] | None = None,
         self._defaults = defaults
         self._now = now
         self._rng = rng
         self._selector = selector
+        self._quarantine = quarantine
         self._fresh_states: set[tuple[str, str]] = set()
         self._secure = SecureRounds(
             store=store, artifacts=artifacts, now=now, rng=rng, fail=self._fail
@@ -135,7 +136,6 @@ def stats_task_id(round_id: int, client_id: str) -> str:
             raise ConflictError(
                 f"round {active[0].round_id} is still {active[0].state}; one round at a time",
                 code="round_active",
-        self._quarantine = quarantine
             )
         config = self._defaults.merged(overrides or {})
         now = self._now()
@@ -241,6 +241,8 @@ def stats_task_id(round_id: int, client_id: str) -> str:
             weights = self._registry.weights(base)
             tasks, secagg = self._secure.begin(config, weights, selected, task_config)
         with self._store.transaction():
+            if config.stats_every_round and secagg is None:  # first: the oldest is answered first
+                self._add_stats_tasks(round_.round_id, selected, base.version, now, deadline)
             for client_id in selected:
                 self._store.add_task(
                     TaskRecord(
@@ -254,8 +256,6 @@ def stats_task_id(round_id: int, client_id: str) -> str:
                         round_id=round_.round_id,
                     )
                 )
-            if config.stats_every_round and secagg is None:  # first: the oldest is answered first
-                self._add_stats_tasks(round_.round_id, selected, base.version, now, deadline)
             started = dataclasses.replace(
                 round_,
                 state="collecting",
@@ -311,19 +311,6 @@ def stats_task_id(round_id: int, client_id: str) -> str:
         self._store.save_round(aggregating)
         return aggregating
 
-    def _fail(self, round_: RoundRecord, reason: str) -> RoundRecord:
-        failed = dataclasses.replace(
-            round_, state="failed", closed_at=self._now(), failure_reason=reason
-        )
-        with self._store.transaction():
-            self._store.save_round(failed)
-            self._expire_tasks(round_.round_id)
-        logger.warning("round %d failed: %s", round_.round_id, reason)
-        self._alerts.round_failed(failed)
-        return failed
-
-    def _expire_tasks(self, round_id: int) -> None:
-        for task in self._store.list_tasks(round_id=round_id, status="pending"):
     def _no_train_task_pending(self, round_: RoundRecord) -> bool:
         """No train task of the round is pending (its statistics tasks do not count)."""
         if not round_.config.stats_every_round:
@@ -350,6 +337,19 @@ def stats_task_id(round_id: int, client_id: str) -> str:
                 )
             )
 
+    def _fail(self, round_: RoundRecord, reason: str) -> RoundRecord:
+        failed = dataclasses.replace(
+            round_, state="failed", closed_at=self._now(), failure_reason=reason
+        )
+        with self._store.transaction():
+            self._store.save_round(failed)
+            self._expire_tasks(round_.round_id)
+        logger.warning("round %d failed: %s", round_.round_id, reason)
+        self._alerts.round_failed(failed)
+        return failed
+
+    def _expire_tasks(self, round_id: int) -> None:
+        for task in self._store.list_tasks(round_id=round_id, status="pending"):
             self._store.save_task(dataclasses.replace(task, status="expired"))
 
     def _aggregate(self, round_: RoundRecord) -> RoundRecord:

@@ -47,8 +47,8 @@ from coordinator.intake import (
 )
 from coordinator.keys import StaticSigner
 from coordinator.logsafe import printable
-from coordinator.records import (
 from coordinator.quarantine import Quarantine
+from coordinator.records import (
     ACTIVE_ROUND_STATES,
     ClientRecord,
     EnrollmentTokenRecord,
@@ -69,10 +69,10 @@ from coordinator.store import Store
 from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
 
-__all__ = ["CoordinatorService", "IssuedEnrollmentToken", "Registration", "document_bytes"]
 if TYPE_CHECKING:
     from tensorflow_metadata.proto.v0 import schema_pb2
 
+__all__ = ["CoordinatorService", "IssuedEnrollmentToken", "Registration", "document_bytes"]
 
 logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
@@ -131,9 +131,9 @@ def _replayed_registration(
 
 class CoordinatorService:
     """Everything the coordinator does, callable in-process.
-
     ``quarantine_schema`` is the schema client statistics are validated against before
     their updates are aggregated (None: inferred, :mod:`coordinator.quarantine`).
+
     ``rng`` defaults to a generator seeded with ``config.seed``; ``selector`` picks each
     round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``);
     ``signer`` signs every registered version's manifest (default: one in-memory key,
@@ -148,11 +148,11 @@ class CoordinatorService:
         config: ServiceConfig,
         now: Callable[[], float] = time.time,
         rng: np.random.Generator | None = None,
+        quarantine_schema: schema_pb2.Schema | None = None,
         selector: ClientSelector | None = None,
         signer: StaticSigner | None = None,
     ) -> None:
         self.store = store
-        quarantine_schema: schema_pb2.Schema | None = None,
         self.artifacts = artifacts
         self.config = config
         self.now = now
@@ -172,6 +172,7 @@ class CoordinatorService:
             now=now,
             rng=rng if rng is not None else np.random.default_rng(config.seed),
             selector=selector if selector is not None else RandomSelector(),
+            quarantine=self._judge_quarantine,
             privacy_budget=config.privacy_budget,
         )
         self.secagg = SecAggIntake(
@@ -181,6 +182,9 @@ class CoordinatorService:
             get_round=self._round,
             retry_after=config.retry_after_seconds,
         )
+        self.quarantine = Quarantine(
+            store=store, registry=self.registry, now=now, schema=quarantine_schema
+        )
 
     def import_bundle(
         self, directory: str | Path, *, trusted_key: Ed25519PublicKey | None = None
@@ -189,7 +193,6 @@ class CoordinatorService:
         ``trusted_key`` its ``manifest.sig`` must verify against that key."""
         with self._lock:
             return self.registry.import_bundle(
-            quarantine=self._judge_quarantine,
                 directory, task=self.config.task, trusted_key=trusted_key
             )
 
@@ -200,9 +203,6 @@ class CoordinatorService:
 
     def tick(self) -> None:
         """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`)."""
-        self.quarantine = Quarantine(
-            store=store, registry=self.registry, now=now, schema=quarantine_schema
-        )
         with self._lock:
             if self.store.list_models(stage="production"):
                 self.rounds.tick()
@@ -833,25 +833,6 @@ class CoordinatorService:
     ) -> list[ReportRecord]:
         return self.reports.list_reports(kind, task_id=task_id, model_version=model_version)
 
-    # Rounds and models (admin) ------------------------------------------------------------
-
-    def open_round(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
-        """Open a round now (continuous mode opens them itself: this then conflicts)."""
-        with self._lock:
-            self.tick()
-            return self.rounds.open(overrides)
-
-    def cancel_round(self, round_id: int) -> RoundRecord:
-        """Fail an active round now ("cancelled by an operator"); the global model is kept."""
-        with self._lock:
-            self._round(round_id)
-            return self.rounds.cancel(round_id)
-
-    def get_round(self, round_id: int) -> RoundRecord:
-        self.tick()
-        return self._round(round_id)
-
-    def list_rounds(self) -> list[RoundRecord]:
     # Quarantine ---------------------------------------------------------------------------
 
     def list_quarantined(self, client_id: str | None = None) -> list[UpdateRecord]:
@@ -880,6 +861,25 @@ class CoordinatorService:
     def _judge_quarantine(self, round_: RoundRecord) -> list[UpdateRecord]:
         return self.quarantine.judge(round_)
 
+    # Rounds and models (admin) ------------------------------------------------------------
+
+    def open_round(self, overrides: Mapping[str, Any] | None = None) -> RoundRecord:
+        """Open a round now (continuous mode opens them itself: this then conflicts)."""
+        with self._lock:
+            self.tick()
+            return self.rounds.open(overrides)
+
+    def cancel_round(self, round_id: int) -> RoundRecord:
+        """Fail an active round now ("cancelled by an operator"); the global model is kept."""
+        with self._lock:
+            self._round(round_id)
+            return self.rounds.cancel(round_id)
+
+    def get_round(self, round_id: int) -> RoundRecord:
+        self.tick()
+        return self._round(round_id)
+
+    def list_rounds(self) -> list[RoundRecord]:
         self.tick()
         return self.store.list_rounds()
 
