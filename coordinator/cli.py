@@ -67,6 +67,7 @@ from coordinator.config import (
 )
 from coordinator.dataval.cli import add_data_parser
 from coordinator.errors import StateError
+from coordinator.gate import HoldoutSet
 from coordinator.keys import (
     add_keys_parser,
     add_signing_arguments,
@@ -81,7 +82,6 @@ from coordinator.limits import (
     GrpcLimits,
     RateLimit,
 )
-from coordinator.serving.cli import add_predict_batch_parser, add_serving_flags, serving_config
 from coordinator.store import Store
 from coordinator.tls import TlsFiles
 from fedge.cli import (
@@ -93,7 +93,7 @@ from fedge.cli import (
     print_json,
     run_cli,
 )
-from fedge.errors import BundleError, ConfigError, UsageError
+from fedge.errors import BundleError, ConfigError, FedgeError, UsageError
 from fedge.strategy import STRATEGY_NAMES
 from fedge.validation import check_int, check_positive
 
@@ -109,6 +109,7 @@ _ROUND_FLAGS = {
     "clients_per_round": int, "min_clients": int, "min_available_clients": int,
     "deadline_seconds": float, "epochs": int, "batch_size": int, "learning_rate": float,
     "norm_bound": float, "max_examples": int, "dp_noise_multiplier": float, "dp_clip": float,
+    "gate_margin": float, "gate_clients": int, "gate_seconds": float, "gate_min_reports": int,
 }  # fmt: skip
 
 # Added to the kit's table: the bundle given to ``serve`` is the caller's input (2). An admin
@@ -198,6 +199,20 @@ def _add_serve(sub: Any) -> None:
     for name, kind in _ROUND_FLAGS.items():
         rounds.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     rounds.add_argument("--aggregator", choices=STRATEGY_NAMES, default=None)
+    rounds.add_argument(
+        "--holdout",
+        type=Path,
+        metavar="FILE",
+        help="the cloud holdout (CSV or TFRecord, read with the bundle's schema): each "
+        "round's candidate is scored on it, overall and per region, and promoted only when "
+        "not worse than its parent by more than --gate-margin (the gate; --gate-clients N "
+        "adds a federated holdout cohort)",
+    )
+    rounds.add_argument(
+        "--holdout-region-column",
+        metavar="COL",
+        help="the holdout's region column (default: the schema's region column)",
+    )
     rounds.add_argument("--aggregator-option", type=_option, action="append", default=[],
                         metavar="KEY=VALUE", help="e.g. num_byzantine=1, lr=0.01")  # fmt: skip
     rounds.add_argument(
@@ -342,7 +357,6 @@ def _add_serve(sub: Any) -> None:
         help="distinct devices that must report the drop in one region before the rollback "
         "(default %(default)s)",
     )
-    add_serving_flags(serve)
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -586,7 +600,6 @@ def build_parser() -> ArgumentParser:
     add_keys_parser(sub, _EXIT_CODES)
     _add_certs(sub)
     add_data_parser(sub)
-    add_predict_batch_parser(sub)
     return parser
 
 
@@ -677,6 +690,29 @@ def _round_config(args: argparse.Namespace) -> RoundConfig:
     return RoundConfig.from_dict(options)
 
 
+def _holdout(args: argparse.Namespace) -> HoldoutSet | None:
+    """``--holdout``, read with the bundle's schema (and its label names, when it has them)."""
+    from fedge.bundle import read_manifest
+    from fedge.data.user_table import SCHEMA_FILE, load_schema_json
+
+    if args.holdout is None:
+        if args.holdout_region_column is not None:
+            raise UsageError("--holdout-region-column needs --holdout")
+        return None
+    manifest = read_manifest(args.bundle)
+    names = None
+    if SCHEMA_FILE in manifest.files:
+        names = load_schema_json(args.bundle / SCHEMA_FILE)[1]
+    try:
+        holdout = HoldoutSet.read(
+            args.holdout, manifest, label_names=names, region_column=args.holdout_region_column
+        )
+    except (OSError, FedgeError) as exc:
+        raise UsageError(f"--holdout {args.holdout}: {exc}") from exc
+    logger.info("cloud holdout %s: %d rows (the gate is on)", args.holdout, len(holdout))
+    return holdout
+
+
 def serve_cli(args: argparse.Namespace) -> int:
     """``serve``: 0 once stopped by SIGTERM; SIGINT ends in KeyboardInterrupt (exit 130)."""
     from coordinator.artifacts import ArtifactStore
@@ -723,6 +759,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         artifacts=artifacts,
         config=config,
         signer=signer_from_args(args),
+        holdout=_holdout(args),
     )
     with _database(args.db):
         model = service.import_bundle(args.bundle, trusted_key=trusted_bundle_key(args))
@@ -744,7 +781,6 @@ def serve_cli(args: argparse.Namespace) -> int:
                 total_burst=args.registration_burst_total,
             ),
         ),
-        serving=serving_config(args),
     )
     return run_server(
         app,
@@ -937,9 +973,13 @@ def models_cli(args: argparse.Namespace) -> int:
     try:
         if args.verb == "list":
             models = backend.list_models()
+            columns: tuple[str, ...] = _MODEL_COLUMNS
             if not args.json:  # the table shows each version's cumulative epsilon
                 models = [{**m, "epsilon": _epsilon(m.get("privacy"))} for m in models]
-            _print(models, as_json=args.json, columns=_MODEL_COLUMNS)
+                if any(m.get("gate") for m in models):  # and what the gate decided
+                    models = [{**m, "gate": _gate_text(m.get("gate"))} for m in models]
+                    columns = (*columns, "gate")
+            _print(models, as_json=args.json, columns=columns)
         elif args.verb == "show":
             _print(backend.show_model(args.version), as_json=args.json)
         elif args.verb == "predictions":
@@ -1015,6 +1055,15 @@ def _check_time(text: str) -> None:
         parse_instant(text)
     except CoordinatorError as exc:
         raise UsageError(f"--before: {exc}") from exc
+
+
+def _gate_text(gate: Any) -> str:
+    """What the gate decided about a version, for the table: its status, and for a
+    rejected candidate the reason; ``-`` for a version no gate evaluated."""
+    if not isinstance(gate, dict):
+        return "-"
+    status = str(gate.get("status"))
+    return f"{status}: {gate.get('reason')}" if status == "rejected" else status
 
 
 def _epsilon(privacy: Any) -> str:

@@ -13,7 +13,14 @@ from fedge.messages import TaskConfig
 from fedge.strategy import ComposedStrategy, build_strategy
 from fedge.validation import check_fraction, check_int, check_number, check_positive
 
-__all__ = ["COMPRESSIONS", "ROUND_LIMITS", "AlertConfig", "RoundConfig", "ServiceConfig"]
+__all__ = [
+    "COMPRESSIONS",
+    "GATE_METRICS",
+    "ROUND_LIMITS",
+    "AlertConfig",
+    "RoundConfig",
+    "ServiceConfig",
+]
 
 COMPRESSIONS = ("none", "q8", "topk")
 """The update codecs a round may ask for (:mod:`fedge.compression`; ``none``: safetensors)."""
@@ -94,14 +101,6 @@ class RoundConfig:
     - ``auto_promote``: a committed round's version becomes production at once; ``None``
       means "when continuous" (a continuous deployment keeps serving its newest model, an
       on-demand one leaves promotion to an operator).
-    - ``quarantine``: when the round closes, an update whose client's latest statistics
-      report shows anomalies against the base version's training statistics (and the
-      service's schema) is quarantined: kept, not aggregated (:mod:`coordinator.quarantine`).
-      The skew thresholds of an inferred schema are ``quarantine_numeric_threshold``
-      (Jensen-Shannon divergence of a numeric feature's histogram) and
-      ``quarantine_categorical_threshold`` (L-infinity distance of a categorical feature's
-      value shares). ``stats_every_round``: the round also gives each selected client a
-      ``stats`` task (before its train task), so every update has fresh statistics.
     - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
       coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
       quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
@@ -125,6 +124,15 @@ class RoundConfig:
       ``dp_clip`` so that no clipped update is cut again. ``dp_delta`` is the accountant's
       delta (``None``: 1 / n^1.1 for the n registered clients when the round starts,
       :mod:`coordinator.privacy`).
+    - The gate (:mod:`coordinator.gate`): ``gate`` ``None`` means on when the round
+      promotes on commit and a holdout exists (the service's cloud holdout, or
+      ``gate_clients`` > 0); a gated round evaluates its candidate before promoting it and
+      keeps it as a rejected candidate when it is worse than its parent by more than
+      ``gate_margin`` (absolute ``gate_metric``, overall or in any region). ``gate_clients``
+      is the federated holdout cohort (clients not selected for the round, asked to
+      evaluate the candidate and its parent); the gate waits ``gate_seconds`` (``None``:
+      ``deadline_seconds``) for their reports and needs ``gate_min_reports`` clients that
+      answered both.
     """
 
     clients_per_round: int = 10
@@ -146,10 +154,6 @@ class RoundConfig:
     compression_options: Mapping[str, float] = field(default_factory=dict)
     continuous: bool = True
     auto_promote: bool | None = None
-    quarantine: bool = True
-    quarantine_numeric_threshold: float = 0.3
-    quarantine_categorical_threshold: float = 0.3
-    stats_every_round: bool = False
     secure_aggregation: bool = False
     secagg_clip: float = 1.0
     secagg_quantization_bits: int = 16
@@ -163,6 +167,12 @@ class RoundConfig:
     dp_target_quantile: float = 0.5
     dp_clipped_count_stddev: float | None = None
     dp_delta: float | None = None
+    gate: bool | None = None
+    gate_margin: float = 0.0
+    gate_metric: str = "accuracy"
+    gate_clients: int = 0
+    gate_seconds: float | None = None
+    gate_min_reports: int = 1
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
@@ -220,15 +230,14 @@ class RoundConfig:
         object.__setattr__(self, "norm_bound", norm)
         check_int(self.max_examples, "max_examples", low=1, high=int(limit["max_examples"]))
         self._check_compression()
-        for name in ("continuous", "quarantine", "stats_every_round"):
+        for name in ("continuous",):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
-        for name in ("quarantine_numeric_threshold", "quarantine_categorical_threshold"):
-            object.__setattr__(self, name, check_number(getattr(self, name), name, low=0, high=1))
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
         _check_secure(self)
         _check_dp(self)
+        _check_gate(self)
 
     def _check_compression(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -305,6 +314,19 @@ class RoundConfig:
     @property
     def promotes_on_commit(self) -> bool:
         return self.continuous if self.auto_promote is None else self.auto_promote
+
+    def gated(self, *, cloud_holdout: bool) -> bool:
+        """Whether a committed candidate goes through the gate: ``gate`` when set, else
+        when the round promotes on commit and a holdout exists (``cloud_holdout``: the
+        service has one; or ``gate_clients`` > 0)."""
+        if self.gate is not None:
+            return self.gate
+        return self.promotes_on_commit and (cloud_holdout or self.gate_clients > 0)
+
+    @property
+    def gate_deadline_seconds(self) -> float:
+        """How long the gate's cohort has to report."""
+        return self.deadline_seconds if self.gate_seconds is None else self.gate_seconds
 
     def strategy(self) -> ComposedStrategy:
         """The round's strategy, built from the names above."""
@@ -440,6 +462,35 @@ def _check_secure(config: RoundConfig) -> None:
             f"clients, over the {_SECAGG_MAX_MODULUS_BITS}-bit limit: lower clients_per_round, "
             "secagg_quantization_bits or secagg_example_cap"
         )
+
+
+GATE_METRICS = ("accuracy",)
+"""The metrics the gate compares (higher is better)."""
+
+
+def _check_gate(config: RoundConfig) -> None:
+    """The gate's settings: types and bounds."""
+    if config.gate is not None and not isinstance(config.gate, bool):
+        raise ConfigError("gate must be true, false or null")
+    margin = check_number(config.gate_margin, "gate_margin", low=0.0, high=1.0)
+    object.__setattr__(config, "gate_margin", margin)
+    if config.gate_metric not in GATE_METRICS:
+        raise ConfigError(
+            f"gate_metric must be one of {list(GATE_METRICS)}, got {config.gate_metric!r}"
+        )
+    check_int(
+        config.gate_clients, "gate_clients", low=0, high=int(ROUND_LIMITS["clients_per_round"])
+    )
+    if config.gate_seconds is not None:
+        seconds = check_number(
+            config.gate_seconds,
+            "gate_seconds",
+            low=0.0,
+            low_inclusive=False,
+            high=ROUND_LIMITS["deadline_seconds"],
+        )
+        object.__setattr__(config, "gate_seconds", seconds)
+    check_int(config.gate_min_reports, "gate_min_reports", low=1, high=max(1, config.gate_clients))
 
 
 def _check_dp(config: RoundConfig) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.config import COMPRESSIONS, ROUND_LIMITS
+from coordinator.config import COMPRESSIONS, GATE_METRICS, ROUND_LIMITS
 from coordinator.intake import METRIC_BOUND
 from fedge.messages import TASK_KINDS
 
@@ -238,11 +238,52 @@ def _round_config() -> dict[str, Any]:
             },
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
-            **_quarantine_config(),
             **_secure_config(),
             **_dp_config(),
+            **_gate_config(),
         },
         "additionalProperties": False,
+    }
+
+
+def _gate_config() -> dict[str, Any]:
+    """The gate's settings of a round config (coordinator.gate)."""
+    return {
+        "gate": {
+            **nullable(BOOLEAN),
+            "description": "evaluate each candidate before promoting it; null: on when the "
+            "round promotes on commit and a holdout exists (serve --holdout, or "
+            "gate_clients > 0)",
+        },
+        "gate_margin": {
+            **NUMBER,
+            "minimum": 0,
+            "maximum": 1,
+            "description": "how much gate_metric (absolute) a candidate may lose against its "
+            "parent, overall and in any region, and still be promoted",
+        },
+        "gate_metric": {"enum": list(GATE_METRICS)},
+        "gate_clients": {
+            **INTEGER,
+            "minimum": 0,
+            "maximum": int(ROUND_LIMITS["clients_per_round"]),
+            "description": "federated holdout cohort: clients not selected for the round "
+            "asked to evaluate the candidate and its parent (0: none)",
+        },
+        "gate_seconds": nullable(
+            {
+                **NUMBER,
+                "exclusiveMinimum": 0,
+                "maximum": ROUND_LIMITS["deadline_seconds"],
+                "description": "how long the cohort has to report; null: deadline_seconds",
+            }
+        ),
+        "gate_min_reports": {
+            **INTEGER,
+            "minimum": 1,
+            "description": "cohort clients that must answer both evaluations, else the "
+            "candidate is rejected",
+        },
     }
 
 
@@ -291,37 +332,6 @@ def _dp_config() -> dict[str, Any]:
                 "clients when the round starts",
             }
         ),
-    }
-
-
-def _quarantine_config() -> dict[str, Any]:
-    """The quarantine settings of a round config (coordinator.quarantine)."""
-    return {
-        "quarantine": {
-            **BOOLEAN,
-            "description": "when the round closes, hold back (keep, not aggregate) the "
-            "updates of clients whose latest statistics report shows anomalies against the "
-            "base version's training statistics and schema",
-        },
-        "quarantine_numeric_threshold": {
-            **NUMBER,
-            "minimum": 0,
-            "maximum": 1,
-            "description": "Jensen-Shannon divergence of a numeric feature's histogram above "
-            "which an inferred schema's skew comparator flags it",
-        },
-        "quarantine_categorical_threshold": {
-            **NUMBER,
-            "minimum": 0,
-            "maximum": 1,
-            "description": "L-infinity distance of a categorical feature's value shares "
-            "above which an inferred schema's skew comparator flags it",
-        },
-        "stats_every_round": {
-            **BOOLEAN,
-            "description": "give each selected client a stats task with its train task "
-            "(not in a secure round), so every update is judged by fresh statistics",
-        },
     }
 
 
@@ -418,39 +428,6 @@ def _secagg() -> dict[str, Any]:
             "advertised keys and shared them (counted when the stage closed) and sent a masked "
             "input (counted when the mask stage closed), k and t",
         },
-    }
-
-
-def _serving() -> dict[str, Any]:
-    """The predict route's documents (TensorFlow Serving's REST format)."""
-    row = {
-        "description": "a row: an object of raw column values by name (null: missing); "
-        "with one feature column, the bare value; in the static mode, the bare key",
-    }
-    return {
-        "PredictRequest": {
-            "type": "object",
-            "description": "exactly one of instances (rows) or inputs (columns)",
-            "properties": {
-                "instances": {"type": "array", "items": row, "minItems": 1},
-                "inputs": {
-                    "type": ["object", "array"],
-                    "description": "an object of columns, each a list of one length",
-                },
-                "signature_name": {**STRING, "description": "accepted and ignored"},
-            },
-            "additionalProperties": False,
-        },
-        "Prediction": closed(
-            class_id={**INTEGER, "minimum": 0},
-            label={**STRING, "description": "the class's label name"},
-            probabilities={"type": "array", "items": NUMBER},
-            logits={"type": "array", "items": NUMBER, "description": "the model's scores"},
-        ),
-        "PredictResponse": closed(
-            model_version={**STRING, "description": "the version that answered (vN)"},
-            predictions={"type": "array", "items": ref("Prediction")},
-        ),
     }
 
 
@@ -569,7 +546,6 @@ def _records() -> dict[str, Any]:
         "ReportList": closed(reports={"type": "array", "items": ref("Report")}),
         "RoundConfig": _round_config(),
         "RoundUpdate": closed(
-            round_id=INTEGER,
             client_id=STRING,
             task_id=STRING,
             num_examples=INTEGER,
@@ -577,21 +553,15 @@ def _records() -> dict[str, Any]:
             sha256=STRING,
             received_at=TIME,
             metrics=METRICS,
-            quarantine={
-                **nullable(STRING),
-                "description": "why the update is held out of aggregation (its client's "
-                "latest statistics showed anomalies); null: it never was",
-            },
-            released_at={
-                **nullable(TIME),
-                "description": "when an operator released the quarantined update (it counts "
-                "again); null: not released",
-            },
         ),
         "Round": closed(
             optional=("updates",),
             round_id=INTEGER,
-            state={"enum": ["open", "collecting", "aggregating", "committed", "failed"]},
+            state={
+                "enum": ["open", "collecting", "aggregating", "gating", "committed", "failed"],
+                "description": "gating: the candidate (result_version) is being evaluated by "
+                "the gate; a rejected candidate fails the round with the gate's reason",
+            },
             config={**round_config, "required": list(_round_config()["properties"])},
             opened_at=TIME,
             base_version=nullable(STRING),
@@ -628,7 +598,7 @@ def _records() -> dict[str, Any]:
         ),
         "RoundList": closed(rounds={"type": "array", "items": ref("Round")}),
         "ModelEvent": closed(
-            kind={"enum": ["registered", "promoted", "rolled_back", "archived"]},
+            kind={"enum": ["registered", "promoted", "rolled_back", "archived", "rejected"]},
             at=TIME,
             previous=nullable(STRING),
             detail=STRING,
@@ -637,7 +607,11 @@ def _records() -> dict[str, Any]:
             optional=("predictions",),
             version=STRING,
             seq=INTEGER,
-            stage={"enum": ["candidate", "production", "archived"]},
+            stage={
+                "enum": ["candidate", "production", "archived", "rejected"],
+                "description": "rejected: a round's candidate the gate refused (the reason is "
+                "in gate.reason and the rejected event)",
+            },
             created_at=TIME,
             parent=nullable(STRING),
             round_id=nullable(INTEGER),
@@ -660,6 +634,7 @@ def _records() -> dict[str, Any]:
                 **nullable(STRING),
                 "description": "<key id>:<base64 Ed25519 signature> over the manifest bytes",
             },
+            gate={"oneOf": [ref("ModelGate"), {"type": "null"}]},
             artifacts={
                 "type": "object",
                 "description": "file name -> sha256",
@@ -672,6 +647,7 @@ def _records() -> dict[str, Any]:
             },
         ),
         "ModelList": closed(models={"type": "array", "items": ref("Model")}),
+        **_gate_schemas(),
         "ClassDistribution": {
             **closed(
                 model_version=STRING,
@@ -785,6 +761,60 @@ def _records() -> dict[str, Any]:
     }
 
 
+def _gate_schemas() -> dict[str, Any]:
+    """The gate's evaluation of a round's candidate (ModelRecord.gate, coordinator.gate)."""
+    evaluation = {
+        "type": "object",
+        "description": "gate_metric overall (e.g. accuracy), the examples behind it and the "
+        "same per region",
+        "properties": {
+            "examples": INTEGER,
+            "regions": {"type": "object", "additionalProperties": METRICS},
+        },
+        "additionalProperties": NUMBER,
+    }
+    pair = {
+        "candidate": {**evaluation, "description": "the candidate's measurements"},
+        "parent": {**evaluation, "description": "the parent's measurements"},
+        "error": {**STRING, "description": "why the evaluation could not run"},
+    }
+    return {
+        "ModelGate": {
+            **closed(
+                status={
+                    "enum": ["pending", "passed", "rejected", "abandoned"],
+                    "description": "abandoned: the round failed for another reason first",
+                },
+                round_id=INTEGER,
+                candidate=STRING,
+                parent=STRING,
+                metric=STRING,
+                margin=NUMBER,
+                cloud={
+                    "oneOf": [ref("GateCloud"), {"type": "null"}],
+                    "description": "the cloud holdout; null without one",
+                },
+                federated={
+                    "oneOf": [ref("GateFederated"), {"type": "null"}],
+                    "description": "the federated holdout cohort; null when gate_clients is 0",
+                },
+                reason=nullable(STRING),
+                decided_at=nullable(NUMBER),
+            ),
+            "description": "the gate's evaluation of a round's candidate against its parent",
+        },
+        "GateCloud": closed(optional=tuple(pair), **pair),
+        "GateFederated": closed(
+            optional=("reports", "candidate", "parent", "error"),
+            clients={"type": "array", "items": STRING},
+            deadline=NUMBER,
+            min_reports=INTEGER,
+            reports={**INTEGER, "description": "cohort clients that answered both"},
+            **{**pair, "error": nullable(STRING)},
+        ),
+    }
+
+
 def build_schemas() -> dict[str, Any]:
     return {
         "Error": closed(
@@ -840,5 +870,4 @@ def build_schemas() -> dict[str, Any]:
         **_messages(),
         **_records(),
         **_secagg(),
-        **_serving(),
     }

@@ -34,11 +34,23 @@ __all__ = [
     "UpdateRecord",
 ]
 
-RoundState: TypeAlias = Literal["open", "collecting", "aggregating", "committed", "failed"]
-ROUND_STATES: tuple[RoundState, ...] = ("open", "collecting", "aggregating", "committed", "failed")
-ACTIVE_ROUND_STATES: tuple[RoundState, ...] = ("open", "collecting", "aggregating")
-Stage: TypeAlias = Literal["candidate", "production", "archived"]
-STAGES: tuple[Stage, ...] = ("candidate", "production", "archived")
+RoundState: TypeAlias = Literal[
+    "open", "collecting", "aggregating", "gating", "committed", "failed"
+]
+ROUND_STATES: tuple[RoundState, ...] = (
+    "open",
+    "collecting",
+    "aggregating",
+    "gating",
+    "committed",
+    "failed",
+)
+ACTIVE_ROUND_STATES: tuple[RoundState, ...] = ("open", "collecting", "aggregating", "gating")
+"""``gating``: the round registered its candidate (``result_version``) and the gate
+(:mod:`coordinator.gate`) is evaluating it; it ends committed (promoted) or failed (the
+candidate rejected)."""
+Stage: TypeAlias = Literal["candidate", "production", "archived", "rejected"]
+STAGES: tuple[Stage, ...] = ("candidate", "production", "archived", "rejected")
 
 
 def _plain(value: Any) -> Any:
@@ -261,6 +273,9 @@ class ModelRecord(_Record):
     records of older coordinators). ``signature`` is the coordinator's Ed25519 signature
     over the served manifest (``<key id>:<base64>``, :mod:`fedge.signing`) and
     ``signing_key_id`` the id of the key that made it (``None`` in older records).
+    ``gate`` is the gate's evaluation of a round's candidate (:mod:`coordinator.gate`:
+    its status, the cloud holdout and federated cohort metrics of the candidate and its
+    parent, the reason of the decision); ``None`` for a version no gate evaluated.
     """
 
     version: str
@@ -283,6 +298,7 @@ class ModelRecord(_Record):
     privacy: Mapping[str, Any] | None = None
     signing_key_id: str | None = None
     signature: str | None = None
+    gate: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._freeze()
@@ -290,7 +306,8 @@ class ModelRecord(_Record):
 
 @dataclass(frozen=True)
 class ModelEvent(_Record):
-    """A registry event: registered, promoted, rolled_back, archived."""
+    """A registry event: registered, promoted, rolled_back, archived, rejected (by the
+    gate; ``detail`` holds the reason)."""
 
     seq: int
     version: str

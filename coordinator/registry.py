@@ -341,6 +341,39 @@ class ModelRegistry:
         logger.warning("rolled back from %s to %s", current.version, target.version)
         return restored
 
+    def reject(
+        self, version: str, reason: str, *, gate: Mapping[str, Any] | None = None
+    ) -> ModelRecord:
+        """Keep candidate ``version`` as a rejected candidate: stage ``rejected``, an event
+        ``rejected`` with ``reason`` as its detail, and (when given) the gate's evaluation
+        on its record. Production is unchanged. Idempotent; a version that is production,
+        archived or rejected already conflicts (``not_a_candidate``) unless it is rejected."""
+        with self._store.transaction():
+            model = self.get(version)
+            if model.stage == "rejected":
+                return model
+            if model.stage != "candidate":
+                raise ConflictError(
+                    f"{version} is {model.stage}; only a candidate can be rejected",
+                    code="not_a_candidate",
+                )
+            rejected = dataclasses.replace(
+                model, stage="rejected", gate=model.gate if gate is None else gate
+            )
+            self._store.save_model(rejected)
+            self._store.add_model_event(
+                ModelEvent(0, version, "rejected", self._now(), detail=reason)
+            )
+            logger.warning("rejected candidate %s: %s", version, reason)
+            return rejected
+
+    def set_gate(self, version: str, gate: Mapping[str, Any]) -> ModelRecord:
+        """Record the gate's evaluation (its progress or result) on ``version``."""
+        with self._store.transaction():
+            model = dataclasses.replace(self.get(version), gate=gate)
+            self._store.save_model(model)
+            return model
+
     def mark_deployed(self, version: str) -> None:
         """Record the first time a version was handed to clients (its first round)."""
         with self._store.transaction():

@@ -8,13 +8,7 @@
   (``deadline_seconds`` after it opened): a round still waiting then fails with "too few
   clients: N available, M needed".
 - collecting: accepted updates are on disk and in the store (see the service's intake).
-  With ``stats_every_round`` (not in a secure round) each selected client also has a
-  ``stats`` task, created before its train task.
-  The round closes when every selected client reported, or at the deadline; then, with
-  ``quarantine``, the updates of clients whose latest statistics show anomalies are
-  quarantined (:mod:`coordinator.quarantine`: kept, not aggregated, counted in the
-  measurement ``quarantined_updates``), and a round left with fewer than ``min_clients``
-  updates to aggregate fails. A secure
+  The round closes when every selected client reported, or at the deadline. A secure
   round (``secure_aggregation``) collects through the SecAgg+ stages of
   :mod:`coordinator.secagg` instead, each with its tasks and deadline, and is aggregated
   from the unmasked sum: one update of the survivors' summed example count.
@@ -26,6 +20,11 @@
   optimizer steps from the base version's persisted state, and its metrics aggregation
   summarizes the clients' metrics overall and per region; the new weights, state and
   derived manifest are written before the version is registered.
+- gating (a gated round, :meth:`RoundConfig.gated`): the new version is registered as a
+  candidate and the gate (:mod:`coordinator.gate`) evaluates it on the cloud holdout and
+  a federated holdout cohort; it is promoted (the round commits) only when it is not worse
+  than its parent by more than ``gate_margin``, else kept as a ``rejected`` version and the
+  round fails with the gate's reason. The gate's progress is on the candidate's record.
 - committed: a new registry version (promoted when ``promotes_on_commit``), with its
   privacy record (:mod:`coordinator.privacy`): a DP round (``dp_noise_multiplier``) is
   aggregated by :class:`~fedge.strategy.DPFedAvg` around the round's strategy, its noise
@@ -67,10 +66,12 @@ from coordinator.artifacts import ArtifactStore
 from coordinator.codecs import decode_update
 from coordinator.config import RoundConfig
 from coordinator.errors import ConflictError, NotFoundError
+from coordinator.gate import Gate
 from coordinator.records import (
     ACTIVE_ROUND_STATES,
     ModelRecord,
     RoundRecord,
+    RoundState,
     TaskRecord,
     UpdateRecord,
 )
@@ -83,18 +84,13 @@ from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
 from fedge.strategy import ClientMetrics, DPFedAvg, Strategy
 
-__all__ = ["RoundEngine", "stats_task_id", "train_task_id"]
+__all__ = ["RoundEngine", "train_task_id"]
 
 logger = logging.getLogger(__name__)
 
 
 def train_task_id(round_id: int, client_id: str) -> str:
     return f"r{round_id}-{client_id}"
-
-
-def stats_task_id(round_id: int, client_id: str) -> str:
-    """The id of a round's statistics task (``RoundConfig.stats_every_round``)."""
-    return f"r{round_id}-{client_id}-stats"
 
 
 class RoundEngine:
@@ -112,10 +108,13 @@ class RoundEngine:
         now: Callable[[], float],
         rng: np.random.Generator,
         selector: ClientSelector,
-        quarantine: Callable[[RoundRecord], list[UpdateRecord]] | None = None,
         privacy_budget: float | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self._store = store
+        self._gate = (
+            gate if gate is not None else Gate(store=store, registry=registry, now=now, rng=rng)
+        )
         self._privacy_budget = privacy_budget
         self._artifacts = artifacts
         self._registry = registry
@@ -124,7 +123,6 @@ class RoundEngine:
         self._now = now
         self._rng = rng
         self._selector = selector
-        self._quarantine = quarantine
         self._fresh_states: set[tuple[str, str]] = set()
         self._secure = SecureRounds(
             store=store, artifacts=artifacts, now=now, rng=rng, fail=self._fail
@@ -170,14 +168,14 @@ class RoundEngine:
         if not round_.active:
             raise ConflictError(
                 f"round {round_id} is already {round_.state}; only an active round "
-                "(open, collecting, aggregating) can be cancelled",
+                "(open, collecting, aggregating, gating) can be cancelled",
                 code="round_closed",
             )
         return self._fail(round_, "cancelled by an operator")
 
     def fail_superseded(self, production: str) -> None:
         """Fail active rounds built on a version that is no longer production."""
-        for round_ in self._store.list_rounds(("collecting", "aggregating")):
+        for round_ in self._store.list_rounds(("collecting", "aggregating", "gating")):
             if round_.base_version != production:
                 self._fail(round_, f"base version {round_.base_version} is no longer production")
 
@@ -190,6 +188,8 @@ class RoundEngine:
             round_ = self._maybe_close(round_)
         if round_.state == "aggregating":
             round_ = self._aggregate(round_)
+        if round_.state == "gating":
+            round_ = self._decide(round_)
         return round_
 
     def _start(self, round_: RoundRecord) -> RoundRecord:
@@ -241,8 +241,6 @@ class RoundEngine:
             weights = self._registry.weights(base)
             tasks, secagg = self._secure.begin(config, weights, selected, task_config)
         with self._store.transaction():
-            if config.stats_every_round and secagg is None:  # first: the oldest is answered first
-                self._add_stats_tasks(round_.round_id, selected, base.version, now, deadline)
             for client_id in selected:
                 self._store.add_task(
                     TaskRecord(
@@ -286,7 +284,10 @@ class RoundEngine:
             return self._secure.advance(round_)
         received = self._store.count_updates(round_.round_id)
         # Revoked clients' tasks expire: once no task is pending, no update can arrive.
-        everyone = received >= len(round_.selected) or self._no_train_task_pending(round_)
+        everyone = (
+            received >= len(round_.selected)
+            or self._store.count_tasks(round_id=round_.round_id, status="pending") == 0
+        )
         expired = round_.deadline is not None and self._now() >= round_.deadline
         if not (everyone or expired):
             return round_
@@ -296,52 +297,17 @@ class RoundEngine:
                 f"only {received} of the {round_.config.min_clients} required updates "
                 "arrived by the deadline",
             )
-        measurements = dict(round_.measurements)
-        if round_.config.quarantine and self._quarantine is not None:
-            held = len(self._quarantine(round_))
-            measurements["quarantined_updates"] = float(held)
-            if received - held < round_.config.min_clients:
-                return self._fail(
-                    round_,
-                    f"only {received - held} of the {round_.config.min_clients} required "
-                    f"updates can be aggregated: {held} of the {received} that arrived are "
-                    "quarantined",
-                )
-        aggregating = dataclasses.replace(round_, state="aggregating", measurements=measurements)
+        aggregating = dataclasses.replace(round_, state="aggregating")
         self._store.save_round(aggregating)
         return aggregating
-
-    def _no_train_task_pending(self, round_: RoundRecord) -> bool:
-        """No train task of the round is pending (its statistics tasks do not count)."""
-        if not round_.config.stats_every_round:
-            return self._store.count_tasks(round_id=round_.round_id, status="pending") == 0
-        pending = self._store.list_tasks(round_id=round_.round_id, status="pending")
-        return not any(task.kind == "train" for task in pending)
-
-    def _add_stats_tasks(
-        self, round_id: int, selected: tuple[str, ...], version: str, now: float, deadline: float
-    ) -> None:
-        """A ``stats`` task per selected client (``stats_every_round``), so that the
-        quarantine judges every update by fresh statistics."""
-        for client_id in selected:
-            self._store.add_task(
-                TaskRecord(
-                    task_id=stats_task_id(round_id, client_id),
-                    kind="stats",
-                    client_id=client_id,
-                    model_version=version,
-                    config=TaskConfig(),
-                    created_at=now,
-                    deadline=deadline,
-                    round_id=round_id,
-                )
-            )
 
     def _fail(self, round_: RoundRecord, reason: str) -> RoundRecord:
         failed = dataclasses.replace(
             round_, state="failed", closed_at=self._now(), failure_reason=reason
         )
         with self._store.transaction():
+            if round_.state == "gating" and round_.result_version is not None:
+                self._abandon_gate(round_.result_version, reason)
             self._store.save_round(failed)
             self._expire_tasks(round_.round_id)
         logger.warning("round %d failed: %s", round_.round_id, reason)
@@ -363,7 +329,7 @@ class RoundEngine:
             return self._fail(round_, f"aggregation failed: {reason}")
 
     def _commit(self, round_: RoundRecord) -> RoundRecord:
-        updates = [u for u in self._store.list_updates(round_.round_id) if not u.quarantined]
+        updates = self._store.list_updates(round_.round_id)
         base = self._registry.get(str(round_.base_version))
         config = round_.config
         weights = self._registry.weights(base)
@@ -405,6 +371,13 @@ class RoundEngine:
                 slice_metrics={region: dict(m) for region, m in metrics.by_region.items()},
                 privacy=record,
             )
+            measurements = {
+                **round_.measurements,
+                **result.measurements,
+                **(secure.measurements if secure is not None else {}),
+            }
+            if self._gate.gated(config):
+                return self._begin_gate(round_, model, base, measurements)
             if config.promotes_on_commit:
                 model = self._registry.promote(
                     model.version, detail=f"auto-promoted by round {round_.round_id}"
@@ -414,11 +387,7 @@ class RoundEngine:
                 state="committed",
                 closed_at=self._now(),
                 result_version=model.version,
-                measurements={
-                    **round_.measurements,
-                    **result.measurements,
-                    **(secure.measurements if secure is not None else {}),
-                },
+                measurements=measurements,
             )
             self._store.save_round(committed)
             self._expire_tasks(round_.round_id)
@@ -426,6 +395,74 @@ class RoundEngine:
             "round %d committed %s from %d updates", round_.round_id, model.version, len(updates)
         )
         return committed
+
+    # The gate ------------------------------------------------------------------------------
+
+    def _begin_gate(
+        self,
+        round_: RoundRecord,
+        candidate: ModelRecord,
+        base: ModelRecord,
+        measurements: Mapping[str, float],
+    ) -> RoundRecord:
+        """Store the candidate's pending gate, its cohort's tasks and the round in state
+        ``gating`` (inside the commit's transaction), then try to decide at once."""
+        document, tasks = self._gate.begin(round_, candidate, base)
+        self._registry.set_gate(candidate.version, document)
+        for task in tasks:
+            self._store.add_task(task)
+        gating = dataclasses.replace(
+            round_, state="gating", result_version=candidate.version, measurements=measurements
+        )
+        self._store.save_round(gating)
+        logger.info(
+            "round %d registered candidate %s; the gate evaluates it (%d cohort tasks)",
+            round_.round_id,
+            candidate.version,
+            len(tasks),
+        )
+        return gating
+
+    def _decide(self, round_: RoundRecord) -> RoundRecord:
+        """Promote or reject the round's candidate once the gate can decide."""
+        version = str(round_.result_version)
+        candidate = self._registry.get(version)
+        if candidate.stage == "production":  # an operator promoted it meanwhile
+            return self._close_gated(round_, "committed")
+        if candidate.gate is None or candidate.gate.get("status") != "pending":
+            return self._fail(round_, f"the gate of candidate {version} was lost")
+        if round_.base_version != self._registry.production().version:
+            return self._fail(round_, f"base version {round_.base_version} is no longer production")
+        decided = self._gate.decide(round_, candidate.gate)
+        if decided is None:
+            return round_
+        reason = str(decided["reason"])
+        if decided["status"] != "passed":
+            with self._store.transaction():
+                self._registry.reject(version, reason, gate=decided)
+                return self._fail(round_, f"the gate rejected {version}: {reason}")
+        with self._store.transaction():
+            self._registry.set_gate(version, decided)
+            self._registry.promote(
+                version, detail=f"promoted by the gate of round {round_.round_id}: {reason}"
+            )
+            return self._close_gated(round_, "committed")
+
+    def _close_gated(self, round_: RoundRecord, state: RoundState) -> RoundRecord:
+        closed = dataclasses.replace(round_, state=state, closed_at=self._now())
+        with self._store.transaction():
+            self._store.save_round(closed)
+            self._expire_tasks(round_.round_id)
+        logger.info("round %d %s %s", round_.round_id, state, round_.result_version)
+        return closed
+
+    def _abandon_gate(self, version: str, reason: str) -> None:
+        """A gating round failed for another reason: its candidate's gate says why."""
+        model = self._store.get_model(version)
+        if model is None or model.gate is None or model.gate.get("status") != "pending":
+            return
+        gate = {**model.gate, "status": "abandoned", "reason": reason, "decided_at": self._now()}
+        self._registry.set_gate(version, gate)
 
     def _strategy(self, config: RoundConfig) -> Strategy:
         """The round's strategy, wrapped in DP-FedAvg when the round is DP."""
