@@ -82,6 +82,7 @@ from coordinator.limits import (
     GrpcLimits,
     RateLimit,
 )
+from coordinator.serving.cli import add_predict_batch_parser, add_serving_flags, serving_config
 from coordinator.store import Store
 from coordinator.tls import TlsFiles
 from fedge.cli import (
@@ -357,6 +358,7 @@ def _add_serve(sub: Any) -> None:
         help="distinct devices that must report the drop in one region before the rollback "
         "(default %(default)s)",
     )
+    add_serving_flags(serve)
     serve.add_argument("--retry-after", type=float, default=10.0, help="poll interval, s")
     serve.add_argument("--max-upload-bytes", type=int, default=64 << 20)
     serve.add_argument("--seed", type=int, default=None, help="seeds client selection")
@@ -600,6 +602,7 @@ def build_parser() -> ArgumentParser:
     add_keys_parser(sub, _EXIT_CODES)
     _add_certs(sub)
     add_data_parser(sub)
+    add_predict_batch_parser(sub)
     return parser
 
 
@@ -781,6 +784,7 @@ def serve_cli(args: argparse.Namespace) -> int:
                 total_burst=args.registration_burst_total,
             ),
         ),
+        serving=serving_config(args),
     )
     return run_server(
         app,

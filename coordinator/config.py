@@ -101,6 +101,14 @@ class RoundConfig:
     - ``auto_promote``: a committed round's version becomes production at once; ``None``
       means "when continuous" (a continuous deployment keeps serving its newest model, an
       on-demand one leaves promotion to an operator).
+    - ``quarantine``: when the round closes, an update whose client's latest statistics
+      report shows anomalies against the base version's training statistics (and the
+      service's schema) is quarantined: kept, not aggregated (:mod:`coordinator.quarantine`).
+      The skew thresholds of an inferred schema are ``quarantine_numeric_threshold``
+      (Jensen-Shannon divergence of a numeric feature's histogram) and
+      ``quarantine_categorical_threshold`` (L-infinity distance of a categorical feature's
+      value shares). ``stats_every_round``: the round also gives each selected client a
+      ``stats`` task (before its train task), so every update has fresh statistics.
     - ``secure_aggregation``: the round runs SecAgg+ (:mod:`coordinator.secagg`): the
       coordinator learns only the sum of the clipped (``secagg_clip`` per coordinate),
       quantized (``secagg_quantization_bits``; 8 with ``compression`` ``q8``) deltas and of
@@ -154,6 +162,10 @@ class RoundConfig:
     compression_options: Mapping[str, float] = field(default_factory=dict)
     continuous: bool = True
     auto_promote: bool | None = None
+    quarantine: bool = True
+    quarantine_numeric_threshold: float = 0.3
+    quarantine_categorical_threshold: float = 0.3
+    stats_every_round: bool = False
     secure_aggregation: bool = False
     secagg_clip: float = 1.0
     secagg_quantization_bits: int = 16
@@ -230,9 +242,11 @@ class RoundConfig:
         object.__setattr__(self, "norm_bound", norm)
         check_int(self.max_examples, "max_examples", low=1, high=int(limit["max_examples"]))
         self._check_compression()
-        for name in ("continuous",):
+        for name in ("continuous", "quarantine", "stats_every_round"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false")
+        for name in ("quarantine_numeric_threshold", "quarantine_categorical_threshold"):
+            object.__setattr__(self, name, check_number(getattr(self, name), name, low=0, high=1))
         if self.auto_promote is not None and not isinstance(self.auto_promote, bool):
             raise ConfigError("auto_promote must be true, false or null")
         _check_secure(self)

@@ -441,6 +441,25 @@ def _paths() -> dict[str, Any]:
                 params=[VERSION],
             )
         },
+        "/v1/models/{version}:predict": {
+            "post": _op(
+                "Predictions of a version in TensorFlow Serving's REST format",
+                "predict",
+                {
+                    "200": _json("PredictResponse", "One prediction per row, in order"),
+                    "404": {
+                        "description": "model_not_found: no such version; table_not_found: "
+                        "no prediction table for it (static mode); key_not_found: keys not "
+                        "in its table (static mode), named in the detail",
+                        "content": {JSON: {"schema": ref("Error")}},
+                    },
+                },
+                auth="adminToken",
+                errors="400 401 403 415",
+                params=[VERSION],
+                body={"required": True, "content": {JSON: {"schema": ref("PredictRequest")}}},
+            )
+        },
         "/v1/models/{version}/promote": {
             "post": _op(
                 "Make a version production",

@@ -238,6 +238,7 @@ def _round_config() -> dict[str, Any]:
             },
             "continuous": BOOLEAN,
             "auto_promote": nullable(BOOLEAN),
+            **_quarantine_config(),
             **_secure_config(),
             **_dp_config(),
             **_gate_config(),
@@ -335,6 +336,37 @@ def _dp_config() -> dict[str, Any]:
     }
 
 
+def _quarantine_config() -> dict[str, Any]:
+    """The quarantine settings of a round config (coordinator.quarantine)."""
+    return {
+        "quarantine": {
+            **BOOLEAN,
+            "description": "when the round closes, hold back (keep, not aggregate) the "
+            "updates of clients whose latest statistics report shows anomalies against the "
+            "base version's training statistics and schema",
+        },
+        "quarantine_numeric_threshold": {
+            **NUMBER,
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Jensen-Shannon divergence of a numeric feature's histogram above "
+            "which an inferred schema's skew comparator flags it",
+        },
+        "quarantine_categorical_threshold": {
+            **NUMBER,
+            "minimum": 0,
+            "maximum": 1,
+            "description": "L-infinity distance of a categorical feature's value shares "
+            "above which an inferred schema's skew comparator flags it",
+        },
+        "stats_every_round": {
+            **BOOLEAN,
+            "description": "give each selected client a stats task with its train task "
+            "(not in a secure round), so every update is judged by fresh statistics",
+        },
+    }
+
+
 def _secure_config() -> dict[str, Any]:
     """The secure-aggregation settings of a round config (coordinator.secagg)."""
     return {
@@ -428,6 +460,39 @@ def _secagg() -> dict[str, Any]:
             "advertised keys and shared them (counted when the stage closed) and sent a masked "
             "input (counted when the mask stage closed), k and t",
         },
+    }
+
+
+def _serving() -> dict[str, Any]:
+    """The predict route's documents (TensorFlow Serving's REST format)."""
+    row = {
+        "description": "a row: an object of raw column values by name (null: missing); "
+        "with one feature column, the bare value; in the static mode, the bare key",
+    }
+    return {
+        "PredictRequest": {
+            "type": "object",
+            "description": "exactly one of instances (rows) or inputs (columns)",
+            "properties": {
+                "instances": {"type": "array", "items": row, "minItems": 1},
+                "inputs": {
+                    "type": ["object", "array"],
+                    "description": "an object of columns, each a list of one length",
+                },
+                "signature_name": {**STRING, "description": "accepted and ignored"},
+            },
+            "additionalProperties": False,
+        },
+        "Prediction": closed(
+            class_id={**INTEGER, "minimum": 0},
+            label={**STRING, "description": "the class's label name"},
+            probabilities={"type": "array", "items": NUMBER},
+            logits={"type": "array", "items": NUMBER, "description": "the model's scores"},
+        ),
+        "PredictResponse": closed(
+            model_version={**STRING, "description": "the version that answered (vN)"},
+            predictions={"type": "array", "items": ref("Prediction")},
+        ),
     }
 
 
@@ -546,6 +611,7 @@ def _records() -> dict[str, Any]:
         "ReportList": closed(reports={"type": "array", "items": ref("Report")}),
         "RoundConfig": _round_config(),
         "RoundUpdate": closed(
+            round_id=INTEGER,
             client_id=STRING,
             task_id=STRING,
             num_examples=INTEGER,
@@ -553,6 +619,16 @@ def _records() -> dict[str, Any]:
             sha256=STRING,
             received_at=TIME,
             metrics=METRICS,
+            quarantine={
+                **nullable(STRING),
+                "description": "why the update is held out of aggregation (its client's "
+                "latest statistics showed anomalies); null: it never was",
+            },
+            released_at={
+                **nullable(TIME),
+                "description": "when an operator released the quarantined update (it counts "
+                "again); null: not released",
+            },
         ),
         "Round": closed(
             optional=("updates",),
@@ -870,4 +946,5 @@ def build_schemas() -> dict[str, Any]:
         **_messages(),
         **_records(),
         **_secagg(),
+        **_serving(),
     }

@@ -8,7 +8,13 @@
   (``deadline_seconds`` after it opened): a round still waiting then fails with "too few
   clients: N available, M needed".
 - collecting: accepted updates are on disk and in the store (see the service's intake).
-  The round closes when every selected client reported, or at the deadline. A secure
+  With ``stats_every_round`` (not in a secure round) each selected client also has a
+  ``stats`` task, created before its train task.
+  The round closes when every selected client reported, or at the deadline; then, with
+  ``quarantine``, the updates of clients whose latest statistics show anomalies are
+  quarantined (:mod:`coordinator.quarantine`: kept, not aggregated, counted in the
+  measurement ``quarantined_updates``), and a round left with fewer than ``min_clients``
+  updates to aggregate fails. A secure
   round (``secure_aggregation``) collects through the SecAgg+ stages of
   :mod:`coordinator.secagg` instead, each with its tasks and deadline, and is aggregated
   from the unmasked sum: one update of the survivors' summed example count.
@@ -84,13 +90,18 @@ from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
 from fedge.strategy import ClientMetrics, DPFedAvg, Strategy
 
-__all__ = ["RoundEngine", "train_task_id"]
+__all__ = ["RoundEngine", "stats_task_id", "train_task_id"]
 
 logger = logging.getLogger(__name__)
 
 
 def train_task_id(round_id: int, client_id: str) -> str:
     return f"r{round_id}-{client_id}"
+
+
+def stats_task_id(round_id: int, client_id: str) -> str:
+    """The id of a round's statistics task (``RoundConfig.stats_every_round``)."""
+    return f"r{round_id}-{client_id}-stats"
 
 
 class RoundEngine:
@@ -108,6 +119,7 @@ class RoundEngine:
         now: Callable[[], float],
         rng: np.random.Generator,
         selector: ClientSelector,
+        quarantine: Callable[[RoundRecord], list[UpdateRecord]] | None = None,
         privacy_budget: float | None = None,
         gate: Gate | None = None,
     ) -> None:
@@ -123,6 +135,7 @@ class RoundEngine:
         self._now = now
         self._rng = rng
         self._selector = selector
+        self._quarantine = quarantine
         self._fresh_states: set[tuple[str, str]] = set()
         self._secure = SecureRounds(
             store=store, artifacts=artifacts, now=now, rng=rng, fail=self._fail
@@ -241,6 +254,8 @@ class RoundEngine:
             weights = self._registry.weights(base)
             tasks, secagg = self._secure.begin(config, weights, selected, task_config)
         with self._store.transaction():
+            if config.stats_every_round and secagg is None:  # first: the oldest is answered first
+                self._add_stats_tasks(round_.round_id, selected, base.version, now, deadline)
             for client_id in selected:
                 self._store.add_task(
                     TaskRecord(
@@ -284,10 +299,7 @@ class RoundEngine:
             return self._secure.advance(round_)
         received = self._store.count_updates(round_.round_id)
         # Revoked clients' tasks expire: once no task is pending, no update can arrive.
-        everyone = (
-            received >= len(round_.selected)
-            or self._store.count_tasks(round_id=round_.round_id, status="pending") == 0
-        )
+        everyone = received >= len(round_.selected) or self._no_train_task_pending(round_)
         expired = round_.deadline is not None and self._now() >= round_.deadline
         if not (everyone or expired):
             return round_
@@ -297,9 +309,46 @@ class RoundEngine:
                 f"only {received} of the {round_.config.min_clients} required updates "
                 "arrived by the deadline",
             )
-        aggregating = dataclasses.replace(round_, state="aggregating")
+        measurements = dict(round_.measurements)
+        if round_.config.quarantine and self._quarantine is not None:
+            held = len(self._quarantine(round_))
+            measurements["quarantined_updates"] = float(held)
+            if received - held < round_.config.min_clients:
+                return self._fail(
+                    round_,
+                    f"only {received - held} of the {round_.config.min_clients} required "
+                    f"updates can be aggregated: {held} of the {received} that arrived are "
+                    "quarantined",
+                )
+        aggregating = dataclasses.replace(round_, state="aggregating", measurements=measurements)
         self._store.save_round(aggregating)
         return aggregating
+
+    def _no_train_task_pending(self, round_: RoundRecord) -> bool:
+        """No train task of the round is pending (its statistics tasks do not count)."""
+        if not round_.config.stats_every_round:
+            return self._store.count_tasks(round_id=round_.round_id, status="pending") == 0
+        pending = self._store.list_tasks(round_id=round_.round_id, status="pending")
+        return not any(task.kind == "train" for task in pending)
+
+    def _add_stats_tasks(
+        self, round_id: int, selected: tuple[str, ...], version: str, now: float, deadline: float
+    ) -> None:
+        """A ``stats`` task per selected client (``stats_every_round``), so that the
+        quarantine judges every update by fresh statistics."""
+        for client_id in selected:
+            self._store.add_task(
+                TaskRecord(
+                    task_id=stats_task_id(round_id, client_id),
+                    kind="stats",
+                    client_id=client_id,
+                    model_version=version,
+                    config=TaskConfig(),
+                    created_at=now,
+                    deadline=deadline,
+                    round_id=round_id,
+                )
+            )
 
     def _fail(self, round_: RoundRecord, reason: str) -> RoundRecord:
         failed = dataclasses.replace(
@@ -329,7 +378,7 @@ class RoundEngine:
             return self._fail(round_, f"aggregation failed: {reason}")
 
     def _commit(self, round_: RoundRecord) -> RoundRecord:
-        updates = self._store.list_updates(round_.round_id)
+        updates = [u for u in self._store.list_updates(round_.round_id) if not u.quarantined]
         base = self._registry.get(str(round_.base_version))
         config = round_.config
         weights = self._registry.weights(base)

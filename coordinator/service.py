@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,7 @@ from coordinator.intake import (
 )
 from coordinator.keys import StaticSigner
 from coordinator.logsafe import printable
+from coordinator.quarantine import Quarantine
 from coordinator.records import (
     ACTIVE_ROUND_STATES,
     ClientRecord,
@@ -68,6 +69,9 @@ from coordinator.selection import ClientSelector, RandomSelector
 from coordinator.store import Store
 from fedge.errors import FedgeError
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, Task, TaskConfig
+
+if TYPE_CHECKING:
+    from tensorflow_metadata.proto.v0 import schema_pb2
 
 __all__ = ["CoordinatorService", "IssuedEnrollmentToken", "Registration", "document_bytes"]
 
@@ -128,6 +132,8 @@ def _replayed_registration(
 
 class CoordinatorService:
     """Everything the coordinator does, callable in-process.
+    ``quarantine_schema`` is the schema client statistics are validated against before
+    their updates are aggregated (None: inferred, :mod:`coordinator.quarantine`).
 
     ``rng`` defaults to a generator seeded with ``config.seed``; ``selector`` picks each
     round's clients from the registered ones (default: :class:`RandomSelector` over ``rng``);
@@ -146,6 +152,7 @@ class CoordinatorService:
         config: ServiceConfig,
         now: Callable[[], float] = time.time,
         rng: np.random.Generator | None = None,
+        quarantine_schema: schema_pb2.Schema | None = None,
         selector: ClientSelector | None = None,
         signer: StaticSigner | None = None,
         holdout: HoldoutSet | None = None,
@@ -182,6 +189,7 @@ class CoordinatorService:
             now=now,
             rng=rng,
             selector=selector if selector is not None else RandomSelector(),
+            quarantine=self._judge_quarantine,
             privacy_budget=config.privacy_budget,
             gate=self.gate,
         )
@@ -191,6 +199,9 @@ class CoordinatorService:
             now=now,
             get_round=self._round,
             retry_after=config.retry_after_seconds,
+        )
+        self.quarantine = Quarantine(
+            store=store, registry=self.registry, now=now, schema=quarantine_schema
         )
 
     def import_bundle(
@@ -840,6 +851,34 @@ class CoordinatorService:
         model_version: str | None = None,
     ) -> list[ReportRecord]:
         return self.reports.list_reports(kind, task_id=task_id, model_version=model_version)
+
+    # Quarantine ---------------------------------------------------------------------------
+
+    def list_quarantined(self, client_id: str | None = None) -> list[UpdateRecord]:
+        """The updates held in quarantine (of ``client_id`` when given), oldest first, each
+        with its reason (``UpdateRecord.quarantine``); NotFoundError for an unknown client."""
+        if client_id is not None:
+            self._client(client_id)
+        return self.store.list_quarantined_updates(client_id)
+
+    def release_quarantine(self, client_id: str) -> list[UpdateRecord]:
+        """Release the client's quarantined updates (:meth:`Quarantine.release`): they count
+        again, in their round when it is still to be aggregated, and the client's later
+        updates are judged by its next statistics. Returns the released updates."""
+        with self._lock:
+            self._client(client_id)
+            released = self.quarantine.release(client_id)
+        self.tick()
+        return released
+
+    def _client(self, client_id: str) -> ClientRecord:
+        client = self.store.get_client(client_id)
+        if client is None:
+            raise NotFoundError(f"no client {client_id!r}", code="client_not_found")
+        return client
+
+    def _judge_quarantine(self, round_: RoundRecord) -> list[UpdateRecord]:
+        return self.quarantine.judge(round_)
 
     # Rounds and models (admin) ------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "report_listing_document",
     "round_document",
     "task_record_document",
+    "update_document",
 ]
 
 
@@ -92,21 +93,27 @@ def round_document(
         doc[key] = _time(getattr(round_, key))
     doc["secagg"] = secagg_summary(round_)
     doc["num_updates"] = len(updates)
-    doc["updates"] = [
-        {
-            "client_id": u.client_id,
-            "task_id": u.task_id,
-            "num_examples": u.num_examples,
-            "l2_norm": u.l2_norm,
-            "sha256": u.sha256,
-            "received_at": _time(u.received_at),
-            "metrics": dict(u.metrics),
-        }
-        for u in updates
-    ]
+    doc["updates"] = [update_document(u) for u in updates]
     if not detail:
         del doc["updates"]
     return doc
+
+
+def update_document(update: UpdateRecord) -> dict[str, Any]:
+    """An accepted update; ``quarantine`` is why it was held out of aggregation (None:
+    never), ``released_at`` when an operator released it."""
+    return {
+        "round_id": update.round_id,
+        "client_id": update.client_id,
+        "task_id": update.task_id,
+        "num_examples": update.num_examples,
+        "l2_norm": update.l2_norm,
+        "sha256": update.sha256,
+        "received_at": _time(update.received_at),
+        "metrics": dict(update.metrics),
+        "quarantine": update.quarantine,
+        "released_at": _time(update.released_at),
+    }
 
 
 def receipt_document(receipt: UpdateReceipt) -> dict[str, Any]:

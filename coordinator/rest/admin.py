@@ -13,11 +13,13 @@ from coordinator import admin_api
 from coordinator.rest.access import require_admin
 from coordinator.rest.bodies import json_body
 from coordinator.rest.state import current_state
+from coordinator.serving.api import PREDICT_RULE, predict
 
 __all__ = ["admin"]
 
 admin = Blueprint("admin", __name__)
 admin.before_request(require_admin)
+admin.add_url_rule(PREDICT_RULE, "predict", predict, methods=["POST"])
 
 
 @admin.get("/v1/clients")

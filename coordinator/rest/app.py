@@ -16,6 +16,8 @@ from coordinator.rest.gate import check_body_limit
 from coordinator.rest.public import monitoring, public
 from coordinator.rest.state import ApiConfig, install_state
 from coordinator.service import CoordinatorService
+from coordinator.serving.api import install_serving
+from coordinator.serving.predict import ServingConfig
 
 __all__ = ["BLUEPRINTS", "create_app"]
 
@@ -32,14 +34,18 @@ def _access_log(response: Response) -> Response:
     return response
 
 
-def create_app(service: CoordinatorService, config: ApiConfig) -> Flask:
-    """The Flask app serving ``service``; no module-level state, one app per call."""
+def create_app(
+    service: CoordinatorService, config: ApiConfig, *, serving: ServingConfig | None = None
+) -> Flask:
+    """The Flask app serving ``service``; no module-level state, one app per call.
+    ``serving`` configures the predict route (default: the dynamic mode)."""
     app = Flask("coordinator", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_content_length or service.config.max_update_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # Only the documented methods (and HEAD beside GET) are answered; OPTIONS is a 405.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     install_state(app, service, config)
+    install_serving(app, service, serving or ServingConfig())
     register_error_handlers(app)
     app.before_request(check_body_limit)
     app.after_request(_access_log)

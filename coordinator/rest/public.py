@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
 from coordinator.metrics import CONTENT_TYPE, render_metrics
 from coordinator.openapi import build_openapi
 from coordinator.rest.access import require_admin
 from coordinator.rest.state import current_state
+from coordinator.serving.api import serving_stats
 
 __all__ = ["monitoring", "public"]
 
@@ -60,7 +61,11 @@ def signing_keys() -> Any:
 
 @monitoring.get("/metrics")
 def metrics() -> Response:
-    return Response(render_metrics(current_state().service.store), content_type=CONTENT_TYPE)
+    text = render_metrics(current_state().service.store)
+    stats = serving_stats(current_app)
+    if stats is not None:
+        text += "\n".join(stats.render()) + "\n"
+    return Response(text, content_type=CONTENT_TYPE)
 
 
 @public.get("/v1/openapi.json")

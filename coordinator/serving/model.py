@@ -86,9 +86,9 @@ class _Runtime:
         return model
 
     def original_head(self) -> Weights:
-        """The head the bundle's files were built with (what ``inference.tflite`` computes)."""
-        source = self.signatures(HEAD_FILE if self.has_head_model else TRAINABLE_FILE)
-        built_in = source.get_weights()
+        """The head the bundle's files were built with (what ``inference.tflite`` computes):
+        ``trainable.tflite``'s built-in weights, as the device reads them."""
+        built_in = self.signatures(TRAINABLE_FILE).get_weights()
         return Weights({name: built_in[name] for name in self._head_names})
 
 

@@ -243,14 +243,19 @@ class Predictor:
     """The predict operation over the registry, the loaded models and the tables."""
 
     def __init__(
-        self, registry: ModelRegistry, artifacts: ArtifactStore, config: ServingConfig
+        self,
+        registry: ModelRegistry,
+        artifacts: ArtifactStore,
+        config: ServingConfig,
+        *,
+        stats: ServingStats | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.pool = ModelPool(registry, max_versions=config.max_versions)
         self.tables = TableStore(artifacts)
         self.cache = _RowCache(config.cache_rows)
-        self.stats = ServingStats()
+        self.stats = stats if stats is not None else ServingStats()
 
     def predict(self, version: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """The answer to a predict request for ``version`` (``production`` allowed)."""

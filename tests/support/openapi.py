@@ -67,6 +67,12 @@ def _segments(path: str) -> list[str]:
     return path.strip("/").split("/")
 
 
+def _mixed_segment(part: str) -> re.Pattern[str]:
+    """A segment template such as ``{version}:predict`` as a regular expression."""
+    pieces = re.split(r"(\{\w+\})", part)
+    return re.compile("".join(".+" if p.startswith("{") else re.escape(p) for p in pieces))
+
+
 def operation_of(
     document: Mapping[str, Any], method: str, path: str
 ) -> tuple[str, dict[str, Any] | None] | None:
@@ -86,6 +92,8 @@ def operation_of(
                     break
             elif part == segment:
                 literal += 1
+            elif "{" in part and _mixed_segment(part).fullmatch(segment):
+                literal += 1  # a parameter with literal text, e.g. {version}:predict
             else:
                 break
         else:
