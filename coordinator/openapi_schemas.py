@@ -463,6 +463,39 @@ def _secagg() -> dict[str, Any]:
     }
 
 
+def _serving() -> dict[str, Any]:
+    """The predict route's documents (TensorFlow Serving's REST format)."""
+    row = {
+        "description": "a row: an object of raw column values by name (null: missing); "
+        "with one feature column, the bare value; in the static mode, the bare key",
+    }
+    return {
+        "PredictRequest": {
+            "type": "object",
+            "description": "exactly one of instances (rows) or inputs (columns)",
+            "properties": {
+                "instances": {"type": "array", "items": row, "minItems": 1},
+                "inputs": {
+                    "type": ["object", "array"],
+                    "description": "an object of columns, each a list of one length",
+                },
+                "signature_name": {**STRING, "description": "accepted and ignored"},
+            },
+            "additionalProperties": False,
+        },
+        "Prediction": closed(
+            class_id={**INTEGER, "minimum": 0},
+            label={**STRING, "description": "the class's label name"},
+            probabilities={"type": "array", "items": NUMBER},
+            logits={"type": "array", "items": NUMBER, "description": "the model's scores"},
+        ),
+        "PredictResponse": closed(
+            model_version={**STRING, "description": "the version that answered (vN)"},
+            predictions={"type": "array", "items": ref("Prediction")},
+        ),
+    }
+
+
 def _records() -> dict[str, Any]:
     """The documents of :mod:`coordinator.views`."""
     report_base: dict[str, Any] = {
@@ -913,4 +946,5 @@ def build_schemas() -> dict[str, Any]:
         **_messages(),
         **_records(),
         **_secagg(),
+        **_serving(),
     }
