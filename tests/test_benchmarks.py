@@ -121,3 +121,34 @@ def test_transport_benchmark_small_runs_a_round_over_rest_and_grpc_side_by_side(
     assert rows["updates"] == ["4/4", "4/4"]
     assert rows["acks_lost"] == ["0", "0"]
     assert rows["errors"] == ["0", "0"]
+
+
+def test_serving_benchmark_quick_prints_each_mode_side_by_side() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["mode"])
+    columns = ["requests", "p50_ms", "p99_ms", "req_per_s", "fails", "table", "cache", "model"]
+    assert lines[header].split() == ["mode", *columns]
+    rows = {
+        line.split()[0]: dict(zip(columns, map(float, line.split()[1:]), strict=True))
+        for line in lines[header + 1 : header + 4]
+    }
+    assert tuple(rows) == ("dynamic", "static", "hybrid")
+    for mode, row in rows.items():
+        assert (row["requests"], row["fails"]) == (60, 0), mode
+        assert 0 < row["p50_ms"] <= row["p99_ms"], mode
+        assert row["req_per_s"] > 0, mode
+        # 60 timed requests of one row and 3 warm-up ones, each answered by one source
+        assert row["table"] + row["cache"] + row["model"] == 63, mode
+    assert rows["dynamic"]["model"] == 63
+    assert rows["static"]["table"] == 63
+    assert rows["hybrid"]["table"] > 0
+    assert rows["hybrid"]["model"] > 0

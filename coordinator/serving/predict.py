@@ -326,7 +326,7 @@ class Predictor:
             elif static:
                 absent.append(key)
         if absent:
-            shown = ", ".join(repr(k) for k in absent[:_SHOWN])
+            shown = ", ".join(repr(k[:64]) for k in absent[:_SHOWN])
             more = f" and {len(absent) - _SHOWN} more" if len(absent) > _SHOWN else ""
             raise NotFoundError(
                 f"{len(absent)} key(s) not in the prediction table of {table.model_version} "
