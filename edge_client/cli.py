@@ -20,7 +20,9 @@ and removes ``F.pending``; after a crash in between, the pending token is the on
 works: running ``rotate-token`` again finishes the switch, and ``run`` tries F and then
 ``F.pending`` whenever a call is refused 401, so a running daemon keeps working.
 ``predict`` scores a CSV, TFRecord or .npz file with a verified bundle (the personal head when
-``--state`` holds one for that version, unless ``--global``). ``status`` shows what the
+``--state`` holds one for that version, unless ``--global``) and says which path served
+(``path``: ``int8``, ``int8-backbone+float-head`` or ``float``, see
+:meth:`~edge_client.model.EdgeModel.serving_path`). ``status`` shows what the
 daemon last did. Every command takes ``-v/-q``; ``fedge-edge --version`` prints the
 version.
 
@@ -379,7 +381,9 @@ def predict_cli(
         stored = ClientState(state_dir).heads.get()
         if stored is not None and stored.base_version == model.version:
             head = stored
-    scores = model.predict_scores(x, head=None if head is None else head.weights)
+    weights = None if head is None else head.weights
+    path = model.serving_path(weights)
+    scores = model.predict_scores(x, head=weights)
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     classes = probabilities.argmax(axis=1)
@@ -392,12 +396,13 @@ def predict_cli(
         for row in rows:
             row["label"] = names[row["class"]]
     if args.json:
-        document = {"model_version": model.version, "head": used, "count": len(rows),
-                    "predictions": rows}  # fmt: skip
+        document = {"model_version": model.version, "head": used, "path": path,
+                    "count": len(rows), "predictions": rows}  # fmt: skip
         print_json(document)
     else:
         columns_line = "row class probability" + (" label" if names is not None else "")
-        print(f"# model {model.version}, {used} head, {len(rows)} rows: {columns_line}")
+        print(f"# model {model.version}, {used} head, path {path}, {len(rows)} rows: "
+              f"{columns_line}")  # fmt: skip
         for i, row in enumerate(rows):
             label = f"\t{row['label']}" if "label" in row else ""
             print(f"{i}\t{row['class']}\t{row['probability']:.4f}{label}")

@@ -22,7 +22,9 @@ The task kinds and their replies:
   head's accuracy on those rows); when ``config.options["compression"]`` asks for a codec,
   a :class:`~edge_client.compress.CompressedUpdate` (top-k's residual in the context's
   ``feedback`` store);
-- ``evaluate``: global and personalized ``{accuracy, loss}`` on the local holdout, per
+- ``evaluate``: global and personalized ``{accuracy, loss}`` on the local holdout, computed
+  on the serving path (:meth:`~edge_client.model.EdgeModel.predict_scores`, with
+  ``int8_accuracy`` too where that path is int8), per
   region slice where the schema has a region column, and the per-class counts of the
   global model's predictions and of the labels (noised under the policy, see
   :mod:`edge_client.privacy`) -> :class:`~fedge.messages.EvalReport`;
@@ -62,7 +64,7 @@ from numpy.typing import NDArray
 from edge_client.compress import FeedbackStore, MemoryFeedbackStore, compress_update
 from edge_client.errors import PolicyRefusal
 from edge_client.local_data import LocalData
-from edge_client.model import EdgeModel, ModelProvider, accuracy, cross_entropy
+from edge_client.model import FLOAT_PATH, EdgeModel, ModelProvider, accuracy, cross_entropy
 from edge_client.personalize import (
     HeadStore,
     MemoryHeadStore,
@@ -271,12 +273,12 @@ def _evaluate(task: Task, model: EdgeModel, context: ClientContext) -> Reply:
     if not len(holdout):
         return EvalReport(task.task_id, model.version, 0, {})
     x, y = model.transform(holdout.columns), holdout.labels
-    logits = model.logits(x)
+    logits = model.predict_scores(x)  # what the device serves: int8 where the bundle allows
     metrics = {"accuracy": accuracy(logits, y), "loss": cross_entropy(logits, y)}
-    if model.int8_current:
-        metrics["int8_accuracy"] = accuracy(model.int8_logits(x), y)
+    if model.serving_path() != FLOAT_PATH:
+        metrics["int8_accuracy"] = metrics["accuracy"]
     head = personal_head(model, context)
-    personal_logits = None if head is None else model.logits(x, head=head.weights)
+    personal_logits = None if head is None else model.predict_scores(x, head=head.weights)
     personalized = {}
     if personal_logits is not None:
         personalized = {

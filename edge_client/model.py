@@ -12,13 +12,16 @@ caller left in them: every operation that runs the trainable model sets the head
 first (``set_weights``), under the runtime's lock.
 
 The int8 ``inference.tflite`` is built by the quantizer for the bundle's original weights;
-later round versions reuse the file. :attr:`EdgeModel.int8_current` says whether it still
-matches this version's head; where it does not, global predictions use the float
-trainable model with this version's weights instead of a stale int8 model.
+later round versions reuse the file. :meth:`EdgeModel.serving_path` says what serves a
+prediction (:data:`SERVING_PATHS`): ``inference.tflite`` while it matches the head asked for
+(:attr:`EdgeModel.int8_current`, no personal head); else, in a bundle with ``head.tflite``,
+the int8 ``backbone.tflite`` followed by ``head.tflite`` with the version's (or the personal)
+head, so every version of such a bundle serves int8; else the float trainable model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -38,10 +41,16 @@ from fedge.weights import Weights
 
 __all__ = [
     "BACKBONE_FILE",
+    "FLOAT_PATH",
+    "HEAD_FILE",
     "INFERENCE_FILE",
+    "INT8_HEAD_PATH",
+    "INT8_PATH",
+    "SERVING_PATHS",
     "TRAINABLE_FILE",
     "BundleRuntime",
     "EdgeModel",
+    "EmbeddingCache",
     "ModelCache",
     "ModelProvider",
     "accuracy",
@@ -53,7 +62,17 @@ logger = logging.getLogger(__name__)
 INFERENCE_FILE = "inference.tflite"
 TRAINABLE_FILE = "trainable.tflite"
 BACKBONE_FILE = "backbone.tflite"
+HEAD_FILE = "head.tflite"
 _CHUNK = 1024
+
+INT8_PATH = "int8"
+"""``inference.tflite``: the bundle's original head, quantized with the backbone."""
+INT8_HEAD_PATH = "int8-backbone+float-head"
+"""``backbone.tflite`` (int8) embeddings, then ``head.tflite`` with the head asked for."""
+FLOAT_PATH = "float"
+"""``trainable.tflite``: float backbone and head (bundles without ``head.tflite``)."""
+SERVING_PATHS = (INT8_PATH, INT8_HEAD_PATH, FLOAT_PATH)
+DEFAULT_EMBEDDING_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def cross_entropy(logits: NDArray[np.float32], labels: NDArray[Any]) -> float:
@@ -71,6 +90,58 @@ def accuracy(scores: NDArray[np.float32], labels: NDArray[Any]) -> float:
     if len(labels) == 0:
         return 0.0
     return float((scores.argmax(axis=1) == labels).mean())
+
+
+class EmbeddingCache:
+    """Embeddings of rows, keyed by the backbone's sha256 and the rows' content hash;
+    least recently used entries leave first once ``max_bytes`` would be exceeded."""
+
+    def __init__(self, max_bytes: int = DEFAULT_EMBEDDING_CACHE_BYTES) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ConfigError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str], NDArray[np.float32]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def rows_key(x: NDArray[Any]) -> str:
+        """The content hash of model inputs (shape, dtype and bytes)."""
+        rows = np.ascontiguousarray(x)
+        digest = hashlib.sha256(f"{rows.dtype.str}{rows.shape}".encode())
+        digest.update(rows.tobytes())
+        return digest.hexdigest()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, backbone_sha256: str, rows_key: str) -> NDArray[np.float32] | None:
+        with self._lock:
+            found = self._entries.get((backbone_sha256, rows_key))
+            if found is not None:
+                self._entries.move_to_end((backbone_sha256, rows_key))
+            return found
+
+    def put(self, backbone_sha256: str, rows_key: str, embeddings: NDArray[np.float32]) -> None:
+        """Keep ``embeddings`` (read-only) unless they alone exceed ``max_bytes``."""
+        if embeddings.nbytes > self.max_bytes:
+            return
+        frozen = np.array(embeddings, dtype=np.float32)
+        frozen.flags.writeable = False
+        key = (backbone_sha256, rows_key)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = frozen
+            self._bytes += frozen.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
 
 
 class BundleRuntime:
@@ -96,6 +167,18 @@ class BundleRuntime:
         )
         self._backbone: InferenceModel | None = None
         self._num_threads = num_threads
+        self._heads: dict[str, TrainableModel] = {}
+        self.embeddings = EmbeddingCache()
+        """Embeddings of rows already seen (personalization reuses them)."""
+
+    def head_model(self, sha256: str, flatbuffer: bytes) -> TrainableModel:
+        """The ``head.tflite`` interpreter of that digest (loaded on first use)."""
+        with self.lock:
+            found = self._heads.get(sha256)
+            if found is None:
+                found = TrainableModel(flatbuffer, num_threads=self._num_threads)
+                self._heads[sha256] = found
+            return found
 
     @property
     def backbone(self) -> InferenceModel:
@@ -126,6 +209,43 @@ class EdgeModel:
         weights = Weights.from_bytes((directory / WEIGHTS_FILE).read_bytes())
         self.global_weights = Weights({name: weights[name] for name in manifest.head})
         self.int8_current = self.global_weights == runtime.initial_weights
+        self._head_file: tuple[str, bytes] | None = None
+        if HEAD_FILE in manifest.files and BACKBONE_FILE in manifest.files:
+            self._head_file = (
+                manifest.files[HEAD_FILE].sha256,
+                (directory / HEAD_FILE).read_bytes(),
+            )
+            self._check_head_model()
+
+    def _check_head_model(self) -> None:
+        head = self._head_model()
+        manifest, trainable = self.manifest, self.runtime.trainable
+        expected = (
+            self.runtime.backbone.output_shape,
+            trainable.batch_size,
+            trainable.num_classes,
+            tuple(sorted(manifest.head)),
+        )
+        found = (head.input_shape, head.batch_size, head.num_classes, head.weight_names)
+        if found != expected:
+            raise BundleError(
+                f"{HEAD_FILE} has input shape, train batch, classes and tensors {found}; "
+                f"{BACKBONE_FILE}, {TRAINABLE_FILE} and the manifest say {expected}",
+                file=HEAD_FILE,
+            )
+
+    def _head_model(self) -> TrainableModel:
+        if self._head_file is None:
+            raise BundleError(
+                f"this bundle has no {HEAD_FILE} (or no {BACKBONE_FILE})", file=HEAD_FILE
+            )
+        return self.runtime.head_model(*self._head_file)
+
+    @property
+    def has_head_model(self) -> bool:
+        """Whether the bundle has ``head.tflite`` (and ``backbone.tflite``): its head can run
+        and train on int8 embeddings."""
+        return self._head_file is not None
 
     @classmethod
     def load(cls, directory: str | Path, *, num_threads: int | None = None) -> EdgeModel:
@@ -175,14 +295,79 @@ class EdgeModel:
             np.concatenate(parts) if parts else np.empty((0, self.manifest.num_classes), np.float32)
         )
 
+    def serving_path(self, head: Weights | None = None) -> str:
+        """What :meth:`predict_scores` runs for ``head`` (one of :data:`SERVING_PATHS`)."""
+        if head is None and self.int8_current:
+            return INT8_PATH
+        if self._head_file is not None:
+            return INT8_HEAD_PATH
+        return FLOAT_PATH
+
     def predict_scores(
         self, x: NDArray[np.float32], *, head: Weights | None = None
     ) -> NDArray[np.float32]:
-        """Serving path: a personal ``head`` runs on the float model; the global model runs
-        int8 while the int8 file matches this version, else float."""
-        if head is None and self.int8_current:
+        """Logits on the serving path (:meth:`serving_path`) for ``head`` (default: the
+        version's global head)."""
+        path = self.serving_path(head)
+        if path == INT8_PATH:
             return self.int8_logits(x)
+        if path == INT8_HEAD_PATH:
+            return self.head_logits(self.embed_many(x), head=head)
         return self.logits(x, head=head)
+
+    def head_logits(
+        self, embeddings: NDArray[np.float32], *, head: Weights | None = None
+    ) -> NDArray[np.float32]:
+        """Logits of ``head.tflite`` on ``embeddings`` with ``head`` (default: global)."""
+        weights = self.global_weights if head is None else head
+        with self.runtime.lock:
+            model = self._head_model()
+            model.set_weights({name: weights[name] for name in weights.names})
+            parts = [
+                model.logits(embeddings[i : i + _CHUNK]) for i in range(0, len(embeddings), _CHUNK)
+            ]
+        return (
+            np.concatenate(parts) if parts else np.empty((0, self.manifest.num_classes), np.float32)
+        )
+
+    def train_head(
+        self,
+        embeddings: NDArray[np.float32],
+        y: NDArray[Any],
+        *,
+        start: Weights,
+        epochs: int,
+        learning_rate: float,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[Weights, TrainResult]:
+        """SGD on the head through ``head.tflite`` from ``start`` on embeddings; the same
+        batches and steps as :meth:`train` on the rows they embed."""
+        with self.runtime.lock:
+            model = self._head_model()
+            model.set_weights({name: start[name] for name in start.names})
+            result = model.train(embeddings, y, epochs=epochs, learning_rate=learning_rate, rng=rng)
+            trained = model.get_weights()
+        return Weights({name: trained[name] for name in start.names}), result
+
+    def cached_embeddings(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """:meth:`embed` of ``x``, computed once per backbone and row content
+        (:class:`EmbeddingCache`); read-only."""
+        backbone = self.manifest.files.get(BACKBONE_FILE)
+        if backbone is None:
+            return self.embed(x)
+        cache = self.runtime.embeddings
+        key = cache.rows_key(x)
+        found = cache.get(backbone.sha256, key)
+        if found is None:
+            found = self.embed(x)
+            cache.put(backbone.sha256, key, found)
+        return found
+
+    def embed_many(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """:meth:`embed`, with no rows giving ``[0, embedding_dim]``."""
+        if len(x) == 0:
+            return np.empty((0, *self._head_model().input_shape), np.float32)
+        return self.embed(x)
 
     def embed(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Backbone embeddings (int8 model, dequantized to float32)."""
@@ -289,5 +474,5 @@ class ModelCache:
                 if any(m.runtime is r for m in self._models.values())
             }
             self._runtimes = {k: self._runtimes[k] for k in live}
-            logger.debug("loaded model %s (int8 current: %s)", version, model.int8_current)
+            logger.debug("loaded model %s (serving path %s)", version, model.serving_path())
             return model

@@ -1,11 +1,14 @@
 """Personalization: a head fine-tuned on the device's own data from each new global version.
 
 After the device sees a new global model version it fine-tunes a copy of that version's
-head on its local training rows (plain SGD through the trainable model's ``train_step``,
-the backbone frozen) and keeps it as the *personal head*. Local predictions use the
-personal head; evaluations report it next to the global model on the local holdout. A
-personal head records the version it started from, so it is rebuilt when a newer global
-version arrives and never mixed with another version's backbone.
+head on its local training rows and keeps it as the *personal head*: plain SGD through
+``head.tflite``'s ``train_step`` on the int8 backbone's embeddings of the rows, computed once
+and cached (:meth:`~edge_client.model.EdgeModel.cached_embeddings`), where the bundle has
+``head.tflite``; else through the trainable model's ``train_step`` with the backbone frozen.
+Local predictions use the personal head (on the serving path,
+:meth:`~edge_client.model.EdgeModel.serving_path`); evaluations report it next to the global
+model on the local holdout. A personal head records the version it started from, so it is
+rebuilt when a newer global version arrives and never mixed with another version's backbone.
 
 Heads are kept in a :class:`HeadStore`: in memory for simulated clients, or as one
 safetensors file in the daemon's state directory (:class:`FileHeadStore`), whose metadata
@@ -148,15 +151,27 @@ def fine_tune(
     if not config.enabled or len(train) < config.min_examples:
         return None
     x = model.transform(train.columns)
-    weights, result = model.train(
-        x,
-        train.labels,
-        start=model.global_weights,
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        rng=rng,
-    )
-    train_accuracy = accuracy(model.logits(x, head=weights), train.labels)
+    if model.has_head_model:
+        embeddings = model.cached_embeddings(x)
+        weights, result = model.train_head(
+            embeddings,
+            train.labels,
+            start=model.global_weights,
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            rng=rng,
+        )
+        train_accuracy = accuracy(model.head_logits(embeddings, head=weights), train.labels)
+    else:
+        weights, result = model.train(
+            x,
+            train.labels,
+            start=model.global_weights,
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            rng=rng,
+        )
+        train_accuracy = accuracy(model.logits(x, head=weights), train.labels)
     return PersonalHead(
         base_version=model.version,
         weights=weights,

@@ -139,11 +139,18 @@ class TrainableModel:
             )
         if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
             raise ConfigError("sample_weight must be finite, non-negative and not all zero")
-        rate = float(learning_rate)
-        if not np.isfinite(rate) or rate < 0:
-            raise ConfigError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
+        return self._step(features, labels, weights, _check_rate(learning_rate))
+
+    def _step(
+        self,
+        features: NDArray[np.float32],
+        labels: NDArray[Any],
+        weights: NDArray[np.float32],
+        rate: np.float32,
+    ) -> float:
+        """One ``train_step`` on inputs already checked and converted."""
         result = self._runners["train_step"](
-            x=features, y=labels, sample_weight=weights, learning_rate=np.float32(rate)
+            x=features, y=labels, sample_weight=weights, learning_rate=rate
         )
         return float(result["loss"])
 
@@ -165,11 +172,15 @@ class TrainableModel:
         check_int(epochs, "epochs", low=1)
         features = self._features(x, batch=None)
         labels = self._labels(y, batch=features.shape[0])
+        rate = _check_rate(learning_rate)
         n = features.shape[0]
         if n == 0:
             raise ConfigError("no examples to train on")
+        full = np.ones(self.batch_size, np.float32)
         epoch_losses: list[float] = []
         steps = 0
+        # The rows were checked above: each step only gathers its batch (padded with
+        # weight-0 rows at the end of an epoch) and runs the signature.
         for _ in range(epochs):
             order = rng.permutation(n) if rng is not None else np.arange(n)
             weighted_loss = 0.0
@@ -177,10 +188,14 @@ class TrainableModel:
                 index = order[start : start + self.batch_size]
                 real = index.size
                 pad = self.batch_size - real
-                batch_x = np.concatenate([features[index], np.zeros((pad, *self.input_shape))])
-                batch_y = np.concatenate([labels[index], np.zeros(pad, labels.dtype)])
-                weights = np.concatenate([np.ones(real), np.zeros(pad)])
-                loss = self.train_step(batch_x, batch_y, weights, learning_rate)
+                batch_x, batch_y, weights = features[index], labels[index], full
+                if pad:
+                    batch_x = np.concatenate(
+                        [batch_x, np.zeros((pad, *self.input_shape), np.float32)]
+                    )
+                    batch_y = np.concatenate([batch_y, np.zeros(pad, labels.dtype)])
+                    weights = np.concatenate([full[:real], np.zeros(pad, np.float32)])
+                loss = self._step(batch_x, batch_y, weights, rate)
                 weighted_loss += loss * real
                 steps += 1
             epoch_losses.append(weighted_loss / n)
@@ -244,6 +259,13 @@ class TrainableModel:
         return labels.astype(self._label_dtype)
 
 
+def _check_rate(learning_rate: float) -> np.float32:
+    rate = float(learning_rate)
+    if not np.isfinite(rate) or rate < 0:
+        raise ConfigError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
+    return np.float32(rate)
+
+
 class InferenceModel:
     """A plain TFLite model (full-integer int8 or float) mapping float inputs to float outputs.
 
@@ -262,6 +284,7 @@ class InferenceModel:
         self._input = inputs[0]
         self._output = outputs[0]
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in self._input["shape"][1:])
+        self.output_shape: tuple[int, ...] = tuple(int(d) for d in self._output["shape"][1:])
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])
         self._batch = -1

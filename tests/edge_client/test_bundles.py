@@ -74,9 +74,9 @@ def test_download_is_verified_and_kept(edge_taxi_bundle: Path, tmp_path: Path) -
     store = BundleStore(tmp_path / "bundles")
     path = store.fetch(_client(server), "taxi-v1")
     assert EdgeModel.load(path).version == "taxi-v1"
-    assert len(server.downloads) == 5  # the manifest and the four files it lists
+    assert len(server.downloads) == 6  # the manifest and the five files it lists
     store.fetch(_client(server), "taxi-v1")
-    assert len(server.downloads) == 5  # already here: nothing downloaded again
+    assert len(server.downloads) == 6  # already here: nothing downloaded again
 
 
 def test_round_version_downloads_only_what_changed(edge_taxi_bundle: Path, tmp_path: Path) -> None:
