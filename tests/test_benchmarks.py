@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,37 @@ def test_transport_benchmark_small_runs_a_round_over_rest_and_grpc_side_by_side(
     assert rows["updates"] == ["4/4", "4/4"]
     assert rows["acks_lost"] == ["0", "0"]
     assert rows["errors"] == ["0", "0"]
+
+
+def test_personalize_benchmark_small_times_both_fine_tunings_on_the_same_steps(
+    tmp_path: Path,
+) -> None:
+    args = ["--rows", "200", "--epochs", "1", "--repeats", "1", "--train-epochs", "1", "--json"]
+    args += ["--work", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "personalize.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["path"])
+    assert lines[header].split() == ["path", "seconds", "steps", "train", "acc"]
+    assert lines[header + 2].startswith("trainable.tflite (pixels)")
+    assert lines[header + 3].startswith("head.tflite (cached int8 embeddings)")
+    assert any(line.startswith("speedup (trainable / head): ") for line in lines)
+    figures = json.loads(lines[-1])
+    assert (figures["rows"], figures["epochs"], figures["batch_size"]) == (200, 1, 32)
+    assert figures["steps"] == figures["head_steps"] == 7  # ceil(200 / 32), the same batches
+    assert figures["trainable_seconds"] > 0
+    assert figures["head_seconds"] > 0
+    assert figures["speedup"] == figures["trainable_seconds"] / figures["head_seconds"]
+    assert figures["goal"] == 3.0
+    for name in ("trainable_train_accuracy", "head_train_accuracy"):
+        assert 0.0 < figures[name] <= 1.0
 
 
 def test_serving_benchmark_quick_prints_each_mode_side_by_side() -> None:
