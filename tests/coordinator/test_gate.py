@@ -28,12 +28,19 @@ from fedge.weights import Weights
 from tests.support.coordinator import (
     ADMIN_TOKEN,
     FEATURE_SPEC,
+    EdgeClient,
     FakeClock,
+    admin_request,
     bearer,
     build_service,
     delta,
+    local_training,
     make_bundle,
+    running_server,
+    serve_command,
     submission,
+    wait_for,
+    write_admin_token,
 )
 
 TARGET = delta(99, scale=1.0)
@@ -415,3 +422,112 @@ def test_rest_documents_a_gating_round_and_the_rejected_candidate(tmp_path: Path
     failed = http.get("/v1/rounds/1", headers=admin).get_json()
     assert failed["state"] == "failed"
     assert failed["failure_reason"].startswith("the gate rejected v2: federated cohort accuracy")
+
+
+# The served model (a real bundle) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.bundles import build_bundle
+
+    return build_bundle(
+        "digits", tmp_path_factory.mktemp("gate-digits"), batch_size=32, version="digits-v1"
+    )
+
+
+@pytest.mark.slow
+def test_cloud_holdout_is_scored_by_the_served_model_of_each_version(
+    tmp_path: Path, digits_bundle: Path
+) -> None:
+    from coordinator.serving.model import ServedModel
+    from fedge.data.digits import load_digits
+
+    rows = load_digits().take(np.arange(1497, 1797))
+    regions = np.where(rows.labels < 5, "low", "high").astype(object)
+    holdout = HoldoutSet(dict(rows.columns), rows.labels, regions)
+    service = CoordinatorService(
+        store=SQLiteStore(tmp_path / "state.db"),
+        artifacts=ArtifactStore(tmp_path / "artifacts"),
+        config=ServiceConfig(
+            task="digits",
+            rounds=RoundConfig(clients_per_round=2, min_clients=2, norm_bound=1e6),
+            min_cohort=1,
+        ),
+        now=FakeClock(),
+        holdout=holdout,  # the default scorer: coordinator.serving's ServedModel
+    )
+    v1 = service.import_bundle(digits_bundle)
+    head = service.registry.weights(v1)
+    _clients(service, ["north"] * 2)
+    _train(service, 1, head, sign=-2.0)  # v1's head negated: far worse
+    candidate = service.get_model("v2")
+    assert candidate.gate is not None
+    cloud = candidate.gate["cloud"]
+    served = ServedModel.load(service.registry, "v1").predict_columns(holdout.columns)
+    parent_accuracy = float(np.mean(np.argmax(served, axis=1) == holdout.labels))
+    assert cloud["parent"]["accuracy"] == pytest.approx(parent_accuracy)
+    assert parent_accuracy > 0.6  # the bundle's model learned something
+    assert cloud["candidate"]["accuracy"] < parent_accuracy - 0.2
+    assert sorted(cloud["candidate"]["regions"]) == ["high", "low"]
+    assert candidate.stage == "rejected"
+    assert service.get_model("current").version == "v1"
+
+
+# serve --holdout ------------------------------------------------------------------------------
+
+
+def _holdout_csv(path: Path, rows: int = 40) -> Path:
+    columns = _columns(rows, seed=3)
+    lines = ["fare,miles,company,area,big_tipper"]
+    for i in range(rows):
+        area = "north" if i < rows // 2 else "south"
+        fare, miles, company = columns["fare"][i], columns["miles"][i], columns["company"][i]
+        lines.append(f"{fare:.3f},{miles:.3f},{company},{area},{i % 3}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _failed(url: str, round_id: int) -> dict[str, Any] | None:
+    round_ = admin_request(url, f"/v1/rounds/{round_id}")
+    return round_ if round_["state"] == "failed" else None
+
+
+def test_serve_holdout_gates_rounds_and_a_failed_evaluation_rejects(tmp_path: Path) -> None:
+    """The fake bundle's .tflite files are not models: the served model cannot score the
+    holdout, and a candidate the gate could not evaluate is never promoted."""
+    make_bundle(tmp_path / "bundle")
+    command = serve_command(
+        tmp_path, tmp_path / "bundle", write_admin_token(tmp_path),
+        "--holdout", str(_holdout_csv(tmp_path / "holdout.csv")),
+        "--clients-per-round", "2", "--min-clients", "2", "--retry-after", "1",
+    )  # fmt: skip
+    with running_server(command, tmp_path) as server:
+        clients = [EdgeClient(server.url, "north") for _ in range(2)]
+        for i, client in enumerate(clients):
+            task = wait_for(client.poll)
+            _, base = client.download(task["model_version"])
+            assert client.upload(task, local_training(base, i).delta(base), 10).status_code == 201
+        round_ = wait_for(lambda: _failed(server.url, 1))
+        assert round_["result_version"] == "v2"
+        assert round_["failure_reason"].startswith(
+            "the gate rejected v2: the cloud holdout evaluation failed: "
+        )
+        model = admin_request(server.url, "/v1/models/v2")
+        assert model["stage"] == "rejected"
+        assert model["gate"]["cloud"]["error"].startswith("the cloud holdout evaluation failed")
+        assert admin_request(server.url, "/v1/models/current")["version"] == "v1"
+        assert admin_request(server.url, "/v1/rounds/2")["base_version"] in (None, "v1")
+
+
+def test_serve_holdout_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_bundle(tmp_path / "bundle")
+    base = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"), "--db",
+            str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "artifacts"),
+            "--open-enrollment"]  # fmt: skip
+    assert main([*base, "--holdout-region-column", "area"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--holdout-region-column needs --holdout")
+    assert main([*base, "--holdout", str(tmp_path / "missing.csv")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert f"--holdout {tmp_path / 'missing.csv'}: " in error[0]
