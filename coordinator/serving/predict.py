@@ -266,8 +266,8 @@ class Predictor:
         table = self.tables.get(name) if mode != "dynamic" else None
         if mode == "static" and table is None:
             raise NotFoundError(
-                f"no prediction table for model {name}: the static mode answers only from "
-                "one (fedge-coordinator predict-batch --version " + name + ")",
+                f"no prediction table for model {name}: the static mode answers only from one "
+                "(written by fedge-coordinator predict-batch)",
                 code="table_not_found",
             )
         results: list[dict[str, Any] | None] = [None] * len(rows)
