@@ -140,7 +140,8 @@ class RoundConfig:
       is the federated holdout cohort (clients not selected for the round, asked to
       evaluate the candidate and its parent); the gate waits ``gate_seconds`` (``None``:
       ``deadline_seconds``) for their reports and needs ``gate_min_reports`` clients that
-      answered both.
+      answered both. A gated round that does not promote on commit (``gate`` true,
+      ``auto_promote`` false) leaves a candidate that passed a candidate.
     """
 
     clients_per_round: int = 10

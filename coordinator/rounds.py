@@ -492,9 +492,10 @@ class RoundEngine:
                 return self._fail(round_, f"the gate rejected {version}: {reason}")
         with self._store.transaction():
             self._registry.set_gate(version, decided)
-            self._registry.promote(
-                version, detail=f"promoted by the gate of round {round_.round_id}: {reason}"
-            )
+            if round_.config.promotes_on_commit:  # else it stays a candidate that passed
+                self._registry.promote(
+                    version, detail=f"promoted by the gate of round {round_.round_id}: {reason}"
+                )
             return self._close_gated(round_, "committed")
 
     def _close_gated(self, round_: RoundRecord, state: RoundState) -> RoundRecord:

@@ -531,3 +531,18 @@ def test_serve_holdout_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1
     assert f"--holdout {tmp_path / 'missing.csv'}: " in error[0]
+
+
+def test_a_gate_without_auto_promote_leaves_a_passing_candidate_a_candidate(
+    tmp_path: Path,
+) -> None:
+    service = _service(
+        tmp_path, holdout=_holdout(), gate=True, continuous=False, auto_promote=False
+    )
+    _clients(service, ["north"] * 2)
+    service.open_round()
+    _train(service, 1, TARGET, sign=1.0)
+    assert service.get_round(1).state == "committed"
+    model = service.get_model("v2")
+    assert (model.stage, model.gate and model.gate["status"]) == ("candidate", "passed")
+    assert service.get_model("current").version == "v1"
