@@ -34,6 +34,8 @@ class AdminBackend(Protocol):
     def cancel_round(self, round_id: int) -> dict[str, Any]: ...
     def list_clients(self) -> list[dict[str, Any]]: ...
     def revoke_client(self, client_id: str) -> dict[str, Any]: ...
+    def list_quarantined(self, client_id: str | None = None) -> list[dict[str, Any]]: ...
+    def release_quarantine(self, client_id: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -93,6 +95,14 @@ class DirectAdmin:
 
     def revoke_client(self, client_id: str) -> dict[str, Any]:
         return client_document(self._service.revoke_client(client_id))
+
+    def list_quarantined(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        query = {} if client_id is None else {"client_id": client_id}
+        updates: list[dict[str, Any]] = admin_api.list_quarantine(self._service, query)["updates"]
+        return updates
+
+    def release_quarantine(self, client_id: str) -> dict[str, Any]:
+        return admin_api.release_quarantine(self._service, client_id)
 
     def close(self) -> None:
         self._service.store.close()

@@ -27,6 +27,7 @@ from coordinator.views import (
     report_listing_document,
     round_document,
     task_record_document,
+    update_document,
 )
 from fedge.messages import TaskConfig
 from fedge.validation import check_number
@@ -40,6 +41,7 @@ __all__ = [
     "list_clients",
     "list_enrollment_tokens",
     "list_models",
+    "list_quarantine",
     "list_reports",
     "list_rounds",
     "model_detail",
@@ -47,6 +49,7 @@ __all__ = [
     "parse_instant",
     "promote",
     "refuse_unknown",
+    "release_quarantine",
     "revoke_client",
     "revoke_enrollment_token",
     "rollback",
@@ -212,6 +215,21 @@ def rollback(service: CoordinatorService, body: Mapping[str, Any]) -> Document:
     if body.get("before") is None:
         return model_detail(service, service.rollback())
     return model_detail(service, service.rollback_before(parse_instant(body["before"])))
+
+
+# Quarantine -----------------------------------------------------------------------------------
+
+
+def list_quarantine(service: CoordinatorService, query: Query) -> Document:
+    """The updates held in quarantine, oldest first; query ``client_id``: one client's."""
+    updates = service.list_quarantined(query.get("client_id"))
+    return {"updates": [update_document(u) for u in updates]}
+
+
+def release_quarantine(service: CoordinatorService, client_id: str) -> Document:
+    """Release a client's quarantined updates; the updates released (none: ``[]``)."""
+    released = service.release_quarantine(client_id)
+    return {"client_id": client_id, "released": [update_document(u) for u in released]}
 
 
 # Alerts and reports ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
     fedge-coordinator models predictions [V]                 TARGET [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
+    fedge-coordinator quarantine list [--client ID]|release ID  TARGET [--json]
     fedge-coordinator enrollment create [--label L] [--expires-in SECONDS] [--uses N] \
         | list | revoke ID                                   --coordinator URL [--json]
     fedge-coordinator certs init --out DIR [--host NAME]... [--device NAME]... [--days N]
@@ -82,6 +83,7 @@ from coordinator.limits import (
     GrpcLimits,
     RateLimit,
 )
+from coordinator.quarantine_cli import add_quarantine_parser
 from coordinator.serving.cli import add_predict_batch_parser, add_serving_flags, serving_config
 from coordinator.store import Store
 from coordinator.tls import TlsFiles
@@ -602,6 +604,7 @@ def build_parser() -> ArgumentParser:
     add_keys_parser(sub, _EXIT_CODES)
     _add_certs(sub)
     add_data_parser(sub)
+    add_quarantine_parser(sub, verb=_admin_verb, backend=_backend)
     add_predict_batch_parser(sub)
     return parser
 

@@ -282,6 +282,17 @@ class AdminClient:
         body = None if before is None else {"before": before}
         return self._document("POST", "/v1/models/rollback", json=body)
 
+    # Quarantine ---------------------------------------------------------------------------
+
+    def list_quarantined(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        """The updates held in quarantine (of ``client_id`` when given), with their reasons."""
+        params = {} if client_id is None else {"client_id": client_id}
+        return self._listing("/v1/quarantine", "updates", params=params)
+
+    def release_quarantine(self, client_id: str) -> dict[str, Any]:
+        """Release the client's quarantined updates; ``{client_id, released}``."""
+        return self._document("POST", f"/v1/quarantine/{quote(client_id, safe='')}/release")
+
     # Monitoring ---------------------------------------------------------------------------
 
     def list_reports(

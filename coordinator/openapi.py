@@ -527,6 +527,29 @@ def _paths() -> dict[str, Any]:
                 ],
             )
         },
+        "/v1/quarantine": {
+            "get": _op(
+                "The updates held in quarantine (kept, not aggregated), with their reasons; "
+                "client_id: one client's (404 for an unknown client)",
+                "listQuarantine",
+                {"200": _json("QuarantineList")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[_query("client_id", STRING)],
+            )
+        },
+        "/v1/quarantine/{client_id}/release": {
+            "post": _op(
+                "Release a client's quarantined updates: they count again (in their round "
+                "when it is still to be aggregated) and the client's later updates are judged "
+                "by its next statistics",
+                "releaseQuarantine",
+                {"200": _json("QuarantineRelease")},
+                auth="adminToken",
+                errors="401 403 404",
+                params=[_path_param("client_id", STRING, "The client")],
+            )
+        },
         "/v1/alerts": {
             "get": _op(
                 "Alerts, optionally by kind and since a time",

@@ -824,6 +824,15 @@ def _records() -> dict[str, Any]:
             details=OBJECT,
         ),
         "AlertList": closed(alerts={"type": "array", "items": ref("Alert")}),
+        "QuarantineList": closed(updates={"type": "array", "items": ref("RoundUpdate")}),
+        "QuarantineRelease": closed(
+            client_id=STRING,
+            released={
+                "type": "array",
+                "items": ref("RoundUpdate"),
+                "description": "the updates released now (empty: none was held)",
+            },
+        ),
         "RollbackRequest": closed(
             optional=("before",),
             before={

@@ -1,7 +1,7 @@
-"""The operator's routes (the ``admin`` blueprint): clients, tasks, rounds, models, reports
-and alerts. Its ``before_request`` demands the admin token for every one of them; each view
-decodes the request and calls :mod:`coordinator.admin_api`, which the gRPC Admin service
-calls too."""
+"""The operator's routes (the ``admin`` blueprint): clients, tasks, rounds, models,
+quarantined updates, reports and alerts. Its ``before_request`` demands the admin token for
+every one of them; each view decodes the request and calls :mod:`coordinator.admin_api`,
+which the gRPC Admin service calls too."""
 
 from __future__ import annotations
 
@@ -91,6 +91,16 @@ def promote(version: str) -> Any:
 @admin.post("/v1/models/rollback")
 def rollback() -> Any:
     return admin_api.rollback(current_state().service, json_body(optional=True))
+
+
+@admin.get("/v1/quarantine")
+def list_quarantine() -> Any:
+    return admin_api.list_quarantine(current_state().service, request.args)
+
+
+@admin.post("/v1/quarantine/<client_id>/release")
+def release_quarantine(client_id: str) -> Any:
+    return admin_api.release_quarantine(current_state().service, client_id)
 
 
 @admin.get("/v1/alerts")

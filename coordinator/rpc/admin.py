@@ -82,6 +82,12 @@ ADMIN_METHODS: Mapping[str, _Method] = {
     "GetModel": _Method(lambda s, c: admin_api.show_model(s, c.id), id="a model version"),
     "PromoteModel": _Method(lambda s, c: admin_api.promote(s, c.id), id="a model version"),
     "Rollback": _Method(lambda s, c: admin_api.rollback(s, c.body), body=True),
+    "ListQuarantine": _Method(
+        lambda s, c: admin_api.list_quarantine(s, c.query), query=frozenset({"client_id"})
+    ),
+    "ReleaseQuarantine": _Method(
+        lambda s, c: admin_api.release_quarantine(s, c.id), id="a client id"
+    ),
     "ListAlerts": _Method(
         lambda s, c: admin_api.list_alerts(s, c.query), query=frozenset({"kind", "since"})
     ),

@@ -196,6 +196,11 @@ def test_every_admin_rpc_answers_the_rest_document(servers: Servers) -> None:
     )
     assert len(alerts["alerts"]) == 1
     same("ListAlerts", "GET", "/v1/alerts?since=0", query={"since": "0"})
+    # Quarantine: nothing is held in this state.
+    assert same("ListQuarantine", "GET", "/v1/quarantine") == {"updates": []}
+    north_id = north["client_id"]
+    released = same("ReleaseQuarantine", "POST", f"/v1/quarantine/{north_id}/release", id=north_id)
+    assert released == {"client_id": north_id, "released": []}
     client_id = south["client_id"]
     revoked_client = same("RevokeClient", "POST", f"/v1/clients/{client_id}/revoke", id=client_id)
     assert revoked_client["revoked_at"] is not None
