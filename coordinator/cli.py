@@ -216,6 +216,16 @@ def _add_serve(sub: Any) -> None:
         metavar="COL",
         help="the holdout's region column (default: the schema's region column)",
     )
+    rounds.add_argument(
+        "--schema",
+        type=Path,
+        metavar="FILE",
+        help="the schema (text proto, as `data schema` edits it) that each client's latest "
+        "statistics are validated against before its update is aggregated; an update whose "
+        "statistics show anomalies is quarantined (default: a schema inferred from the "
+        "bundle's training statistics; round options quarantine, stats_every_round and the "
+        "quarantine_*_threshold settings go in --round-config)",
+    )
     rounds.add_argument("--aggregator-option", type=_option, action="append", default=[],
                         metavar="KEY=VALUE", help="e.g. num_byzantine=1, lr=0.01")  # fmt: skip
     rounds.add_argument(
@@ -719,6 +729,18 @@ def _holdout(args: argparse.Namespace) -> HoldoutSet | None:
     return holdout
 
 
+def _quarantine_schema(args: argparse.Namespace) -> Any:
+    """``--schema``: the quarantine's schema (a tensorflow-metadata ``Schema``), or None."""
+    if args.schema is None:
+        return None
+    from coordinator.dataval.schema import load_schema
+
+    try:
+        return load_schema(args.schema)
+    except FedgeError as exc:
+        raise UsageError(f"--schema {args.schema}: {exc}") from exc
+
+
 def serve_cli(args: argparse.Namespace) -> int:
     """``serve``: 0 once stopped by SIGTERM; SIGINT ends in KeyboardInterrupt (exit 130)."""
     from coordinator.artifacts import ArtifactStore
@@ -757,6 +779,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         )
     if enrollment is not None and args.open_enrollment:
         raise UsageError("give an enrollment token or --open-enrollment, not both")
+    quarantine_schema = _quarantine_schema(args)  # a bad file fails before the store opens
     artifacts = ArtifactStore(args.artifacts)
     if removed := artifacts.clean_temporary():
         logger.info("removed %d temporary file(s) of unfinished artifact writes", removed)
@@ -766,6 +789,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         config=config,
         signer=signer_from_args(args),
         holdout=_holdout(args),
+        quarantine_schema=quarantine_schema,
     )
     with _database(args.db):
         model = service.import_bundle(args.bundle, trusted_key=trusted_bundle_key(args))

@@ -3,29 +3,40 @@ aggregated, listed with their reason and releasable (coordinator.quarantine)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from coordinator.artifacts import ArtifactStore
+from coordinator.cli import main
 from coordinator.config import RoundConfig, ServiceConfig
+from coordinator.dataval.schema import save_schema
 from coordinator.dataval.statistics import to_tfmd
 from coordinator.errors import NotFoundError
 from coordinator.quarantine import reference_schema
 from coordinator.records import ClientRecord
 from coordinator.service import CoordinatorService
 from coordinator.store import MemoryStore
-from fedge.messages import StatsReport
+from fedge.messages import StatsReport, encode_message
 from fedge.stats import DatasetStats
 from fedge.weights import Weights
 from tests.support.coordinator import (
+    EdgeClient,
     FakeClock,
+    admin_request,
     build_service,
     delta,
+    local_training,
     make_bundle,
+    running_server,
+    serve_command,
     submission,
     training_stats,
+    wait_for,
+    write_admin_token,
 )
 
 CLEAN = training_stats(seed=5)
@@ -213,3 +224,60 @@ def test_the_inferred_schema_compares_every_feature_and_asks_only_for_presence()
     assert features["company"].distribution_constraints.min_domain_mass == pytest.approx(0.8)
     assert all(f.presence.min_fraction == 0.0 for f in schema.feature)
     assert all(f.presence.min_count == 1 for f in schema.feature)
+
+
+def test_a_served_coordinator_quarantines_by_its_schema_file(tmp_path: Path) -> None:
+    schema = reference_schema(
+        to_tfmd(training_stats(), name="training"),
+        numeric_threshold=0.3,
+        categorical_threshold=0.3,
+    )
+    save_schema(schema, tmp_path / "schema.pbtxt")
+    (tmp_path / "rounds.json").write_text(json.dumps({"stats_every_round": True}))
+    make_bundle(tmp_path / "bundle")
+    command = serve_command(
+        tmp_path, tmp_path / "bundle", write_admin_token(tmp_path),
+        "--schema", str(tmp_path / "schema.pbtxt"), "--round-config", str(tmp_path / "rounds.json"),
+        "--clients-per-round", "2", "--min-clients", "1", "--retry-after", "1",
+    )  # fmt: skip
+    with running_server(command, tmp_path) as server:
+        clients = [EdgeClient(server.url, "north") for _ in range(2)]
+        for i, (client, stats) in enumerate(zip(clients, (CORRUPTED, CLEAN), strict=True)):
+            task = wait_for(client.poll)
+            assert task["kind"] == "stats"
+            document, _ = encode_message(StatsReport(task["task_id"], stats))
+            sent = client.session.post(
+                f"{server.url}/v1/stats", json=document, headers={"Idempotency-Key": f"s{i}"}
+            )
+            assert sent.status_code == 201, sent.text
+            train = wait_for(client.poll)
+            assert train["kind"] == "train"
+            _, base = client.download(train["model_version"])
+            assert client.upload(train, local_training(base, i).delta(base), 10).status_code == 201
+        round_ = wait_for(lambda: _closed(server.url, 1))
+        assert round_["state"] == "committed"
+        assert round_["measurements"]["quarantined_updates"] == 1.0
+        held = {u["client_id"]: u["quarantine"] for u in round_["updates"]}
+        assert held[clients[1].client_id] is None
+        assert str(held[clients[0].client_id]).startswith("anomalies in fare: ")
+        model = admin_request(server.url, f"/v1/models/{round_['result_version']}")
+        assert model["participants"] == 1
+
+
+def _closed(url: str, round_id: int) -> dict[str, Any] | None:
+    round_: dict[str, Any] = admin_request(url, f"/v1/rounds/{round_id}")
+    return round_ if round_["state"] in ("committed", "failed") else None
+
+
+def test_serve_refuses_an_unreadable_schema_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_bundle(tmp_path / "bundle")
+    (tmp_path / "schema.pbtxt").write_text("feature { nme: 'x' }")
+    args = ["serve", "--task", "taxi", "--bundle", str(tmp_path / "bundle"), "--db",
+            str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "artifacts"),
+            "--open-enrollment", "--schema", str(tmp_path / "schema.pbtxt")]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert f"--schema {tmp_path / 'schema.pbtxt'}: " in error[0]
