@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,10 +49,11 @@ logger = logging.getLogger(__name__)
 
 _EPILOG = """\
 exit codes:
-  0    the table was written (with --every: stopped by SIGTERM)
+  0    the table was written
   1    the operation failed: no such version, a database that cannot be read
   2    usage or input error: bad flags, an unreadable key table, a missing key column
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C or SIGTERM; how a run with --every stops: the tables written
+       so far stay, each one whole)"""
 
 
 def read_keys(
@@ -164,7 +164,7 @@ def add_predict_batch_parser(sub: Any) -> None:
     parser.set_defaults(handler=predict_batch_cli)
 
 
-def predict_batch_cli(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
+def predict_batch_cli(args: argparse.Namespace) -> int:
     """``predict-batch``: print the table's index entry (each run, with ``--every``)."""
     from coordinator.store import open_store
 
@@ -184,7 +184,6 @@ def predict_batch_cli(args: argparse.Namespace, *, stop: threading.Event | None 
     artifacts = ArtifactStore(args.artifacts)
     registry = ModelRegistry(open_store(args.db), artifacts, now=time.time)
     tables = TableStore(artifacts)
-    stop = stop or threading.Event()
     while True:
         try:
             entry = predict_batch(
@@ -200,8 +199,9 @@ def predict_batch_cli(args: argparse.Namespace, *, stop: threading.Event | None 
                 f"{entry['path']} path) -> {entry['sha256'][:12]}",
                 flush=True,
             )
-        if args.every is None or stop.wait(args.every):
+        if args.every is None:
             return 0
+        time.sleep(args.every)
 
 
 def add_serving_flags(serve: argparse.ArgumentParser) -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from fedge.data.tables import flat_field_names
 from fedge.errors import ConfigError
 from fedge.tfrecord import write_examples
 from fedge.weights import Weights
+from tests.support import REPO_ROOT
 from tests.support.bundles import build_bundle
 from tests.support.coordinator import (
     ADMIN_TOKEN,
@@ -322,6 +326,39 @@ def test_predict_batch_cli_writes_a_table_that_a_running_static_server_answers_f
         assert np.array_equal(logits, _edge_scores(served, "v1", served.pixels[2:3])[0])
         assert coordinator_main([*args, "--key-column", "no_such_column"]) == 2
         assert "no_such_column" in capsys.readouterr().err
+
+
+def test_predict_batch_every_rescores_and_picks_up_a_new_production_version(
+    served: Served, tmp_path: Path, no_leftover_children: None
+) -> None:
+    service = CoordinatorService(
+        store=SQLiteStore(tmp_path / "state.db"),
+        artifacts=ArtifactStore(tmp_path / "artifacts"),
+        config=ServiceConfig(task="digits", rounds=RoundConfig(continuous=False)),
+    )
+    v1 = service.import_bundle(served.edge["v1"].directory)
+    command = [sys.executable, "-m", "coordinator.cli", "predict-batch"]
+    command += ["--db", str(tmp_path / "state.db"), "--artifacts", str(tmp_path / "artifacts")]
+    command += ["--keys", str(served.keys_csv), "--key-column", "id", "--every", "0.2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(f"v1: {ROWS} keys (id, int8 path)")
+        head = service.registry.weights(v1)
+        v2 = service.registry.register_round_version(
+            v1, Weights({n: head[n] * 0.5 for n in head.names}), b"state", round_id=1
+        )
+        service.registry.promote(v2.version)
+        lines = [process.stdout.readline() for _ in range(100)]
+        picked = [line for line in lines if line.startswith("v2: ")]
+        assert picked, lines[-3:]
+        assert "int8-backbone+float-head path" in picked[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert process.returncode == 130
+    assert set(TableStore(service.artifacts).entries()) == {"v1", "v2"}
 
 
 def test_predict_batch_refuses_a_missing_database_and_a_bad_schedule(
