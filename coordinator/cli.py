@@ -7,6 +7,7 @@
         [--min-cohort N] [--cohort-window SECONDS] [--privacy-budget EPSILON] \
         [--prediction-drift-threshold X] [--prediction-drift-min-examples N] \
         [--accuracy-drop-threshold X] [--rollback-on-accuracy-drop [--rollback-min-clients N]] \
+        [--holdout FILE [--holdout-region-column COL]] [--gate-margin X] [--gate-clients N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
