@@ -200,10 +200,13 @@ def compare_metrics(
     what: str,
 ) -> list[str]:
     """Why ``candidate`` is worse than ``parent`` by more than ``margin`` (``metric``
-    overall, then in each region both were measured in); empty when it is not."""
+    overall, then in each region both were measured in, unless both hold one region
+    only); empty when it is not."""
     failures = []
     pairs = [("", candidate, parent)]
     shared = sorted(set(candidate.get("regions", {})) & set(parent.get("regions", {})))
+    if len(shared) == 1 and len(candidate["regions"]) == len(parent["regions"]) == 1:
+        shared = []  # one region holding every row says what the overall figure says
     pairs += [(f" in region {r!r}", candidate["regions"][r], parent["regions"][r]) for r in shared]
     for where, ours, theirs in pairs:
         if metric not in ours or metric not in theirs:

@@ -157,6 +157,10 @@ def test_compare_metrics_allows_the_margin_and_names_the_region_below_it() -> No
         "cloud accuracy in region 's' 0.7000 is below the parent's 0.9000 by more than the "
         "margin 0.02"
     ]
+    one = {"accuracy": 0.5, "regions": {"n": {"accuracy": 0.5}}}
+    other = {"accuracy": 0.9, "regions": {"n": {"accuracy": 0.9}}}
+    only = compare_metrics(one, other, metric="accuracy", margin=0.0, what="cloud")
+    assert only == ["cloud accuracy 0.5000 is below the parent's 0.9000 by more than the margin 0"]
 
 
 def test_gate_settings_are_checked() -> None:
