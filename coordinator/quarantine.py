@@ -16,7 +16,8 @@ client is judged by its latest ``stats`` report (received after its latest relea
 
 Any anomaly quarantines the update: its record says why (``"anomalies in pixels: ..."``),
 its artifact stays, and it is not aggregated. A client without a statistics report, or a
-base version without training statistics (and no configured schema), is not judged.
+base version without training statistics (and no configured schema), is not judged; nor is
+a secure round, whose coordinator never holds an individual update.
 
 The inferred schema is relaxed for what one device's privacy-protected report can say
 (:mod:`edge_client.privacy`): its counts are noised and small bins suppressed, so the
@@ -121,9 +122,9 @@ class Quarantine:
         (each saved with its reason); returns the round's updates held after judging.
         A released update is not judged again."""
         updates = self._store.list_updates(round_.round_id)
-        if not round_.config.quarantine or not updates:
+        reference = self._reference(round_) if round_.config.quarantine and updates else None
+        if reference is None:
             return [u for u in updates if u.quarantined]
-        reference = self._reference(round_)
         latest = self._latest_reports({u.client_id for u in updates})
         held = []
         for update in updates:
@@ -132,7 +133,7 @@ class Quarantine:
                     held.append(update)
                 continue
             report = latest.get(update.client_id)
-            if reference is None or report is None:
+            if report is None:
                 continue
             reason = self._anomalies(report, reference)
             if reason is None:

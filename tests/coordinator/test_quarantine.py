@@ -97,6 +97,16 @@ def test_without_statistics_reports_nothing_is_quarantined(tmp_path: Path) -> No
     assert service.list_quarantined() == []
 
 
+def test_a_bundle_without_training_statistics_judges_no_one(tmp_path: Path) -> None:
+    make_bundle(tmp_path / "bundle", metadata={})
+    service = build_service(tmp_path, clients_per_round=3, min_clients=2)
+    clients = _clients(service, 3)
+    _report(service, clients[0], CORRUPTED)
+    _submit(service, 1, clients)
+    assert service.get_model("v2").participants == 3
+    assert service.list_quarantined() == []
+
+
 def test_quarantine_off_aggregates_every_update(tmp_path: Path) -> None:
     service = build_service(tmp_path, clients_per_round=3, min_clients=2, quarantine=False)
     clients = _clients(service, 3)
