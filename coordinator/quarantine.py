@@ -207,7 +207,7 @@ class Quarantine:
         if isinstance(document, Mapping):
             try:
                 training = to_tfmd(DatasetStats.from_dict(document), name="training")
-            except FedgeError as exc:
+            except (FedgeError, ValueError, TypeError, KeyError) as exc:
                 logger.warning("version %s: unusable training statistics: %s", version, exc)
         if self._schema is not None:
             return self._schema, training
@@ -231,7 +231,7 @@ class Quarantine:
             label = self._label_feature(schema, report)
             current = to_tfmd(stats, name=report.client_id, label=label)
             return _reason(validate(current, schema, serving=training))
-        except FedgeError as exc:  # a report that cannot be read is an anomaly itself
+        except (FedgeError, ValueError, TypeError, KeyError) as exc:  # an anomaly itself
             return f"statistics report {report.report_id} cannot be validated: {exc}"
 
     def _label_feature(self, schema: Any, report: ReportRecord) -> str | None:

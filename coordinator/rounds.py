@@ -311,7 +311,11 @@ class RoundEngine:
             )
         measurements = dict(round_.measurements)
         if round_.config.quarantine and self._quarantine is not None:
-            held = len(self._quarantine(round_))
+            try:
+                held = len(self._quarantine(round_))
+            except Exception as exc:  # the engine moves on (module docstring)
+                logger.exception("round %d: judging the updates failed", round_.round_id)
+                return self._fail(round_, f"the quarantine could not judge the updates: {exc}")
             measurements["quarantined_updates"] = float(held)
             if received - held < round_.config.min_clients:
                 return self._fail(

@@ -97,8 +97,11 @@ def test_without_statistics_reports_nothing_is_quarantined(tmp_path: Path) -> No
     assert service.list_quarantined() == []
 
 
-def test_a_bundle_without_training_statistics_judges_no_one(tmp_path: Path) -> None:
-    make_bundle(tmp_path / "bundle", metadata={})
+@pytest.mark.parametrize("metadata", [{}, {"training_stats": {"num_rows": "many"}}])
+def test_a_bundle_without_usable_training_statistics_judges_no_one(
+    tmp_path: Path, metadata: dict[str, Any]
+) -> None:
+    make_bundle(tmp_path / "bundle", metadata=metadata)
     service = build_service(tmp_path, clients_per_round=3, min_clients=2)
     clients = _clients(service, 3)
     _report(service, clients[0], CORRUPTED)
