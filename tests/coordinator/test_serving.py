@@ -25,15 +25,18 @@ from coordinator.artifacts import ArtifactStore
 from coordinator.auth import hash_token
 from coordinator.cli import main as coordinator_main
 from coordinator.config import RoundConfig, ServiceConfig
+from coordinator.intake import UpdateSubmission
 from coordinator.rest import ApiConfig, create_app
 from coordinator.service import CoordinatorService
 from coordinator.serving import ServedModel, ServingConfig, TableStore
 from coordinator.serving.cli import build_table, predict_batch, read_keys
 from coordinator.sqlite_store import SQLiteStore
+from edge_client import ClientContext, MemoryData, ModelCache, handle
 from edge_client.model import EdgeModel
 from fedge.data.digits import load_digits
 from fedge.data.tables import flat_field_names
 from fedge.errors import ConfigError
+from fedge.messages import ModelUpdate, encode_message
 from fedge.tfrecord import write_examples
 from fedge.weights import Weights
 from tests.support import REPO_ROOT
@@ -61,29 +64,52 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    """v1 (the bundle) and v2 (a round version with another head, production)."""
+    """v1 (the bundle) and v2, production: the version a federated round committed, two
+    clients training on their digits with the edge client's ``handle``."""
     workdir = tmp_path_factory.mktemp("serving")
     bundle = build_bundle("digits", workdir, batch_size=32, version="digits-v1")
+    rounds = RoundConfig(continuous=False, clients_per_round=2, min_clients=2, auto_promote=True)
     service = CoordinatorService(
         store=SQLiteStore(workdir / "state.db"),
         artifacts=ArtifactStore(workdir / "artifacts"),
-        config=ServiceConfig(task="digits", rounds=RoundConfig(continuous=False)),
+        config=ServiceConfig(task="digits", rounds=rounds, min_cohort=1),
     )
-    registry = service.registry
-    v1 = service.import_bundle(bundle)
-    weights = registry.weights(v1)
-    rng = np.random.default_rng(7)
-    moved = {n: weights[n] + rng.normal(0, 0.05, weights[n].shape) for n in weights.names}
-    v2 = registry.register_round_version(v1, Weights(moved), b"server state", round_id=1)
-    registry.promote(v2.version)
-    edge = {}
-    for record in (v1, v2):
-        directory = workdir / "device" / record.version
-        directory.mkdir(parents=True)
-        for name in registry.file_names(record):
-            shutil.copy(registry.file(record, name)[1], directory / name)
-        edge[record.version] = EdgeModel.load(directory)
-    pixels = np.asarray(load_digits().columns["pixels"], dtype=np.float64)[:200]
+    service.import_bundle(bundle)
+
+    def device_bundle(version: str) -> Path:
+        record, directory = service.registry.get(version), workdir / "device" / version
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            for name in service.registry.file_names(record):
+                shutil.copy(service.registry.file(record, name)[1], directory / name)
+        return directory
+
+    digits = load_digits()
+    models = ModelCache(device_bundle)
+    clients = [service.authenticate(service.register_client(region="r").token) for _ in "ab"]
+    round_id = service.open_round().round_id
+    for i, client in enumerate(clients):
+        rows = MemoryData(digits.take(np.arange(300 * i, 300 * (i + 1))))
+        context = ClientContext(data=rows, models=models, client_id=client.client_id)
+        task = service.next_task(client)
+        assert task is not None
+        update = handle(task, context)
+        assert isinstance(update, ModelUpdate)
+        _, body = encode_message(update)
+        submission = UpdateSubmission(
+            round_id=round_id,
+            task_id=update.task_id,
+            num_examples=update.num_examples,
+            idempotency_key=f"update-{i}",
+            body=body or b"",
+            metrics=dict(update.metrics),
+        )
+        service.submit_update(client, submission)
+    service.tick()
+    production = service.registry.production()
+    assert (production.version, production.round_id) == ("v2", round_id)
+    edge = {version: EdgeModel.load(device_bundle(version)) for version in ("v1", "v2")}
+    pixels = np.asarray(digits.columns["pixels"], dtype=np.float64)[1000:1200]
     keys_csv = workdir / "keys.csv"
     with keys_csv.open("w", newline="") as stream:
         writer = csv.writer(stream)
@@ -350,7 +376,7 @@ def test_predict_batch_every_rescores_and_picks_up_a_new_production_version(
             v1, Weights({n: head[n] * 0.5 for n in head.names}), b"state", round_id=1
         )
         service.registry.promote(v2.version)
-        lines = []
+        lines: list[str] = []
         while len(lines) < 100 and not (lines and lines[-1].startswith("v2: ")):
             lines.append(process.stdout.readline())
         assert lines[-1].startswith(f"v2: {ROWS} keys (id, int8-backbone+float-head path)")
