@@ -137,10 +137,10 @@ class RoundConfig:
       ``gate_clients`` > 0); a gated round evaluates its candidate before promoting it and
       keeps it as a rejected candidate when it is worse than its parent by more than
       ``gate_margin`` (absolute ``gate_metric``, overall or in any region). ``gate_clients``
-      is the federated holdout cohort (clients not selected for the round, asked to
-      evaluate the candidate and its parent); the gate waits ``gate_seconds`` (``None``:
-      ``deadline_seconds``) for their reports and needs ``gate_min_reports`` clients that
-      answered both. A gated round that does not promote on commit (``gate`` true,
+      is the federated holdout cohort (clients not selected for the round; half evaluate
+      the candidate, half its parent); the gate waits ``gate_seconds`` (``None``:
+      ``deadline_seconds``) for their reports and needs ``gate_min_reports`` reports for
+      each version. A gated round that does not promote on commit (``gate`` true,
       ``auto_promote`` false) leaves a candidate that passed a candidate.
     """
 
@@ -496,6 +496,11 @@ def _check_gate(config: RoundConfig) -> None:
     check_int(
         config.gate_clients, "gate_clients", low=0, high=int(ROUND_LIMITS["clients_per_round"])
     )
+    if config.gate_clients == 1:
+        raise ConfigError(
+            "gate_clients must be 0 (no federated holdout) or at least 2: half the cohort "
+            "evaluates the candidate, half its parent"
+        )
     if config.gate_seconds is not None:
         seconds = check_number(
             config.gate_seconds,
@@ -505,7 +510,9 @@ def _check_gate(config: RoundConfig) -> None:
             high=ROUND_LIMITS["deadline_seconds"],
         )
         object.__setattr__(config, "gate_seconds", seconds)
-    check_int(config.gate_min_reports, "gate_min_reports", low=1, high=max(1, config.gate_clients))
+    check_int(
+        config.gate_min_reports, "gate_min_reports", low=1, high=max(1, config.gate_clients // 2)
+    )
 
 
 def _check_dp(config: RoundConfig) -> None:

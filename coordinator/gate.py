@@ -9,12 +9,14 @@ its aggregate as a candidate and moves to state ``gating`` instead of promoting 
   their accuracy is computed overall and per region (the holdout's region of each row);
 - **federated holdout cohort** (``gate_clients`` > 0): that many registered clients not
   selected for the round, chosen at random among those the cohort rule lets the coordinator
-  ask (at least ``min_cohort`` of them, none given an evaluate task in the last
-  ``cohort_window_seconds``), each get two ``evaluate`` tasks, one for the candidate and
-  one for the parent. When every task is answered (or declined), or ``gate_seconds`` have
-  passed, the clients that answered both are compared: the example-weighted mean of
-  ``gate_metric`` overall and per client region. Fewer than ``gate_min_reports`` such
-  clients is a rejection: the candidate was not shown to be as good as its parent.
+  ask (none given an evaluate task in the last ``cohort_window_seconds``), split at random
+  into two halves: one half gets an ``evaluate`` task for the candidate, the other for the
+  parent, so that each device answers one evaluation (a device's policy answers at most
+  one every few minutes) and each version is asked of at least ``min_cohort`` clients.
+  When every task is answered (or declined), or ``gate_seconds`` have passed, the halves
+  are compared: the example-weighted mean of ``gate_metric`` overall and per client
+  region. Fewer than ``gate_min_reports`` reports for either version is a rejection: the
+  candidate was not shown to be as good as its parent.
 
 The candidate is promoted when, on every evaluation run, it is not worse than its parent by
 more than ``gate_margin`` (absolute), overall and in every region both were measured in;
@@ -231,9 +233,10 @@ def gate_document(
 
     Fields: ``status`` (pending, passed, rejected, abandoned), ``round_id``, ``parent``,
     ``metric``, ``margin``, ``cloud`` (null, or the ``candidate`` and ``parent`` holdout
-    metrics, or an ``error``), ``federated`` (null, or the cohort's ``clients``, its task
-    ids, ``deadline``, ``min_reports``, and once decided the paired ``reports`` with the
-    ``candidate`` and ``parent`` metrics, or an ``error``), ``reason`` and ``decided_at``.
+    metrics, or an ``error``), ``federated`` (null, or the cohort's halves
+    ``candidate_clients`` and ``parent_clients``, ``deadline``, ``min_reports``, and once
+    decided the ``candidate`` and ``parent`` metrics with their ``reports`` counts, or an
+    ``error``), ``reason`` and ``decided_at``.
     """
     config = round_.config
     return {
@@ -252,7 +255,8 @@ def gate_document(
 
 @dataclass(frozen=True)
 class _Cohort:
-    clients: tuple[str, ...]
+    candidate: tuple[str, ...] = ()
+    parent: tuple[str, ...] = ()
     error: str | None = None
 
 
@@ -302,13 +306,18 @@ class Gate:
             now = self._now()
             deadline = now + config.gate_deadline_seconds
             federated: dict[str, Any] = {
-                "clients": list(cohort.clients),
+                "candidate_clients": list(cohort.candidate),
+                "parent_clients": list(cohort.parent),
                 "deadline": deadline,
                 "min_reports": config.gate_min_reports,
                 "error": cohort.error,
             }
-            for client_id in cohort.clients:
-                for role, version in (("candidate", candidate.version), ("parent", parent.version)):
+            halves = (
+                ("candidate", candidate.version, cohort.candidate),
+                ("parent", parent.version, cohort.parent),
+            )
+            for role, version, clients in halves:
+                for client_id in clients:
                     tasks.append(
                         TaskRecord(
                             task_id=gate_task_id(round_.round_id, role, client_id),
@@ -341,7 +350,8 @@ class Gate:
 
     def _cohort(self, round_: RoundRecord) -> _Cohort:
         """``gate_clients`` clients not selected for the round whom the cohort rule lets the
-        coordinator ask for an evaluation now."""
+        coordinator ask for an evaluation now, in two random halves (each at least the
+        minimum cohort)."""
         wanted = round_.config.gate_clients
         now = self._now()
         selected = set(round_.selected)
@@ -350,18 +360,17 @@ class Gate:
             for c in self._store.list_clients()
             if not c.revoked and c.client_id not in selected and self._askable(c.client_id, now)
         )
-        needed = max(wanted, self._min_cohort if self._min_cohort > 1 else 1)
+        minimum = self._min_cohort if self._min_cohort > 1 else 1
+        needed = max(wanted, 2 * minimum)
         if len(eligible) < needed:
-            rule = (
-                f" (the minimum cohort is {self._min_cohort})" if wanted < self._min_cohort else ""
-            )
+            rule = f" (each half at least the minimum cohort of {minimum})" if minimum > 1 else ""
             return _Cohort(
-                (),
-                f"only {len(eligible)} clients outside the round can be asked to evaluate "
-                f"now, {needed} needed{rule}",
+                error=f"only {len(eligible)} clients outside the round can be asked to "
+                f"evaluate now, {needed} needed{rule}"
             )
-        chosen = self._rng.choice(len(eligible), size=needed, replace=False)
-        return _Cohort(tuple(eligible[i] for i in sorted(chosen.tolist())))
+        chosen = [eligible[i] for i in self._rng.permutation(len(eligible))[:needed].tolist()]
+        half = (needed + 1) // 2
+        return _Cohort(tuple(sorted(chosen[:half])), tuple(sorted(chosen[half:])))
 
     def _askable(self, client_id: str, now: float) -> bool:
         if self._min_cohort <= 1 or self._window <= 0:
@@ -420,11 +429,10 @@ class Gate:
         outcome = dict(federated)
         if outcome.get("error"):
             return outcome
-        clients = list(outcome["clients"])
         ids = {
             gate_task_id(round_.round_id, role, c): (role, c)
-            for c in clients
             for role in ("candidate", "parent")
+            for c in outcome[f"{role}_clients"]
         }
         now = self._now()
         waiting = any(
@@ -433,22 +441,28 @@ class Gate:
         )
         if waiting and now < float(outcome["deadline"]):
             return None
-        answers: dict[str, dict[str, ReportRecord]] = {}
+        answers: dict[str, dict[str, ReportRecord]] = {"candidate": {}, "parent": {}}
         for report in self._store.list_reports(kind="evaluation"):
             if report.task_id in ids:
                 role, client_id = ids[report.task_id]
-                answers.setdefault(client_id, {})[role] = report
-        paired = {c: a for c, a in answers.items() if len(a) == 2}
-        outcome["reports"] = len(paired)
-        minimum = int(outcome["min_reports"])
-        if len(paired) < minimum:
-            outcome["error"] = (
-                f"only {len(paired)} of the {len(clients)} cohort clients answered both "
-                f"evaluations by the deadline, {minimum} needed (gate_min_reports)"
-            )
-            return outcome
+                answers[role][client_id] = report
         for role in ("candidate", "parent"):
-            outcome[role] = self._cohort_metrics({c: a[role] for c, a in paired.items()}, metric)
+            outcome[role] = {
+                **self._cohort_metrics(answers[role], metric),
+                "reports": len(answers[role]),
+            }
+        minimum = int(outcome["min_reports"])
+        short = [
+            f"{len(answers[role])} of the {len(outcome[f'{role}_clients'])} clients asked to "
+            f"evaluate the {role}"
+            for role in ("candidate", "parent")
+            if len(answers[role]) < minimum
+        ]
+        if short:
+            outcome["error"] = (
+                f"only {' and '.join(short)} answered by the deadline, {minimum} needed for "
+                "each (gate_min_reports)"
+            )
         return outcome
 
     def _cohort_metrics(self, reports: Mapping[str, ReportRecord], metric: str) -> dict[str, Any]:

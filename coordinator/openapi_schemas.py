@@ -859,7 +859,10 @@ def _gate_schemas() -> dict[str, Any]:
         "additionalProperties": NUMBER,
     }
     pair = {
-        "candidate": {**evaluation, "description": "the candidate's measurements"},
+        "candidate": {
+            **evaluation,
+            "description": "the candidate's measurements (federated: with the reports count)",
+        },
         "parent": {**evaluation, "description": "the parent's measurements"},
         "error": {**STRING, "description": "why the evaluation could not run"},
     }
@@ -890,11 +893,19 @@ def _gate_schemas() -> dict[str, Any]:
         },
         "GateCloud": closed(optional=tuple(pair), **pair),
         "GateFederated": closed(
-            optional=("reports", "candidate", "parent", "error"),
-            clients={"type": "array", "items": STRING},
+            optional=("candidate", "parent", "error"),
+            candidate_clients={
+                "type": "array",
+                "items": STRING,
+                "description": "the half of the cohort asked to evaluate the candidate",
+            },
+            parent_clients={
+                "type": "array",
+                "items": STRING,
+                "description": "the half of the cohort asked to evaluate the parent",
+            },
             deadline=NUMBER,
-            min_reports=INTEGER,
-            reports={**INTEGER, "description": "cohort clients that answered both"},
+            min_reports={**INTEGER, "description": "reports needed for each version"},
             **{**pair, "error": nullable(STRING)},
         ),
     }

@@ -169,7 +169,9 @@ def test_gate_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="gate_metric"):
         RoundConfig(gate_metric="loss")
     with pytest.raises(ConfigError, match="gate_min_reports"):
-        RoundConfig(gate_clients=2, gate_min_reports=3)
+        RoundConfig(gate_clients=4, gate_min_reports=3)  # 2 per version at most
+    with pytest.raises(ConfigError, match="gate_clients must be 0"):
+        RoundConfig(gate_clients=1)
     assert not RoundConfig().gated(cloud_holdout=False)  # the default: no gate
     assert RoundConfig().gated(cloud_holdout=True)
     assert RoundConfig(gate_clients=3).gated(cloud_holdout=False)
@@ -289,34 +291,38 @@ def test_federated_cohort_rejects_a_worse_candidate_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
-    service = _service(tmp_path, clock=clock, gate_clients=3, gate_seconds=60)
-    clients = _clients(service, ["north"] * 5)
+    service = _service(tmp_path, clock=clock, gate_clients=4, gate_seconds=60)
+    clients = _clients(service, ["north"] * 7)
     _train(service, 1, TARGET, sign=1.0)
     round_ = service.get_round(1)
     assert round_.state == "gating"
     candidate = service.get_model("v2")
     assert candidate.stage == "candidate"
     assert candidate.gate is not None
-    cohort = list(candidate.gate["federated"]["clients"])
-    assert len(cohort) == 3
+    halves = candidate.gate["federated"]
+    cohort = [*halves["candidate_clients"], *halves["parent_clients"]]
+    assert (len(halves["candidate_clients"]), len(halves["parent_clients"])) == (2, 2)
+    assert len(set(cohort)) == 4
     assert not set(cohort) & set(round_.selected)  # clients outside the round
+    # one evaluation per device (its policy answers one every few minutes)
     tasks = service.store.list_tasks(round_id=1, status="pending")
-    assert sorted((t.client_id, t.model_version) for t in tasks) == sorted(
-        (c, v) for c in cohort for v in ("v1", "v2")
+    assert sorted((t.client_id, t.kind, t.model_version) for t in tasks) == sorted(
+        [(c, "evaluate", "v2") for c in halves["candidate_clients"]]
+        + [(c, "evaluate", "v1") for c in halves["parent_clients"]]
     )
     # The coordinator restarts while the gate waits: its state is in the store.
     service.store.close()
-    service = _service(tmp_path, clock=clock, gate_clients=3, gate_seconds=60)
+    service = _service(tmp_path, clock=clock, gate_clients=4, gate_seconds=60)
     assert service.get_round(1).state == "gating"
     cohort_clients = [c for c in clients if c.client_id in cohort]
-    assert _evaluate_all(service, cohort_clients, {"candidate": 0.5, "parent": 0.8}) == 6
+    assert _evaluate_all(service, cohort_clients, {"candidate": 0.5, "parent": 0.8}) == 4
     round_ = service.get_round(1)
     assert round_.state == "failed"
     model = service.get_model("v2")
     assert model.stage == "rejected"
     assert model.gate is not None
     federated = model.gate["federated"]
-    assert federated["reports"] == 3
+    assert (federated["candidate"]["reports"], federated["parent"]["reports"]) == (2, 2)
     assert federated["candidate"]["accuracy"] == pytest.approx(0.5)
     assert federated["parent"]["accuracy"] == pytest.approx(0.8)
     assert federated["candidate"]["regions"]["north"]["accuracy"] == pytest.approx(0.5)
@@ -348,20 +354,24 @@ def test_federated_cohort_that_does_not_report_by_the_deadline_rejects(tmp_path:
     clock.advance(25)
     round_ = service.get_round(1)
     assert round_.state == "failed"
-    assert "only 0 of the 2 cohort clients answered both evaluations" in str(round_.failure_reason)
+    assert (
+        "only 0 of the 1 clients asked to evaluate the candidate and 0 of the 1 clients asked "
+        "to evaluate the parent answered by the deadline, 1 needed for each"
+    ) in str(round_.failure_reason)
     assert service.store.list_tasks(round_id=1, status="pending") == []
     assert service.get_model("v2").stage == "rejected"
 
 
 def test_federated_cohort_respects_the_minimum_cohort(tmp_path: Path) -> None:
-    service = _service(tmp_path, gate_clients=2, min_cohort=3)
-    _clients(service, ["north"] * 4)  # 2 outside the round: fewer than the minimum cohort
+    service = _service(tmp_path, gate_clients=4, min_cohort=3)
+    _clients(service, ["north"] * 7)  # 5 outside the round: each half needs 3
     _train(service, 1, TARGET, sign=1.0)
     model = service.get_model("v2")
     assert model.stage == "rejected"
-    assert "only 2 clients outside the round can be asked" in str(
-        model.gate and model.gate["reason"]
-    )
+    assert (
+        "only 5 clients outside the round can be asked to evaluate now, 6 needed (each half "
+        "at least the minimum cohort of 3)"
+    ) in str(model.gate and model.gate["reason"])
     assert service.store.list_tasks(round_id=1, status="pending") == []
 
 
@@ -421,7 +431,7 @@ def test_rest_documents_a_gating_round_and_the_rejected_candidate(tmp_path: Path
     listed = next(m for m in listing.get_json()["models"] if m["version"] == "v2")
     assert listed["stage"] == "rejected"
     rejected = http.get("/v1/models/v2", headers=admin).get_json()
-    assert rejected["gate"]["federated"]["reports"] == 2
+    assert rejected["gate"]["federated"]["candidate"]["reports"] == 1
     assert rejected["events"][-1]["kind"] == "rejected"
     failed = http.get("/v1/rounds/1", headers=admin).get_json()
     assert failed["state"] == "failed"
