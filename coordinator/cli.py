@@ -8,6 +8,7 @@
         [--prediction-drift-threshold X] [--prediction-drift-min-examples N] \
         [--accuracy-drop-threshold X] [--rollback-on-accuracy-drop [--rollback-min-clients N]] \
         [--holdout FILE [--holdout-region-column COL]] [--gate-margin X] [--gate-clients N] \
+        [--serving-mode dynamic|static|hybrid] [--serving-cache N] [--serving-max-instances N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
@@ -20,6 +21,8 @@
     fedge-coordinator certs init --out DIR [--host NAME]... [--device NAME]... [--days N]
     fedge-coordinator certs device --ca-dir DIR NAME [--days N]
     fedge-coordinator data stats|infer-schema|anomalies|schema|watch ...  (coordinator.dataval.cli)
+    fedge-coordinator predict-batch --db DB --artifacts DIR --keys TABLE --key-column COL \
+        [--version V] [--every SECONDS] [--json]              (coordinator.serving.cli)
 
 TARGET is ``--coordinator URL`` (a running coordinator, with the admin token; for an
 ``https://`` URL, ``--ca-file FILE`` and, for mutual TLS, ``--cert FILE --key FILE``) or
