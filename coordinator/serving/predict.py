@@ -27,12 +27,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from coordinator.artifacts import ArtifactStore
-from coordinator.errors import CoordinatorError, NotFoundError, PayloadTooLargeError
+from coordinator.errors import CoordinatorError, NotFoundError, PayloadTooLargeError, describe
 from coordinator.registry import ModelRegistry
 from coordinator.serving.model import ModelPool, ServedModel
 from coordinator.serving.stats import ServingStats
 from coordinator.serving.table import PredictionTable, TableStore, key_text
-from fedge.errors import ConfigError, FeatureError
+from fedge.errors import ConfigError, FeatureError, FedgeError
 from fedge.features import CategoricalFeature, NumericFeature
 from fedge.validation import check_int
 
@@ -258,7 +258,15 @@ class Predictor:
         self.stats = stats if stats is not None else ServingStats()
 
     def predict(self, version: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """The answer to a predict request for ``version`` (``production`` allowed)."""
+        """The answer to a predict request for ``version`` (``production`` allowed); a
+        refused request raises and is counted by its error code, nothing else changes."""
+        try:
+            return self._predict(version, body)
+        except FedgeError as exc:
+            self.stats.refuse(self.config.mode, describe(exc)[1])
+            raise
+
+    def _predict(self, version: str, body: Mapping[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         mode = self.config.mode
         rows = request_rows(body, max_instances=self.config.max_instances)

@@ -1,5 +1,6 @@
 """Counters of the predict route, rendered into ``/metrics``: requests and rows by mode
-and by source (``table``, ``cache``, ``model``), hit rates and a latency histogram."""
+and by source (``table``, ``cache``, ``model``), hit rates, a latency histogram, and the
+requests refused by error code."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _escape(value: str) -> str:
 
 
 def _sample(name: str, labels: Mapping[str, str], value: float) -> str:
-    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
     return f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}"
 
 
@@ -32,6 +33,7 @@ class ServingStats:
         self._rows: Counter[tuple[str, str]] = Counter()
         self._buckets: Counter[tuple[str, int]] = Counter()
         self._latency_sum: dict[str, float] = {}
+        self._refused: Counter[tuple[str, str]] = Counter()
 
     def record(self, mode: str, rows: Mapping[str, int], seconds: float) -> None:
         with self._lock:
@@ -42,6 +44,11 @@ class ServingStats:
                 if seconds <= bound:
                     self._buckets[mode, i] += 1
             self._latency_sum[mode] = self._latency_sum.get(mode, 0.0) + seconds
+
+    def refuse(self, mode: str, code: str) -> None:
+        """Count a request refused with error ``code`` (nothing else changes)."""
+        with self._lock:
+            self._refused[mode, code] += 1
 
     def rows(self, mode: str, source: str) -> int:
         with self._lock:
@@ -58,6 +65,14 @@ class ServingStats:
             lines += [
                 _sample("fedge_serving_requests_total", {"mode": m}, self._requests[m])
                 for m in modes
+            ]
+            lines += [
+                "# HELP fedge_serving_refused_total Predict requests refused, by mode and error.",
+                "# TYPE fedge_serving_refused_total counter",
+            ]
+            lines += [
+                _sample("fedge_serving_refused_total", {"mode": m, "error": c}, n)
+                for (m, c), n in sorted(self._refused.items())
             ]
             lines += [
                 "# HELP fedge_serving_rows_total Rows predicted, by mode and source.",

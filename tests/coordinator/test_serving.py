@@ -232,6 +232,7 @@ def test_a_bad_request_is_refused_whole_and_changes_nothing(
     assert (response.status_code, response.json()["error"]) == (status, code)
     assert response.json()["detail"]
     assert _metric(url, "fedge_serving_requests_total", mode="hybrid") == 0
+    assert _metric(url, "fedge_serving_refused_total", mode="hybrid", error=code) == 1
     good = _predict(url, "production", {"instances": _rows(served.pixels[:2])})
     assert good.status_code == 200
     assert _metric(url, "fedge_serving_rows_total", mode="hybrid", source="model") == 2
