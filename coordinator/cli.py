@@ -755,6 +755,7 @@ def serve_cli(args: argparse.Namespace) -> int:
     if not (args.bundle / "manifest.json").is_file():
         raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
     _check_listener(args)
+    serving = serving_config(args)
     tls = _tls_files(args)
     grpc_limits = _grpc_limits(args)
     config = ServiceConfig(
@@ -815,7 +816,7 @@ def serve_cli(args: argparse.Namespace) -> int:
                 total_burst=args.registration_burst_total,
             ),
         ),
-        serving=serving_config(args),
+        serving=serving,
     )
     return run_server(
         app,

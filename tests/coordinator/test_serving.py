@@ -44,6 +44,7 @@ from tests.support.bundles import build_bundle
 from tests.support.coordinator import (
     ADMIN_TOKEN,
     bearer,
+    make_bundle,
     running_server,
     serve_command,
     serving_in_thread,
@@ -408,3 +409,15 @@ def test_serving_config_refuses_an_unknown_mode_and_a_negative_cache() -> None:
         ServingConfig(mode="sometimes")
     with pytest.raises(ConfigError, match="cache_rows"):
         ServingConfig(mode="hybrid", cache_rows=-1)
+
+
+def test_serve_refuses_a_negative_serving_cache_before_creating_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle)
+    args = ["serve", "--task", "taxi", "--bundle", str(bundle), "--db", str(tmp_path / "s.db")]
+    args += ["--artifacts", str(tmp_path / "artifacts"), "--open-enrollment"]
+    assert coordinator_main([*args, "--serving-cache", "-1"]) == 2
+    assert "cache_rows" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()
