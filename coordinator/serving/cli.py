@@ -34,7 +34,7 @@ from fedge.data.tables import read_csv_columns
 from fedge.data.user_table import read_table
 from fedge.errors import ConfigError, DataError, UsageError
 from fedge.tfrecord import read_examples
-from fedge.validation import check_positive
+from fedge.validation import check_int, check_positive
 
 __all__ = [
     "add_predict_batch_parser",
@@ -237,11 +237,10 @@ def add_serving_flags(serve: argparse.ArgumentParser) -> None:
 
 def serving_config(args: argparse.Namespace) -> ServingConfig:
     """The :class:`ServingConfig` of ``serve``'s flags (UsageError for a bad value)."""
-    try:
-        return ServingConfig(
-            mode=args.serving_mode,
-            cache_rows=args.serving_cache,
-            max_instances=args.serving_max_instances,
-        )
-    except ConfigError as exc:
-        raise UsageError(f"--serving-*: {exc}") from exc
+    check_int(args.serving_cache, "--serving-cache", low=0, error=UsageError)
+    check_int(args.serving_max_instances, "--serving-max-instances", low=1, error=UsageError)
+    return ServingConfig(
+        mode=args.serving_mode,
+        cache_rows=args.serving_cache,
+        max_instances=args.serving_max_instances,
+    )
