@@ -1,18 +1,21 @@
 """Shared test set-up: quiet TensorFlow, a guard against leftover child processes, a
-guard that fails the run when a log handler fails to write ("--- Logging error ---"), and
-every coordinator response a test sees checked against the OpenAPI document."""
+guard that fails the run when a log handler fails to write ("--- Logging error ---"),
+every coordinator response a test sees checked against the OpenAPI document, and the
+session's real models and own-table runs, built by background jobs while the first tests
+run."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.support.background import BackgroundJobs
 from tests.support.openapi import Recorder, install
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,26 +118,113 @@ def _isolated_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def no_leftover_children() -> Iterator[None]:
+def no_leftover_children(background_jobs: BackgroundJobs) -> Iterator[None]:
     """Fail (and clean up) when the test leaves a child process behind.
 
     Only processes started during the test count: long-lived children of the test session
-    (a TFF ``worker_binary``, a session-scoped server) existed before it began.
+    (a TFF ``worker_binary``, a session-scoped server) existed before it began, and the
+    session's background jobs and what they start are not the test's.
     """
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    children = me.children(recursive=True)
+    background = background_jobs.process_ids()
+    left = [p for p in children if p.pid not in before and p.pid not in background]
     for process in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     assert left == [], f"processes left behind: {left}"
 
 
-@pytest.fixture(scope="session")
-def tiny_digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits export trained for one epoch (read-only): a real model for tests that only
-    need one to exist, such as a conversion to interrupt."""
-    from tests.support.trained_models import train_export
+# Built in the background (tests/support/background.py) ----------------------------------
 
-    return train_export("digits", tmp_path_factory.mktemp("tiny") / "digits", epochs=1)
+_BUNDLES = {"digits": ("32", "digits-v1"), "taxi": ("16", "taxi-v1")}
+"""Each reference task's bundle: batch size and model version."""
+_OWN_TABLES = (".csv", ".tfrecord")
+_JOBS_OF_FIXTURE = {
+    "taxi_bundle_export": ["taxi-bundle"],
+    "digits_bundle_export": ["digits-bundle"],
+    "own_table_runs": [f"own-table{suffix}" for suffix in _OWN_TABLES],
+}
+"""The jobs a fixture waits for, queued with the session (in this order: about the order
+of the tests) when a collected test needs them (the fixtures over these need them too)."""
+
+
+def _job_args(name: str, workdir: Path) -> list[str]:
+    if name.endswith("-bundle"):
+        task = name.removesuffix("-bundle")
+        batch_size, version = _BUNDLES[task]
+        return ["bundle", task, str(workdir), "--batch-size", batch_size, "--version", version]
+    return ["user-table", name.removeprefix("own-table"), str(workdir)]
+
+
+def _finished(jobs: BackgroundJobs, name: str) -> Path:
+    """Job ``name``'s folder, once it has finished (started now if it was not)."""
+    workdir = jobs.root / name
+    jobs.wait(name, *_job_args(name, workdir))
+    return workdir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_jobs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackgroundJobs]:
+    """The session's background jobs: those the collected tests need are queued at once."""
+    jobs = BackgroundJobs(tmp_path_factory.mktemp("background"))
+    wanted: set[str] = set()
+    for item in request.session.items:
+        wanted.update(getattr(item, "fixturenames", ()))
+    for fixture, names in _JOBS_OF_FIXTURE.items():
+        if fixture in wanted:
+            for name in names:
+                jobs.queue(name, *_job_args(name, jobs.root / name))
+    yield jobs
+    jobs.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_bundle_export(background_jobs: BackgroundJobs) -> Path:
+    """The digits export ``edge_digits_bundle`` is made of (read-only), trained for
+    ``BUNDLE_EPOCHS`` epochs."""
+    return _finished(background_jobs, "digits-bundle") / "export"
+
+
+@pytest.fixture(scope="session")
+def taxi_bundle_export(background_jobs: BackgroundJobs) -> Path:
+    """The taxi export ``edge_taxi_bundle`` is made of (read-only), trained for
+    ``BUNDLE_EPOCHS`` epochs."""
+    return _finished(background_jobs, "taxi-bundle") / "export"
+
+
+@pytest.fixture(scope="session")
+def edge_digits_bundle(digits_bundle_export: Path) -> Path:
+    """A digits CNN bundle (read-only: copy it before changing it)."""
+    return digits_bundle_export.parent / "bundle"
+
+
+@pytest.fixture(scope="session")
+def edge_taxi_bundle(taxi_bundle_export: Path) -> Path:
+    """A taxi MLP bundle (read-only: copy it before changing it)."""
+    return taxi_bundle_export.parent / "bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_export(digits_bundle_export: Path) -> Path:
+    """A digits export trained briefly (read-only): a real model for tests that only need
+    one to exist, such as a conversion to interrupt (the one ``edge_digits_bundle`` is
+    made of)."""
+    return digits_bundle_export
+
+
+@pytest.fixture(scope="session")
+def own_table_runs(background_jobs: BackgroundJobs) -> Callable[[str], Path]:
+    """``own_table_runs(suffix)``: the folder where a user's table (``.csv`` or ``.tfrecord``)
+    went through every tool, each as its own process
+    (:func:`tests.support.user_tables.run_every_tool`; read it with ``read_tool_runs``;
+    read-only)."""
+
+    def finished(suffix: str) -> Path:
+        return _finished(background_jobs, f"own-table{suffix}")
+
+    return finished

@@ -3,14 +3,11 @@ files, read with the bundle's ``schema.json`` (text labels, categorical columns,
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT
 from tests.support.edge import (
     admin,
     coordinator,
@@ -21,26 +18,18 @@ from tests.support.edge import (
     wait_committed,
     write_csv,
 )
-from tests.support.user_tables import write_user_table, write_user_tfrecord
-
-
-def _cli(module: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"{module} {args}: {result.stderr[-3000:]}"
+from tests.support.user_tables import read_tool_runs, write_user_table, write_user_tfrecord
 
 
 @pytest.fixture(scope="module")
-def table_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("table-bundle")
-    write_user_table(root / "users.csv")
-    _cli("cloud_trainer.cli", "--data", str(root / "users.csv"), "--label-column", "churned",
-         "--epochs", "1", "--out", str(root / "export"))  # fmt: skip
-    _cli("quantize.cli", "bundle", str(root / "export"), "--out", str(root / "bundle"))
-    return root / "bundle"
+def table_bundle(own_table_runs: Callable[[str], Path]) -> Path:
+    """The bundle ``fedge-quantize bundle`` made of ``fedge-train --data users.csv``'s export
+    (the session's own-table run; read-only)."""
+    workdir = own_table_runs(".csv")
+    runs = read_tool_runs(workdir)
+    runs["trained"].check()
+    runs["bundled"].check()
+    return workdir / "bundle"
 
 
 def test_the_daemon_trains_on_csv_and_tfrecord_spans_of_a_user_table(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bundles import build_bundle
 from tests.support.coordinator import (
     ServerProcess,
     make_bundle,
@@ -43,8 +42,7 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
 
 
 @pytest.fixture(scope="session")
-def hostile_taxi_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real taxi MLP bundle, for attacks on what real edge clients send (read-only)."""
-    return build_bundle(
-        "taxi", tmp_path_factory.mktemp("hostile-taxi"), batch_size=16, version="taxi-v1"
-    )
+def hostile_taxi_bundle(edge_taxi_bundle: Path) -> Path:
+    """A real taxi MLP bundle, for attacks on what real edge clients send (read-only; the
+    session's ``edge_taxi_bundle``)."""
+    return edge_taxi_bundle

@@ -42,6 +42,7 @@ from simulations.pretrain import Pretrained
 from simulations.report import CSV_COLUMNS, RoundStats
 from simulations.scenario import Scenario
 from simulations.settings import check_settings
+from tests.support.background import started_by_a_job
 from tests.support.blocker import TENSORFLOW, prelude
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ def _scenario(sim_settings: SettingsFactory, **changes: object) -> Scenario:
 
 
 def _fleet_workers() -> list[psutil.Process]:
-    """Simulation worker processes among this process's descendants."""
+    """Simulation worker processes among this process's descendants (not the session's
+    background jobs')."""
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
@@ -67,7 +69,7 @@ def _fleet_workers() -> list[psutil.Process]:
                 found.append(child)
         except psutil.Error:
             continue
-    return found
+    return [worker for worker in found if not started_by_a_job(worker)]
 
 
 def _alive(pid: int) -> bool:

@@ -4,15 +4,15 @@
 The end-to-end test writes a table the project has never seen (numeric and categorical
 columns, empty fields, a text label), as CSV and as TFRecord, and runs ``fedge-train
 --data``, ``fedge-quantize bundle``, ``fedge-simulate --model <export>`` and ``fedge-edge
-predict`` on it, each as a separate process, with no model written by hand.
+predict`` on it, each as a separate process, with no model written by hand. The runs are
+the session's ``own_table_runs`` (background jobs, started with the session); the test
+judges what each tool printed and wrote.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,7 @@ import pytest
 from simulations.inputs.model import load_user_model
 from simulations.runner import simulate
 from simulations.settings import Settings
-from tests.support import REPO_ROOT
-from tests.support.trained_models import train_export
-from tests.support.user_tables import LABELS, write_user_table, write_user_tfrecord
+from tests.support.user_tables import LABELS, read_tool_runs, write_user_table
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:non-integer arguments to randrange:DeprecationWarning"
@@ -31,8 +29,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture(scope="module")
-def taxi_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_export("taxi", tmp_path_factory.mktemp("taxi") / "export", epochs=1)
+def taxi_export(taxi_bundle_export: Path) -> Path:
+    """A ``fedge-train`` export of the taxi task (read-only; the session's)."""
+    return taxi_bundle_export
 
 
 def test_a_fedge_train_export_is_a_model_devices_can_train(taxi_export: Path) -> None:
@@ -67,34 +66,16 @@ def test_simulate_trains_a_fedge_train_export_on_a_built_in_task(
     assert all(name.startswith("head_") for name in report.result.final_head.names)
 
 
-def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, f"{module} {args}: {result.stderr[-3000:]}"
-    return result
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".tfrecord"])
 def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
-    tmp_path: Path, suffix: str
+    own_table_runs: Callable[[str], Path], suffix: str, tmp_path: Path
 ) -> None:
-    table = write_user_table(tmp_path / "users.csv")
-    data = tmp_path / f"users{suffix}"
-    if suffix == ".tfrecord":
-        write_user_tfrecord(data, table)
-    export, bundle = tmp_path / "export", tmp_path / "bundle"
+    workdir = own_table_runs(suffix)
+    runs = read_tool_runs(workdir)
+    table = write_user_table(tmp_path / "users.csv")  # the rows the tools read
+    export, bundle = workdir / "export", workdir / "bundle"
 
-    trained = _cli(
-        "cloud_trainer.cli", "--data", str(data), "--label-column", "churned",
-        "--epochs", "2", "--out", str(export),
-    )  # fmt: skip
+    trained = runs["trained"].check()
     assert "rows have empty fields (columns income, city)" in trained.stderr
     assert "column 'income' spans" in trained.stderr
     assert "(unscaled)" in trained.stderr
@@ -103,35 +84,24 @@ def test_a_new_table_goes_through_train_bundle_simulate_and_predict(
     assert schema["schema"]["categorical"] == ["city", "plan"]
     assert sorted(schema["schema"]["numeric"]) == ["age", "income"]
 
-    _cli("quantize.cli", "bundle", str(export), "--out", str(bundle))
+    runs["bundled"].check()
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert "schema.json" in manifest["files"]
     assert json.loads((bundle / "schema.json").read_text()) == schema
 
-    simulated = _cli(
-        "simulations.cli", "--model", str(export), "--data", str(data),
-        "--rounds", "2", "--clients", "3", "--epochs", "1",
-        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sim"),
-    )  # fmt: skip
+    simulated = runs["simulated"].check()
     assert "column 'income' is empty in" in simulated.stderr
-    metrics = json.loads((tmp_path / "sim" / "metrics.json").read_text())
+    metrics = json.loads((workdir / "sim" / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 2
     assert all(r["committed"] for r in metrics["rounds"])
 
     # the bundle as the model: the devices train it as it is, with the same result
-    _cli(
-        "simulations.cli", "--model", str(bundle), "--data", str(data),
-        "--rounds", "2", "--clients", "3", "--epochs", "1",
-        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sim-bundle"),
-    )  # fmt: skip
-    again = json.loads((tmp_path / "sim-bundle" / "metrics.json").read_text())
+    runs["simulated_bundle"].check()
+    again = json.loads((workdir / "sim-bundle" / "metrics.json").read_text())
     assert again["settings"]["source"] == "your bundle"
     assert [r["accuracy"] for r in again["rounds"]] == [r["accuracy"] for r in metrics["rounds"]]
 
-    predicted = _cli(
-        "edge_client.cli", "predict", "--bundle", str(bundle), "--input", str(data), "--json"
-    )
-    document = json.loads(predicted.stdout)
+    document = json.loads(runs["predicted"].check().stdout)
     assert document["count"] == len(table)
     labels = [p["label"] for p in document["predictions"]]
     assert set(labels) <= set(LABELS)

@@ -3,8 +3,9 @@ reference (``build_weighted_fed_avg`` on the exported Keras model, backbone froz
 the same global head: digits, 5 clients all taking part, E=1, batches in stored order,
 3 rounds of FedAvg from the same bundle.
 
-Both engines run through ``fedge-simulate`` in their own processes; the TFF one must also
-exit on its own (its ``worker_binary`` child would otherwise hold the captured pipes open).
+Both engines run through ``fedge-simulate`` in their own processes, side by side; the TFF
+one must also exit on its own (its ``worker_binary`` child would otherwise hold the captured
+pipes open).
 With shuffled batches (the service's ``shuffle_seed`` task option on the device,
 ``batch_order`` in TFF) the two agree too; that run is shorter (2 rounds) and in-process.
 """
@@ -25,6 +26,7 @@ from simulations.preparation import prepare_scenario
 from simulations.pretrain import Pretrained
 from simulations.scenario import build_workload, initial_head
 from simulations.settings import check_settings
+from tests.support.parallel import side_by_side
 
 if TYPE_CHECKING:
     from tests.support.simulation import CliRunner, SettingsFactory
@@ -53,8 +55,10 @@ def _run(cli: CliRunner, engine: str, out: Path, cache: Path) -> tuple[Weights, 
 def test_native_and_tff_engines_agree_on_the_global_head(
     digits_pretrained: Pretrained, sim_cache: Path, fedge_simulate: CliRunner, tmp_path: Path
 ) -> None:
-    native, native_doc = _run(fedge_simulate, "native", tmp_path / "native", sim_cache)
-    tff, tff_doc = _run(fedge_simulate, "tff", tmp_path / "tff", sim_cache)
+    (native, native_doc), (tff, tff_doc) = side_by_side(
+        lambda: _run(fedge_simulate, "native", tmp_path / "native", sim_cache),
+        lambda: _run(fedge_simulate, "tff", tmp_path / "tff", sim_cache),
+    )
     assert native.names == tff.names == digits_pretrained.manifest.head
     diff = max(float(np.max(np.abs(native[n] - tff[n]))) for n in native.names)
     start = initial_head(digits_pretrained.bundle_dir)

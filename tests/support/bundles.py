@@ -1,4 +1,4 @@
-"""Real edge bundles of the two reference tasks (fixtures: ``tests/edge_client/conftest.py``).
+"""Real edge bundles of the two reference tasks (fixtures: ``tests/conftest.py``).
 
 ``edge_digits_bundle`` and ``edge_taxi_bundle`` are small models of the two reference tasks,
 trained for 2 epochs with the cloud trainer (``tests.support.trained_models.train_export``) and
@@ -11,18 +11,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BUNDLE_EPOCHS", "build_bundle"]
+__all__ = ["BUNDLE_EPOCHS", "build_bundle", "bundle_export"]
 
 BUNDLE_EPOCHS = 2
 
 
 def build_bundle(task: str, workdir: Path, *, batch_size: int, version: str) -> Path:
     """Train ``task`` briefly and bundle it; returns the bundle directory."""
-    from quantize.cli import quantize_cli
     from tests.support.trained_models import train_export
 
     export = train_export(task, workdir / f"{task}-export", epochs=BUNDLE_EPOCHS)
-    out = workdir / f"{task}-bundle"
+    return bundle_export(export, workdir / f"{task}-bundle", batch_size=batch_size, version=version)
+
+
+def bundle_export(export: Path, out: Path, *, batch_size: int, version: str) -> Path:
+    """``fedge-quantize bundle`` of ``export`` into ``out``; returns ``out``."""
+    from quantize.cli import quantize_cli
+
     args = ["bundle", str(export), "--out", str(out), "--quiet", "--batch-size", str(batch_size)]
     args += ["--model-version", version, "--representative", "100"]
     assert quantize_cli(args) == 0
