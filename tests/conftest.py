@@ -146,6 +146,7 @@ _JOBS_OF_FIXTURE = {
     "taxi_bundle_export": ["taxi-bundle"],
     "digits_bundle_export": ["digits-bundle"],
     "own_table_runs": [f"own-table{suffix}" for suffix in _OWN_TABLES],
+    "changed_table_run": ["changed-table"],
 }
 """The jobs a fixture waits for, queued with the session (in this order: about the order
 of the tests) when a collected test needs them (the fixtures over these need them too)."""
@@ -156,6 +157,8 @@ def _job_args(name: str, workdir: Path) -> list[str]:
         task = name.removesuffix("-bundle")
         batch_size, version = _BUNDLES[task]
         return ["bundle", task, str(workdir), "--batch-size", batch_size, "--version", version]
+    if name == "changed-table":
+        return ["changed-table", str(workdir)]
     return ["user-table", name.removeprefix("own-table"), str(workdir)]
 
 
@@ -228,3 +231,12 @@ def own_table_runs(background_jobs: BackgroundJobs) -> Callable[[str], Path]:
         return _finished(background_jobs, f"own-table{suffix}")
 
     return finished
+
+
+@pytest.fixture(scope="session")
+def changed_table_run(background_jobs: BackgroundJobs) -> Path:
+    """The folder where ``fedge-quantize bundle`` ran on a ``fedge-train --data`` export after
+    the table changed and after it was deleted
+    (:func:`tests.support.user_tables.run_changed_table`; read it with ``read_tool_runs``;
+    read-only)."""
+    return _finished(background_jobs, "changed-table")

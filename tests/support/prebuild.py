@@ -7,8 +7,9 @@ process: ``python -m tests.support.prebuild <what> ...``.
   ``fedge-quantize bundle`` into ``WORKDIR/bundle``.
 - ``user-table SUFFIX WORKDIR``: :func:`tests.support.user_tables.run_every_tool`, what each
   tool printed in ``WORKDIR/runs.json``.
+- ``changed-table WORKDIR``: :func:`tests.support.user_tables.run_changed_table`, likewise.
 
-The exit code is 0 when the thing was built (for ``user-table``: when every step ran, whatever
+The exit code is 0 when the thing was built (for the tables: when the steps ran, whatever
 each step's own exit code; the tests judge those).
 """
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     table = commands.add_parser("user-table", allow_abbrev=False)
     table.add_argument("suffix", choices=[".csv", ".tfrecord"])
     table.add_argument("workdir", type=Path)
+    changed = commands.add_parser("changed-table", allow_abbrev=False)
+    changed.add_argument("workdir", type=Path)
     args = parser.parse_args(argv)
     os.nice(NICENESS)  # the tests first; the tools this job starts inherit it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         trained = train_export(args.task, args.workdir / "export", epochs=BUNDLE_EPOCHS)
         out = args.workdir / "bundle"
         bundle_export(trained, out, batch_size=args.batch_size, version=args.version)
-    else:
+    elif args.what == "user-table":
         from tests.support.user_tables import run_every_tool
 
         args.workdir.mkdir(parents=True, exist_ok=True)
         run_every_tool(args.workdir, args.suffix)
+    else:
+        from tests.support.user_tables import run_changed_table
+
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        run_changed_table(args.workdir)
     return 0
 
 

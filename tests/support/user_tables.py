@@ -23,6 +23,7 @@ __all__ = [
     "RUNS_FILE",
     "ToolRun",
     "read_tool_runs",
+    "run_changed_table",
     "run_every_tool",
     "write_user_table",
     "write_user_tfrecord",
@@ -73,7 +74,8 @@ def write_user_tfrecord(path: Path, table: list[dict[str, str]]) -> None:
 # Every tool on a user table, each as its own process ---------------------------------------
 
 RUNS_FILE = "runs.json"
-"""What :func:`run_every_tool` writes in its folder: each step's command and output."""
+"""What :func:`run_every_tool` and :func:`run_changed_table` write in their folder: each
+step's command and output."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,39 @@ def run_every_tool(workdir: Path, suffix: str) -> dict[str, ToolRun]:
         with ThreadPoolExecutor(max_workers=len(steps)) as pool:
             futures = {name: pool.submit(_tool, *command) for name, command in steps.items()}
         runs.update({name: future.result() for name, future in futures.items()})
-    document = {name: run.__dict__ for name, run in runs.items()}
-    (workdir / RUNS_FILE).write_text(json.dumps(document), encoding="utf-8")
+    _write_runs(workdir, runs)
     return runs
 
 
+def run_changed_table(workdir: Path) -> dict[str, ToolRun]:
+    """``fedge-train --data workdir/users.csv`` (200 rows, 1 epoch; ``workdir/export``), a
+    row appended to the table, ``fedge-quantize bundle`` (``workdir/b1``; step "changed"),
+    the table deleted, ``fedge-quantize bundle`` again (``workdir/b2``; step "gone"). A
+    training that fails ends the run. Returns the runs by step name, also written to
+    ``workdir/runs.json``."""
+    data, export = workdir / "users.csv", workdir / "export"
+    write_user_table(data, rows=200)
+    runs: dict[str, ToolRun] = {}
+    runs["trained"] = _tool(
+        "cloud_trainer.cli", "--data", str(data), "--label-column", "churned",
+        "--epochs", "1", "--out", str(export),
+    )  # fmt: skip
+    if runs["trained"].returncode == 0:
+        with open(data, "a", encoding="utf-8") as stream:
+            stream.write("40,50000,Oslo,pro,stayed\n")
+        runs["changed"] = _tool("quantize.cli", "bundle", str(export), "--out", str(workdir / "b1"))
+        data.unlink()
+        runs["gone"] = _tool("quantize.cli", "bundle", str(export), "--out", str(workdir / "b2"))
+    _write_runs(workdir, runs)
+    return runs
+
+
+def _write_runs(workdir: Path, runs: dict[str, ToolRun]) -> None:
+    document = {name: run.__dict__ for name, run in runs.items()}
+    (workdir / RUNS_FILE).write_text(json.dumps(document), encoding="utf-8")
+
+
 def read_tool_runs(workdir: Path) -> dict[str, ToolRun]:
-    """What :func:`run_every_tool` wrote in ``workdir``."""
+    """What :func:`run_every_tool` or :func:`run_changed_table` wrote in ``workdir``."""
     document: dict[str, dict[str, Any]] = json.loads((workdir / RUNS_FILE).read_text("utf-8"))
     return {name: ToolRun(**fields) for name, fields in document.items()}
