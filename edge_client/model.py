@@ -312,7 +312,7 @@ class EdgeModel:
         if path == INT8_PATH:
             return self.int8_logits(x)
         if path == INT8_HEAD_PATH:
-            return self.head_logits(self.embed_many(x), head=head)
+            return self.head_logits(self._embed_rows(x), head=head)
         return self.logits(x, head=head)
 
     def head_logits(
@@ -351,7 +351,7 @@ class EdgeModel:
 
     def cached_embeddings(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """:meth:`embed` of ``x``, computed once per backbone and row content
-        (:class:`EmbeddingCache`); read-only."""
+        (:class:`EmbeddingCache`, whose arrays are read-only)."""
         backbone = self.manifest.files.get(BACKBONE_FILE)
         if backbone is None:
             return self.embed(x)
@@ -363,7 +363,7 @@ class EdgeModel:
             cache.put(backbone.sha256, key, found)
         return found
 
-    def embed_many(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _embed_rows(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """:meth:`embed`, with no rows giving ``[0, embedding_dim]``."""
         if len(x) == 0:
             return np.empty((0, *self._head_model().input_shape), np.float32)

@@ -636,7 +636,7 @@ class TestScore:
     accuracy: float
     loss: float
     int8_accuracy: float | None = None
-    """The int8 inference model, where it still matches the version (the pretrained one)."""
+    """The int8 path the device serves (``EdgeModel.serving_path``), where it has one."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

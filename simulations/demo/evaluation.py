@@ -6,7 +6,8 @@ own evaluation of the final one.
 sha256; round versions differ only in ``weights.safetensors``, so the ``.tflite`` files
 are copied locally) and scores its global head with the TFLite runtime
 (:class:`edge_client.EdgeModel`, the float trainable model with that version's weights;
-the int8 inference model too while it matches the version). No TensorFlow is involved.
+the int8 path the device serves too, for every version of a bundle with ``head.tflite``).
+No TensorFlow is involved.
 
 :func:`wait_for_evaluations` waits for the devices' answers to an ``evaluate`` task round,
 listing them with the admin token (``GET /v1/reports?kind=evaluate``). The figures are
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client import BundleStore, CoordinatorClient, EdgeModel, HttpTransport, ModelCache
-from edge_client.model import accuracy, cross_entropy
+from edge_client.model import FLOAT_PATH, accuracy, cross_entropy
 from fedge.data import Dataset
 from simulations.demo.coordinator import AdminApi
 from simulations.errors import DemoError
@@ -55,7 +56,8 @@ class VersionScorer:
         model = self.model(version)
         x, y = model.transform(self._test.columns), self._test.labels
         logits = model.logits(x)
-        int8 = accuracy(model.int8_logits(x), y) if model.int8_current else None
+        served_int8 = model.serving_path() != FLOAT_PATH
+        int8 = accuracy(model.predict_scores(x), y) if served_int8 else None
         return TestScore(version, accuracy(logits, y), cross_entropy(logits, y), int8)
 
     def close(self) -> None:
