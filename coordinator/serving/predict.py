@@ -287,10 +287,15 @@ class Predictor:
         if rest:
             model = self.pool.get(name)
             columns = decode_columns(model, [rows[i] for i in rest])
-            keys = [self._cache_key(name, model, columns, j) for j in range(len(rest))]
+            hybrid = mode == "hybrid"
+            keys = (
+                [self._cache_key(name, model, columns, j) for j in range(len(rest))]
+                if hybrid
+                else []
+            )
             missing = []
-            for j, key in enumerate(keys):
-                cached = self.cache.get(key) if mode == "hybrid" else None
+            for j in range(len(rest)):
+                cached = self.cache.get(keys[j]) if hybrid else None
                 if cached is not None:
                     results[rest[j]] = cached
                     counts["cache"] += 1
@@ -304,7 +309,7 @@ class Predictor:
                     raise _invalid(str(exc)) from exc
                 for j, entry in zip(missing, prediction_entries(model, logits), strict=True):
                     results[rest[j]] = entry
-                    if mode == "hybrid":
+                    if hybrid:
                         self.cache.put(keys[j], entry)
                 counts["model"] = len(missing)
         self.stats.record(mode, counts, time.perf_counter() - started)
