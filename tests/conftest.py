@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.background import BackgroundJobs
+from tests.support.background import JOBS_OF_FIXTURE, BackgroundJobs
 from tests.support.openapi import Recorder, install
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -139,35 +139,6 @@ def no_leftover_children(background_jobs: BackgroundJobs) -> Iterator[None]:
 
 # Built in the background (tests/support/background.py) ----------------------------------
 
-_BUNDLES = {"digits": ("32", "digits-v1"), "taxi": ("16", "taxi-v1")}
-"""Each reference task's bundle: batch size and model version."""
-_OWN_TABLES = (".csv", ".tfrecord")
-_JOBS_OF_FIXTURE = {
-    "taxi_bundle_export": ["taxi-bundle"],
-    "digits_bundle_export": ["digits-bundle"],
-    "own_table_runs": [f"own-table{suffix}" for suffix in _OWN_TABLES],
-    "changed_table_run": ["changed-table"],
-}
-"""The jobs a fixture waits for, queued with the session (in this order: about the order
-of the tests) when a collected test needs them (the fixtures over these need them too)."""
-
-
-def _job_args(name: str, workdir: Path) -> list[str]:
-    if name.endswith("-bundle"):
-        task = name.removesuffix("-bundle")
-        batch_size, version = _BUNDLES[task]
-        return ["bundle", task, str(workdir), "--batch-size", batch_size, "--version", version]
-    if name == "changed-table":
-        return ["changed-table", str(workdir)]
-    return ["user-table", name.removeprefix("own-table"), str(workdir)]
-
-
-def _finished(jobs: BackgroundJobs, name: str) -> Path:
-    """Job ``name``'s folder, once it has finished (started now if it was not)."""
-    workdir = jobs.root / name
-    jobs.wait(name, *_job_args(name, workdir))
-    return workdir
-
 
 @pytest.fixture(scope="session", autouse=True)
 def background_jobs(
@@ -178,10 +149,10 @@ def background_jobs(
     wanted: set[str] = set()
     for item in request.session.items:
         wanted.update(getattr(item, "fixturenames", ()))
-    for fixture, names in _JOBS_OF_FIXTURE.items():
+    for fixture, names in JOBS_OF_FIXTURE.items():
         if fixture in wanted:
             for name in names:
-                jobs.queue(name, *_job_args(name, jobs.root / name))
+                jobs.queue(name)
     yield jobs
     jobs.stop()
 
@@ -190,14 +161,14 @@ def background_jobs(
 def digits_bundle_export(background_jobs: BackgroundJobs) -> Path:
     """The digits export ``edge_digits_bundle`` is made of (read-only), trained for
     ``BUNDLE_EPOCHS`` epochs."""
-    return _finished(background_jobs, "digits-bundle") / "export"
+    return background_jobs.finished("digits-bundle") / "export"
 
 
 @pytest.fixture(scope="session")
 def taxi_bundle_export(background_jobs: BackgroundJobs) -> Path:
     """The taxi export ``edge_taxi_bundle`` is made of (read-only), trained for
     ``BUNDLE_EPOCHS`` epochs."""
-    return _finished(background_jobs, "taxi-bundle") / "export"
+    return background_jobs.finished("taxi-bundle") / "export"
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +199,7 @@ def own_table_runs(background_jobs: BackgroundJobs) -> Callable[[str], Path]:
     read-only)."""
 
     def finished(suffix: str) -> Path:
-        return _finished(background_jobs, f"own-table{suffix}")
+        return background_jobs.finished(f"own-table{suffix}")
 
     return finished
 
@@ -239,4 +210,4 @@ def changed_table_run(background_jobs: BackgroundJobs) -> Path:
     the table changed and after it was deleted
     (:func:`tests.support.user_tables.run_changed_table`; read it with ``read_tool_runs``;
     read-only)."""
-    return _finished(background_jobs, "changed-table")
+    return background_jobs.finished("changed-table")

@@ -1,5 +1,6 @@
 """Fixtures of the quantizer tests: trained exports of the two reference tasks, built once per
-session (read-only: copy an export before changing it)."""
+session by background jobs (``tests/conftest.py``; read-only: copy an export before changing
+it)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.trained_models import train_export
+from tests.support.background import BackgroundJobs
 
 
 @pytest.fixture(scope="session")
-def digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def digits_export(background_jobs: BackgroundJobs) -> Path:
     """An export of the digits CNN (read-only)."""
-    return train_export("digits", tmp_path_factory.mktemp("trained") / "digits")
+    return background_jobs.finished("digits-export") / "export"
 
 
 @pytest.fixture(scope="session")
-def taxi_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def taxi_export(background_jobs: BackgroundJobs) -> Path:
     """An export of the taxi MLP (read-only)."""
-    return train_export("taxi", tmp_path_factory.mktemp("trained") / "taxi")
+    return background_jobs.finished("taxi-export") / "export"

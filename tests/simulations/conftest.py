@@ -1,5 +1,6 @@
-"""Fixtures of the simulation tests: one pretraining cache per session, settings over it, and
-the ``fedge-simulate`` CLI in a subprocess."""
+"""Fixtures of the simulation tests: one pretraining cache per session (the digits pretraining
+built in it by a background job, ``tests/conftest.py``), settings over it, and the
+``fedge-simulate`` CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -15,16 +16,22 @@ import pytest
 from simulations.pretrain import PretrainConfig, Pretrained, pretrain
 from simulations.settings import Settings
 from tests.support import REPO_ROOT
+from tests.support.background import BackgroundJobs
 from tests.support.simulation import CliRunner, SettingsFactory
 
 
 @pytest.fixture(scope="session")
-def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sim-cache")
+def sim_cache(background_jobs: BackgroundJobs) -> Path:
+    """The session's simulation cache, where a background job pretrains digits."""
+    cache = background_jobs.root / "pretrain-digits"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
 
 
 @pytest.fixture(scope="session")
-def digits_pretrained(sim_cache: Path) -> Pretrained:
+def digits_pretrained(sim_cache: Path, background_jobs: BackgroundJobs) -> Pretrained:
+    """The digits model pretrained with the default settings, in ``sim_cache``."""
+    background_jobs.finished("pretrain-digits")
     return pretrain(PretrainConfig(task="digits"), sim_cache)
 
 

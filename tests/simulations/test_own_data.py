@@ -28,16 +28,10 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(scope="module")
-def taxi_export(taxi_bundle_export: Path) -> Path:
-    """A ``fedge-train`` export of the taxi task (read-only; the session's)."""
-    return taxi_bundle_export
-
-
-def test_a_fedge_train_export_is_a_model_devices_can_train(taxi_export: Path) -> None:
+def test_a_fedge_train_export_is_a_model_devices_can_train(taxi_bundle_export: Path) -> None:
     """Every layer of an export is trainable as saved; its head is the part devices train,
     as ``fedge-quantize bundle`` splits it (no 'nothing is left for the frozen backbone')."""
-    user = load_user_model(taxi_export)
+    user = load_user_model(taxi_bundle_export)
     names = list(user.head.names)
     assert names
     assert all(name.startswith("head_") for name in names)
@@ -48,11 +42,11 @@ def test_a_fedge_train_export_is_a_model_devices_can_train(taxi_export: Path) ->
 
 
 def test_simulate_trains_a_fedge_train_export_on_a_built_in_task(
-    taxi_export: Path, tmp_path: Path
+    taxi_bundle_export: Path, tmp_path: Path
 ) -> None:
     settings = Settings(
         task="taxi",
-        model_file=taxi_export,
+        model_file=taxi_bundle_export,
         rounds=1,
         clients=3,
         workers=1,

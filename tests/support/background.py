@@ -6,7 +6,7 @@ other is free while most tests run. The session fixtures that train and bundle m
 the own-table runs of every tool) are queued when the session starts, each job one
 ``python -m tests.support.prebuild ...`` process, which lowers its own priority
 (:data:`NICENESS`) so that the tests themselves keep the processor first; the fixture that
-needs a job's output waits for that job.
+needs a job's output waits for that job (:meth:`BackgroundJobs.finished`).
 
 The jobs run one at a time, in the order they were queued, except that a job a fixture
 waits for starts at once. A job runs in a process group of its own, its output in
@@ -31,11 +31,43 @@ import psutil
 
 from tests.support import REPO_ROOT
 
-__all__ = ["NICENESS", "BackgroundJobs", "Job", "started_by_a_job"]
+__all__ = ["JOBS_OF_FIXTURE", "NICENESS", "BackgroundJobs", "Job", "job_args", "started_by_a_job"]
 
 NICENESS = 10
 """How much lower a job runs than the tests (``nice``)."""
 _POLL = 0.1
+
+_BUNDLES = {"digits": ("32", "digits-v1"), "taxi": ("16", "taxi-v1")}
+"""Each reference task's session bundle: batch size and model version."""
+
+JOBS_OF_FIXTURE = {
+    "taxi_bundle_export": ["taxi-bundle"],
+    "digits_bundle_export": ["digits-bundle"],
+    "own_table_runs": ["own-table.csv", "own-table.tfrecord"],
+    "digits_export": ["digits-export"],
+    "taxi_export": ["taxi-export"],
+    "changed_table_run": ["changed-table"],
+    "digits_pretrained": ["pretrain-digits"],
+}
+"""The jobs a session fixture waits for, queued when the session starts (in this order:
+about the order of the tests) if a collected test needs the fixture."""
+
+
+def job_args(name: str, workdir: Path) -> list[str]:
+    """The ``tests.support.prebuild`` arguments of job ``name``, writing in ``workdir``."""
+    if name.endswith("-bundle"):  # edge_digits_bundle, edge_taxi_bundle
+        task = name.removesuffix("-bundle")
+        batch_size, version = _BUNDLES[task]
+        return ["bundle", task, str(workdir), "--batch-size", batch_size, "--version", version]
+    if name.endswith("-export"):  # the quantizer tests' (tests/quantize/conftest.py)
+        return ["export", name.removesuffix("-export"), str(workdir / "export")]
+    if name == "changed-table":
+        return ["changed-table", str(workdir)]
+    if name.startswith("pretrain-"):  # in the simulation tests' cache (their sim_cache)
+        return ["pretrain", name.removeprefix("pretrain-"), str(workdir)]
+    if name.startswith("own-table"):
+        return ["user-table", name.removeprefix("own-table"), str(workdir)]
+    raise ValueError(f"no background job is called {name!r}")
 
 
 @dataclass
@@ -73,8 +105,10 @@ class BackgroundJobs:
         self._stopping = False
         self._lane: threading.Thread | None = None
 
-    def queue(self, name: str, *args: str) -> None:
-        """Queue ``python -m tests.support.prebuild *args`` as job ``name`` (once)."""
+    def queue(self, name: str) -> None:
+        """Queue job ``name`` (once): ``python -m tests.support.prebuild`` with
+        :func:`job_args`, writing in ``root/name``."""
+        args = job_args(name, self.root / name)
         with self._lock:
             if name in self._jobs or any(queued == name for queued, _ in self._queue):
                 return
@@ -83,15 +117,14 @@ class BackgroundJobs:
                 self._lane = threading.Thread(target=self._run_lane, name="jobs", daemon=True)
                 self._lane.start()
 
-    def wait(self, name: str, *args: str, timeout: float = 1200.0) -> None:
-        """Wait for job ``name`` (started now, with ``args`` if it was not queued, when it
-        has not started); AssertionError with its log's tail when it failed or ran past
-        ``timeout`` seconds."""
+    def finished(self, name: str, *, timeout: float = 1200.0) -> Path:
+        """Job ``name``'s folder, once the job has finished (started now if it has not);
+        AssertionError with its log's tail when it failed or ran past ``timeout`` seconds."""
+        args = job_args(name, self.root / name)
         with self._lock:
-            queued = dict(self._queue).get(name)
             if name not in self._jobs:
                 self._queue = [entry for entry in self._queue if entry[0] != name]
-                self._start(name, queued if queued is not None else list(args))
+                self._start(name, args)
             job = self._jobs[name]
         deadline = time.monotonic() + timeout
         while job.popen.poll() is None:
@@ -105,6 +138,7 @@ class BackgroundJobs:
                 f"background job {name} ({' '.join(job.args)}) exited "
                 f"{job.popen.returncode}:\n{tail}"
             )
+        return self.root / name
 
     def process_ids(self) -> set[int]:
         """The running jobs and every process they started."""

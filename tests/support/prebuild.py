@@ -8,6 +8,8 @@ process: ``python -m tests.support.prebuild <what> ...``.
 - ``user-table SUFFIX WORKDIR``: :func:`tests.support.user_tables.run_every_tool`, what each
   tool printed in ``WORKDIR/runs.json``.
 - ``changed-table WORKDIR``: :func:`tests.support.user_tables.run_changed_table`, likewise.
+- ``pretrain TASK CACHE``: :func:`simulations.pretrain.pretrain` of ``TASK``'s default
+  settings into the simulation cache ``CACHE``.
 
 The exit code is 0 when the thing was built (for the tables: when the steps ran, whatever
 each step's own exit code; the tests judge those).
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("workdir", type=Path)
     changed = commands.add_parser("changed-table", allow_abbrev=False)
     changed.add_argument("workdir", type=Path)
+    pretrained = commands.add_parser("pretrain", allow_abbrev=False)
+    pretrained.add_argument("task")
+    pretrained.add_argument("cache", type=Path)
     args = parser.parse_args(argv)
     os.nice(NICENESS)  # the tests first; the tools this job starts inherit it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "export":
         from tests.support.trained_models import train_export
 
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         train_export(args.task, args.out, epochs=args.epochs)
     elif args.what == "bundle":
         from tests.support.bundles import BUNDLE_EPOCHS, bundle_export
@@ -60,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.workdir.mkdir(parents=True, exist_ok=True)
         run_every_tool(args.workdir, args.suffix)
+    elif args.what == "pretrain":
+        from simulations.pretrain import PretrainConfig, pretrain
+
+        pretrain(PretrainConfig(task=args.task), args.cache)
     else:
         from tests.support.user_tables import run_changed_table
 
