@@ -157,12 +157,12 @@ class BackgroundJobs:
         with self._lock:
             self._stopping = True
             self._queue.clear()
-            jobs = list(self._jobs.values())
+            jobs, lane = list(self._jobs.values()), self._lane
         for job in jobs:
             if job.popen.poll() is None:
                 self._kill(job)
-        if self._lane is not None:
-            self._lane.join(timeout=10)
+        if lane is not None:
+            lane.join(timeout=10)
 
     def _run_lane(self) -> None:
         while True:
@@ -193,6 +193,15 @@ class BackgroundJobs:
 
     @staticmethod
     def _kill(job: Job) -> None:
+        """SIGKILL the job, its process group and its descendants (some start sessions of
+        their own), and reap it."""
+        try:
+            descendants = psutil.Process(job.popen.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(job.popen.pid, signal.SIGKILL)
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         job.popen.wait()
