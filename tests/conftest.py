@@ -145,16 +145,15 @@ def background_jobs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackgroundJobs]:
     """The session's background jobs: those the collected tests need are queued at once."""
-    jobs = BackgroundJobs(tmp_path_factory.mktemp("background"))
     wanted: set[str] = set()
     for item in request.session.items:
         wanted.update(getattr(item, "fixturenames", ()))
-    for fixture, names in JOBS_OF_FIXTURE.items():
-        if fixture in wanted:
-            for name in names:
-                jobs.queue(name)
-    yield jobs
-    jobs.stop()
+    with BackgroundJobs(tmp_path_factory.mktemp("background")) as jobs:
+        for fixture, names in JOBS_OF_FIXTURE.items():
+            if fixture in wanted:
+                for name in names:
+                    jobs.queue(name)
+        yield jobs
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,16 @@ import psutil
 
 from tests.support import REPO_ROOT
 
-__all__ = ["JOBS_OF_FIXTURE", "NICENESS", "BackgroundJobs", "Job", "job_args", "started_by_a_job"]
+__all__ = [
+    "JOBS_OF_FIXTURE",
+    "NICENESS",
+    "BackgroundJobs",
+    "Job",
+    "bundle_job",
+    "job_args",
+    "session_jobs",
+    "started_by_a_job",
+]
 
 NICENESS = 10
 """How much lower a job runs than the tests (``nice``)."""
@@ -51,6 +60,11 @@ JOBS_OF_FIXTURE = {
 }
 """The jobs a session fixture waits for, queued when the session starts (in this order:
 about the order of the tests) if a collected test needs the fixture."""
+
+
+def bundle_job(task: str, batch_size: int, version: str) -> str | None:
+    """The job that builds ``task``'s bundle with this batch size and version, if one does."""
+    return f"{task}-bundle" if _BUNDLES.get(task) == (str(batch_size), version) else None
 
 
 def job_args(name: str, workdir: Path) -> list[str]:
@@ -92,10 +106,19 @@ def started_by_a_job(process: psutil.Process) -> bool:
         return False
 
 
+_session: BackgroundJobs | None = None
+
+
+def session_jobs() -> BackgroundJobs | None:
+    """The test session's jobs (while the ``background_jobs`` fixture is set up), else None."""
+    return _session
+
+
 class BackgroundJobs:
     """Jobs by name under ``root``, run one after another in the order they were queued
     (one lane: the core the tests leave free); a job a fixture waits for that has not
-    started yet starts at once."""
+    started yet starts at once. As a context manager: the session's jobs
+    (:func:`session_jobs`) until the block ends, then stopped."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -104,6 +127,16 @@ class BackgroundJobs:
         self._lock = threading.Lock()
         self._stopping = False
         self._lane: threading.Thread | None = None
+
+    def __enter__(self) -> BackgroundJobs:
+        global _session  # one session's jobs, for helpers that have no fixtures
+        _session = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _session
+        _session = None
+        self.stop()
 
     def queue(self, name: str) -> None:
         """Queue job ``name`` (once): ``python -m tests.support.prebuild`` with
