@@ -4,7 +4,8 @@ Each export is trained once per test session with the ``cloud_trainer`` Python A
 same code ``fedge-train`` runs) into a pytest temporary directory, and shared by every test
 that asks for it. Use them read-only: copy an export before changing it.
 
-The session fixtures over them are in ``tests/quantize/conftest.py``.
+The session fixtures over them are in ``tests/quantize/conftest.py`` and ``tests/conftest.py``;
+background jobs (``tests/support/background.py``) train them while the first tests run.
 Nothing here imports TensorFlow at import time, so a module that imports this one can still
 run as a TensorFlow-free device probe.
 """
