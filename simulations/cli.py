@@ -19,7 +19,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fedge import processes
 from fedge.cli import (
@@ -33,7 +33,7 @@ from fedge.cli import (
     run_cli,
 )
 from fedge.data import TASK_NAMES
-from fedge.errors import BundleError, UsageError
+from fedge.errors import BundleError, ConfigError, UsageError
 from fedge.server_optimizers import SERVER_OPTIMIZER_NAMES
 from fedge.strategy import STRATEGY_NAMES
 from quantize.quiet import capture_native_stderr
@@ -53,11 +53,23 @@ from simulations.settings import (
     check_settings,
 )
 
+if TYPE_CHECKING:
+    from simulations.continuous import ContinuousConfig, ContinuousResult, RoundOutcome
+
 # None of the imports above loads TensorFlow; pretraining, bundling and the TFF engine do,
 # later, and read this first.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["PROG", "build_parser", "main", "setting_flag", "simulate_cli"]
+__all__ = [
+    "CONTINUOUS",
+    "PROG",
+    "build_continuous_parser",
+    "build_parser",
+    "continuous_report",
+    "main",
+    "setting_flag",
+    "simulate_cli",
+]
 
 PROG = "fedge-simulate"
 # A bundle the user's model produced is the user's input to fix.
@@ -100,6 +112,12 @@ engines:
 outputs appear in --out only when the run succeeds: they are written to a staging folder
 inside it and moved in at the end; an interrupted or failed run leaves no partial output
 (and removes --out if it created it).
+
+continuous training:
+  fedge-simulate continuous [options]
+                      rounds that open on their own on digits, with the quarantine, a
+                      corruption schedule, a region shift and the cloud holdout gate; see
+                      'fedge-simulate continuous --help'.
 
 """
     + EXIT_CODES_HELP
@@ -516,6 +534,9 @@ class _Output:
 
 
 def _simulate(argv: Sequence[str] | None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == [CONTINUOUS]:
+        return _continuous(words[1:])
     try:
         return _run(argv)
     except SettingsError as exc:
@@ -554,6 +575,286 @@ def _run(argv: Sequence[str] | None) -> int:
         print_json(report.to_dict())
     else:
         print(summary_table(report))
+    return ExitCode.OK
+
+
+# fedge-simulate continuous ------------------------------------------------------------------
+
+CONTINUOUS = "continuous"
+
+_CONTINUOUS_DESCRIPTION = """\
+Continuous training on digits: the coordinator service (in memory, on a simulated clock)
+opens round after round on its own while part of the fleet's data goes bad. Every selected
+client sends fresh statistics with its update, and the quarantine holds back the updates
+whose statistics drift from the training data's. The model is the digits model pretrained
+on the cloud's proxy share (cached in --cache-dir); the devices run the real edge client.
+
+schedules:
+  corruption    from --corrupt-from-round, --corrupt-fraction of the clients (seeded) read
+                their pixels through a sensor whose gain went up 16-fold: their statistics
+                show it, so their updates are quarantined.
+  region shift  from --shift-from-round, the clients of --shift-region see their digits
+                mirrored left to right: the statistics cannot see it; --gate is what keeps
+                a worse model out of production.
+
+output: a line per round as it closes (on stderr), then on stdout every round (the version
+committed, or the candidate rejected and why; the clients quarantined; production and its
+accuracy on the holdout through the device's serving path), the quarantined updates with
+their reasons and a summary (versions promoted, candidates rejected, updates quarantined);
+with --json, one JSON document instead."""
+
+# The ContinuousConfig fields whose flag is not ``--`` + the field name with dashes.
+_CONTINUOUS_FLAGS = {
+    "num_clients": "--clients",
+    "clients_per_round": "--per-round",
+    "stats_epsilon": "--stats-epsilon",
+}
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    regions = tuple(r.strip() for r in text.split(","))
+    if not all(regions) or len(set(regions)) != len(regions):
+        raise argparse.ArgumentTypeError(f"expected distinct names A,B,..., got {text!r}")
+    return regions
+
+
+def build_continuous_parser() -> ArgumentParser:
+    """The parser of ``fedge-simulate continuous``."""
+    from simulations.continuous import ContinuousConfig
+
+    default = ContinuousConfig()
+    parser = ArgumentParser(
+        prog=f"{PROG} {CONTINUOUS}",
+        description=_CONTINUOUS_DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_version()
+    fleet = parser.add_argument_group("the fleet and its rounds")
+    fleet.add_argument(
+        "--rounds", type=int, default=default.rounds, metavar="R", help=f"rounds ({default.rounds})"
+    )
+    fleet.add_argument(
+        "--clients",
+        type=int,
+        default=default.num_clients,
+        metavar="N",
+        help=f"clients ({default.num_clients})",
+    )
+    fleet.add_argument(
+        "--per-round",
+        type=int,
+        default=default.clients_per_round,
+        metavar="K",
+        help=f"clients per round ({default.clients_per_round})",
+    )
+    fleet.add_argument(
+        "--regions",
+        type=_regions,
+        default=default.regions,
+        metavar="A,B,...",
+        help=f"clients take these regions in turn ({','.join(default.regions)})",
+    )
+    fleet.add_argument(
+        "--alpha",
+        type=float,
+        default=default.alpha,
+        help=f"Dirichlet concentration of the clients' label mix ({default.alpha:g})",
+    )
+    fleet.add_argument(
+        "--epochs",
+        type=int,
+        default=default.epochs,
+        metavar="E",
+        help=f"local epochs ({default.epochs})",
+    )
+    fleet.add_argument(
+        "--learning-rate",
+        type=float,
+        default=default.learning_rate,
+        help=f"client SGD learning rate ({default.learning_rate:g})",
+    )
+    fleet.add_argument(
+        "--seed",
+        type=int,
+        default=default.seed,
+        help="seeds the partition and the corrupted clients",
+    )
+    bad = parser.add_argument_group("what goes wrong")
+    bad.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help=f"share of the clients whose sensor breaks ({default.corrupt_fraction:g}; 0: none)",
+    )
+    bad.add_argument(
+        "--corrupt-from-round",
+        type=int,
+        default=None,
+        metavar="R",
+        help=f"the first round they send corrupted data from ({default.corrupt_from_round})",
+    )
+    bad.add_argument(
+        "--shift-region",
+        default=None,
+        metavar="REGION",
+        help="a region of --regions whose digits are mirrored (off by default)",
+    )
+    bad.add_argument(
+        "--shift-from-round",
+        type=int,
+        default=None,
+        metavar="R",
+        help="the first round of the shift (1)",
+    )
+    guard = parser.add_argument_group("what guards production")
+    guard.add_argument(
+        "--gate",
+        action="store_true",
+        help="promote a candidate only when its accuracy on the cloud holdout (the test "
+        "split) is not below its parent's by more than --gate-margin (off by default)",
+    )
+    guard.add_argument(
+        "--gate-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="with --gate: the accuracy a candidate may lose (0)",
+    )
+    guard.add_argument(
+        "--stats-epsilon",
+        type=float,
+        default=default.stats_epsilon,
+        metavar="EPS",
+        help=f"the devices' privacy budget per statistics report ({default.stats_epsilon:g})",
+    )
+    out = parser.add_argument_group("execution and output")
+    out.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("simulation-output") / "cache",
+        metavar="DIR",
+        help="pretrained models (simulation-output/cache, as fedge-simulate's default)",
+    )
+    add_json_flag(parser)
+    add_verbosity_flags(parser)
+    return parser
+
+
+def _continuous_config(args: argparse.Namespace) -> ContinuousConfig:
+    """The :class:`~simulations.continuous.ContinuousConfig` of ``args``; a bad combination
+    or value is a :class:`UsageError` naming its flags."""
+    from simulations.continuous import ContinuousConfig
+
+    if args.gate_margin is not None and not args.gate:
+        raise UsageError("--gate-margin needs --gate")
+    if args.shift_from_round is not None and args.shift_region is None:
+        raise UsageError("--shift-from-round needs --shift-region")
+    if args.corrupt_from_round is not None and args.corrupt_fraction == 0:
+        raise UsageError("--corrupt-from-round needs a --corrupt-fraction above 0")
+    for flag, start in (
+        ("--corrupt-from-round", args.corrupt_from_round),
+        ("--shift-from-round", args.shift_from_round),
+    ):
+        if start is not None and start > args.rounds:
+            raise UsageError(f"{flag} {start} is after the last round ({args.rounds}, --rounds)")
+    changes = {
+        "corrupt_fraction": args.corrupt_fraction,
+        "corrupt_from_round": args.corrupt_from_round,
+        "shift_from_round": args.shift_from_round,
+        "gate_margin": args.gate_margin,
+    }
+    try:
+        return ContinuousConfig(
+            rounds=args.rounds,
+            num_clients=args.clients,
+            clients_per_round=args.per_round,
+            regions=args.regions,
+            alpha=args.alpha,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            shift_region=args.shift_region,
+            gate=args.gate,
+            stats_epsilon=args.stats_epsilon,
+            **{k: v for k, v in changes.items() if v is not None},
+        )
+    except ConfigError as exc:
+        fields = [f for f in ContinuousConfig.__dataclass_fields__ if str(exc).startswith(f)]
+        field = max(fields, key=len, default=None)
+        if field is None:
+            raise UsageError(str(exc)) from exc
+        flag = _CONTINUOUS_FLAGS.get(field, "--" + field.replace("_", "-"))
+        raise UsageError(f"{exc} ({flag})") from exc
+
+
+def _round_line(outcome: RoundOutcome, rounds: int) -> str:
+    if outcome.state == "committed":
+        what = f"committed {outcome.version}"
+    elif outcome.version is not None:
+        what = f"rejected {outcome.version}: {outcome.failure_reason}"
+    else:
+        what = f"failed: {outcome.failure_reason}"
+    quarantined = ", ".join(outcome.quarantined) or "none"
+    return (
+        f"round {outcome.round_id}/{rounds}: {what}; quarantined: {quarantined}; "
+        f"production {outcome.production} (holdout accuracy {outcome.production_accuracy:.4f})"
+    )
+
+
+def continuous_report(result: ContinuousResult, rounds: int) -> str:
+    """The text ``fedge-simulate continuous`` prints for a
+    :class:`~simulations.continuous.ContinuousResult`."""
+    lines = [_round_line(outcome, rounds) for outcome in result.rounds]
+    if result.quarantined:
+        lines += ["", "quarantined updates:"]
+        lines += [
+            f"  round {u.round_id}, client {u.client_id}: {u.quarantine}"
+            for u in result.quarantined
+        ]
+    lines += [
+        "",
+        f"summary: {len(result.promoted())} promoted, {len(result.rejected())} rejected, "
+        f"{len(result.quarantined)} quarantined ({len(result.rounds)} rounds, "
+        f"{result.seconds:.1f} s); production {result.rounds[-1].production}",
+    ]
+    return "\n".join(lines)
+
+
+def _continuous(argv: Sequence[str]) -> int:
+    import tempfile
+
+    from simulations.continuous import run_continuous
+    from simulations.pretrain import PretrainConfig, pretrain
+
+    args = build_continuous_parser().parse_args(argv)
+    problem = output_problem(args.cache_dir)
+    if problem is not None:
+        raise UsageError(f"--cache-dir: {problem}")
+    config = _continuous_config(args)
+    with capture_native_stderr(enabled=not args.verbose) as captured:
+        err = captured.original
+        _configure_logging(args.verbose, args.quiet)
+        if not args.verbose:  # the round lines say what the service's warnings say
+            for name in ("coordinator", "edge_client", "simulations"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+
+        def say(message: str) -> None:
+            if not args.quiet:
+                print(f"{PROG}: {message}", file=err, flush=True)
+
+        pretrained = pretrain(PretrainConfig(task="digits"), args.cache_dir, progress=say)
+        with tempfile.TemporaryDirectory(prefix="fedge-continuous-") as workdir:
+            result = run_continuous(
+                config,
+                pretrained,
+                workdir,
+                on_round=lambda outcome: say(_round_line(outcome, config.rounds)),
+            )
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(continuous_report(result, config.rounds))
     return ExitCode.OK
 
 

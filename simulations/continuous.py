@@ -160,6 +160,8 @@ class RoundOutcome:
     corrupted: tuple[str, ...]
     """Its selected clients whose data was corrupted."""
     production: str
+    production_accuracy: float
+    """Production's accuracy on the holdout after the round (the device's serving path)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,38 @@ class ContinuousResult:
 
     def rejected(self) -> tuple[ModelRecord, ...]:
         return tuple(m for m in self.models if m.stage == "rejected")
+
+    def promoted(self) -> tuple[ModelRecord, ...]:
+        """The versions rounds promoted (the imported one, without a parent, left out)."""
+        return tuple(m for m in self.models if m.promoted_at is not None and m.parent is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON: every round, every version with its holdout accuracy, the
+        quarantined updates with their reasons and the counts."""
+        return {
+            "rounds": [dataclasses.asdict(r) for r in self.rounds],
+            "corrupted": list(self.corrupted),
+            "shifted": list(self.shifted),
+            "quarantined": [
+                {"round": u.round_id, "client": u.client_id, "reason": u.quarantine}
+                for u in self.quarantined
+            ],
+            "models": [
+                {
+                    "version": m.version,
+                    "parent": m.parent,
+                    "stage": m.stage,
+                    "holdout_accuracy": self.holdout_accuracy.get(m.version),
+                }
+                for m in self.models
+            ],
+            "summary": {
+                "promoted": len(self.promoted()),
+                "rejected": len(self.rejected()),
+                "quarantined": len(self.quarantined),
+                "seconds": round(self.seconds, 3),
+            },
+        }
 
 
 def bundle_with_training_stats(pretrained: Pretrained, out: Path) -> Path:
@@ -257,6 +291,7 @@ class _Run:
         self.mirror = BundleMirror(self.service, workdir / "bundles")
         self.models = ModelCache(self.mirror.ensure, max_versions=3)
         self.clients = self._clients(train)
+        self._accuracy: dict[str, float] = {}
 
     def _clients(self, train: Dataset) -> list[_Client]:
         config = self.config
@@ -310,11 +345,17 @@ class _Run:
 
     # The loop -----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, on_round: Callable[[RoundOutcome], None] | None = None) -> None:
         config = self.config
+        reported = 0
         for _ in range(config.rounds * 20):  # each pass answers tasks or lets a deadline pass
             self.service.tick()
-            if self._closed() >= config.rounds:
+            closed = self._closed()
+            if on_round is not None and closed > reported:
+                for outcome in self._outcomes()[reported:closed]:
+                    on_round(outcome)
+                reported = closed
+            if closed >= config.rounds:
                 return
             if not self._poll():
                 self.clock.advance(_DEADLINE)
@@ -385,9 +426,16 @@ class _Run:
 
     # The result ---------------------------------------------------------------------------
 
-    def result(self, seconds: float) -> ContinuousResult:
+    def accuracy(self, version: str) -> float:
+        """``version``'s accuracy on the holdout through the device's serving path."""
+        if version not in self._accuracy:
+            edge = self.models.model(version)
+            scores = edge.predict_scores(edge.transform(self.test.columns))
+            self._accuracy[version] = float(np.mean(np.argmax(scores, axis=1) == self.test.labels))
+        return self._accuracy[version]
+
+    def _outcomes(self) -> list[RoundOutcome]:
         service = self.service
-        events = service.model_events()
         outcomes = []
         production = "v1"  # only rounds promote here: production is the last committed
         by_client = {c.record.client_id: c for c in self.clients}
@@ -411,19 +459,18 @@ class _Run:
                         and round_.round_id >= self.config.corrupt_from_round
                     ),
                     production=production,
+                    production_accuracy=self.accuracy(production),
                 )
             )
+        return outcomes
+
+    def result(self, seconds: float) -> ContinuousResult:
+        service = self.service
+        events = service.model_events()
         models = service.list_models()
-        x = None
-        accuracy: dict[str, float] = {}
-        for model in models:
-            edge = self.models.model(model.version)
-            if x is None:
-                x = edge.transform(self.test.columns)
-            scores = edge.predict_scores(x)
-            accuracy[model.version] = float(np.mean(np.argmax(scores, axis=1) == self.test.labels))
+        accuracy = {model.version: self.accuracy(model.version) for model in models}
         return ContinuousResult(
-            rounds=tuple(outcomes),
+            rounds=tuple(self._outcomes()),
             corrupted=tuple(c.record.client_id for c in self.clients if c.corrupted),
             shifted=tuple(c.record.client_id for c in self.clients if c.shifted),
             quarantined=tuple(service.store.list_quarantined_updates(released=True)),
@@ -435,10 +482,15 @@ class _Run:
 
 
 def run_continuous(
-    config: ContinuousConfig, pretrained: Pretrained, workdir: str | Path
+    config: ContinuousConfig,
+    pretrained: Pretrained,
+    workdir: str | Path,
+    *,
+    on_round: Callable[[RoundOutcome], None] | None = None,
 ) -> ContinuousResult:
-    """Run ``config`` on the pretrained digits bundle in ``workdir`` (module docstring)."""
+    """Run ``config`` on the pretrained digits bundle in ``workdir`` (module docstring);
+    ``on_round`` is called with each round's outcome as the round closes."""
     started = time.perf_counter()
     run = _Run(config, pretrained, Path(workdir))
-    run.run()
+    run.run(on_round)
     return run.result(time.perf_counter() - started)
