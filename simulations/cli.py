@@ -643,9 +643,9 @@ def build_continuous_parser() -> ArgumentParser:
     fleet.add_argument(
         "--per-round",
         type=int,
-        default=default.clients_per_round,
+        default=None,
         metavar="K",
-        help=f"clients per round ({default.clients_per_round})",
+        help=f"clients per round ({default.clients_per_round}, or --clients when fewer)",
     )
     fleet.add_argument(
         "--regions",
@@ -768,7 +768,11 @@ def _continuous_config(args: argparse.Namespace) -> ContinuousConfig:
         return ContinuousConfig(
             rounds=args.rounds,
             num_clients=args.clients,
-            clients_per_round=args.per_round,
+            clients_per_round=(
+                min(ContinuousConfig().clients_per_round, args.clients)
+                if args.per_round is None
+                else args.per_round
+            ),
             regions=args.regions,
             alpha=args.alpha,
             epochs=args.epochs,

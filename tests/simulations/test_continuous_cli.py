@@ -14,7 +14,7 @@ import pytest
 from simulations.pretrain import Pretrained
 from tests.support.simulation import CliRunner
 
-FLEET = ["--rounds", "6", "--clients", "6", "--per-round", "6"]
+FLEET = ["--rounds", "6", "--clients", "6"]  # all 6 per round: the default, at most --clients
 SCHEDULE = ["--corrupt-fraction", "0.34", "--corrupt-from-round", "3", "--gate"]
 
 
