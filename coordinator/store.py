@@ -3,10 +3,10 @@
 Every implementation passes the one contract suite (``tests/test_coordinator_store.py``).
 Each method is atomic; ``with store.transaction():`` makes a group of calls atomic (and
 serialises them against other threads). Lists come back in insertion order.
-Implementations: :class:`MemoryStore` (tests, demos) and
-:class:`~coordinator.sqlite_store.SQLiteStore` (the embedded default). PostgreSQL is the
-documented scale-out path: the same Protocol over a server database, behind ``--db
-postgresql://...``; it is not implemented yet.
+Implementations: :class:`MemoryStore` (tests, demos),
+:class:`~coordinator.sqlite_store.SQLiteStore` (the embedded default) and
+:class:`~coordinator.postgres_store.PostgresStore` (a PostgreSQL server, behind ``--db
+postgresql://...``: the scale-out path).
 """
 
 from __future__ import annotations
@@ -552,18 +552,25 @@ class MemoryStore:
 
 
 def open_store(url: str) -> Store:
-    """A store from a URL: ``memory:``, ``sqlite:///path``, or a plain file path (SQLite)."""
+    """A store from a URL: ``memory:``, ``sqlite:///path``, a plain file path (SQLite), or
+    ``postgresql://...`` / ``postgres://...`` (PostgreSQL, a libpq URL)."""
     from coordinator.sqlite_store import SQLiteStore
 
     if url in ("memory:", ":memory:"):
         return MemoryStore()
-    if url.startswith(("postgresql:", "postgres:")):
-        raise ConfigError(
-            "PostgreSQL is the documented scale-out path for the coordinator store and is not "
-            "implemented yet; use a SQLite path"
-        )
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from coordinator.postgres_store import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"{url.split(':', 1)[0]}:// needs psycopg and psycopg_pool "
+                f"(pip install 'fedge[postgres]'): {exc}"
+            ) from exc
+        return PostgresStore(url)
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///") :]))
     if "://" in url:
-        raise ConfigError(f"unsupported database URL {url!r}; use sqlite:///PATH or a path")
+        raise ConfigError(
+            f"unsupported database URL {url!r}; use sqlite:///PATH, a path or postgresql://..."
+        )
     return SQLiteStore(Path(url))

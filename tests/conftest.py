@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.background import JOBS_OF_FIXTURE, BackgroundJobs
 from tests.support.openapi import Recorder, install
+from tests.support.postgres import PostgresCluster, running_postgres
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -210,3 +211,11 @@ def changed_table_run(background_jobs: BackgroundJobs) -> Path:
     (:func:`tests.support.user_tables.run_changed_table`; read it with ``read_tool_runs``;
     read-only)."""
     return background_jobs.finished("changed-table")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server for the session (tests/support/postgres.py), started on
+    first use; ``postgres.new_database()`` gives each test its own empty database."""
+    with running_postgres() as cluster:
+        yield cluster

@@ -1,4 +1,5 @@
-"""The Store contract: ONE suite, run against every implementation (memory and SQLite)."""
+"""The Store contract: ONE suite, run against every implementation (memory, SQLite and a
+real PostgreSQL server started by the test session)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from coordinator import sqlite_store
+from coordinator import postgres_store, sqlite_store
 from coordinator.artifacts import ArtifactStore
 from coordinator.config import RoundConfig
-from coordinator.errors import ConflictError, NotFoundError
+from coordinator.errors import ConflictError, NotFoundError, StateError
+from coordinator.postgres_store import PostgresStore
 from coordinator.records import (
     AlertRecord,
     ClientRecord,
@@ -30,6 +33,7 @@ from coordinator.sqlite_store import SQLiteStore
 from coordinator.store import MemoryStore, Store, open_store
 from fedge.errors import ConfigError
 from fedge.messages import TaskConfig
+from tests.support.postgres import PostgresCluster
 
 STORES: dict[str, Callable[[Path], Store]] = {
     "memory": lambda _: MemoryStore(),
@@ -37,9 +41,14 @@ STORES: dict[str, Callable[[Path], Store]] = {
 }
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made = STORES[request.param](tmp_path)
+    made: Store
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        made = PostgresStore(cluster.new_database())
+    else:
+        made = STORES[request.param](tmp_path)
     yield made
     made.close()
 
@@ -414,8 +423,8 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(sqlite_store, SQLiteStore)
     assert sqlite_store.path == tmp_path / "a.db"
     sqlite_store.close()
-    with pytest.raises(ConfigError, match="PostgreSQL is the documented scale-out path"):
-        open_store("postgresql://db/fedge")
+    with pytest.raises(StateError, match="cannot use the PostgreSQL database"):
+        open_store("postgresql://fedge:secret@127.0.0.1:1/fedge?connect_timeout=2")
     with pytest.raises(ConfigError, match="unsupported database URL"):
         open_store("mysql://db")
 
@@ -471,3 +480,118 @@ def test_a_client_token_hash_is_replaced_and_the_old_one_no_longer_finds_it(
     assert store.get_client("c1") == rotated
     with pytest.raises(NotFoundError):
         store.set_client_token("c9", "hash9")
+
+
+def test_open_store_opens_postgresql_urls(postgres: PostgresCluster) -> None:
+    url = postgres.new_database()
+    for scheme_url in (url, url.replace("postgresql://", "postgres://", 1)):
+        store = open_store(scheme_url)
+        assert isinstance(store, PostgresStore)
+        store.add_client(_client(len(store.list_clients()) + 1))
+        store.close()
+    again = PostgresStore(url)
+    assert [c.client_id for c in again.list_clients()] == ["c1", "c2"]
+    again.close()
+
+
+def test_an_unreachable_postgresql_server_is_a_state_error_without_the_password() -> None:
+    with pytest.raises(StateError, match="cannot use the PostgreSQL database") as raised:
+        PostgresStore("postgresql://fedge:hunter2@127.0.0.1:1/fedge", connect_timeout_s=2)
+    assert "hunter2" not in str(raised.value)
+    assert "postgresql://fedge:***@127.0.0.1:1/fedge" in str(raised.value)
+
+
+def test_postgres_store_is_durable_across_reopen_and_records_its_migrations(
+    postgres: PostgresCluster,
+) -> None:
+    url = postgres.new_database()
+    first = PostgresStore(url)
+    first.add_client(_client(1))
+    first.add_round(_round())
+    first.close()
+    again = PostgresStore(url)
+    assert again.get_client("c1") == _client(1)
+    assert again.add_round(_round()).round_id == 2
+    assert again.schema_version == len(postgres_store.MIGRATIONS)
+    again.close()
+    with psycopg.connect(url) as conn:
+        versions = conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+        assert versions.fetchall() == [(v,) for v, _ in postgres_store.MIGRATIONS]
+
+
+def test_postgres_store_migrates_an_older_database(
+    postgres: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = postgres.new_database()
+    with monkeypatch.context() as patch:
+        patch.setattr(postgres_store, "MIGRATIONS", postgres_store.MIGRATIONS[:1])
+        old = PostgresStore(url)
+        old.add_task(_task("t1", "c1", 1))
+        assert old.schema_version == 1
+        old.close()
+    store = PostgresStore(url)
+    assert store.schema_version == len(postgres_store.MIGRATIONS)
+    assert [t.task_id for t in store.list_tasks(round_id=1, status="pending")] == ["t1"]
+    store.add_update(dataclasses.replace(_update(1, "c1", "k1"), quarantine=None))
+    assert store.count_updates(1) == 1
+    with psycopg.connect(url) as conn:
+        indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")
+        assert "tasks_by_round" in {row[0] for row in indexes}
+    store.close()
+
+
+def test_two_postgres_stores_on_one_database_accept_each_update_exactly_once(
+    postgres: PostgresCluster,
+) -> None:
+    """Two stores (two coordinator processes) racing on the same uploads and the same
+    read-check-write transaction: one wins each, the other gets a ConflictError or sees
+    the round already closed."""
+    url = postgres.new_database()
+    stores = [PostgresStore(url), PostgresStore(url)]
+    round_id = stores[0].add_round(_round()).round_id
+    accepted: list[str] = []
+    conflicts: list[str] = []
+    closed: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def race(worker: int) -> None:
+        store = stores[worker % 2]
+        barrier.wait(timeout=10)
+        for i in range(15):
+            try:
+                store.add_update(_update(round_id, f"c{i}", f"k{i}"))
+                accepted.append(f"c{i}")
+            except ConflictError:
+                conflicts.append(f"c{i}")
+        with store.transaction():
+            current = store.get_round(round_id)
+            assert current is not None
+            if current.state == "open":
+                store.save_round(dataclasses.replace(current, state="aggregating"))
+                closed.append(worker)
+
+    threads = [threading.Thread(target=race, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(accepted) == sorted(f"c{i}" for i in range(15))
+    assert len(conflicts) == 3 * 15
+    assert len(closed) == 1
+    assert stores[1].count_updates(round_id) == 15
+    assert stores[1].get_round(round_id).state == "aggregating"  # type: ignore[union-attr]
+    for store in stores:
+        store.close()
+
+
+def test_a_conflict_inside_a_postgres_transaction_leaves_the_transaction_usable(
+    postgres: PostgresCluster,
+) -> None:
+    store = PostgresStore(postgres.new_database())
+    store.add_client(_client(1))
+    with store.transaction():
+        with pytest.raises(ConflictError):
+            store.add_client(_client(1))
+        store.add_client(_client(2))
+    assert [c.client_id for c in store.list_clients()] == ["c1", "c2"]
+    store.close()
