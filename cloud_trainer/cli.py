@@ -26,7 +26,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cloud_trainer.cluster import TF_CONFIG, cluster_role
 from cloud_trainer.config import STRATEGY_NAMES, TABLE_TASK, TrainConfig
-from cloud_trainer.launcher import WorkerOutcome, launch_local_cluster, watch_launcher
+from cloud_trainer.launcher import (
+    WorkerOutcome,
+    launch_local_cluster,
+    launch_local_ps_cluster,
+    watch_launcher,
+)
 from cloud_trainer.record import TrainingRecord, load_training_record, prepare_out_dir
 from fedge.cli import (
     ArgumentParser,
@@ -54,6 +59,12 @@ strategies:
   multi-worker  MultiWorkerMirroredStrategy; with --workers N and no TF_CONFIG, N local
                 worker processes on 127.0.0.1 (worker 0 is the chief); with TF_CONFIG set,
                 this process joins that cluster
+  parameter-server
+                ParameterServerStrategy; with --workers N [--ps M] (default 1) and no
+                TF_CONFIG, a chief (the coordinator: it trains and exports), N workers and M
+                parameter servers as local processes on 127.0.0.1; with TF_CONFIG set, this
+                process is that cluster's chief, or serves as its worker or ps task. An
+                epoch is one pass over the training split in global batches
 
 OUT receives saved_model/, feature_spec.json, training_record.json, checkpoints/ and logs/
 (TensorBoard), written by the chief only; with --data also schema.json (the inferred
@@ -75,7 +86,7 @@ the same way but keeps OUT as it is, so that the same command resumes (a preempt
 
 exit codes:
   0    training finished and the model was exported
-  1    training failed (a worker failed or timed out, TensorFlow error, NaN loss)
+  1    training failed (a worker or server failed or timed out, TensorFlow error, NaN loss)
   2    usage or input error (unknown flag, task or strategy, bad number, unwritable --out)
   130  interrupted (SIGINT or SIGTERM): stopped cleanly, local workers killed
 """
@@ -133,7 +144,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--strategy", default="default", help=f"one of {', '.join(STRATEGY_NAMES)} (default)"
     )
-    parser.add_argument("--workers", type=int, help="workers (multi-worker) or CPU replicas")
+    parser.add_argument(
+        "--workers", type=int, help="workers (multi-worker, parameter-server) or CPU replicas"
+    )
+    parser.add_argument(
+        "--ps", type=int, help="parameter servers of a local parameter-server cluster (1)"
+    )
     parser.add_argument("--epochs", type=int, required=True, help="epochs to train, >= 1")
     parser.add_argument("--out", required=True, help="export directory (created if needed)")
     parser.add_argument("--batch-size", type=int, default=32, help="per-replica batch (32)")
@@ -150,7 +166,7 @@ def build_parser() -> ArgumentParser:
         "--worker-timeout",
         type=float,
         default=3600.0,
-        help="seconds to wait for local multi-worker processes before killing them (3600)",
+        help="seconds to wait for a local cluster's processes before killing them (3600)",
     )
     add_json_flag(parser)
     add_verbosity_flags(parser)
@@ -168,9 +184,34 @@ def run_training(
 
     ``verbose`` is passed on to launched workers (their ``-v`` count).
     """
-    out = prepare_out_dir(config.out_dir)
     role = cluster_role()
-    if config.strategy == "multi-worker" and role.task_type is not None:
+    if config.strategy == "parameter-server" and role.task_type is None and not config.workers:
+        raise ConfigError(
+            "the parameter-server strategy needs --workers (a local cluster) or TF_CONFIG"
+        )
+    out = prepare_out_dir(config.out_dir)
+    if config.strategy == "parameter-server":
+        if role.task_type is None:
+            return _launch(
+                config,
+                out,
+                worker_timeout_s=worker_timeout_s,
+                chief_stderr=chief_stderr,
+                verbose=verbose,
+            )
+        if role.task_type != "chief" or role.num_ps < 1:
+            raise ConfigError(
+                f"{TF_CONFIG} must name the chief of a cluster with ps tasks to train with "
+                "the parameter-server strategy (workers and ps tasks serve)"
+            )
+        watch_launcher()
+        if config.workers is not None and config.workers != role.num_workers:
+            raise ConfigError(
+                f"workers={config.workers} but {TF_CONFIG} describes {role.num_workers} workers"
+            )
+        if config.ps is not None and config.ps != role.num_ps:
+            raise ConfigError(f"ps={config.ps} but {TF_CONFIG} describes {role.num_ps} ps tasks")
+    elif config.strategy == "multi-worker" and role.task_type is not None:
         watch_launcher()
         if config.workers is not None and config.workers != role.num_workers:
             raise ConfigError(
@@ -210,15 +251,27 @@ def _launch(
 ) -> RunOutcome:
     assert config.workers is not None
     command = [sys.executable, "-m", "cloud_trainer.cli", *_worker_args(config, out, verbose)]
-    logger.info("launching %d local workers", config.workers)
     with tempfile.TemporaryDirectory(prefix="fedge-train-workers-") as log_dir:
-        workers = launch_local_cluster(
-            command,
-            num_workers=config.workers,
-            log_dir=log_dir,
-            timeout_s=worker_timeout_s,
-            chief_stderr=chief_stderr,
-        )
+        if config.strategy == "parameter-server":
+            num_ps = config.ps or 1
+            logger.info("launching a chief, %d workers and %d ps", config.workers, num_ps)
+            workers = launch_local_ps_cluster(
+                command,
+                num_workers=config.workers,
+                num_ps=num_ps,
+                log_dir=log_dir,
+                timeout_s=worker_timeout_s,
+                chief_stderr=chief_stderr,
+            )
+        else:
+            logger.info("launching %d local workers", config.workers)
+            workers = launch_local_cluster(
+                command,
+                num_workers=config.workers,
+                log_dir=log_dir,
+                timeout_s=worker_timeout_s,
+                chief_stderr=chief_stderr,
+            )
     return RunOutcome(out_dir=out, record=load_training_record(out), workers=tuple(workers))
 
 
@@ -233,6 +286,7 @@ def _worker_args(config: TrainConfig, out: str, verbose: int = 0) -> list[str]:
     args += [
         f"--strategy={config.strategy}",
         f"--workers={config.workers}",
+        *([f"--ps={config.ps}"] if config.ps is not None else []),
         f"--epochs={config.epochs}",
         f"--out={out}",
         f"--batch-size={config.batch_size}",
@@ -264,6 +318,8 @@ def _train(argv: Sequence[str] | None) -> int:
         raise UsageError(
             "--label-column, --numeric, --categorical, --exclude and --ablation need --data"
         )
+    if args.ps is not None and args.strategy != "parameter-server":
+        raise UsageError("--ps needs --strategy parameter-server")
     if args.data is not None and not args.label_column:
         raise UsageError("--data needs --label-column")
     if args.data is not None:
@@ -290,9 +346,17 @@ def _train(argv: Sequence[str] | None) -> int:
         learning_rate=args.learning_rate,
         tfrecord_path=args.to_tfrecord,
         progress=not args.quiet,
+        ps=args.ps,
     )
     if not args.worker_timeout > 0:
         raise UsageError(f"--worker-timeout must be > 0, got {args.worker_timeout}")
+    if config.strategy == "parameter-server" and cluster_role().is_server:
+        # A worker or ps task of a parameter-server cluster: it serves until stopped, and
+        # creates no output, so an interrupt has nothing to remove.
+        watch_launcher()
+        from cloud_trainer.strategies import serve
+
+        serve()
     created = _Created.before(config)
     interrupt: KeyboardInterrupt | None = None
     try:

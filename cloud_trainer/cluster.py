@@ -1,4 +1,5 @@
-"""Who this process is in a multi-worker cluster, read from ``TF_CONFIG`` (no TensorFlow).
+"""Who this process is in a multi-worker or parameter-server cluster, read from
+``TF_CONFIG`` (no TensorFlow).
 
 Only the chief writes durable outputs. Other workers must still take part in every save
 (checkpoints and SavedModels may run collective ops), so they write to a temporary
@@ -20,6 +21,7 @@ __all__ = [
     "TF_CONFIG",
     "ClusterRole",
     "cluster_role",
+    "local_ps_tf_configs",
     "local_tf_configs",
     "remove_worker_temp",
     "write_filepath",
@@ -37,6 +39,14 @@ class ClusterRole:
     num_workers: int = 1
     has_chief: bool = False
     """Whether the cluster has a ``chief`` task (else worker 0 acts as chief)."""
+    num_ps: int = 0
+    """Parameter servers (``ps`` tasks); with any, the chief is the coordinator and
+    ``num_workers`` counts the ``worker`` tasks only."""
+
+    @property
+    def is_server(self) -> bool:
+        """True for a ``worker`` or ``ps`` task of a parameter-server cluster: it serves."""
+        return self.num_ps > 0 and self.task_type in ("worker", "ps")
 
     @property
     def is_chief(self) -> bool:
@@ -64,9 +74,10 @@ def cluster_role(environ: Mapping[str, str] | None = None) -> ClusterRole:
         task_id = int(task["index"])
         workers = list(cluster.get("worker", []))
         chiefs = list(cluster.get("chief", []))
+        servers = list(cluster.get("ps", []))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{TF_CONFIG} is not a valid cluster description: {exc!r}") from exc
-    members = {"worker": workers, "chief": chiefs}
+    members = {"worker": workers, "chief": chiefs, "ps": servers}
     if task_type not in members or not 0 <= task_id < len(members[task_type]):
         raise ConfigError(
             f"{TF_CONFIG} names task {task_type}:{task_id}, which its cluster does not hold"
@@ -74,8 +85,9 @@ def cluster_role(environ: Mapping[str, str] | None = None) -> ClusterRole:
     return ClusterRole(
         task_type=task_type,
         task_id=task_id,
-        num_workers=len(workers) + len(chiefs),
+        num_workers=len(workers) if servers else len(workers) + len(chiefs),
         has_chief=bool(chiefs),
+        num_ps=len(servers),
     )
 
 
@@ -87,6 +99,32 @@ def local_tf_configs(ports: Sequence[int], *, host: str = "127.0.0.1") -> list[s
     return [
         json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         for i in range(len(ports))
+    ]
+
+
+def local_ps_tf_configs(
+    chief_port: int,
+    worker_ports: Sequence[int],
+    ps_ports: Sequence[int],
+    *,
+    host: str = "127.0.0.1",
+) -> list[tuple[str, int, str]]:
+    """``(task type, index, TF_CONFIG)`` of every task of a parameter-server cluster on
+    ``host``: one chief (the coordinator), a worker per ``worker_ports``, a ps per ``ps_ports``."""
+    ports = [chief_port, *worker_ports, *ps_ports]
+    if not worker_ports or not ps_ports or len(set(ports)) != len(ports):
+        raise ConfigError(
+            f"need distinct ports: a chief, at least one worker and one ps, got {ports}"
+        )
+    cluster = {
+        "chief": [f"{host}:{chief_port}"],
+        "worker": [f"{host}:{port}" for port in worker_ports],
+        "ps": [f"{host}:{port}" for port in ps_ports],
+    }
+    return [
+        (kind, i, json.dumps({"cluster": cluster, "task": {"type": kind, "index": i}}))
+        for kind in ("chief", "worker", "ps")
+        for i in range(len(cluster[kind]))
     ]
 
 

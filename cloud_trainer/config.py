@@ -11,7 +11,7 @@ from fedge.validation import check_fraction, check_int, check_positive
 __all__ = ["DEFAULT_TEST_FRACTION", "STRATEGY_NAMES", "TABLE_TASK", "TrainConfig"]
 
 DEFAULT_TEST_FRACTION = 0.2
-STRATEGY_NAMES: tuple[str, ...] = ("default", "mirrored", "multi-worker")
+STRATEGY_NAMES: tuple[str, ...] = ("default", "mirrored", "multi-worker", "parameter-server")
 TABLE_TASK = "table"
 """The task name of a run on a user's own file (``fedge-train --data``)."""
 
@@ -19,7 +19,8 @@ TABLE_TASK = "table"
 @dataclass(frozen=True)
 class TrainConfig:
     """One training job. ``batch_size`` is per replica; ``workers`` sizes the cluster of
-    ``multi-worker`` (launched by the CLI) or the CPU replicas of ``mirrored``.
+    ``multi-worker`` or the workers of ``parameter-server`` (launched by the CLI), or the
+    CPU replicas of ``mirrored``; ``ps`` is the parameter servers of ``parameter-server``.
 
     A run on a user's own file has ``task=TABLE_TASK`` and ``data_path`` (CSV or TFRecord,
     see :func:`fedge.data.infer_table`) with ``label_column`` and the optional column kind
@@ -44,6 +45,7 @@ class TrainConfig:
     categorical: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     ablation: bool = False
+    ps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("numeric", "categorical", "exclude"):
@@ -70,7 +72,13 @@ class TrainConfig:
         if self.workers is not None:
             check_int(self.workers, "workers", low=1)
         if self.workers is not None and self.strategy == "default":
-            raise ConfigError("workers applies to the mirrored and multi-worker strategies only")
+            raise ConfigError(
+                "workers applies to the mirrored, multi-worker and parameter-server strategies only"
+            )
+        if self.ps is not None:
+            if self.strategy != "parameter-server":
+                raise ConfigError("ps applies to the parameter-server strategy only")
+            check_int(self.ps, "ps", low=1)
         check_fraction(self.test_fraction, "test_fraction", zero_ok=False)
         check_fraction(self.data_fraction, "data_fraction", zero_ok=False, one_ok=True)
         check_positive(self.learning_rate, "learning_rate")

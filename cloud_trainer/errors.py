@@ -3,8 +3,9 @@
 ::
 
     FedgeError
-    ├── ClusterError      a worker of a local multi-worker cluster failed, or the cluster
-    │                     ran past its deadline (the other workers were stopped)
+    ├── ClusterError      a process of a local multi-worker or parameter-server cluster
+    │                     failed, or the cluster ran past its deadline (the others were
+    │                     stopped)
     └── TrainingError     training ran but failed (TensorFlow error, non-finite loss)
 
 Bad arguments and data raise the core's ``ConfigError`` and ``DataError``.

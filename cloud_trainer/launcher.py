@@ -5,6 +5,11 @@ The launcher waits with a deadline, and stops every worker still running (with
 :func:`fedge.processes.stop`) as soon as one fails, at the deadline, or on
 KeyboardInterrupt: a collective op would otherwise leave the survivors waiting for their
 peer forever.
+
+:func:`launch_local_ps_cluster` runs a parameter-server cluster the same way: a chief (the
+coordinator, which trains and exports), workers and parameter servers. Servers never exit on
+their own, so it waits for the chief, fails at once if a server dies first, and then stops
+the servers.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from cloud_trainer.cluster import TF_CONFIG, local_tf_configs
+from cloud_trainer.cluster import TF_CONFIG, local_ps_tf_configs, local_tf_configs
 from cloud_trainer.errors import ClusterError
 from fedge import processes
 from fedge.cli import ExitCode
@@ -30,6 +35,7 @@ __all__ = [
     "WorkerOutcome",
     "free_ports",
     "launch_local_cluster",
+    "launch_local_ps_cluster",
     "watch_launcher",
 ]
 
@@ -43,11 +49,15 @@ _LOG_TAIL_CHARS = 2000
 
 @dataclass(frozen=True)
 class WorkerOutcome:
-    """How one worker process ended (``returncode`` < 0: killed by that signal)."""
+    """How one worker process ended (``returncode`` < 0: killed by that signal).
+
+    ``task`` is the process's task type: ``worker``, or in a parameter-server cluster
+    ``chief``, ``worker`` or ``ps`` (servers end when the launcher stops them)."""
 
     index: int
     pid: int
     returncode: int
+    task: str = "worker"
 
 
 def free_ports(count: int) -> list[int]:
@@ -138,6 +148,93 @@ def _wait_all(
             f"worker {index} (pid {workers[index].pid}) exited with code {exc.returncode}; "
             "the other workers were killed"
         ) from None
+
+
+def launch_local_ps_cluster(
+    command: Sequence[str],
+    *,
+    num_workers: int,
+    num_ps: int,
+    log_dir: str | os.PathLike[str],
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    chief_stderr: IO[str] | None = None,
+    poll_interval_s: float = 0.2,
+) -> list[WorkerOutcome]:
+    """Start a parameter-server cluster of copies of ``command``; wait for its chief.
+
+    Parameter servers and workers start first, then the chief. Logs go to
+    ``log_dir/<task>-<i>.log`` (the chief's stderr to ``chief_stderr`` when given).
+    ClusterError when the chief fails, a server exits while the chief runs, or at the
+    deadline; every process is stopped in all cases. The outcomes list the chief first.
+    """
+    for name, value in (("num_workers", num_workers), ("num_ps", num_ps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    if not timeout_s > 0:
+        raise ConfigError(f"timeout_s must be > 0, got {timeout_s!r}")
+    base_env = dict(os.environ if env is None else env)
+    ports = free_ports(1 + num_workers + num_ps)
+    configs = local_ps_tf_configs(ports[0], ports[1 : 1 + num_workers], ports[1 + num_workers :])
+    # Servers first, so the chief finds them listening; the chief last.
+    order = [c for c in configs if c[0] == "ps"] + [c for c in configs if c[0] == "worker"]
+    order += [c for c in configs if c[0] == "chief"]
+    started: list[tuple[str, int, processes.Child]] = []
+    try:
+        with processes.deferred_interrupts():
+            for kind, index, config in order:
+                child = processes.start(
+                    command,
+                    name=f"{kind} {index}",
+                    env={**base_env, TF_CONFIG: config, LAUNCHER_PID_ENV: str(os.getpid())},
+                    log_path=os.path.join(os.fspath(log_dir), f"{kind}-{index}.log"),
+                    stderr=chief_stderr if kind == "chief" else None,
+                )
+                started.append((kind, index, child))
+                logger.info("started %s %d (pid %d)", kind, index, child.pid)
+        chief = started[-1][2]
+        servers = [(kind, index, child) for kind, index, child in started[:-1]]
+        _wait_chief(chief, servers, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+    finally:
+        processes.stop([child for _, _, child in started], timeout=_STOP_WAIT_S)
+    return [
+        WorkerOutcome(index=index, pid=child.pid, returncode=int(child.popen.returncode), task=kind)
+        for kind, index, child in [started[-1], *started[:-1]]
+    ]
+
+
+def _wait_chief(
+    chief: processes.Child,
+    servers: Sequence[tuple[str, int, processes.Child]],
+    *,
+    timeout_s: float,
+    poll_interval_s: float,
+) -> None:
+    """Wait for ``chief`` to exit 0; ClusterError if it fails, a server exits, or at timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = chief.popen.poll()
+        if code is not None:
+            if code == 0:
+                return
+            tail = chief.log_tail(_LOG_TAIL_CHARS)
+            if tail:
+                logger.error("chief log ends:\n%s", tail)
+            raise ClusterError(
+                f"chief (pid {chief.pid}) exited with code {code}; the servers were killed"
+            )
+        for kind, index, child in servers:
+            if child.popen.poll() is not None:
+                tail = child.log_tail(_LOG_TAIL_CHARS)
+                if tail:
+                    logger.error("%s %d log ends:\n%s", kind, index, tail)
+                raise ClusterError(
+                    f"{kind} {index} (pid {child.pid}) exited with code "
+                    f"{child.popen.returncode} during training; the others were killed"
+                )
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"the chief was still training after {timeout_s:g}s; killed")
+        time.sleep(poll_interval_s)
 
 
 def watch_launcher(environ: Mapping[str, str] | None = None, *, interval_s: float = 1.0) -> bool:

@@ -1,15 +1,21 @@
-"""tf.distribute strategies by name: ``default``, ``mirrored`` and ``multi-worker``.
+"""tf.distribute strategies by name: ``default``, ``mirrored``, ``multi-worker`` and
+``parameter-server``.
 
 ``mirrored`` uses every GPU; without GPUs it splits the CPU into logical devices so the
 same code path (replicas, all-reduce, global batch) runs and is tested on a laptop. That
 split must happen before TensorFlow initialises its runtime, i.e. before any op runs:
 build the strategy first thing in a process. ``multi-worker`` reads its cluster from
-``TF_CONFIG``; without one it is a one-worker cluster.
+``TF_CONFIG``; without one it is a one-worker cluster. ``parameter-server`` needs a
+``TF_CONFIG`` cluster with a chief (the coordinator, which builds the strategy and runs
+``fit``), workers and parameter servers; workers and parameter servers run :func:`serve`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from typing import NoReturn
 
 import tensorflow as tf
 
@@ -20,6 +26,7 @@ __all__ = [
     "DEFAULT_CPU_REPLICAS",
     "build_strategy",
     "configure_logical_cpus",
+    "serve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,4 +78,33 @@ def build_strategy(name: str, *, workers: int | None = None) -> tf.distribute.St
         return tf.distribute.MirroredStrategy(
             devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
+    if name == "parameter-server":
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        if resolver.task_type != "chief" or not resolver.cluster_spec().as_dict().get("ps"):
+            raise ConfigError(
+                "the parameter-server strategy runs on the chief of a TF_CONFIG cluster "
+                "with ps tasks"
+            )
+        return tf.distribute.experimental.ParameterServerStrategy(resolver)
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def serve(*, poll_interval_s: float = 0.5) -> NoReturn:
+    """Run this process's ``worker`` or ``ps`` task of the ``TF_CONFIG`` cluster until it is
+    stopped (SIGINT/SIGTERM raise KeyboardInterrupt here; the server runs in its own threads).
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if resolver.task_type not in ("worker", "ps"):
+        raise ConfigError(f"only worker and ps tasks serve, not {resolver.task_type!r}")
+    # A worker reports a lost peer to the coordinator instead of retrying forever.
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    server = tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=resolver.task_type,
+        task_index=resolver.task_id,
+        protocol=resolver.rpc_layer or "grpc",
+        start=True,
+    )
+    logger.info("%s %d serving at %s", resolver.task_type, resolver.task_id, server.target)
+    while True:
+        time.sleep(poll_interval_s)

@@ -4,6 +4,10 @@
 built and compiled inside ``strategy.scope()``, ``fit`` with BackupAndRestore (a restarted
 run resumes after the last completed epoch), chief-only checkpoints and TensorBoard logs,
 then metrics and the export (see :mod:`cloud_trainer.export`).
+
+Under ``parameter-server`` this runs on the chief (the coordinator): each worker builds its
+own repeated, shuffled input from a dataset function, and an epoch is a fixed number of
+steps (one pass over the training split in global batches).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -79,7 +84,8 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
 
     ConfigError/DataError for bad inputs, TrainingError when training itself fails.
     """
-    role = cluster_role() if config.strategy == "multi-worker" else ClusterRole()
+    clustered = config.strategy in ("multi-worker", "parameter-server")
+    role = cluster_role() if clustered else ClusterRole()
     # The strategy comes before every other TensorFlow call: it may split the CPU into
     # logical devices or join a cluster, both of which must precede runtime start-up.
     strategy = build_strategy(config.strategy, workers=config.workers)
@@ -129,10 +135,21 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
     with strategy.scope():
         model = build_model(config.task, input_shape=data.input_shape, num_classes=data.num_classes)
         compile_model(model, learning_rate=config.learning_rate)
-    train_ds = array_dataset(
-        data.x_train, data.y_train, batch_size=global_batch, shuffle_seed=config.seed
-    )
-    test_ds = array_dataset(data.x_test, data.y_test, batch_size=global_batch)
+    fit_inputs: dict[str, Any]
+    if config.strategy == "parameter-server":
+        fit_inputs = {
+            "x": _per_worker_input(data.x_train, data.y_train, global_batch, seed=config.seed),
+            "steps_per_epoch": math.ceil(len(data.y_train) / global_batch),
+            "validation_data": _per_worker_input(data.x_test, data.y_test, global_batch),
+            "validation_steps": math.ceil(len(data.y_test) / global_batch),
+        }
+    else:
+        fit_inputs = {
+            "x": array_dataset(
+                data.x_train, data.y_train, batch_size=global_batch, shuffle_seed=config.seed
+            ),
+            "validation_data": array_dataset(data.x_test, data.y_test, batch_size=global_batch),
+        }
 
     backup_dir = os.path.join(out, BACKUP_DIR)
     resumed = backup_epoch(backup_dir)
@@ -145,8 +162,10 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
         )
     tracker = _EpochTracker()
     # Keras sends a non-chief's checkpoints and logs to workertemp_<id> dirs it removes.
+    # Parameter-server training accepts epoch-level callbacks only.
+    per_batch = config.strategy != "parameter-server"
     callbacks: list[tf.keras.callbacks.Callback] = [
-        tf.keras.callbacks.TerminateOnNaN(),
+        tf.keras.callbacks.TerminateOnNaN() if per_batch else _StopOnNaNEpoch(),
         tf.keras.callbacks.ModelCheckpoint(
             os.path.join(out, CHECKPOINT_DIR, "epoch-{epoch:03d}"), save_weights_only=True
         ),
@@ -156,18 +175,17 @@ def train(config: TrainConfig, *, progress_stream: TextIO | None = None) -> Trai
         tracker,
     ]
     if config.progress and role.is_chief:
-        callbacks.append(_Progress(progress_stream or sys.stderr, config.epochs))
+        progress = _BatchProgress if per_batch else _Progress
+        callbacks.append(progress(progress_stream or sys.stderr, config.epochs))
     # Last: an epoch counts as done in the backup only once every other callback finished it.
     callbacks.append(tf.keras.callbacks.BackupAndRestore(backup_dir=backup_dir))
     try:
-        model.fit(
-            train_ds, validation_data=test_ds, epochs=config.epochs, callbacks=callbacks, verbose=0
-        )
+        model.fit(**fit_inputs, epochs=config.epochs, callbacks=callbacks, verbose=0)
     except tf.errors.OpError as exc:
         raise TrainingError(f"training failed: {exc.message}") from exc
     if model.stop_training:
         raise TrainingError("training stopped: the loss became NaN or infinite")
-    if role.num_workers > 1:
+    if config.strategy == "multi-worker" and role.num_workers > 1:
         # Non-chief workers remove their workertemp backup dirs at each epoch end; wait for
         # every worker to leave fit() before the chief removes the emptied backup dir.
         _barrier(strategy)
@@ -285,8 +303,18 @@ class _EpochTracker(tf.keras.callbacks.Callback):  # type: ignore[misc]
         self.epochs_run += 1
 
 
+class _StopOnNaNEpoch(tf.keras.callbacks.Callback):  # type: ignore[misc]
+    """TerminateOnNaN at epoch ends, for strategies without batch-level callbacks."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            logger.error("epoch %d: invalid loss %s, terminating training", epoch + 1, loss)
+            self.model.stop_training = True
+
+
 class _Progress(tf.keras.callbacks.Callback):  # type: ignore[misc]
-    """A one-line-per-epoch progress bar on ``stream`` (redrawn in place on a terminal)."""
+    """A one-line-per-epoch progress bar on ``stream`` (see :class:`_BatchProgress`)."""
 
     _WIDTH = 24
 
@@ -302,11 +330,6 @@ class _Progress(tf.keras.callbacks.Callback):  # type: ignore[misc]
         self._start = time.monotonic()
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._tty:
-            self._stream.write("\r" + self._bar(batch + 1))
-            self._stream.flush()
-
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         steps = self.params.get("steps") or 0
         values = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
@@ -320,6 +343,37 @@ class _Progress(tf.keras.callbacks.Callback):  # type: ignore[misc]
         filled = int(self._WIDTH * min(done, steps) / steps)
         bar = "=" * filled + "." * (self._WIDTH - filled)
         return f"epoch {self._epoch + 1}/{self._epochs} [{bar}] {done}/{steps}"
+
+
+class _BatchProgress(_Progress):
+    """:class:`_Progress`, redrawn in place after every batch on a terminal."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._tty:
+            self._stream.write("\r" + self._bar(batch + 1))
+            self._stream.flush()
+
+
+def _per_worker_input(
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.integer[Any]],
+    global_batch: int,
+    *,
+    seed: int | None = None,
+) -> tf.keras.utils.experimental.DatasetCreator:
+    """A parameter-server worker's input: ``(x, y)`` repeated, batched, shuffled with ``seed``
+    plus the worker's pipeline id (so workers draw different orders) when ``seed`` is given."""
+    features = np.asarray(x, dtype=np.float32)
+    labels = np.asarray(y, dtype=np.int64)
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((features, labels))
+        if seed is not None:
+            ds = ds.shuffle(len(labels), seed=seed + context.input_pipeline_id)
+        batch = context.get_per_replica_batch_size(global_batch)
+        return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    return tf.keras.utils.experimental.DatasetCreator(dataset_fn)
 
 
 def _barrier(strategy: tf.distribute.Strategy) -> None:
