@@ -8,6 +8,7 @@
         [--prediction-drift-threshold X] [--prediction-drift-min-examples N] \
         [--accuracy-drop-threshold X] [--rollback-on-accuracy-drop [--rollback-min-clients N]] \
         [--holdout FILE [--holdout-region-column COL]] [--gate-margin X] [--gate-clients N] \
+        [--mode sync|async [--buffer K] [--max-staleness S]] \
         [--serving-mode dynamic|static|hybrid] [--serving-cache N] [--serving-max-instances N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
@@ -117,6 +118,7 @@ _ROUND_FLAGS = {
     "deadline_seconds": float, "epochs": int, "batch_size": int, "learning_rate": float,
     "norm_bound": float, "max_examples": int, "dp_noise_multiplier": float, "dp_clip": float,
     "gate_margin": float, "gate_clients": int, "gate_seconds": float, "gate_min_reports": int,
+    "buffer": int, "max_staleness": int,
 }  # fmt: skip
 
 # Added to the kit's table: the bundle given to ``serve`` is the caller's input (2). An admin
@@ -206,6 +208,14 @@ def _add_serve(sub: Any) -> None:
     for name, kind in _ROUND_FLAGS.items():
         rounds.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     rounds.add_argument("--aggregator", choices=STRATEGY_NAMES, default=None)
+    rounds.add_argument(
+        "--mode",
+        choices=("sync", "async"),
+        default=None,
+        help="async: FedBuff (every polling client trains on production; --buffer K "
+        "updates, weighted by 1/sqrt(1 + staleness), make a version; updates staler than "
+        "--max-staleness S are refused)",
+    )
     rounds.add_argument(
         "--holdout",
         type=Path,
@@ -697,7 +707,14 @@ def _round_config(args: argparse.Namespace) -> RoundConfig:
             raise UsageError(f"cannot read --round-config {args.round_config}: {exc}") from exc
         if not isinstance(options, dict):
             raise UsageError("--round-config must hold a JSON object")
-    for name in (*_ROUND_FLAGS, "aggregator", "continuous", "auto_promote", "secure_aggregation"):
+    for name in (
+        *_ROUND_FLAGS,
+        "aggregator",
+        "mode",
+        "continuous",
+        "auto_promote",
+        "secure_aggregation",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.aggregator_option:

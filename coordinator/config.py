@@ -17,6 +17,7 @@ __all__ = [
     "COMPRESSIONS",
     "GATE_METRICS",
     "ROUND_LIMITS",
+    "ROUND_MODES",
     "AlertConfig",
     "RoundConfig",
     "ServiceConfig",
@@ -28,6 +29,9 @@ _COMPRESSION_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {"none": frozenset(), "q8": frozenset({"block"}), "topk": frozenset({"fraction"})}
 )
 DEFAULT_TOPK_FRACTION = 0.01
+ROUND_MODES = ("sync", "async")
+"""``sync``: rounds of selected clients; ``async``: FedBuff buffers (:mod:`fedge.fedbuff`)."""
+_MAX_STALENESS = 1_000_000
 DEFAULT_MIN_COHORT = 10
 """The fewest clients an evaluate, stats or features request may target."""
 DEFAULT_COHORT_WINDOW_SECONDS = 3600.0
@@ -142,6 +146,16 @@ class RoundConfig:
       ``deadline_seconds``) for their reports and needs ``gate_min_reports`` reports for
       each version. A gated round that does not promote on commit (``gate`` true,
       ``auto_promote`` false) leaves a candidate that passed a candidate.
+    - ``mode`` ``async`` (FedBuff, :mod:`fedge.fedbuff`): a round is a buffer. It selects
+      nobody; any client that polls without a pending train task gets one on the current
+      production version, at any time. An update names its task, so its base version and
+      its staleness (versions committed since that base) are known: an update staler than
+      ``max_staleness`` is refused with 409 (``too_stale``) and never stored; an update of
+      an earlier buffer's task goes into the collecting buffer. When ``buffer`` updates
+      are in, the buffer commits ``base + sum(delta / sqrt(1 + staleness)) / buffer`` and
+      the next buffer opens; it has no deadline. Async mode refuses secure aggregation,
+      DP, the gate, statistics every round and any aggregator or server optimizer but
+      ``fedavg``.
     """
 
     clients_per_round: int = 10
@@ -186,6 +200,9 @@ class RoundConfig:
     gate_clients: int = 0
     gate_seconds: float | None = None
     gate_min_reports: int = 1
+    mode: str = "sync"
+    buffer: int = 10
+    max_staleness: int = 10
 
     def __post_init__(self) -> None:
         limit = ROUND_LIMITS
@@ -253,6 +270,12 @@ class RoundConfig:
         _check_secure(self)
         _check_dp(self)
         _check_gate(self)
+        _check_async(self)
+
+    @property
+    def buffered(self) -> bool:
+        """An asynchronous (FedBuff) round: a buffer of ``buffer`` updates."""
+        return self.mode == "async"
 
     def _check_compression(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -333,7 +356,9 @@ class RoundConfig:
     def gated(self, *, cloud_holdout: bool) -> bool:
         """Whether a committed candidate goes through the gate: ``gate`` when set, else
         when the round promotes on commit and a holdout exists (``cloud_holdout``: the
-        service has one; or ``gate_clients`` > 0)."""
+        service has one; or ``gate_clients`` > 0). An async buffer is never gated."""
+        if self.buffered:
+            return False
         if self.gate is not None:
             return self.gate
         return self.promotes_on_commit and (cloud_holdout or self.gate_clients > 0)
@@ -481,6 +506,30 @@ def _check_secure(config: RoundConfig) -> None:
 
 GATE_METRICS = ("accuracy",)
 """The metrics the gate compares (higher is better)."""
+
+
+def _check_async(config: RoundConfig) -> None:
+    """The FedBuff settings: bounds always, the combination rules in async mode."""
+    if config.mode not in ROUND_MODES:
+        raise ConfigError(f"mode must be one of {list(ROUND_MODES)}, got {config.mode!r}")
+    check_int(config.buffer, "buffer", low=1, high=int(ROUND_LIMITS["clients_per_round"]))
+    check_int(config.max_staleness, "max_staleness", low=0, high=_MAX_STALENESS)
+    if not config.buffered:
+        return
+    refused = [
+        (config.secure_aggregation, "secure_aggregation"),
+        (config.dp_noise_multiplier is not None, "dp_noise_multiplier"),
+        (config.gate is True or config.gate_clients > 0, "the gate (gate, gate_clients)"),
+        (config.aggregator != "fedavg", f"aggregator {config.aggregator!r}"),
+        (config.server_optimizer is not None, "server_optimizer"),
+        (config.stats_every_round, "stats_every_round"),
+    ]
+    for on, what in refused:
+        if on:
+            raise ConfigError(
+                f"mode async (FedBuff) cannot be combined with {what}: its buffered, "
+                "staleness-weighted commits are plain FedBuff over fedavg"
+            )
 
 
 def _check_gate(config: RoundConfig) -> None:

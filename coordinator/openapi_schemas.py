@@ -242,6 +242,26 @@ def _round_config() -> dict[str, Any]:
             **_secure_config(),
             **_dp_config(),
             **_gate_config(),
+            "mode": {
+                "enum": ["sync", "async"],
+                "description": "sync: rounds of selected clients; async: FedBuff buffers "
+                "(any polling client gets a train task on production; an update staler "
+                "than max_staleness is refused with 409 too_stale; buffer updates commit "
+                "their 1/sqrt(1 + staleness)-weighted mean). Async refuses secure "
+                "aggregation, DP, the gate, stats_every_round and non-fedavg strategies",
+            },
+            "buffer": {
+                **INTEGER,
+                "minimum": 1,
+                "maximum": int(top["clients_per_round"]),
+                "description": "async: updates per buffered commit (K)",
+            },
+            "max_staleness": {
+                **INTEGER,
+                "minimum": 0,
+                "maximum": 1_000_000,
+                "description": "async: the most versions an update's base may be behind",
+            },
         },
         "additionalProperties": False,
     }

@@ -47,6 +47,14 @@
   result included); the global model is unchanged, the reason recorded and a
   ``round_failed`` alert raised. A failure never wedges the engine: the next round opens.
 
+- async (``mode`` ``async``, FedBuff): a round is a buffer that starts collecting at once
+  on production, selects nobody and has no deadline; the service hands a train task of
+  the buffer to any client that polls without one (:meth:`RoundEngine.buffer_task`), and
+  an update of an earlier buffer's task goes into the collecting one. It closes when
+  ``buffer`` updates are in (the quarantine judges them as above) and commits the
+  staleness-weighted mean (:mod:`fedge.fedbuff`; the staleness of an update is the number
+  of versions on production's lineage since its task's version), recorded in its
+  measurements (``staleness_mean``, ``staleness_max``); its open tasks stay open.
 Every transition is saved before the next step, so after a crash :meth:`tick` resumes a
 round where it stopped: an aggregating round is aggregated again from its stored updates
 (and fails with its reason when that cannot succeed).
@@ -86,9 +94,11 @@ from coordinator.secagg import SecureOutcome, SecureRounds
 from coordinator.selection import ClientSelector, check_selection
 from coordinator.store import Store
 from fedge.errors import AggregationError, FedgeError
+from fedge.fedbuff import FedBuffBuffer, FedBuffConfig
 from fedge.messages import TaskConfig
 from fedge.server_optimizers import ServerState
 from fedge.strategy import ClientMetrics, DPFedAvg, Strategy
+from fedge.weights import Weights
 
 __all__ = ["RoundEngine", "stats_task_id", "train_task_id"]
 
@@ -207,6 +217,8 @@ class RoundEngine:
 
     def _start(self, round_: RoundRecord) -> RoundRecord:
         config = round_.config
+        if config.buffered:
+            return self._start_buffer(round_)
         clients = [c.client_id for c in self._store.list_clients() if not c.revoked]
         if len(clients) < config.clients_to_start:
             deadline = round_.deadline
@@ -298,17 +310,22 @@ class RoundEngine:
         if round_.secagg is not None:  # the secure stages close themselves
             return self._secure.advance(round_)
         received = self._store.count_updates(round_.round_id)
-        # Revoked clients' tasks expire: once no task is pending, no update can arrive.
-        everyone = received >= len(round_.selected) or self._no_train_task_pending(round_)
-        expired = round_.deadline is not None and self._now() >= round_.deadline
-        if not (everyone or expired):
-            return round_
-        if received < round_.config.min_clients:
-            return self._fail(
-                round_,
-                f"only {received} of the {round_.config.min_clients} required updates "
-                "arrived by the deadline",
-            )
+        needed = round_.config.min_clients
+        if round_.config.buffered:  # a buffer closes when it is full, never by a deadline
+            if received < round_.config.buffer:
+                return round_
+            needed = 1
+        else:
+            # Revoked clients' tasks expire: once no task is pending, no update can arrive.
+            everyone = received >= len(round_.selected) or self._no_train_task_pending(round_)
+            expired = round_.deadline is not None and self._now() >= round_.deadline
+            if not (everyone or expired):
+                return round_
+            if received < needed:
+                return self._fail(
+                    round_,
+                    f"only {received} of the {needed} required updates arrived by the deadline",
+                )
         measurements = dict(round_.measurements)
         if round_.config.quarantine and self._quarantine is not None:
             try:
@@ -317,10 +334,10 @@ class RoundEngine:
                 logger.exception("round %d: judging the updates failed", round_.round_id)
                 return self._fail(round_, f"the quarantine could not judge the updates: {exc}")
             measurements["quarantined_updates"] = float(held)
-            if received - held < round_.config.min_clients:
+            if received - held < needed:
                 return self._fail(
                     round_,
-                    f"only {received - held} of the {round_.config.min_clients} required "
+                    f"only {received - held} of the {needed} required "
                     f"updates can be aggregated: {held} of the {received} that arrived are "
                     "quarantined",
                 )
@@ -391,25 +408,33 @@ class RoundEngine:
         if state is None:
             state = strategy.init_server_state(weights)
         strategy = strategy.bind_state(state)
-        aggregator = strategy.new_aggregator(weights)
         secure: SecureOutcome | None = None
-        if round_.secagg is not None:  # one update: the unmasked mean of the secure sum
-            secure = self._secure.aggregate(round_, weights, aggregator)
-        for update in updates:  # one decoded delta in memory at a time
-            body = self._artifacts.get_bytes(update.sha256)
-            delta = decode_update(body, config.compression, weights, max_bytes=len(body))
-            aggregator.add(delta, update.num_examples)
-        result = strategy.aggregate(aggregator)
-        new_weights, new_state = strategy.server_step(state, weights, result)
+        if config.buffered:  # FedBuff: the staleness-weighted mean of the buffer
+            new_weights, measured = self._aggregate_buffer(round_, updates, weights)
+            new_state = state
+        else:
+            aggregator = strategy.new_aggregator(weights)
+            if round_.secagg is not None:  # one update: the unmasked mean of the secure sum
+                secure = self._secure.aggregate(round_, weights, aggregator)
+            for update in updates:  # one decoded delta in memory at a time
+                body = self._artifacts.get_bytes(update.sha256)
+                delta = decode_update(body, config.compression, weights, max_bytes=len(body))
+                aggregator.add(delta, update.num_examples)
+            result = strategy.aggregate(aggregator)
+            new_weights, new_state = strategy.server_step(state, weights, result)
+            measured = dict(result.measurements)
         new_weights.check_finite()
         client_metrics = self._client_metrics(updates) if secure is None else secure.client_metrics
         metrics = strategy.aggregate_metrics(client_metrics)
         _check_finite_metrics("metric", metrics.overall)
         for region, by_region in metrics.by_region.items():
             _check_finite_metrics(f"region {region!r} metric", by_region)
-        _check_finite_metrics("measurement", result.measurements)
+        _check_finite_metrics("measurement", measured)
         record = self._round_privacy(round_, base, secure)
         with self._store.transaction():
+            current = self._store.get_round(round_.round_id)
+            if current is not None and current.state != round_.state:
+                return current  # another replica moved it on meanwhile: never commit twice
             model = self._registry.register_round_version(
                 base,
                 new_weights,
@@ -426,7 +451,7 @@ class RoundEngine:
             )
             measurements = {
                 **round_.measurements,
-                **result.measurements,
+                **measured,
                 **(secure.measurements if secure is not None else {}),
             }
             if self._gate.gated(config):
@@ -443,11 +468,117 @@ class RoundEngine:
                 measurements=measurements,
             )
             self._store.save_round(committed)
-            self._expire_tasks(round_.round_id)
+            if not config.buffered:  # a buffer's tasks stay open: their updates go to the next
+                self._expire_tasks(round_.round_id)
         logger.info(
             "round %d committed %s from %d updates", round_.round_id, model.version, len(updates)
         )
         return committed
+
+    # Asynchronous buffers (FedBuff) -------------------------------------------------------
+
+    def _start_buffer(self, round_: RoundRecord) -> RoundRecord:
+        """An async round collects at once, from nobody in particular (tasks are handed out
+        on demand: :meth:`buffer_task`), on production, without a deadline."""
+        base = self._registry.production()
+        started = dataclasses.replace(
+            round_,
+            state="collecting",
+            base_version=base.version,
+            collecting_at=self._now(),
+            deadline=None,
+            selected=(),
+        )
+        with self._store.transaction():
+            self._store.save_round(started)
+            self._registry.mark_deployed(base.version)
+        logger.info("buffer %d collecting on %s", round_.round_id, base.version)
+        return started
+
+    def collecting_buffer(self) -> RoundRecord | None:
+        """The async round collecting now, if any."""
+        for round_ in self._store.list_rounds(("collecting",)):
+            if round_.config.buffered:
+                return round_
+        return None
+
+    def buffer_task(self, client_id: str) -> TaskRecord | None:
+        """A train task on production for ``client_id`` in the collecting buffer, unless it
+        already had one in this buffer (or there is no buffer)."""
+        round_ = self.collecting_buffer()
+        if round_ is None or round_.base_version is None:
+            return None
+        task_id = train_task_id(round_.round_id, client_id)
+        if self._store.get_task(task_id) is not None:
+            return None
+        config = round_.config
+        base = self._registry.get(round_.base_version)
+        now = self._now()
+        task = TaskRecord(
+            task_id=task_id,
+            kind="train",
+            client_id=client_id,
+            model_version=base.version,
+            config=TaskConfig(
+                epochs=config.epochs,
+                batch_size=config.batch_size or self._registry.manifest(base).train_batch_size,
+                learning_rate=config.learning_rate,
+                max_examples=config.max_examples,
+                options={**config.task_options, **config.compression_task_options()},
+            ),
+            created_at=now,
+            deadline=now + config.deadline_seconds,
+            round_id=round_.round_id,
+        )
+        self._store.add_task(task)
+        return task
+
+    def staleness(self, version: str, limit: int) -> int | None:
+        """Versions committed on production's lineage since ``version`` (None: it is not on
+        the lineage within ``limit`` steps)."""
+        model = self._registry.production()
+        for steps in range(limit + 1):
+            if model.version == version:
+                return steps
+            if model.parent is None:
+                return None
+            model = self._registry.get(model.parent)
+        return None
+
+    def _aggregate_buffer(
+        self, round_: RoundRecord, updates: list[UpdateRecord], weights: Weights
+    ) -> tuple[Weights, dict[str, float]]:
+        config = round_.config
+        buffer = FedBuffBuffer(
+            FedBuffConfig(buffer_size=len(updates), max_staleness=config.max_staleness),
+            weights,
+            version=config.max_staleness,
+        )
+        commit = None
+        for update in updates:  # one decoded delta in memory at a time
+            task = self._store.get_task(update.task_id)
+            tau = None if task is None else self.staleness(task.model_version, config.max_staleness)
+            if tau is None:
+                raise AggregationError(
+                    f"the update of {update.client_id} is staler than max_staleness "
+                    f"{config.max_staleness}"
+                )
+            body = self._artifacts.get_bytes(update.sha256)
+            delta = decode_update(body, config.compression, weights, max_bytes=len(body))
+            admission, commit = buffer.offer(update.task_id, delta, buffer.version - tau)
+            if not admission.accepted:
+                raise AggregationError(f"the update of {update.client_id}: {admission.detail}")
+        if commit is None:
+            raise AggregationError("the buffer holds no update to commit")
+        measured = {
+            "count": float(len(updates)),
+            "total_weight": float(sum(u.num_examples for u in updates)),
+            "buffer": float(config.buffer),
+            "staleness_mean": commit.mean_staleness,
+            "staleness_max": float(commit.max_staleness),
+            "aggregate_norm": commit.weights.delta(weights).l2_norm(),
+        }
+        return commit.weights, measured
 
     # The gate ------------------------------------------------------------------------------
 

@@ -449,7 +449,18 @@ class CoordinatorService:
                 if task.round_id is not None:
                     self.count_traffic(task.round_id, down=document_bytes(task.to_dict()))
                 return task
-        return None
+        with self._lock:  # async mode: a train task of the collecting buffer, on demand
+            created = self.rounds.buffer_task(client.client_id)
+        if created is None:
+            return None
+        return Task(
+            task_id=created.task_id,
+            kind="train",
+            round_id=created.round_id,
+            model_version=created.model_version,
+            config=created.config,
+            deadline=created.deadline,
+        )
 
     def create_tasks(
         self,
@@ -627,7 +638,7 @@ class CoordinatorService:
     def _submit(self, client: ClientRecord, submission: UpdateSubmission) -> UpdateReceipt:
         self.tick()
         key = check_idempotency_key(submission.idempotency_key)
-        round_ = self._round(submission.round_id)
+        round_ = self._buffer_of(self._round(submission.round_id))
         replay = self._replay(client, submission)
         if replay is not None:
             return replay
@@ -688,8 +699,10 @@ class CoordinatorService:
         previous = self.store.find_update(client.client_id, submission.idempotency_key)
         if previous is None:
             return None
+        task = self.store.get_task(previous.task_id)
         same = (
-            previous.round_id == submission.round_id
+            # an async update is kept in the buffer it went to, its task's round may be older
+            submission.round_id in (previous.round_id, task.round_id if task else None)
             and previous.task_id == submission.task_id
             and previous.num_examples == submission.num_examples
             and previous.sha256 == hashlib.sha256(submission.body).hexdigest()
@@ -713,6 +726,16 @@ class CoordinatorService:
             raise NotFoundError(f"no round {round_id}", code="round_not_found")
         return round_
 
+    def _buffer_of(self, round_: RoundRecord) -> RoundRecord:
+        """The round an update of ``round_`` goes to: itself, or in async mode the buffer
+        collecting now (an update of an earlier buffer's task goes into it)."""
+        if round_.config.buffered and round_.state != "collecting":
+            with self._lock:
+                current = self.rounds.collecting_buffer()
+            if current is not None and current.round_id > round_.round_id:
+                return current
+        return round_
+
     def _check_assignment(
         self, client: ClientRecord, round_: RoundRecord, task_id: str
     ) -> RoundRecord:
@@ -727,6 +750,8 @@ class CoordinatorService:
             raise ConflictError(
                 f"round {round_.round_id} {detail}; it accepts no updates", code="round_closed"
             )
+        if round_.config.buffered:
+            return self._check_buffered(client, round_, task_id)
         if client.client_id not in round_.selected:
             raise PermissionDeniedError(
                 f"client {client.client_id} was not selected for round {round_.round_id}",
@@ -743,6 +768,44 @@ class CoordinatorService:
             raise CoordinatorError(
                 f"task {task_id!r} belongs to round {task.round_id}, not {round_.round_id}",
                 code="task_round_mismatch",
+            )
+        if self.store.get_update(round_.round_id, client.client_id) is not None:
+            raise ConflictError(
+                f"client {client.client_id} already submitted an update for round "
+                f"{round_.round_id}",
+                code="duplicate_update",
+            )
+        return round_
+
+    def _check_buffered(
+        self, client: ClientRecord, round_: RoundRecord, task_id: str
+    ) -> RoundRecord:
+        """An update for an async buffer: its client's pending train task of this buffer or
+        an earlier one, no staler than ``max_staleness``, the first of the client here."""
+        task = self.store.get_task(task_id) if isinstance(task_id, str) else None
+        if task is None or task.kind != "train":
+            raise NotFoundError(f"no train task {task_id!r}", code="task_not_found")
+        if task.client_id != client.client_id:
+            raise PermissionDeniedError(
+                f"task {task_id!r} is assigned to another client", code="task_not_assigned"
+            )
+        if task.round_id is None or task.round_id > round_.round_id:
+            raise CoordinatorError(
+                f"task {task_id!r} belongs to round {task.round_id}, not {round_.round_id}",
+                code="task_round_mismatch",
+            )
+        if task.status != "pending":
+            raise ConflictError(
+                f"task {task_id!r} is {task.status}; it accepts no update", code="round_closed"
+            )
+        limit = round_.config.max_staleness
+        staleness = self.rounds.staleness(task.model_version, limit)
+        if staleness is None:
+            raise ConflictError(
+                f"the update of task {task_id!r} was trained on {task.model_version}, more "
+                f"than max_staleness {limit} versions behind {round_.base_version}; it is "
+                "dropped",
+                code="too_stale",
             )
         if self.store.get_update(round_.round_id, client.client_id) is not None:
             raise ConflictError(

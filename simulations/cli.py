@@ -119,6 +119,12 @@ continuous training:
                       corruption schedule, a region shift and the cloud holdout gate; see
                       'fedge-simulate continuous --help'.
 
+asynchronous FL:
+  fedge-simulate async [options]
+                      sync rounds against FedBuff on digits on a simulated clock, with a
+                      slow fraction of the devices or a speed trace; see
+                      'fedge-simulate async --help'.
+
 """
     + EXIT_CODES_HELP
 )
@@ -537,6 +543,10 @@ def _simulate(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == [CONTINUOUS]:
         return _continuous(words[1:])
+    if words[:1] == ["async"]:
+        from simulations.async_cli import run_async_cli
+
+        return run_async_cli(words[1:], PROG)
     try:
         return _run(argv)
     except SettingsError as exc:

@@ -11,6 +11,7 @@ import pytest
 from fedge.errors import ConfigError
 from simulations.async_engine import AsyncSimConfig, compare, load_speed_trace, run_simulated
 from simulations.pretrain import Pretrained
+from tests.support.simulation import CliRunner
 
 
 def test_fedbuff_reaches_the_sync_accuracy_sooner_with_a_slow_30_percent(
@@ -63,3 +64,21 @@ def test_a_speed_trace_gives_each_device_its_factor(
     trace.write_text("{}", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected"):
         load_speed_trace(trace)
+
+
+def test_fedge_simulate_async_prints_both_runs_side_by_side(
+    fedge_simulate: CliRunner, sim_cache: Path, digits_pretrained: Pretrained
+) -> None:
+    args = ["async", "--cache-dir", str(sim_cache), "--rounds", "4", "--buffer", "3"]
+    text = fedge_simulate(args)
+    assert text.returncode == 0, text.stderr
+    assert "async (FedBuff)" in text.stdout
+    assert "time to" in text.stdout
+    document = fedge_simulate([*args, "--json"])
+    assert document.returncode == 0, document.stderr
+    result = json.loads(document.stdout)
+    assert len(result["sync"]["curve"]) == 5
+    assert result["async"]["max_staleness"] <= 10
+    bad = fedge_simulate(["async", "--cache-dir", str(sim_cache), "--buffer", "0"])
+    assert bad.returncode == 2
+    assert "buffer_size" in bad.stderr
