@@ -25,8 +25,10 @@ import pytest
 from cloud_trainer.cluster import cluster_role, local_ps_tf_configs
 from cloud_trainer.config import TrainConfig
 from cloud_trainer.data import prepare_task_data
+from cloud_trainer.errors import ClusterError
 from cloud_trainer.evaluation import logit_metrics
 from cloud_trainer.export import load_exported_model
+from cloud_trainer.launcher import launch_local_ps_cluster
 from cloud_trainer.record import load_training_record
 from cloud_trainer.train import backup_epoch
 from fedge.errors import ConfigError
@@ -110,6 +112,41 @@ def test_tf_configs_of_a_local_parameter_server_cluster() -> None:
     assert {(r.num_workers, r.num_ps) for r in roles} == {(2, 1)}
     with pytest.raises(ConfigError, match="distinct ports"):
         local_ps_tf_configs(5000, [5000], [5003])
+
+
+# A stand-in for fedge-train in a launched cluster: the task type named in argv[1] exits
+# with code 3 after a moment; every other task sleeps (a server, or a long-training chief).
+_FAKE_TASK = """
+import json, os, sys, time
+task = json.loads(os.environ["TF_CONFIG"])["task"]["type"]
+if task == sys.argv[1]:
+    time.sleep(0.5)
+    sys.exit(3)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    ("failing", "message"),
+    [
+        ("ps", r"ps 0 \(pid \d+\) exited with code 3 during training; the others were killed"),
+        ("chief", r"chief \(pid \d+\) exited with code 3; the servers were killed"),
+    ],
+    ids=["ps", "chief"],
+)
+def test_launcher_stops_the_cluster_when_a_server_or_the_chief_fails(
+    tmp_path: Path, no_leftover_children: None, failing: str, message: str
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=message):
+        launch_local_ps_cluster(
+            [sys.executable, "-c", _FAKE_TASK, failing],
+            num_workers=2,
+            num_ps=1,
+            log_dir=tmp_path,
+            timeout_s=60,
+        )
+    assert time.monotonic() - start < 30  # did not wait for the sleeping processes
 
 
 def test_ps_applies_to_the_parameter_server_strategy_only(tmp_path: Path) -> None:
