@@ -14,6 +14,7 @@
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
     fedge-coordinator models predictions [V]                 TARGET [--json]
+    fedge-coordinator models register BUNDLE --db DB --artifacts DIR [--version-file FILE] [--json]
     fedge-coordinator rounds list|show N|cancel N            TARGET [--json]
     fedge-coordinator clients list|revoke ID                 TARGET [--json]
     fedge-coordinator quarantine list [--client ID]|release ID  TARGET [--json]
@@ -102,6 +103,7 @@ from fedge.cli import (
     run_cli,
 )
 from fedge.errors import BundleError, ConfigError, FedgeError, UsageError
+from fedge.fileio import atomic_write_text
 from fedge.strategy import STRATEGY_NAMES
 from fedge.validation import check_int, check_positive
 
@@ -505,6 +507,16 @@ def _add_admin(sub: Any) -> None:
     _admin_verb(verbs, "list", "all versions")
     _admin_verb(verbs, "show", "one version").add_argument("version")
     _admin_verb(verbs, "promote", "make production").add_argument("version")
+    register = _admin_verb(
+        verbs,
+        "register",
+        "register an edge bundle as a candidate version (never promoted here; on the "
+        "database directly, --db/--artifacts, which are created when absent)",
+    )
+    register.add_argument("bundle", type=Path, help="edge bundle directory")
+    register.add_argument(
+        "--version-file", type=Path, metavar="FILE", help="also write the version's name to FILE"
+    )
     _admin_verb(
         verbs, "rollback", "restore the previous production (or, --before, an earlier one)"
     ).add_argument(
@@ -1021,7 +1033,40 @@ def _print(document: Any, *, as_json: bool, columns: Sequence[str] = ()) -> None
             print(f"{key}: {text}")
 
 
+def _register_cli(args: argparse.Namespace) -> int:
+    """``models register BUNDLE``: a candidate version from a bundle, on the database
+    directly. Unlike the other admin commands it creates the database and the artifact
+    directory when they are absent (registering the first version is how a registry starts)."""
+    if args.coordinator:
+        raise UsageError(
+            "models register works on the database directly (--db and --artifacts), "
+            "not on --coordinator"
+        )
+    if not (args.db and args.artifacts):
+        raise UsageError("models register needs --db and --artifacts")
+    if not args.bundle.is_dir():
+        raise UsageError(f"bundle {args.bundle} is not a directory")
+    if args.db in ("memory:", ":memory:"):
+        raise UsageError(f"--db {args.db}: models register needs a database that persists")
+    _check_db_argument(args.db)
+    if args.artifacts.exists() and not args.artifacts.is_dir():
+        raise UsageError(f"--artifacts {args.artifacts} is not a directory")
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    with _database(args.db):
+        admin = DirectAdmin(args.db, args.artifacts)
+    try:
+        document = admin.register_candidate(args.bundle)
+    finally:
+        admin.close()
+    if args.version_file is not None:
+        atomic_write_text(args.version_file, str(document["version"]))
+    _print(document, as_json=args.json)
+    return 0
+
+
 def models_cli(args: argparse.Namespace) -> int:
+    if args.verb == "register":
+        return _register_cli(args)
     backend = _backend(args)
     try:
         if args.verb == "list":

@@ -1,7 +1,7 @@
 """The conventions every fedge tool keeps, proven on the real processes.
 
-``fedge-train``, ``fedge-quantize``, ``fedge-coordinator`` and ``fedge-edge`` run as
-``python -m <module>`` subprocesses:
+``fedge-train``, ``fedge-quantize``, ``fedge-coordinator``, ``fedge-edge`` and
+``fedge-pipeline`` run as ``python -m <module>`` subprocesses:
 
 - a bad command line (an unknown flag, a missing input path, a prefix of a longer flag)
   exits 2 with exactly one ``prog: error: ...`` line on stderr: no usage block, no traceback,
@@ -55,7 +55,8 @@ TRAIN = Tool("fedge-train", "cloud_trainer.cli")
 QUANTIZE = Tool("fedge-quantize", "quantize.cli")
 COORDINATOR = Tool("fedge-coordinator", "coordinator.cli")
 EDGE = Tool("fedge-edge", "edge_client.cli")
-TOOLS = {tool.prog: tool for tool in (TRAIN, QUANTIZE, COORDINATOR, EDGE)}
+PIPELINE = Tool("fedge-pipeline", "pipelines.cli")
+TOOLS = {tool.prog: tool for tool in (TRAIN, QUANTIZE, COORDINATOR, EDGE, PIPELINE)}
 
 
 def _env() -> dict[str, str]:
@@ -102,6 +103,9 @@ def _bad_command_lines(tmp: Path) -> dict[str, dict[str, tuple[list[str], str]]]
              str(tmp / "state.db"), "--artifacts", str(tmp / "artifacts")]  # fmt: skip
     run = ["run", "--coordinator", "http://127.0.0.1:9", "--token-file", str(token), "--data",
            str(tmp / "data"), "--state", str(tmp / "state")]  # fmt: skip
+    local = ["run-local", "--data", str(tmp / "rows.csv"), "--label-column", "y", "--schema",
+             str(token), "--db", str(tmp / "state.db"), "--artifacts", str(tmp / "artifacts"),
+             "--workdir", str(tmp / "work")]  # fmt: skip
     return {
         "fedge-train": {
             "unknown-flag": ([*train, "--no-such-flag"], "--no-such-flag"),
@@ -136,6 +140,11 @@ def _bad_command_lines(tmp: Path) -> dict[str, dict[str, tuple[list[str], str]]]
                 str(tmp / "rows.csv"),
             ),
             "flag-prefix": ([*run, "--holdout", "0.1"], "unrecognized arguments: --holdout 0.1"),
+        },
+        "fedge-pipeline": {
+            "unknown-flag": ([*local, "--no-such-flag"], "--no-such-flag"),
+            "missing-input": (local, str(tmp / "rows.csv")),
+            "flag-prefix": ([*local, "--epoch", "1"], "unrecognized arguments: --epoch 1"),
         },
     }
 

@@ -17,6 +17,7 @@ PRODUCT_PACKAGES = (
     "quantize",
     "cloud_trainer",
     "simulations",
+    "pipelines",
 )
 
 
