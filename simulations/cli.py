@@ -106,6 +106,9 @@ Every file is checked before any training; a problem is one error line and exit 
 
 engines:
   native  the coordinator service + edge clients in worker processes (--workers).
+  ray     the same, the edge clients on Ray actors (--workers of them): a local Ray with
+          --workers CPUs, started and shut down by the run, or an existing cluster with
+          --ray-address (needs Ray: pip install 'fedge[ray]').
   tff     tff.learning.algorithms.build_weighted_fed_avg on the same initial weights,
           client rows, schedule and hyperparameters: a reference (FedAvg only).
 
@@ -189,6 +192,13 @@ def build_parser() -> ArgumentParser:
         help="e.g. lr=0.01 for fedadam or fedyogi, momentum=0.9 for fedavgm",
     )
     run.add_argument("--engine", choices=ENGINES, default="native")
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="the ray engine on this Ray cluster (ray://HOST:10001 or HOST:PORT) instead of "
+        "a local Ray",
+    )
     run.add_argument("--seed", type=int, default=0, help="seeds splits, partition and schedule")
     secure = parser.add_argument_group("secure aggregation and compressed updates")
     secure.add_argument(
@@ -419,6 +429,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server_optimizer=args.server_optimizer,
         server_optimizer_options=args.server_optimizer_options,
         engine=args.engine,
+        ray_address=args.ray_address,
         seed=args.seed,
         epochs=args.epochs,
         learning_rate=args.learning_rate,

@@ -63,7 +63,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
 from simulations.errors import SimulationError
-from simulations.fleet import FleetData, Job, Outcome, open_fleet
+from simulations.fleet import Fleet, FleetData, Job, Outcome, open_fleet
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
 from simulations.secure_stages import Dropout, run_secure_round
@@ -304,12 +304,16 @@ def run_native(
     options: NativeOptions | None = None,
     *,
     progress: ProgressSink | None = None,
+    open_fleet: Callable[[FleetData], Fleet] | None = None,
 ) -> EngineResult:
-    """Run ``scenario`` on the coordinator service and the edge client (module docstring)."""
+    """Run ``scenario`` on the coordinator service and the edge client (module docstring).
+
+    ``open_fleet`` starts the fleet the clients run on (default: ``options.workers`` worker
+    processes; the Ray engine passes its actors)."""
     options = options or NativeOptions()
     started = time.perf_counter()
     with _state_dir(options.state_dir) as state:
-        engine = _NativeRun(scenario, options, state, progress)
+        engine = _NativeRun(scenario, options, state, progress, open_fleet)
         try:
             rounds, gains, head = engine.run()
         finally:
@@ -354,6 +358,7 @@ class _NativeRun:
         options: NativeOptions,
         state: Path,
         progress: ProgressSink | None,
+        start_fleet: Callable[[FleetData], Fleet] | None = None,
     ) -> None:
         self.scenario = scenario
         self.options = options
@@ -414,16 +419,18 @@ class _NativeRun:
         # with the clients: those live in the workers).
         self.models = ModelCache(self.mirror.ensure, max_versions=2)
         self.test_x, self.test_y = self._test_arrays()
-        self.fleet = open_fleet(
-            FleetData.build(
-                scenario.pool,
-                scenario.partition,
-                self.mirror.root,
-                seed=scenario.seed,
-                personalization=options.personalize,
-                secrets_root=state / "devices",
-            ),
-            workers=options.workers,
+        fleet_data = FleetData.build(
+            scenario.pool,
+            scenario.partition,
+            self.mirror.root,
+            seed=scenario.seed,
+            personalization=options.personalize,
+            secrets_root=state / "devices",
+        )
+        self.fleet = (
+            open_fleet(fleet_data, workers=options.workers)
+            if start_fleet is None
+            else start_fleet(fleet_data)
         )
         self._serving = contextlib.ExitStack()
         self._apis: dict[str, CoordinatorApi] = {}

@@ -37,36 +37,51 @@ def run_engine(
     """Run ``scenario`` on the engine ``settings`` names."""
     if settings.engine == "tff":
         return _run_tff(scenario, progress)
-    return run_native(
-        scenario,
-        NativeOptions(
-            workers=settings.workers,
-            aggregator=settings.aggregator,
-            aggregator_options=dict(settings.aggregator_options),
-            server_optimizer=settings.server_optimizer,
-            server_optimizer_options=dict(settings.server_optimizer_options),
-            store=settings.store,
-            state_dir=settings.state_dir,
-            personalization=settings.personalization,
-            personalize=PersonalizationConfig(
-                epochs=settings.personalize_epochs, learning_rate=settings.personalize_lr
+    options = _native_options(settings)
+    if settings.engine == "ray":
+        # Ray loads only for this engine.
+        from simulations.ray_engine import RayOptions, run_ray
+
+        return run_ray(
+            scenario,
+            options,
+            RayOptions(
+                address=settings.ray_address,
+                num_cpus=settings.workers,
+                actors=settings.workers,
             ),
-            secure_aggregation=settings.secure_aggregation,
-            secagg_clip=settings.secagg_clip,
-            secagg_degree=settings.secagg_degree,
-            secagg_threshold=settings.secagg_threshold,
-            dropout=Dropout(settings.secagg_dropout, settings.secagg_dropout_stage),
-            compression=settings.compression,
-            compression_options=_compression_options(settings),
-            dp_noise_multiplier=settings.dp_noise_multiplier,
-            dp_clip=settings.dp_clip,
-            dp_adaptive_clip=settings.dp_adaptive_clip,
-            dp_clipped_count_stddev=settings.dp_clipped_count_stddev,
-            dp_delta=settings.dp_delta,
-            privacy_budget=settings.privacy_budget,
-            transport=settings.transport,
+            progress=progress,
+        )
+    return run_native(scenario, options, progress=progress)
+
+
+def _native_options(settings: Settings) -> NativeOptions:
+    return NativeOptions(
+        workers=settings.workers,
+        aggregator=settings.aggregator,
+        aggregator_options=dict(settings.aggregator_options),
+        server_optimizer=settings.server_optimizer,
+        server_optimizer_options=dict(settings.server_optimizer_options),
+        store=settings.store,
+        state_dir=settings.state_dir,
+        personalization=settings.personalization,
+        personalize=PersonalizationConfig(
+            epochs=settings.personalize_epochs, learning_rate=settings.personalize_lr
         ),
-        progress=progress,
+        secure_aggregation=settings.secure_aggregation,
+        secagg_clip=settings.secagg_clip,
+        secagg_degree=settings.secagg_degree,
+        secagg_threshold=settings.secagg_threshold,
+        dropout=Dropout(settings.secagg_dropout, settings.secagg_dropout_stage),
+        compression=settings.compression,
+        compression_options=_compression_options(settings),
+        dp_noise_multiplier=settings.dp_noise_multiplier,
+        dp_clip=settings.dp_clip,
+        dp_adaptive_clip=settings.dp_adaptive_clip,
+        dp_clipped_count_stddev=settings.dp_clipped_count_stddev,
+        dp_delta=settings.dp_delta,
+        privacy_budget=settings.privacy_budget,
+        transport=settings.transport,
     )
 
 

@@ -11,6 +11,7 @@ Its :class:`CheckedInputs` are what :mod:`simulations.preparation` builds the sc
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ __all__ = [
     "check_settings",
 ]
 
-ENGINES = ("native", "tff")
+ENGINES = ("native", "tff", "ray")
 COMPRESSIONS = ("none", "q8", "topk")
 """The update codecs a round can ask the devices for (none: the plain safetensors delta)."""
 DROPOUT_STAGES = ("mask", "unmask")
@@ -73,6 +74,9 @@ class Settings:
     """None: the aggregator's preset (plain FedAvg for fedavg, median, trimmed_mean, krum)."""
     server_optimizer_options: Mapping[str, float] = field(default_factory=dict)
     engine: str = "native"
+    ray_address: str | None = None
+    """The ray engine's cluster (``ray://host:10001`` or ``host:port``); None: a local Ray
+    with ``workers`` CPUs, started and shut down by the run."""
     seed: int = 0
     epochs: int = DEFAULT_EPOCHS
     learning_rate: float = DEFAULT_LEARNING_RATE
@@ -148,6 +152,23 @@ def about(*fields: str) -> Iterator[None]:
         raise SettingsError(str(exc), fields=fields) from exc
 
 
+def _check_ray(s: Settings) -> None:
+    """The ray engine's address, and that Ray is installed when that engine is asked for."""
+    if s.ray_address is not None and s.engine != "ray":
+        raise SettingsError("a Ray address needs the ray engine", fields=["ray_address", "engine"])
+    if s.engine != "ray":
+        return
+    if s.ray_address is not None and not s.ray_address.strip():
+        raise SettingsError("the Ray address is empty", fields=["ray_address"])
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        raise SettingsError(
+            "the ray engine needs Ray, which is not installed: pip install 'fedge[ray]'",
+            fields=["engine"],
+        ) from None
+
+
 @dataclass(frozen=True, eq=False)
 class CheckedInputs:
     """The settings' files, read and checked (no TensorFlow): what :func:`prepare_scenario`
@@ -187,6 +208,7 @@ def check_settings(settings: Settings) -> CheckedInputs:
         raise SettingsError(
             f"engine must be one of {list(ENGINES)}, got {s.engine!r}", fields=["engine"]
         )
+    _check_ray(s)
     strategy_fields = (
         "aggregator",
         "aggregator_options",
@@ -282,7 +304,7 @@ def _check_transport(s: Settings) -> None:
         )
     if s.transport == "memory":
         return
-    if s.engine != "native":
+    if s.engine == "tff":
         raise SettingsError(
             f"the {s.transport} transport needs the native engine (the tff engine has no "
             "coordinator to reach)",
