@@ -30,7 +30,8 @@ longer per task. Sync rounds wait for their slowest device; FedBuff hands the cu
 version to any idle device, weights each update by 1/sqrt(1 + staleness), drops updates
 staler than --max-staleness and commits every --buffer updates. Prints both runs side by
 side: final accuracy, simulated seconds to the sync run's final accuracy, commits, updates
-used and dropped, staleness. The devices train with the bundle's on-device train step; the
+used and dropped, staleness. Both runs go through the coordinator service (sync rounds, or
+its async mode) and the devices train with the bundle's on-device train step; the
 model is the digits model pretrained on the cloud's proxy share (cached in --cache-dir)."""
 
 

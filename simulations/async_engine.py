@@ -3,20 +3,24 @@
 The fleet is the digits training split shared out among ``num_clients`` devices (label skew
 from a Dirichlet draw). Every device trains the bundle's head with the on-device train step
 (:meth:`edge_client.EdgeModel.train`: the bundle's ``trainable.tflite``, backbone frozen)
-from the head of the version it was given. A task's simulated duration is
+from the head of the version its task names. A task's simulated duration is
 ``seconds_per_example * examples * epochs`` times the device's speed factor (``slow_factor``
 for a ``slow_fraction`` of the devices drawn from ``seed``, or the factors of a trace)
 and a log-normal jitter (``jitter`` is its sigma); nothing waits on the real clock.
 
-- **sync**: each round draws ``concurrency`` devices, all train on the current model, and
-  the round ends when the slowest of them is done; the new model is the example-weighted
-  mean of their heads (FedAvg).
-- **async** (:mod:`fedge.fedbuff`): ``concurrency`` devices train at any time; each is handed
-  the current server version when it starts and its update names that base version, so the
-  server knows its staleness when it arrives. The server buffers ``buffer_size`` updates,
-  each weighted by ``1/sqrt(1 + staleness)``, drops those staler than ``max_staleness``, and
-  commits the buffered mean with ``server_learning_rate``. A device that finishes is
-  replaced by a device drawn among the idle ones.
+Both modes run the real :class:`~coordinator.CoordinatorService` (a memory store, the
+pretrained bundle as ``v1``, a registered client per device, the simulated clock): devices
+poll :meth:`~coordinator.CoordinatorService.next_task`, train the task's version with the
+task's epochs and learning rate, and submit the delta as an update.
+
+- **sync**: the service's rounds select ``concurrency`` devices, all train on the current
+  model, and the round ends when the slowest of them is done; the commit is FedAvg.
+- **async** (the service's ``mode`` ``async``, FedBuff): ``concurrency`` devices train at any
+  time; an idle device that polls gets a task on the current production version, and its
+  update names that task, so the service knows its staleness when it arrives. The service
+  buffers ``buffer_size`` updates weighted by ``1/sqrt(1 + staleness)``, refuses those
+  staler than ``max_staleness`` (counted as dropped) and commits the buffered mean. A
+  device that finishes is replaced by an idle one the service gives a task.
 
 Both runs record the test accuracy of every new model against simulated time, so they are
 compared on time to a target accuracy (:func:`compare`: the sync run's final accuracy).
@@ -24,8 +28,11 @@ compared on time to a target accuracy (:func:`compare`: the sync run's final acc
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +40,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cloud_trainer.data import split_task
+from coordinator import (
+    ArtifactStore,
+    CoordinatorService,
+    MemoryStore,
+    RoundConfig,
+    ServiceConfig,
+    UpdateSubmission,
+)
+from coordinator.errors import CoordinatorError
 from edge_client import EdgeModel
 from fedge.data import load_task
 from fedge.data.partition import dirichlet
 from fedge.errors import ConfigError
-from fedge.fedbuff import FedBuffBuffer, FedBuffConfig
+from fedge.fedbuff import FedBuffConfig
+from fedge.messages import Task, TaskConfig
 from fedge.validation import check_fraction, check_int, check_number
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
+from simulations.errors import SimulationError
+from simulations.native_engine import SimulatedClock
 from simulations.pretrain import Pretrained
 
 __all__ = [
@@ -55,6 +74,7 @@ __all__ = [
 ]
 
 MODES = ("sync", "async")
+_DEADLINE = 30 * 86400.0  # no task expires in a simulated run
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,6 @@ class AsyncSimConfig:
     """Sync rounds (the async run gets the same simulated time at most)."""
     buffer_size: int = 5
     max_staleness: int = 10
-    server_learning_rate: float = 1.0
     slow_fraction: float = 0.3
     slow_factor: float = 5.0
     speeds: tuple[float, ...] | None = None
@@ -90,7 +109,7 @@ class AsyncSimConfig:
         check_number(self.learning_rate, "learning_rate", low=0.0, low_inclusive=False)
         check_int(self.concurrency, "concurrency", low=1, high=self.num_clients)
         check_int(self.rounds, "rounds", low=1)
-        FedBuffConfig(self.buffer_size, self.max_staleness, self.server_learning_rate)
+        FedBuffConfig(self.buffer_size, self.max_staleness)
         check_fraction(self.slow_fraction, "slow_fraction", zero_ok=True, one_ok=True)
         check_number(self.slow_factor, "slow_factor", low=1.0)
         check_number(self.seconds_per_example, "seconds_per_example", low=0.0, low_inclusive=False)
@@ -226,7 +245,7 @@ class _Fleet:
             Device(i, x[split.train], y[split.train], speeds[i])
             for i, split in enumerate(partition.values())
         ]
-        self.initial = self.model.global_weights
+        self.bundle_dir = pretrained.bundle_dir
 
     def _speeds(self) -> tuple[float, ...]:
         config = self.config
@@ -247,13 +266,14 @@ class _Fleet:
         base = config.seconds_per_example * len(device.y) * config.epochs * device.speed
         return float(base * np.exp(rng.normal(0.0, config.jitter)))
 
-    def train(self, device: Device, start: Weights, task: int) -> Weights:
+    def train(self, device: Device, start: Weights, task: int, config: TaskConfig) -> Weights:
+        """The device's on-device training as its task configures it."""
         trained, _ = self.model.train(
             device.x,
             device.y,
             start=start,
-            epochs=self.config.epochs,
-            learning_rate=self.config.learning_rate,
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
             rng=np.random.default_rng([self.config.seed, 2, task, device.index]),
         )
         return trained
@@ -262,85 +282,163 @@ class _Fleet:
         return evaluate_head(self.model, self.test_x, self.test_y, head=head).accuracy
 
 
-def _run_sync(fleet: _Fleet) -> SimRun:
+class _Service:
+    """The coordinator service in one mode over a memory store, on the simulated clock, with
+    the pretrained bundle as v1 and a registered client per device."""
+
+    def __init__(self, fleet: _Fleet, workdir: Path, mode: str) -> None:
+        config = fleet.config
+        self.clock = SimulatedClock()
+        self.start = self.clock.time
+        rounds: dict[str, object] = {
+            "clients_per_round": config.concurrency,
+            "min_clients": config.concurrency,
+            "deadline_seconds": _DEADLINE,
+            "epochs": config.epochs,
+            "learning_rate": config.learning_rate,
+            "continuous": True,
+            "quarantine": False,
+        }
+        if mode == "async":
+            rounds.update(
+                mode="async", buffer=config.buffer_size, max_staleness=config.max_staleness
+            )
+        self.service = CoordinatorService(
+            store=MemoryStore(),
+            artifacts=ArtifactStore(workdir / mode / "artifacts"),
+            config=ServiceConfig(
+                task="digits",
+                rounds=RoundConfig.from_dict(rounds),
+                seed=config.seed,
+                min_cohort=1,
+            ),
+            now=self.clock,
+        )
+        self.service.import_bundle(fleet.bundle_dir)
+        self.clients = [
+            self.service.authenticate(self.service.register_client().token) for _ in fleet.devices
+        ]
+        self.device_of = {c.client_id: i for i, c in enumerate(self.clients)}
+        self._weights: dict[str, Weights] = {}
+
+    def at(self, seconds: float) -> None:
+        self.clock.time = self.start + seconds
+
+    def weights(self, version: str) -> Weights:
+        if version not in self._weights:
+            self._weights[version] = self.service.registry.weights(self.service.get_model(version))
+        return self._weights[version]
+
+    def production(self) -> Weights:
+        return self.weights(self.service.get_model("current").version)
+
+    def submit(self, fleet: _Fleet, device: int, task: Task, number: int) -> None:
+        """Train ``task`` on ``device`` and submit the delta (what a device's reply is)."""
+        assert task.round_id is not None
+        base = self.weights(task.model_version)
+        trained = fleet.train(fleet.devices[device], base, number, task.config)
+        self.service.submit_update(
+            self.clients[device],
+            UpdateSubmission(
+                round_id=task.round_id,
+                task_id=task.task_id,
+                num_examples=len(fleet.devices[device].y),
+                idempotency_key=f"update-{number}",
+                body=trained.delta(base).to_bytes(),
+            ),
+        )
+
+
+def _run_sync(fleet: _Fleet, workdir: Path) -> SimRun:
     config = fleet.config
     rng = np.random.default_rng([config.seed, 3])
-    head = fleet.initial
+    sim = _Service(fleet, workdir, "sync")
     clock = 0.0
-    curve = [(0.0, fleet.accuracy(head))]
+    curve = [(0.0, fleet.accuracy(sim.production()))]
     used = 0
-    for round_index in range(config.rounds):
-        cohort = rng.choice(len(fleet.devices), size=config.concurrency, replace=False)
-        total = np.zeros(1)
-        sums = {name: np.zeros(t.shape, dtype=np.float64) for name, t in head.items()}
+    for _ in range(config.rounds):
+        sim.service.tick()  # opens the next round and selects its clients
+        (round_,) = sim.service.store.list_rounds(("collecting",))
         slowest = 0.0
-        for i in sorted(cohort.tolist()):
-            device = fleet.devices[i]
-            slowest = max(slowest, fleet.duration(device, rng))
-            trained = fleet.train(device, head, round_index * config.num_clients + i)
-            n = float(len(device.y))
-            for name in sums:
-                sums[name] += n * (trained[name].astype(np.float64) - head[name])
-            total += n
+        for client_id in round_.selected:
+            device = sim.device_of[client_id]
+            task = sim.service.next_task(sim.clients[device])
+            assert task is not None
+            slowest = max(slowest, fleet.duration(fleet.devices[device], rng))
+            sim.submit(fleet, device, task, used)
             used += 1
-        head = Weights(
-            {name: (head[name] + sums[name] / total[0]).astype(np.float32) for name in sums}
-        )
+        if sim.service.get_round(round_.round_id).state != "committed":
+            raise SimulationError(f"sync round {round_.round_id} did not commit")
         clock += slowest
-        curve.append((clock, fleet.accuracy(head)))
+        sim.at(clock)
+        curve.append((clock, fleet.accuracy(sim.production())))
     return SimRun("sync", tuple(curve), used, 0, 0.0, 0)
 
 
-def _run_async(fleet: _Fleet, *, until: float, target: float | None) -> SimRun:
+def _run_async(fleet: _Fleet, workdir: Path, *, until: float, target: float | None) -> SimRun:
     config = fleet.config
     rng = np.random.default_rng([config.seed, 4])
-    server = FedBuffBuffer(
-        FedBuffConfig(config.buffer_size, config.max_staleness, config.server_learning_rate),
-        fleet.initial,
-    )
-    curve = [(0.0, fleet.accuracy(server.global_weights))]
-    staleness: list[int] = []
-    dropped = 0
+    sim = _Service(fleet, workdir, "async")
+    sim.service.tick()  # opens the first buffer
+    curve = [(0.0, fleet.accuracy(sim.production()))]
+    used, dropped, staleness_sum, staleness_max = 0, 0, 0.0, 0
     tasks = 0
-    # (finish time, task number, device, base version, base weights)
-    running: list[tuple[float, int, int, int, Weights]] = []
+    # (finish time, task number, device, task)
+    running: list[tuple[float, int, int, Task]] = []
     busy: set[int] = set()
 
     def start(now: float) -> None:
+        """Hand the current version to an idle device (one that has no update in the
+        collecting buffer yet: the service gives it a task)."""
         nonlocal tasks
         idle = [i for i in range(len(fleet.devices)) if i not in busy]
-        i = int(rng.choice(idle))
-        busy.add(i)
-        finish = now + fleet.duration(fleet.devices[i], rng)
-        heapq.heappush(running, (finish, tasks, i, server.version, server.global_weights))
-        tasks += 1
+        for i in rng.permutation(idle).tolist():
+            task = sim.service.next_task(sim.clients[i])
+            if task is not None:
+                busy.add(i)
+                finish = now + fleet.duration(fleet.devices[i], rng)
+                heapq.heappush(running, (finish, tasks, i, task))
+                tasks += 1
+                return
 
     for _ in range(config.concurrency):
         start(0.0)
     while running:
-        now, task, i, base_version, base = heapq.heappop(running)
+        now, number, i, task = heapq.heappop(running)
         if now > until:
             break
+        sim.at(now)
         busy.discard(i)
-        trained = fleet.train(fleet.devices[i], base, task)
-        admission, commit = server.offer(f"task-{task}", trained.delta(base), base_version)
-        if not admission.accepted:
+        version = sim.service.get_model("current").version
+        try:
+            sim.submit(fleet, i, task, number)
+        except CoordinatorError as exc:
+            if exc.code != "too_stale":
+                raise
             dropped += 1
-        if commit is not None:
-            staleness.extend(commit.staleness)
-            accuracy = fleet.accuracy(commit.weights)
+        committed = sim.service.get_model("current").version
+        if committed != version:
+            round_ = next(r for r in sim.service.list_rounds() if r.result_version == committed)
+            count = int(round_.measurements["count"])
+            used += count
+            staleness_sum += count * round_.measurements["staleness_mean"]
+            staleness_max = max(staleness_max, int(round_.measurements["staleness_max"]))
+            accuracy = fleet.accuracy(sim.production())
             curve.append((now, accuracy))
             if target is not None and accuracy >= target:
                 break
         start(now)
-    return SimRun(
-        "async",
-        tuple(curve),
-        len(staleness),
-        dropped,
-        float(np.mean(staleness)) if staleness else 0.0,
-        max(staleness, default=0),
-    )
+    mean = staleness_sum / used if used else 0.0
+    return SimRun("async", tuple(curve), used, dropped, mean, staleness_max)
+
+
+@contextlib.contextmanager
+def _workdir(workdir: Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="fedge-async-") as temporary:
+        yield Path(temporary)
 
 
 def run_simulated(
@@ -350,26 +448,32 @@ def run_simulated(
     *,
     until: float = float("inf"),
     target: float | None = None,
+    workdir: Path | None = None,
 ) -> SimRun:
     """One run in ``mode`` (``sync``: ``config.rounds`` rounds; ``async``: until simulated
-    time ``until`` or the first commit reaching ``target``, whichever comes first)."""
+    time ``until`` or the first commit reaching ``target``, whichever comes first); the
+    service's artifacts go under ``workdir`` (default: a temporary directory)."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    fleet = _Fleet(config, pretrained)
-    if mode == "sync":
-        return _run_sync(fleet)
-    if until == float("inf") and target is None:
+    if mode == "async" and until == float("inf") and target is None:
         raise ConfigError("an async run needs a time limit or a target accuracy")
-    return _run_async(fleet, until=until, target=target)
+    fleet = _Fleet(config, pretrained)
+    with _workdir(workdir) as root:
+        if mode == "sync":
+            return _run_sync(fleet, root)
+        return _run_async(fleet, root, until=until, target=target)
 
 
-def compare(config: AsyncSimConfig, pretrained: Pretrained) -> Comparison:
+def compare(
+    config: AsyncSimConfig, pretrained: Pretrained, *, workdir: Path | None = None
+) -> Comparison:
     """The sync run, then FedBuff on the same fleet with the same simulated time at most,
     each one's time to the sync run's final accuracy."""
     fleet = _Fleet(config, pretrained)
-    sync = _run_sync(fleet)
-    target = sync.final_accuracy
-    fedbuff = _run_async(fleet, until=sync.seconds, target=target)
+    with _workdir(workdir) as root:
+        sync = _run_sync(fleet, root)
+        target = sync.final_accuracy
+        fedbuff = _run_async(fleet, root, until=sync.seconds, target=target)
     sync_seconds = sync.time_to(target)
     assert sync_seconds is not None  # its own final model reached it
     return Comparison(sync, fedbuff, target, sync_seconds, fedbuff.time_to(target))
