@@ -533,6 +533,20 @@ class RoundEngine:
         self._store.add_task(task)
         return task
 
+    def expire_if_stale(self, task: TaskRecord) -> bool:
+        """Expire ``task`` when it is a train task of an async buffer whose version is now
+        more than ``max_staleness`` versions behind (its update would be refused), so that
+        its client gets a fresh task; True when it did."""
+        if task.kind != "train" or task.round_id is None:
+            return False
+        round_ = self._store.get_round(task.round_id)
+        if round_ is None or not round_.config.buffered:
+            return False
+        if self.staleness(task.model_version, round_.config.max_staleness) is not None:
+            return False
+        self._store.save_task(dataclasses.replace(task, status="expired"))
+        return True
+
     def staleness(self, version: str, limit: int) -> int | None:
         """Versions committed on production's lineage since ``version`` (None: it is not on
         the lineage within ``limit`` steps)."""

@@ -437,7 +437,9 @@ class CoordinatorService:
         self.tick()
         now = self.now()
         for record in self.store.list_tasks(client_id=client.client_id, status="pending"):
-            if record.deadline > now:
+            with self._lock:  # async mode: a task too stale to be accepted is not handed out
+                stale = self.rounds.expire_if_stale(record)
+            if record.deadline > now and not stale:
                 task = Task(
                     task_id=record.task_id,
                     kind=record.kind,  # type: ignore[arg-type]

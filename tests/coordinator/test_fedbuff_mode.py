@@ -106,6 +106,11 @@ def test_buffers_commit_the_staleness_weighted_mean_with_their_lineage(tmp_path:
     assert stale.value.code == "too_stale"
     assert "max_staleness 1" in str(stale.value)
     assert service.round_updates(3) == []
+    # Its stale task is expired when it polls again: it gets a fresh one on production.
+    again = service.next_task(d)
+    assert again is not None
+    assert again.task_id != tasks[d.client_id].task_id  # type: ignore[union-attr]
+    assert again.model_version == service.get_model("current").version
     # A malformed update (wrong shapes) is refused too.
     task_b = service.next_task(b)
     assert task_b is not None
