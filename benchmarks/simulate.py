@@ -1,4 +1,4 @@
-"""Wall time, rounds per second and peak RSS of the native and TFF simulation engines.
+"""Wall time, rounds per second and peak RSS of the native, TFF and Ray simulation engines.
 
 Run ``.venv/bin/python benchmarks/simulate.py``. It pretrains the digits model once into
 ``--cache-dir`` (cached; reported apart), then runs ``fedge-simulate`` in a fresh process per
@@ -10,7 +10,13 @@ measurement and samples the resident memory of that process and all its descenda
    TFF engine, printed side by side with their ratio (tff / native);
 2. the scale run: 1,000 digits clients, 100 per round, 20 rounds on the native engine,
    with the centralized baseline and the final personalization pass, whose peak RSS must
-   stay under 4 GiB (exit code 1 otherwise).
+   stay under 4 GiB (exit code 1 otherwise);
+3. the Ray run: 10,000 taxi clients (digits has too few rows for that many), 100 per round,
+   5 rounds, E=1, on the native engine (2 worker processes) and on the Ray engine (a local
+   Ray with 2 CPUs and 2 client actors, started and stopped by the command), printed side by
+   side with their ratio (ray / native). Needs Ray (``pip install 'fedge[ray]'``).
+
+``--quick`` runs only a small Ray comparison (200 taxi clients, 20 per round, 2 rounds).
 
 "wall" is the whole process (interpreter start and imports included); "engine" is the
 engine's own time as the run reports it (set-up of the service and fleet included,
@@ -145,11 +151,11 @@ def run_measured(label: str, args: Sequence[str], *, timeout: float) -> Measurem
     )
 
 
-def _pretrain(cache: Path) -> float:
+def _pretrain(cache: Path, task: str = "digits") -> float:
     started = time.perf_counter()
     code = (
         "from simulations.pretrain import PretrainConfig, pretrain; "
-        f"pretrain(PretrainConfig(task='digits'), {str(cache)!r})"
+        f"pretrain(PretrainConfig(task={task!r}), {str(cache)!r})"
     )
     subprocess.run(
         [sys.executable, "-c", code],
@@ -165,7 +171,8 @@ def _mib(value: int) -> str:
     return f"{value / (1 << 20):,.0f} MiB"
 
 
-def print_comparison(native: Measurement, tff: Measurement) -> None:
+def print_comparison(native: Measurement, tff: Measurement, other: str = "tff") -> None:
+    """``native`` and ``tff`` (or the engine ``other`` names) side by side, with ratios."""
     rows = [
         ("wall time (s)", f"{native.wall_seconds:.1f}", f"{tff.wall_seconds:.1f}",
          tff.wall_seconds / native.wall_seconds),
@@ -180,7 +187,7 @@ def print_comparison(native: Measurement, tff: Measurement) -> None:
         ("final accuracy", f"{native.accuracy:.4f}", f"{tff.accuracy:.4f}",
          tff.accuracy / native.accuracy),
     ]  # fmt: skip
-    print(f"{'':<20}{'native':>12}{'tff':>12}{'tff/native':>12}")
+    print(f"{'':<20}{'native':>12}{other:>12}{other + '/native':>12}")
     for name, a, b, ratio in rows:
         print(f"{name:<20}{a:>12}{b:>12}{ratio:>12.2f}")
 
@@ -198,17 +205,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-rounds", type=int, default=20)
     parser.add_argument("--skip-compare", action="store_true", help="no native/tff comparison")
     parser.add_argument("--skip-scale", action="store_true", help="no 1,000-client run")
+    parser.add_argument("--ray-task", default="taxi")
+    parser.add_argument("--ray-clients", type=int, default=10_000)
+    parser.add_argument("--ray-per-round", type=int, default=100)
+    parser.add_argument("--ray-rounds", type=int, default=5)
+    parser.add_argument("--skip-ray", action="store_true", help="no native/ray comparison")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only a small native/ray comparison (200 clients, 20 per round, 2 rounds)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="pretrained models")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.skip_compare = args.skip_scale = True
+        args.skip_ray = False
+        args.ray_clients, args.ray_per_round, args.ray_rounds = 200, 20, 2
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
         root = Path(tmp)
         cache = args.cache_dir or root / "cache"
-        seconds = _pretrain(cache)
-        print(f"pretraining digits on the proxy share (cached in {cache}): {seconds:.1f} s\n")
+        tasks = [] if args.skip_compare and args.skip_scale else ["digits"]
+        if not args.skip_ray and args.ray_task not in tasks:
+            tasks.append(args.ray_task)
+        for task in tasks:
+            seconds = _pretrain(cache, task)
+            print(f"pretraining {task} on the proxy share (cached in {cache}): {seconds:.1f} s")
+        print()
         common = ["--task", "digits", "--seed", "0", "--cache-dir", str(cache), "--epochs", "1"]
         ok = True
         if not args.skip_compare:
@@ -253,6 +279,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"(limit {_mib(RSS_LIMIT)}): {'OK' if ok else 'OVER THE LIMIT'}"
             )
             results["scale"] = scale.to_dict()
+            print()
+        if not args.skip_ray:
+            workload = [
+                "--task", args.ray_task, "--seed", "0", "--cache-dir", str(cache),
+                "--epochs", "1", "--clients", str(args.ray_clients),
+                "--per-round", str(args.ray_per_round), "--rounds", str(args.ray_rounds),
+                "--partition", "iid", "--workers", "2", "--no-baseline", "--no-personalization",
+            ]  # fmt: skip
+            print(
+                f"ray run: {args.ray_task}, {args.ray_clients:,} clients (iid), "
+                f"{args.ray_per_round} per round, {args.ray_rounds} rounds, E=1; native: 2 "
+                "worker processes, ray: a local Ray with 2 CPUs and 2 client actors"
+            )
+            native = run_measured(
+                "native",
+                [*workload, "--engine", "native", "--out", str(root / "rn")],
+                timeout=args.timeout,
+            )
+            ray = run_measured(
+                "ray",
+                [*workload, "--engine", "ray", "--out", str(root / "rr")],
+                timeout=args.timeout,
+            )
+            print_comparison(native, ray, "ray")
+            results["ray"] = {"native": native.to_dict(), "ray": ray.to_dict()}
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0 if ok else 1

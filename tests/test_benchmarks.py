@@ -184,3 +184,40 @@ def test_serving_benchmark_quick_prints_each_mode_side_by_side() -> None:
     assert rows["static"]["table"] == 63
     assert rows["hybrid"]["table"] > 0
     assert rows["hybrid"]["model"] > 0
+
+
+def test_simulate_benchmark_quick_prints_native_and_ray_side_by_side(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "simulate.py"),
+            "--quick",
+            "--json",
+            str(results),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = next(
+        i for i, line in enumerate(lines) if line.split() == ["native", "ray", "ray/native"]
+    )
+    rows = {line[:20].strip(): line[20:].split() for line in lines[header + 1 :] if line.strip()}
+    for row in ("wall time (s)", "peak RSS (tree)", "final accuracy"):
+        assert row in rows, rows
+    assert float(rows["wall time (s)"][0]) > 0
+    assert float(rows["wall time (s)"][1]) > 0
+    # the Ray run's tree held Ray's daemons and actors besides the command
+    assert int(rows["processes at peak"][1]) > int(rows["processes at peak"][0])
+    ray = json.loads(results.read_text())["ray"]
+    assert ray["native"]["engine"] == "native"
+    assert ray["ray"]["engine"] == "ray"
+    assert ray["ray"]["rounds"] == ray["native"]["rounds"] == 2
+    # the same clients, rows and schedule: the same model
+    assert ray["ray"]["final_accuracy"] == ray["native"]["final_accuracy"]
+    assert ray["ray"]["peak_rss_bytes"] > 0
