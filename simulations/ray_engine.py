@@ -12,9 +12,10 @@ Without an address, :func:`ray_session` starts a local Ray for the run (``num_cp
 no dashboard, its logs in a temporary directory) and shuts it down at the end, so no Ray
 process outlives the run. With an address (``ray://host:10001`` or ``host:6379``) it
 connects to that cluster instead and leaves it running: that is the only change to scale
-out. The actors read the model bundles from the run's state directory
-(``--state-dir`` or a temporary one) and import fedge, so on a cluster of several machines
-the nodes need fedge installed and that directory on a shared file system.
+out. Each model version's bundle travels to the actors through Ray's object store (once
+per version), and every actor keeps its bundles and its clients' secure-aggregation
+secrets in a temporary folder of its own, so the nodes share no file system with this
+process; they need fedge (and its edge dependencies) installed.
 
 Ray is imported only here, and only when this engine runs.
 """
@@ -26,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import ConfigError
+from fedge.fileio import publish_directory
 from simulations.errors import FleetError, SimulationError
 from simulations.fleet import DEFAULT_WINDOW, ClientRunner, Fleet
 from simulations.fleet_wire import FleetData, Job, Outcome
@@ -45,6 +48,7 @@ __all__ = ["RayFleet", "RayOptions", "ray_available", "ray_session", "run_ray"]
 
 logger = logging.getLogger(__name__)
 
+_CLOSE_TIMEOUT = 10.0
 _INSTALL_HINT = "the ray engine needs Ray: pip install 'fedge[ray]'"
 
 
@@ -129,16 +133,40 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
 
 
 class _ClientActor:
-    """One Ray actor: a :class:`ClientRunner` over the clients it owns."""
+    """One Ray actor: a :class:`ClientRunner` over the clients it owns, with its bundles and
+    its clients' secure-aggregation secrets in a folder of its own on its node."""
 
     def __init__(self, data: FleetData) -> None:
-        self._runner = ClientRunner(data, num_threads=1)
+        self._dir = Path(tempfile.mkdtemp(prefix="fedge-ray-actor-"))
+        self._bundles = self._dir / "bundles"
+        self._bundles.mkdir()
+        local = dataclasses.replace(
+            data,
+            bundles_root=str(self._bundles),
+            secrets_root=None if data.secrets_root is None else str(self._dir / "devices"),
+        )
+        self._runner = ClientRunner(local, num_threads=1)
 
     def ready(self) -> int:
         return os.getpid()
 
+    def install(self, version: str, files: dict[str, bytes]) -> None:
+        """Write the bundle ``version`` (file name -> bytes) where the clients load it."""
+        target = self._bundles / version
+        if target.is_dir():
+            return
+        staging = self._bundles / f".{version}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        publish_directory(staging, target)
+
     def run(self, job: Job) -> Outcome:
         return self._runner.run(job)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class RayFleet:
@@ -148,6 +176,8 @@ class RayFleet:
         ids = data.client_ids()
         actors = max(1, min(actors, len(ids)))
         self._ray = ray
+        self._bundles = Path(data.bundles_root)
+        self._shipped: set[str] = set()
         self._owner = {client_id: i % actors for i, client_id in enumerate(ids)}
         self._window = window
         remote = ray.remote(num_cpus=1, max_restarts=0)(_ClientActor)
@@ -173,6 +203,7 @@ class RayFleet:
             if job.client_id not in self._owner:
                 raise FleetError(f"no simulated client {job.client_id!r}")
             pending[self._owner[job.client_id]].append(job)
+            self._ship(job)
         in_flight: dict[Any, int] = {}
         counts = [0] * len(self._actors)
 
@@ -205,9 +236,30 @@ class RayFleet:
                 with contextlib.suppress(Exception):
                     ray.wait(list(in_flight), num_returns=len(in_flight))
 
+    def _ship(self, job: Job) -> None:
+        """Send the bundle of the job's model version to every actor, once: the actors may
+        run on other machines, which do not see this one's files."""
+        version = job.task.get("model_version")
+        if not isinstance(version, str) or version in self._shipped:
+            return
+        folder = self._bundles / version
+        if not folder.is_dir():
+            return
+        files = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+        ref = self._ray.put(files)
+        for actor in self._actors:
+            actor.install.remote(version, ref)  # runs before the actor's later calls
+        self._shipped.add(version)
+
     def close(self) -> None:
-        """Stop every actor; idempotent."""
+        """Stop every actor (each removes its folder first); idempotent."""
         actors, self._actors = self._actors, []
+        with contextlib.suppress(Exception):
+            self._ray.wait(
+                [actor.close.remote() for actor in actors],
+                num_returns=len(actors),
+                timeout=_CLOSE_TIMEOUT,
+            )
         for actor in actors:
             with contextlib.suppress(Exception):
                 self._ray.kill(actor)

@@ -107,12 +107,15 @@ def _simulate(engine: str, out: Path, cache: Path) -> tuple[Weights, dict[str, A
 def test_ray_and_native_engines_agree_on_the_parity_workload(
     digits_pretrained: Pretrained, sim_cache: Path, tmp_path: Path
 ) -> None:
+    actor_folders = set(Path(tempfile.gettempdir()).glob("fedge-ray-actor-*"))
     (native, native_doc, _), (ray, ray_doc, ray_names) = side_by_side(
         lambda: _simulate("native", tmp_path / "native", sim_cache),
         lambda: _simulate("ray", tmp_path / "ray", sim_cache),
     )
     # Ray ran for real: its daemons were the command's children, and none is left (above).
     assert {"raylet", "gcs_server"} <= ray_names, ray_names
+    # ... and the actors removed their own folders (bundles, secrets) before they stopped.
+    assert set(Path(tempfile.gettempdir()).glob("fedge-ray-actor-*")) <= actor_folders
     assert ray_doc["engine"] == "ray"
     assert native.names == ray.names == digits_pretrained.manifest.head
     diff = max(float(np.max(np.abs(native[n] - ray[n]))) for n in native.names)
