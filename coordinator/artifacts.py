@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -95,13 +96,18 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFoundError(f"no artifact {digest}", code="artifact_not_found") from None
 
-    def clean_temporary(self) -> int:
+    def clean_temporary(self, *, older_than_s: float = 0.0) -> int:
         """Remove the temporary files of writes that never finished; how many were removed.
 
-        Call it when no writer is running (the server does at start)."""
+        Call it when no writer is running (the server does at start), or, on a directory
+        other processes write too (coordinator replicas), with ``older_than_s`` above the
+        longest write: only files unchanged for that long are removed."""
         removed = 0
+        cutoff = time.time() - older_than_s
         for part in (self.root / "tmp").glob("*.part"):
             try:
+                if older_than_s > 0 and part.stat().st_mtime > cutoff:
+                    continue
                 part.unlink()
             except FileNotFoundError:
                 continue

@@ -815,7 +815,9 @@ def serve_cli(args: argparse.Namespace) -> int:
         raise UsageError("give an enrollment token or --open-enrollment, not both")
     quarantine_schema = _quarantine_schema(args)  # a bad file fails before the store opens
     artifacts = ArtifactStore(args.artifacts)
-    if removed := artifacts.clean_temporary():
+    # On PostgreSQL other replicas may be writing to the shared directory right now.
+    shared = str(args.db).startswith(("postgresql://", "postgres://"))
+    if removed := artifacts.clean_temporary(older_than_s=3600.0 if shared else 0.0):
         logger.info("removed %d temporary file(s) of unfinished artifact writes", removed)
     service = CoordinatorService(
         store=_open_store(args.db),

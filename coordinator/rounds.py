@@ -309,6 +309,9 @@ class RoundEngine:
     def _maybe_close(self, round_: RoundRecord) -> RoundRecord:
         if round_.secagg is not None:  # the secure stages close themselves
             return self._secure.advance(round_)
+        # Pending tasks before the count: an update and the completion of its task are one
+        # write (maybe another replica's), so once no task is pending every update counts.
+        no_pending = not round_.config.buffered and self._no_train_task_pending(round_)
         received = self._store.count_updates(round_.round_id)
         needed = round_.config.min_clients
         if round_.config.buffered:  # a buffer closes when it is full, never by a deadline
@@ -317,7 +320,7 @@ class RoundEngine:
             needed = 1
         else:
             # Revoked clients' tasks expire: once no task is pending, no update can arrive.
-            everyone = received >= len(round_.selected) or self._no_train_task_pending(round_)
+            everyone = received >= len(round_.selected) or no_pending
             expired = round_.deadline is not None and self._now() >= round_.deadline
             if not (everyone or expired):
                 return round_
@@ -433,8 +436,10 @@ class RoundEngine:
         record = self._round_privacy(round_, base, secure)
         with self._store.transaction():
             current = self._store.get_round(round_.round_id)
-            if current is not None and current.state != round_.state:
-                return current  # another replica moved it on meanwhile: never commit twice
+            if current is not None:
+                if current.state != round_.state:
+                    return current  # another replica moved it on meanwhile: never twice
+                round_ = current  # with the traffic other replicas counted meanwhile
             model = self._registry.register_round_version(
                 base,
                 new_weights,

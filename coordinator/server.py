@@ -2,8 +2,10 @@
 
 :func:`run_server` binds (port 0 picks a free port, written to ``port_file`` once bound),
 starts a thread that calls ``service.tick()`` every ``tick_seconds`` so deadlines pass
-without traffic, serves until SIGTERM or SIGINT, then closes the socket, stops the timer
-and closes the store. SIGTERM, the normal stop of a service, then returns 0; SIGINT
+without traffic (on PostgreSQL only in the replica that holds the leader lock, refreshed
+before each tick: :mod:`coordinator.leadership`; the others serve requests and take the
+lock over when its holder dies), serves until SIGTERM or SIGINT, then closes the socket,
+stops the timer and closes the store. SIGTERM, the normal stop of a service, then returns 0; SIGINT
 (Ctrl-C) raises KeyboardInterrupt once that clean shutdown is done, as Python does for it.
 With ``tls`` (:class:`~coordinator.tls.TlsFiles`) it serves HTTPS itself: every accepted
 socket is wrapped in the server's SSL context and shakes hands without blocking the I/O
@@ -53,6 +55,7 @@ from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
 from waitress.server import BaseWSGIServer, create_server  # type: ignore[import-untyped]
 from waitress.wasyncore import _DISCONNECTED, ExitNow  # type: ignore[import-untyped]
 
+from coordinator.leadership import leadership_for
 from coordinator.limits import ConnectionLimits, GrpcLimits
 from coordinator.logsafe import printable
 from coordinator.rest.gate import Refusal, precheck, refusal_for_size
@@ -82,11 +85,13 @@ class _Stop(ExitNow):  # type: ignore[misc]
 
 
 class Ticker:
-    """A daemon thread that applies deadlines: ``service.tick()`` every ``interval`` s."""
+    """A daemon thread that applies deadlines: ``service.tick()`` every ``interval`` s,
+    after refreshing the service's leadership (a replica that does not lead skips it)."""
 
     def __init__(self, service: CoordinatorService, interval: float) -> None:
         self._service = service
         self._interval = interval
+        self._leadership = service.leadership
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fedge-ticker", daemon=True)
 
@@ -102,7 +107,8 @@ class Ticker:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._service.tick()
+                if self._leadership.refresh():
+                    self._service.tick()
             except Exception:
                 logger.exception("deadline timer: tick failed; retrying in %.1f s", self._interval)
 
@@ -485,6 +491,7 @@ def run_server(
             _write_port(grpc_port_file, rpc.port)
     if port_file is not None:
         _write_port(port_file, bound)
+    service.leadership = leadership_for(service.store)
     ticker = Ticker(service, tick_seconds)
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -495,7 +502,8 @@ def run_server(
     logger.info("fedge coordinator listening on %s://%s:%d", scheme, host, bound)
     stopped_by = ""
     try:
-        service.tick()
+        if service.leadership.refresh():
+            service.tick()
         ticker.start()
         server.run()
     except _Stop as exc:
@@ -508,6 +516,7 @@ def run_server(
         if rpc is not None:
             rpc.stop(_GRPC_GRACE_SECONDS)
         ticker.stop()
+        service.leadership.close()
         service.store.close()
         logger.info("fedge coordinator stopped")
     if stopped_by == signal.SIGINT.name:

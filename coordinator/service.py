@@ -47,6 +47,7 @@ from coordinator.intake import (
     validate_update,
 )
 from coordinator.keys import StaticSigner
+from coordinator.leadership import Leadership, SoleLeadership
 from coordinator.logsafe import printable
 from coordinator.quarantine import Quarantine
 from coordinator.records import (
@@ -163,6 +164,8 @@ class CoordinatorService:
         self.config = config
         self.now = now
         self._lock = threading.RLock()
+        # Which replica ticks: the server sets it (coordinator.leadership); alone, always.
+        self.leadership: Leadership = SoleLeadership()
         self.registry = ModelRegistry(store, artifacts, now, signer)
         self.alerts = AlertMonitor(store, config.alerts, now, rollback=self._rollback_on_alert)
         self.reports = ReportIntake(
@@ -220,7 +223,10 @@ class CoordinatorService:
         return self.registry.signer
 
     def tick(self) -> None:
-        """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`)."""
+        """Apply deadlines and advance rounds (see :meth:`RoundEngine.tick`); a no-op in a
+        replica that does not hold the leadership (:mod:`coordinator.leadership`)."""
+        if not self.leadership.held():
+            return
         with self._lock:
             if self.store.list_models(stage="production"):
                 self.rounds.tick()
@@ -652,24 +658,29 @@ class CoordinatorService:
             max_bytes=self.config.max_update_bytes,
         )
         digest = self.artifacts.put_bytes(submission.body)
+        # The checks and the insert are one write transaction: no replica's round
+        # transition (also a write) falls between them, so an update acknowledged here was
+        # added while its round was still collecting and its commit counts it.
         with self._lock:
-            replay = self._replay(client, submission)
-            if replay is not None:
-                return replay
-            round_ = self._check_assignment(client, self._round(round_.round_id), update.task_id)
-            record = UpdateRecord(
-                round_id=round_.round_id,
-                client_id=client.client_id,
-                task_id=update.task_id,
-                idempotency_key=key,
-                sha256=digest,
-                size=len(submission.body),
-                num_examples=update.num_examples,
-                l2_norm=update.delta.l2_norm(),
-                received_at=self.now(),
-                metrics=update.metrics,
-            )
             with self.store.transaction():
+                replay = self._replay(client, submission)
+                if replay is not None:
+                    return replay
+                round_ = self._check_assignment(
+                    client, self._round(round_.round_id), update.task_id
+                )
+                record = UpdateRecord(
+                    round_id=round_.round_id,
+                    client_id=client.client_id,
+                    task_id=update.task_id,
+                    idempotency_key=key,
+                    sha256=digest,
+                    size=len(submission.body),
+                    num_examples=update.num_examples,
+                    l2_norm=update.delta.l2_norm(),
+                    received_at=self.now(),
+                    metrics=update.metrics,
+                )
                 self.store.add_update(record)
                 complete_task(self.store, update.task_id, self.now())
             logger.info(
@@ -880,7 +891,7 @@ class CoordinatorService:
                 raise CoordinatorError(
                     f"{name} must be a byte count >= 0, got {value!r}", code="invalid_traffic"
                 )
-        with self._lock:
+        with self._lock, self.store.transaction():  # other replicas count too
             round_ = self._round(round_id)
             if not (up or down):
                 return round_
