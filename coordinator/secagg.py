@@ -599,6 +599,10 @@ class SecAggIntake:
             metrics=clean_metrics,
         )
         with self._store.transaction():
+            # Again under the write lock: another replica's tick may have moved the stage on.
+            round_, state, _ = self._secure_round(client, round_id)
+            self._check_stage(round_, state, stage)
+            self._check_task(client, round_id, stage, task_id)
             self._store.add_secagg(record)
             complete_task(self._store, task_id, now)
         logger.info(
