@@ -5,8 +5,10 @@ Acceptance: on the parity workload (digits, 5 clients all taking part, E=1, 3 ro
 FedAvg, seed 0; ``test_parity.py``) the Ray engine's global head agrees with the native
 engine's within 1e-5, both run by ``fedge-simulate`` side by side (Ray starts once in this
 module), and every process the command started (the local Ray's ``raylet``,
-``gcs_server``, workers) is gone when it exits. Without Ray, ``--engine ray`` is one error
-line and exit code 2; the default engine never imports Ray.
+``gcs_server``, workers) is gone when it exits. With ``--ray-address`` the same command
+runs on a cluster started apart (``ray start --head``), which it leaves running. Without
+Ray, ``--engine ray`` is one error line and exit code 2; the default engine never imports
+Ray.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +138,106 @@ def test_ray_and_native_engines_agree_on_the_parity_workload(
     mine, theirs = ray_doc["personalization"], native_doc["personalization"]
     assert len(mine["clients"]) == len(theirs["clients"]) == 5
     assert mine["mean_gain"] == pytest.approx(theirs["mean_gain"], abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_port(port: int, head: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, f"ray start exited with {head.returncode}"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the Ray head did not listen on {port} in {timeout} s")
+
+
+def test_ray_address_runs_the_clients_on_an_existing_cluster_and_leaves_it_running(
+    digits_pretrained: Pretrained, sim_cache: Path, tmp_path: Path
+) -> None:
+    """A cluster started apart (``ray start --head``, token authentication as a cluster
+    has it): ``--ray-address`` is the only change, and the cluster outlives the run."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    logs = Path(tempfile.mkdtemp(prefix="fedge-ray-head-"))
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(logs),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    cluster = _Descendants(head.pid)
+    try:
+        _wait_for_port(port, head, timeout=120)
+        out = tmp_path / "out"
+        result = _cli(
+            [
+                *_ARGS,
+                "--engine",
+                "ray",
+                "--ray-address",
+                f"127.0.0.1:{port}",
+                "--cache-dir",
+                str(sim_cache),
+                "--out",
+                str(out),
+                "--no-personalization",
+            ],
+            env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        document = json.loads(result.stdout)
+        assert document["engine"] == "ray"
+        assert document["details"]["ray_address"] == f"127.0.0.1:{port}"
+        assert [r["participants"] for r in document["rounds"]] == [5, 5, 5]
+        head_weights = Weights.from_bytes((out / "final_head.safetensors").read_bytes())
+        start = initial_head(digits_pretrained.bundle_dir)
+        moved = max(float(np.max(np.abs(head_weights[n] - start[n]))) for n in start.names)
+        assert moved > 1e-2
+        # The run left the cluster as it found it: still up.
+        assert head.poll() is None
+        assert "raylet" in cluster.alive().values()
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        finally:
+            cluster.stop()
+            left = cluster.alive()
+            for pid in left:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
+            if head.poll() is None:
+                head.kill()
+                head.wait()
+            shutil.rmtree(logs, ignore_errors=True)
+    assert left == {}, f"the Ray head left processes behind: {left}"
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
