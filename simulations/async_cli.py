@@ -3,8 +3,8 @@
 ::
 
     fedge-simulate async [--buffer K] [--max-staleness S] [--slow-fraction F]
-        [--slow-factor X | --trace FILE] [--clients N] [--concurrency C] [--rounds R]
-        [--seed N] [--cache-dir DIR] [--json]
+        [--slow-factor X | --trace FILE] [--online-fraction P] [--session-seconds S]
+        [--clients N] [--concurrency C] [--rounds R] [--seed N] [--cache-dir DIR] [--json]
 
 See :mod:`simulations.async_engine`.
 """
@@ -17,7 +17,13 @@ from pathlib import Path
 
 from fedge.cli import ArgumentParser, ExitCode, add_json_flag, print_json
 from fedge.errors import ConfigError, UsageError
-from simulations.async_engine import AsyncSimConfig, Comparison, compare, load_speed_trace
+from simulations.async_engine import (
+    AsyncSimConfig,
+    Comparison,
+    SimRun,
+    compare,
+    load_trace,
+)
 
 __all__ = ["ASYNC", "build_async_parser", "run_async_cli"]
 
@@ -26,9 +32,12 @@ ASYNC = "async"
 _DESCRIPTION = """\
 Synchronous rounds against FedBuff (buffered asynchronous aggregation) on digits, on a
 simulated clock: a slow fraction of the devices (or the speed factors of a trace) take
-longer per task. Sync rounds wait for their slowest device; FedBuff hands the current
-version to any idle device, weights each update by 1/sqrt(1 + staleness), drops updates
-staler than --max-staleness and commits every --buffer updates. Prints both runs side by
+longer per task, and devices may be online only part of the time (--online-fraction, or a
+trace's online windows): an offline device does not poll, and one that finishes training
+offline delivers its update when it next comes online. Sync rounds wait for their
+slowest device; FedBuff hands the current version to any idle online device, weights
+each update by 1/sqrt(1 + staleness), drops updates staler than --max-staleness and
+commits every --buffer updates. Prints both runs side by
 side: final accuracy, simulated seconds to the sync run's final accuracy, commits, updates
 used and dropped, staleness. Both runs go through the coordinator service (sync rounds, or
 its async mode) and the devices train with the bundle's on-device train step; the
@@ -75,7 +84,24 @@ def build_async_parser(prog: str) -> ArgumentParser:
         default=None,
         metavar="FILE",
         help='per-device speed factors, JSON {"speeds": [1.0, 5.0, ...]} (one per device; '
-        "replaces --slow-fraction/--slow-factor)",
+        "replaces --slow-fraction/--slow-factor), and optionally per-device online windows "
+        'in simulated seconds, "online": [[[0, 300], [900, 1200]], ...] (sorted; offline '
+        "after the last one; replaces --online-fraction/--session-seconds)",
+    )
+    add(
+        "--online-fraction",
+        type=float,
+        default=default.online_fraction,
+        metavar="P",
+        help="each device's time is cut into sessions of --session-seconds, each online "
+        f"with probability P, seeded ({default.online_fraction:g}: always online)",
+    )
+    add(
+        "--session-seconds",
+        type=float,
+        default=default.session_seconds,
+        metavar="S",
+        help=f"simulated seconds per on/off session ({default.session_seconds:g})",
     )
     add(
         "--clients",
@@ -112,9 +138,11 @@ def build_async_parser(prog: str) -> ArgumentParser:
 
 def _config(args: object) -> AsyncSimConfig:
     values = vars(args)
-    speeds = None if values["trace"] is None else load_speed_trace(values["trace"])
-    clients = values["clients"] if speeds is None else len(speeds)
+    speeds, online = None, None
     try:
+        if values["trace"] is not None:
+            speeds, online = load_trace(values["trace"])
+        clients = values["clients"] if speeds is None else len(speeds)
         return AsyncSimConfig(
             num_clients=clients,
             concurrency=values["concurrency"],
@@ -124,10 +152,19 @@ def _config(args: object) -> AsyncSimConfig:
             slow_fraction=values["slow_fraction"],
             slow_factor=values["slow_factor"],
             speeds=speeds,
+            online=online,
+            online_fraction=values["online_fraction"],
+            session_seconds=values["session_seconds"],
             seed=values["seed"],
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _run(run: SimRun) -> dict[str, object]:
+    document = dataclasses.asdict(run)
+    del document["events"]
+    return document
 
 
 def _document(result: Comparison) -> dict[str, object]:
@@ -135,8 +172,8 @@ def _document(result: Comparison) -> dict[str, object]:
         "target_accuracy": result.target,
         "sync_seconds_to_target": result.sync_seconds,
         "async_seconds_to_target": result.async_seconds,
-        "sync": dataclasses.asdict(result.sync),
-        "async": dataclasses.asdict(result.fedbuff),
+        "sync": _run(result.sync),
+        "async": _run(result.fedbuff),
     }
 
 

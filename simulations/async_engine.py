@@ -8,6 +8,16 @@ from the head of the version its task names. A task's simulated duration is
 for a ``slow_fraction`` of the devices drawn from ``seed``, or the factors of a trace)
 and a log-normal jitter (``jitter`` is its sigma); nothing waits on the real clock.
 
+Devices are online only part of the time when the config says so (default: always
+online). With ``online_fraction`` P below 1, each device's time is cut into sessions of
+``session_seconds`` and each session is online with probability P, drawn independently
+per device and session from ``seed``; a trace's ``online`` windows (``[start, end)`` in
+simulated seconds, per device) replace that, and a device is offline after its last
+window. An offline device does not poll; one that finishes training while offline
+delivers its update when it next comes online (an update whose device never comes back
+is lost: the sync run stops with an error, the async run counts it as dropped). Both
+modes see the same schedule.
+
 Both modes run the real :class:`~coordinator.CoordinatorService` (a memory store, the
 pretrained bundle as ``v1``, a registered client per device, the simulated clock): devices
 poll :meth:`~coordinator.CoordinatorService.next_task`, train the task's version with the
@@ -65,11 +75,13 @@ from simulations.pretrain import Pretrained
 __all__ = [
     "MODES",
     "AsyncSimConfig",
+    "Availability",
     "Comparison",
     "Device",
     "SimRun",
     "compare",
     "load_speed_trace",
+    "load_trace",
     "run_simulated",
 ]
 
@@ -97,6 +109,12 @@ class AsyncSimConfig:
     slow_factor: float = 5.0
     speeds: tuple[float, ...] | None = None
     """Per-device speed factors from a trace (overrides slow_fraction/slow_factor)."""
+    online: tuple[tuple[tuple[float, float], ...], ...] | None = None
+    """Per-device online windows ``(start, end)`` in simulated seconds, from a trace
+    (overrides online_fraction/session_seconds)."""
+    online_fraction: float = 1.0
+    """Chance that a device is online in each of its sessions (1: always online)."""
+    session_seconds: float = 60.0
     seconds_per_example: float = 0.05
     jitter: float = 0.1
     seed: int = 0
@@ -122,6 +140,41 @@ class AsyncSimConfig:
                 )
             for i, speed in enumerate(self.speeds):
                 check_number(speed, f"speed of device {i}", low=0.0, low_inclusive=False)
+        check_fraction(self.online_fraction, "online_fraction", zero_ok=False, one_ok=True)
+        check_number(self.session_seconds, "session_seconds", low=0.0, low_inclusive=False)
+        if self.online is not None:
+            _check_windows(self.online, self.num_clients, "the online trace")
+
+
+def _check_windows(online: object, num_clients: int, where: str) -> None:
+    """Refuse online windows that are not one list a device of sorted, non-overlapping
+    ``[start, end]`` pairs with ``0 <= start < end``."""
+    if not isinstance(online, (list, tuple)) or len(online) != num_clients:
+        count = len(online) if isinstance(online, (list, tuple)) else "no"
+        raise ConfigError(
+            f"{where} has {count} devices' online windows, expected one list a device "
+            f"({num_clients})"
+        )
+    for i, windows in enumerate(online):
+        if not isinstance(windows, (list, tuple)):
+            raise ConfigError(f"{where}: device {i}'s online windows are not a list")
+        last = 0.0
+        for window in windows:
+            if (
+                not isinstance(window, (list, tuple))
+                or len(window) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+            ):
+                raise ConfigError(
+                    f"{where}: device {i}'s online window {window!r} is not [start, end]"
+                )
+            start, end = float(window[0]), float(window[1])
+            if not (last <= start < end < float("inf")):
+                raise ConfigError(
+                    f"{where}: device {i}'s online window {window!r} must have "
+                    f"0 <= start < end and come after the previous one"
+                )
+            last = end
 
 
 def load_speed_trace(path: str | Path) -> tuple[float, ...]:
@@ -135,6 +188,59 @@ def load_speed_trace(path: str | Path) -> tuple[float, ...]:
     if not isinstance(speeds, list) or not speeds:
         raise ConfigError(f"{path}: expected {{'speeds': [factor, ...]}} with one factor a device")
     return tuple(check_number(s, f"{path}: speed", low=0.0, low_inclusive=False) for s in speeds)
+
+
+def load_trace(
+    path: str | Path,
+) -> tuple[tuple[float, ...], tuple[tuple[tuple[float, float], ...], ...] | None]:
+    """The speed factors and, when the file has them, the online windows of a JSON trace:
+    ``{"speeds": [1.0, 5.0, ...], "online": [[[0, 300], [900, 1200]], ...]}`` (``online``:
+    a list a device of ``[start, end]`` windows in simulated seconds, sorted)."""
+    speeds = load_speed_trace(path)
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "online" not in document:
+        return speeds, None
+    online = document["online"]
+    _check_windows(online, len(speeds), str(path))
+    return speeds, tuple(tuple((float(a), float(b)) for a, b in windows) for windows in online)
+
+
+class Availability:
+    """When each device is online (see the module's docstring)."""
+
+    _LOOKAHEAD = 100_000  # sessions searched for the next online one
+
+    def __init__(self, config: AsyncSimConfig) -> None:
+        self.config = config
+        self.always = config.online is None and config.online_fraction == 1.0
+        self._sessions: dict[tuple[int, int], bool] = {}
+
+    def _session(self, device: int, k: int) -> bool:
+        key = (device, k)
+        if key not in self._sessions:
+            rng = np.random.default_rng([self.config.seed, 5, device, k])
+            self._sessions[key] = bool(rng.random() < self.config.online_fraction)
+        return self._sessions[key]
+
+    def next_online(self, device: int, t: float) -> float | None:
+        """The first time at or after ``t`` when ``device`` is online (None: never)."""
+        if self.always:
+            return t
+        if self.config.online is not None:
+            for start, end in self.config.online[device]:
+                if t < end:
+                    return max(t, start)
+            return None
+        length = self.config.session_seconds
+        first = int(t // length)
+        for k in range(first, first + self._LOOKAHEAD):
+            if self._session(device, k):
+                return max(t, k * length)
+        return None
+
+    def online(self, device: int, t: float) -> bool:
+        """Whether ``device`` is online at simulated time ``t``."""
+        return self.next_online(device, t) == t
 
 
 @dataclass(frozen=True)
@@ -160,6 +266,9 @@ class SimRun:
     updates_dropped: int
     mean_staleness: float
     max_staleness: int
+    events: tuple[tuple[float, int, str], ...] = ()
+    """``(simulated seconds, device, "poll" | "deliver")``: each poll that got a task and
+    each update's delivery."""
 
     @property
     def final_accuracy(self) -> float:
@@ -246,6 +355,7 @@ class _Fleet:
             for i, split in enumerate(partition.values())
         ]
         self.bundle_dir = pretrained.bundle_dir
+        self.availability = Availability(config)
 
     def _speeds(self) -> tuple[float, ...]:
         config = self.config
@@ -356,23 +466,39 @@ def _run_sync(fleet: _Fleet, workdir: Path) -> SimRun:
     clock = 0.0
     curve = [(0.0, fleet.accuracy(sim.production()))]
     used = 0
+    events: list[tuple[float, int, str]] = []
+    availability = fleet.availability
     for _ in range(config.rounds):
         sim.service.tick()  # opens the next round and selects its clients
         (round_,) = sim.service.store.list_rounds(("collecting",))
-        slowest = 0.0
+        end = clock
         for client_id in round_.selected:
             device = sim.device_of[client_id]
+            poll = availability.next_online(device, clock)
+            if poll is None:
+                raise SimulationError(
+                    f"sync round {round_.round_id} selected device {device}, which is never "
+                    f"online after {clock:.1f} s"
+                )
             task = sim.service.next_task(sim.clients[device])
             assert task is not None
-            slowest = max(slowest, fleet.duration(fleet.devices[device], rng))
+            finish = poll + fleet.duration(fleet.devices[device], rng)
+            deliver = availability.next_online(device, finish)
+            if deliver is None:
+                raise SimulationError(
+                    f"sync round {round_.round_id} waits on device {device}, which is never "
+                    f"online after {finish:.1f} s"
+                )
+            events += [(poll, device, "poll"), (deliver, device, "deliver")]
+            end = max(end, deliver)
             sim.submit(fleet, device, task, used)
             used += 1
         if sim.service.get_round(round_.round_id).state != "committed":
             raise SimulationError(f"sync round {round_.round_id} did not commit")
-        clock += slowest
+        clock = end
         sim.at(clock)
         curve.append((clock, fleet.accuracy(sim.production())))
-    return SimRun("sync", tuple(curve), used, 0, 0.0, 0)
+    return SimRun("sync", tuple(curve), used, 0, 0.0, 0, tuple(sorted(events)))
 
 
 def _run_async(fleet: _Fleet, workdir: Path, *, until: float, target: float | None) -> SimRun:
@@ -383,21 +509,38 @@ def _run_async(fleet: _Fleet, workdir: Path, *, until: float, target: float | No
     curve = [(0.0, fleet.accuracy(sim.production()))]
     used, dropped, staleness_sum, staleness_max = 0, 0, 0.0, 0
     tasks = 0
-    # (finish time, task number, device, task)
-    running: list[tuple[float, int, int, Task]] = []
+    availability = fleet.availability
+    events: list[tuple[float, int, str]] = []
+    # (delivery time, task number, device, task): an update, delivered when its device is
+    # online after training (task None: a lost update, or number -1: a wake-up for the
+    # slots no online device could take)
+    running: list[tuple[float, int, int, Task | None]] = []
     busy: set[int] = set()
+    waiting = 0  # slots waiting for an idle device to come online
 
     def start(now: float) -> None:
-        """Hand the current version to an idle device (one that has no update in the
-        collecting buffer yet: the service gives it a task)."""
-        nonlocal tasks
+        """Hand the current version to an idle online device (one that has no update in
+        the collecting buffer yet: the service gives it a task)."""
+        nonlocal tasks, waiting
         idle = [i for i in range(len(fleet.devices)) if i not in busy]
-        for i in rng.permutation(idle).tolist():
+        online = [i for i in idle if availability.online(i, now)]
+        if not online and idle:
+            waiting += 1
+            wake = [t for i in idle if (t := availability.next_online(i, now)) is not None]
+            if wake:
+                heapq.heappush(running, (min(wake), -1, -1, None))
+            return
+        for i in rng.permutation(online).tolist():
             task = sim.service.next_task(sim.clients[i])
             if task is not None:
                 busy.add(i)
                 finish = now + fleet.duration(fleet.devices[i], rng)
-                heapq.heappush(running, (finish, tasks, i, task))
+                deliver = availability.next_online(i, finish)
+                events.append((now, i, "poll"))
+                if deliver is None:
+                    heapq.heappush(running, (finish, tasks, i, None))
+                else:
+                    heapq.heappush(running, (deliver, tasks, i, task))
                 tasks += 1
                 return
 
@@ -408,12 +551,24 @@ def _run_async(fleet: _Fleet, workdir: Path, *, until: float, target: float | No
         if now > until:
             break
         sim.at(now)
+        if number == -1:
+            slots, waiting = waiting, 0
+            for _ in range(slots):
+                start(now)
+            continue
+        if task is None:  # trained, but its device never comes back online
+            dropped += 1
+            start(now)
+            continue
         busy.discard(i)
+        events.append((now, i, "deliver"))
         version = sim.service.get_model("current").version
         try:
             sim.submit(fleet, i, task, number)
         except CoordinatorError as exc:
-            if exc.code != "too_stale":
+            # too stale, or the device's update already in this buffer came from the
+            # task of an earlier one (a late delivery)
+            if exc.code not in ("too_stale", "duplicate_update"):
                 raise
             dropped += 1
         committed = sim.service.get_model("current").version
@@ -429,7 +584,7 @@ def _run_async(fleet: _Fleet, workdir: Path, *, until: float, target: float | No
                 break
         start(now)
     mean = staleness_sum / used if used else 0.0
-    return SimRun("async", tuple(curve), used, dropped, mean, staleness_max)
+    return SimRun("async", tuple(curve), used, dropped, mean, staleness_max, tuple(events))
 
 
 @contextlib.contextmanager
