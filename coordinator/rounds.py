@@ -509,12 +509,16 @@ class RoundEngine:
 
     def buffer_task(self, client_id: str) -> TaskRecord | None:
         """A train task on production for ``client_id`` in the collecting buffer, unless it
-        already had one in this buffer (or there is no buffer)."""
+        already had one in this buffer, or an update of an earlier buffer's task of it went
+        into this one (a second update of one client in a buffer would be refused), or there
+        is no buffer."""
         round_ = self.collecting_buffer()
         if round_ is None or round_.base_version is None:
             return None
         task_id = train_task_id(round_.round_id, client_id)
         if self._store.get_task(task_id) is not None:
+            return None
+        if self._store.get_update(round_.round_id, client_id) is not None:
             return None
         config = round_.config
         base = self._registry.get(round_.base_version)

@@ -87,6 +87,8 @@ def test_buffers_commit_the_staleness_weighted_mean_with_their_lineage(tmp_path:
     retry = _upload(service, c, tasks[c.client_id], seed=13)
     assert retry.duplicate
     assert retry.round_id == 2
+    # Its update is in buffer 2 already: no task of buffer 2 for it (a second would be refused).
+    assert service.next_task(c) is None
     fresh = service.next_task(a)
     assert fresh is not None
     assert (fresh.round_id, fresh.model_version) == (2, v2.version)
