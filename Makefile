@@ -44,7 +44,7 @@ lint: $(SCALE_STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(SCALE_STAMP)
-	$(BIN)/python -m pytest -rA
+	$(BIN)/python -m pytest -rA --durations=40
 
 test: lint pytest
 
