@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from fedge.bundle import MANIFEST_NAME
 from fedge.data import Dataset
@@ -44,8 +44,10 @@ from fedge.features import FeatureSpec
 from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
-from quantize.trainable import trainable_weight_names, trainable_weights
 from simulations.errors import SettingsError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["UserModel", "bundle_user_model", "load_user_model"]
 
@@ -81,6 +83,8 @@ class UserModel:
 
     @property
     def head(self) -> Weights:
+        from quantize.trainable import trainable_weights
+
         return Weights(trainable_weights(self.model))
 
 
@@ -97,6 +101,8 @@ def _digest(path: Path, init: Weights | None) -> str:
 
 def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None) -> UserModel:
     """Load a model file (.keras, .h5 or a SavedModel directory), check it and prepare it."""
+    import tensorflow as tf
+
     source = Path(path)
     what = f"model file {os.fspath(path)}"
     if not source.exists():
@@ -179,11 +185,15 @@ def _check_io(model: tf.keras.Model, what: str) -> tuple[tuple[int, ...], int]:
 
 
 def _layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    import tensorflow as tf
+
     return [la for la in model.layers if not isinstance(la, tf.keras.layers.InputLayer)]
 
 
 def _check_layers(model: tf.keras.Model, what: str) -> int:
     """Index (in :func:`_layers`) of the first trainable layer, after every check."""
+    import tensorflow as tf
+
     layers = _layers(model)
     nested = [la.name for la in layers if isinstance(la, tf.keras.Model)]
     if nested:
@@ -225,6 +235,8 @@ def _check_layers(model: tf.keras.Model, what: str) -> int:
 
 
 def _apply_init(model: tf.keras.Model, init: Weights, source: str) -> None:
+    from quantize.trainable import trainable_weight_names, trainable_weights
+
     names = trainable_weight_names(model)
     reference = Weights(trainable_weights(model))
     try:
@@ -240,6 +252,8 @@ def _apply_init(model: tf.keras.Model, init: Weights, source: str) -> None:
 
 
 def _is_softmax(layer: tf.keras.layers.Layer) -> bool:
+    import tensorflow as tf
+
     activation = getattr(layer, "activation", None)
     return isinstance(layer, tf.keras.layers.Dense | tf.keras.layers.Activation) and (
         getattr(activation, "__name__", None) == "softmax"
@@ -247,6 +261,8 @@ def _is_softmax(layer: tf.keras.layers.Layer) -> bool:
 
 
 def _prepare(model: tf.keras.Model, start: int, what: str) -> tf.keras.Model:
+    import tensorflow as tf
+
     layers = _layers(model)
     names: dict[str, str] = {}
     for i, layer in enumerate(layers):
