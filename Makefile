@@ -11,7 +11,7 @@ SCALE_STAMP := $(VENV)/.fedge-scale-installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint pytest venv clean proto
+.PHONY: demo test lint pytest venv clean proto docs docs-gen
 
 venv: $(STAMP)
 
@@ -37,6 +37,16 @@ demo: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fedge/protocol/fleet.proto fedge/protocol/example.proto
 
+# The manual (docs/, mkdocs.yml) into site/, warnings as errors; the reference pages under
+# docs/reference/ are generated from the code by docs-gen (tests/docs/ checks they are current),
+# and the site must load nothing from another host.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+	@! grep -rlE '(src|href)="(https?:)?//[^"]*\.(js|css)' site/ || { echo "error: the site loads files from another host" >&2; exit 1; }
+
+docs-gen: $(STAMP)
+	$(BIN)/python -m tools.docgen
+
 lint: $(SCALE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -49,4 +59,4 @@ pytest: $(SCALE_STAMP)
 test: lint pytest
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) demo-output site .pytest_cache .mypy_cache .ruff_cache build *.egg-info
