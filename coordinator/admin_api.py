@@ -204,17 +204,21 @@ def show_model(service: CoordinatorService, version: str) -> Document:
     return model_detail(service, service.get_model(version))
 
 
-def promote(service: CoordinatorService, version: str) -> Document:
-    return model_detail(service, service.promote(version))
+def promote(service: CoordinatorService, version: str, *, actor: str | None = None) -> Document:
+    """``actor``: the operator's token id, recorded on the registry event."""
+    return model_detail(service, service.promote(version, actor=actor))
 
 
-def rollback(service: CoordinatorService, body: Mapping[str, Any]) -> Document:
+def rollback(
+    service: CoordinatorService, body: Mapping[str, Any], *, actor: str | None = None
+) -> Document:
     """Body ``{}``: the previous production version back; ``{"before": TIME}`` (ISO 8601):
-    the version that was production at that time back."""
+    the version that was production at that time back. ``actor`` as for :func:`promote`."""
     refuse_unknown(body, {"before"})
     if body.get("before") is None:
-        return model_detail(service, service.rollback())
-    return model_detail(service, service.rollback_before(parse_instant(body["before"])))
+        return model_detail(service, service.rollback(actor=actor))
+    when = parse_instant(body["before"])
+    return model_detail(service, service.rollback_before(when, actor=actor))
 
 
 # Quarantine -----------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from fedge.errors import ConfigError
 __all__ = [
     "ADMIN_TOKEN_ENV",
     "TOKEN_PREFIX",
+    "VIEWER_TOKEN_ENV",
     "RedactingFilter",
+    "actor_id",
     "bearer_token",
     "hash_token",
     "load_secret",
@@ -37,6 +39,7 @@ __all__ = [
 TOKEN_PREFIX = "fedge_"  # noqa: S105 (a prefix, not a secret)
 ADMIN_TOKEN_ENV = "FEDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
 ENROLLMENT_TOKEN_ENV = "FEDGE_ENROLLMENT_TOKEN"  # noqa: S105 (a variable name)
+VIEWER_TOKEN_ENV = "FEDGE_VIEWER_TOKEN"  # noqa: S105 (a variable name)
 _MAX_TOKEN = 512
 _REGISTRATION_KEY = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
@@ -73,6 +76,12 @@ def registration_identity(key: str) -> tuple[str, str]:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def actor_id(role: str, token: str) -> str:
+    """``<role>:<first 12 hex of sha256(token)>``: names an operator's token in the
+    registry's history (``ModelEvent.actor``) and the log without revealing it."""
+    return f"{role}:{hash_token(token)[:12]}"
 
 
 def token_matches(token: str, expected_hash: str) -> bool:

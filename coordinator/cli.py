@@ -11,6 +11,7 @@
         [--mode sync|async [--buffer K] [--max-staleness S]] \
         [--serving-mode dynamic|static|hybrid] [--serving-cache N] [--serving-max-instances N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
+        [--viewer-token-file FILE] [--no-ui] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
     fedge-coordinator models predictions [V]                 TARGET [--json]
@@ -61,6 +62,7 @@ from coordinator.admin import AdminBackend, DirectAdmin
 from coordinator.auth import (
     ADMIN_TOKEN_ENV,
     ENROLLMENT_TOKEN_ENV,
+    VIEWER_TOKEN_ENV,
     RedactingFilter,
     hash_token,
     load_secret,
@@ -436,6 +438,18 @@ def _add_serve(sub: Any) -> None:
         help="allow plain HTTP on a non-loopback --host (tokens and updates then travel "
         "unencrypted: only behind a TLS-terminating proxy)",
     )
+    dashboard = serve.add_argument_group(
+        "dashboard",
+        "The operator's dashboard at /ui/ (HTML pages; not part of the REST API): log in "
+        "with the viewer token (read-only) or the admin token (actions too).",
+    )
+    dashboard.add_argument(
+        "--viewer-token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"the dashboard's read-only token; else ${VIEWER_TOKEN_ENV} (none: admin only)",
+    )
+    dashboard.add_argument("--no-ui", action="store_true", help="do not serve the dashboard")
     _add_grpc_arguments(serve)
     add_signing_arguments(serve)
     add_verbosity_flags(serve)
@@ -780,6 +794,7 @@ def serve_cli(args: argparse.Namespace) -> int:
     from coordinator.rest import ApiConfig, create_app
     from coordinator.server import run_server
     from coordinator.service import CoordinatorService
+    from coordinator.ui import UiConfig
 
     if not (args.bundle / "manifest.json").is_file():
         raise UsageError(f"--bundle {args.bundle} is not a bundle directory (no manifest.json)")
@@ -806,6 +821,9 @@ def serve_cli(args: argparse.Namespace) -> int:
     )
     admin = load_secret(args.admin_token_file, ADMIN_TOKEN_ENV)
     enrollment = load_secret(args.enrollment_token_file, ENROLLMENT_TOKEN_ENV)
+    viewer = load_secret(args.viewer_token_file, VIEWER_TOKEN_ENV)
+    if viewer is not None and viewer == admin:
+        raise UsageError("the viewer token must differ from the admin token")
     if enrollment is None and not args.open_enrollment:
         raise UsageError(
             f"serve needs --enrollment-token-file (or ${ENROLLMENT_TOKEN_ENV}), or "
@@ -848,6 +866,12 @@ def serve_cli(args: argparse.Namespace) -> int:
             ),
         ),
         serving=serving,
+        ui=None
+        if args.no_ui
+        else UiConfig(
+            viewer_token_hash=hash_token(viewer) if viewer else None,
+            secure_cookie=tls is not None,
+        ),
     )
     return run_server(
         app,

@@ -698,6 +698,12 @@ def _records() -> dict[str, Any]:
             at=TIME,
             previous=nullable(STRING),
             detail=STRING,
+            actor={
+                **nullable(STRING),
+                "description": "The operator's token id (admin:<first 12 hex of its "
+                "sha256>) of a promotion or rollback an operator asked for; null for what "
+                "the coordinator did itself",
+            },
         ),
         "Model": closed(
             optional=("predictions",),

@@ -627,3 +627,36 @@ class PostgresStore:
             where = (where + " AND" if where else " WHERE") + " created_at >= %s"
             params = (*params, float(since))
         return self._all(AlertRecord, f"SELECT doc FROM alerts{where} ORDER BY alert_id", params)  # noqa: S608
+
+    # pages
+    def page_clients(self, *, offset: int, limit: int) -> list[ClientRecord]:
+        sql = "SELECT doc FROM clients ORDER BY seq LIMIT %s OFFSET %s"
+        return self._all(ClientRecord, sql, (limit, offset))
+
+    def page_rounds(self, *, offset: int, limit: int) -> list[RoundRecord]:
+        sql = "SELECT doc FROM rounds ORDER BY round_id DESC LIMIT %s OFFSET %s"
+        return self._all(RoundRecord, sql, (limit, offset))
+
+    def count_rounds(self) -> int:
+        return self._scalar("SELECT COUNT(*) FROM rounds", ())
+
+    def page_models(self, *, offset: int, limit: int) -> list[ModelRecord]:
+        sql = "SELECT doc FROM models ORDER BY seq DESC LIMIT %s OFFSET %s"
+        return self._all(ModelRecord, sql, (limit, offset))
+
+    def count_models(self) -> int:
+        return self._scalar("SELECT COUNT(*) FROM models", ())
+
+    def page_alerts(self, *, offset: int, limit: int) -> list[AlertRecord]:
+        sql = "SELECT doc FROM alerts ORDER BY alert_id DESC LIMIT %s OFFSET %s"
+        return self._all(AlertRecord, sql, (limit, offset))
+
+    def count_alerts(self) -> int:
+        return self._scalar("SELECT COUNT(*) FROM alerts", ())
+
+    def page_reports(self, *, kind: str, offset: int, limit: int) -> list[ReportRecord]:
+        sql = "SELECT doc FROM reports WHERE kind = %s ORDER BY report_id DESC LIMIT %s OFFSET %s"
+        return self._all(ReportRecord, sql, (kind, limit, offset))
+
+    def count_reports(self, *, kind: str) -> int:
+        return self._scalar("SELECT COUNT(*) FROM reports WHERE kind = %s", (kind,))

@@ -307,7 +307,9 @@ class ModelRecord(_Record):
 @dataclass(frozen=True)
 class ModelEvent(_Record):
     """A registry event: registered, promoted, rolled_back, archived, rejected (by the
-    gate; ``detail`` holds the reason)."""
+    gate; ``detail`` holds the reason). ``actor`` names the operator's token of a promotion
+    or rollback an operator asked for (``admin:<first 12 hex of sha256(token)>``); None
+    for what the coordinator did itself."""
 
     seq: int
     version: str
@@ -315,6 +317,7 @@ class ModelEvent(_Record):
     at: float
     previous: str | None = None
     detail: str = ""
+    actor: str | None = None
 
     def __post_init__(self) -> None:
         self._freeze()

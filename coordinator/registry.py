@@ -267,8 +267,9 @@ class ModelRegistry:
             self._store.add_model_event(ModelEvent(0, version, "registered", now))
             return model
 
-    def promote(self, version: str, *, detail: str = "") -> ModelRecord:
-        """Make ``version`` production (the old production is archived). Idempotent."""
+    def promote(self, version: str, *, detail: str = "", actor: str | None = None) -> ModelRecord:
+        """Make ``version`` production (the old production is archived). Idempotent.
+        ``actor``: the operator's token id, recorded on the event."""
         with self._store.transaction():
             target = self.get(version)
             if target.stage == "production":
@@ -281,12 +282,14 @@ class ModelRegistry:
             self._store.save_model(promoted)
             previous = current[-1].version if current else None
             self._store.add_model_event(
-                ModelEvent(0, version, "promoted", now, previous=previous, detail=detail)
+                ModelEvent(
+                    0, version, "promoted", now, previous=previous, detail=detail, actor=actor
+                )
             )
             logger.info("promoted %s (previous production: %s)", version, previous)
             return promoted
 
-    def rollback(self, *, reason: str = "") -> ModelRecord:
+    def rollback(self, *, reason: str = "", actor: str | None = None) -> ModelRecord:
         """Make the version that was production before the current one production again;
         ``reason`` (e.g. the alert that asked for it) is added to the event's detail."""
         with self._store.transaction():
@@ -299,9 +302,11 @@ class ModelRegistry:
                     code="no_previous_version",
                 )
             detail = f"rolled back from {current.version}"
-            return self._restore(current, self.get(previous), _joined(detail, reason))
+            return self._restore(current, self.get(previous), _joined(detail, reason), actor)
 
-    def rollback_before(self, when: float, *, reason: str = "") -> ModelRecord:
+    def rollback_before(
+        self, when: float, *, reason: str = "", actor: str | None = None
+    ) -> ModelRecord:
         """Make production the version that was production at ``when`` (seconds since the
         epoch): the one the last promotion or rollback before ``when`` made production (a
         change at exactly ``when`` is not before it). ConflictError ``no_version_before``
@@ -324,9 +329,11 @@ class ModelRegistry:
             detail = (
                 f"rolled back from {current.version} to the production version of {iso_time(when)}"
             )
-            return self._restore(current, target, _joined(detail, reason))
+            return self._restore(current, target, _joined(detail, reason), actor)
 
-    def _restore(self, current: ModelRecord, target: ModelRecord, detail: str) -> ModelRecord:
+    def _restore(
+        self, current: ModelRecord, target: ModelRecord, detail: str, actor: str | None
+    ) -> ModelRecord:
         """``target`` becomes production in place of ``current`` (a ``rolled_back`` event);
         the caller holds a store transaction."""
         now = self._now()
@@ -335,7 +342,13 @@ class ModelRegistry:
         self._store.save_model(restored)
         self._store.add_model_event(
             ModelEvent(
-                0, target.version, "rolled_back", now, previous=current.version, detail=detail
+                0,
+                target.version,
+                "rolled_back",
+                now,
+                previous=current.version,
+                detail=detail,
+                actor=actor,
             )
         )
         logger.warning("rolled back from %s to %s", current.version, target.version)

@@ -990,24 +990,25 @@ class CoordinatorService:
     def model_events(self, version: str | None = None) -> list[ModelEvent]:
         return self.registry.events(version)
 
-    def promote(self, version: str) -> ModelRecord:
+    def promote(self, version: str, *, actor: str | None = None) -> ModelRecord:
+        """Promote ``version``; ``actor`` (the operator's token id) goes on the event."""
         with self._lock:
-            model = self.registry.promote(version, detail="promoted by an operator")
+            model = self.registry.promote(version, detail="promoted by an operator", actor=actor)
             self.rounds.fail_superseded(model.version)
             return model
 
-    def rollback(self) -> ModelRecord:
+    def rollback(self, *, actor: str | None = None) -> ModelRecord:
         with self._lock:
-            model = self.registry.rollback()
+            model = self.registry.rollback(actor=actor)
             self.rounds.fail_superseded(model.version)
             return model
 
-    def rollback_before(self, when: float) -> ModelRecord:
+    def rollback_before(self, when: float, *, actor: str | None = None) -> ModelRecord:
         """Production becomes the version that was production at ``when`` (seconds since
         the epoch; :meth:`ModelRegistry.rollback_before`), e.g. the state before a data
         corruption; rounds on the superseded version fail."""
         with self._lock:
-            model = self.registry.rollback_before(when)
+            model = self.registry.rollback_before(when, actor=actor)
             self.rounds.fail_superseded(model.version)
             return model
 

@@ -576,3 +576,41 @@ class SQLiteStore:
             self._where({"kind": kind})[1],
         )
         return [a for a in alerts if since is None or a.created_at >= since]
+
+    # pages
+    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        with self._lock:
+            return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def page_clients(self, *, offset: int, limit: int) -> list[ClientRecord]:
+        return self._all(
+            ClientRecord, "SELECT doc FROM clients ORDER BY rowid LIMIT ? OFFSET ?", (limit, offset)
+        )
+
+    def page_rounds(self, *, offset: int, limit: int) -> list[RoundRecord]:
+        sql = "SELECT doc FROM rounds ORDER BY round_id DESC LIMIT ? OFFSET ?"
+        return self._all(RoundRecord, sql, (limit, offset))
+
+    def count_rounds(self) -> int:
+        return self._count("SELECT COUNT(*) FROM rounds")
+
+    def page_models(self, *, offset: int, limit: int) -> list[ModelRecord]:
+        sql = "SELECT doc FROM models ORDER BY seq DESC LIMIT ? OFFSET ?"
+        return self._all(ModelRecord, sql, (limit, offset))
+
+    def count_models(self) -> int:
+        return self._count("SELECT COUNT(*) FROM models")
+
+    def page_alerts(self, *, offset: int, limit: int) -> list[AlertRecord]:
+        sql = "SELECT doc FROM alerts ORDER BY alert_id DESC LIMIT ? OFFSET ?"
+        return self._all(AlertRecord, sql, (limit, offset))
+
+    def count_alerts(self) -> int:
+        return self._count("SELECT COUNT(*) FROM alerts")
+
+    def page_reports(self, *, kind: str, offset: int, limit: int) -> list[ReportRecord]:
+        sql = "SELECT doc FROM reports WHERE kind = ? ORDER BY report_id DESC LIMIT ? OFFSET ?"
+        return self._all(ReportRecord, sql, (kind, limit, offset))
+
+    def count_reports(self, *, kind: str) -> int:
+        return self._count("SELECT COUNT(*) FROM reports WHERE kind = ?", (kind,))

@@ -12,6 +12,7 @@ postgresql://...``: the scale-out path).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections.abc import Callable, Collection, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -151,6 +152,18 @@ class Store(Protocol):
     def list_alerts(
         self, *, kind: str | None = None, since: float | None = None
     ) -> list[AlertRecord]: ...
+
+    # Pages (the dashboard's lists): each reads only the rows of its page. Clients come in
+    # registration order; rounds, models, alerts and reports newest first.
+    def page_clients(self, *, offset: int, limit: int) -> list[ClientRecord]: ...
+    def page_rounds(self, *, offset: int, limit: int) -> list[RoundRecord]: ...
+    def count_rounds(self) -> int: ...
+    def page_models(self, *, offset: int, limit: int) -> list[ModelRecord]: ...
+    def count_models(self) -> int: ...
+    def page_alerts(self, *, offset: int, limit: int) -> list[AlertRecord]: ...
+    def count_alerts(self) -> int: ...
+    def page_reports(self, *, kind: str, offset: int, limit: int) -> list[ReportRecord]: ...
+    def count_reports(self, *, kind: str) -> int: ...
 
 
 _MISSING: Any = object()
@@ -549,6 +562,46 @@ class MemoryStore:
                 for a in self._logs["alerts"]
                 if (kind is None or a.kind == kind) and (since is None or a.created_at >= since)
             ]
+
+    # pages
+    def page_clients(self, *, offset: int, limit: int) -> list[ClientRecord]:
+        with self._lock:
+            return list(itertools.islice(self._tables["clients"].values(), offset, offset + limit))
+
+    def page_rounds(self, *, offset: int, limit: int) -> list[RoundRecord]:
+        with self._lock:
+            rounds = sorted(self._tables["rounds"].values(), key=lambda r: -r.round_id)
+            return rounds[offset : offset + limit]
+
+    def count_rounds(self) -> int:
+        with self._lock:
+            return len(self._tables["rounds"])
+
+    def page_models(self, *, offset: int, limit: int) -> list[ModelRecord]:
+        with self._lock:
+            models = sorted(self._tables["models"].values(), key=lambda m: -m.seq)
+            return models[offset : offset + limit]
+
+    def count_models(self) -> int:
+        with self._lock:
+            return len(self._tables["models"])
+
+    def page_alerts(self, *, offset: int, limit: int) -> list[AlertRecord]:
+        with self._lock:
+            return self._logs["alerts"][::-1][offset : offset + limit]
+
+    def count_alerts(self) -> int:
+        with self._lock:
+            return len(self._logs["alerts"])
+
+    def page_reports(self, *, kind: str, offset: int, limit: int) -> list[ReportRecord]:
+        with self._lock:
+            reports = [r for r in self._tables["reports"].values() if r.kind == kind]
+            return reports[::-1][offset : offset + limit]
+
+    def count_reports(self, *, kind: str) -> int:
+        with self._lock:
+            return sum(1 for r in self._tables["reports"].values() if r.kind == kind)
 
 
 def open_store(url: str) -> Store:

@@ -78,6 +78,7 @@ def model_document(model: ModelRecord, events: Sequence[ModelEvent] = ()) -> dic
             "at": _time(e.at),
             "previous": e.previous,
             "detail": e.detail,
+            "actor": e.actor,
         }
         for e in events
     ]

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from coordinator import admin_api
+from coordinator.auth import actor_id, bearer_token
 from coordinator.rest.access import require_admin
 from coordinator.rest.bodies import json_body
 from coordinator.rest.state import current_state
@@ -83,14 +84,20 @@ def show_model(version: str) -> Any:
     return admin_api.show_model(current_state().service, version)
 
 
+def _actor() -> str:
+    """The admin token's id (``require_admin`` has checked the header already)."""
+    return actor_id("admin", bearer_token(request.headers.get("Authorization")))
+
+
 @admin.post("/v1/models/<version>/promote")
 def promote(version: str) -> Any:
-    return admin_api.promote(current_state().service, version)
+    return admin_api.promote(current_state().service, version, actor=_actor())
 
 
 @admin.post("/v1/models/rollback")
 def rollback() -> Any:
-    return admin_api.rollback(current_state().service, json_body(optional=True))
+    body = json_body(optional=True)
+    return admin_api.rollback(current_state().service, body, actor=_actor())
 
 
 @admin.get("/v1/quarantine")

@@ -18,6 +18,7 @@ from coordinator.rest.state import ApiConfig, install_state
 from coordinator.service import CoordinatorService
 from coordinator.serving.api import install_serving
 from coordinator.serving.predict import ServingConfig
+from coordinator.ui import UiConfig, install_ui
 
 __all__ = ["BLUEPRINTS", "create_app"]
 
@@ -35,10 +36,16 @@ def _access_log(response: Response) -> Response:
 
 
 def create_app(
-    service: CoordinatorService, config: ApiConfig, *, serving: ServingConfig | None = None
+    service: CoordinatorService,
+    config: ApiConfig,
+    *,
+    serving: ServingConfig | None = None,
+    ui: UiConfig | None = None,
 ) -> Flask:
     """The Flask app serving ``service``; no module-level state, one app per call.
-    ``serving`` configures the predict route (default: the dynamic mode)."""
+    ``serving`` configures the predict route (default: the dynamic mode); ``ui`` adds the
+    operator's dashboard under ``/ui/`` (:mod:`coordinator.ui`; HTML, not in the OpenAPI
+    document)."""
     app = Flask("coordinator", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_content_length or service.config.max_update_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -51,4 +58,6 @@ def create_app(
     app.after_request(_access_log)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if ui is not None:
+        install_ui(app, ui)
     return app

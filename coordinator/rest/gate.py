@@ -6,7 +6,8 @@ headers have arrived and its body has not, and answers a refusal at once without
 (or spooling to disk) the body; the app's ``before_request`` applies the same limit to
 requests that arrived whole. Limits: the update upload and a secure round's masked input
 take ``max_update_bytes``; the device reports (stats, evaluations, features)
-``ApiConfig.max_report_bytes``; every other route ``ApiConfig.max_json_bytes``.
+``ApiConfig.max_report_bytes``; the dashboard's forms (``/ui/``) 16 KiB; every other route
+``ApiConfig.max_json_bytes``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from coordinator.errors import CoordinatorError, PayloadTooLargeError, describe
 from coordinator.records import ClientRecord
 from coordinator.rest.state import EXTENSION, RestState, current_state
 
-__all__ = ["Refusal", "body_limit", "check_body_limit", "precheck", "refusal_for_size"]
+__all__ = [
+    "UI_BODY_LIMIT",
+    "Refusal",
+    "body_limit",
+    "check_body_limit",
+    "precheck",
+    "refusal_for_size",
+]
 
 _UPLOAD = re.compile(r"/v1/rounds/[^/]+/updates")
 _SECAGG = re.compile(r"/v1/rounds/[^/]+/secagg/(advertise|share|mask|unmask)")
@@ -30,6 +38,9 @@ _REPORTS = frozenset({"/v1/stats", "/v1/evaluations", "/v1/features"})
 _DECLINE = re.compile(r"/v1/tasks/[^/]+/decline")
 _REGISTRATION = "/v1/clients"
 _TOKEN_ROTATION = "/v1/clients/me/token"  # noqa: S105 (a path)
+_UI = "/ui/"
+UI_BODY_LIMIT = 16 * 1024
+"""The dashboard's forms (a token, a CSRF token) are small."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ def body_limit(state: RestState, method: str, path: str) -> int:
         return state.service.config.max_update_bytes
     if path in _REPORTS:
         return state.config.max_report_bytes
+    if path.startswith(_UI):
+        return min(UI_BODY_LIMIT, state.config.max_json_bytes)
     return state.config.max_json_bytes
 
 
@@ -76,8 +89,8 @@ def _authorize(
     applies it (:mod:`coordinator.access`; registration's rate limit is left to the route);
     the client on the device routes. Other methods take no body: their size limit is
     checked, and their token by their blueprint as usual."""
-    if method != "POST":
-        return None
+    if method != "POST" or path.startswith(_UI):
+        return None  # the dashboard's forms: its session and CSRF token, checked by its view
     if path == _REGISTRATION:
         check_enrollment_token(state, authorization)
         return None

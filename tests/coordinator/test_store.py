@@ -595,3 +595,23 @@ def test_a_conflict_inside_a_postgres_transaction_leaves_the_transaction_usable(
         store.add_client(_client(2))
     assert [c.client_id for c in store.list_clients()] == ["c1", "c2"]
     store.close()
+
+
+def test_pages_read_one_slice_in_order_and_counts_cover_the_whole(store: Store) -> None:
+    for n in range(1, 8):
+        store.add_client(_client(n))
+        store.add_round(_round())
+        store.add_model(_model(f"v{n}", n))
+        store.add_alert(AlertRecord(0, "round_failed", "warning", f"m{n}", float(n)))
+        store.add_report(ReportRecord(0, "stats", f"c{n}", f"t{n}", float(n)))
+    store.add_report(ReportRecord(0, "evaluation", "c1", "e1", 9.0, "v1"))
+    assert [c.client_id for c in store.page_clients(offset=2, limit=3)] == ["c3", "c4", "c5"]
+    assert [r.round_id for r in store.page_rounds(offset=0, limit=3)] == [7, 6, 5]
+    assert [m.version for m in store.page_models(offset=5, limit=3)] == ["v2", "v1"]
+    assert [a.message for a in store.page_alerts(offset=1, limit=2)] == ["m6", "m5"]
+    assert [r.task_id for r in store.page_reports(kind="stats", offset=0, limit=2)] == ["t7", "t6"]
+    assert store.page_reports(kind="evaluation", offset=1, limit=5) == []
+    assert store.page_clients(offset=7, limit=5) == []
+    counts = (store.count_rounds(), store.count_models(), store.count_alerts())
+    assert counts == (7, 7, 7)
+    assert (store.count_reports(kind="stats"), store.count_reports(kind="evaluation")) == (7, 1)
