@@ -9,17 +9,27 @@ it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedge.data import train_test_split
+from fedge.data import Dataset, train_test_split
 from fedge.errors import ConfigError
+from fedge.features import FeatureSpec
+from fedge.schema import Schema
 from fedge.weights import Weights
 from simulations.errors import SettingsError
 from simulations.inputs import files
+from simulations.inputs.model_cache import (
+    ModelFacts,
+    cached_facts,
+    conversion_entry,
+    find_conversion,
+    remember_facts,
+)
 from simulations.pretrain import PretrainConfig, find_pretrained, pretrain
 from simulations.scenario import (
     Scenario,
@@ -31,6 +41,9 @@ from simulations.scenario import (
 )
 from simulations.settings import CheckedInputs, Settings, about
 from simulations.workload import Hyperparams, Schedule
+
+if TYPE_CHECKING:
+    from simulations.inputs.model import UserModel
 
 __all__ = ["Step", "prepare_scenario"]
 
@@ -113,6 +126,62 @@ def _task_scenario(settings: Settings, inputs: CheckedInputs, say: Step) -> Scen
     )
 
 
+def _load(path: str | os.PathLike[str], init: Weights | None) -> UserModel:
+    """Load (with TensorFlow), check and prepare the user's Keras model."""
+    from simulations.inputs.model import load_user_model
+
+    return load_user_model(path, init=init)
+
+
+def _converted(
+    model: ModelFacts | UserModel,
+    settings: Settings,
+    inputs: CheckedInputs,
+    *,
+    task: str,
+    spec: FeatureSpec,
+    schema: Schema,
+    test: Dataset,
+    step: Step,
+) -> tuple[Path, Path]:
+    """(bundle, SavedModel) of the user's model: from the conversion cache, or converted now
+    (loading the model first when only its cached facts were read). The facts of a model
+    loaded here are recorded with its conversion, for the next run to find both."""
+    cache_dir = Path(settings.cache_dir)
+    entry = conversion_entry(
+        model.digest,
+        cache_dir=cache_dir,
+        task=task,
+        spec=spec,
+        schema=schema,
+        test=test,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+    )
+    found = find_conversion(entry)
+    if found is not None:
+        if not isinstance(model, ModelFacts):
+            remember_facts(model.facts, cache_dir)
+        return found
+    from simulations.inputs.model import bundle_user_model
+
+    assert settings.model_file is not None
+    user = model if not isinstance(model, ModelFacts) else _load(settings.model_file, inputs.init)
+    converted = bundle_user_model(
+        user,
+        task=task,
+        spec=spec,
+        schema=schema,
+        test=test,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        cache_dir=cache_dir,
+        step=step,
+    )
+    remember_facts(user.facts, cache_dir)
+    return converted
+
+
 def _schedule(settings: Settings, inputs: CheckedInputs, ids: list[str]) -> Schedule:
     """Who trains in each round: the schedule file's rounds, or ``per_round`` of ``ids``
     (all of them by default) drawn for each of ``rounds`` rounds."""
@@ -150,17 +219,22 @@ def _record_fingerprint(export_dir: Path) -> str | None:
 def _user_scenario(
     settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
 ) -> Scenario:
-    """The scenario of a run with the user's model (and possibly the user's data)."""
-    from simulations.inputs.model import UserModel, bundle_user_model, load_user_model
+    """The scenario of a run with the user's model (and possibly the user's data).
 
+    A Keras model already in the conversion cache (same file content and init) is not
+    loaded: its facts and bundle come from the cache, without TensorFlow.
+    """
     assert settings.model_file is not None
     step(f"loading your model {settings.model_file}")
-    model: files.BundledModel | UserModel
+    cache_dir = Path(settings.cache_dir)
+    model: files.BundledModel | ModelFacts | UserModel
     with about("model_file"):
         if files.is_bundle(settings.model_file):
             model = files.load_bundled_model(settings.model_file)
         else:
-            model = load_user_model(settings.model_file, init=inputs.init)
+            model = cached_facts(Path(settings.model_file), inputs.init, cache_dir) or _load(
+                settings.model_file, inputs.init
+            )
     details: dict[str, Any] = {"model": str(settings.model_file)}
     if inputs.data is not None:
         data = inputs.data
@@ -248,15 +322,14 @@ def _user_scenario(
         source = "your bundle"
     else:
         with about("model_file"):
-            bundle, saved_model = bundle_user_model(
+            bundle, saved_model = _converted(
                 model,
+                settings,
+                inputs,
                 task=task,
                 spec=spec,
                 schema=pool.schema,
                 test=test,
-                batch_size=settings.batch_size,
-                seed=settings.seed,
-                cache_dir=Path(settings.cache_dir),
                 step=step,
             )
         source = "your model"

@@ -17,13 +17,13 @@ The accepted model is cloned with fedge's layer names (``backbone_*``, the last 
 weights applied to its trainable variables (named as in the user's model: ``dense_1/kernel``).
 ``relu`` in the trainable part is rewritten for the device by :mod:`quantize.trainable`.
 :func:`bundle_user_model` then builds the edge bundle with :mod:`quantize` and saves the
-prepared model for the TFF engine, cached by a digest of everything that went in.
+prepared model for the TFF engine, in the conversion cache of
+:mod:`simulations.inputs.model_cache` (keyed by the files' content; found there without
+TensorFlow).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -38,13 +38,24 @@ import numpy as np
 
 from fedge.bundle import MANIFEST_NAME
 from fedge.data import Dataset
-from fedge.data.user_table import SCHEMA_FILE, load_schema_json
 from fedge.errors import ConfigError, FedgeError
 from fedge.features import FeatureSpec
 from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
 from simulations.errors import SettingsError
+from simulations.inputs.model_cache import (
+    BUNDLE,
+    EXPORT_SAVED_MODEL,
+    SAVED_MODEL,
+    ModelFacts,
+    conversion_entry,
+    conversion_version,
+    export_feature_spec,
+    export_label_names,
+    find_conversion,
+    model_digest,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -53,13 +64,7 @@ __all__ = ["UserModel", "bundle_user_model", "load_user_model"]
 
 logger = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 1
 _REPRESENTATIVE = 200
-SAVED_MODEL = "saved_model"
-BUNDLE = "bundle"
-EXPORT_SAVED_MODEL = "saved_model"
-"""The SavedModel inside a ``fedge-train`` export directory."""
-EXPORT_FEATURE_SPEC = "feature_spec.json"
 BACKBONE_PREFIX = "backbone_"
 HEAD_PREFIX = "head_"
 
@@ -87,16 +92,17 @@ class UserModel:
 
         return Weights(trainable_weights(self.model))
 
-
-def _digest(path: Path, init: Weights | None) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        digest.update(file.read_bytes())
-    if init is not None:
-        digest.update(init.to_bytes())
-    return digest.hexdigest()
+    @property
+    def facts(self) -> ModelFacts:
+        """What a later run needs of this model without loading it again."""
+        return ModelFacts(
+            source=self.source,
+            digest=self.digest,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            feature_spec=self.feature_spec,
+            label_names=self.label_names,
+        )
 
 
 def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None) -> UserModel:
@@ -124,32 +130,12 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
     return UserModel(
         model=prepared,
         source=source,
-        digest=_digest(source, init),
+        digest=model_digest(source, init),
         input_shape=input_shape,
         num_classes=num_classes,
-        feature_spec=_export_spec(source, what),
-        label_names=_export_label_names(source, what),
+        feature_spec=export_feature_spec(source, what),
+        label_names=export_label_names(source, what),
     )
-
-
-def _export_label_names(source: Path, what: str) -> tuple[str, ...] | None:
-    path = source / SCHEMA_FILE
-    if not source.is_dir() or not path.is_file():
-        return None
-    try:
-        return load_schema_json(path)[1]
-    except FedgeError as exc:
-        raise ConfigError(f"{what}: {exc}") from exc
-
-
-def _export_spec(source: Path, what: str) -> FeatureSpec | None:
-    path = source / EXPORT_FEATURE_SPEC
-    if not source.is_dir() or not path.is_file():
-        return None
-    try:
-        return FeatureSpec.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, FedgeError, ValueError) as exc:
-        raise ConfigError(f"{what}: cannot read {EXPORT_FEATURE_SPEC}: {exc}") from exc
 
 
 def _freeze_fedge_backbone(model: tf.keras.Model) -> None:
@@ -313,26 +299,23 @@ def bundle_user_model(
     """The edge bundle of ``user``'s model and its saved Keras copy: (bundle, SavedModel).
 
     The int8 models are calibrated on test rows (cloud-side data; no client row leaves
-    its client). Cached under ``cache_dir/<task>-model-<key>``.
+    its client). Cached under ``cache_dir/<task>-model-<key>``
+    (:func:`~simulations.inputs.model_cache.conversion_entry`).
     """
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "format": _CACHE_FORMAT,
-                "model": user.digest,
-                "spec": spec.to_dict(),
-                "schema": schema.to_dict(),
-                "batch_size": batch_size,
-                "seed": seed,
-                "test": test.fingerprint(),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    entry = cache_dir / f"{task}-model-{key[:16]}"
-    if (entry / BUNDLE / MANIFEST_NAME).is_file() and (entry / SAVED_MODEL).is_dir():
+    entry = conversion_entry(
+        user.digest,
+        cache_dir=cache_dir,
+        task=task,
+        spec=spec,
+        schema=schema,
+        test=test,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    found = find_conversion(entry)
+    if found is not None:
         logger.info("reusing the bundle of your model in %s", entry)
-        return entry / BUNDLE, entry / SAVED_MODEL
+        return found
     step("building the edge bundle of your model")
     from quantize.bundle import write_bundle
     from quantize.inputs import HeldOut, TaskArrays
@@ -374,7 +357,7 @@ def bundle_user_model(
                 staging / BUNDLE,
                 representative=sample,
                 batch_size=batch_size,
-                version=f"{task}-model-{key[:12]}",
+                version=conversion_version(entry),
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 training_record=None,
                 extra_metadata={"source_model": str(user.source.resolve())},
