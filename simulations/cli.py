@@ -99,9 +99,24 @@ bring your own:
                       table (.csv[.gz], .tfrecord[.gz]) with numeric and categorical columns,
                       empty fields as missing, and --label-column (the model's schema.json
                       when it has one); warnings about the data on stderr.
-  --partition-file F  JSON {"client id": [row indices], ...}: rows of --data (or, with a
-                      built-in task, of its client pool); non-empty, in range, disjoint.
-  --schedule-file F   JSON {"rounds": [["client id", ...], ...]}: who trains each round.
+  --test-data FILE    the evaluation set of every round: a file like --data (same format,
+                      columns and label values). Without it the test set is the rows of
+                      --data no client holds (with --partition-file), else a --test-fraction
+                      split of --data.
+  --partition-file F  which rows of --data (or, with a built-in task, of its client pool)
+                      each client holds; non-empty, in range, disjoint. Each client trains
+                      on its rows in exactly the order given: every epoch's batches are
+                      consecutive slices of that list (no shuffling). Two forms:
+                        {"alice": [5, 3, 9, 1], "bob": [0, 2, 4]}
+                          a seeded --holdout-fraction of each client's rows is held out
+                          for its local evaluation (--holdout-fraction 0: none), the
+                          others train in the order listed;
+                        {"format": "fedge.partition/1",
+                         "clients": {"alice": {"train": [5, 3, 9], "holdout": [1]}},
+                         "unassigned": [6, 7]}
+                          the train and holdout rows exactly as given.
+  --schedule-file F   JSON {"rounds": [["alice", "bob"], ["bob"], ...]}: who trains in
+                      each round (--rounds: as many as it lists).
 Every file is checked before any training; a problem is one error line and exit code 2.
 
 engines:
@@ -358,6 +373,7 @@ def build_parser() -> ArgumentParser:
     byo.add_argument("--model", type=Path, default=None, metavar="FILE")
     byo.add_argument("--init", type=Path, default=None, metavar="FILE")
     byo.add_argument("--data", type=Path, default=None, metavar="FILE")
+    byo.add_argument("--test-data", type=Path, default=None, metavar="FILE")
     byo.add_argument("--label-column", default="label", metavar="NAME")
     byo.add_argument("--partition-file", type=Path, default=None, metavar="FILE")
     byo.add_argument("--schedule-file", type=Path, default=None, metavar="FILE")
@@ -402,6 +418,7 @@ _FLAGS = {
     "model_file": "--model",
     "init_file": "--init",
     "data_file": "--data",
+    "test_data_file": "--test-data",
     "personalize_epochs": "--personal-epochs",
     "personalize_lr": "--personal-learning-rate",
     "baseline": "--no-baseline",
@@ -443,6 +460,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_file=args.model,
         init_file=args.init,
         data_file=args.data,
+        test_data_file=args.test_data,
         label_column=args.label_column,
         partition_file=args.partition_file,
         schedule_file=args.schedule_file,

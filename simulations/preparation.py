@@ -216,6 +216,20 @@ def _record_fingerprint(export_dir: Path) -> str | None:
         return None
 
 
+def _test_data(inputs: CheckedInputs, num_classes: int) -> Dataset | None:
+    """The test data file's rows (``--test-data``) for a model of ``num_classes``."""
+    test = inputs.test_data
+    if test is None:
+        return None
+    if num_classes < test.min_classes:
+        raise SettingsError(
+            f"test data file {test.path} has class ids up to {test.min_classes - 1}, your "
+            f"model outputs {num_classes} classes",
+            fields=["test_data_file", "model_file"],
+        )
+    return test.dataset(num_classes)
+
+
 def _user_scenario(
     settings: Settings, inputs: CheckedInputs, *, step: Callable[[str], None]
 ) -> Scenario:
@@ -246,10 +260,15 @@ def _user_scenario(
             )
         dataset = data.dataset(model.num_classes)
         task = files.CUSTOM_TASK
+        given_test = _test_data(inputs, model.num_classes)
+        if given_test is not None:
+            details["test"] = f"the test data file {settings.test_data_file}"
         if inputs.partition is not None:
             pool, partition = dataset, inputs.partition
             free = np.setdiff1d(np.arange(len(dataset)), partition.assigned())
-            if free.size:
+            if given_test is not None:
+                test = given_test
+            elif free.size:
                 test = dataset.take(free)
                 details["test"] = "rows no client holds"
             else:
@@ -263,10 +282,13 @@ def _user_scenario(
                 test = dataset.take(holdouts)
                 details["test"] = "the clients' holdout rows (every row is assigned)"
         else:
-            train_idx, test_idx = train_test_split(
-                dataset, test_fraction=settings.test_fraction, seed=settings.seed
-            )
-            pool, test = dataset.take(train_idx), dataset.take(test_idx)
+            if given_test is not None:  # every row of the data file is the clients'
+                pool, test = dataset, given_test
+            else:
+                train_idx, test_idx = train_test_split(
+                    dataset, test_fraction=settings.test_fraction, seed=settings.seed
+                )
+                pool, test = dataset.take(train_idx), dataset.take(test_idx)
             partition = build_task_partition(
                 pool,
                 settings.partition,

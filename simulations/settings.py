@@ -90,6 +90,9 @@ class Settings:
     model_file: Path | None = None
     init_file: Path | None = None
     data_file: Path | None = None
+    test_data_file: Path | None = None
+    """The evaluation set of every round (the data file's format, columns and label);
+    None: the rows no client holds (or a split of the data file)."""
     label_column: str = "label"
     partition_file: Path | None = None
     schedule_file: Path | None = None
@@ -178,6 +181,8 @@ class CheckedInputs:
     partition: Partition | None
     schedule: Schedule | None
     init: Weights | None
+    test_data: files.UserData | None = None
+    """The test data file's rows: every round's evaluation set."""
 
 
 def check_settings(settings: Settings) -> CheckedInputs:
@@ -259,6 +264,12 @@ def check_settings(settings: Settings) -> CheckedInputs:
     if s.partition_file is None:
         with about("partition"):
             parse_partition(s.partition)
+    if s.test_data_file is not None and s.data_file is None:
+        raise SettingsError(
+            "a test data file needs a data file (--data) it has the columns of; a built-in "
+            "task has its own test split",
+            fields=["test_data_file", "data_file"],
+        )
     data = None
     if s.data_file is not None:
         with about("data_file"):
@@ -267,6 +278,11 @@ def check_settings(settings: Settings) -> CheckedInputs:
                 label_column=s.label_column,
                 schema_file=files.model_schema_file(s.model_file),
             )
+    test_data = None
+    if s.test_data_file is not None:
+        assert data is not None
+        with about("test_data_file"):
+            test_data = files.load_test_data(s.test_data_file, data)
     init = None
     if s.init_file is not None:
         with about("init_file"):
@@ -293,7 +309,9 @@ def check_settings(settings: Settings) -> CheckedInputs:
             "rounds is required unless a schedule file is given",
             fields=["rounds", "schedule_file"],
         )
-    return CheckedInputs(data=data, partition=partition, schedule=schedule, init=init)
+    return CheckedInputs(
+        data=data, partition=partition, schedule=schedule, init=init, test_data=test_data
+    )
 
 
 def _check_transport(s: Settings) -> None:

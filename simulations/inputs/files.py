@@ -17,7 +17,10 @@ and what is wrong, so ``fedge-simulate`` refuses bad input before any training:
 - the init file: safetensors weights of the trainable part (names as the model's
   trainable variables, e.g. ``dense_1/kernel``);
 - the partition file: JSON ``{client_id: [row indices]}`` (non-empty, in range,
-  disjoint), or a ``Partition.to_dict`` document;
+  disjoint), or a ``Partition.to_dict`` document; either way each client trains on its
+  rows in the order given (the hand-written form holds out a seeded share of them);
+- the test data file (``Settings.test_data_file``): the data file's format, columns and
+  label values;
 - the schedule file: JSON ``{"rounds": [[client ids], ...]}``.
 
 Initial weights on a built-in model become a bundle of their own (:func:`bundle_with_head`);
@@ -45,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedge.bundle import WEIGHTS_FILE, read_manifest, verify_bundle, write_manifest
-from fedge.data import Dataset, Partition
+from fedge.data import ClientSplit, Dataset, Partition
 from fedge.data.user_table import (
     SCHEMA_FILE,
     TABLE_SUFFIXES,
@@ -75,6 +78,7 @@ __all__ = [
     "load_init",
     "load_partition",
     "load_schedule_file",
+    "load_test_data",
     "model_schema_file",
 ]
 
@@ -104,6 +108,12 @@ class UserData:
     """The columns' kinds (numeric, categorical) of a CSV or TFRecord file."""
     warnings: tuple[str, ...] = ()
     """What looked wrong in the data (empty or constant columns, gaps, unscaled numbers)."""
+    label_names: tuple[str, ...] | None = None
+    """A table's label values in class-id order (how its label column was read)."""
+    label_ids: tuple[int, ...] | None = None
+    """The class id of each of ``label_names`` when the labels were written as class ids
+    (a model's output k is class k); None when the class id is the position in
+    ``label_names``."""
 
     def __len__(self) -> int:
         return int(self.labels.size)
@@ -193,6 +203,53 @@ def load_data(
     return data
 
 
+def load_test_data(path: str | os.PathLike[str], data: UserData) -> UserData:
+    """Read and check a test data file (``--test-data``): the format, columns and label of
+    the data file ``data``, a table read against ``data``'s columns and label values."""
+    source = Path(path)
+    what = f"test data file {os.fspath(path)}"
+    if not source.is_file():
+        raise ConfigError(f"{what}: no such file")
+    name = source.name.lower()
+    if data.kind == "npz":
+        if not name.endswith(".npz"):
+            raise ConfigError(f"{what}: expected a .npz file like the data file {data.path}")
+        test = _load_npz(source, what)
+        want, got = data.columns[_FEATURES].shape[1:], test.columns[_FEATURES].shape[1:]
+        if want != got:
+            raise ConfigError(f"{what}: x has rows of shape {got}, the data file's have {want}")
+    else:
+        if not name.endswith(TABLE_SUFFIXES):
+            raise ConfigError(
+                f"{what}: expected a table (.csv[.gz], .tfrecord[.gz]) like the data file "
+                f"{data.path}"
+            )
+        assert data.table_schema is not None
+        assert data.label_names is not None
+        try:
+            dataset = read_table(source, data.table_schema, data.label_names)
+        except FedgeError as exc:
+            raise ConfigError(
+                f"{what}: {exc} (read with the columns and label values of {data.path})"
+            ) from exc
+        labels = dataset.labels
+        if data.label_ids is not None:
+            labels = np.asarray(data.label_ids, dtype=np.int64)[labels]
+        test = dataclasses.replace(
+            data,
+            path=source,
+            kind=table_format(source),
+            columns=dict(dataset.columns),
+            labels=labels,
+            warnings=tuple(_column_warnings(dataset)),
+        )
+    if len(test) < 1:
+        raise ConfigError(f"{what}: has no rows")
+    for warning in test.warnings:
+        logger.warning("%s: %s", what, warning)
+    return test
+
+
 def _load_npz(source: Path, what: str) -> UserData:
     try:
         with np.load(source, allow_pickle=False) as archive:
@@ -240,7 +297,14 @@ def _load_table(source: Path, what: str, label: str, schema_file: Path | None) -
         columns = dict(dataset.columns)
         warnings = tuple(_column_warnings(dataset))
         return UserData(
-            source, kind, columns, dataset.labels, schema.label, schema, warnings=warnings
+            source,
+            kind,
+            columns,
+            dataset.labels,
+            schema.label,
+            schema,
+            warnings=warnings,
+            label_names=tuple(names),
         )
     if kind == "csv":
         header = _csv_header(source, what)
@@ -255,10 +319,11 @@ def _load_table(source: Path, what: str, label: str, schema_file: Path | None) -
     except FedgeError as exc:
         raise ConfigError(f"{what}: {exc}") from exc
     labels = table.dataset.labels
+    label_ids = None
     if all(_CLASS_ID.fullmatch(n) for n in table.label_names):
         # labels written as class ids keep their ids (a model's output k is class k)
-        ids = np.asarray([int(n) for n in table.label_names], dtype=np.int64)
-        labels = ids[labels]
+        label_ids = tuple(int(n) for n in table.label_names)
+        labels = np.asarray(label_ids, dtype=np.int64)[labels]
     return UserData(
         source,
         kind,
@@ -267,6 +332,8 @@ def _load_table(source: Path, what: str, label: str, schema_file: Path | None) -
         label,
         table.schema,
         warnings=table.warnings,
+        label_names=tuple(table.label_names),
+        label_ids=label_ids,
     )
 
 
@@ -379,9 +446,26 @@ def load_partition(
                 raise ConfigError(f"{what}: row {index} is held {who}; clients must be disjoint")
             owner[index] = client_id
     try:
-        return Partition.from_dict(document, holdout_fraction=holdout_fraction, seed=seed)
+        return _ordered_partition(document, holdout_fraction=holdout_fraction, seed=seed)
     except FedgeError as exc:
         raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _ordered_partition(
+    document: Mapping[str, list[int]], *, holdout_fraction: float, seed: int
+) -> Partition:
+    """The hand-written form with each client's rows in the order given: the holdout is
+    the seeded draw of :meth:`Partition.from_dict`, the train rows are the others, in the
+    file's order (so batches are consecutive slices of that list)."""
+    drawn = Partition.from_dict(document, holdout_fraction=holdout_fraction, seed=seed)
+    clients = {}
+    for client_id, indices in document.items():
+        given = np.asarray(indices, dtype=np.int64)
+        held = drawn[client_id].holdout
+        clients[client_id] = ClientSplit(
+            train=given[~np.isin(given, held)], holdout=given[np.isin(given, held)]
+        )
+    return Partition(clients=clients)
 
 
 def load_schedule_file(path: str | os.PathLike[str]) -> Schedule:
