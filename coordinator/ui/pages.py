@@ -73,21 +73,22 @@ def when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def state_key(service: CoordinatorService) -> str:
-    """A short digest of what the charts show: it changes when a round, a model, an alert or
-    a statistics report is added or a round changes state."""
+def state_key(service: CoordinatorService, chart: str) -> str:
+    """A short digest of what ``chart`` (accuracy, regions, drift) shows: it changes when a
+    round is added or changes state or a version is registered (accuracy), production or
+    the versions change (regions), an alert is raised (drift)."""
     store = service.store
-    latest = store.page_rounds(offset=0, limit=1)
-    production = store.list_models(stage="production")
-    parts = (
-        store.count_rounds(),
-        (latest[0].round_id, latest[0].state) if latest else None,
-        store.count_models(),
-        production[-1].version if production else None,
-        store.count_alerts(),
-        store.count_reports(kind="stats"),
-    )
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    parts: tuple[object, ...]
+    if chart == "accuracy":
+        latest = store.page_rounds(offset=0, limit=1)
+        newest = (latest[0].round_id, latest[0].state) if latest else None
+        parts = (store.count_rounds(), newest, store.count_models())
+    elif chart == "regions":
+        production = _production(service)
+        parts = (store.count_models(), production.version if production else None)
+    else:
+        parts = (store.count_alerts(),)
+    return hashlib.sha256(repr((chart, parts)).encode()).hexdigest()[:16]
 
 
 def _production(service: CoordinatorService) -> ModelRecord | None:

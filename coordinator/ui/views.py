@@ -71,8 +71,8 @@ def require_session() -> Response | None:
 
 
 def _require_admin() -> str:
-    """The admin's actor id, or the 403 page for a viewer (raised through FedgeError's
-    handler would be JSON: the caller returns the page)."""
+    """The session's actor id when it is the admin's; empty for a viewer (whom the caller
+    answers with :func:`_viewer_refused`)."""
     session = current_session()
     assert session is not None  # require_session ran
     return session.actor if session.is_admin else ""
@@ -192,7 +192,8 @@ def rounds() -> Any:
     return _render(
         "rounds.html",
         title="Rounds",
-        chart_key=pages.state_key(service),
+        chart_key=pages.state_key(service, "accuracy"),
+        regions_key=pages.state_key(service, "regions"),
         region_model=model,
         regions=regions,
         **pages.rounds_page(service, *paging),
@@ -226,7 +227,7 @@ def data() -> Any:
     return _render(
         "data.html",
         title="Data",
-        chart_key=pages.state_key(service),
+        chart_key=pages.state_key(service, "drift"),
         **pages.data_page(service, *paging),
     )
 
@@ -257,7 +258,7 @@ def fragment(name: str) -> Any:
             return paging
         return _render("_rounds_table.html", **pages.rounds_page(service, *paging))
     if name == "accuracy-chart":
-        return _render("_accuracy_chart.html", chart_key=pages.state_key(service))
+        return _render("_accuracy_chart.html", chart_key=pages.state_key(service, "accuracy"))
     return refuse(404, f"no fragment {name[:40]!r}")
 
 
@@ -271,7 +272,6 @@ def _svg_response(svg: str) -> Response:
 def chart(name: str) -> Any:
     service = current_state().service
     cache = ui_state().charts
-    key = pages.state_key(service)
     if name == "accuracy":
 
         def draw() -> str:
@@ -294,7 +294,7 @@ def chart(name: str) -> Any:
 
     else:
         return refuse(404, f"no chart {name[:40]!r}")
-    return _svg_response(cache.get(name, key, draw))
+    return _svg_response(cache.get(name, pages.state_key(service, name), draw))
 
 
 # Actions (admin) ------------------------------------------------------------------------------
