@@ -150,6 +150,7 @@ def login() -> Any:
         response.status_code = 401
         return response
     state = ui_state()
+    state.sessions.drop(request.cookies.get(COOKIE))  # a login never reuses a session id
     session_id, session = state.sessions.create(role, actor_id(role, token))
     logger.info("dashboard: %s logged in", session.actor)
     response = _see_other(f"{UI_PREFIX}/")
