@@ -1,0 +1,274 @@
+"""The operator's dashboard in a real headless Chromium against a real served coordinator
+with a live fleet: login, live round counter and chart, a region's alert, rollback by the
+button (and the devices then training the previous version), the viewer's read-only pages,
+a forged POST refused; a 1366x768 screenshot of every page in ``test-artifacts/ui/``.
+
+The tests run in file order on one browser session and one coordinator: the live ones
+first, the rollback after them (it stops the fleet), the viewer's last.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+from coordinator.auth import actor_id
+from fedge.messages import Task
+from tests.support.browser import (
+    LOW_REGION,
+    REGIONS,
+    VIEWER_TOKEN,
+    Browser,
+    Dashboard,
+    Device,
+    accuracy_of_round,
+    sha256_of,
+    wait_until,
+)
+from tests.support.coordinator import (
+    ADMIN_TOKEN,
+    HTTP_TIMEOUT,
+    admin_call,
+    admin_request,
+    production_digest,
+)
+
+ACTIONS = "button.promote, button#rollback, button.revoke, button.release"
+
+
+def _current_round(browser: Browser) -> int:
+    return int(browser.attribute("#current-round", "data-round") or 0)
+
+
+def _production(url: str) -> dict[str, Any]:
+    """The production version's registry document, from the admin REST API."""
+    models: list[dict[str, Any]] = admin_request(url, "/v1/models")["models"]
+    (model,) = (m for m in models if m["stage"] == "production")
+    return model
+
+
+def test_login_refuses_an_unknown_token_and_admits_the_admin(browser: Browser) -> None:
+    browser.driver.delete_all_cookies()
+    browser.open("/ui/")
+    assert browser.path == "/ui/login"
+    browser.screenshot("login")
+    browser.find("#token").send_keys("not-a-token")
+    browser.find("#login").click()
+    browser.until(lambda b: b.find_all("#login-error"), "the login error")
+    assert browser.find("#login-error").text == "unknown token"
+    # the refusal is a 401, which Chromium logs as a failed load; nothing else may be there
+    browser.check_console("the refused login", expected="/ui/login - Failed to load resource")
+    assert browser.driver.get_cookie("fedge_session") is None
+
+    browser.login(ADMIN_TOKEN)
+    assert browser.find("#role").text.startswith("admin")
+    cookie = browser.driver.get_cookie("fedge_session")
+    assert cookie is not None
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/ui")
+    assert ADMIN_TOKEN not in cookie["value"]
+
+
+def test_overview_round_counter_advances_without_a_reload(browser: Browser) -> None:
+    browser.open("/ui/")
+    first = _current_round(browser)
+    marker = browser.mark()
+    browser.until(lambda b: _current_round(b) >= first + 2, "the round counter to advance")
+    assert browser.marked() == marker, "the page was reloaded"
+    current, state, text = browser.driver.execute_script(
+        "var e = document.querySelector('#current-round');"
+        "return [e.getAttribute('data-round'), e.getAttribute('data-state'), e.textContent];"
+    )
+    assert int(current) >= first + 2
+    assert current in text
+    assert state in text
+    assert "selected" in browser.find("#participants").text
+    assert "updates/min" in browser.find("#throughput").text
+    assert browser.find("#alerts-summary").is_displayed()
+    assert browser.find("#production-version").text.startswith("v")
+    browser.screenshot("overview")
+
+
+def test_rounds_table_and_accuracy_chart_advance_without_a_reload(browser: Browser) -> None:
+    browser.open("/ui/rounds")
+    key = browser.attribute("#accuracy-chart", "data-key")
+    newest = int(browser.attribute("#rounds-table tbody tr", "data-round") or 0)
+    marker = browser.mark()
+    browser.until(
+        lambda b: (
+            b.attribute("#accuracy-chart", "data-key") != key
+            and int(b.attribute("#rounds-table tbody tr", "data-round") or 0) > newest
+        ),
+        "the chart and the rounds table to advance",
+    )
+    assert browser.marked() == marker, "the page was reloaded"
+    browser.until(
+        lambda b: b.driver.execute_script(
+            "var i = document.querySelector('#accuracy-chart');"
+            "return i !== null && i.complete && i.naturalWidth > 0;"
+        ),
+        "the new chart to load",
+    )
+    # the table shows what the devices reported for each committed round
+    committed = browser.rows("#rounds-table tbody tr[data-state=committed]", "data-round")
+    assert committed
+    for round_id, cells in committed:
+        assert f"{accuracy_of_round(int(round_id)):.4f}" in cells, (round_id, cells)
+    regions = {key for key, _ in browser.rows("#region-accuracy tr[data-region]", "data-region")}
+    assert regions & set(REGIONS)
+    browser.screenshot("rounds")
+    browser.check_console("/ui/rounds after its live updates")
+
+
+def test_an_alert_for_a_region_fires_and_shows_on_the_alerts_page(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    browser.open("/ui/alerts")
+    drop = f"#alerts-table tr[data-kind=accuracy_drop][data-region={LOW_REGION}]"
+    assert browser.find_all(drop) == []
+    (low,) = (d for d in dashboard.fleet.devices if d.region == LOW_REGION)
+    created = admin_call(
+        dashboard.url,
+        "POST",
+        "/v1/tasks",
+        json={"kind": "evaluate", "client_ids": [low.client_id]},
+    )
+    assert created.status_code == 201, created.text
+    wait_until(
+        lambda: admin_request(dashboard.url, "/v1/alerts?kind=accuracy_drop")["alerts"],
+        "the accuracy_drop alert",
+    )
+    browser.open("/ui/alerts")
+    (row,) = browser.find_all(drop)
+    assert LOW_REGION in row.text
+    (drift,) = browser.find_all("#alerts-table tr[data-kind=data_drift]")
+    assert low.client_id in drift.text  # the shifted statistics came from that device
+    browser.screenshot("alerts")
+
+
+def test_models_clients_and_data_pages_show_their_tables_and_paginate(browser: Browser) -> None:
+    browser.open("/ui/models")
+    versions = [
+        r.get_attribute("data-version") for r in browser.find_all("#models-table tr[data-version]")
+    ]
+    assert len(versions) >= 3
+    assert browser.find_all("#lineage li[data-version]")
+    assert browser.find_all("button.promote[data-version]")
+    assert browser.find("button#rollback").is_displayed()
+    browser.screenshot("models")
+
+    browser.open("/ui/clients")
+    rows = browser.find_all("#clients-table tr[data-client]")
+    assert {r.get_attribute("data-region") for r in rows} == set(REGIONS)
+    assert len(browser.find_all("button.revoke")) == len(REGIONS)
+    browser.screenshot("clients")
+
+    browser.open("/ui/clients?page=1&per_page=3")
+    first_page = {
+        r.get_attribute("data-client") for r in browser.find_all("#clients-table tr[data-client]")
+    }
+    assert len(first_page) == 3
+    assert browser.find_all("nav.pagination a[rel=prev]") == []
+    browser.find("nav.pagination a[rel=next]").click()
+    browser.until(lambda b: "page=2" in b.path, "page 2")
+    browser.wait_loaded()
+    browser.check_console("/ui/clients page 2")
+    second_page = {
+        r.get_attribute("data-client") for r in browser.find_all("#clients-table tr[data-client]")
+    }
+    assert len(second_page) == 1
+    assert not first_page & second_page
+    assert browser.find_all("nav.pagination a[rel=prev]")
+
+    browser.open("/ui/data")
+    assert len(browser.find_all("#stats-table tr[data-report]")) == len(REGIONS)
+    assert browser.find_all("#drift-table tr[data-feature=fare]")
+    chart = browser.find("#drift-chart")
+    assert browser.driver.execute_script("return arguments[0].naturalWidth > 0;", chart)
+    browser.screenshot("data")
+
+
+def test_rollback_button_rolls_back_and_devices_then_get_the_previous_version(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    dashboard.fleet.stop()
+    production = _production(dashboard.url)
+    current, previous = str(production["version"]), str(production["parent"])
+    browser.open("/ui/models")
+    assert browser.find(f"tr[data-version={current}]").get_attribute("data-stage") == "production"
+    browser.find("button#rollback").click()
+    browser.until(
+        lambda b: (
+            b.path == "/ui/models"
+            and b.find(f"tr[data-version={previous}]").get_attribute("data-stage") == "production"
+        ),
+        f"{previous} in production",
+    )
+    browser.wait_loaded()
+    browser.check_console("/ui/models after the rollback")
+    assert browser.find(f"tr[data-version={current}]").get_attribute("data-stage") != "production"
+    (event,) = browser.find_all("#model-events tr[data-kind=rolled_back]")
+    assert event.find_element("css selector", ".actor").text == actor_id("admin", ADMIN_TOKEN)
+    browser.screenshot("models-rolled-back")
+    assert _production(dashboard.url)["version"] == previous
+
+    # The devices' next polls: a train task on the previous version, whose bundle they
+    # download and verify.
+    def next_train_task() -> tuple[Device, Task] | None:
+        for device in dashboard.fleet.devices:
+            task = device.poll()
+            if task is not None and task.kind == "train":
+                return device, task
+        return None
+
+    device, task = wait_until(next_train_task, "a train task after the rollback")
+    assert task.model_version == previous
+    bundle = device.fetch(previous)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model_version"] == previous
+    model = admin_request(dashboard.url, f"/v1/models/{previous}")
+    assert sha256_of(bundle / "weights.safetensors") == model["artifacts"]["weights.safetensors"]
+
+
+def test_a_forged_post_without_the_csrf_token_is_refused_and_changes_nothing(
+    browser: Browser, dashboard: Dashboard
+) -> None:
+    browser.login(ADMIN_TOKEN)
+    session = browser.driver.get_cookie("fedge_session")
+    assert session is not None
+    version, digest = _production(dashboard.url)["version"], production_digest(dashboard.url)
+    client_id = dashboard.fleet.devices[0].client_id
+    for form in ({}, {"csrf_token": "forged"}):
+        for action in ("/ui/models/rollback", f"/ui/clients/{client_id}/revoke"):
+            answer = requests.post(
+                dashboard.url + action,
+                data=form,
+                cookies={"fedge_session": session["value"]},
+                allow_redirects=False,
+                timeout=HTTP_TIMEOUT,
+            )
+            assert answer.status_code == 403, (action, form, answer.status_code)
+    assert _production(dashboard.url)["version"] == version
+    assert production_digest(dashboard.url) == digest
+    (client,) = (
+        c
+        for c in admin_request(dashboard.url, "/v1/clients")["clients"]
+        if c["client_id"] == client_id
+    )
+    assert client["revoked_at"] is None
+    browser.open("/ui/models")
+    assert browser.find(f"tr[data-version={version}]").get_attribute("data-stage") == "production"
+
+
+def test_a_viewer_sees_no_action_buttons(browser: Browser) -> None:
+    browser.login(VIEWER_TOKEN)
+    assert browser.find("#role").text.startswith("viewer")
+    for page in ("/ui/", "/ui/rounds", "/ui/models", "/ui/clients", "/ui/data", "/ui/alerts"):
+        browser.open(page)
+        assert browser.find_all(ACTIONS) == [], page
+        forms = browser.find_all("form[method=post]")
+        assert [f.get_attribute("action") for f in forms] == [browser.base_url + "/ui/logout"], page
+    browser.open("/ui/models")
+    assert browser.find_all("#models-table tr[data-version]")
+    browser.screenshot("models-viewer")
