@@ -13,6 +13,7 @@ limit (``ApiConfig.max_json_bytes``; RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from coordinator import admin_api
 from coordinator.access import require_admin
+from coordinator.auth import actor_id, bearer_token
 from coordinator.errors import CoordinatorError, PayloadTooLargeError
 from coordinator.rpc.errors import metadata_value, unary_errors
 from coordinator.service import CoordinatorService
@@ -39,11 +41,13 @@ ADMIN_SERVICE = "fedge.v1.Admin"
 
 @dataclass(frozen=True)
 class AdminCall:
-    """A decoded :class:`AdminRequest`: the path id, the JSON body, the query parameters."""
+    """A decoded :class:`AdminRequest`: the path id, the JSON body, the query parameters,
+    and the admin token's id (``actor``, recorded by promotions and rollbacks)."""
 
     id: str
     body: Mapping[str, Any]
     query: Mapping[str, str]
+    actor: str | None = None
 
 
 _Operation = Callable[[CoordinatorService, AdminCall], dict[str, Any]]
@@ -80,8 +84,10 @@ ADMIN_METHODS: Mapping[str, _Method] = {
     "CancelRound": _Method(lambda s, c: admin_api.cancel_round(s, _round_id(c)), id="a round id"),
     "ListModels": _Method(lambda s, c: admin_api.list_models(s)),
     "GetModel": _Method(lambda s, c: admin_api.show_model(s, c.id), id="a model version"),
-    "PromoteModel": _Method(lambda s, c: admin_api.promote(s, c.id), id="a model version"),
-    "Rollback": _Method(lambda s, c: admin_api.rollback(s, c.body), body=True),
+    "PromoteModel": _Method(
+        lambda s, c: admin_api.promote(s, c.id, actor=c.actor), id="a model version"
+    ),
+    "Rollback": _Method(lambda s, c: admin_api.rollback(s, c.body, actor=c.actor), body=True),
     "ListQuarantine": _Method(
         lambda s, c: admin_api.list_quarantine(s, c.query), query=frozenset({"client_id"})
     ),
@@ -125,8 +131,12 @@ def _decode(name: str, method: _Method, raw: bytes, limit: int) -> AdminCall:
 
 def _handler(state: RestState, name: str, method: _Method) -> grpc.RpcMethodHandler:
     def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
-        require_admin(state, metadata_value(context, "authorization"))
-        call = _decode(name, method, raw, state.config.max_json_bytes)
+        authorization = metadata_value(context, "authorization")
+        require_admin(state, authorization)
+        call = dataclasses.replace(
+            _decode(name, method, raw, state.config.max_json_bytes),
+            actor=actor_id("admin", bearer_token(authorization)),
+        )
         return to_proto({"document": method.run(state.service, call)}, pb.Document)
 
     handle.__name__ = name

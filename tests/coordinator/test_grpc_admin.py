@@ -15,6 +15,7 @@ import grpc
 import pytest
 import requests
 
+from coordinator.auth import hash_token
 from coordinator.limits import MAX_JSON_BYTES
 from coordinator.rpc.admin import ADMIN_METHODS
 from coordinator.sqlite_store import SQLiteStore
@@ -187,6 +188,10 @@ def test_every_admin_rpc_answers_the_rest_document(servers: Servers) -> None:
     rolled_back = same("Rollback", "GET", "/v1/models/v1")
     assert rolled_back["version"] == "v1"
     assert rolled_back["stage"] == "production"
+    # Both record the admin token's id as the actor of the registry event.
+    actor = "admin:" + hash_token(ADMIN_TOKEN)[:12]
+    assert promoted["events"][-1]["actor"] == actor
+    assert rolled_back["events"][-1]["actor"] == actor
 
     # Reports, alerts, clients.
     reports = same("ListReports", "GET", "/v1/reports?kind=evaluate", query={"kind": "evaluate"})
