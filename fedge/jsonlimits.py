@@ -68,6 +68,8 @@ def loads_bounded(text: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_
         len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
     ):
         raise JSONLimitError(f"the JSON document is over the {max_bytes}-byte limit")
-    if json_depth(text, stop_above=max_depth) > max_depth:
+    # No more brackets than the limit (in strings or not): the depth cannot exceed it.
+    brackets = text.count("{") + text.count("[")
+    if brackets > max_depth and json_depth(text, stop_above=max_depth) > max_depth:
         raise JSONLimitError(f"the JSON document is nested deeper than {max_depth} levels")
     return json.loads(text, parse_constant=_refuse_constant)

@@ -11,10 +11,13 @@ and the bytes must be deterministic so that :meth:`Weights.digest` is a content 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import mmap
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,7 @@ from fedge.errors import (
     WeightsFormatError,
 )
 from fedge.jsonlimits import loads_bounded
+from fedge.summation import sum_of_squares
 from fedge.validation import check_number
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Weights", "decode_weights", "encode_weights"]
@@ -42,6 +46,11 @@ FORMAT_VERSION = 1
 _METADATA_KEY = "fedge"
 _HEADER_LENGTH_BYTES = 8
 _MAX_METADATA_BYTES = 64 << 20
+_SAFETENSORS_MAX_HEADER = 100_000_000
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+_USIZE_LIMIT = 1 << 59  # a shape whose size * 32 bits overflows a u64 is the reader's to refuse
+_SAFETENSORS_MAX_DATA = 1 << 62
+_CACHED_HEADER_BYTES = 1 << 16
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -238,12 +247,9 @@ class Weights(Mapping[str, FloatArray]):
         return Weights._wrap({n: np.zeros(a.shape, np.float32) for n, a in self._tensors.items()})
 
     def l2_norm(self) -> float:
-        """Global L2 norm over every tensor, accumulated in float64."""
-        total = 0.0
-        for array in self._tensors.values():
-            flat = array.ravel().astype(np.float64)
-            total += float(np.dot(flat, flat))
-        return math.sqrt(total)
+        """Global L2 norm over every tensor, accumulated in float64 (exact squares, pairwise
+        sums, no BLAS: the same bits whatever the thread settings)."""
+        return math.sqrt(sum(sum_of_squares(a.reshape(-1)) for a in self._tensors.values()))
 
     def flatten(self) -> npt.NDArray[np.float64]:
         """The tensors as one float64 vector, in name order, each C-ordered (the inverse of
@@ -302,17 +308,38 @@ def encode_weights(weights: Weights, *, metadata: Mapping[str, str] | None = Non
 
 
 def decode_weights(data: bytes, *, max_bytes: int | None = None) -> tuple[Weights, dict[str, str]]:
-    """Decode :func:`encode_weights` output: the weights and the extra metadata."""
+    """Decode :func:`encode_weights` output: the weights and the extra metadata.
+
+    The tensors of a well-formed file are read-only views over ``data`` (no copy): ``bytes``
+    and read-only memoryviews of ``bytes`` or of a read-only ``mmap`` are immutable, so the
+    views are too; any other buffer is copied first. Anything unusual in the layout is left
+    to the safetensors reader, which copies and names what is wrong.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ConfigError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
+    if not _immutable(data):
+        data = bytes(data)
     if max_bytes is not None:
         if max_bytes < 0:
             raise ConfigError(f"max_bytes must be >= 0, got {max_bytes}")
         if len(data) > max_bytes:
             raise WeightsFormatError(f"weights are {len(data)} bytes, over the {max_bytes} limit")
+    layout = _known_layout(data)
+    if layout is not None:
+        return layout.weights(data), dict(layout.extra)
     header, header_length = _read_header(data)
     order, extra = _read_metadata(header)
+    _check_entries(header, order, available=len(data) - _HEADER_LENGTH_BYTES - header_length)
+    try:
+        arrays = safetensors.numpy.load(bytes(data))
+    except safetensors.SafetensorError as exc:
+        raise WeightsFormatError(f"not a valid safetensors file: {exc}") from exc
+    tensors = {name: np.asarray(arrays[name], dtype=np.float32, order="C") for name in order}
+    return Weights._wrap(tensors), extra
+
+
+def _check_entries(header: dict[str, Any], order: list[str], *, available: int) -> None:
+    """Every tensor entry float32, in the order list and within ``available`` data bytes."""
     for name, entry in header.items():
         if name not in order:
             raise WeightsFormatError(f"tensor {name!r} is not in the order list", tensor=name)
@@ -323,18 +350,126 @@ def decode_weights(data: bytes, *, max_bytes: int | None = None) -> tuple[Weight
                 f"tensor {name!r}: expected dtype F32 (float32), got {entry.get('dtype')!r}",
                 tensor=name,
             )
-    _check_data_offsets(header, available=len(data) - _HEADER_LENGTH_BYTES - header_length)
+    _check_data_offsets(header, available=available)
     for name in order:
         if name not in header:
             raise WeightsFormatError(
                 f"tensor {name!r} is in the order list but not in the file", tensor=name
             )
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    """Whether nothing can change ``data``'s bytes while views over them live."""
+    if isinstance(data, bytes):
+        return True
+    return (
+        isinstance(data, memoryview)
+        and data.readonly
+        and data.c_contiguous
+        and isinstance(data.obj, bytes | mmap.mmap)
+    )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A checked header: where each tensor's float32 data lies after it."""
+
+    start: int  # the first data byte: 8 + the header's length
+    tensors: tuple[tuple[str, int, int, tuple[int, ...]], ...]  # name, offset, count, shape
+    data_bytes: int
+    extra: tuple[tuple[str, str], ...]
+
+    def weights(self, data: bytes | memoryview) -> Weights:
+        return Weights._wrap(
+            {
+                name: np.frombuffer(data, dtype="<f4", count=count, offset=offset).reshape(shape)
+                for name, offset, count, shape in self.tensors
+            }
+        )
+
+
+def _known_layout(data: bytes | memoryview) -> _Layout | None:
+    """The layout of ``data`` when it is a well-formed fedge weights file the safetensors
+    reader accepts as is; None for anything else (the checked path then judges it)."""
+    if len(data) < _HEADER_LENGTH_BYTES:
+        return None
+    length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], "little")
+    if length > min(len(data) - _HEADER_LENGTH_BYTES, _SAFETENSORS_MAX_HEADER):
+        return None
+    head = bytes(data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + length])
+    # A round's updates share one header: parse and check it once.
+    layout = _cached_layout(head) if length <= _CACHED_HEADER_BYTES else _layout(head)
+    if layout is None or layout.start + layout.data_bytes != len(data):
+        return None
+    return layout
+
+
+def _layout(head: bytes) -> _Layout | None:
+    """Every check of :func:`decode_weights` that depends on the header alone, and the
+    safetensors reader's own (header starts with '{', known keys only, no key twice, UTF-8
+    names and metadata, the tensors' data contiguous from byte 0, each exactly its shape's
+    size, 4-byte aligned): the layout, or None if anything differs."""
+    start = _HEADER_LENGTH_BYTES + len(head)
+    if not head.startswith(b"{") or start % 4:
+        return None
     try:
-        arrays = safetensors.numpy.load(data)
-    except safetensors.SafetensorError as exc:
-        raise WeightsFormatError(f"not a valid safetensors file: {exc}") from exc
-    tensors = {name: np.asarray(arrays[name], dtype=np.float32, order="C") for name in order}
-    return Weights._wrap(tensors), extra
+        header, _ = _read_header(len(head).to_bytes(_HEADER_LENGTH_BYTES, "little") + head)
+        metadata = header.get("__metadata__")
+        order, extra = _read_metadata(header)
+        _check_entries(header, order, available=_SAFETENSORS_MAX_DATA)
+    except WeightsError:
+        return None
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) and _encodable(k) and _encodable(v) for k, v in metadata.items()
+    ):
+        return None
+    # json keeps one of a key given twice, the reader may not: leave such a header to it.
+    if not head.count(b'"data_offsets"') == head.count(b'"shape"') == len(header):
+        return None
+    if head.count(b'"dtype"') != len(header) or head.count(b'"__metadata__"') != 1:
+        return None
+    spans = []
+    for name, entry in header.items():
+        if entry.keys() != _ENTRY_KEYS or not _encodable(name):
+            return None
+        shape, (begin, end) = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list):
+            return None
+        count = 1
+        for dim in shape:
+            if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0):
+                return None
+            count *= dim
+            if count >= _USIZE_LIMIT:
+                return None
+        if isinstance(begin, bool) or isinstance(end, bool) or end - begin != 4 * count:
+            return None
+        spans.append((begin, end, name, tuple(shape), count))
+    spans.sort()
+    position = 0
+    where: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+    for begin, end, name, shape, count in spans:
+        if begin != position:
+            return None
+        position = end
+        where[name] = (start + begin, count, shape)
+    return _Layout(
+        start=start,
+        tensors=tuple((name, *where[name]) for name in order),
+        data_bytes=position,
+        extra=tuple(extra.items()),
+    )
+
+
+_cached_layout = functools.lru_cache(maxsize=64)(_layout)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_header(data: bytes) -> tuple[dict[str, Any], int]:
