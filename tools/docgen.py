@@ -212,7 +212,8 @@ def _action_row(parser: argparse.ArgumentParser, action: argparse.Action) -> str
     if action.help and action.help != argparse.SUPPRESS:
         formatter = parser._get_formatter()
         help_text = formatter._expand_help(action)
-    required = "yes" if action.required or not action.option_strings else ""
+    positional = not action.option_strings and action.nargs not in ("?", "*")
+    required = "yes" if action.required or positional else ""
     return (
         f"| {names} | {_code(value) if value else ''} | {required} | "
         f"{_cell(_escape_markdown(help_text))} |"
