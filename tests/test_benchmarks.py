@@ -246,3 +246,33 @@ def test_dashboard_benchmark_quick_times_every_page_next_to_the_goal() -> None:
         assert rows[page][0] == "200", (page, rows[page])
         assert rows[page][5] == "<300ms", (page, rows[page])
     assert all(cells[0] == "200" for cells in rows.values()), rows
+
+
+def test_aggregate_benchmark_quick_prints_fedavg_beside_saxpy_under_each_thread_setting() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "aggregate.py"), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("row "))
+    assert lines[header].split() == ["row", "threads=1", "threads=2"]
+    rows = {line[:16].strip(): line[16:].split() for line in lines[header + 1 : header + 7]}
+    assert tuple(rows) == (
+        "saxpy",
+        "np.add.reduce",
+        "fedge arrays",
+        "fedge bytes",
+        "ratio arrays",
+        "ratio bytes",
+    )
+    for name in ("saxpy", "np.add.reduce", "fedge arrays", "fedge bytes"):
+        assert all(float(cell) > 0 for cell in rows[name]), (name, rows[name])
+    for name in ("ratio arrays", "ratio bytes"):
+        assert rows[name][2:] == ["(vs", "saxpy;", "goal", "<=", "1.5)"], rows[name]
+    assert "every coordinate within its bound: yes" in done.stdout
+    assert lines[-1] == "same bits under every thread setting: yes"
