@@ -104,6 +104,11 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _flat(text: object) -> str:
+    """Text on one line (a code span keeps its pipes: tables do not split inside one)."""
+    return " ".join(str(text).split())
+
+
 def _code(text: str) -> str:
     return f"`{text}`" if "`" not in text else f"`` {text} ``"
 
@@ -117,7 +122,29 @@ def _docstring(text: str | None) -> str:
     cleaned = inspect.cleandoc(text)
     cleaned = re.sub(r":(?:mod|func|class|meth|data|attr|exc):`~?([^`]+)`", r"`\1`", cleaned)
     cleaned = cleaned.replace("``", "`")
-    return _escape_markdown(cleaned)
+    out: list[str] = []
+    lines = cleaned.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
+        if not line.rstrip().endswith("::"):
+            out.append(_escape_markdown(line))
+            continue
+        # a reST literal block: the indented lines after "::", shown as they are
+        out.append(_escape_markdown(line.rstrip()[:-1]))
+        block: list[str] = []
+        while index < len(lines) and (not lines[index].strip() or lines[index][:1] == " "):
+            block.append(lines[index])
+            index += 1
+        while block and not block[-1].strip():
+            block.pop()
+        if block:
+            import textwrap
+
+            body = textwrap.dedent("\n".join(b for b in block if b.strip() or b == ""))
+            out += ["", EXCERPT.rstrip(), "```text", body.strip("\n"), "```", ""]
+    return "\n".join(out)
 
 
 def _escape_markdown(text: str) -> str:
@@ -306,7 +333,7 @@ def render_config_page() -> str:
         for field in dataclasses.fields(cls):
             if not field.init or field.name.startswith("_"):
                 continue
-            lines.append(f"| `{field.name}` | {_code(_cell(field.type))} | {_default(field)} |")
+            lines.append(f"| `{field.name}` | {_code(_flat(field.type))} | {_default(field)} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -616,14 +643,14 @@ def _render_name(name: str, module: str) -> list[str]:
             and (not n.name.startswith("_") or n.name == "__init__")
         ]
         for method in methods:
-            lines += [f"- `{_cell(_signature(method))}`"]
+            lines += [f"- `{_flat(_signature(method))}`"]
             mdoc = ast.get_docstring(method)
             if mdoc:
                 lines[-1] += ": " + _cell(_docstring(mdoc.split("\n\n", 1)[0]))
         if methods:
             lines.append("")
     elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        lines += [f"`{where}.{_cell(_signature(node))}`", ""]
+        lines += [f"`{where}.{_flat(_signature(node))}`", ""]
         doc = _docstring(ast.get_docstring(node, clean=False))
         if doc:
             lines += [doc, ""]
