@@ -23,6 +23,7 @@ __all__ = [
     "clients_page",
     "data_page",
     "drift_by_feature",
+    "feature_summary",
     "models_page",
     "overview",
     "region_accuracy",
@@ -108,6 +109,7 @@ def overview(service: CoordinatorService) -> dict[str, Any]:
     accepted = sum(store.count_updates(r.round_id) for r in finished)
     seconds = sum(max(0.0, (r.closed_at or r.opened_at) - r.opened_at) for r in finished)
     latest_alerts = store.page_alerts(offset=0, limit=5)
+    production = _production(service)
     return {
         "current": current,
         "updates": updates,
@@ -119,7 +121,9 @@ def overview(service: CoordinatorService) -> dict[str, Any]:
         "alerts_total": store.count_alerts(),
         "latest_alerts": latest_alerts,
         "clients_total": store.count_clients(),
-        "production": _production(service),
+        "production": production,
+        "epsilon": (production.privacy or {}).get("epsilon") if production else None,
+        "privacy_budget": service.config.privacy_budget,
     }
 
 
@@ -241,7 +245,41 @@ def data_page(service: CoordinatorService, number: int, per_page: int) -> dict[s
         columns = document.get("columns", ())
         names = [str(c.get("name")) for c in columns if isinstance(c, Mapping)]
         rows.append({"report": report, "rows": document.get("num_rows"), "columns": names})
-    return {"page": Page(rows, number, per_page, total), "drift": drift_by_feature(service)}
+    newest = store.page_reports(kind="stats", offset=0, limit=1)
+    return {
+        "page": Page(rows, number, per_page, total),
+        "drift": drift_by_feature(service),
+        "latest": newest[0] if newest else None,
+        "features": feature_summary(newest[0].document) if newest else [],
+    }
+
+
+def feature_summary(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per column of a statistics document: its kind, count, missing, and mean, standard
+    deviation, min and max (numeric) or the number of categories and the commonest
+    (categorical)."""
+    summary = []
+    for column in document.get("columns", ()):
+        if not isinstance(column, Mapping):
+            continue
+        count = column.get("count") or 0
+        row: dict[str, Any] = {
+            "name": str(column.get("name")),
+            "kind": column.get("kind"),
+            "count": count,
+            "missing": column.get("missing"),
+        }
+        if column.get("kind") == "numeric":
+            m2 = column.get("m2")
+            std = math.sqrt(m2 / count) if isinstance(m2, int | float) and count else None
+            row.update(mean=column.get("mean"), std=std, min=column.get("min"))
+            row["max"] = column.get("max")
+        else:
+            values = column.get("value_counts") or {}
+            row["categories"] = len(values)
+            row["top"] = max(values, key=lambda k: values[k]) if values else None
+        summary.append(row)
+    return summary
 
 
 def alerts_page(service: CoordinatorService, number: int, per_page: int) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from coordinator.auth import hash_token
-from coordinator.records import AlertRecord, ClientRecord
+from coordinator.records import AlertRecord, ClientRecord, ReportRecord
 from coordinator.rest import ApiConfig, create_app
 from coordinator.ui import UiConfig
-from tests.support.coordinator import ADMIN_TOKEN, bearer, build_service
+from tests.support.coordinator import ADMIN_TOKEN, bearer, build_service, training_stats
 from tests.support.dashboard import Dashboard, csrf_of
 
 ADMIN_ACTOR = "admin:" + hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:12]
@@ -206,3 +206,25 @@ def test_the_openapi_document_leaves_the_dashboard_out(dashboard: Dashboard) -> 
     documented = {re.sub(r"\{(\w+)\}", r"<\1>", p) for p in document["paths"]}
     rest = {re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", r) for r in served if not r.startswith("/ui")}
     assert rest == documented
+
+
+def test_the_data_page_summarises_the_newest_statistics(
+    dashboard: Dashboard, admin: FlaskClient
+) -> None:
+    stats = training_stats(fare_mean=12.5)
+    document = stats.to_dict()
+    dashboard.service.store.add_report(ReportRecord(0, "stats", "c1", "t1", 1.0, document=document))
+    html = admin.get("/ui/data").get_data(as_text=True)
+    fare = re.search(r'<tr data-feature="fare">(.*?)</tr>', html, re.DOTALL)
+    assert fare is not None
+    cells = re.findall(r"<td>([^<]*)</td>", fare.group(1))
+    assert cells[:3] == ["fare", "numeric", str(stats.num_rows)]
+    assert float(cells[4]) == pytest.approx(stats.columns["fare"].mean, rel=1e-3)
+    assert '<tr data-report="1">' in html
+
+
+def test_the_overview_shows_the_privacy_spent(admin: FlaskClient) -> None:
+    html = admin.get("/ui/").get_data(as_text=True)
+    # The fixture's rounds train without differential privacy: no epsilon bounds them.
+    assert 'id="privacy-budget">no DP guarantee<' in html
+    assert "no budget set" in html
