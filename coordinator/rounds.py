@@ -423,7 +423,9 @@ class RoundEngine:
                 body = self._artifacts.get_bytes(update.sha256)
                 delta = decode_update(body, config.compression, weights, max_bytes=len(body))
                 aggregator.add(delta, update.num_examples)
+                del body, delta  # gone before the next update is read
             result = strategy.aggregate(aggregator)
+            del aggregator  # its sums are freed before the server step allocates
             new_weights, new_state = strategy.server_step(state, weights, result)
             measured = dict(result.measurements)
         new_weights.check_finite()
