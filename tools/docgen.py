@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,7 +299,7 @@ def _default(field: dataclasses.Field[Any]) -> str:
         value = field.default_factory()
     else:
         return "required"
-    text = repr(value)
+    text = repr(str(value)) if isinstance(value, PurePath) else repr(value)
     if " at 0x" in text or " object>" in text:
         text = type(value).__name__
     if len(text) > 80:
