@@ -660,3 +660,13 @@ class PostgresStore:
 
     def count_reports(self, *, kind: str) -> int:
         return self._scalar("SELECT COUNT(*) FROM reports WHERE kind = %s", (kind,))
+
+    def latest_updates(self, client_ids: Collection[str]) -> dict[str, UpdateRecord]:
+        wanted = list(client_ids)
+        if not wanted:
+            return {}
+        sql = (
+            "SELECT doc FROM updates WHERE seq IN (SELECT MAX(seq) FROM updates "
+            "WHERE client_id = ANY(%s) GROUP BY client_id)"
+        )
+        return {u.client_id: u for u in self._all(UpdateRecord, sql, (wanted,))}

@@ -614,3 +614,14 @@ class SQLiteStore:
 
     def count_reports(self, *, kind: str) -> int:
         return self._count("SELECT COUNT(*) FROM reports WHERE kind = ?", (kind,))
+
+    def latest_updates(self, client_ids: Collection[str]) -> dict[str, UpdateRecord]:
+        wanted = tuple(client_ids)
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        sql = (
+            "SELECT doc FROM updates WHERE seq IN (SELECT MAX(seq) FROM updates "  # noqa: S608
+            f"WHERE client_id IN ({marks}) GROUP BY client_id)"
+        )
+        return {u.client_id: u for u in self._all(UpdateRecord, sql, wanted)}

@@ -164,6 +164,9 @@ class Store(Protocol):
     def count_alerts(self) -> int: ...
     def page_reports(self, *, kind: str, offset: int, limit: int) -> list[ReportRecord]: ...
     def count_reports(self, *, kind: str) -> int: ...
+    def latest_updates(self, client_ids: Collection[str]) -> dict[str, UpdateRecord]:
+        """The last update received from each of ``client_ids`` (those that sent one)."""
+        ...
 
 
 _MISSING: Any = object()
@@ -602,6 +605,15 @@ class MemoryStore:
     def count_reports(self, *, kind: str) -> int:
         with self._lock:
             return sum(1 for r in self._tables["reports"].values() if r.kind == kind)
+
+    def latest_updates(self, client_ids: Collection[str]) -> dict[str, UpdateRecord]:
+        wanted = set(client_ids)
+        latest: dict[str, UpdateRecord] = {}
+        with self._lock:
+            for update in self._tables["updates"].values():  # in the order they arrived
+                if update.client_id in wanted:
+                    latest[update.client_id] = update
+        return latest
 
 
 def open_store(url: str) -> Store:

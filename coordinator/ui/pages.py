@@ -213,7 +213,11 @@ def clients_page(service: CoordinatorService, number: int, per_page: int) -> dic
     for update in store.list_quarantined_updates():
         held[update.client_id] = held.get(update.client_id, 0) + 1
     clients = store.page_clients(offset=offset, limit=per_page)
-    return {"page": Page(clients, number, per_page, total), "quarantined": held}
+    return {
+        "page": Page(clients, number, per_page, total),
+        "quarantined": held,
+        "latest": store.latest_updates([c.client_id for c in clients]),
+    }
 
 
 def drift_by_feature(service: CoordinatorService) -> dict[str, dict[str, float]]:

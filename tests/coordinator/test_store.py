@@ -615,3 +615,13 @@ def test_pages_read_one_slice_in_order_and_counts_cover_the_whole(store: Store) 
     counts = (store.count_rounds(), store.count_models(), store.count_alerts())
     assert counts == (7, 7, 7)
     assert (store.count_reports(kind="stats"), store.count_reports(kind="evaluation")) == (7, 1)
+
+
+def test_latest_updates_are_each_clients_last(store: Store) -> None:
+    store.add_update(_update(1, "c1", "k1"))
+    store.add_update(_update(1, "c2", "k2"))
+    last = dataclasses.replace(_update(2, "c1", "k3"), received_at=9.0)
+    store.add_update(last)
+    assert store.latest_updates(["c1", "c3"]) == {"c1": last}
+    assert store.latest_updates(["c2"])["c2"].round_id == 1
+    assert store.latest_updates([]) == {}

@@ -143,7 +143,9 @@ def test_revoke_and_release_act_on_the_client(dashboard: Dashboard, admin: Flask
     assert revoked is not None
     assert revoked.revoked
     html = admin.get("/ui/clients").get_data(as_text=True)
-    assert f'data-client="{target}"' in html
+    row = re.search(rf'<tr data-client="{target}"(.*?)</tr>', html, re.DOTALL)
+    assert row is not None
+    assert re.search(r'class="last-update">[0-9-]+ [0-9:]+ \(round 1\)<', row.group(1))
     assert html.count('class="revoke"') == 1  # the revoked client has no button any more
 
 
