@@ -9,6 +9,7 @@ and stats tasks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import threading
@@ -144,6 +145,13 @@ class Browser:
         self.until(lambda b: b.path == "/ui/", "the overview after logging in")
         self.wait_loaded()
         self.check_console("/ui/ after login")
+
+    def save_console(self) -> Path:
+        """Every console entry read so far, as ``test-artifacts/ui/console.json``."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / "console.json"
+        path.write_text(json.dumps(self.console, indent=1) + "\n")
+        return path
 
     def screenshot(self, name: str) -> Path:
         """The viewport as ``test-artifacts/ui/<name>.png`` (1366x768)."""

@@ -94,8 +94,14 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
 
 
 @pytest.fixture(scope="module")
-def browser(chrome: webdriver.Chrome, dashboard: Dashboard) -> Browser:
-    return Browser(chrome, dashboard.url)
+def browser(chrome: webdriver.Chrome, dashboard: Dashboard) -> Iterator[Browser]:
+    """The browser on the dashboard; at the end its whole console log (every level) goes to
+    ``test-artifacts/ui/console.json`` beside the screenshots."""
+    browser = Browser(chrome, dashboard.url)
+    try:
+        yield browser
+    finally:
+        browser.save_console()
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import requests
 
 from coordinator.auth import actor_id
@@ -34,6 +35,8 @@ from tests.support.coordinator import (
     admin_request,
     production_digest,
 )
+
+pytestmark = pytest.mark.slow
 
 ACTIONS = "button.promote, button#rollback, button.revoke, button.release"
 
