@@ -315,8 +315,8 @@ def _refuse_unsupported_trainable(model: tf.keras.Model) -> None:
             raise ConfigError(
                 f"layer '{path}{layer.name}' ({type(layer).__name__}) is trainable, but only "
                 f"{', '.join(t.__name__ for t in _SUPPORTED_TRAINABLE)} layers can train on the "
-                f"device (their gradients are TFLite builtins); freeze it "
-                f"(layer.trainable = False) so it becomes part of the backbone"
+                f"device (their gradients are TFLite builtins); freeze it: "
+                f"layer.trainable = False (it then becomes part of the backbone)"
             )
 
 

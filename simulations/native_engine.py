@@ -163,6 +163,9 @@ class NativeOptions:
     transport: str = "memory"
     """How the devices reach the service: ``memory`` (direct calls), ``rest`` or ``grpc``
     (served on loopback in this process; see the module docstring)."""
+    round_head: Callable[[int, Weights], None] | None = None
+    """Called after each round with its number (from 1) and the global head it ended with
+    (``--save-weights every-round``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
@@ -593,6 +596,8 @@ class _NativeRun:
             logger.warning("round %d failed: %s", number, round_.failure_reason)
         model = self.models.model(version)
         evaluation = evaluate_head(model, self.test_x, self.test_y)
+        if self.options.round_head is not None:
+            self.options.round_head(number, model.global_weights)
         record = self.service.get_model(version)
         stats = RoundStats(
             round=number,

@@ -7,15 +7,20 @@ written here. The CLI (:mod:`simulations.cli`) only parses, writes and prints.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_client import EdgeModel, PersonalizationConfig
+from fedge.fileio import atomic_write_bytes
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head, matching_epochs, train_centrally
+from simulations.inputs import files
 from simulations.native_engine import NativeOptions, run_native
 from simulations.preparation import Step, prepare_scenario
 from simulations.report import EngineResult, ProgressSink, RoundStats, RunReport
@@ -33,11 +38,13 @@ def run_engine(
     settings: Settings,
     *,
     progress: ProgressSink | None = None,
+    round_head: Callable[[int, Weights], None] | None = None,
 ) -> EngineResult:
-    """Run ``scenario`` on the engine ``settings`` names."""
+    """Run ``scenario`` on the engine ``settings`` names (``round_head``: see
+    :attr:`NativeOptions.round_head`; the tff engine has none)."""
     if settings.engine == "tff":
         return _run_tff(scenario, progress)
-    options = _native_options(settings)
+    options = dataclasses.replace(_native_options(settings), round_head=round_head)
     if settings.engine == "ray":
         # Ray loads only for this engine.
         from simulations.ray_engine import RayOptions, run_ray
@@ -135,10 +142,17 @@ def simulate(
     progress: ProgressSink | None = None,
     step: Step | None = None,
     inputs: CheckedInputs | None = None,
+    weights_dir: Path | None = None,
 ) -> RunReport:
-    """Check, prepare, run and measure one simulation (nothing is written here)."""
+    """Check, prepare, run and measure one simulation. Nothing is written here, except
+    with ``weights_dir`` (``--save-weights every-round``): the global weights after each
+    round, ``round-0001.safetensors``, ... in the plain format of an init file, named as
+    the user's model (:func:`~simulations.inputs.files.plain_weights`)."""
     checked = inputs if inputs is not None else check_settings(settings)
     scenario = prepare_scenario(settings, checked, step=step)
+    round_head = None
+    if weights_dir is not None:
+        round_head = _weights_writer(weights_dir, files.user_weight_names(scenario.bundle_dir))
     say = step or (lambda _: None)
     model = EdgeModel.load(scenario.bundle_dir)
     test_x, test_y = scenario.test_arrays()
@@ -148,7 +162,7 @@ def simulate(
         f"{len(scenario.client_ids)} clients, {scenario.num_rounds} rounds on the "
         f"{settings.engine} engine"
     )
-    result = run_engine(scenario, settings, progress=progress)
+    result = run_engine(scenario, settings, progress=progress, round_head=round_head)
     final = evaluate_head(model, test_x, test_y, head=_in_head_order(result.final_head, start))
     centralized, epochs = None, None
     if settings.baseline:
@@ -181,6 +195,16 @@ def simulate(
         schedule=scenario.schedule,
         initial_label=_initial_label(settings),
     )
+
+
+def _weights_writer(directory: Path, names: dict[str, str]) -> Callable[[int, Weights], None]:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(number: int, head: Weights) -> None:
+        path = directory / f"round-{number:04d}.safetensors"
+        atomic_write_bytes(path, files.plain_weights(head, names))
+
+    return write
 
 
 def _initial_label(settings: Settings) -> str:

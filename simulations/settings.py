@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_TOPK_FRACTION",
     "DROPOUT_STAGES",
     "ENGINES",
+    "SAVE_WEIGHTS",
     "CheckedInputs",
     "Settings",
     "about",
@@ -55,6 +56,9 @@ DEFAULT_TOPK_FRACTION = 0.01
 DEFAULT_LEARNING_RATE = 0.02
 DEFAULT_EPOCHS = 2
 DEFAULT_DEVICE_BATCH = 32
+SAVE_WEIGHTS = ("final", "every-round")
+"""What ``--save-weights`` writes: the final head (``final_head.safetensors``) only, or
+also the global weights after every round (``weights/round-0001.safetensors``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,8 @@ class Settings:
     """The delta of the reported (epsilon, delta); None: the coordinator's default."""
     privacy_budget: float | None = None
     """The epsilon a round may not take the model's lineage over: the run stops there."""
+    save_weights: str = "final"
+    """One of :data:`SAVE_WEIGHTS`."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -264,6 +270,17 @@ def check_settings(settings: Settings) -> CheckedInputs:
     if s.partition_file is None:
         with about("partition"):
             parse_partition(s.partition)
+    if s.save_weights not in SAVE_WEIGHTS:
+        raise SettingsError(
+            f"save_weights must be one of {list(SAVE_WEIGHTS)}, got {s.save_weights!r}",
+            fields=["save_weights"],
+        )
+    if s.save_weights == "every-round" and s.engine == "tff":
+        raise SettingsError(
+            "the tff reference engine does not report each round's weights: use the native "
+            "or ray engine to save them every round",
+            fields=["save_weights", "engine"],
+        )
     if s.test_data_file is not None and s.data_file is None:
         raise SettingsError(
             "a test data file needs a data file (--data) it has the columns of; a built-in "

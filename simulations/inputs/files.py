@@ -14,8 +14,8 @@ and what is wrong, so ``fedge-simulate`` refuses bad input before any training:
   with statistics of the clients' rows (z-scored numbers, vocabularies with an
   out-of-vocabulary bucket). What looks wrong (empty or constant columns, empty fields,
   unscaled numbers) is logged as a warning;
-- the init file: safetensors weights of the trainable part (names as the model's
-  trainable variables, e.g. ``dense_1/kernel``);
+- the init file: safetensors weights keyed by the model's weight names (``dense_1/kernel``):
+  fedge weights or a plain safetensors file, of the trainable part or of every weight;
 - the partition file: JSON ``{client_id: [row indices]}`` (non-empty, in range,
   disjoint), or a ``Partition.to_dict`` document; either way each client trains on its
   rows in the order given (the hand-written form holds out a seeded share of them);
@@ -58,7 +58,7 @@ from fedge.data.user_table import (
     read_table,
     table_format,
 )
-from fedge.errors import ConfigError, FedgeError
+from fedge.errors import ConfigError, FedgeError, WeightsFormatError
 from fedge.features import FeatureSpec, NumericFeature
 from fedge.fileio import publish_directory
 from fedge.schema import Schema
@@ -68,10 +68,12 @@ from simulations.workload import Schedule, load_schedule
 
 __all__ = [
     "CUSTOM_TASK",
+    "WEIGHT_NAMES",
     "BundledModel",
     "UserData",
     "bundle_with_head",
     "check_init",
+    "init_mismatch",
     "is_bundle",
     "load_bundled_model",
     "load_data",
@@ -80,12 +82,17 @@ __all__ = [
     "load_schedule_file",
     "load_test_data",
     "model_schema_file",
+    "plain_weights",
+    "user_weight_names",
 ]
 
 logger = logging.getLogger(__name__)
 
 CUSTOM_TASK = "custom"
 """The task name of a run on the user's own data."""
+WEIGHT_NAMES = "weight_names"
+"""The metadata key of a bundle built from the user's Keras model: each head tensor's name
+(``head_dense/kernel``) -> the user's Keras weight name (``dense/kernel``)."""
 _FEATURES = "x"
 _LABEL = "y"
 _MAX_CLASSES = 1 << 20
@@ -387,20 +394,95 @@ def _csv_header(source: Path, what: str) -> list[str]:
 
 
 def load_init(path: str | os.PathLike[str]) -> Weights:
-    """An init file: safetensors weights (finite float32) of the model's trainable part."""
+    """An init file: safetensors weights (finite float32), either fedge weights (the
+    ``fedge`` metadata key: ``final_head.safetensors``) or a plain safetensors file keyed
+    by the Keras model's weight names (``dense/kernel``), as
+    ``safetensors.numpy.save_file({w.name[:-2]: w.numpy() for w in model.weights}, path)``
+    writes it. Which names must be there is checked against the model
+    (:func:`init_mismatch`)."""
     what = f"init file {os.fspath(path)}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from exc
     try:
-        weights = Weights.from_bytes(data)
+        weights = Weights.from_bytes(data) if _has_fedge_metadata(data) else _plain(data)
         weights.check_finite()
     except FedgeError as exc:
         raise ConfigError(f"{what}: not usable safetensors weights: {exc}") from exc
     if not len(weights):
         raise ConfigError(f"{what}: holds no tensors")
     return weights
+
+
+def _has_fedge_metadata(data: bytes) -> bool:
+    """Whether safetensors ``data`` carries fedge's metadata key (else: a plain file)."""
+    if len(data) < 8:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        return False
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, ValueError):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "fedge" in metadata
+
+
+def _plain(data: bytes) -> Weights:
+    """A plain safetensors file's float tensors as Weights (in the file's order)."""
+    import safetensors.numpy
+
+    try:
+        tensors = safetensors.numpy.load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError for bad bytes
+        raise WeightsFormatError(f"not a safetensors file ({exc})") from exc
+    not_float = sorted(n for n, t in tensors.items() if t.dtype.kind != "f")
+    if not_float:
+        raise WeightsFormatError(f"tensors {not_float} are not floating point")
+    return Weights.from_pairs((n, t.astype(np.float32)) for n, t in tensors.items())
+
+
+def user_weight_names(bundle: str | os.PathLike[str]) -> dict[str, str]:
+    """Each head tensor of ``bundle`` -> the user's Keras weight name (its
+    :data:`WEIGHT_NAMES` metadata; empty for a bundle that records none)."""
+    names = read_manifest(Path(bundle)).metadata.get(WEIGHT_NAMES) or {}
+    return {str(k): str(v) for k, v in dict(names).items()}
+
+
+def plain_weights(head: Weights, names: Mapping[str, str]) -> bytes:
+    """``head`` as a plain safetensors file keyed by ``names`` (head tensor -> the user's
+    weight name; a name it lacks stays as it is): what ``--save-weights every-round``
+    writes, usable as an ``--init`` file."""
+    import safetensors.numpy
+
+    renamed = {names.get(name, name): np.ascontiguousarray(head[name]) for name in head}
+    if len(renamed) != len(head):
+        raise ConfigError(f"two head tensors map to one weight name in {dict(names)}")
+    return bytes(safetensors.numpy.save(renamed))
+
+
+def init_mismatch(
+    init: Weights, shapes: Mapping[str, tuple[int, ...]], *, what: str = "the model's"
+) -> str | None:
+    """What keeps ``init`` from being ``shapes`` (names -> shapes), in one line naming
+    every missing, extra and mis-shaped tensor; None when it fits."""
+    missing = [n for n in shapes if n not in init]
+    extra = [n for n in init.names if n not in shapes]
+    shaped = [
+        f"{n} {tuple(init[n].shape)} ({what} {tuple(shapes[n])})"
+        for n in shapes
+        if n in init and tuple(init[n].shape) != tuple(shapes[n])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if extra:
+        problems.append(f"extra {', '.join(extra)}")
+    if shaped:
+        problems.append(f"mis-shaped {', '.join(shaped)}")
+    return "; ".join(problems) or None
 
 
 def load_partition(
@@ -521,14 +603,13 @@ def load_bundled_model(path: str | os.PathLike[str]) -> BundledModel:
 def check_init(init: Weights, reference: Weights) -> None:
     """A SettingsError (about ``init_file``) unless ``init`` has exactly ``reference``'s
     tensor names and shapes."""
-    try:
-        init.validate_against(reference)
-    except FedgeError as exc:
+    problem = init_mismatch(init, reference.shapes)
+    if problem is not None:
         raise SettingsError(
             f"the init weights do not fit the model's trainable part {dict(reference.shapes)}: "
-            f"{exc}",
+            f"{problem}",
             fields=["init_file"],
-        ) from exc
+        )
 
 
 def bundle_with_head(bundle: Path, head: Weights, cache_dir: Path) -> Path:

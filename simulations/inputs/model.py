@@ -2,19 +2,23 @@
 devices.
 
 The layers the user left trainable are the part devices train; everything below them is
-the frozen backbone. A ``fedge-train`` export directory (``saved_model/`` inside) is accepted
-as is: its ``backbone_*`` layers are frozen and its ``head_*`` layers trained, as
-``fedge-quantize bundle`` splits it. A model is refused, with the layer named, when:
+the frozen backbone. A fully trainable model trains whole: its backbone is the identity (an
+identity ``backbone_embedding`` layer on the input), the head is the whole model. A
+``fedge-train`` export directory (``saved_model/`` inside) is accepted as is: its
+``backbone_*`` layers are frozen and its ``head_*`` layers trained, as ``fedge-quantize
+bundle`` splits it. A model is refused, with the layer named, when:
 
-- it has no trainable layer, or no frozen layer below the trainable part;
-- a trainable layer is not ``Dense`` (only Dense gradients are TFLite builtins);
+- it has no trainable layer;
+- a trainable layer is not ``Dense`` (only Dense gradients are TFLite builtins): freeze it;
 - a frozen layer with weights sits above a trainable one (the trainable part must be the
   top of the model), or the trainable part does not start from the last frozen layer;
 - it has several inputs or outputs, nested models, or does not output ``[batch, classes]``.
 
 The accepted model is cloned with fedge's layer names (``backbone_*``, the last frozen layer
 ``backbone_embedding``, ``head_*``), a softmax output turned into logits, and the init
-weights applied to its trainable variables (named as in the user's model: ``dense_1/kernel``).
+weights applied first, keyed by the user's Keras weight names (``dense_1/kernel``): its
+trainable weights or all of them. The bundle's manifest maps each head tensor back to that
+name (``weight_names``), so the weights a run saves load back as an init file.
 ``relu`` in the trainable part is rewritten for the device by :mod:`quantize.trainable`.
 :func:`bundle_user_model` then builds the edge bundle with :mod:`quantize` and saves the
 prepared model for the TFF engine, in the conversion cache of
@@ -28,8 +32,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +48,7 @@ from fedge.fileio import publish_directory
 from fedge.schema import Schema
 from fedge.weights import Weights
 from simulations.errors import SettingsError
+from simulations.inputs.files import WEIGHT_NAMES, init_mismatch
 from simulations.inputs.model_cache import (
     BUNDLE,
     EXPORT_SAVED_MODEL,
@@ -67,6 +72,7 @@ logger = logging.getLogger(__name__)
 _REPRESENTATIVE = 200
 BACKBONE_PREFIX = "backbone_"
 HEAD_PREFIX = "head_"
+EMBEDDING_LAYER = "backbone_embedding"
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +91,9 @@ class UserModel:
     label_names: tuple[str, ...] | None = None
     """The export's ``schema.json`` label names (a ``fedge-train --data`` export); the
     bundle carries that file too."""
+    weight_names: Mapping[str, str] = field(default_factory=dict)
+    """Each trainable weight of ``model`` (``head_dense/kernel``) -> its name in the user's
+    model (``dense/kernel``); the bundle's manifest records it as ``weight_names``."""
 
     @property
     def head(self) -> Weights:
@@ -127,6 +136,8 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
     if init is not None:
         _apply_init(model, init, os.fspath(path))
     prepared = _prepare(model, split, what)
+    from quantize.trainable import trainable_weight_names
+
     return UserModel(
         model=prepared,
         source=source,
@@ -135,6 +146,13 @@ def load_user_model(path: str | os.PathLike[str], *, init: Weights | None = None
         num_classes=num_classes,
         feature_spec=export_feature_spec(source, what),
         label_names=export_label_names(source, what),
+        weight_names=dict(
+            zip(
+                trainable_weight_names(prepared),
+                (keras_weight_name(v) for v in model.trainable_variables),
+                strict=True,
+            )
+        ),
     )
 
 
@@ -191,23 +209,20 @@ def _check_layers(model: tf.keras.Model, what: str) -> int:
             "train (e.g. the last Dense layers) and freeze the rest"
         )
     start = trainable[0]
-    if start == 0:
-        raise ConfigError(
-            f"{what}: layer {layers[0].name!r} is trainable, so nothing is left for the frozen "
-            "backbone: freeze (layer.trainable = False) the layers below the part devices train"
-        )
     for layer in layers[start:]:
         if layer.trainable_weights and not isinstance(layer, tf.keras.layers.Dense):
             raise ConfigError(
                 f"{what}: layer {layer.name!r} ({type(layer).__name__}) is trainable, but only "
                 "Dense layers can train on the device (their gradients are TFLite builtins); "
-                "freeze it so it becomes part of the backbone"
+                "freeze it: layer.trainable = False (it then becomes part of the backbone)"
             )
         if layer.non_trainable_weights:
             raise ConfigError(
                 f"{what}: layer {layer.name!r} is frozen but sits above the trainable layer "
                 f"{layers[start].name!r}: the part devices train must be the top of the model"
             )
+    if start == 0:  # fully trainable: the backbone is the identity
+        return start
     try:
         connected = layers[start].input is layers[start - 1].output
     except AttributeError:
@@ -221,20 +236,35 @@ def _check_layers(model: tf.keras.Model, what: str) -> int:
 
 
 def _apply_init(model: tf.keras.Model, init: Weights, source: str) -> None:
-    from quantize.trainable import trainable_weight_names, trainable_weights
+    """Assign ``init`` to ``model``: its trainable weights, or every one of its weights,
+    keyed by the Keras weight names (``dense_1/kernel``)."""
+    from quantize.trainable import trainable_weight_names
 
-    names = trainable_weight_names(model)
-    reference = Weights(trainable_weights(model))
-    try:
-        init.validate_against(reference)
-    except FedgeError as exc:
+    trainable = dict(zip(trainable_weight_names(model), model.trainable_variables, strict=True))
+    every = {keras_weight_name(v): v for v in model.weights}
+    names = set(init.names)
+    if names == set(every) and names != set(trainable):
+        targets = every
+    elif names - set(trainable) and not names - set(every):
+        targets = every  # some frozen weights given: all of them are expected
+    else:
+        targets = trainable
+    shapes = {name: tuple(int(d) for d in v.shape) for name, v in targets.items()}
+    problem = init_mismatch(init, shapes)
+    if problem is not None:
+        part = "weights" if targets is every else "trainable part"
         raise SettingsError(
-            f"the init weights do not fit the trainable part of model file {source} "
-            f"({dict(reference.shapes)}): {exc}",
+            f"the init weights do not fit the {part} of model file {source}: {problem}",
             fields=["init_file"],
-        ) from exc
-    for name, variable in zip(names, model.trainable_variables, strict=True):
+        )
+    for name, variable in targets.items():
         variable.assign(init[name])
+
+
+def keras_weight_name(variable: tf.Variable) -> str:
+    """A Keras weight's name without the ``:0`` suffix (``dense_1/kernel``): the keys of a
+    plain init file and of the weights a run saves."""
+    return str(variable.name).rsplit(":", 1)[0]
 
 
 def _is_softmax(layer: tf.keras.layers.Layer) -> bool:
@@ -275,6 +305,8 @@ def _prepare(model: tf.keras.Model, start: int, what: str) -> tf.keras.Model:
 
     try:
         clone = tf.keras.models.clone_model(model, clone_function=clone_layer)
+        if start == 0:
+            clone = _with_identity_backbone(clone)
         for layer in layers:
             copy = clone.get_layer(names[layer.name])
             copy.set_weights(layer.get_weights())
@@ -282,6 +314,38 @@ def _prepare(model: tf.keras.Model, start: int, what: str) -> tf.keras.Model:
     except Exception as exc:
         raise ConfigError(f"{what}: cannot copy the model to prepare it: {exc}") from exc
     return clone
+
+
+def _with_identity_backbone(model: tf.keras.Model) -> tf.keras.Model:
+    """``model`` (untrained copy) with an identity ``backbone_embedding`` layer between its
+    input and its first layer: the backbone of a fully trainable model, whose embedding is
+    the input itself."""
+    import tensorflow as tf
+
+    identity = {
+        "class_name": "Activation",
+        "config": {"name": EMBEDDING_LAYER, "trainable": False, "activation": "linear"},
+    }
+    config = model.get_config()
+    if isinstance(model, tf.keras.Sequential):
+        layers = list(config["layers"])
+        at = 1 if layers and layers[0]["class_name"] == "InputLayer" else 0
+        config["layers"] = [*layers[:at], identity, *layers[at:]]
+        return tf.keras.Sequential.from_config(config)
+    (source, _, _), *_ = config["input_layers"]
+
+    def rewire(node: object) -> object:
+        if isinstance(node, list):
+            if node and node[0] == source and all(isinstance(i, int) for i in node[1:3]):
+                return [EMBEDDING_LAYER, *node[1:]]
+            return [rewire(item) for item in node]
+        return node
+
+    for layer in config["layers"]:
+        layer["inbound_nodes"] = rewire(layer["inbound_nodes"])
+    inbound = [[[source, 0, 0, {}]]]
+    config["layers"].insert(1, {**identity, "name": EMBEDDING_LAYER, "inbound_nodes": inbound})
+    return tf.keras.Model.from_config(config)
 
 
 def bundle_user_model(
@@ -360,7 +424,10 @@ def bundle_user_model(
                 version=conversion_version(entry),
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 training_record=None,
-                extra_metadata={"source_model": str(user.source.resolve())},
+                extra_metadata={
+                    "source_model": str(user.source.resolve()),
+                    WEIGHT_NAMES: dict(user.weight_names),
+                },
             )
         except FedgeError as exc:
             raise ConfigError(f"model file {user.source}: {exc}") from exc

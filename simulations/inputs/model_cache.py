@@ -55,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Bump when the conversion (checks, preparation, bundle layout) changes its result."""
 SAVED_MODEL = "saved_model"
 BUNDLE = "bundle"

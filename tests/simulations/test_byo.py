@@ -243,10 +243,6 @@ def _conv_model(root: Path) -> Path:
 
 
 BAD_MODELS: list[tuple[Callable[[Path], Path], str]] = [
-    (
-        lambda root: _saved(_build_model((True, True, True)), root),
-        r"nothing is left for the frozen backbone",
-    ),
     (lambda root: _saved(_build_model((False, False, False)), root), r"no layer is trainable"),
     (
         lambda root: _saved(_build_model((False, True, False)), root),
