@@ -107,6 +107,9 @@ class ChartCache:
         self._size = size
         self._charts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._lock = threading.Lock()
+        # matplotlib's shared state (font cache, rc parameters) is not made for threads
+        # drawing at once: one chart is drawn at a time.
+        self._drawing = threading.Lock()
 
     def get(self, name: str, key: str, draw: Callable[[], str]) -> str:
         with self._lock:
@@ -114,7 +117,8 @@ class ChartCache:
             if found is not None:
                 self._charts.move_to_end((name, key))
                 return found
-        svg = draw()
+        with self._drawing:
+            svg = draw()
         with self._lock:
             self._charts[(name, key)] = svg
             while len(self._charts) > self._size:
