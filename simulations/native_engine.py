@@ -20,7 +20,8 @@ authenticates with its own token. Each round:
    aggregates the stored updates in a streaming pass when the last one is in), so no more
    than a few updates are ever held in memory; a round with ``compression`` (q8, topk)
    gets the device's compressed payload under its codec;
-4. the committed version is evaluated on the test split.
+4. the committed version is evaluated on the test split (the round's ``seconds`` are all
+   four steps, its ``eval_seconds`` this one).
 
 A secure round (``secure_aggregation``) runs its SecAgg+ stages after training instead of
 step 3 (:mod:`simulations.secure_stages`): the service sees keys, encrypted shares and
@@ -589,13 +590,14 @@ class _NativeRun:
             self.clock.advance(_ROUND_DEADLINE)
             round_ = self.service.get_round(round_.round_id)
         self.clock.advance(1.0)
-        seconds = time.perf_counter() - started
         committed = round_.state == "committed"
         version = str(round_.result_version) if committed else base
         if not committed:
             logger.warning("round %d failed: %s", number, round_.failure_reason)
+        evaluating = time.perf_counter()
         model = self.models.model(version)
         evaluation = evaluate_head(model, self.test_x, self.test_y)
+        finished = time.perf_counter()
         if self.options.round_head is not None:
             self.options.round_head(number, model.global_weights)
         record = self.service.get_model(version)
@@ -609,7 +611,8 @@ class _NativeRun:
             failed_clients=len(failures),
             bytes_up=round_.bytes_up,
             bytes_down=round_.bytes_down,
-            seconds=seconds,
+            seconds=finished - started,
+            eval_seconds=finished - evaluating,
             version=version,
             committed=committed,
             clients=tuple(c.sim_id for c in selected),

@@ -9,8 +9,9 @@ One module for both programs of :mod:`simulations`:
 
     OUT/metrics.json        settings, every round, baselines, personalization, schedule
     OUT/metrics.csv         round, accuracy, loss, participants, bytes_up, bytes_down,
-                            seconds (then train_loss and, for two classes, auc; the
-                            mode; each version's cumulative epsilon and its delta)
+                            seconds, eval_seconds (then train_loss and, for two
+                            classes, auc; the mode; each version's cumulative epsilon
+                            and its delta)
     OUT/accuracy.png        the global model's test accuracy per round, baselines as lines
     OUT/personalization.png personalized minus global accuracy on each client's holdout
     OUT/summary.txt         the table :func:`summary_table` prints
@@ -78,6 +79,7 @@ CSV_COLUMNS = (
     "bytes_up",
     "bytes_down",
     "seconds",
+    "eval_seconds",
     "train_loss",
     "auc",
     "secure",
@@ -261,7 +263,11 @@ class RoundStats:
     the error bound per coordinate of the mean). ``privacy`` is the model version's privacy
     record after the round (cumulative ``epsilon`` over its lineage, ``delta``,
     ``noise_multiplier``, ``rounds``, ``sampling_rate``; empty when the engine keeps none);
-    an ``epsilon`` of None means no differential-privacy guarantee.
+    an ``epsilon`` of None means no differential-privacy guarantee. ``seconds`` is the
+    whole round on the native and Ray engines (opening it, the clients' work, the commit
+    and the evaluation of the model after it), ``eval_seconds`` that evaluation alone
+    (None where the engine does not time it: the tff engine's ``seconds`` is its
+    ``next`` call).
     """
 
     round: int
@@ -282,6 +288,7 @@ class RoundStats:
     dropped_clients: tuple[str, ...] = ()
     measurements: Mapping[str, float] = field(default_factory=dict)
     privacy: Mapping[str, Any] = field(default_factory=dict)
+    eval_seconds: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
@@ -316,6 +323,7 @@ class RoundStats:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "seconds": self.seconds,
+            "eval_seconds": self.eval_seconds,
             "version": self.version,
             "committed": self.committed,
             "clients": list(self.clients),
