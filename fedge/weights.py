@@ -311,7 +311,7 @@ def decode_weights(data: bytes, *, max_bytes: int | None = None) -> tuple[Weight
     """Decode :func:`encode_weights` output: the weights and the extra metadata.
 
     The tensors of a well-formed file are read-only views over ``data`` (no copy): ``bytes``
-    and read-only memoryviews of ``bytes`` or of a read-only ``mmap`` are immutable, so the
+    and read-only memoryviews of a whole ``bytes`` or read-only ``mmap`` are immutable, so the
     views are too; any other buffer is copied first. Anything unusual in the layout is left
     to the safetensors reader, which copies and names what is wrong.
     """
@@ -362,11 +362,13 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
     """Whether nothing can change ``data``'s bytes while views over them live."""
     if isinstance(data, bytes):
         return True
+    # A view of part of a larger buffer is copied: views over it would keep all of it alive.
     return (
         isinstance(data, memoryview)
         and data.readonly
         and data.c_contiguous
         and isinstance(data.obj, bytes | mmap.mmap)
+        and data.nbytes == len(data.obj)
     )
 
 

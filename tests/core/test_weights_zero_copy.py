@@ -152,3 +152,11 @@ def test_unusual_headers_are_judged_by_the_safetensors_reader(header: bytes) -> 
     weights = Weights.from_bytes(data)
     assert not np.shares_memory(weights["w"], np.frombuffer(data, np.uint8))
     np.testing.assert_array_equal(weights["w"], expected["w"])
+
+
+def test_a_view_of_part_of_a_larger_buffer_is_copied_so_it_is_not_kept_alive() -> None:
+    data = _model().to_bytes()
+    larger = b"prefix--" + data
+    weights = Weights.from_bytes(memoryview(larger)[8:])
+    assert weights == _model()
+    assert not np.shares_memory(weights["dense/kernel"], np.frombuffer(larger, np.uint8))
