@@ -49,6 +49,7 @@ from simulations.settings import (
     DEFAULT_TOPK_FRACTION,
     DROPOUT_STAGES,
     ENGINES,
+    SAVE_WEIGHTS,
     Settings,
     check_settings,
 )
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 PROG = "fedge-simulate"
+WEIGHTS_DIR = "weights"
+"""``--save-weights every-round`` writes ``OUT/weights/round-0001.safetensors``, ..."""
 # A bundle the user's model produced is the user's input to fix.
 _EXIT_TABLE = ((BundleError, ExitCode.USAGE),)
 
@@ -88,14 +91,27 @@ bytes_up, bytes_down, seconds (the whole round, its evaluation included), eval_s
 train_loss, auc, secure, compression, epsilon, delta),
 accuracy.png,
 personalization.png, summary.txt and final_head.safetensors; the summary table is printed to stdout.
+With --save-weights every-round also weights/round-0001.safetensors, ... (see below).
 
 bring your own:
   --model FILE        a Keras model (.keras, .h5 or a SavedModel directory). The layers
                       left trainable are the part devices train (Dense only; relu is
                       rewritten for the device); the frozen layers below are the backbone.
+                      A fully trainable model (every layer trainable) trains whole on the
+                      devices: its backbone is the identity. A trainable layer whose
+                      gradient is no TFLite builtin (Conv2D, ...) is refused: freeze it
+                      (layer.trainable = False).
                       Or a fedge-train export (its head_* layers train, its feature spec
                       and schema.json read the data), or its edge bundle (native engine).
-  --init FILE         safetensors weights of that trainable part (its variable names).
+  --init FILE         safetensors initial weights, either
+                        plain: keyed by the Keras model's weight names (variable name
+                          without ':0'), all of the model's weights or only its trainable
+                          ones, e.g. written by
+                          safetensors.numpy.save_file(
+                              {w.name[:-2]: w.numpy() for w in model.weights}, "init.safetensors")
+                          -> {"dense/kernel": [64, 32], "dense/bias": [32], "dense_1/kernel": ...}
+                        or fedge weights (final_head.safetensors of an earlier run).
+                      A missing, extra or mis-shaped name is one error line naming it.
   --data FILE         .npz with arrays x (model-ready inputs) and y (class ids), or a
                       table (.csv[.gz], .tfrecord[.gz]) with numeric and categorical columns,
                       empty fields as missing, and --label-column (the model's schema.json
@@ -118,6 +134,11 @@ bring your own:
                           the train and holdout rows exactly as given.
   --schedule-file F   JSON {"rounds": [["alice", "bob"], ["bob"], ...]}: who trains in
                       each round (--rounds: as many as it lists).
+  --save-weights final|every-round
+                      final (default): final_head.safetensors only. every-round: also
+                      OUT/weights/round-0001.safetensors, ... the global weights after each
+                      round, plain safetensors named as your model's weights (loadable back
+                      as --init).
 Every file is checked before any training; a problem is one error line and exit code 2.
 
 engines:
@@ -405,6 +426,13 @@ def build_parser() -> ArgumentParser:
     out.add_argument(
         "--cache-dir", type=Path, default=None, metavar="DIR", help="pretrained models (OUT/cache)"
     )
+    out.add_argument(
+        "--save-weights",
+        choices=SAVE_WEIGHTS,
+        default="final",
+        help="final: final_head.safetensors (default); every-round: also the global weights "
+        "after each round in OUT/weights/ (see below)",
+    )
     out.add_argument("--no-baseline", action="store_true", help="skip the centralized baseline")
     out.add_argument(
         "--no-personalization", action="store_true", help="skip the final evaluate tasks"
@@ -485,6 +513,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dp_clipped_count_stddev=args.dp_clipped_count_stddev,
         dp_delta=args.dp_delta,
         privacy_budget=args.privacy_budget,
+        save_weights=args.save_weights,
     )
 
 
@@ -559,6 +588,8 @@ class _Output:
     def publish(self, names: Sequence[str]) -> None:
         with processes.deferred_interrupts():  # all of the files or none of them
             for name in names:
+                if (self.staging / name).is_dir() and (self.out / name).is_dir():
+                    shutil.rmtree(self.out / name)  # a folder of outputs: this run's alone
                 os.replace(self.staging / name, self.out / name)
             shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -599,13 +630,17 @@ def _run(argv: Sequence[str] | None) -> int:
 
         try:
             inputs = check_settings(settings)
+            every_round = settings.save_weights == "every-round"
             report = simulate(
                 settings,
                 progress=None if args.quiet else _RoundBars(err),
                 step=say,
                 inputs=inputs,
+                weights_dir=output.staging / WEIGHTS_DIR if every_round else None,
             )
-            paths = write_report(report, output.staging)
+            paths = dict(write_report(report, output.staging))
+            if every_round:
+                paths[WEIGHTS_DIR] = output.staging / WEIGHTS_DIR
             output.publish(sorted(paths))
         except BaseException:
             output.discard()
