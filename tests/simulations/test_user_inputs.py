@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
     from tests.support.simulation import CliRunner
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:non-integer arguments to randrange:DeprecationWarning"
+)
+
 ROWS, FEATURES, CLASSES = 120, 16, 3
 
 
@@ -210,6 +214,7 @@ def _bundle(report: RunReport) -> Path:
 def test_a_fully_trainable_model_trains_every_layer_from_a_plain_init(
     workload: Workload,
 ) -> None:
+    from edge_client import EdgeModel
     from fedge.bundle import read_manifest
     from simulations.scenario import initial_head
 
@@ -221,6 +226,12 @@ def test_a_fully_trainable_model_trains_every_layer_from_a_plain_init(
     start = initial_head(bundle)
     for name in USER_NAMES:  # the plain init file, applied to every layer
         np.testing.assert_array_equal(start[f"head_{name}"], workload.init[name])
+    # the int8 backbone is the identity up to its quantization step, head.tflite the model
+    edge = EdgeModel.load(bundle)
+    x, _ = _arrays(0, rows=16)
+    step = float(np.ptp(x)) / 255
+    np.testing.assert_allclose(edge.embed(x), x, atol=step)
+    np.testing.assert_allclose(edge.head_logits(x), edge.logits(x), atol=1e-5)
     rounds = workload.report.result.rounds
     assert [r.committed for r in rounds] == [True, True]
     final = workload.report.result.final_head
