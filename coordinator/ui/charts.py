@@ -25,6 +25,7 @@ __all__ = ["ChartCache", "bar_chart", "csp_safe_svg", "line_chart"]
 _STYLE_ATTRIBUTE = re.compile(r'\sstyle="([^"]*)"')
 _STYLE_ELEMENT = re.compile(r"<style[^>]*>.*?</style>", re.DOTALL)
 _SVG_OPEN = re.compile(r"<svg\b")
+_MARKED_POINTS = 60
 
 
 def _attributes(match: re.Match[str]) -> str:
@@ -78,7 +79,8 @@ def line_chart(
         points = [(a, b) for a, b in zip(x, values, strict=True) if b is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            axes.plot(xs, ys, marker="o", markersize=2, label=name)
+            marker = "o" if len(xs) <= _MARKED_POINTS else None  # markers only while few
+            axes.plot(xs, ys, marker=marker, markersize=2, label=name)
             drawn = True
     if drawn:
         axes.legend(loc="best", fontsize=8)
