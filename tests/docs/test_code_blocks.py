@@ -63,6 +63,7 @@ def test_runnable_blocks_of_page(page: str, tmp_path: Path) -> None:
     assert outputs  # at least one block ran, and each exited 0 (run_block asserts it)
 
 
+@pytest.mark.slow
 def test_runnable_blocks_of_privacy_page(tmp_path: Path, digits_pretrained: Path) -> None:
     page = "tutorials/privacy.md"
     shutil.copytree(digits_pretrained, tmp_path / DIGITS_CACHE[page])
