@@ -72,6 +72,7 @@ class Browser:
         self.driver = driver
         self.base_url = base_url
         self.console: list[dict[str, Any]] = []
+        self.token: str | None = None  # the one it last logged in with
 
     def open(self, path: str) -> None:
         self.driver.get(self.base_url + path)
@@ -138,13 +139,22 @@ class Browser:
         return [(str(key), [str(c) for c in cells]) for key, cells in found]
 
     def login(self, token: str) -> None:
+        """Log in afresh with ``token`` (a new session cookie)."""
         self.driver.delete_all_cookies()
+        self.token = None
         self.open("/ui/login")
         self.find("input[name=token]").send_keys(token)
         self.find("form button[type=submit], form input[type=submit]").click()
         self.until(lambda b: b.path == "/ui/", "the overview after logging in")
         self.wait_loaded()
         self.check_console("/ui/ after login")
+        self.token = token
+
+    def logged_in(self, token: str) -> Browser:
+        """Logged in with ``token``: as it is, or after a login."""
+        if self.token != token or self.driver.get_cookie("fedge_session") is None:
+            self.login(token)
+        return self
 
     def save_console(self) -> Path:
         """Every console entry read so far, as ``test-artifacts/ui/console.json``."""

@@ -28,6 +28,7 @@ from tests.support.browser import (
     start_driver,
 )
 from tests.support.coordinator import (
+    ADMIN_TOKEN,
     admin_call,
     make_bundle,
     serve_command,
@@ -102,6 +103,12 @@ def browser(chrome: webdriver.Chrome, dashboard: Dashboard) -> Iterator[Browser]
         yield browser
     finally:
         browser.save_console()
+
+
+@pytest.fixture
+def admin(browser: Browser) -> Browser:
+    """The browser logged in with the admin token."""
+    return browser.logged_in(ADMIN_TOKEN)
 
 
 @pytest.fixture(autouse=True)

@@ -3,13 +3,15 @@ with a live fleet: login, live round counter and chart, a region's alert, rollba
 button (and the devices then training the previous version), the viewer's read-only pages,
 a forged POST refused; a 1366x768 screenshot of every page in ``test-artifacts/ui/``.
 
-The tests run in file order on one browser session and one coordinator: the live ones
-first, the rollback after them (it stops the fleet), the viewer's last.
+The tests share one browser session and one coordinator, and each also runs alone (the
+``admin`` fixture logs in when needed). The rollback and the forged POSTs stop the fleet,
+so they come after the live ones.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -52,6 +54,23 @@ def _production(url: str) -> dict[str, Any]:
     return model
 
 
+def _settled_production(url: str) -> dict[str, Any]:
+    """The production version once it stopped changing: with the fleet stopped, a round
+    whose updates were all in still commits at the next tick (0.2 s)."""
+    last = [_production(url)]
+
+    def settled() -> dict[str, Any] | None:
+        time.sleep(0.5)
+        current = _production(url)
+        if current["version"] == last[0]["version"]:
+            return current
+        last[0] = current
+        return None
+
+    result: dict[str, Any] = wait_until(settled, "the production version to settle")
+    return result
+
+
 def test_login_refuses_an_unknown_token_and_admits_the_admin(browser: Browser) -> None:
     browser.driver.delete_all_cookies()
     browser.open("/ui/")
@@ -73,40 +92,40 @@ def test_login_refuses_an_unknown_token_and_admits_the_admin(browser: Browser) -
     assert ADMIN_TOKEN not in cookie["value"]
 
 
-def test_overview_round_counter_advances_without_a_reload(browser: Browser) -> None:
-    browser.open("/ui/")
-    first = _current_round(browser)
-    marker = browser.mark()
-    browser.until(lambda b: _current_round(b) >= first + 2, "the round counter to advance")
-    assert browser.marked() == marker, "the page was reloaded"
-    current, state, text = browser.driver.execute_script(
+def test_overview_round_counter_advances_without_a_reload(admin: Browser) -> None:
+    admin.open("/ui/")
+    first = _current_round(admin)
+    marker = admin.mark()
+    admin.until(lambda b: _current_round(b) >= first + 2, "the round counter to advance")
+    assert admin.marked() == marker, "the page was reloaded"
+    current, state, text = admin.driver.execute_script(
         "var e = document.querySelector('#current-round');"
         "return [e.getAttribute('data-round'), e.getAttribute('data-state'), e.textContent];"
     )
     assert int(current) >= first + 2
     assert current in text
     assert state in text
-    assert "selected" in browser.find("#participants").text
-    assert "updates/min" in browser.find("#throughput").text
-    assert browser.find("#alerts-summary").is_displayed()
-    assert browser.find("#production-version").text.startswith("v")
-    browser.screenshot("overview")
+    assert "selected" in admin.find("#participants").text
+    assert "updates/min" in admin.find("#throughput").text
+    assert admin.find("#alerts-summary").is_displayed()
+    assert admin.find("#production-version").text.startswith("v")
+    admin.screenshot("overview")
 
 
-def test_rounds_table_and_accuracy_chart_advance_without_a_reload(browser: Browser) -> None:
-    browser.open("/ui/rounds")
-    key = browser.attribute("#accuracy-chart", "data-key")
-    newest = int(browser.attribute("#rounds-table tbody tr", "data-round") or 0)
-    marker = browser.mark()
-    browser.until(
+def test_rounds_table_and_accuracy_chart_advance_without_a_reload(admin: Browser) -> None:
+    admin.open("/ui/rounds")
+    key = admin.attribute("#accuracy-chart", "data-key")
+    newest = int(admin.attribute("#rounds-table tbody tr", "data-round") or 0)
+    marker = admin.mark()
+    admin.until(
         lambda b: (
             b.attribute("#accuracy-chart", "data-key") != key
             and int(b.attribute("#rounds-table tbody tr", "data-round") or 0) > newest
         ),
         "the chart and the rounds table to advance",
     )
-    assert browser.marked() == marker, "the page was reloaded"
-    browser.until(
+    assert admin.marked() == marker, "the page was reloaded"
+    admin.until(
         lambda b: b.driver.execute_script(
             "var i = document.querySelector('#accuracy-chart');"
             "return i !== null && i.complete && i.naturalWidth > 0;"
@@ -114,22 +133,22 @@ def test_rounds_table_and_accuracy_chart_advance_without_a_reload(browser: Brows
         "the new chart to load",
     )
     # the table shows what the devices reported for each committed round
-    committed = browser.rows("#rounds-table tbody tr[data-state=committed]", "data-round")
+    committed = admin.rows("#rounds-table tbody tr[data-state=committed]", "data-round")
     assert committed
     for round_id, cells in committed:
         assert f"{accuracy_of_round(int(round_id)):.4f}" in cells, (round_id, cells)
-    regions = {key for key, _ in browser.rows("#region-accuracy tr[data-region]", "data-region")}
+    regions = {key for key, _ in admin.rows("#region-accuracy tr[data-region]", "data-region")}
     assert regions & set(REGIONS)
-    browser.screenshot("rounds")
-    browser.check_console("/ui/rounds after its live updates")
+    admin.screenshot("rounds")
+    admin.check_console("/ui/rounds after its live updates")
 
 
 def test_an_alert_for_a_region_fires_and_shows_on_the_alerts_page(
-    browser: Browser, dashboard: Dashboard
+    admin: Browser, dashboard: Dashboard
 ) -> None:
-    browser.open("/ui/alerts")
+    admin.open("/ui/alerts")
     drop = f"#alerts-table tr[data-kind=accuracy_drop][data-region={LOW_REGION}]"
-    assert browser.find_all(drop) == []
+    assert admin.find_all(drop) == []
     (low,) = (d for d in dashboard.fleet.devices if d.region == LOW_REGION)
     created = admin_call(
         dashboard.url,
@@ -142,78 +161,81 @@ def test_an_alert_for_a_region_fires_and_shows_on_the_alerts_page(
         lambda: admin_request(dashboard.url, "/v1/alerts?kind=accuracy_drop")["alerts"],
         "the accuracy_drop alert",
     )
-    browser.open("/ui/alerts")
-    (row,) = browser.find_all(drop)
+    admin.open("/ui/alerts")
+    (row,) = admin.find_all(drop)
     assert LOW_REGION in row.text
-    (drift,) = browser.find_all("#alerts-table tr[data-kind=data_drift]")
+    (drift,) = admin.find_all("#alerts-table tr[data-kind=data_drift]")
     assert low.client_id in drift.text  # the shifted statistics came from that device
-    browser.screenshot("alerts")
+    admin.screenshot("alerts")
 
 
-def test_models_clients_and_data_pages_show_their_tables_and_paginate(browser: Browser) -> None:
-    browser.open("/ui/models")
+def test_models_clients_and_data_pages_show_their_tables_and_paginate(
+    admin: Browser, dashboard: Dashboard
+) -> None:
+    wait_until(lambda: len(admin_request(dashboard.url, "/v1/models")["models"]) >= 3, "two rounds")
+    admin.open("/ui/models")
     versions = [
-        r.get_attribute("data-version") for r in browser.find_all("#models-table tr[data-version]")
+        r.get_attribute("data-version") for r in admin.find_all("#models-table tr[data-version]")
     ]
     assert len(versions) >= 3
-    assert browser.find_all("#lineage li[data-version]")
-    assert browser.find_all("button.promote[data-version]")
-    assert browser.find("button#rollback").is_displayed()
-    browser.screenshot("models")
+    assert admin.find_all("#lineage li[data-version]")
+    assert admin.find_all("button.promote[data-version]")
+    assert admin.find("button#rollback").is_displayed()
+    admin.screenshot("models")
 
-    browser.open("/ui/clients")
-    rows = browser.find_all("#clients-table tr[data-client]")
+    admin.open("/ui/clients")
+    rows = admin.find_all("#clients-table tr[data-client]")
     assert {r.get_attribute("data-region") for r in rows} == set(REGIONS)
-    assert len(browser.find_all("button.revoke")) == len(REGIONS)
-    browser.screenshot("clients")
+    assert len(admin.find_all("button.revoke")) == len(REGIONS)
+    admin.screenshot("clients")
 
-    browser.open("/ui/clients?page=1&per_page=3")
+    admin.open("/ui/clients?page=1&per_page=3")
     first_page = {
-        r.get_attribute("data-client") for r in browser.find_all("#clients-table tr[data-client]")
+        r.get_attribute("data-client") for r in admin.find_all("#clients-table tr[data-client]")
     }
     assert len(first_page) == 3
-    assert browser.find_all("nav.pagination a[rel=prev]") == []
-    browser.find("nav.pagination a[rel=next]").click()
-    browser.until(lambda b: "page=2" in b.path, "page 2")
-    browser.wait_loaded()
-    browser.check_console("/ui/clients page 2")
+    assert admin.find_all("nav.pagination a[rel=prev]") == []
+    admin.find("nav.pagination a[rel=next]").click()
+    admin.until(lambda b: "page=2" in b.path, "page 2")
+    admin.wait_loaded()
+    admin.check_console("/ui/clients page 2")
     second_page = {
-        r.get_attribute("data-client") for r in browser.find_all("#clients-table tr[data-client]")
+        r.get_attribute("data-client") for r in admin.find_all("#clients-table tr[data-client]")
     }
     assert len(second_page) == 1
     assert not first_page & second_page
-    assert browser.find_all("nav.pagination a[rel=prev]")
+    assert admin.find_all("nav.pagination a[rel=prev]")
 
-    browser.open("/ui/data")
-    assert len(browser.find_all("#stats-table tr[data-report]")) == len(REGIONS)
-    assert browser.find_all("#drift-table tr[data-feature=fare]")
-    chart = browser.find("#drift-chart")
-    assert browser.driver.execute_script("return arguments[0].naturalWidth > 0;", chart)
-    browser.screenshot("data")
+    admin.open("/ui/data")
+    assert len(admin.find_all("#stats-table tr[data-report]")) == len(REGIONS)
+    assert admin.find_all("#drift-table tr[data-feature=fare]")
+    chart = admin.find("#drift-chart")
+    assert admin.driver.execute_script("return arguments[0].naturalWidth > 0;", chart)
+    admin.screenshot("data")
 
 
 def test_rollback_button_rolls_back_and_devices_then_get_the_previous_version(
-    browser: Browser, dashboard: Dashboard
+    admin: Browser, dashboard: Dashboard
 ) -> None:
     dashboard.fleet.stop()
-    production = _production(dashboard.url)
+    production = _settled_production(dashboard.url)
     current, previous = str(production["version"]), str(production["parent"])
-    browser.open("/ui/models")
-    assert browser.find(f"tr[data-version={current}]").get_attribute("data-stage") == "production"
-    browser.find("button#rollback").click()
-    browser.until(
+    admin.open("/ui/models")
+    assert admin.find(f"tr[data-version={current}]").get_attribute("data-stage") == "production"
+    admin.find("button#rollback").click()
+    admin.until(
         lambda b: (
             b.path == "/ui/models"
             and b.find(f"tr[data-version={previous}]").get_attribute("data-stage") == "production"
         ),
         f"{previous} in production",
     )
-    browser.wait_loaded()
-    browser.check_console("/ui/models after the rollback")
-    assert browser.find(f"tr[data-version={current}]").get_attribute("data-stage") != "production"
-    (event,) = browser.find_all("#model-events tr[data-kind=rolled_back]")
+    admin.wait_loaded()
+    admin.check_console("/ui/models after the rollback")
+    assert admin.find(f"tr[data-version={current}]").get_attribute("data-stage") != "production"
+    (event,) = admin.find_all("#model-events tr[data-kind=rolled_back]")
     assert event.find_element("css selector", ".actor").text == actor_id("admin", ADMIN_TOKEN)
-    browser.screenshot("models-rolled-back")
+    admin.screenshot("models-rolled-back")
     assert _production(dashboard.url)["version"] == previous
 
     # The devices' next polls: a train task on the previous version, whose bundle they
@@ -240,7 +262,9 @@ def test_a_forged_post_without_the_csrf_token_is_refused_and_changes_nothing(
     browser.login(ADMIN_TOKEN)
     session = browser.driver.get_cookie("fedge_session")
     assert session is not None
-    version, digest = _production(dashboard.url)["version"], production_digest(dashboard.url)
+    dashboard.fleet.stop()  # nothing else changes production meanwhile
+    version = _settled_production(dashboard.url)["version"]
+    digest = production_digest(dashboard.url)
     client_id = dashboard.fleet.devices[0].client_id
     for form in ({}, {"csrf_token": "forged"}):
         for action in ("/ui/models/rollback", f"/ui/clients/{client_id}/revoke"):
