@@ -32,10 +32,15 @@ _CHUNK = 1 << 20
 
 
 class ArtifactStore:
-    """Immutable blobs by sha256 under ``root``."""
+    """Immutable blobs by sha256 under ``root``.
 
-    def __init__(self, root: str | Path) -> None:
+    ``durable=False`` skips every fsync: for a scratch directory whose content need not
+    survive a crash (a simulation's, removed when the run ends).
+    """
+
+    def __init__(self, root: str | Path, *, durable: bool = True) -> None:
         self.root = Path(root)
+        self.durable = durable
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
@@ -56,8 +61,9 @@ class ArtifactStore:
         tmp = self._tmp()
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if self.durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         self._commit(tmp, digest)
         return digest
 
@@ -69,8 +75,9 @@ class ArtifactStore:
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+            if self.durable:
+                dst.flush()
+                os.fsync(dst.fileno())
         hexdigest = digest.hexdigest()
         if self.exists(hexdigest):
             tmp.unlink()
@@ -145,5 +152,6 @@ class ArtifactStore:
         target = self.path(digest)
         target.parent.mkdir(exist_ok=True)
         os.replace(tmp, target)
-        fsync_directory(target.parent)
-        fsync_directory(self.root / "sha256")
+        if self.durable:
+            fsync_directory(target.parent)
+            fsync_directory(self.root / "sha256")

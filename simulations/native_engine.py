@@ -96,7 +96,6 @@ from edge_client import (
 from edge_client.transport import OutgoingRequest, reply_request
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
-from fedge.fileio import publish_directory
 from fedge.messages import EvalReport, ModelUpdate, Task, decode_message
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head
@@ -223,7 +222,8 @@ class BundleMirror:
     """Model versions from the service's registry as bundle directories the clients load.
 
     Files are hard links into the artifact store (copies where links fail), so a round
-    version costs one small weights file and a manifest.
+    version costs one small weights file and a manifest. The mirror is scratch, rebuilt
+    from the registry at will: a version appears by one rename, with no fsync.
     """
 
     def __init__(self, service: CoordinatorService, root: Path) -> None:
@@ -259,7 +259,7 @@ class BundleMirror:
                 os.link(source, staging / name)
             except OSError:
                 shutil.copyfile(source, staging / name)
-        publish_directory(staging, target)
+        os.replace(staging, target)
         return target
 
 
@@ -383,7 +383,8 @@ class _NativeRun:
             )
         self.service = CoordinatorService(
             store=store,
-            artifacts=ArtifactStore(state / "artifacts"),
+            # A temporary state directory is removed at the end: no write needs an fsync.
+            artifacts=ArtifactStore(state / "artifacts", durable=options.state_dir is not None),
             config=ServiceConfig(
                 task=manifest.task,
                 rounds=RoundConfig(
