@@ -95,6 +95,12 @@ def scale_with_squares(
     ``(CHUNK - 1) * 2**-24`` whatever the order of the float32 additions (positive terms),
     and with numpy 1.25's einsum (4-lane accumulators over blocks of 8192) at most about
     ``2**-13``, which :func:`trustworthy` sums hold."""
+    if vector.size <= CHUNK:  # most tensors: one chunk, no slicing
+        total = float(np.einsum("i,i->", vector, vector))
+        if not total <= max_squares:
+            return math.inf
+        np.multiply(vector, factor, out=out)
+        return total
     total = 0.0
     for start in range(0, vector.size, CHUNK):
         piece = vector[start : start + CHUNK]
