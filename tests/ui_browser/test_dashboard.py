@@ -261,6 +261,9 @@ def test_rollback_button_rolls_back_and_devices_then_get_the_previous_version(
     assert manifest["model_version"] == previous
     model = admin_request(dashboard.url, f"/v1/models/{previous}")
     assert sha256_of(bundle / "weights.safetensors") == model["artifacts"]["weights.safetensors"]
+    # the registry's history names the operator's token, as the REST API serves it too
+    rolled_back = [e for e in model["events"] if e["kind"] == "rolled_back"]
+    assert [e["actor"] for e in rolled_back] == [actor_id("admin", ADMIN_TOKEN)]
 
 
 def test_a_forged_post_without_the_csrf_token_is_refused_and_changes_nothing(
