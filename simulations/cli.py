@@ -142,7 +142,9 @@ bring your own:
 Every file is checked before any training; a problem is one error line and exit code 2.
 
 engines:
-  native  the coordinator service + edge clients in worker processes (--workers).
+  native  the coordinator service + edge clients in worker processes (--workers; without
+          it, in this process when the clients' training is estimated under 3 s from
+          the time of the initial test evaluation: starting workers would cost more).
   ray     the same, the edge clients on Ray actors (--workers of them): a local Ray with
           --workers CPUs, started and shut down by the run, or an existing cluster with
           --ray-address (needs Ray: pip install 'fedge[ray]').
@@ -401,7 +403,12 @@ def build_parser() -> ArgumentParser:
     byo.add_argument("--schedule-file", type=Path, default=None, metavar="FILE")
     out = parser.add_argument_group("execution and output")
     out.add_argument(
-        "--workers", type=int, default=2, metavar="W", help="worker processes (2; 1: in-process)"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="W",
+        help="worker processes (1: in-process; default: in-process when the clients' "
+        "training is small, else 2)",
     )
     out.add_argument(
         "--store",

@@ -3,6 +3,10 @@
 :func:`simulate` checks the settings (:mod:`simulations.settings`), prepares the scenario
 (:mod:`simulations.preparation`), runs the chosen engine and adds the baselines; nothing is
 written here. The CLI (:mod:`simulations.cli`) only parses, writes and prints.
+
+Settings without ``workers`` let :func:`simulate` choose (:func:`choose_workers`): the
+clients run in this process when their training is small, where starting worker
+processes would cost more than it saves, else in ``AUTO_WORKERS`` worker processes.
 """
 
 from __future__ import annotations
@@ -28,9 +32,18 @@ from simulations.scenario import Scenario, build_workload, initial_head
 from simulations.secure_stages import Dropout
 from simulations.settings import CheckedInputs, Settings, check_settings
 
-__all__ = ["run_engine", "simulate"]
+__all__ = ["AUTO_WORKERS", "IN_PROCESS_SECONDS", "choose_workers", "run_engine", "simulate"]
 
 logger = logging.getLogger(__name__)
+
+AUTO_WORKERS = 2
+"""Worker processes of a run whose clients' training is not small (and of the ray engine's
+actors) when the settings leave ``workers`` unset."""
+IN_PROCESS_SECONDS = 3.0
+"""The clients' estimated training time under which a run with ``workers`` unset runs
+them in this process: starting two worker processes costs about as much CPU time."""
+_TRAIN_COST = 3.0
+"""A training example's cost in units of an inference of it (forward, backward, update)."""
 
 
 def run_engine(
@@ -54,17 +67,41 @@ def run_engine(
             options,
             RayOptions(
                 address=settings.ray_address,
-                num_cpus=settings.workers,
-                actors=settings.workers,
+                num_cpus=settings.workers or AUTO_WORKERS,
+                actors=settings.workers or AUTO_WORKERS,
             ),
             progress=progress,
         )
     return run_native(scenario, options, progress=progress)
 
 
+def choose_workers(scenario: Scenario, settings: Settings, *, inference_seconds: float) -> int:
+    """``settings.workers``, or when it is unset: 1 (the clients in this process) if their
+    training is estimated under :data:`IN_PROCESS_SECONDS`, else :data:`AUTO_WORKERS`.
+
+    The estimate: every scheduled client's training rows times the local epochs (and, with
+    personalization, every client's rows times the personalization epochs), each at
+    ``_TRAIN_COST`` times ``inference_seconds``, the measured time of one test row's
+    inference. The ray engine always gets ``AUTO_WORKERS`` actors. The choice changes no
+    update; with several workers only the order in which the updates reach the
+    aggregator varies (float sums).
+    """
+    if settings.workers is not None:
+        return settings.workers
+    if settings.engine != "native":
+        return AUTO_WORKERS
+    rows = {client: len(split.train) for client, split in scenario.partition.items()}
+    examples = sum(rows[c] for participants in scenario.schedule for c in participants)
+    examples *= scenario.hyperparams.epochs
+    if settings.personalization:
+        examples += sum(rows.values()) * settings.personalize_epochs
+    estimate = examples * _TRAIN_COST * inference_seconds
+    return 1 if estimate < IN_PROCESS_SECONDS else AUTO_WORKERS
+
+
 def _native_options(settings: Settings) -> NativeOptions:
     return NativeOptions(
-        workers=settings.workers,
+        workers=settings.workers or AUTO_WORKERS,
         aggregator=settings.aggregator,
         aggregator_options=dict(settings.aggregator_options),
         server_optimizer=settings.server_optimizer,
@@ -157,7 +194,12 @@ def simulate(
     model = EdgeModel.load(scenario.bundle_dir)
     test_x, test_y = scenario.test_arrays()
     start = initial_head(scenario.bundle_dir)
+    evaluating = time.perf_counter()
     pretrained = evaluate_head(model, test_x, test_y, head=start)
+    inference = (time.perf_counter() - evaluating) / len(test_y)
+    settings = dataclasses.replace(
+        settings, workers=choose_workers(scenario, settings, inference_seconds=inference)
+    )
     say(
         f"{len(scenario.client_ids)} clients, {scenario.num_rounds} rounds on the "
         f"{settings.engine} engine"

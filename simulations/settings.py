@@ -85,7 +85,9 @@ class Settings:
     epochs: int = DEFAULT_EPOCHS
     learning_rate: float = DEFAULT_LEARNING_RATE
     batch_size: int = DEFAULT_DEVICE_BATCH
-    workers: int = 2
+    workers: int | None = None
+    """Worker processes of the clients (1: in this process); None: chosen by the run
+    (:func:`simulations.runner.choose_workers`: in this process for a small run, else 2)."""
     proxy_fraction: float = DEFAULT_PROXY_FRACTION
     test_fraction: float = 0.2
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
@@ -198,10 +200,10 @@ def check_settings(settings: Settings) -> CheckedInputs:
     the first problem found.
     """
     s = settings
-    for name in ("clients", "epochs", "batch_size", "workers", "personalize_epochs"):
+    for name in ("clients", "epochs", "batch_size", "personalize_epochs"):
         with about(name):
             check_int(getattr(s, name), name, low=1)
-    for name in ("rounds", "per_round", "pretrain_epochs"):
+    for name in ("rounds", "per_round", "pretrain_epochs", "workers"):
         if getattr(s, name) is not None:
             with about(name):
                 check_int(getattr(s, name), name, low=1)
