@@ -416,6 +416,7 @@ class _DPAggregator:
         self._strategy = strategy
         self._rng = rng
         self._sums = {n: np.zeros(a.shape, np.float64) for n, a in reference.items()}
+        self._term = {n: np.empty(a.shape, np.float64) for n, a in reference.items()}
         self._count = 0
         self._clients = 0.0
         self._clipped = 0
@@ -435,7 +436,9 @@ class _DPAggregator:
             self._clipped += norm > clip
             self._clients += 1.0
         for name, total in self._sums.items():
-            total += delta[name].astype(np.float64) * scale
+            # float64(x) * scale into one reused buffer: the bits of astype-then-multiply
+            np.multiply(delta[name], scale, out=self._term[name], dtype=np.float64)
+            total += self._term[name]
         self._count += 1
         self._norm_sum += norm
         self._norm_max = max(self._norm_max, norm)
