@@ -1,19 +1,16 @@
 """Summation kernels of the aggregation hot path: no BLAS, a fixed order, stated error bounds.
 
-Every kernel here walks its input in chunks of :data:`CHUNK` elements with numpy ufuncs only
-(no ``np.dot``), so the result and its time do not depend on BLAS or OpenMP thread settings,
-and the same inputs always give the same bits.
+Every kernel here walks its input in chunks of :data:`CHUNK` elements with numpy ufuncs and
+``np.einsum`` only (no ``np.dot``, no BLAS), so the result and its time do not depend on BLAS
+or OpenMP thread settings, and the same inputs always give the same bits.
 
 - :func:`sum_of_squares` is the exact-path norm: each square is exact in float64 (a float32
   has 24 significand bits, its square fits in 53) and numpy sums each chunk pairwise, so the
   relative error is at most about ``(log2(n) + 16) * 2**-53``.
-- :func:`fast_sum_of_squares` is a fast norm: float32 squares summed pairwise in float32 per
-  chunk, the chunks' sums added in float64. When the sum is :func:`trustworthy` (no square
-  overflowed, none that underflowed matters; otherwise the caller takes the exact path), the
-  relative error is at most ``(log2(CHUNK) + 17) * 2**-24`` (about 2e-6).
 - :func:`scale_with_squares` is the aggregation's one pass: the weighted term and the sum of
-  squares (``np.einsum``; relative error at most ``2**-13``) of each chunk while it is in
-  cache.
+  squares (``np.einsum`` in float32; relative error at most ``2**-13``) of each chunk while
+  it is in cache. Its sum is trusted only when :func:`trustworthy` (no square overflowed,
+  none that underflowed matters); otherwise the caller takes the exact path.
 - :class:`PairwiseSum` sums a stream of float32 vectors pairwise (Higham, "The accuracy of
   floating point summation", SIAM J. Sci. Comput. 14(4), 1993): a binary counter of partial
   sums, blocks of ``2**depth`` vectors flushed into one float64 vector. Each coordinate's
@@ -34,7 +31,6 @@ __all__ = [
     "CHUNK",
     "FLOAT32_UNIT_ROUNDOFF",
     "PairwiseSum",
-    "fast_sum_of_squares",
     "scale_with_squares",
     "sum_of_squares",
     "trustworthy",
@@ -64,20 +60,6 @@ def sum_of_squares(vector: Float32Array) -> float:
         piece = vector[start : start + CHUNK]
         squares = buffer[: piece.size]
         np.multiply(piece, piece, out=squares, dtype=np.float64)
-        total += float(np.add.reduce(squares))
-    return total
-
-
-def fast_sum_of_squares(vector: Float32Array, scratch: Float32Array) -> float:
-    """``sum(x**2)`` of a 1-D float32 vector from float32 squares (``scratch`` holds at least
-    ``min(len(vector), CHUNK)`` elements). Trust a sum of such sums only when
-    :func:`trustworthy`: NaN/Inf values, squares that overflow or tiny values need
-    :func:`sum_of_squares`."""
-    total = 0.0
-    for start in range(0, vector.size, CHUNK):
-        piece = vector[start : start + CHUNK]
-        squares = scratch[: piece.size]
-        np.multiply(piece, piece, out=squares)
         total += float(np.add.reduce(squares))
     return total
 
@@ -112,7 +94,7 @@ def scale_with_squares(
 
 
 def trustworthy(squares: float) -> bool:
-    """Whether a sum of :func:`fast_sum_of_squares` holds its stated error bound: finite (no
+    """Whether a sum of :func:`scale_with_squares` holds its stated error bound: finite (no
     NaN, Inf or overflowed square) and large enough that no underflowed square matters."""
     return math.isfinite(squares) and squares >= _FAST_SQUARES_FLOOR
 
