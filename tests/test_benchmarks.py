@@ -276,3 +276,46 @@ def test_aggregate_benchmark_quick_prints_fedavg_beside_saxpy_under_each_thread_
         assert rows[name][2:] == ["(vs", "saxpy;", "goal", "<=", "1.5)"], rows[name]
     assert "every coordinate within its bound: yes" in done.stdout
     assert lines[-1] == "same bits under every thread setting: yes"
+
+
+def test_simulate_benchmark_workloads_quick_prints_each_ratio_next_to_its_goal(
+    tmp_path: Path,
+) -> None:
+    # workload A only: B and C take the same path (tests/simulations/test_reference_parity.py
+    # runs all three), and each run here costs a process or two
+    results = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "simulate.py"),
+            "--workloads",
+            "A",
+            "--quick",
+            "--json",
+            str(results),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    table = next(
+        i for i, line in enumerate(lines) if line.split()[:3] == ["workload", "rounds", "floor"]
+    )
+    assert lines[table + 1].split()[:2] == ["A", "3"]
+    goals = next(i for i, line in enumerate(lines) if line.startswith("workload  wall (goal)"))
+    row = lines[goals + 1]
+    assert row.split()[0] == "A"
+    for goal in ("(<= 1.49 s)", "(<= 5x)", "(<= 200 MB)", "equal in 3/3 rounds"):
+        assert goal in row, row
+    assert not lines[goals + 2].startswith(("B ", "C "))
+    assert "Flower is not installed here" in done.stdout
+    workload = json.loads(results.read_text())["workloads"]["A"]
+    assert workload["equal_rounds"] == workload["rounds"] == 3
+    assert workload["fedge_accuracy"] == workload["floor_accuracy"]
+    assert workload["max_weights_diff"] < 1e-5
+    assert workload["floor_wall_seconds"] > 0
+    assert 0 < workload["floor_peak_rss"] < workload["fedge_peak_rss"]
