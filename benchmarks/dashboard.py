@@ -36,6 +36,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import secrets  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -408,8 +409,14 @@ def _login(url: str) -> requests.Session:
     from tests.support.coordinator import ADMIN_TOKEN
 
     session = requests.Session()
+    form = session.get(f"{url}/ui/login", timeout=30).text
+    found = re.search(r'name="csrf_token" value="([^"]+)"', form)
+    csrf = found.group(1) if found else ""
     answer = session.post(
-        f"{url}/ui/login", data={"token": ADMIN_TOKEN}, allow_redirects=False, timeout=30
+        f"{url}/ui/login",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf},
+        allow_redirects=False,
+        timeout=30,
     )
     if answer.status_code != 303 or "fedge_session" not in session.cookies:
         raise SystemExit(f"login failed: {answer.status_code} {answer.text[:200]}")

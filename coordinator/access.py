@@ -51,23 +51,33 @@ def require_admin(state: RestState, authorization: str | None) -> None:
     raise PermissionDeniedError("this endpoint needs the admin token", code="admin_required")
 
 
-def require_client(state: RestState, authorization: str | None) -> ClientRecord:
-    """The registered client whose token this is (never the admin)."""
+def require_client(
+    state: RestState, authorization: str | None, transport: str = "rest"
+) -> ClientRecord:
+    """The registered client whose token this is (never the admin); the call is noted as
+    the client's last seen over ``transport`` (:meth:`CoordinatorService.client_seen`)."""
     token = bearer_token(authorization)
     if is_admin(state, token):
         raise PermissionDeniedError(
             "this endpoint needs a client token, not the admin token",
             code="client_token_required",
         )
-    return state.service.authenticate(token)
+    client = state.service.authenticate(token)
+    state.service.client_seen(client, transport)
+    return client
 
 
-def require_reader(state: RestState, authorization: str | None) -> ClientRecord | None:
-    """Downloads: any client (returned), or the admin (None)."""
+def require_reader(
+    state: RestState, authorization: str | None, transport: str = "rest"
+) -> ClientRecord | None:
+    """Downloads: any client (returned, and noted as seen like :func:`require_client`),
+    or the admin (None)."""
     token = bearer_token(authorization)
     if is_admin(state, token):
         return None
-    return state.service.authenticate(token)
+    client = state.service.authenticate(token)
+    state.service.client_seen(client, transport)
+    return client
 
 
 def require_enrollment(state: RestState, authorization: str | None, remote_addr: str) -> None:

@@ -117,8 +117,11 @@ def list_clients(service: CoordinatorService) -> Document:
     return {"clients": [client_document(c) for c in service.store.list_clients()]}
 
 
-def revoke_client(service: CoordinatorService, client_id: str) -> Document:
-    return client_document(service.revoke_client(client_id))
+def revoke_client(
+    service: CoordinatorService, client_id: str, *, actor: str | None = None
+) -> Document:
+    """``actor``: the operator's token id, recorded on the registry event."""
+    return client_document(service.revoke_client(client_id, actor=actor))
 
 
 def create_enrollment_token(service: CoordinatorService, body: Mapping[str, Any]) -> Document:
@@ -230,9 +233,12 @@ def list_quarantine(service: CoordinatorService, query: Query) -> Document:
     return {"updates": [update_document(u) for u in updates]}
 
 
-def release_quarantine(service: CoordinatorService, client_id: str) -> Document:
-    """Release a client's quarantined updates; the updates released (none: ``[]``)."""
-    released = service.release_quarantine(client_id)
+def release_quarantine(
+    service: CoordinatorService, client_id: str, *, actor: str | None = None
+) -> Document:
+    """Release a client's quarantined updates; the updates released (none: ``[]``).
+    ``actor`` as for :func:`revoke_client`."""
+    released = service.release_quarantine(client_id, actor=actor)
     return {"client_id": client_id, "released": [update_document(u) for u in released]}
 
 

@@ -122,6 +122,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX updates_by_quarantine ON updates (quarantine, client_id);
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE client_presence (client_id TEXT PRIMARY KEY,
+                                      seen_at DOUBLE PRECISION NOT NULL,
+                                      transport TEXT NOT NULL);
+        """,
+    ),
 )
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -670,3 +678,24 @@ class PostgresStore:
             "WHERE client_id = ANY(%s) GROUP BY client_id)"
         )
         return {u.client_id: u for u in self._all(UpdateRecord, sql, (wanted,))}
+
+    def set_client_seen(self, client_id: str, at: float, transport: str) -> None:
+        # One upsert is atomic on its own: it needs neither the write lock nor a transaction.
+        with self._reader() as conn:
+            conn.execute(
+                b"INSERT INTO client_presence VALUES (%s, %s, %s) ON CONFLICT (client_id) "
+                b"DO UPDATE SET seen_at = excluded.seen_at, transport = excluded.transport",
+                (client_id, float(at), transport),
+            )
+
+    def clients_seen(self, client_ids: Collection[str]) -> dict[str, tuple[float, str]]:
+        wanted = list(client_ids)
+        if not wanted:
+            return {}
+        with self._reader() as conn:
+            rows = conn.execute(
+                b"SELECT client_id, seen_at, transport FROM client_presence "
+                b"WHERE client_id = ANY(%s)",
+                (wanted,),
+            ).fetchall()
+        return {str(c): (float(at), str(t)) for c, at, t in rows}

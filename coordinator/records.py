@@ -307,9 +307,11 @@ class ModelRecord(_Record):
 @dataclass(frozen=True)
 class ModelEvent(_Record):
     """A registry event: registered, promoted, rolled_back, archived, rejected (by the
-    gate; ``detail`` holds the reason). ``actor`` names the operator's token of a promotion
-    or rollback an operator asked for (``admin:<first 12 hex of sha256(token)>``); None
-    for what the coordinator did itself."""
+    gate; ``detail`` holds the reason), or an operator's action on a client,
+    client_revoked or quarantine_released (``version`` is then ``""`` and ``detail`` starts
+    with ``client <id>``). ``actor`` names the operator's token of a promotion, rollback,
+    revocation or release an operator asked for (``admin:<first 12 hex of
+    sha256(token)>``); None for what the coordinator did itself."""
 
     seq: int
     version: str

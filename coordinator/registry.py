@@ -33,7 +33,7 @@ from fedge.errors import ConfigError, SignatureError
 from fedge.signing import key_id, read_signature_file, verify_manifest
 from fedge.weights import Weights
 
-__all__ = ["SERVER_STATE", "SOURCE_MANIFEST", "ModelRegistry", "iso_time"]
+__all__ = ["CLIENT_EVENTS", "SERVER_STATE", "SOURCE_MANIFEST", "ModelRegistry", "iso_time"]
 
 logger = logging.getLogger(__name__)
 SERVER_STATE = "server_state"
@@ -41,6 +41,8 @@ SOURCE_MANIFEST = "source_manifest"
 _CACHE_SIZE = 8
 _PRODUCTION_CHANGES = ("promoted", "rolled_back")
 """The events that name the version that became production."""
+CLIENT_EVENTS = ("client_revoked", "quarantine_released")
+"""The history's events about a client rather than a version (their version is ``""``)."""
 
 
 def iso_time(seconds: float) -> str:
@@ -125,7 +127,23 @@ class ModelRegistry:
         return weights
 
     def events(self, version: str | None = None) -> list[ModelEvent]:
+        """The history of ``version``; all of it when None (``""``: the operators' actions
+        on clients, :data:`CLIENT_EVENTS`)."""
         return self._store.list_model_events(version)
+
+    def record_client_action(
+        self, kind: str, client_id: str, *, detail: str = "", actor: str | None = None
+    ) -> ModelEvent:
+        """Record an action on a client in the registry's history (one audit log for
+        models and clients): an event of ``kind`` (one of :data:`CLIENT_EVENTS`) with no
+        version (``""``), ``client <id>`` and ``detail`` as its detail, and ``actor`` the
+        operator's token id (None: the coordinator itself or a local command)."""
+        if kind not in CLIENT_EVENTS:
+            raise ValueError(f"kind must be one of {CLIENT_EVENTS}, got {kind!r}")
+        text = f"client {client_id}" + (f": {detail}" if detail else "")
+        return self._store.add_model_event(
+            ModelEvent(0, "", kind, self._now(), detail=text, actor=actor)
+        )
 
     # Writing ------------------------------------------------------------------------------
 

@@ -80,6 +80,10 @@ logger = logging.getLogger(__name__)
 _MAX_ROUND_ID = 1 << 63
 MAX_DECLINE_REASON = 500
 """The longest reason a client may give for declining a task."""
+SEEN_WRITE_SECONDS = 60.0
+"""A client's last-seen time is written to the store at most this often (or when its
+transport changes): the dashboard's "last seen" is that much late at most."""
+_SEEN_CACHE = 1_000_000
 _PROPOSED_TOKEN = re.compile(r"fedge_[A-Za-z0-9_-]{43}")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}")
 
@@ -164,6 +168,8 @@ class CoordinatorService:
         self.config = config
         self.now = now
         self._lock = threading.RLock()
+        self._seen: dict[str, tuple[float, str]] = {}  # client id -> (written at, transport)
+        self._seen_lock = threading.Lock()
         # Which replica ticks: the server sets it (coordinator.leadership); alone, always.
         self.leadership: Leadership = SoleLeadership()
         self.registry = ModelRegistry(store, artifacts, now, signer)
@@ -303,9 +309,30 @@ class CoordinatorService:
             )
         return client
 
-    def revoke_client(self, client_id: str) -> ClientRecord:
+    def client_seen(self, client: ClientRecord, transport: str) -> None:
+        """Note an authenticated call of ``client`` over ``transport`` (``rest``/``grpc``):
+        written to the store (:meth:`Store.set_client_seen`) when this process has not
+        written one for it in :data:`SEEN_WRITE_SECONDS` or its transport changed, so a
+        client polling every second costs one write a minute. A store error is logged,
+        never the caller's."""
+        now = self.now()
+        with self._seen_lock:
+            last = self._seen.get(client.client_id)
+            if last is not None and last[1] == transport and now - last[0] < SEEN_WRITE_SECONDS:
+                return
+            if last is None and len(self._seen) >= _SEEN_CACHE:
+                self._seen.clear()
+            self._seen[client.client_id] = (now, transport)
+        try:
+            self.store.set_client_seen(client.client_id, now, transport)
+        except FedgeError as exc:
+            logger.warning("could not record that client %s was seen: %s", client.client_id, exc)
+
+    def revoke_client(self, client_id: str, *, actor: str | None = None) -> ClientRecord:
         """Revoke a client: its token stops working at once, it is never selected again, and
-        its pending tasks expire (a round waiting on it closes without it)."""
+        its pending tasks expire (a round waiting on it closes without it). The revocation
+        is a ``client_revoked`` event of the registry's history, with ``actor`` (the
+        operator's token id) on it; revoking a revoked client again changes nothing."""
         with self._lock:
             client = self.store.get_client(client_id)
             if client is None:
@@ -317,7 +344,8 @@ class CoordinatorService:
                 self.store.save_client(revoked)
                 for task in self.store.list_tasks(client_id=client_id, status="pending"):
                     self.store.save_task(dataclasses.replace(task, status="expired"))
-            logger.warning("revoked client %s", client_id)
+                self.registry.record_client_action("client_revoked", client_id, actor=actor)
+            logger.warning("revoked client %s (%s)", client_id, actor or "coordinator")
             return revoked
 
     def rotate_client_token(self, client: ClientRecord, proposed: str | None = None) -> str:
@@ -937,13 +965,23 @@ class CoordinatorService:
             self._client(client_id)
         return self.store.list_quarantined_updates(client_id)
 
-    def release_quarantine(self, client_id: str) -> list[UpdateRecord]:
+    def release_quarantine(self, client_id: str, *, actor: str | None = None) -> list[UpdateRecord]:
         """Release the client's quarantined updates (:meth:`Quarantine.release`): they count
         again, in their round when it is still to be aggregated, and the client's later
-        updates are judged by its next statistics. Returns the released updates."""
+        updates are judged by its next statistics. Returns the released updates. A release
+        of at least one update is a ``quarantine_released`` event of the registry's
+        history, with ``actor`` (the operator's token id) on it."""
         with self._lock:
             self._client(client_id)
             released = self.quarantine.release(client_id)
+            if released:
+                rounds = ", ".join(str(u.round_id) for u in released)
+                self.registry.record_client_action(
+                    "quarantine_released",
+                    client_id,
+                    detail=f"{len(released)} update(s) of round(s) {rounds}",
+                    actor=actor,
+                )
         self.tick()
         return released
 

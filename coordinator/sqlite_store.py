@@ -101,6 +101,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX updates_by_quarantine ON updates (quarantine, client_id);
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE client_presence (client_id TEXT PRIMARY KEY, seen_at REAL NOT NULL,
+                                      transport TEXT NOT NULL);
+        """,
+    ),
 )
 
 
@@ -625,3 +632,24 @@ class SQLiteStore:
             f"WHERE client_id IN ({marks}) GROUP BY client_id)"
         )
         return {u.client_id: u for u in self._all(UpdateRecord, sql, wanted)}
+
+    def set_client_seen(self, client_id: str, at: float, transport: str) -> None:
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO client_presence VALUES (?, ?, ?) ON CONFLICT (client_id) "
+                "DO UPDATE SET seen_at = excluded.seen_at, transport = excluded.transport",
+                (client_id, float(at), transport),
+            )
+
+    def clients_seen(self, client_ids: Collection[str]) -> dict[str, tuple[float, str]]:
+        wanted = tuple(client_ids)
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        sql = (
+            "SELECT client_id, seen_at, transport FROM client_presence "  # noqa: S608
+            f"WHERE client_id IN ({marks})"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, wanted).fetchall()
+        return {str(c): (float(at), str(t)) for c, at, t in rows}

@@ -168,6 +168,16 @@ class Store(Protocol):
         """The last update received from each of ``client_ids`` (those that sent one)."""
         ...
 
+    # Presence: when each client last called, and over which transport.
+    def set_client_seen(self, client_id: str, at: float, transport: str) -> None:
+        """Record that ``client_id`` made an authenticated call at ``at`` over
+        ``transport`` (``rest`` or ``grpc``); an earlier record of it is replaced."""
+        ...
+
+    def clients_seen(self, client_ids: Collection[str]) -> dict[str, tuple[float, str]]:
+        """``(last seen, transport)`` of each of ``client_ids`` that was seen."""
+        ...
+
 
 _MISSING: Any = object()
 
@@ -212,6 +222,7 @@ class MemoryStore:
             )
         }
         self._logs: dict[str, list[Any]] = {"rejections": [], "events": [], "alerts": []}
+        self._seen: dict[str, tuple[float, str]] = {}
         self._index: dict[str, dict[str, dict[Hashable, dict[Any, None]]]] = {
             table: {name: {} for name in indexes} for table, indexes in _INDEXES.items()
         }
@@ -614,6 +625,14 @@ class MemoryStore:
                 if update.client_id in wanted:
                     latest[update.client_id] = update
         return latest
+
+    def set_client_seen(self, client_id: str, at: float, transport: str) -> None:
+        with self._lock:
+            self._seen[client_id] = (float(at), transport)
+
+    def clients_seen(self, client_ids: Collection[str]) -> dict[str, tuple[float, str]]:
+        with self._lock:
+            return {c: self._seen[c] for c in client_ids if c in self._seen}
 
 
 def open_store(url: str) -> Store:

@@ -30,7 +30,7 @@ def list_clients() -> Any:
 
 @admin.post("/v1/clients/<client_id>/revoke")
 def revoke_client(client_id: str) -> Any:
-    return admin_api.revoke_client(current_state().service, client_id)
+    return admin_api.revoke_client(current_state().service, client_id, actor=_actor())
 
 
 @admin.post("/v1/enrollment-tokens")
@@ -107,7 +107,7 @@ def list_quarantine() -> Any:
 
 @admin.post("/v1/quarantine/<client_id>/release")
 def release_quarantine(client_id: str) -> Any:
-    return admin_api.release_quarantine(current_state().service, client_id)
+    return admin_api.release_quarantine(current_state().service, client_id, actor=_actor())
 
 
 @admin.get("/v1/alerts")

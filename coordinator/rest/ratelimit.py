@@ -1,4 +1,5 @@
-"""Token buckets for registrations: one per source address and one for the whole server.
+"""Token buckets for registrations (and the dashboard's failed logins): one per source
+address and one for the whole server.
 
 A bucket holds at most ``burst`` tokens and gains ``rate`` a second; a registration takes
 one token from its address's bucket and one from the server's, or is refused with the
@@ -64,6 +65,23 @@ class RegistrationLimiter:
                 self._total.tokens -= 1.0
             self._remember(address, bucket, now)
             return wait
+
+    def wait(self, address: str) -> float:
+        """The seconds until :meth:`acquire` for ``address`` would succeed (0.0: now);
+        takes nothing. For limits that count only some calls (failed logins): ask
+        :meth:`wait` first, :meth:`acquire` when the call counts."""
+        limit = self.limit
+        with self._lock:
+            now = self._clock()
+            total = min(
+                float(limit.total_burst),
+                self._total.tokens + (now - self._total.updated) * limit.total,
+            )
+            bucket = self._addresses.get(address)
+            tokens = float(limit.per_address_burst)
+            if bucket is not None:
+                tokens = min(tokens, bucket.tokens + (now - bucket.updated) * limit.per_address)
+            return max((1.0 - tokens) / limit.per_address, (1.0 - total) / limit.total, 0.0)
 
     def _remember(self, address: str, bucket: _Bucket, now: float) -> None:
         self._addresses[address] = bucket

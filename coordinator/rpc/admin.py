@@ -42,7 +42,8 @@ ADMIN_SERVICE = "fedge.v1.Admin"
 @dataclass(frozen=True)
 class AdminCall:
     """A decoded :class:`AdminRequest`: the path id, the JSON body, the query parameters,
-    and the admin token's id (``actor``, recorded by promotions and rollbacks)."""
+    and the admin token's id (``actor``, recorded by promotions, rollbacks, revocations and
+    quarantine releases)."""
 
     id: str
     body: Mapping[str, Any]
@@ -69,7 +70,9 @@ def _round_id(call: AdminCall) -> int:
 
 ADMIN_METHODS: Mapping[str, _Method] = {
     "ListClients": _Method(lambda s, c: admin_api.list_clients(s)),
-    "RevokeClient": _Method(lambda s, c: admin_api.revoke_client(s, c.id), id="a client id"),
+    "RevokeClient": _Method(
+        lambda s, c: admin_api.revoke_client(s, c.id, actor=c.actor), id="a client id"
+    ),
     "CreateEnrollmentToken": _Method(
         lambda s, c: admin_api.create_enrollment_token(s, c.body), body=True
     ),
@@ -92,7 +95,7 @@ ADMIN_METHODS: Mapping[str, _Method] = {
         lambda s, c: admin_api.list_quarantine(s, c.query), query=frozenset({"client_id"})
     ),
     "ReleaseQuarantine": _Method(
-        lambda s, c: admin_api.release_quarantine(s, c.id), id="a client id"
+        lambda s, c: admin_api.release_quarantine(s, c.id, actor=c.actor), id="a client id"
     ),
     "ListAlerts": _Method(
         lambda s, c: admin_api.list_alerts(s, c.query), query=frozenset({"kind", "since"})

@@ -210,7 +210,7 @@ class FleetServicer:
         return self._state.service
 
     def _client(self, context: grpc.ServicerContext) -> ClientRecord:
-        return require_client(self._state, metadata_value(context, "authorization"))
+        return require_client(self._state, metadata_value(context, "authorization"), "grpc")
 
     def _small(self, request: Any, what: str) -> None:
         """A control message is held to REST's JSON body limit."""
@@ -262,7 +262,7 @@ class FleetServicer:
     def download_file(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        client = require_reader(self._state, metadata_value(context, "authorization"))
+        client = require_reader(self._state, metadata_value(context, "authorization"), "grpc")
         service = self._service
         name = device_api.check_bundle_file_name(request.name)
         file = device_api.model_file(service, request.version, name)

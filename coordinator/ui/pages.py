@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from coordinator.records import ModelRecord, RoundRecord
+from coordinator.records import ClientRecord, ModelRecord, RoundRecord
 from coordinator.service import CoordinatorService
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "clients_page",
     "data_page",
     "drift_by_feature",
+    "falling_behind",
     "feature_summary",
     "models_page",
     "overview",
@@ -38,6 +39,7 @@ MAX_PER_PAGE = 200
 _CHART_ROUNDS = 500
 _THROUGHPUT_ROUNDS = 10
 _LINEAGE_DEPTH = 20
+_CLIENT_EVENTS = 20
 T = TypeVar("T")
 
 
@@ -205,7 +207,23 @@ def models_page(service: CoordinatorService, number: int, per_page: int) -> dict
     }
 
 
-def clients_page(service: CoordinatorService, number: int, per_page: int) -> dict[str, Any]:
+def falling_behind(
+    client: ClientRecord, seen: tuple[float, str] | None, now: float, behind_seconds: float
+) -> bool:
+    """Whether a client (not revoked) has made no call for more than ``behind_seconds``:
+    since it was last seen, or since it registered when it never was."""
+    if client.revoked:
+        return False
+    last = seen[0] if seen is not None else client.registered_at
+    return now - last > behind_seconds
+
+
+def clients_page(
+    service: CoordinatorService, number: int, per_page: int, *, behind_seconds: float = 600.0
+) -> dict[str, Any]:
+    """The page's clients with their last update, last seen and transport (``seen``), the
+    ids of those falling behind (:func:`falling_behind`), and the history's last actions
+    on clients (``client_events``, newest last)."""
     store = service.store
     total = store.count_clients()
     number, offset = _page_of(total, number, per_page)
@@ -213,10 +231,21 @@ def clients_page(service: CoordinatorService, number: int, per_page: int) -> dic
     for update in store.list_quarantined_updates():
         held[update.client_id] = held.get(update.client_id, 0) + 1
     clients = store.page_clients(offset=offset, limit=per_page)
+    ids = [c.client_id for c in clients]
+    seen = store.clients_seen(ids)
+    now = service.now()
     return {
         "page": Page(clients, number, per_page, total),
         "quarantined": held,
-        "latest": store.latest_updates([c.client_id for c in clients]),
+        "latest": store.latest_updates(ids),
+        "seen": seen,
+        "behind": {
+            c.client_id
+            for c in clients
+            if falling_behind(c, seen.get(c.client_id), now, behind_seconds)
+        },
+        "behind_seconds": behind_seconds,
+        "client_events": service.model_events("")[-_CLIENT_EVENTS:],
     }
 
 

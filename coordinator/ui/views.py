@@ -9,7 +9,10 @@ routes, with the operator's token id as the actor.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from typing import Any, cast
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request
@@ -18,7 +21,14 @@ from coordinator.auth import actor_id, token_matches
 from coordinator.errors import describe
 from coordinator.rest.state import current_state
 from coordinator.ui import pages
-from coordinator.ui.app import COOKIE, UI_PREFIX, current_session, set_session, ui_state
+from coordinator.ui.app import (
+    COOKIE,
+    LOGIN_COOKIE,
+    UI_PREFIX,
+    current_session,
+    set_session,
+    ui_state,
+)
 from coordinator.ui.charts import bar_chart, line_chart
 from coordinator.ui.sessions import Role
 from fedge.errors import FedgeError
@@ -38,6 +48,7 @@ ui = Blueprint(
 
 _OPEN_ENDPOINTS = frozenset({"ui.login_form", "ui.login", "ui.static"})
 _MAX_TOKEN = 512
+_LOGIN_FORM_SECONDS = 3600
 _SVG = "image/svg+xml"
 
 
@@ -123,11 +134,44 @@ def _paging() -> tuple[int, int] | Response:
 # Login ------------------------------------------------------------------------------------
 
 
+def _login_signature(nonce: str) -> str:
+    return hmac.new(ui_state().login_key, nonce.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _login_page(error: str | None, status: int = 200) -> Response:
+    """The login form with a fresh pre-session CSRF token: a random nonce in the
+    ``fedge_login`` cookie (HttpOnly, SameSite=Strict, path /ui/login) and its HMAC under
+    this app's secret key in the form, so only a form this server gave the same browser
+    can log in (a signed double-submit cookie)."""
+    nonce = secrets.token_urlsafe(32)
+    response = make_response(_render("login.html", error=error, login_csrf=_login_signature(nonce)))
+    response.status_code = status
+    state = ui_state()
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=_LOGIN_FORM_SECONDS,
+        path=f"{UI_PREFIX}/login",
+        secure=state.config.secure_cookie or request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+def _login_csrf_matches() -> bool:
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    sent = request.form.get("csrf_token", "")
+    if not nonce or not sent or len(nonce) > _MAX_TOKEN or len(sent) > _MAX_TOKEN:
+        return False
+    return hmac.compare_digest(sent.encode(), _login_signature(nonce).encode())
+
+
 @ui.get("/login")
 def login_form() -> Any:
     if current_session() is not None:
         return _see_other(f"{UI_PREFIX}/")
-    return _render("login.html", error=None)
+    return _login_page(None)
 
 
 def _role_of(token: str) -> Role | None:
@@ -142,14 +186,27 @@ def _role_of(token: str) -> Role | None:
 
 @ui.post("/login")
 def login() -> Any:
+    """Log in: the form's pre-session CSRF token must match its cookie (403 otherwise);
+    an address past its failed-login limit is refused 429 (``Retry-After``) before its
+    token is looked at; an unknown token is a 401 and counts as a failed login."""
+    state = ui_state()
+    address = request.remote_addr or "unknown"
+    wait = state.logins.wait(address)
+    if wait > 0:
+        seconds = state.logins.retry_after(wait)
+        logger.warning("dashboard: a login from %s was refused: too many failed logins", address)
+        response = _login_page(f"too many failed logins: retry in {seconds} s", 429)
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    if not _login_csrf_matches():
+        logger.warning("dashboard: a login without this server's form token was refused")
+        return _login_page("the login form expired or did not come from this server: retry", 403)
     token = request.form.get("token", "").strip()
     role = _role_of(token) if 0 < len(token) <= _MAX_TOKEN else None
     if role is None:
+        state.logins.acquire(address)
         logger.warning("dashboard: a login with an unknown token was refused")
-        response = make_response(_render("login.html", error="unknown token"))
-        response.status_code = 401
-        return response
-    state = ui_state()
+        return _login_page("unknown token", 401)
     state.sessions.drop(request.cookies.get(COOKIE))  # a login never reuses a session id
     session_id, session = state.sessions.create(role, actor_id(role, token))
     logger.info("dashboard: %s logged in", session.actor)
@@ -162,6 +219,9 @@ def login() -> Any:
         secure=state.config.secure_cookie or request.is_secure,
         httponly=True,
         samesite="Strict",
+    )
+    response.delete_cookie(
+        LOGIN_COOKIE, path=f"{UI_PREFIX}/login", httponly=True, samesite="Strict"
     )
     return response
 
@@ -216,7 +276,12 @@ def clients() -> Any:
     if isinstance(paging, Response):
         return paging
     service = current_state().service
-    return _render("clients.html", title="Clients", **pages.clients_page(service, *paging))
+    behind = ui_state().config.behind_seconds
+    return _render(
+        "clients.html",
+        title="Clients",
+        **pages.clients_page(service, *paging, behind_seconds=behind),
+    )
 
 
 @ui.get("/data")
@@ -328,8 +393,7 @@ def revoke(client_id: str) -> Any:
     actor = _require_admin()
     if not actor:
         return _viewer_refused()
-    current_state().service.revoke_client(client_id)
-    logger.warning("dashboard: %s revoked client %s", actor, client_id)
+    current_state().service.revoke_client(client_id, actor=actor)
     return _see_other(f"{UI_PREFIX}/clients")
 
 
@@ -338,11 +402,5 @@ def release(client_id: str) -> Any:
     actor = _require_admin()
     if not actor:
         return _viewer_refused()
-    released = current_state().service.release_quarantine(client_id)
-    logger.warning(
-        "dashboard: %s released %d quarantined update(s) of client %s",
-        actor,
-        len(released),
-        client_id,
-    )
+    current_state().service.release_quarantine(client_id, actor=actor)
     return _see_other(f"{UI_PREFIX}/clients")

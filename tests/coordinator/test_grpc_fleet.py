@@ -26,6 +26,7 @@ from coordinator.limits import GrpcLimits
 from coordinator.rest import ApiConfig, create_app
 from coordinator.rpc.fleet import peer_address
 from coordinator.rpc.server import start_grpc_server
+from coordinator.sqlite_store import SQLiteStore
 from fedge.messages import EvalReport, FeatureBatch, StatsReport, encode_message
 from fedge.protocol import fleet_pb2 as pb
 from fedge.protocol.codec import to_document, to_proto
@@ -230,6 +231,22 @@ def test_registration_and_signing_keys_over_grpc_equal_the_rest_answers(
     log = server.log()
     assert f"gRPC on {server.coordinator.grpc_url}" in log
     assert over_grpc["token"] not in log
+
+
+def test_each_clients_last_call_is_recorded_with_its_transport(
+    tmp_path: Path, server: ServerProcess, fleet: Fleet
+) -> None:
+    over_grpc = fleet.register(region="north")
+    over_rest = rest("POST", f"{server.url}/v1/clients", json={"region": "south"}).json()
+    fleet.next_task(over_grpc["token"])  # a task or a retry-after: either is a call
+    assert rest("GET", f"{server.url}/v1/tasks/next", over_rest["token"]).status_code in (200, 204)
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        seen = store.clients_seen([over_grpc["client_id"], over_rest["client_id"]])
+    finally:
+        store.close()
+    assert seen[over_grpc["client_id"]][1] == "grpc"
+    assert seen[over_rest["client_id"]][1] == "rest"
 
 
 def test_a_round_with_a_grpc_device_and_a_rest_device_commits(

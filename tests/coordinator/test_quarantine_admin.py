@@ -18,6 +18,7 @@ import grpc
 import pytest
 import requests
 
+from coordinator.auth import hash_token
 from coordinator.cli import main
 from coordinator.sqlite_store import SQLiteStore
 from fedge.protocol import fleet_pb2 as pb
@@ -138,6 +139,25 @@ def test_releasing_a_client_counts_its_updates_again(world: World) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     missing = world.rest("POST", "/v1/quarantine/c-nobody/release")
     assert missing.status_code == 404
+
+
+def test_releases_and_revocations_are_history_entries_with_the_operator(
+    world: World, tmp_path: Path
+) -> None:
+    assert len(world.rest("POST", f"/v1/quarantine/{world.held}/release").json()["released"]) == 1
+    assert world.call("RevokeClient", id=world.other)["revoked_at"] is not None
+    assert world.rest("POST", f"/v1/clients/{world.held}/revoke").status_code == 200
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        events = store.list_model_events("")
+    finally:
+        store.close()
+    actor = "admin:" + hash_token(ADMIN_TOKEN)[:12]
+    assert [(e.kind, e.detail.split(":")[0], e.actor) for e in events] == [
+        ("quarantine_released", f"client {world.held}", actor),
+        ("client_revoked", f"client {world.other}", actor),
+        ("client_revoked", f"client {world.held}", actor),
+    ]
 
 
 def test_quarantine_list_and_release_on_the_command_line(

@@ -625,3 +625,23 @@ def test_latest_updates_are_each_clients_last(store: Store) -> None:
     assert store.latest_updates(["c1", "c3"]) == {"c1": last}
     assert store.latest_updates(["c2"])["c2"].round_id == 1
     assert store.latest_updates([]) == {}
+
+
+def test_clients_seen_keeps_each_clients_last_call_and_transport(store: Store) -> None:
+    store.add_client(_client(1))
+    assert store.clients_seen(["c1"]) == {}
+    store.set_client_seen("c1", 10.0, "rest")
+    store.set_client_seen("c2", 11.0, "grpc")
+    store.set_client_seen("c1", 70.5, "grpc")
+    assert store.clients_seen(["c1", "c2", "c3"]) == {"c1": (70.5, "grpc"), "c2": (11.0, "grpc")}
+    assert store.clients_seen([]) == {}
+
+
+def test_client_events_are_in_the_history_but_no_versions(store: Store) -> None:
+    model_event = store.add_model_event(ModelEvent(0, "v1", "registered", 1.0))
+    revoked = store.add_model_event(
+        ModelEvent(0, "", "client_revoked", 2.0, detail="client c1", actor="admin:0123456789ab")
+    )
+    assert store.list_model_events("v1") == [model_event]
+    assert store.list_model_events("") == [revoked]
+    assert store.list_model_events()[-1].actor == "admin:0123456789ab"

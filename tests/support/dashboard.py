@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from coordinator.auth import hash_token
 from coordinator.rest import ApiConfig, create_app
@@ -28,13 +29,21 @@ class Dashboard:
     client_ids: tuple[str, ...]
 
     def login(self, token: str) -> FlaskClient:
+        """A browser logged in with ``token`` through the login form."""
         browser = self.app.test_client()
-        answer = browser.post("/ui/login", data={"token": token})
+        answer = login_post(browser, token)
         assert answer.status_code == 303, answer.get_data(as_text=True)
         return browser
 
     def production(self) -> str:
         return self.service.registry.production().version
+
+
+def login_post(browser: FlaskClient, token: str) -> TestResponse:
+    """Load the login form (its pre-session CSRF cookie and token), then post ``token``."""
+    return browser.post(
+        "/ui/login", data={"token": token, "csrf_token": csrf_of(browser, "/ui/login")}
+    )
 
 
 def csrf_of(browser: FlaskClient, page: str = "/ui/") -> str:

@@ -7,10 +7,11 @@ import re
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from coordinator.ui.app import CONTENT_SECURITY_POLICY
 from tests.support.coordinator import ADMIN_TOKEN
-from tests.support.dashboard import VIEWER_TOKEN, Dashboard, csrf_of
+from tests.support.dashboard import VIEWER_TOKEN, Dashboard, csrf_of, login_post
 
 PAGES = ("/ui/", "/ui/rounds", "/ui/models", "/ui/clients", "/ui/data", "/ui/alerts")
 ACTIONS = (
@@ -46,20 +47,24 @@ def test_an_action_without_a_session_is_refused_and_changes_nothing(dashboard: D
     assert _state(dashboard) == before
 
 
+def _session_cookies(answer: TestResponse) -> list[str]:
+    return [c for c in answer.headers.getlist("Set-Cookie") if c.startswith("fedge_session=")]
+
+
 def test_an_unknown_token_gets_no_session(dashboard: Dashboard) -> None:
     browser = dashboard.app.test_client()
-    answer = browser.post("/ui/login", data={"token": ADMIN_TOKEN + "x"})
+    answer = login_post(browser, ADMIN_TOKEN + "x")
     assert answer.status_code == 401
     assert "unknown token" in answer.get_data(as_text=True)
-    assert "Set-Cookie" not in answer.headers
+    assert _session_cookies(answer) == []
     assert browser.get("/ui/").status_code == 303
 
 
 def test_login_sets_an_httponly_strict_cookie_that_holds_no_token(dashboard: Dashboard) -> None:
-    answer = dashboard.app.test_client().post("/ui/login", data={"token": ADMIN_TOKEN})
+    answer = login_post(dashboard.app.test_client(), ADMIN_TOKEN)
     assert answer.status_code == 303
     assert answer.headers["Location"] == "/ui/"
-    cookie = answer.headers["Set-Cookie"]
+    [cookie] = _session_cookies(answer)
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
     assert {"httponly", "path", "max-age"} <= attributes
     assert "SameSite=Strict" in cookie

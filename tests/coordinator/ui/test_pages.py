@@ -16,7 +16,7 @@ from coordinator.records import AlertRecord, ClientRecord, ReportRecord
 from coordinator.rest import ApiConfig, create_app
 from coordinator.ui import UiConfig
 from tests.support.coordinator import ADMIN_TOKEN, bearer, build_service, training_stats
-from tests.support.dashboard import Dashboard, csrf_of
+from tests.support.dashboard import Dashboard, csrf_of, login_post
 
 ADMIN_ACTOR = "admin:" + hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()[:12]
 
@@ -175,7 +175,7 @@ def _rows(html: str) -> list[str]:
 
 def test_lists_paginate(crowded: Flask) -> None:
     browser = crowded.test_client()
-    assert browser.post("/ui/login", data={"token": ADMIN_TOKEN}).status_code == 303
+    assert login_post(browser, ADMIN_TOKEN).status_code == 303
     first = browser.get("/ui/clients").get_data(as_text=True)
     assert _rows(first) == [f"c{n:04d}" for n in range(50)]
     assert '<a rel="next" href="/ui/clients?page=2">' in first

@@ -21,6 +21,12 @@ from tests.support.coordinator import (
 from tests.support.dashboard import VIEWER_TOKEN
 
 
+def _login_csrf(login_form: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', login_form)
+    assert found is not None, "no CSRF token in the login form"
+    return found.group(1)
+
+
 def test_a_served_coordinator_serves_the_dashboard(tmp_path: Path) -> None:
     make_bundle(tmp_path / "bundle")
     viewer_file = tmp_path / "viewer-token"
@@ -41,7 +47,11 @@ def test_a_served_coordinator_serves_the_dashboard(tmp_path: Path) -> None:
         assert first.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
         huge = browser.post(f"{url}/ui/login", data={"token": "x" * 20_000}, timeout=HTTP_TIMEOUT)
         assert huge.status_code == 413
-        login = browser.post(f"{url}/ui/login", data={"token": VIEWER_TOKEN}, timeout=HTTP_TIMEOUT)
+        login = browser.post(
+            f"{url}/ui/login",
+            data={"token": VIEWER_TOKEN, "csrf_token": _login_csrf(first.text)},
+            timeout=HTTP_TIMEOUT,
+        )
         assert login.status_code == 200
         assert login.url == f"{url}/ui/"
         assert re.search(r'id="current-round"', login.text)
@@ -51,7 +61,12 @@ def test_a_served_coordinator_serves_the_dashboard(tmp_path: Path) -> None:
             assert 'class="promote"' not in answer.text
             assert 'id="rollback"' not in answer.text
         admin = requests.Session()
-        admin.post(f"{url}/ui/login", data={"token": ADMIN_TOKEN}, timeout=HTTP_TIMEOUT)
+        form = admin.get(f"{url}/ui/login", timeout=HTTP_TIMEOUT).text
+        admin.post(
+            f"{url}/ui/login",
+            data={"token": ADMIN_TOKEN, "csrf_token": _login_csrf(form)},
+            timeout=HTTP_TIMEOUT,
+        )
         assert 'id="rollback"' in admin.get(f"{url}/ui/models", timeout=HTTP_TIMEOUT).text
         # The admin's own cookie without the form's CSRF token: refused before the rollback
         # runs (which would answer 409 no_previous_version here).
