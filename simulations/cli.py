@@ -12,6 +12,7 @@ held back unless ``--verbose``. A :class:`~simulations.errors.SettingsError` nam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ from fedge.strategy import STRATEGY_NAMES
 from quantize.quiet import capture_native_stderr
 from simulations.errors import SettingsError
 from simulations.native_engine import STORES, TRANSPORTS
+from simulations.plotter import start_plotter
 from simulations.report import RoundStats, output_problem, summary_table, write_report
 from simulations.runner import simulate
 from simulations.settings import (
@@ -143,8 +145,8 @@ Every file is checked before any training; a problem is one error line and exit 
 
 engines:
   native  the coordinator service + edge clients in worker processes (--workers; without
-          it, in this process when the clients' training is estimated under 3 s from
-          the time of the initial test evaluation: starting workers would cost more).
+          it, in this process when the clients' training is estimated under 3 s of CPU
+          from the initial test evaluation's: starting workers would cost more).
   ray     the same, the edge clients on Ray actors (--workers of them): a local Ray with
           --workers CPUs, started and shut down by the run, or an existing cluster with
           --ray-address (needs Ray: pip install 'fedge[ray]').
@@ -627,7 +629,13 @@ def _run(argv: Sequence[str] | None) -> int:
     _check_output(args)
     settings = settings_from_args(args)
     output = _Output(args.out)
-    with capture_native_stderr(enabled=not args.verbose) as captured:
+    # matplotlib loads in the helper while the run goes on (simulations.plotter).
+    plotter = start_plotter()
+    with (
+        contextlib.ExitStack() as helper,
+        capture_native_stderr(enabled=not args.verbose) as captured,
+    ):
+        helper.callback(plotter.close)
         err = captured.original
         _configure_logging(args.verbose, args.quiet)
 
@@ -645,7 +653,7 @@ def _run(argv: Sequence[str] | None) -> int:
                 inputs=inputs,
                 weights_dir=output.staging / WEIGHTS_DIR if every_round else None,
             )
-            paths = dict(write_report(report, output.staging))
+            paths = dict(write_report(report, output.staging, draw=plotter.draw))
             if every_round:
                 paths[WEIGHTS_DIR] = output.staging / WEIGHTS_DIR
             output.publish(sorted(paths))

@@ -25,6 +25,8 @@ One module for both programs of :mod:`simulations`:
 Shared by both: number formatting, :func:`write_json` (NaN and infinities become null),
 :func:`write_text` and :func:`write_csv` (atomic, :mod:`fedge.fileio`), and the accuracy
 plot, drawn with matplotlib's object API on the Agg canvas (no display, no pyplot state).
+A plot is data first (:data:`FigureData`), so that ``fedge-simulate`` can have it drawn
+by a helper process (:mod:`simulations.plotter`) that imported matplotlib during the run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -49,16 +51,21 @@ __all__ = [
     "DEMO_CSV_COLUMNS",
     "ClientGain",
     "DeviceEvaluation",
+    "Drawer",
     "EngineResult",
     "Evaluation",
+    "FigureData",
     "ProgressSink",
     "RoundRow",
     "RoundStats",
     "RunReport",
     "TestScore",
+    "accuracy_figure",
     "device_table",
+    "draw_figures",
     "lineage_table",
     "output_problem",
+    "personalization_figure",
     "plot_accuracy",
     "plot_demo_accuracy",
     "plot_personalization",
@@ -454,8 +461,20 @@ def _traffic(rounds: Sequence[RoundStats]) -> dict[str, int | None]:
     }
 
 
-def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write every output file into ``out`` (created if needed); returns name -> path."""
+FigureData = dict[str, Any]
+"""A plot as plain data (JSON-able): ``kind`` (``accuracy`` or ``personalization``), the
+``path`` of its PNG, and what :func:`draw_figures` draws."""
+Drawer = Callable[[Sequence[FigureData]], None]
+"""Draws figures (:func:`draw_figures` here, or :class:`simulations.plotter.Plotter`'s
+helper process)."""
+
+
+def write_report(
+    report: RunReport, out: str | os.PathLike[str], *, draw: Drawer | None = None
+) -> dict[str, Path]:
+    """Write every output file into ``out`` (created if needed); returns name -> path.
+
+    The plots are drawn by ``draw`` (default: :func:`draw_figures`, in this process)."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -469,54 +488,95 @@ def write_report(report: RunReport, out: str | os.PathLike[str]) -> dict[str, Pa
     write_csv(paths["metrics.csv"], CSV_COLUMNS, (r.to_dict() for r in report.result.rounds))
     write_text(paths["summary.txt"], summary_table(report))
     atomic_write_bytes(paths["final_head.safetensors"], report.result.final_head.to_bytes())
-    plot_accuracy(report, paths["accuracy.png"])
+    figures = [accuracy_figure(report, paths["accuracy.png"])]
     if report.result.personalization:
         paths["personalization.png"] = root / "personalization.png"
-        plot_personalization(report.result.personalization, paths["personalization.png"])
+        gains = report.result.personalization
+        figures.append(personalization_figure(gains, paths["personalization.png"]))
+    (draw or draw_figures)(figures)
     return paths
+
+
+def draw_figures(figures: Sequence[FigureData]) -> None:
+    """Draw each figure into its ``path`` (a PNG, written atomically)."""
+    drawers = {"accuracy": _draw_accuracy, "personalization": _draw_personalization}
+    for figure in figures:
+        drawers[figure["kind"]](figure)
+
+
+def accuracy_figure(report: RunReport, path: str | os.PathLike[str]) -> FigureData:
+    """The accuracy plot of ``report`` (see :func:`plot_accuracy`) as data."""
+    return {
+        "kind": "accuracy",
+        "path": os.fspath(path),
+        "rounds": [0, *(r.round for r in report.result.rounds)],
+        "accuracy": [report.pretrained.accuracy, *(r.accuracy for r in report.result.rounds)],
+        "label": f"{report.result.engine} (global)",
+        "baseline": report.pretrained.accuracy,
+        "baseline_label": report.initial_label,
+        "title": f"{report.settings.get('task', '')}: global model accuracy per round",
+        "centralized": None if report.centralized is None else report.centralized.accuracy,
+    }
 
 
 def plot_accuracy(report: RunReport, path: str | os.PathLike[str]) -> None:
     """Test accuracy of the global model per round (round 0: the pretrained model)."""
+    draw_figures([accuracy_figure(report, path)])
+
+
+def _draw_accuracy(spec: FigureData) -> None:
     figure = _figure(7)
     axes = figure.add_subplot(1, 1, 1)
     _accuracy_axes(
         axes,
-        [0, *(r.round for r in report.result.rounds)],
-        [report.pretrained.accuracy, *(r.accuracy for r in report.result.rounds)],
-        label=f"{report.result.engine} (global)",
-        baseline=report.pretrained.accuracy,
-        baseline_label=report.initial_label,
-        title=f"{report.settings.get('task', '')}: global model accuracy per round",
+        spec["rounds"],
+        spec["accuracy"],
+        label=spec["label"],
+        baseline=spec["baseline"],
+        baseline_label=spec["baseline_label"],
+        title=spec["title"],
     )
-    if report.centralized is not None:
-        axes.axhline(
-            report.centralized.accuracy, color="green", linestyle="--", label="centralized"
-        )
+    if spec["centralized"] is not None:
+        axes.axhline(spec["centralized"], color="green", linestyle="--", label="centralized")
     axes.legend(loc="lower right")
-    _save(figure, path)
+    _save(figure, spec["path"])
+
+
+def personalization_figure(gains: Sequence[ClientGain], path: str | os.PathLike[str]) -> FigureData:
+    """The personalization plot of ``gains`` (see :func:`plot_personalization`) as data."""
+    ordered = sorted(gains, key=lambda g: g.gain)
+    return {
+        "kind": "personalization",
+        "path": os.fspath(path),
+        "clients": [g.client_id for g in ordered],
+        "gains": [g.gain for g in ordered],
+    }
 
 
 def plot_personalization(gains: Sequence[ClientGain], path: str | os.PathLike[str]) -> None:
     """Personalized minus global holdout accuracy, one bar per client (sorted)."""
-    ordered = sorted(gains, key=lambda g: g.gain)
+    draw_figures([personalization_figure(gains, path)])
+
+
+def _draw_personalization(spec: FigureData) -> None:
+    clients: list[str] = spec["clients"]
     figure = _figure(7)
     axes = figure.add_subplot(1, 1, 1)
-    values = [g.gain for g in ordered]
+    values: list[float] = spec["gains"]
     colors = ["tab:green" if v >= 0 else "tab:red" for v in values]
     axes.bar(range(len(values)), values, color=colors, width=1.0 if len(values) > 50 else 0.8)
-    if len(ordered) <= 30:
-        axes.set_xticks(range(len(ordered)))
-        axes.set_xticklabels([g.client_id for g in ordered], rotation=60, ha="right", fontsize=7)
+    if len(clients) <= 30:
+        axes.set_xticks(range(len(clients)))
+        axes.set_xticklabels(clients, rotation=60, ha="right", fontsize=7)
     else:
-        axes.set_xlabel(f"{len(ordered)} clients, sorted by gain")
+        axes.set_xlabel(f"{len(clients)} clients, sorted by gain")
     mean = sum(values) / len(values)
     axes.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:+.3f}")
     axes.axhline(0, color="grey", linewidth=0.8)
     axes.set_ylabel("personalized - global accuracy")
     axes.set_title("personalization gain per client (local holdout)")
     axes.legend(loc="upper left")
-    _save(figure, path)
+    _save(figure, spec["path"])
 
 
 # The summary table --------------------------------------------------------------------------

@@ -40,8 +40,8 @@ AUTO_WORKERS = 2
 """Worker processes of a run whose clients' training is not small (and of the ray engine's
 actors) when the settings leave ``workers`` unset."""
 IN_PROCESS_SECONDS = 3.0
-"""The clients' estimated training time under which a run with ``workers`` unset runs
-them in this process: starting two worker processes costs about as much CPU time."""
+"""The clients' estimated training CPU time under which a run with ``workers`` unset runs
+them in this process: starting two worker processes costs about as much."""
 _TRAIN_COST = 3.0
 """A training example's cost in units of an inference of it (forward, backward, update)."""
 
@@ -81,7 +81,7 @@ def choose_workers(scenario: Scenario, settings: Settings, *, inference_seconds:
 
     The estimate: every scheduled client's training rows times the local epochs (and, with
     personalization, every client's rows times the personalization epochs), each at
-    ``_TRAIN_COST`` times ``inference_seconds``, the measured time of one test row's
+    ``_TRAIN_COST`` times ``inference_seconds``, the measured CPU time of one test row's
     inference. The ray engine always gets ``AUTO_WORKERS`` actors. The choice changes no
     update; with several workers only the order in which the updates reach the
     aggregator varies (float sums).
@@ -194,9 +194,9 @@ def simulate(
     model = EdgeModel.load(scenario.bundle_dir)
     test_x, test_y = scenario.test_arrays()
     start = initial_head(scenario.bundle_dir)
-    evaluating = time.perf_counter()
+    evaluating = time.process_time()  # CPU time: what the work costs, however busy the host
     pretrained = evaluate_head(model, test_x, test_y, head=start)
-    inference = (time.perf_counter() - evaluating) / len(test_y)
+    inference = (time.process_time() - evaluating) / len(test_y)
     settings = dataclasses.replace(
         settings, workers=choose_workers(scenario, settings, inference_seconds=inference)
     )
