@@ -431,7 +431,9 @@ def _has_fedge_metadata(data: bytes) -> bool:
 
 
 def _plain(data: bytes) -> Weights:
-    """A plain safetensors file's float tensors as Weights (in the file's order)."""
+    """A plain safetensors file's float tensors as Weights, sorted by name (safetensors
+    hands them back in an order that changes from process to process, and the conversion
+    cache's key hashes them in order)."""
     import safetensors.numpy
 
     try:
@@ -441,7 +443,7 @@ def _plain(data: bytes) -> Weights:
     not_float = sorted(n for n, t in tensors.items() if t.dtype.kind != "f")
     if not_float:
         raise WeightsFormatError(f"tensors {not_float} are not floating point")
-    return Weights.from_pairs((n, t.astype(np.float32)) for n, t in tensors.items())
+    return Weights.from_pairs((n, t.astype(np.float32)) for n, t in sorted(tensors.items()))
 
 
 def user_weight_names(bundle: str | os.PathLike[str]) -> dict[str, str]:
