@@ -128,6 +128,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE client_presence (client_id TEXT PRIMARY KEY,
                                       seen_at DOUBLE PRECISION NOT NULL,
                                       transport TEXT NOT NULL);
+        CREATE INDEX model_events_by_version ON model_events (version, seq);
         """,
     ),
 )

@@ -69,3 +69,16 @@ def test_printable_escapes_control_characters(raw: str, logged: str) -> None:
 
 def test_printable_bounds_its_length() -> None:
     assert printable("x" * 5000, limit=10) == "x" * 10 + "..."
+
+
+def test_wait_says_what_acquire_would_and_takes_nothing() -> None:
+    clock = Clock()
+    limit = RateLimit(per_address=0.5, per_address_burst=2, total=10.0, total_burst=3)
+    limiter = RegistrationLimiter(limit, clock=clock)
+    assert [limiter.wait("a") for _ in range(5)] == [0.0] * 5  # asking takes no token
+    assert limiter.acquire("a") == limiter.acquire("a") == 0.0
+    assert limiter.wait("a") == pytest.approx(2.0) == limiter.acquire("a")
+    assert limiter.acquire("b") == 0.0
+    assert limiter.wait("c") == pytest.approx(0.1)  # the overall bucket is empty
+    clock.now += 2.0
+    assert limiter.wait("a") == 0.0
