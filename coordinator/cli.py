@@ -11,7 +11,7 @@
         [--mode sync|async [--buffer K] [--max-staleness S]] \
         [--serving-mode dynamic|static|hybrid] [--serving-cache N] [--serving-max-instances N] \
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--insecure] \
-        [--viewer-token-file FILE] [--no-ui] \
+        [--viewer-token-file FILE] [--ui-behind-seconds S] [--no-ui] \
         [--grpc-port N [--grpc-port-file FILE] [--grpc-* limits]] [-v|-q]
     fedge-coordinator models list|show V|promote V|rollback [--before TIME]  TARGET [--json]
     fedge-coordinator models predictions [V]                 TARGET [--json]
@@ -449,6 +449,14 @@ def _add_serve(sub: Any) -> None:
         metavar="FILE",
         help=f"the dashboard's read-only token; else ${VIEWER_TOKEN_ENV} (none: admin only)",
     )
+    dashboard.add_argument(
+        "--ui-behind-seconds",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="the clients page marks a client 'falling behind' when it has made no call for "
+        "more than S seconds (default 600)",
+    )
     dashboard.add_argument("--no-ui", action="store_true", help="do not serve the dashboard")
     _add_grpc_arguments(serve)
     add_signing_arguments(serve)
@@ -871,6 +879,7 @@ def serve_cli(args: argparse.Namespace) -> int:
         else UiConfig(
             viewer_token_hash=hash_token(viewer) if viewer else None,
             secure_cookie=tls is not None,
+            behind_seconds=args.ui_behind_seconds,
         ),
     )
     return run_server(
@@ -905,6 +914,7 @@ def _check_listener(args: argparse.Namespace) -> None:
     check_int(args.port, "--port", low=0, high=65535, error=UsageError)
     check_int(args.threads, "--threads", low=1, error=UsageError)
     check_positive(args.tick_seconds, "--tick-seconds", error=UsageError)
+    check_positive(args.ui_behind_seconds, "--ui-behind-seconds", error=UsageError)
     for flag in ("--connection-limit", "--backlog", "--max-json-bytes", "--max-report-bytes"):
         check_int(getattr(args, flag[2:].replace("-", "_")), flag, low=1, error=UsageError)
     check_int(args.min_free_bytes, "--min-free-bytes", low=0, error=UsageError)

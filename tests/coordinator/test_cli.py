@@ -284,6 +284,7 @@ def test_invalid_task_options_exit_2(
         ("--port", "99999", "--port must be an integer <= 65535"),
         ("--threads", "0", "--threads must be an integer >= 1"),
         ("--tick-seconds", "0", "--tick-seconds must be > 0"),
+        ("--ui-behind-seconds", "0", "--ui-behind-seconds must be > 0"),
         ("--seed", "-1", "--seed must be an integer >= 0"),
         ("--host", "no such host.invalid", "--host 'no such host.invalid' is not an address"),
     ],

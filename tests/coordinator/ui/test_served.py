@@ -37,6 +37,8 @@ def test_a_served_coordinator_serves_the_dashboard(tmp_path: Path) -> None:
         write_admin_token(tmp_path),
         "--viewer-token-file",
         str(viewer_file),
+        "--ui-behind-seconds",
+        "90",
     )
     with running_server(command, tmp_path) as server:
         url = server.url
@@ -60,6 +62,8 @@ def test_a_served_coordinator_serves_the_dashboard(tmp_path: Path) -> None:
             assert answer.status_code == 200, page
             assert 'class="promote"' not in answer.text
             assert 'id="rollback"' not in answer.text
+            if page == "clients":
+                assert "no call for more than 90 s" in answer.text
         admin = requests.Session()
         form = admin.get(f"{url}/ui/login", timeout=HTTP_TIMEOUT).text
         admin.post(
