@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from edge_client import EdgeModel, PersonalizationConfig
-from fedge.fileio import atomic_write_bytes
 from fedge.weights import Weights
 from simulations.baseline import evaluate_head, matching_epochs, train_centrally
 from simulations.inputs import files
@@ -240,11 +240,16 @@ def simulate(
 
 
 def _weights_writer(directory: Path, names: dict[str, str]) -> Callable[[int, Weights], None]:
+    """Each round's file appears whole (a rename), without an fsync per round: that would
+    cost a round's time again on a busy disk, and the CLI writes into a staging folder
+    that it publishes only when the run succeeds."""
     directory.mkdir(parents=True, exist_ok=True)
 
     def write(number: int, head: Weights) -> None:
         path = directory / f"round-{number:04d}.safetensors"
-        atomic_write_bytes(path, files.plain_weights(head, names))
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(files.plain_weights(head, names))
+        os.replace(partial, path)
 
     return write
 
