@@ -148,6 +148,8 @@ class SQLiteStore:
             self._conn.close()
             if isinstance(exc, StateError):
                 raise
+            if "malformed" in str(exc):  # a damaged page of the schema: before quick_check
+                raise StateError(f"the state database {self.path} is corrupt: {exc}") from exc
             raise StateError(f"cannot read the state database {self.path}: {exc}") from exc
 
     def _check_pages(self) -> None:
