@@ -3,8 +3,10 @@ the HTML fragments ``live.js`` swaps in, the SVG charts and the admin's actions.
 
 Access (:func:`require_session`, the blueprint's ``before_request``): every route but the
 login and the static files needs a session; each POST needs the session's CSRF token; an
-action needs the admin role. Actions call the same service methods as the REST admin
-routes, with the operator's token id as the actor.
+action needs the admin role. The login POST needs the login form's own token (a signed
+double-submit cookie) and failed logins are rate-limited per source address. Actions
+call the same service methods as the REST admin routes, with the operator's token id as
+the actor (revocations and releases too: history events of the registry).
 """
 
 from __future__ import annotations
