@@ -39,9 +39,11 @@ proto: $(STAMP)
 
 # The manual (docs/, mkdocs.yml) into site/, warnings as errors; the reference pages under
 # docs/reference/ are generated from the code by docs-gen (tests/docs/ checks they are current),
-# and the site must load nothing from another host. (After the scale lock, as lint and pytest
+# the Python API pages (not checked in) by this target, and the site must load nothing from
+# another host. (After the scale lock, as lint and pytest
 # are, so that a fresh install leaves the same packages as make test.)
 docs: $(SCALE_STAMP)
+	$(BIN)/python -m tools.docgen --python
 	$(BIN)/mkdocs build --strict --quiet
 	@! grep -rlE '(src|href)="(https?:)?//[^"]*\.(js|css)' site/ || { echo "error: the site loads files from another host" >&2; exit 1; }
 

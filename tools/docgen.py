@@ -8,8 +8,11 @@
 - ``docs/reference/python/<package>.md``: each package's public names with their signatures
   and docstrings (read with :mod:`ast`, so nothing is imported to document it).
 
-``python -m tools.docgen`` writes them; ``python -m tools.docgen --check`` exits 1 naming
-each page that differs. ``tests/docs/test_reference_pages.py`` runs the check.
+The CLI, config, REST and gRPC pages are checked in: ``python -m tools.docgen`` writes them,
+``python -m tools.docgen --check`` exits 1 naming each one that differs, and
+``tests/docs/test_reference_pages.py`` runs the check. The Python API pages follow every
+docstring, so they are not checked in: ``python -m tools.docgen --python`` writes them (``make
+docs`` does, before building the site).
 """
 
 from __future__ import annotations
@@ -680,20 +683,26 @@ def _has_all(package: str) -> bool:
 
 
 def render_all() -> dict[Path, str]:
-    """Every generated page, by path under ``docs/``."""
+    """Every checked-in generated page (CLI, config, REST, gRPC), by path under ``docs/``."""
     pages: dict[Path, str] = {}
     for name, _tool, _entries in CLI_TOOLS:
         pages[Path("reference/cli") / f"{name}.md"] = render_cli_page(name)
     pages[Path("reference/config.md")] = render_config_page()
     pages[Path("reference/rest.md")] = render_rest_page()
     pages[Path("reference/grpc.md")] = render_grpc_page()
-    for package in PYTHON_PACKAGES:
-        pages[Path("reference/python") / f"{package}.md"] = render_python_page(package)
     return pages
 
 
+def render_python_pages() -> dict[Path, str]:
+    """The Python API pages (written at build time, not checked in), by path under ``docs/``."""
+    return {
+        Path("reference/python") / f"{package}.md": render_python_page(package)
+        for package in PYTHON_PACKAGES
+    }
+
+
 def stale_pages(docs: Path = DOCS) -> list[Path]:
-    """The generated pages whose checked-in text differs from what the code gives."""
+    """The checked-in generated pages whose text differs from what the code gives."""
     stale = []
     for path, text in render_all().items():
         target = docs / path
@@ -705,13 +714,17 @@ def stale_pages(docs: Path = DOCS) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.docgen", description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 naming stale pages")
+    parser.add_argument(
+        "--python", action="store_true", help="write the Python API pages (not checked in)"
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_pages()
         for path in stale:
             print(f"stale: docs/{path} (run python -m tools.docgen)", file=sys.stderr)
         return 1 if stale else 0
-    for path, text in render_all().items():
+    pages = render_python_pages() if args.python else render_all()
+    for path, text in pages.items():
         target = DOCS / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

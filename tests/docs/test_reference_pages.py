@@ -69,3 +69,18 @@ def test_config_rest_and_grpc_pages_name_their_sources() -> None:
     grpc = (docgen.DOCS / "reference/grpc.md").read_text(encoding="utf-8")
     assert "### service Fleet" in grpc
     assert "`UploadUpdate` | stream `UpdateChunk`" in grpc
+
+
+def test_the_python_api_pages_document_every_public_name() -> None:
+    pages = docgen.render_python_pages()
+    assert sorted(p.stem for p in pages) == sorted(docgen.PYTHON_PACKAGES)
+    for package in docgen.PYTHON_PACKAGES:
+        text = pages[Path("reference/python") / f"{package}.md"]
+        names = [name for name, _module in docgen._public_names(package)]
+        assert names, package
+        missing = [name for name in names if f"\n### {name}\n" not in text]
+        assert not missing, f"{package}: {missing}"
+    # A class comes with where it is defined, its bases and its methods.
+    coordinator = pages[Path("reference/python/coordinator.md")]
+    assert "`class coordinator.errors.ConflictError(CoordinatorError)`" in coordinator
+    assert "- `rollback_before(self, when: float" in coordinator
