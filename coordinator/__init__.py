@@ -1,24 +1,62 @@
-"""The cloud coordinator: rounds, clients, model registry, persistence, REST and gRPC."""
+"""The cloud coordinator: rounds, clients, model registry, persistence, REST and gRPC.
 
-from coordinator.artifacts import ArtifactStore
-from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
-from coordinator.errors import (
-    AuthenticationError,
-    ConflictError,
-    CoordinatorError,
-    CoordinatorUnavailableError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    UnsupportedMediaTypeError,
-    UpdateRejectedError,
-)
-from coordinator.intake import UpdateReceipt, UpdateSubmission
-from coordinator.secagg import SecAggReceipt, SecAggStageError
-from coordinator.selection import ClientSelector, RandomSelector
-from coordinator.service import CoordinatorService, Registration
-from coordinator.sqlite_store import SQLiteStore
-from coordinator.store import MemoryStore, Store, open_store
+The public names below are imported on first use (PEP 562), so ``import coordinator``
+costs nothing until a name is used, and a process that needs only a few of them (an
+in-memory simulation) never imports the rest.
+"""
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from coordinator.artifacts import ArtifactStore
+    from coordinator.config import AlertConfig, RoundConfig, ServiceConfig
+    from coordinator.errors import (
+        AuthenticationError,
+        ConflictError,
+        CoordinatorError,
+        CoordinatorUnavailableError,
+        NotFoundError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        UnsupportedMediaTypeError,
+        UpdateRejectedError,
+    )
+    from coordinator.intake import UpdateReceipt, UpdateSubmission
+    from coordinator.secagg import SecAggReceipt, SecAggStageError
+    from coordinator.selection import ClientSelector, RandomSelector
+    from coordinator.service import CoordinatorService, Registration
+    from coordinator.sqlite_store import SQLiteStore
+    from coordinator.store import MemoryStore, Store, open_store
+
+# Each public name and the module that defines it.
+_SOURCES = {
+    "AlertConfig": "coordinator.config",
+    "ArtifactStore": "coordinator.artifacts",
+    "AuthenticationError": "coordinator.errors",
+    "ClientSelector": "coordinator.selection",
+    "ConflictError": "coordinator.errors",
+    "CoordinatorError": "coordinator.errors",
+    "CoordinatorService": "coordinator.service",
+    "CoordinatorUnavailableError": "coordinator.errors",
+    "MemoryStore": "coordinator.store",
+    "NotFoundError": "coordinator.errors",
+    "PayloadTooLargeError": "coordinator.errors",
+    "PermissionDeniedError": "coordinator.errors",
+    "RandomSelector": "coordinator.selection",
+    "Registration": "coordinator.service",
+    "RoundConfig": "coordinator.config",
+    "SQLiteStore": "coordinator.sqlite_store",
+    "SecAggReceipt": "coordinator.secagg",
+    "SecAggStageError": "coordinator.secagg",
+    "ServiceConfig": "coordinator.config",
+    "Store": "coordinator.store",
+    "UnsupportedMediaTypeError": "coordinator.errors",
+    "UpdateReceipt": "coordinator.intake",
+    "UpdateRejectedError": "coordinator.errors",
+    "UpdateSubmission": "coordinator.intake",
+    "open_store": "coordinator.store",
+}
 
 __all__ = [
     "AlertConfig",
@@ -47,3 +85,17 @@ __all__ = [
     "UpdateSubmission",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """A public name, imported from its module on first use (then a plain attribute)."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(source), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -85,14 +85,7 @@ from coordinator import (
 from coordinator.codecs import decode_update
 from coordinator.privacy import BUDGET_EXHAUSTED
 from coordinator.records import ClientRecord, RoundRecord
-from edge_client import (
-    CompressedUpdate,
-    CoordinatorApi,
-    ModelCache,
-    PersonalizationConfig,
-    TransportError,
-    connect,
-)
+from edge_client import CompressedUpdate, ModelCache, PersonalizationConfig, TransportError
 from edge_client.transport import OutgoingRequest, reply_request
 from fedge.bundle import MANIFEST_NAME
 from fedge.errors import ConfigError, FedgeError
@@ -104,6 +97,10 @@ from simulations.fleet import Fleet, FleetData, Job, Outcome, open_fleet
 from simulations.report import ClientGain, EngineResult, ProgressSink, RoundStats
 from simulations.scenario import Scenario
 from simulations.secure_stages import Dropout, run_secure_round
+
+if TYPE_CHECKING:
+    # The device's transports (HTTP, gRPC) load only for a run that serves the coordinator.
+    from edge_client import CoordinatorApi
 
 __all__ = [
     "STORES",
@@ -502,6 +499,8 @@ class _NativeRun:
         assert self.url is not None
         api = self._apis.get(client.sim_id)
         if api is None:
+            from edge_client import connect
+
             api = connect(self.url, token=client.token)
             self._apis[client.sim_id] = api
         return api

@@ -36,7 +36,6 @@ from fedge.data.tables import canonical_category, flat_field_names
 from fedge.errors import ConfigError, DataError
 from fedge.fileio import atomic_write_text
 from fedge.schema import Schema
-from fedge.tfrecord import read_examples
 
 __all__ = [
     "SCHEMA_FILE",
@@ -304,6 +303,9 @@ def _read_csv(path: str) -> tuple[list[str], dict[str, list[_Raw]]]:
 
 
 def _read_tfrecord(path: str) -> tuple[list[str], dict[str, list[_Raw]]]:
+    # protobuf (the tf.train.Example codec) loads only for a TFRecord table.
+    from fedge.tfrecord import read_examples
+
     order: list[str] = []
     raw: dict[str, list[_Raw]] = {}
     for index, example in enumerate(read_examples(path)):
