@@ -14,10 +14,12 @@ names: :meth:`ArtifactStore.clean_temporary` removes them when the server starts
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +27,7 @@ from typing import BinaryIO
 from coordinator.errors import NotFoundError
 from fedge.fileio import fsync_directory
 
-__all__ = ["ArtifactStore"]
+__all__ = ["ArtifactStore", "ScratchArtifactStore"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
@@ -155,3 +157,58 @@ class ArtifactStore:
         if self.durable:
             fsync_directory(target.parent)
             fsync_directory(self.root / "sha256")
+
+
+class ScratchArtifactStore(ArtifactStore):
+    """An :class:`ArtifactStore` on a scratch directory (a simulation's, removed when the
+    run ends) that keeps what :meth:`put_bytes` stores in memory, up to ``memory_bytes`` in
+    all, and writes a blob under ``ROOT`` only when a caller asks for its :meth:`path`.
+
+    Past the budget, blobs go to the directory as with ``durable=False``; nothing is
+    fsynced. Reads (:meth:`get_bytes`, :meth:`open`, :meth:`size`, :meth:`exists`) answer
+    the same bytes either way."""
+
+    def __init__(self, root: str | Path, *, memory_bytes: int = 64 << 20) -> None:
+        super().__init__(root, durable=False)
+        self.memory_bytes = memory_bytes
+        self._blobs: dict[str, bytes] = {}
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def path(self, digest: str) -> Path:
+        target = super().path(digest)
+        blob = self._blobs.get(digest)
+        if blob is not None and not target.is_file():
+            tmp = self._tmp()
+            tmp.write_bytes(blob)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(tmp, target)
+        return target
+
+    def exists(self, digest: str) -> bool:
+        return digest in self._blobs or super().exists(digest)
+
+    def put_bytes(self, data: bytes) -> str:
+        blob = bytes(data)
+        digest = hashlib.sha256(blob).hexdigest()
+        with self._lock:
+            if digest in self._blobs:
+                return digest
+            if self._held + len(blob) <= self.memory_bytes:
+                super().path(digest)  # the same check of the digest as a write to disk
+                self._blobs[digest] = blob
+                self._held += len(blob)
+                return digest
+        return super().put_bytes(blob)
+
+    def get_bytes(self, digest: str) -> bytes:
+        blob = self._blobs.get(digest)
+        return blob if blob is not None else super().get_bytes(digest)
+
+    def open(self, digest: str) -> BinaryIO:
+        blob = self._blobs.get(digest)
+        return io.BytesIO(blob) if blob is not None else super().open(digest)
+
+    def size(self, digest: str) -> int:
+        blob = self._blobs.get(digest)
+        return len(blob) if blob is not None else super().size(digest)

@@ -82,6 +82,7 @@ from coordinator import (
     Store,
     UpdateSubmission,
 )
+from coordinator.artifacts import ScratchArtifactStore
 from coordinator.codecs import decode_update
 from coordinator.privacy import BUDGET_EXHAUSTED
 from coordinator.records import ClientRecord, RoundRecord
@@ -288,6 +289,13 @@ class _Client:
     token: str
 
 
+def _artifact_store(root: Path, *, keep: bool) -> ArtifactStore:
+    """The service's artifacts: durable in a state directory the user chose; in a temporary
+    one (removed at the end) held in memory up to a budget, written only where a path is
+    needed, never fsynced."""
+    return ArtifactStore(root) if keep else ScratchArtifactStore(root)
+
+
 @contextlib.contextmanager
 def _state_dir(chosen: Path | None) -> Iterator[Path]:
     if chosen is not None:
@@ -380,8 +388,7 @@ class _NativeRun:
             )
         self.service = CoordinatorService(
             store=store,
-            # A temporary state directory is removed at the end: no write needs an fsync.
-            artifacts=ArtifactStore(state / "artifacts", durable=options.state_dir is not None),
+            artifacts=_artifact_store(state / "artifacts", keep=options.state_dir is not None),
             config=ServiceConfig(
                 task=manifest.task,
                 rounds=RoundConfig(
