@@ -285,7 +285,10 @@ class ModelUpdate:
         return self.delta.to_bytes()
 
     def to_dict(self) -> dict[str, Any]:
-        body = self.delta_bytes()
+        return self._document(self.delta_bytes())
+
+    def _document(self, body: bytes) -> dict[str, Any]:
+        """The document of this update whose delta encodes to ``body``."""
         return {
             **_header("model_update"),
             "task_id": self.task_id,
@@ -664,7 +667,8 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
 def encode_message(message: Message) -> tuple[dict[str, Any], bytes | None]:
     """The JSON-able document of ``message`` and its binary body (a ModelUpdate's delta)."""
     if isinstance(message, ModelUpdate):
-        return message.to_dict(), message.delta_bytes()
+        body = message.delta_bytes()  # encoded once, for the document's digest and the body
+        return message._document(body), body
     if isinstance(message, Task | EvalReport | StatsReport | FeatureBatch):
         return message.to_dict(), None
     raise ProtocolError(f"not a fedge message: {type(message).__name__}")

@@ -426,7 +426,9 @@ class _NativeRun:
         self.by_coordinator_id = {c.coordinator_id: c for c in self.clients.values()}
         # The engine's own view of the model, for the test split (shares no interpreter
         # with the clients: those live in the workers).
-        self.models = ModelCache(self.mirror.ensure, max_versions=2)
+        # The engine's own evaluation reads the bundles it mirrors from its service's
+        # registry; the devices' cache (the fleet's) verifies each of them as a device does.
+        self.models = ModelCache(self.mirror.ensure, max_versions=2, verify=False)
         self.test_x, self.test_y = self._test_arrays()
         fleet_data = FleetData.build(
             scenario.pool,
