@@ -667,8 +667,10 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
 def encode_message(message: Message) -> tuple[dict[str, Any], bytes | None]:
     """The JSON-able document of ``message`` and its binary body (a ModelUpdate's delta)."""
     if isinstance(message, ModelUpdate):
-        body = message.delta_bytes()  # encoded once, for the document's digest and the body
-        return message._document(body), body
+        body = message.delta_bytes()
+        if type(message).to_dict is ModelUpdate.to_dict:  # the delta encoded once, not twice
+            return message._document(body), body
+        return message.to_dict(), body  # a subclass's own document (a compressed update's)
     if isinstance(message, Task | EvalReport | StatsReport | FeatureBatch):
         return message.to_dict(), None
     raise ProtocolError(f"not a fedge message: {type(message).__name__}")
