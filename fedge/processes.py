@@ -585,8 +585,10 @@ class Supervisor:
         leftovers = [p for p in seen.values() if _live(p)]
         found = []
         for process in leftovers:
-            with contextlib.suppress(Exception):
+            try:
                 found.append(f"{process.pid} ({' '.join(process.cmdline())[:120]})")
+            except Exception:  # its command line is unreadable: report the pid alone
+                found.append(f"{process.pid} (command line unreadable)")
         if leftovers:
             _terminate_processes(leftovers, _KILL_TIMEOUT)
         return found

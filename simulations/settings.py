@@ -285,8 +285,8 @@ def check_settings(settings: Settings) -> CheckedInputs:
         )
     if s.test_data_file is not None and s.data_file is None:
         raise SettingsError(
-            "a test data file needs a data file (--data) it has the columns of; a built-in "
-            "task has its own test split",
+            "a test data file needs the data file whose columns it has; a built-in task has "
+            "its own test split",
             fields=["test_data_file", "data_file"],
         )
     data = None

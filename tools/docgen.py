@@ -578,14 +578,18 @@ def _public_names(package: str) -> list[tuple[str, str]]:
 
 
 def _lazy_exports(tree: ast.Module, package: str) -> dict[str, str]:
-    """A package that loads its names lazily maps each to its module in ``_EXPORTS``."""
+    """A package that loads its names lazily maps each to its module: in ``_EXPORTS``
+    (module names relative to the package) or ``_SOURCES`` (full module names)."""
     for node in tree.body:
         if isinstance(node, ast.AnnAssign | ast.Assign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            named = any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in targets)
-            if named and node.value is not None:
-                table = ast.literal_eval(node.value)
-                return {name: f"{package}.{module}" for name, module in table.items()}
+            names = {t.id for t in targets if isinstance(t, ast.Name)}
+            if node.value is None or not names & {"_EXPORTS", "_SOURCES"}:
+                continue
+            table = ast.literal_eval(node.value)
+            if "_SOURCES" in names:
+                return dict(table)
+            return {name: f"{package}.{module}" for name, module in table.items()}
     return {}
 
 

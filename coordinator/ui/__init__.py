@@ -11,6 +11,7 @@ leaves them out.
 
 from __future__ import annotations
 
-from coordinator.ui.app import UI_PREFIX, UiConfig, install_ui
+from coordinator.ui.app import UI_PREFIX, UiConfig
+from coordinator.ui.install import install_ui
 
 __all__ = ["UI_PREFIX", "UiConfig", "install_ui"]

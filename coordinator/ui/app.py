@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import cast
 
-from flask import Flask, Response, current_app, g, request
+from flask import Response, current_app, g, request
 
 from coordinator.limits import RateLimit
 from coordinator.rest.ratelimit import RegistrationLimiter
@@ -25,7 +25,6 @@ __all__ = [
     "UiConfig",
     "UiState",
     "current_session",
-    "install_ui",
     "set_session",
     "ui_state",
 ]
@@ -91,7 +90,7 @@ def set_session(session: UiSession | None) -> None:
     g.fedge_ui_session = session
 
 
-def _security_headers(response: Response) -> Response:
+def security_headers(response: Response) -> Response:
     if request.path == UI_PREFIX or request.path.startswith(UI_PREFIX + "/"):
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -100,16 +99,3 @@ def _security_headers(response: Response) -> Response:
         if request.endpoint != "ui.static":
             response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def install_ui(app: Flask, config: UiConfig) -> None:
-    """Serve the dashboard under ``/ui/`` on ``app`` (built by ``create_app``)."""
-    from coordinator.ui.views import ui
-
-    app.extensions[_EXTENSION] = UiState(
-        config,
-        SessionStore(lifetime_seconds=config.session_seconds),
-        RegistrationLimiter(config.login_limit),
-    )
-    app.after_request(_security_headers)
-    app.register_blueprint(ui)

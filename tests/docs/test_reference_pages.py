@@ -3,6 +3,7 @@ and gRPC message appears there, so a flag added without `make docs-gen` fails he
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,11 @@ def test_the_python_api_pages_document_every_public_name() -> None:
         assert names, package
         missing = [name for name in names if f"\n### {name}\n" not in text]
         assert not missing, f"{package}: {missing}"
+        # Each name is found where it is defined (a bare `module.name` line means it was not).
+        unresolved = [
+            name for name in names if re.search(rf"### {name}\n\n`[\w.]+\.{name}`\n", text)
+        ]
+        assert not unresolved, f"{package}: no definition found for {unresolved}"
     # A class comes with where it is defined, its bases and its methods.
     coordinator = pages[Path("reference/python/coordinator.md")]
     assert "`class coordinator.errors.ConflictError(CoordinatorError)`" in coordinator

@@ -125,7 +125,7 @@ def test_test_data_that_does_not_match_the_data_is_refused(tmp_path: Path) -> No
     np.savez(tmp_path / "t.npz", x=x[:5], y=y[:5])
     with pytest.raises(ConfigError, match=r"expected a table .* like the data file"):
         inputs.load_test_data(tmp_path / "t.npz", data)
-    with pytest.raises(SettingsError, match="a test data file needs a data file") as settings:
+    with pytest.raises(SettingsError, match="a test data file needs the data file") as settings:
         check_settings(Settings(task="digits", test_data_file=tmp_path / "t.npz"))
     assert settings.value.fields == ("test_data_file", "data_file")
 
