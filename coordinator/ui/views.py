@@ -190,7 +190,8 @@ def _role_of(token: str) -> Role | None:
 def login() -> Any:
     """Log in: the form's pre-session CSRF token must match its cookie (403 otherwise);
     an address past its failed-login limit is refused 429 (``Retry-After``) before its
-    token is looked at; an unknown token is a 401 and counts as a failed login."""
+    token is looked at; an unknown token gets the form again (200, so a browser logs no failed
+    load) with the error, no session, and counts as a failed login."""
     state = ui_state()
     address = request.remote_addr or "unknown"
     wait = state.logins.wait(address)
@@ -208,7 +209,7 @@ def login() -> Any:
     if role is None:
         state.logins.acquire(address)
         logger.warning("dashboard: a login with an unknown token was refused")
-        return _login_page("unknown token", 401)
+        return _login_page("unknown token", 200)
     state.sessions.drop(request.cookies.get(COOKIE))  # a login never reuses a session id
     session_id, session = state.sessions.create(role, actor_id(role, token))
     logger.info("dashboard: %s logged in", session.actor)

@@ -86,7 +86,7 @@ class Browser:
 
     def check_console(self, where: str, *, expected: str | None = None) -> None:
         """Fail on any SEVERE entry the browser logged since the last check, but one that
-        contains ``expected`` (a test's deliberate refusal, e.g. a wrong token's 401)."""
+        contains ``expected`` (a test's deliberate refusal of a resource)."""
         entries = self.driver.get_log("browser")
         self.console.extend(entries)
         severe = [
