@@ -71,16 +71,26 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+# The names of each record class's fields that _Record._freeze freezes.
+_FROZEN_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 class _Record:
     """JSON codec shared by the records: mappings are frozen, sequences become tuples."""
 
     _decoders: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
 
     def _freeze(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, Mapping | list | tuple) and f.name not in self._decoders:
-                object.__setattr__(self, f.name, _frozen(value))
+        # Tuples are left as they are (_frozen returns them unchanged).
+        names = _FROZEN_FIELDS.get(type(self))
+        if names is None:
+            fields = dataclasses.fields(self)  # type: ignore[arg-type]
+            names = tuple(f.name for f in fields if f.name not in self._decoders)
+            _FROZEN_FIELDS[type(self)] = names
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, Mapping | list):
+                object.__setattr__(self, name, _frozen(value))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

@@ -378,8 +378,9 @@ class MemoryStore:
 
     def list_rounds(self, states: Collection[str] | None = None) -> list[RoundRecord]:
         with self._lock:
-            rounds = sorted(self._tables["rounds"].values(), key=lambda r: r.round_id)
-            return [r for r in rounds if states is None or r.state in states]
+            rounds = self._tables["rounds"].values()
+            chosen = rounds if states is None else [r for r in rounds if r.state in states]
+            return sorted(chosen, key=lambda r: r.round_id)
 
     def save_round(self, round_: RoundRecord) -> None:
         self._save("rounds", round_.round_id, round_, "round")
@@ -526,8 +527,9 @@ class MemoryStore:
 
     def list_models(self, *, stage: str | None = None) -> list[ModelRecord]:
         with self._lock:
-            models = sorted(self._tables["models"].values(), key=lambda m: m.seq)
-            return [m for m in models if stage is None or m.stage == stage]
+            models = self._tables["models"].values()
+            chosen = models if stage is None else [m for m in models if m.stage == stage]
+            return sorted(chosen, key=lambda m: m.seq)
 
     def save_model(self, model: ModelRecord) -> None:
         self._save("models", model.version, model, "model")
