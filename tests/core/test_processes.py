@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -113,12 +114,29 @@ def test_wait_until_returns_once_ready(tmp_path: Path) -> None:
         processes.stop([child])
 
 
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def test_supervisor_close_stops_descendant_that_left_the_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "escaped.pid"
     script = f"setsid sleep 60 & echo $! > {pidfile}; wait"
     with processes.Supervisor(log_dir=tmp_path / "logs") as supervisor:
         supervisor.start("parent", ["sh", "-c", script])
         escaped = int(_wait_for_file(pidfile))
+        # $! is known before the child has called setsid(): close only once it left the
+        # group, or stopping the group kills it as an ordinary child (nothing escaped).
+        _wait_until(lambda: _session_of(escaped) == escaped)
         leftovers = supervisor.close()
     assert [item.split()[0] for item in leftovers] == [str(escaped)]
     assert _gone(escaped)
