@@ -28,8 +28,9 @@ The public names are imported on first use (PEP 562): ``from edge_client import 
 loads the handler, not the transports (gRPC, HTTP) that only a daemon needs.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from fedge.lazy import lazy_exports as _lazy_exports
 
 if _typing.TYPE_CHECKING:
     from edge_client.api import CoordinatorApi, connect
@@ -233,15 +234,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """A public name, imported from its module on first use (then a plain attribute)."""
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(source), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _SOURCES)
